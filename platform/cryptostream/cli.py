@@ -1,0 +1,153 @@
+"""``csp``: one entry point, one subcommand per process."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cryptostream.config import Settings
+
+app = typer.Typer(
+    help="Crypto Streaming Platform: Binance -> Kafka -> Redis -> HTTP, and its harness.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(help="The local embedded stack (real Kafka + Redis child processes).")
+topics_app = typer.Typer(help="Kafka topics, created explicitly (auto-creation is off).")
+app.add_typer(stack_app, name="stack")
+app.add_typer(topics_app, name="topics")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+@stack_app.command("up")
+def stack_up(
+    kafka_port: Annotated[int, typer.Option(help="Kafka port (0 = a free one)")] = 0,
+    redis_port: Annotated[int, typer.Option(help="Redis port (0 = a free one)")] = 0,
+    create_topics: Annotated[bool, typer.Option(help="Create the topics after start")] = True,
+) -> None:
+    """Run Kafka and Redis until Ctrl-C; other commands find them through the stack file."""
+    from cryptostream.stack.local import LocalStack
+    from cryptostream.stack.stackfile import remove_stack_file, write_stack_file
+    from cryptostream.stack.supervisor import StackError, sigterm_as_keyboard_interrupt
+    from cryptostream.topics import TopicError, create_topics as make_topics, required_topics
+
+    settings = Settings()
+    workdir = settings.run_dir / time.strftime("stack-%Y%m%d-%H%M%S")
+    stack = LocalStack(settings, workdir, kafka_port=kafka_port, redis_port=redis_port)
+    with sigterm_as_keyboard_interrupt():
+        try:
+            t0 = time.monotonic()
+            stack.start()
+            if create_topics:
+                for line in make_topics(stack.kafka_bootstrap, required_topics(settings)):
+                    typer.echo(f"topic {line}")
+            write_stack_file(
+                settings.stack_file,
+                kafka_bootstrap=stack.kafka_bootstrap,
+                redis_url=stack.redis_url,
+            )
+            typer.echo(
+                f"stack up in {time.monotonic() - t0:.1f}s: Kafka {stack.kafka_bootstrap}, "
+                f"Redis {stack.redis_url} (data and logs in {workdir}); Ctrl-C to stop"
+            )
+            while True:
+                for server in (stack.kafka, stack.redis):
+                    if server and server.process and not server.process.alive():
+                        raise StackError(
+                            f"{server.process.name} exited unexpectedly; last lines of its log:\n"
+                            f"{server.process.log_tail()}"
+                        )
+                time.sleep(1)
+        except KeyboardInterrupt:
+            typer.echo("stopping the stack")
+        except (StackError, TopicError) as exc:
+            raise _fail(str(exc)) from None
+        finally:
+            remove_stack_file(settings.stack_file)
+            stack.stop()
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create raw.trades (CSP_PARTITIONS partitions) and the DLQ topic; safe to run twice."""
+    from cryptostream.topics import TopicError, create_topics, required_topics
+
+    settings = Settings()
+    try:
+        for line in create_topics(settings.kafka_bootstrap, required_topics(settings)):
+            typer.echo(line)
+    except TopicError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command(
+    "simulator",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def simulator(ctx: typer.Context) -> None:
+    """The Binance-compatible market simulator (`csp simulator --help` for its options)."""
+    from marketsim.cli import main as simulator_main
+
+    raise typer.Exit(simulator_main(list(ctx.args)))
+
+
+@app.command()
+def ingest() -> None:
+    """Binance WebSocket trades -> Kafka raw.trades."""
+    from cryptostream.ingest.service import main as ingest_main
+
+    raise typer.Exit(ingest_main(Settings()))
+
+
+@app.command()
+def processor() -> None:
+    """Consumer group member: raw.trades -> Redis views, exactly once."""
+    from cryptostream.processor.service import main as processor_main
+
+    raise typer.Exit(processor_main(Settings()))
+
+
+@app.command()
+def query(
+    workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
+) -> None:
+    """The HTTP query API over Redis."""
+    from cryptostream.query.server import main as query_main
+
+    raise typer.Exit(query_main(Settings(), workers=workers))
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds to run (0 = until Ctrl-C)")] = 0,
+    processors: Annotated[int, typer.Option(help="Processor instances")] = 2,
+    rate: Annotated[float, typer.Option(help="Synthetic trades per second")] = 50.0,
+    live: Annotated[bool, typer.Option(help="Ingest from live Binance, not the simulator")] = False,
+) -> None:
+    """The whole pipeline on the local stack, printing live prices."""
+    from cryptostream.demo import run_demo
+
+    raise typer.Exit(
+        run_demo(
+            Settings(), duration=duration, processors=processors, rate=rate, live=live,
+            workdir=Path(Settings().run_dir),
+        )  # fmt: skip
+    )
+
+
+def main() -> None:
+    app(prog_name="csp")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

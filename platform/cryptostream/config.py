@@ -1,0 +1,100 @@
+"""The one typed settings object, read from ``CSP_*`` environment variables.
+
+Addresses of a running local stack (``csp stack up``) are picked up from its stack file when the
+environment does not name them, so ``stack up`` in one terminal and services in others just work.
+Explicit environment variables always win, which is how real clusters are configured.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cryptostream.core.symbols import normalize_symbol
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CSP_", extra="ignore")
+
+    # --- where things run -------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
+    run_dir: Path = Field(Path(".run"), description="Local stack state: data, logs, stack.json")
+    cache_dir: Path = Field(Path(".cache"), description="Resolved Kafka jars (git-ignored)")
+
+    # --- topics -------------------------------------------------------------------------------
+    topic: str = "raw.trades"
+    dlq_topic: str = "raw.trades.dlq"
+    partitions: int = Field(8, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+    # --- ingest -------------------------------------------------------------------------------
+    binance_ws_url: str = Field(
+        "wss://stream.binance.com:9443", description="Binance WebSocket base URL"
+    )
+    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT", "BNBUSDT"])
+    max_frame_bytes: int = Field(65536, ge=1024)
+
+    # --- processor ----------------------------------------------------------------------------
+    group_id: str = "stream-processor"
+    batch_max: int = Field(5000, ge=1, description="Records applied to Redis per round trip")
+    batch_timeout_s: float = Field(0.05, gt=0)
+
+    # --- query --------------------------------------------------------------------------------
+    query_host: str = "127.0.0.1"
+    query_port: int = Field(3000, ge=0, le=65535)
+
+    # --- stack --------------------------------------------------------------------------------
+    kafka_version: str = "4.3.1"
+    kafka_heap: str = "512m"
+    start_timeout_s: float = Field(90.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.replace(" ", ",").split(",") if part]
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _normalize_symbols(cls, value: list[str]) -> list[str]:
+        return [normalize_symbol(symbol) for symbol in value]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _StackFileSource(settings_cls))
+
+    @property
+    def stack_file(self) -> Path:
+        return self.run_dir / "stack.json"
+
+
+class _StackFileSource(PydanticBaseSettingsSource):
+    """Addresses published by a live ``csp stack up`` (lowest priority)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        from cryptostream.stack.stackfile import read_live_stack_file
+
+        run_dir = Path(os.environ.get("CSP_RUN_DIR", ".run"))
+        return read_live_stack_file(run_dir / "stack.json")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""Pure cores: no sockets, no clients, no clocks they do not receive."""

@@ -1,0 +1,188 @@
+"""A real Apache Kafka broker (KRaft, one combined node) from Maven Central's artifacts."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from cryptostream.stack.supervisor import ManagedProcess, StackError, free_port, port_in_use
+
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"  # not org.apache.kafka.tools: that one does not exist
+_READY_MARKER = ".resolved"
+
+
+def check_java() -> str:
+    """Return the java executable; fail clearly if it is missing or older than 17."""
+    java = shutil.which("java")
+    if java is None:
+        raise StackError(
+            "Java 17+ is required to run the Kafka broker, and `java` is not on PATH "
+            "(Debian: apt-get install openjdk-17-jre-headless)."
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match and match.group(2):  # "1.8.0_x" style
+        major = int(match.group(2))
+    if major < 17:
+        raise StackError(f"Kafka needs Java 17 or newer, but `java -version` says: {out.strip()}")
+    return java
+
+
+def resolve_kafka_jars(cache_dir: Path, version: str) -> Path:
+    """Resolve the broker's jars with Maven once into ``cache_dir``; reuse them afterwards."""
+    lib = cache_dir.resolve() / f"kafka-{version}" / "lib"
+    if (lib / _READY_MARKER).exists():
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError(
+            "Maven (`mvn`) is needed once to fetch the Kafka jars from Maven Central and is not "
+            "on PATH (Debian: apt-get install maven)."
+        )
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    pom = resources.files("cryptostream.stack").joinpath("kafka-runtime.pom.xml").read_text()
+    with tempfile.TemporaryDirectory(dir=lib.parent, prefix="resolve-") as tmp:
+        pom_path = Path(tmp) / "pom.xml"
+        pom_path.write_text(pom.replace("@KAFKA_VERSION@", version))
+        staging = Path(tmp) / "lib"
+        result = subprocess.run(
+            [
+                mvn, "-B", "-q", "-f", str(pom_path),
+                "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
+                "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
+            ],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+            output = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+            raise StackError(f"Maven could not resolve Apache Kafka {version}:\n{output}")
+        (staging / _READY_MARKER).write_text(version)
+        if lib.exists():  # a concurrent resolver won the race; theirs is as good as ours
+            return lib
+        staging.rename(lib)
+    return lib
+
+
+_SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{cport}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+auto.create.topics.enable=false
+num.partitions=1
+num.recovery.threads.per.data.dir=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.num.partitions=1
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=2
+"""
+
+_JVM_FLAGS = [
+    "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true",
+]  # fmt: skip
+
+
+@dataclass
+class KafkaBroker:
+    """One KRaft node on 127.0.0.1. ``start`` formats a fresh data folder and waits for metadata."""
+
+    workdir: Path
+    lib: Path
+    heap: str = "512m"
+    port: int = 0
+    controller_port: int = 0
+    process: ManagedProcess | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _java_base(self, java: str, heap: str) -> list[str]:
+        log4j = resources.files("cryptostream.stack").joinpath("kafka-log4j2.properties")
+        return [
+            java, f"-Xmx{heap}", "-cp", f"{self.lib}/*",
+            f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={self.workdir / 'logs'}",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 90.0) -> KafkaBroker:
+        java = check_java()
+        if self.port and port_in_use(self.port):
+            raise StackError(f"Kafka port {self.port} on 127.0.0.1 is already in use.")
+        self.port = self.port or free_port()
+        self.controller_port = self.controller_port or free_port()
+        data = self.workdir / "data"
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        if data.exists():  # the dynamic quorum records the controller port at format time
+            shutil.rmtree(data)
+        props = self.workdir / "server.properties"
+        props.write_text(
+            _SERVER_PROPERTIES.format(port=self.port, cport=self.controller_port, data=data)
+        )
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        fmt = subprocess.run(
+            [*self._java_base(java, "256m"), "-XX:TieredStopAtLevel=1", STORAGE_TOOL, "format",
+             "--standalone", "-t", cluster_id, "-c", str(props)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if fmt.returncode != 0:
+            raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        self.process = ManagedProcess(
+            "kafka",
+            [*self._java_base(java, self.heap), f"-Xms{self.heap}", *_JVM_FLAGS,
+             MAIN_CLASS, str(props)],
+            log_path=self.workdir / "logs" / "stdout.log",
+            env={**os.environ, "KAFKA_HEAP_OPTS": ""},
+        ).start()  # fmt: skip
+        self.process.wait_until(
+            lambda: port_in_use(self.port) and metadata_ready(self.bootstrap),
+            timeout=timeout,
+            what="a served metadata request",
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=20)
+
+    def restart(self, timeout: float = 90.0) -> None:
+        """Stop and start on the same ports and data (reliability tests)."""
+        assert self.process is not None
+        self.process.stop(timeout=20)
+        self.process.start()
+        self.process.wait_until(
+            lambda: metadata_ready(self.bootstrap), timeout=timeout, what="a served metadata request"
+        )
+
+
+def metadata_ready(bootstrap: str, timeout: float = 3.0) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    quiet = logging.getLogger("cryptostream.stack.kafka.probe")
+    quiet.setLevel(logging.CRITICAL)
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+    meta = admin.list_topics(timeout=timeout)
+    return bool(meta.brokers)

@@ -1,0 +1,64 @@
+"""The local stack: Kafka + Redis as supervised children, with topics created."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptostream.config import Settings
+from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
+from cryptostream.stack.redis_server import RedisServer, check_redis_server
+
+
+@dataclass
+class LocalStack:
+    settings: Settings
+    workdir: Path
+    kafka_port: int = 0
+    redis_port: int = 0
+    kafka: KafkaBroker | None = None
+    redis: RedisServer | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def start(self) -> LocalStack:
+        check_redis_server()  # fail before the slow parts if a prerequisite is missing
+        t0 = time.monotonic()
+        lib = resolve_kafka_jars(self.settings.cache_dir, self.settings.kafka_version)
+        self.timings["resolve_s"] = time.monotonic() - t0
+        try:
+            t1 = time.monotonic()
+            self.workdir = self.workdir.resolve()
+            self.redis = RedisServer(self.workdir / "redis", port=self.redis_port).start()
+            self.timings["redis_s"] = time.monotonic() - t1
+            t2 = time.monotonic()
+            self.kafka = KafkaBroker(
+                self.workdir / "kafka", lib, heap=self.settings.kafka_heap, port=self.kafka_port
+            ).start(timeout=self.settings.start_timeout_s)
+            self.timings["kafka_s"] = time.monotonic() - t2
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        assert self.kafka is not None
+        return self.kafka.bootstrap
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return self.redis.url
+
+    def stop(self) -> None:
+        if self.kafka is not None:
+            self.kafka.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,34 @@
+"""Where a running ``csp stack up`` publishes its addresses for the other commands."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def write_stack_file(path: Path, *, kafka_bootstrap: str, redis_url: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"pid": os.getpid(), "kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    tmp.replace(path)
+
+
+def remove_stack_file(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if orjson.loads(path.read_bytes()).get("pid") == os.getpid():
+            path.unlink()
+
+
+def read_live_stack_file(path: Path) -> dict[str, Any]:
+    """The published addresses, or nothing if the file is absent or its stack has died."""
+    try:
+        doc = orjson.loads(path.read_bytes())
+        os.kill(int(doc["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return {}
+    return {key: doc[key] for key in ("kafka_bootstrap", "redis_url") if key in doc}

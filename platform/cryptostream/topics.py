@@ -1,0 +1,93 @@
+"""Explicit topic creation and the start-up check every Kafka-using service makes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from cryptostream.config import Settings
+
+
+class TopicError(RuntimeError):
+    """A topic is missing or has the wrong shape; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+
+
+def required_topics(settings: Settings) -> list[TopicSpec]:
+    return [
+        TopicSpec(settings.topic, settings.partitions, settings.replication_factor),
+        TopicSpec(settings.dlq_topic, 1, settings.replication_factor),
+    ]
+
+
+def _admin(bootstrap: str) -> AdminClient:
+    quiet = logging.getLogger("cryptostream.topics.client")
+    quiet.setLevel(logging.CRITICAL)
+    return AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+
+
+def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise TopicError(f"cannot reach Kafka to read topic metadata: {exc}") from None
+    return {name: len(t.partitions) for name, t in meta.topics.items() if t.error is None}
+
+
+def create_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0) -> list[str]:
+    """Create what is missing; idempotent. Returns one human-readable line per topic."""
+    admin = _admin(bootstrap)
+    existing = _partition_counts(admin, timeout)
+    report: list[str] = []
+    missing = [spec for spec in specs if spec.name not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, s.partitions, s.replication_factor) for s in missing],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise TopicError(f"creating topic {name!r} failed: {exc}") from None
+        existing = _partition_counts(admin, timeout)
+    for spec in specs:
+        have = existing.get(spec.name)
+        if have is None:
+            raise TopicError(f"topic {spec.name!r} still does not exist after creating it")
+        if have != spec.partitions:
+            raise TopicError(
+                f"topic {spec.name!r} exists with {have} partitions, but {spec.partitions} are "
+                "configured; Kafka cannot shrink a topic, so delete and recreate it, or set "
+                f"CSP_PARTITIONS={have}"
+            )
+        created = "created" if spec in missing else "exists"
+        report.append(f"{spec.name}: {created}, {have} partitions")
+    return report
+
+
+def require_topic(bootstrap: str, name: str, partitions: int | None, timeout: float = 15.0) -> int:
+    """Check at service start that a topic exists (with the configured partitions)."""
+    existing = _partition_counts(_admin(bootstrap), timeout)
+    if name not in existing:
+        raise TopicError(
+            f"topic {name!r} does not exist on {bootstrap}; topics are created explicitly: "
+            "run `csp topics create` (auto-creation is disabled on purpose)"
+        )
+    if partitions is not None and existing[name] != partitions:
+        raise TopicError(
+            f"topic {name!r} has {existing[name]} partitions but {partitions} are configured "
+            "(CSP_PARTITIONS)"
+        )
+    return existing[name]
