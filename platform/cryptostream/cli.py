@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,7 +37,8 @@ def stack_up(
     from cryptostream.stack.local import LocalStack
     from cryptostream.stack.stackfile import remove_stack_file, write_stack_file
     from cryptostream.stack.supervisor import StackError, sigterm_as_keyboard_interrupt
-    from cryptostream.topics import TopicError, create_topics as make_topics, required_topics
+    from cryptostream.topics import TopicError, required_topics
+    from cryptostream.topics import create_topics as make_topics
 
     settings = Settings()
     workdir = settings.run_dir / time.strftime("stack-%Y%m%d-%H%M%S")
@@ -74,6 +74,22 @@ def stack_up(
         finally:
             remove_stack_file(settings.stack_file)
             stack.stop()
+
+
+@stack_app.command("fetch")
+def stack_fetch() -> None:
+    """Resolve the Kafka jars from Maven Central into the cache folder (done once)."""
+    from cryptostream.stack.kafka import check_java, resolve_kafka_jars
+    from cryptostream.stack.supervisor import StackError
+
+    settings = Settings()
+    try:
+        check_java()
+        t0 = time.monotonic()
+        lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
+    except StackError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"Apache Kafka {settings.kafka_version} jars in {lib} ({time.monotonic() - t0:.1f}s)")
 
 
 @topics_app.command("create")
@@ -138,10 +154,7 @@ def demo(
     from cryptostream.demo import run_demo
 
     raise typer.Exit(
-        run_demo(
-            Settings(), duration=duration, processors=processors, rate=rate, live=live,
-            workdir=Path(Settings().run_dir),
-        )  # fmt: skip
+        run_demo(Settings(), duration=duration, processors=processors, rate=rate, live=live)
     )
 
 

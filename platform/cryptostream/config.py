@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from cryptostream.core.symbols import normalize_symbol
 
@@ -36,7 +41,8 @@ class Settings(BaseSettings):
     binance_ws_url: str = Field(
         "wss://stream.binance.com:9443", description="Binance WebSocket base URL"
     )
-    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT", "BNBUSDT"])
+    # Comma-separated in the environment (CSP_SYMBOLS=BTCUSDT,ETHUSDT), not JSON.
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT", "BNBUSDT"])
     max_frame_bytes: int = Field(65536, ge=1024)
 
     # --- processor ----------------------------------------------------------------------------

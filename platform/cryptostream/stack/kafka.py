@@ -174,7 +174,9 @@ class KafkaBroker:
         self.process.stop(timeout=20)
         self.process.start()
         self.process.wait_until(
-            lambda: metadata_ready(self.bootstrap), timeout=timeout, what="a served metadata request"
+            lambda: metadata_ready(self.bootstrap),
+            timeout=timeout,
+            what="a served metadata request",
         )
 
 

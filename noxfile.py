@@ -1,0 +1,67 @@
+"""Every task of the project: `nox -l` lists them; the README says what each writes where."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+PYTHON = "3.11"
+
+
+def _ensure_system_packages(session: nox.Session) -> None:
+    """redis-server comes from Debian's package; install it when missing and we may."""
+    if shutil.which("redis-server"):
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        session.log("redis-server is missing: installing Debian's package")
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run(
+            "apt-get", "install", "-y", "-qq", "redis-server", external=True,
+            env={"DEBIAN_FRONTEND": "noninteractive"},
+        )  # fmt: skip
+        return
+    session.error("redis-server is not installed: sudo apt-get install redis-server")
+
+
+def _install(session: nox.Session, extras: str = "dev") -> None:
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit, integration and end-to-end tests on a real Kafka broker and Redis server."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.run("csp", "stack", "fetch")  # the Kafka jars, once, into .cache/
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and mypy --strict."""
+    _install(session)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The whole pipeline on the local stack with live prices (`-- --duration 30` to stop)."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.run("csp", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def live(session: nox.Session) -> None:
+    """The pipeline against live Binance (needs internet access to stream.binance.com)."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.run("csp", "demo", "--live", *session.posargs)

@@ -1,0 +1,1 @@
+"""raw.trades -> Redis materialized views, each record's effect applied exactly once."""

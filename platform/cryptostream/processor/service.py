@@ -1,0 +1,207 @@
+"""The processor process: a consumer-group member applying batches to Redis exactly once.
+
+Correctness rests on Redis, not on Kafka's committed offsets: each batch's view updates and the
+last applied offset of each of its partitions are written by one Lua script, and a partition that
+is assigned to us resumes from the offset stored in Redis. Kafka offsets are committed afterwards
+only so that lag tooling works.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from cryptostream.config import Settings
+from cryptostream.core.keys import offsets_key
+from cryptostream.kafka_clients import make_consumer, make_producer
+from cryptostream.logs import RateLimitedLog, setup_logging
+from cryptostream.processor.batch import Batch, RawRecord, parse_conflicts
+from cryptostream.topics import TopicError, require_topic
+
+log = logging.getLogger("cryptostream.processor")
+
+APPLY_SCRIPT = resources.files("cryptostream.processor").joinpath("apply_batch.lua").read_text()
+
+
+class Processor:
+    def __init__(self, settings: Settings, redis_client: redis.Redis, producer: Producer) -> None:
+        self.settings = settings
+        self.redis = redis_client
+        self.apply_script = redis_client.register_script(APPLY_SCRIPT)
+        self.dlq = producer
+        self.offsets_key = offsets_key(settings.topic)
+        self.consumer: Consumer = make_consumer(settings)
+        self.running = True
+        self.warn = RateLimitedLog(log)
+        self.stats: dict[str, int] = {
+            "records": 0, "batches": 0, "poison": 0, "conflicts": 0, "rebalances": 0,
+        }  # fmt: skip
+
+    # --- rebalance callbacks (they run inside consume(), between batches) ----------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.stats["rebalances"] += 1
+        stored = self._stored_offsets([p.partition for p in partitions])
+        for tp in partitions:
+            if tp.partition in stored:
+                tp.offset = stored[tp.partition] + 1
+        consumer.incremental_assign(partitions)
+        log.info(
+            "partitions assigned",
+            extra={"fields": {"partitions": {tp.partition: tp.offset for tp in partitions}}},
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Nothing is in flight here: batches are applied before the next consume() call.
+        self.stats["rebalances"] += 1
+        consumer.incremental_unassign(partitions)
+        log.info(
+            "partitions revoked",
+            extra={"fields": {"partitions": [p.partition for p in partitions]}},
+        )
+
+    def _stored_offsets(self, partitions: list[int]) -> dict[int, int]:
+        if not partitions:
+            return {}
+        values = self._with_redis_retry(
+            lambda: self.redis.hmget(self.offsets_key, [str(p) for p in partitions])
+        )
+        return {p: int(v) for p, v in zip(partitions, values, strict=True) if v is not None}
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.consumer.subscribe(
+            [self.settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )  # fmt: skip
+        last_report = time.monotonic()
+        try:
+            while self.running:
+                messages = self.consumer.consume(
+                    num_messages=self.settings.batch_max, timeout=self.settings.batch_timeout_s
+                )
+                if messages:
+                    self.process(messages)
+                self.dlq.poll(0)
+                if time.monotonic() - last_report >= 10:
+                    last_report = time.monotonic()
+                    log.info("progress", extra={"fields": {"processor": dict(self.stats)}})
+        finally:
+            self.close()
+
+    def process(self, messages: list[Any]) -> None:
+        batch = Batch()
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self.warn.warning("consume", "consumer error", **{"error.message": str(err)})
+                continue
+            batch.add(RawRecord(msg.partition(), msg.offset(), msg.value()))
+        if not batch.parts:
+            return
+        self._dead_letter(batch)
+        now_ms = time.time_ns() // 1_000_000
+        payload = batch.script_payload(now_ms)
+        reply = self._with_redis_retry(
+            lambda: self.apply_script(args=[self.offsets_key, str(now_ms), payload])
+        )
+        if int(reply[0]) == 0:
+            self._resolve_conflicts(parse_conflicts(reply), batch)
+            return
+        self.stats["records"] += batch.records
+        self.stats["batches"] += 1
+        self._commit(batch)
+
+    def _resolve_conflicts(self, stored: dict[int, int], batch: Batch) -> None:
+        """Part of the batch was applied elsewhere: seek past it and re-read the rest."""
+        self.stats["conflicts"] += 1
+        self.warn.warning(
+            "conflict", "batch overlaps offsets already applied; re-seeking", stored=stored
+        )
+        for partition, (first, _last) in batch.parts.items():
+            offset = stored[partition] + 1 if partition in stored else first
+            try:
+                self.consumer.seek(TopicPartition(self.settings.topic, partition, offset))
+            except KafkaException as exc:  # revoked meanwhile: its new owner resumes from Redis
+                self.warn.warning("seek", "seek failed", **{"error.message": str(exc)})
+
+    def _dead_letter(self, batch: Batch) -> None:
+        for poison in batch.poison:
+            self.stats["poison"] += 1
+            record = poison.record
+            self.warn.warning("poison", "poison record sent to the DLQ", reason=poison.reason)
+            value = orjson.dumps(
+                {
+                    "reason": poison.reason,
+                    "source": f"{self.settings.topic}/{record.partition}/{record.offset}",
+                    "topic": self.settings.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "raw": (record.value or b"")[:65536].decode(errors="replace"),
+                }
+            )
+            while True:
+                try:
+                    self.dlq.produce(self.settings.dlq_topic, value)
+                    break
+                except BufferError:
+                    self.dlq.poll(0.1)
+
+    def _commit(self, batch: Batch) -> None:
+        offsets = [
+            TopicPartition(self.settings.topic, p, last + 1)
+            for p, (_f, last) in batch.parts.items()
+        ]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:  # only lag tooling depends on it
+            self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
+
+    def _with_redis_retry(self, call: Any) -> Any:
+        """Retry a Redis call with backoff until it succeeds or we are asked to stop."""
+        delay = 0.1
+        while True:
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                if not self.running:
+                    raise
+                self.warn.warning(
+                    "redis", "Redis unavailable; retrying", **{"error.message": str(exc)}
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()  # leaves the group promptly, so partitions move at once
+        finally:
+            self.dlq.flush(10)
+            log.info("stopped", extra={"fields": {"processor": dict(self.stats)}})
+
+
+def main(settings: Settings) -> int:
+    setup_logging("processor", settings.log_level)
+    try:
+        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
+        require_topic(settings.kafka_bootstrap, settings.dlq_topic, None)
+    except TopicError as exc:
+        log.error(str(exc))
+        return 2
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    processor = Processor(settings, client, make_producer(settings))
+
+    def _stop(signum: int, frame: object) -> None:
+        processor.running = False
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    processor.run()
+    return 0

@@ -1,0 +1,64 @@
+"""Shared fixtures: one real Kafka broker + Redis server per test session, isolated per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from cryptostream.config import Settings
+from cryptostream.stack.local import LocalStack
+from cryptostream.topics import create_topics, required_topics
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The real broker and Redis, started once (Kafka's jars are fetched by Maven on first use)."""
+    local = LocalStack(Settings(), tmp_path_factory.mktemp("stack"))
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@dataclass
+class Env:
+    """One test's slice of the shared stack: its own topics, group and an empty Redis."""
+
+    settings: Settings
+    env: dict[str, str]
+    redis: redis.Redis
+    workdir: Path
+
+
+@pytest.fixture
+def isolated(stack: LocalStack, tmp_path: Path) -> Iterator[Env]:
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        "CSP_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+        "CSP_REDIS_URL": stack.redis_url,
+        "CSP_TOPIC": f"raw.trades.{suffix}",
+        "CSP_DLQ_TOPIC": f"raw.trades.dlq.{suffix}",
+        "CSP_GROUP_ID": f"stream-processor-{suffix}",
+        "CSP_RUN_DIR": str(tmp_path),
+    }
+    settings = Settings(
+        kafka_bootstrap=env["CSP_KAFKA_BOOTSTRAP"],
+        redis_url=env["CSP_REDIS_URL"],
+        topic=env["CSP_TOPIC"],
+        dlq_topic=env["CSP_DLQ_TOPIC"],
+        group_id=env["CSP_GROUP_ID"],
+        run_dir=tmp_path,
+    )
+    create_topics(stack.kafka_bootstrap, required_topics(settings))
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    client.flushall()
+    try:
+        yield Env(settings, env, client, tmp_path)
+    finally:
+        client.close()

@@ -1,0 +1,40 @@
+import orjson
+
+from cryptostream.core.codec import encode_trade
+from cryptostream.core.trades import Trade
+from cryptostream.processor.batch import Batch, RawRecord, parse_conflicts
+
+
+def record(partition: int, offset: int, symbol: str, trade_id: int, price: str) -> RawRecord:
+    trade = Trade(symbol, trade_id, price, "1", 1000 + trade_id, 1001 + trade_id, False)
+    return RawRecord(partition, offset, encode_trade(trade, 1_718_000_000_123_456))
+
+
+def test_batch_keeps_offset_spans_and_newest_trade_per_symbol() -> None:
+    batch = Batch()
+    for rec in [
+        record(0, 10, "BTCUSDT", 5, "1.0"),
+        record(0, 11, "BTCUSDT", 7, "3.0"),
+        record(0, 12, "BTCUSDT", 6, "2.0"),  # older trade id arriving later must not win
+        record(3, 99, "ETHUSDT", 1, "9.5"),
+        RawRecord(3, 100, b"garbage"),
+    ]:
+        batch.add(rec)
+    assert batch.parts == {0: [10, 12], 3: [99, 100]}
+    assert batch.latest["BTCUSDT"].trade.price == "3.0"
+    assert [p.reason[:8] for p in batch.poison] == ["not JSON"]
+    assert batch.records == 5
+
+
+def test_script_payload_carries_numbers_as_strings() -> None:
+    batch = Batch()
+    batch.add(record(1, 5, "BTCUSDT", 2**40, "1.5"))
+    payload = orjson.loads(batch.script_payload(now_ms=123))
+    assert payload["parts"] == [["1", "5", "5"]]
+    row = payload["prices"][0]
+    assert row[:7] == ["BTCUSDT", "1.5", "1", str(2**40), str(1000 + 2**40), str(1001 + 2**40), "1718000000123456"]
+    assert orjson.loads(row[7])["update_time"] == 123
+
+
+def test_parse_conflicts() -> None:
+    assert parse_conflicts([0, b"3", b"41", b"5", b"7"]) == {3: 41, 5: 7}

@@ -1,0 +1,82 @@
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cryptostream.core.frames import ControlReply, Ignored, Malformed, parse_frame
+from cryptostream.core.trades import Trade
+
+TRADE = {
+    "e": "trade", "E": 1718000000001, "s": "BTCUSDT", "t": 42, "p": "66398.85000000",
+    "q": "0.00120000", "T": 1718000000000, "m": True, "M": True,
+}  # fmt: skip
+
+
+def test_raw_trade_payload() -> None:
+    outcome = parse_frame(orjson.dumps(TRADE))
+    assert outcome == Trade("BTCUSDT", 42, "66398.85000000", "0.00120000", 1718000000000, 1718000000001, True)
+
+
+def test_combined_stream_wrapper_and_unknown_fields() -> None:
+    frame = {"stream": "btcusdt@trade", "data": {**TRADE, "X": "new field"}}
+    outcome = parse_frame(orjson.dumps(frame))
+    assert isinstance(outcome, Trade) and outcome.trade_id == 42
+
+
+def test_control_replies_and_errors() -> None:
+    assert parse_frame(b'{"result":null,"id":1}') == ControlReply(1, None)
+    reply = parse_frame(b'{"code":2,"msg":"Invalid request"}')
+    assert isinstance(reply, ControlReply) and reply.error == {"code": 2, "msg": "Invalid request"}
+
+
+def test_other_events_are_ignored_not_errors() -> None:
+    assert parse_frame(orjson.dumps({**TRADE, "e": "aggTrade"})) == Ignored("aggTrade")
+    assert parse_frame(b'{"e":"serverShutdown","E":1}') == Ignored("serverShutdown")
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1,2]", "expected a JSON object"),
+        (b'{"stream":"x","data":5}', "not an object"),
+        (b'{"a":1}', "no event type"),
+        (orjson.dumps({k: v for k, v in TRADE.items() if k != "p"}), "missing field 'p'"),
+        (orjson.dumps({**TRADE, "p": 1.5}), "decimal string"),
+        (orjson.dumps({**TRADE, "p": "-1.0"}), "not a plain decimal"),
+        (orjson.dumps({**TRADE, "p": "0.000"}), "must be positive"),
+        (orjson.dumps({**TRADE, "p": "NaN"}), "not a plain decimal"),
+        (orjson.dumps({**TRADE, "q": "Infinity"}), "not a plain decimal"),
+        (orjson.dumps({**TRADE, "p": "1e5"}), "not a plain decimal"),
+        (orjson.dumps({**TRADE, "t": "42"}), "must be an integer"),
+        (orjson.dumps({**TRADE, "t": True}), "must be an integer"),
+        (orjson.dumps({**TRADE, "s": "../x"}), "invalid symbol"),
+        (orjson.dumps({**TRADE, "m": "yes"}), "boolean"),
+    ],
+)
+def test_malformed_frames_say_why(frame: bytes, reason: str) -> None:
+    outcome = parse_frame(frame)
+    assert isinstance(outcome, Malformed), outcome
+    assert reason in outcome.reason
+
+
+def test_oversized_frames_are_rejected_before_parsing() -> None:
+    outcome = parse_frame(b" " * 2000 + orjson.dumps(TRADE), max_bytes=1024)
+    assert isinstance(outcome, Malformed) and "exceeds" in outcome.reason
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
+    parse_frame(raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.sampled_from(list(TRADE) + ["stream", "data", "result", "id"]), json_values))
+def test_arbitrary_json_objects_never_raise(obj: dict[str, object]) -> None:
+    parse_frame(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
