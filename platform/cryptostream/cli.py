@@ -89,7 +89,9 @@ def stack_fetch() -> None:
         lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
     except StackError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"Apache Kafka {settings.kafka_version} jars in {lib} ({time.monotonic() - t0:.1f}s)")
+    typer.echo(
+        f"Apache Kafka {settings.kafka_version} jars in {lib} ({time.monotonic() - t0:.1f}s)"
+    )
 
 
 @topics_app.command("create")

@@ -42,7 +42,9 @@ class Settings(BaseSettings):
         "wss://stream.binance.com:9443", description="Binance WebSocket base URL"
     )
     # Comma-separated in the environment (CSP_SYMBOLS=BTCUSDT,ETHUSDT), not JSON.
-    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT", "BNBUSDT"])
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
+    )
     max_frame_bytes: int = Field(65536, ge=1024)
 
     # --- processor ----------------------------------------------------------------------------

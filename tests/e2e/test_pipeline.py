@@ -36,7 +36,9 @@ def _committed(env: Env, partitions: list[int]) -> dict[int, int]:
         {"bootstrap.servers": env.settings.kafka_bootstrap, "group.id": env.settings.group_id}
     )
     try:
-        tps = consumer.committed([TopicPartition(env.settings.topic, p) for p in partitions], timeout=10)
+        tps = consumer.committed(
+            [TopicPartition(env.settings.topic, p) for p in partitions], timeout=10
+        )
         return {tp.partition: tp.offset for tp in tps}
     finally:
         consumer.close()

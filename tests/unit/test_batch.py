@@ -32,7 +32,15 @@ def test_script_payload_carries_numbers_as_strings() -> None:
     payload = orjson.loads(batch.script_payload(now_ms=123))
     assert payload["parts"] == [["1", "5", "5"]]
     row = payload["prices"][0]
-    assert row[:7] == ["BTCUSDT", "1.5", "1", str(2**40), str(1000 + 2**40), str(1001 + 2**40), "1718000000123456"]
+    assert row[:7] == [
+        "BTCUSDT",
+        "1.5",
+        "1",
+        str(2**40),
+        str(1000 + 2**40),
+        str(1001 + 2**40),
+        "1718000000123456",
+    ]
     assert orjson.loads(row[7])["update_time"] == 123
 
 

@@ -14,7 +14,9 @@ TRADE = {
 
 def test_raw_trade_payload() -> None:
     outcome = parse_frame(orjson.dumps(TRADE))
-    assert outcome == Trade("BTCUSDT", 42, "66398.85000000", "0.00120000", 1718000000000, 1718000000001, True)
+    assert outcome == Trade(
+        "BTCUSDT", 42, "66398.85000000", "0.00120000", 1718000000000, 1718000000001, True
+    )
 
 
 def test_combined_stream_wrapper_and_unknown_fields() -> None:
@@ -71,12 +73,20 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
 
-@given(st.dictionaries(st.sampled_from(list(TRADE) + ["stream", "data", "result", "id"]), json_values))
+@given(
+    st.dictionaries(st.sampled_from(list(TRADE) + ["stream", "data", "result", "id"]), json_values)
+)
 def test_arbitrary_json_objects_never_raise(obj: dict[str, object]) -> None:
     parse_frame(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))

@@ -31,10 +31,14 @@ def test_invalid_symbol_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
         Settings()
 
 
-def test_live_stack_file_supplies_addresses_env_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_live_stack_file_supplies_addresses_env_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("CSP_RUN_DIR", str(tmp_path))
     monkeypatch.delenv("CSP_KAFKA_BOOTSTRAP", raising=False)
-    write_stack_file(tmp_path / "stack.json", kafka_bootstrap="127.0.0.1:1111", redis_url="redis://127.0.0.1:2/0")
+    write_stack_file(
+        tmp_path / "stack.json", kafka_bootstrap="127.0.0.1:1111", redis_url="redis://127.0.0.1:2/0"
+    )
     assert Settings().kafka_bootstrap == "127.0.0.1:1111"
     monkeypatch.setenv("CSP_KAFKA_BOOTSTRAP", "127.0.0.1:9999")
     assert Settings().kafka_bootstrap == "127.0.0.1:9999"
