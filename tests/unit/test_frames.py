@@ -86,7 +86,7 @@ json_values = st.recursive(
 
 
 @given(
-    st.dictionaries(st.sampled_from(list(TRADE) + ["stream", "data", "result", "id"]), json_values)
+    st.dictionaries(st.sampled_from([*list(TRADE), "stream", "data", "result", "id"]), json_values)
 )
 def test_arbitrary_json_objects_never_raise(obj: dict[str, object]) -> None:
     parse_frame(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
