@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from cryptostream.config import Settings
 
@@ -32,7 +34,8 @@ def required_topics(settings: Settings) -> list[TopicSpec]:
 def _admin(bootstrap: str) -> AdminClient:
     quiet = logging.getLogger("cryptostream.topics.client")
     quiet.setLevel(logging.CRITICAL)
-    return AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
+    return AdminClient(config)
 
 
 def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:

@@ -60,10 +60,10 @@ class KafkaSink:
                 **{"error.message": str(err), "kafka.key": (msg.key() or b"").decode()},
             )
 
-    async def _produce(self, topic: str, key: bytes | None, value: bytes, **kw: object) -> None:
+    async def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         while True:
             try:
-                self.producer.produce(topic, value, key, on_delivery=self._on_delivery, **kw)
+                self.producer.produce(topic, value, key, on_delivery=self._on_delivery)
                 return
             except BufferError:  # local queue full: Kafka is slow or away; stop reading for a bit
                 self.producer.poll(0)

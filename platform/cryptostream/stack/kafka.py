@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from cryptostream.stack.supervisor import ManagedProcess, StackError, free_port, port_in_use
 
@@ -185,6 +186,7 @@ def metadata_ready(bootstrap: str, timeout: float = 3.0) -> bool:
 
     quiet = logging.getLogger("cryptostream.stack.kafka.probe")
     quiet.setLevel(logging.CRITICAL)
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
+    admin = AdminClient(config)
     meta = admin.list_topics(timeout=timeout)
     return bool(meta.brokers)
