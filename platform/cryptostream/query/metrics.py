@@ -1,0 +1,71 @@
+"""Prometheus metrics of one query worker process.
+
+Each app owns its registry (tests build many apps in one process). With several uvicorn
+workers each process reports only its own numbers and a scrape reaches whichever worker accepts
+it; run one worker per container (or scrape each) when exact totals matter.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5, 1.0)
+
+
+class QueryMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "csp_query_requests",
+            "HTTP requests served, by route template and status code",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "csp_query_request_seconds",
+            "Time from request to last response byte handed to the server, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "csp_query_redis_unavailable",
+            "Requests answered 503 because Redis did not answer",
+            registry=self.registry,
+        )
+        self.stream_clients = Gauge(
+            "csp_query_stream_clients", "Connected live-push clients", registry=self.registry
+        )
+        self.stream_updates = Counter(
+            "csp_query_stream_updates_received",
+            "Price updates received from the Redis pub/sub channel",
+            registry=self.registry,
+        )
+        self.stream_coalesced = Counter(
+            "csp_query_stream_updates_coalesced",
+            "Updates replaced by a newer one for the same symbol before a slow client took them",
+            registry=self.registry,
+        )
+        self.stream_dropped_clients = Counter(
+            "csp_query_stream_clients_dropped",
+            "Live-push clients disconnected because a send blocked too long",
+            registry=self.registry,
+        )
+        self.pubsub_reconnects = Counter(
+            "csp_query_pubsub_reconnects",
+            "Times the shared pub/sub subscription was re-established",
+            registry=self.registry,
+        )
+        self.price_route = self.latency.labels("/price/{symbol}")
+        self._price_status = {
+            status: self.requests.labels("/price/{symbol}", str(status))
+            for status in (200, 400, 404, 500, 503)
+        }
+
+    def price_served(self, status: int, seconds: float) -> None:
+        """Hot path: pre-bound children, no label lookup per request."""
+        self._price_status[status].inc()
+        self.price_route.observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,80 @@
+"""``csp query``: serve the app with uvicorn (uvloop + httptools), one or more worker processes.
+
+With one worker the app object is passed directly. With several, uvicorn builds the app in each
+worker from an import string, so the settings travel to the workers as JSON in an environment
+variable (``CSP_QUERY_SETTINGS_JSON``) that :func:`app_from_env` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from cryptostream.config import Settings, load_settings
+from cryptostream.query.app import QueryApp, create_app
+
+SETTINGS_ENV = "CSP_QUERY_SETTINGS_JSON"
+
+
+def app_from_env() -> QueryApp:
+    """uvicorn factory for worker processes (spawned: they set up their own JSON logging)."""
+    from cryptostream.logs import setup_logging
+
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings.model_validate_json(raw) if raw else load_settings()
+    setup_logging("query", settings.log_level)
+    return create_app(settings)
+
+
+def uvicorn_config(settings: Settings, workers: int = 1) -> uvicorn.Config:
+    """uvloop + httptools, no access log (a line per request would cost more than serving it)."""
+    app: QueryApp | str
+    if workers > 1:
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        app = "cryptostream.query.server:app_from_env"
+    else:
+        app = create_app(settings)
+    return uvicorn.Config(
+        app,
+        host=settings.query_host,
+        port=settings.query_port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+        factory=workers > 1,
+        workers=workers,
+    )
+
+
+def main(settings: Settings, workers: int = 1) -> int:
+    """Serve until SIGINT/SIGTERM; returns the process exit code (1 if it never started)."""
+    from cryptostream.logs import setup_logging
+
+    log = setup_logging("query", settings.log_level)
+    if workers < 1:
+        log.error("workers must be >= 1", extra={"fields": {"workers": workers}})
+        return 2
+    config = uvicorn_config(settings, workers)
+    log.info(
+        "query API starting",
+        extra={
+            "fields": {
+                "url.full": f"http://{settings.query_host}:{settings.query_port}",
+                "workers": workers,
+            }
+        },
+    )
+    if workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return 0
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 1

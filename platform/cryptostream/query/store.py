@@ -1,0 +1,119 @@
+"""Read-only access to the Redis views, with every Redis failure turned into one exception.
+
+The routes never see a redis-py exception: anything that means "Redis is not answering right
+now" becomes :class:`StoreUnavailable` (rendered as 503), and the client reconnects on the next
+call, so the service recovers by itself when Redis comes back. Every command here touches keys
+named exactly from a validated symbol; nothing builds a pattern (``KEYS``/``SCAN``) from input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from cryptostream.core.keys import SYMBOLS_KEY, candles_1m_key, price_key, stats_key
+from cryptostream.query.limits import REDIS_TIMEOUT_S
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(RuntimeError):
+    """Redis could not answer (down, restarting, timed out)."""
+
+
+def make_client(url: str, *, timeout: float = REDIS_TIMEOUT_S, pool_size: int = 64) -> Any:
+    """A redis-py asyncio client: bounded pool, short timeouts, no retry loop.
+
+    No retries because a request should fail fast with 503 rather than queue up behind a dead
+    server; the next request simply opens a fresh connection.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=pool_size,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class RedisStore:
+    """The views of :mod:`cryptostream.core.keys`, read with redis-py asyncio (hiredis parser)."""
+
+    def __init__(self, url: str, *, timeout: float = REDIS_TIMEOUT_S) -> None:
+        self.url = url
+        self.client: Any = make_client(url, timeout=timeout)
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc}") from None
+        except RedisError as exc:  # e.g. LOADING after a restart, or a wrong-type key
+            if "LOADING" in str(exc) or "BUSY" in str(exc):
+                raise StoreUnavailable(f"redis unavailable: {exc}") from None
+            raise
+
+    async def ping(self) -> bool:
+        return bool(await self._call(lambda: self.client.ping()))
+
+    async def price(self, symbol: str) -> bytes | None:
+        """The latest price's decimal string, or None if the symbol has none."""
+        value: bytes | None = await self._call(lambda: self.client.hget(price_key(symbol), "price"))
+        return value
+
+    async def prices(self, symbols: Sequence[str]) -> list[bytes | None]:
+        """Many latest prices in one round trip (a pipeline, not a transaction)."""
+
+        async def run() -> list[bytes | None]:
+            pipe = self.client.pipeline(transaction=False)
+            for symbol in symbols:
+                pipe.hget(price_key(symbol), "price")
+            result: list[bytes | None] = await pipe.execute()
+            return result
+
+        return await self._call(run)
+
+    async def latest_trade(self, symbol: str) -> dict[bytes, bytes]:
+        result: dict[bytes, bytes] = await self._call(
+            lambda: self.client.hgetall(price_key(symbol))
+        )
+        return result
+
+    async def stats(self, symbol: str) -> dict[bytes, bytes]:
+        result: dict[bytes, bytes] = await self._call(
+            lambda: self.client.hgetall(stats_key(symbol))
+        )
+        return result
+
+    async def symbols(self) -> list[bytes]:
+        result: set[bytes] = await self._call(lambda: self.client.smembers(SYMBOLS_KEY))
+        return sorted(result)
+
+    async def latest_candle_time(self, symbol: str) -> int | None:
+        """Open time (ms) of the newest 1-minute candle, from its score."""
+        rows: list[tuple[bytes, float]] = await self._call(
+            lambda: self.client.zrevrange(candles_1m_key(symbol), 0, 0, withscores=True)
+        )
+        return int(rows[0][1]) if rows else None
+
+    async def candles_1m_since(self, symbol: str, since_ms: int, count: int) -> list[bytes]:
+        """At most ``count`` 1-minute candle members with open time >= ``since_ms``, oldest first."""
+        result: list[bytes] = await self._call(
+            lambda: self.client.zrangebyscore(
+                candles_1m_key(symbol), since_ms, "+inf", start=0, num=count
+            )
+        )
+        return result
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,194 @@
+"""Query API fixtures: one real ``redis-server`` and one real uvicorn server per session.
+
+The service runs exactly as in production (uvicorn, uvloop, httptools) in a background thread
+on a free port; tests talk to it over loopback HTTP/WebSocket and populate Redis the way the
+processor does (:mod:`cryptostream.core.keys`). Redis is flushed before every test.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis
+import uvicorn
+
+from cryptostream.config import Settings
+from cryptostream.core.keys import (
+    PRICE_CHANNEL,
+    SYMBOLS_KEY,
+    candles_1m_key,
+    price_key,
+    stats_key,
+)
+from cryptostream.query.app import QueryApp
+from cryptostream.query.server import uvicorn_config
+from cryptostream.stack.redis_server import RedisServer
+from cryptostream.stack.supervisor import free_port
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("query-redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class RunningService:
+    url: str
+    ws_url: str
+    app: QueryApp
+    server: uvicorn.Server
+    thread: threading.Thread
+
+
+def start_service(settings: Settings) -> RunningService:
+    config = uvicorn_config(settings, workers=1)
+    app = config.app
+    assert isinstance(app, QueryApp)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="query-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("query service did not start")
+        time.sleep(0.02)
+    base = f"{settings.query_host}:{settings.query_port}"
+    return RunningService(f"http://{base}", f"ws://{base}", app, server, thread)
+
+
+def stop_service(service: RunningService) -> None:
+    service.server.should_exit = True
+    service.thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def service(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
+    settings = Settings(
+        redis_url=redis_server.url,
+        query_host="127.0.0.1",
+        query_port=free_port(),
+        run_dir=tmp_path_factory.mktemp("query-run"),
+    )
+    running = start_service(settings)
+    try:
+        yield running
+    finally:
+        stop_service(running)
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client on the test Redis, flushed first (restarted if a test left it stopped)."""
+    if redis_server.process is not None and not redis_server.process.alive():
+        redis_server.process.start()
+        redis_server.process.wait_until(redis_server.ping, timeout=20, what="a PING reply")
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def http(service: RunningService) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        yield client
+
+
+# --- writing Redis the way the processor does --------------------------------------------------
+
+
+def trade_update(
+    symbol: str,
+    price: str,
+    *,
+    trade_id: int = 1,
+    quantity: str = "0.01000000",
+    trade_time: int | None = None,
+    now_ms: int | None = None,
+) -> dict[str, object]:
+    """One element of the ``updates:price`` message (the processor's shape)."""
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    t = trade_time if trade_time is not None else now - 5
+    return {
+        "symbol": symbol,
+        "price": price,
+        "quantity": quantity,
+        "trade_id": trade_id,
+        "trade_time": t,
+        "event_time": t + 1,
+        "update_time": now,
+    }
+
+
+def put_price(r: redis.Redis, symbol: str, price: str, **kw: int | str) -> dict[str, object]:
+    """HSET ``price:{SYMBOL}`` + SADD ``symbols``, as the processor's Lua script does."""
+    update = trade_update(symbol, price, **kw)  # type: ignore[arg-type]
+    r.hset(
+        price_key(symbol),
+        mapping={
+            "price": price,
+            "quantity": str(update["quantity"]),
+            "trade_id": str(update["trade_id"]),
+            "trade_time": str(update["trade_time"]),
+            "event_time": str(update["event_time"]),
+            "ingest_time_us": str(int(update["event_time"]) * 1000 + 300),  # type: ignore[call-overload]
+            "update_time": str(update["update_time"]),
+        },
+    )
+    r.sadd(SYMBOLS_KEY, symbol)
+    return update
+
+
+def publish(r: redis.Redis, updates: list[dict[str, object]]) -> int:
+    return int(r.publish(PRICE_CHANNEL, orjson.dumps(updates)))
+
+
+def put_candle(
+    r: redis.Redis,
+    symbol: str,
+    t: int,
+    o: str,
+    h: str,
+    low: str,
+    c: str,
+    v: str,
+    qv: str,
+    n: int,
+) -> None:
+    member = orjson.dumps({"t": t, "o": o, "h": h, "l": low, "c": c, "v": v, "qv": qv, "n": n})
+    r.zadd(candles_1m_key(symbol), {member: t})
+
+
+def put_stats(r: redis.Redis, symbol: str, trades: int, base: str, quote: str) -> None:
+    r.hset(
+        stats_key(symbol),
+        mapping={"trades": str(trades), "base_volume": base, "quote_volume": quote},
+    )
+
+
+def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if callable(predicate) and predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(interval)
+
+
+__all__ = ["Path"]
