@@ -18,7 +18,15 @@ def test_503_while_redis_is_down_then_recovers(
 
     redis_server.process.stop(timeout=10)
     try:
-        for path in ["/price/BTCUSDT", "/ready"]:
+        for path in [
+            "/price/BTCUSDT",
+            "/ready",
+            "/prices?symbols=BTCUSDT",
+            "/symbols",
+            "/stats/BTCUSDT",
+            "/trades/latest/BTCUSDT",
+            "/candles/BTCUSDT",
+        ]:
             resp = http.get(path)
             assert resp.status_code == 503, path
             assert resp.json() == {"error": "redis unavailable"}

@@ -6,21 +6,33 @@ Every error leaves as ``{"error": "..."}`` with a 4xx/5xx status: malformed inpu
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Path, Request
+import orjson
+from fastapi import FastAPI, Path, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from cryptostream.config import Settings
 from cryptostream.core.symbols import InvalidSymbol, normalize_symbol
+from cryptostream.query import candles as candle_math
+from cryptostream.query import inputs
+from cryptostream.query.limits import (
+    DEFAULT_CANDLE_LIMIT,
+    MAX_CANDLE_LIMIT,
+    MAX_STREAM_SYMBOLS,
+    MAX_SYMBOLS_PER_REQUEST,
+)
 from cryptostream.query.metrics import QueryMetrics
+from cryptostream.query.push import ClientFeed, PriceHub, serve_websocket
 from cryptostream.query.responses import (
     PRICE_NOT_AVAILABLE,
     REDIS_UNAVAILABLE,
@@ -43,6 +55,7 @@ class QueryState:
         self.settings = settings
         self.metrics = QueryMetrics()
         self._store: RedisStore | None = None
+        self.hub = PriceHub(settings.redis_url, self.metrics)
 
     @property
     def store(self) -> RedisStore:
@@ -52,8 +65,10 @@ class QueryState:
 
     async def start(self) -> None:
         self._store = RedisStore(self.settings.redis_url)
+        self.hub.start()
 
     async def stop(self) -> None:
+        await self.hub.stop()
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -96,6 +111,115 @@ class HealthOut(BaseModel):
     status: str
 
 
+class PricesOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {"prices": {"BTCUSDT": 66398.85, "ETHUSDT": 3120.5}, "missing": ["XYZUSDT"]}
+            ]
+        }
+    }
+    prices: dict[str, float] = Field(description="Symbol -> latest price, for those that have one")
+    missing: list[str] = Field(description="Requested symbols without a price (not an error)")
+
+
+class TradeOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "symbol": "BTCUSDT",
+                    "price": "66398.85000000",
+                    "quantity": "0.01200000",
+                    "trade_id": 3141592,
+                    "trade_time": 1718000000000,
+                    "event_time": 1718000000001,
+                    "update_time": 1718000000012,
+                    "ingest_time_us": 1718000000004210,
+                    "age_ms": 850,
+                }
+            ]
+        }
+    }
+    symbol: str
+    price: str = Field(description="Decimal string, exactly as traded")
+    quantity: str = Field(description="Decimal string, base asset")
+    trade_id: int
+    trade_time: int = Field(description="Exchange trade time, ms since the epoch")
+    event_time: int = Field(description="Exchange event time, ms")
+    update_time: int = Field(description="When the processor made it visible in Redis, ms")
+    ingest_time_us: int | None = Field(None, description="When ingest received it, us")
+    age_ms: int = Field(description="Now minus trade_time, ms (can be <0 under clock skew)")
+
+
+class CandleOut(BaseModel):
+    open_time: int = Field(description="ms since the epoch, aligned to the interval")
+    close_time: int = Field(description="open_time + interval - 1 ms")
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str = Field(description="Base asset volume (exact decimal)")
+    quote_volume: str = Field(description="Quote asset volume (exact decimal)")
+    trades: int
+
+
+class CandlesOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "symbol": "BTCUSDT",
+                    "interval": "5m",
+                    "candles": [
+                        {
+                            "open_time": 1718000100000,
+                            "close_time": 1718000399999,
+                            "open": "66390.00",
+                            "high": "66410.50",
+                            "low": "66385.10",
+                            "close": "66398.85",
+                            "volume": "12.34500000",
+                            "quote_volume": "819705.11",
+                            "trades": 1532,
+                        }
+                    ],
+                }
+            ]
+        }
+    }
+    symbol: str
+    interval: str
+    candles: list[CandleOut] = Field(description="Oldest first")
+
+
+class StatsOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "symbol": "BTCUSDT",
+                    "trades": 1204332,
+                    "base_volume": "18234.12000000",
+                    "quote_volume": "1210554321.77",
+                }
+            ]
+        }
+    }
+    symbol: str
+    trades: int = Field(description="Trades applied since the views were (re)built")
+    base_volume: str
+    quote_volume: str
+
+
+class SymbolsOut(BaseModel):
+    model_config = {
+        "json_schema_extra": {"examples": [{"symbols": ["BTCUSDT", "ETHUSDT"], "count": 2}]}
+    }
+    symbols: list[str] = Field(description="Every symbol with a price, sorted")
+    count: int
+
+
 def _error_doc(description: str, example: str) -> dict[str, Any]:
     return {
         "model": ErrorOut,
@@ -118,6 +242,19 @@ def _validation_message(exc: RequestValidationError) -> str:
         where = ".".join(str(p) for p in err.get("loc", ()))
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)
+
+
+def _json(doc: Any, status: int = 200) -> JSONBytes:
+    return JSONBytes(orjson.dumps(doc), status_code=status)
+
+
+def parse_symbol_list(raw: str, limit: int = MAX_SYMBOLS_PER_REQUEST) -> list[str]:
+    return inputs.parse_symbol_list(raw, limit)
+
+
+def _int_field(fields: dict[bytes, bytes], name: bytes) -> int | None:
+    value = fields.get(name)
+    return int(value) if value is not None else None
 
 
 def build_api(state: QueryState) -> FastAPI:
@@ -222,6 +359,201 @@ def build_api(state: QueryState) -> FastAPI:
         return Response(
             state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
+
+    NOT_FOUND = _error_doc("Nothing stored for this symbol", "price not available")
+
+    @app.get(
+        "/prices",
+        summary="Latest prices of many symbols in one call",
+        description=(
+            f"Comma-separated symbols (at most {MAX_SYMBOLS_PER_REQUEST}); symbols without a "
+            "price are listed under `missing`, not treated as an error."
+        ),
+        responses={200: {"model": PricesOut}, 400: BAD_INPUT, 503: UNAVAILABLE},
+    )
+    async def get_prices(
+        symbols: Annotated[
+            str,
+            Query(
+                max_length=MAX_SYMBOLS_PER_REQUEST * 22,
+                description="Comma-separated symbols",
+                examples=["BTCUSDT,ETHUSDT"],
+            ),
+        ],
+    ) -> Response:
+        wanted = parse_symbol_list(symbols)
+        stored = await state.store.prices(wanted)
+        prices: dict[str, float] = {}
+        missing: list[str] = []
+        for symbol, value in zip(wanted, stored, strict=True):
+            if value is None:
+                missing.append(symbol)
+            else:
+                prices[symbol] = float(value)
+        return _json({"prices": prices, "missing": missing})
+
+    @app.get(
+        "/trades/latest/{symbol}",
+        summary="The whole latest-trade record of one symbol, with its age",
+        responses={200: {"model": TradeOut}, 400: BAD_INPUT, 404: NOT_FOUND, 503: UNAVAILABLE},
+    )
+    async def get_latest_trade(symbol: SymbolPath) -> Response:
+        sym = normalize_symbol(symbol)
+        fields = await state.store.latest_trade(sym)
+        if not fields or b"price" not in fields:
+            return JSONBytes(PRICE_NOT_AVAILABLE, status_code=404)
+        trade_time = _int_field(fields, b"trade_time") or 0
+        return _json(
+            {
+                "symbol": sym,
+                "price": fields[b"price"].decode(),
+                "quantity": fields.get(b"quantity", b"0").decode(),
+                "trade_id": _int_field(fields, b"trade_id") or 0,
+                "trade_time": trade_time,
+                "event_time": _int_field(fields, b"event_time") or 0,
+                "update_time": _int_field(fields, b"update_time") or 0,
+                "ingest_time_us": _int_field(fields, b"ingest_time_us"),
+                "age_ms": int(time.time() * 1000) - trade_time,
+            }
+        )
+
+    @app.get(
+        "/candles/{symbol}",
+        summary="OHLCV candles, newest last",
+        description=(
+            "1-minute candles as the processor keeps them; 5m, 15m and 1h are rolled up from "
+            "them with exact decimal arithmetic, aligned to the epoch. Minutes without trades "
+            "have no candle."
+        ),
+        responses={
+            200: {"model": CandlesOut},
+            400: BAD_INPUT,
+            404: _error_doc("No candles for this symbol", "no candles"),
+            503: UNAVAILABLE,
+        },
+    )
+    async def get_candles(
+        symbol: SymbolPath,
+        interval: Annotated[
+            Literal["1m", "5m", "15m", "1h"], Query(description="Candle width")
+        ] = "1m",
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_CANDLE_LIMIT, description="Number of candles")
+        ] = DEFAULT_CANDLE_LIMIT,
+    ) -> Response:
+        sym = normalize_symbol(symbol)
+        minutes = candle_math.INTERVAL_MINUTES[interval]
+        latest = await state.store.latest_candle_time(sym)
+        if latest is None:
+            return _json({"error": "no candles"}, 404)
+        width = minutes * candle_math.MINUTE_MS
+        since = candle_math.bucket_start(latest, minutes) - (limit - 1) * width
+        members = await state.store.candles_1m_since(sym, since, (limit + 1) * minutes)
+        rolled = candle_math.aggregate((candle_math.parse_candle(m) for m in members), minutes)
+        return _json(
+            {
+                "symbol": sym,
+                "interval": interval,
+                "candles": [candle_math.candle_json(c, minutes) for c in rolled[-limit:]],
+            }
+        )
+
+    @app.get(
+        "/stats/{symbol}",
+        summary="Running totals of one symbol",
+        responses={
+            200: {"model": StatsOut},
+            400: BAD_INPUT,
+            404: _error_doc("No stats for this symbol", "stats not available"),
+            503: UNAVAILABLE,
+        },
+    )
+    async def get_stats(symbol: SymbolPath) -> Response:
+        sym = normalize_symbol(symbol)
+        fields = await state.store.stats(sym)
+        if not fields:
+            return _json({"error": "stats not available"}, 404)
+        return _json(
+            {
+                "symbol": sym,
+                "trades": _int_field(fields, b"trades") or 0,
+                "base_volume": fields.get(b"base_volume", b"0").decode(),
+                "quote_volume": fields.get(b"quote_volume", b"0").decode(),
+            }
+        )
+
+    @app.get(
+        "/symbols",
+        summary="Every symbol that has a price",
+        responses={200: {"model": SymbolsOut}, 503: UNAVAILABLE},
+    )
+    async def get_symbols() -> Response:
+        symbols = [s.decode() for s in await state.store.symbols()]
+        return _json({"symbols": symbols, "count": len(symbols)})
+
+    @app.get(
+        "/stream/prices",
+        summary="Live prices as Server-Sent Events",
+        description=(
+            "Each `data:` line is a JSON array of updates (the processor's shape: price and "
+            "quantity as decimal strings). A client that reads slowly receives only the latest "
+            "update per symbol. A comment line is sent every 15 s to keep proxies from closing "
+            "an idle stream."
+        ),
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {
+                    "text/event-stream": {
+                        "schema": {"type": "string"},
+                        "example": 'data: [{"symbol":"BTCUSDT","price":"66398.85000000",'
+                        '"quantity":"0.012","trade_id":3141592,"trade_time":1718000000000,'
+                        '"event_time":1718000000001,"update_time":1718000000012}]\n\n',
+                    }
+                }
+            },
+            400: BAD_INPUT,
+        },
+    )
+    async def stream_prices(
+        symbols: Annotated[
+            str,
+            Query(
+                max_length=MAX_STREAM_SYMBOLS * 22,
+                description=f"Comma-separated symbols (at most {MAX_STREAM_SYMBOLS})",
+                examples=["BTCUSDT,ETHUSDT"],
+            ),
+        ],
+    ) -> StreamingResponse:
+        wanted = parse_symbol_list(symbols, MAX_STREAM_SYMBOLS)
+        feed = ClientFeed(state.metrics)
+        state.hub.register(feed, wanted)
+        state.metrics.stream_clients.inc()
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b": subscribed\n\n"
+                while True:
+                    try:
+                        batch = await asyncio.wait_for(feed.take(), timeout=15.0)
+                    except TimeoutError:
+                        yield b": keepalive\n\n"
+                        continue
+                    yield b"data: " + orjson.dumps(batch) + b"\n\n"
+            finally:
+                state.hub.unregister(feed)
+                state.metrics.stream_clients.dec()
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    @app.websocket("/ws/prices")
+    async def ws_prices(websocket: WebSocket) -> None:
+        """Live prices over WebSocket (see :func:`serve_websocket`)."""
+        await serve_websocket(state.hub, state.metrics, websocket)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, minus the 422 it documents by default: validation errors are 400."""
