@@ -1,0 +1,277 @@
+"""Command line: ``python -m marketsim [flags]`` / ``csp simulator [flags]``.
+
+Exit codes: 0 after SIGTERM/SIGINT (clean stop), 2 for bad flags (argparse), 1 for start errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from marketsim.faults import FaultConfig
+from marketsim.generator import DEFAULT_START_TIME_US
+from marketsim.server import SimConfig, Simulator, write_ready_file
+from marketsim.symbols import DEFAULT_SYMBOLS, parse_symbols
+
+log = logging.getLogger("marketsim")
+
+
+def parse_start_time(text: str) -> int | None:
+    """``now`` → None (wall clock at start); an int (ms, or µs if 16 digits) or ISO-8601 → µs."""
+    t = text.strip()
+    if t.lower() == "now":
+        return None
+    if t.isdigit():
+        v = int(t)
+        return v if v >= 10**14 else v * 1000
+    dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1_000_000)
+
+
+def _symbols(text: str) -> tuple[str, ...]:
+    try:
+        return parse_symbols(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _opt_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "off", "0") else float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="marketsim",
+        description="Binance-compatible market simulator: WebSocket streams (/ws, /stream) and a "
+        "REST subset (/api/v3/...) plus /sim/stats, all on one port.",
+    )
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = a free port)")
+    g.add_argument(
+        "--ready-file",
+        type=Path,
+        help='once listening, atomically write JSON {"ws_url","rest_url","pid","port"} here',
+    )
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve wss:// and https:// with a "
+        "self-signed certificate (generated unless --tls-cert/--tls-key are given)",
+    )
+    g.add_argument("--tls-cert", type=Path, help="PEM certificate (implies --tls)")
+    g.add_argument("--tls-key", type=Path, help="PEM private key (implies --tls)")
+    g.add_argument("--log-level", default="INFO")
+
+    g = p.add_argument_group("synthetic market")
+    g.add_argument(
+        "--symbols",
+        type=_symbols,
+        default=DEFAULT_SYMBOLS,
+        help="comma-separated symbols, busiest first (default %(default)s)",
+    )
+    g.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        help="total simulated trades/s across symbols (default 100); 0 = as fast as "
+        "possible (event times then follow a nominal 1000 trades/s)",
+    )
+    g.add_argument(
+        "--fast",
+        action="store_true",
+        help="as fast as possible, keeping --rate for the simulated event times",
+    )
+    g.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="simulated seconds per wall second when paced (synthetic and replay)",
+    )
+    g.add_argument("--seed", type=int, default=1, help="RNG seed (default 1)")
+    g.add_argument("--max-trades", type=int, help="stop generating after N trades (keep serving)")
+    g.add_argument(
+        "--start-time",
+        type=parse_start_time,
+        default=DEFAULT_START_TIME_US,
+        help="simulated clock start: 'now', epoch ms/µs or ISO-8601; default "
+        "2025-01-01T00:00:00Z so the same seed gives the same bytes",
+    )
+    g.add_argument("--zipf", type=float, default=1.0, help="per-symbol rate skew exponent")
+    g.add_argument(
+        "--burst-prob", type=float, default=0.0, help="per-order burst start probability"
+    )
+    g.add_argument("--burst-mult", type=float, default=10.0, help="rate multiplier during a burst")
+    g.add_argument(
+        "--wait-for-subscribers",
+        type=int,
+        default=0,
+        help="start the market clock once N connections have a subscription",
+    )
+
+    g = p.add_argument_group("replay (instead of the synthetic market)")
+    g.add_argument(
+        "--replay",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="recorded frames (.jsonl[.gz]) or Binance archive CSV (trades/aggTrades, "
+        ".csv or .zip); repeatable, merged in time order",
+    )
+    g.add_argument("--replay-symbol", help="symbol for archive files whose name does not tell")
+    g.add_argument("--loop", action="store_true", help="replay the files again and again")
+
+    g = p.add_argument_group("connection rules (Binance defaults)")
+    g.add_argument("--ping-interval", type=_opt_float, default=20.0, help="seconds; 0/off disables")
+    g.add_argument("--pong-timeout", type=_opt_float, default=60.0, help="seconds; 0/off disables")
+    g.add_argument("--max-streams", type=int, default=1024)
+    g.add_argument(
+        "--msg-rate-limit",
+        type=int,
+        default=5,
+        help="incoming messages per second per connection (0 = unlimited)",
+    )
+    g.add_argument(
+        "--lifetime",
+        type=_opt_float,
+        default=24 * 3600.0,
+        help="connection lifetime in seconds (then serverShutdown + close)",
+    )
+    g.add_argument(
+        "--history",
+        type=int,
+        default=10_000,
+        help="orders (aggTrades) kept per symbol for the REST endpoints",
+    )
+    g.add_argument("--kline-update-ms", type=int, default=2000)
+
+    g = p.add_argument_group("faults")
+    g.add_argument("--fault-drop-after-messages", type=int)
+    g.add_argument("--fault-drop-after-seconds", type=float)
+    g.add_argument("--fault-drop-mode", choices=("abort", "close"), default="abort")
+    g.add_argument("--fault-stall-after-messages", type=int)
+    g.add_argument("--fault-stall-after-seconds", type=float)
+    g.add_argument("--fault-stall-seconds", type=float, help="stall duration (default: forever)")
+    g.add_argument("--fault-malformed-rate", type=float, default=0.0)
+    g.add_argument("--fault-duplicate-rate", type=float, default=0.0)
+    g.add_argument("--fault-reorder-rate", type=float, default=0.0)
+    g.add_argument("--fault-gap-rate", type=float, default=0.0)
+    g.add_argument(
+        "--fault-slow-start", type=float, default=0.0, help="seconds to wait before listening"
+    )
+    g.add_argument(
+        "--fault-connections",
+        type=int,
+        help="faults only on the first N connections (default: all)",
+    )
+    g.add_argument("--fault-seed", type=int, default=0)
+    return p
+
+
+def config_from_args(ns: argparse.Namespace) -> SimConfig:
+    fast = ns.fast or ns.rate <= 0
+    cfg = SimConfig(
+        host=ns.host,
+        port=ns.port,
+        symbols=tuple(ns.symbols),
+        rate=ns.rate if ns.rate > 0 else 1000.0,
+        fast=fast,
+        speed=ns.speed,
+        seed=ns.seed,
+        max_trades=ns.max_trades,
+        start_time_us=ns.start_time,
+        zipf_s=ns.zipf,
+        burst_prob=ns.burst_prob,
+        burst_mult=ns.burst_mult,
+        wait_for_subscribers=ns.wait_for_subscribers,
+        ping_interval=ns.ping_interval,
+        pong_timeout=ns.pong_timeout,
+        max_streams=ns.max_streams,
+        msg_rate_limit=ns.msg_rate_limit,
+        lifetime=ns.lifetime,
+        history_orders=ns.history,
+        kline_update_ms=ns.kline_update_ms,
+        faults=FaultConfig(
+            drop_after_messages=ns.fault_drop_after_messages,
+            drop_after_seconds=ns.fault_drop_after_seconds,
+            drop_mode=ns.fault_drop_mode,
+            stall_after_messages=ns.fault_stall_after_messages,
+            stall_after_seconds=ns.fault_stall_after_seconds,
+            stall_seconds=ns.fault_stall_seconds,
+            malformed_rate=ns.fault_malformed_rate,
+            duplicate_rate=ns.fault_duplicate_rate,
+            reorder_rate=ns.fault_reorder_rate,
+            gap_rate=ns.fault_gap_rate,
+            slow_start_seconds=ns.fault_slow_start,
+            connections=ns.fault_connections,
+            seed=ns.fault_seed,
+        ),
+    )
+    if ns.replay:
+        from marketsim.replay import replay_factory
+
+        cfg.source_factory = replay_factory(list(ns.replay), loop=ns.loop, symbol=ns.replay_symbol)
+    if ns.tls or ns.tls_cert or ns.tls_key:
+        if ns.tls_cert and ns.tls_key:
+            cfg.tls_cert, cfg.tls_key = ns.tls_cert, ns.tls_key
+        else:
+            from marketsim.tls import self_signed_cert
+
+            cfg.tls_cert, cfg.tls_key = self_signed_cert()
+    return cfg
+
+
+async def _serve(cfg: SimConfig, ready_file: Path | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sim = Simulator(cfg)
+    await sim.start()
+    log.info("marketsim listening on %s (REST %s)", sim.ws_url, sim.rest_url)
+    if ready_file is not None:
+        write_ready_file(ready_file, sim)
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=ns.log_level.upper(),
+        format='{"@timestamp":"%(asctime)s","log.level":"%(levelname)s","log.logger":"%(name)s",'
+        '"message":"%(message)s"}',
+        stream=sys.stdout,
+    )
+    try:
+        cfg = config_from_args(ns)
+    except (OSError, ValueError) as exc:
+        print(f"marketsim: {exc}", file=sys.stderr)
+        return 1
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(_serve(cfg, ns.ready_file))
+    except OSError as exc:
+        print(f"marketsim: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # pragma: no cover
+        return 0

@@ -1,0 +1,667 @@
+"""The asyncio server shell: WebSocket streams, REST, the market clock, fan-out.
+
+One port serves everything: WebSocket upgrades on ``/ws...`` and ``/stream...``, plain HTTP GETs
+on ``/api/v3/...`` and ``/sim/stats`` (through websockets' ``process_request`` hook).
+
+Hot path: payloads are encoded once per event and time unit, framed once (server frames are
+unmasked, compression is disabled), appended to each subscriber's buffer, and each buffer is
+written with one ``transport.write`` per batch. websockets still owns the handshake, incoming
+frames, keepalive pings and the closing handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from marketsim import payloads as pl
+from marketsim.faults import FaultConfig, FaultInjector
+from marketsim.generator import DEFAULT_START_TIME_US, SyntheticConfig, SyntheticSource
+from marketsim.model import Item, Order, RawFrame
+from marketsim.protocol import (
+    PathError,
+    PathRequest,
+    RateLimiter,
+    Session,
+    handle_control,
+    parse_path,
+)
+from marketsim.rest import RestApi
+from marketsim.symbols import SymbolSpec, spec_for
+from marketsim.truth import Truth
+
+log = logging.getLogger("marketsim")
+
+_HDR: list[bytes] = [
+    bytes([0x81, n]) if n < 126 else b"\x81\x7e" + n.to_bytes(2, "big") for n in range(65536)
+]
+
+
+def frame(payload: bytes) -> bytes:
+    """An unmasked, final WebSocket text frame."""
+    n = len(payload)
+    if n < 65536:
+        return _HDR[n] + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+class Source(Protocol):
+    """Where market events come from (synthetic generator or replay)."""
+
+    def next_item(self) -> Item | None: ...
+
+    def initial_specs(self) -> list[SymbolSpec]: ...
+
+
+class SyntheticItems:
+    """The synthetic generator as a source; ``now=True`` shifts its clock to the wall clock at
+    the moment the market clock starts (the first order), instead of the fixed start time."""
+
+    def __init__(self, config: SyntheticConfig, now: bool = False) -> None:
+        self.gen = SyntheticSource(config)
+        self._now = now
+        self._offset: int | None = None if now else 0
+
+    def next_item(self) -> Item | None:
+        o = self.gen.next_order()
+        if o is not None and self._now:
+            if self._offset is None:
+                self._offset = time.time_ns() // 1000 - self.gen.config.start_time_us
+            o.time_us += self._offset
+        return o
+
+    def initial_specs(self) -> list[SymbolSpec]:
+        return self.gen.specs
+
+
+@dataclass(slots=True)
+class SimConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
+    rate: float = 100.0  # simulated trades/s (synthetic)
+    fast: bool = False  # as fast as possible (no pacing)
+    speed: float = 1.0  # simulated seconds per wall second when paced
+    seed: int = 1
+    max_trades: int | None = None
+    start_time_us: int | None = DEFAULT_START_TIME_US  # None: now, at clock start
+    zipf_s: float = 1.0
+    burst_prob: float = 0.0
+    burst_mult: float = 10.0
+    wait_for_subscribers: int = 0
+    ping_interval: float | None = 20.0
+    pong_timeout: float | None = 60.0
+    max_streams: int = 1024
+    msg_rate_limit: int = 5
+    lifetime: float | None = 24 * 3600.0
+    history_orders: int = 10_000
+    kline_update_ms: int = 2000
+    batch_orders: int = 256
+    write_high_water: int = 1 << 20
+    slow_client_timeout: float = 60.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    source_factory: Callable[[SimConfig], Source] | None = None  # default: synthetic
+
+
+class SimConnection(ServerConnection):
+    """websockets' connection plus the simulator's per-connection state."""
+
+    client: Client | None = None
+    path_request: PathRequest | None = None
+
+    def process_event(self, event: Any) -> None:
+        super().process_event(event)
+        c = self.client
+        if (
+            c is not None
+            and isinstance(event, Frame)
+            and event.opcode in (Opcode.PING, Opcode.PONG)
+        ):
+            c.on_incoming()
+
+
+class Client:
+    __slots__ = (
+        "faults",
+        "frames_sent",
+        "index",
+        "limiter",
+        "micro",
+        "out",
+        "server",
+        "session",
+        "started",
+        "timers",
+        "transport",
+        "variant",
+        "ws",
+    )
+
+    def __init__(self, server: Simulator, ws: SimConnection, pr: PathRequest, index: int) -> None:
+        cfg = server.config
+        self.server = server
+        self.ws = ws
+        self.index = index
+        self.session = Session(combined=pr.combined, max_streams=cfg.max_streams)
+        self.micro = pr.micro
+        self.variant = (2 if pr.micro else 0) + (1 if pr.combined else 0)
+        self.out: list[bytes] = []
+        self.transport = ws.transport
+        self.limiter = RateLimiter(cfg.msg_rate_limit, 1.0)
+        self.started = time.monotonic()
+        self.frames_sent = 0
+        self.timers: list[asyncio.TimerHandle] = []
+        self.faults: FaultInjector | None = None
+        if cfg.faults.applies_to(index):
+            self.faults = FaultInjector(cfg.faults, cfg.faults.seed * 1_000_003 + index)
+
+    @property
+    def open(self) -> bool:
+        return self.ws.protocol.state is State.OPEN
+
+    def set_combined(self, combined: bool) -> None:
+        self.session.combined = combined
+        self.variant = (2 if self.micro else 0) + (1 if combined else 0)
+
+    def on_incoming(self) -> None:
+        if not self.limiter.hit(time.monotonic()):
+            self.server.spawn(self.ws.close(1008, "Too many requests"))
+
+    def push_payloads(self, stream: str, payloads: list[bytes], is_trade: bool) -> None:
+        """Slow path (fault injection): decide per payload, then frame."""
+        assert self.faults is not None
+        now = time.monotonic() - self.started
+        combined = self.session.combined
+        for p in payloads:
+            decision = self.faults.process(p, is_trade, now)
+            if decision is None:
+                self.drop()
+                return
+            for q in decision:
+                self.out.append(frame(pl.wrap_combined(stream, q) if combined else q))
+
+    def flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        if self.open:
+            self.frames_sent += len(out)
+            self.transport.write(b"".join(out))
+        out.clear()
+
+    def send_now(self, payload: bytes) -> None:
+        """A reply or event outside the market batches (kept in order with pending frames)."""
+        self.out.append(frame(payload))
+        self.flush()
+
+    def drop(self) -> None:
+        self.out.clear()
+        if self.server.config.faults.drop_mode == "abort":
+            self.transport.abort()
+        else:
+            self.server.spawn(self.ws.close(1011, "fault injection: drop"))
+
+    def start_stall(self) -> None:
+        if self.faults is not None:
+            self.faults.start_stall(time.monotonic() - self.started)
+
+
+class _Variants:
+    """Lazily built payloads/frames of one event, per (micro, combined) variant."""
+
+    __slots__ = ("frames", "payloads")
+
+    def __init__(self) -> None:
+        self.payloads: list[list[bytes] | None] = [None, None]
+        self.frames: list[list[bytes] | None] = [None, None, None, None]
+
+
+class Simulator:
+    """The simulator server, in-process: ``async with Simulator(SimConfig(port=0)) as sim:``."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.truth = Truth(config.history_orders)
+        self.specs: dict[str, SymbolSpec] = {}
+        self.subs: dict[str, list[Client]] = {}
+        self.clients: list[Client] = []
+        self.connections_total = 0
+        self.klines: dict[str, pl.Kline1m] = {}
+        self._names: dict[str, tuple[str, str, str, str]] = {}
+        self._server: Server | None = None
+        self._market: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._clock_started = asyncio.Event()
+        self._done = asyncio.Event()
+        self._start_wall_us: int | None = None
+        self.sim_time_us = 0
+        self.port = 0
+        self.started_at = time.time()
+        self.source: Source = (config.source_factory or _synthetic_factory)(config)
+        for spec in self.source.initial_specs():
+            self.specs[spec.symbol] = spec
+        self.rest = RestApi(
+            self.truth, lambda: list(self.specs.values()), self._now_us, self._extra_stats
+        )
+
+    # ----- lifecycle -----
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.config.tls_cert else "ws"
+
+    @property
+    def ws_url(self) -> str:
+        return f"{self.scheme}://{self.config.host}:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"{'https' if self.config.tls_cert else 'http'}://{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.faults.slow_start_seconds > 0:
+            await asyncio.sleep(cfg.faults.slow_start_seconds)
+        ssl_ctx: ssl.SSLContext | None = None
+        if cfg.tls_cert:
+            ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        self._server = await serve(
+            self._handler,
+            cfg.host,
+            cfg.port,
+            process_request=self._process_request,
+            compression=None,
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.pong_timeout,
+            max_size=1 << 16,
+            max_queue=64,
+            write_limit=cfg.write_high_water,
+            create_connection=SimConnection,
+            server_header="marketsim",
+            ssl=ssl_ctx,
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = sock.getsockname()[1]
+        if cfg.wait_for_subscribers <= 0:
+            self._clock_started.set()
+        self._market = asyncio.create_task(self._run_market(), name="marketsim-market")
+
+    async def stop(self) -> None:
+        if self._market is not None:
+            self._market.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._market
+            self._market = None
+        if self._server is not None:
+            for c in list(self.clients):
+                c.flush()
+            self._server.close(close_connections=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_done(self, within: float | None = None) -> None:
+        """Wait until the source is exhausted (max trades reached, or replay ended)."""
+        async with asyncio.timeout(within):
+            await self._done.wait()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def stats(self) -> dict[str, Any]:
+        return self.rest.handle("/sim/stats", {})[1]  # type: ignore[no-any-return]
+
+    def _extra_stats(self) -> dict[str, Any]:
+        return {
+            "connections": len(self.clients),
+            "connections_total": self.connections_total,
+            "clock_started": self._clock_started.is_set(),
+            "sim_time_ms": self.sim_time_us // 1000,
+            "frames_sent": sum(c.frames_sent for c in self.clients),
+            "faults": {str(c.index): c.faults.counts for c in self.clients if c.faults is not None},
+        }
+
+    def _now_us(self) -> int:
+        return time.time_ns() // 1000
+
+    # ----- HTTP -----
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        path = parts.path
+        if path.startswith(("/api/", "/sim/")) or path == "/":
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
+            micro = request.headers.get("X-MBX-TIME-UNIT", "").upper() == "MICROSECOND"
+            status, body = self.rest.handle(path, query, micro)
+            return _json_response(status, body)
+        try:
+            pr = parse_path(request.path, self.config.max_streams)
+        except PathError as exc:
+            return _json_response(exc.status, {"code": -1100, "msg": exc.text})
+        if pr is None:
+            return _json_response(404, {"code": -1000, "msg": f"Unknown path {path}"})
+        if isinstance(conn, SimConnection):
+            conn.path_request = pr
+        return None
+
+    # ----- WebSocket -----
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, SimConnection) and ws.path_request is not None
+        pr = ws.path_request
+        client = Client(self, ws, pr, self.connections_total)
+        self.connections_total += 1
+        ws.client = client
+        self.clients.append(client)
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        try:
+            if pr.streams:
+                self._subscribe(client, pr.streams)
+                for s in pr.streams:
+                    client.session.subscriptions[s] = None
+                self._check_clock()
+            if cfg.lifetime is not None:
+                client.timers.append(
+                    loop.call_later(cfg.lifetime, lambda: self.spawn(self._expire(client)))
+                )
+            fc = cfg.faults
+            if client.faults is not None:
+                if fc.drop_after_seconds is not None:
+                    client.timers.append(loop.call_later(fc.drop_after_seconds, client.drop))
+                if fc.stall_after_seconds is not None:
+                    client.timers.append(
+                        loop.call_later(fc.stall_after_seconds, client.start_stall)
+                    )
+            async for message in ws:
+                if not client.limiter.hit(time.monotonic()):
+                    await ws.close(1008, "Too many requests")
+                    break
+                res = handle_control(client.session, message)
+                client.send_now(res.response)
+                if res.added:
+                    self._subscribe(client, res.added)
+                    self._check_clock()
+                if res.removed:
+                    self._unsubscribe(client, res.removed)
+                client.set_combined(client.session.combined)
+        except ConnectionClosed:
+            pass
+        finally:
+            for t in client.timers:
+                t.cancel()
+            self._unsubscribe(client, list(client.session.subscriptions))
+            self.clients.remove(client)
+            ws.client = None
+
+    async def _expire(self, client: Client) -> None:
+        if not client.open:
+            return
+        t = self._now_us()
+        payload = pl.server_shutdown_payload(t, client.micro)
+        if client.session.combined:
+            payload = pl.wrap_combined("!serverShutdown", payload)
+        client.send_now(payload)
+        await client.ws.close(1001, "connection lifetime reached")
+
+    def _subscribe(self, client: Client, streams: Iterable[str]) -> None:
+        for s in streams:
+            lst = self.subs.setdefault(s, [])
+            if client not in lst:
+                lst.append(client)
+
+    def _unsubscribe(self, client: Client, streams: Iterable[str]) -> None:
+        for s in streams:
+            lst = self.subs.get(s)
+            if lst and client in lst:
+                lst.remove(client)
+                if not lst:
+                    del self.subs[s]
+
+    def _check_clock(self) -> None:
+        if self._clock_started.is_set():
+            return
+        n = sum(1 for c in self.clients if c.session.subscriptions)
+        if n >= self.config.wait_for_subscribers:
+            self._clock_started.set()
+
+    # ----- market -----
+
+    async def _run_market(self) -> None:
+        cfg = self.config
+        await self._clock_started.wait()
+        loop = asyncio.get_running_loop()
+        wall0 = loop.time()
+        sim0: int | None = None
+        speed = cfg.speed if cfg.speed > 0 else 1.0
+        src = self.source
+        item = src.next_item()
+        batch = max(1, cfg.batch_orders)
+        while item is not None:
+            if cfg.fast:
+                n = 0
+                while item is not None and n < batch:
+                    self._emit(item)
+                    n += 1
+                    item = src.next_item()
+            else:
+                if sim0 is None:
+                    sim0 = item.time_us
+                now_sim = sim0 + (loop.time() - wall0) * speed * 1e6
+                n = 0
+                while item is not None and item.time_us <= now_sim and n < batch * 8:
+                    self._emit(item)
+                    n += 1
+                    item = src.next_item()
+            self._flush_all()
+            await self._backpressure()
+            if not cfg.fast and item is not None and sim0 is not None:
+                due = wall0 + (item.time_us - sim0) / speed / 1e6
+                delay = due - loop.time()
+                await asyncio.sleep(min(max(delay, 0.0), 0.25))
+            else:
+                await asyncio.sleep(0)
+        self.truth.done = True
+        self._done.set()
+        self._flush_all()
+        log.info("source exhausted after %d trades", self.truth.trades_generated)
+
+    def _flush_all(self) -> None:
+        for c in self.clients:
+            if c.out:
+                c.flush()
+
+    async def _backpressure(self) -> None:
+        hw = self.config.write_high_water
+        for c in list(self.clients):
+            tr = c.transport
+            if c.open and tr.get_write_buffer_size() >= hw:
+                try:
+                    await asyncio.wait_for(c.ws.drain(), self.config.slow_client_timeout)
+                except TimeoutError:
+                    log.warning("closing slow client %d", c.index)
+                    tr.abort()
+                except Exception:  # the connection died while draining
+                    pass
+
+    def _names_for(self, symbol: str) -> tuple[str, str, str, str]:
+        names = self._names.get(symbol)
+        if names is None:
+            low = symbol.lower()
+            names = (f"{low}@trade", f"{low}@aggTrade", f"{low}@bookTicker", f"{low}@kline_1m")
+            self._names[symbol] = names
+            if symbol not in self.specs:
+                with contextlib.suppress(ValueError):
+                    self.specs[symbol] = spec_for(symbol)
+        return names
+
+    def _emit(self, item: Item) -> None:
+        if isinstance(item, Order):
+            self._emit_order(item)
+        else:
+            self._emit_raw(item)
+
+    def _emit_raw(self, f: RawFrame) -> None:
+        self.sim_time_us = f.time_us
+        if f.trade is not None:
+            ti = f.trade
+            self._names_for(ti.symbol)
+            self.truth.add(
+                Order(
+                    ti.symbol,
+                    ti.trade_id,
+                    ti.trade_id,
+                    ti.price,
+                    [ti.qty],
+                    ti.time_us,
+                    ti.buyer_maker,
+                    ti.price,
+                    0,
+                    ti.price,
+                    0,
+                    0,
+                )
+            )
+        lst = self.subs.get(f.stream)
+        if not lst:
+            return
+        self._fan_out(lst, f.stream, [f.payload], lambda micro: [f.payload], f.trade is not None)
+
+    def _emit_order(self, o: Order) -> None:
+        self.sim_time_us = o.time_us
+        self.truth.add(o)
+        n_trade, n_agg, n_book, n_kline = self._names_for(o.symbol)
+        subs = self.subs
+        lst = subs.get(n_trade)
+        if lst:
+            self._fan_out(lst, n_trade, None, lambda micro: pl.trade_payloads(o, micro), True)
+        lst = subs.get(n_agg)
+        if lst:
+            self._fan_out(lst, n_agg, None, lambda micro: [pl.agg_trade_payload(o, micro)], False)
+        lst = subs.get(n_book)
+        if lst:
+            book = [pl.book_ticker_payload(o)]
+            self._fan_out(lst, n_book, book, lambda micro: book, False)
+        kl = self.klines.get(o.symbol)
+        if kl is None:
+            kl = self.klines[o.symbol] = pl.Kline1m(o.symbol, self.config.kline_update_ms)
+        lst = subs.get(n_kline)
+        want_ms = want_us = False
+        if lst:
+            for c in lst:
+                if c.micro:
+                    want_us = True
+                else:
+                    want_ms = True
+        for ms, us in kl.apply(o, want_ms, want_us):
+            assert lst is not None
+            self._fan_out(lst, n_kline, None, _pick(ms, us), False)
+
+    def _fan_out(
+        self,
+        clients: list[Client],
+        stream: str,
+        fixed: list[bytes] | None,
+        build: Callable[[bool], list[bytes]],
+        is_trade: bool,
+    ) -> None:
+        payloads: list[list[bytes] | None] = [fixed, fixed]
+        frames: list[list[bytes] | None] = [None, None, None, None]
+        for c in clients:
+            v = c.variant
+            if c.faults is not None:
+                micro = c.micro
+                p = payloads[micro]
+                if p is None:
+                    p = payloads[micro] = build(micro)
+                c.push_payloads(stream, p, is_trade)
+                continue
+            fr = frames[v]
+            if fr is None:
+                micro = v >= 2
+                p = payloads[micro]
+                if p is None:
+                    p = payloads[micro] = build(micro)
+                if v & 1:
+                    prefix = b'{"stream":"' + stream.encode() + b'","data":'
+                    fr = [frame(prefix + x + b"}") for x in p]
+                else:
+                    fr = [frame(x) for x in p]
+                frames[v] = fr
+            c.out.extend(fr)
+
+
+def _pick(ms: bytes, us: bytes) -> Callable[[bool], list[bytes]]:
+    return lambda micro: [us if micro else ms]
+
+
+def _synthetic_factory(cfg: SimConfig) -> Source:
+    start = cfg.start_time_us if cfg.start_time_us is not None else DEFAULT_START_TIME_US
+    return SyntheticItems(
+        SyntheticConfig(
+            symbols=cfg.symbols,
+            seed=cfg.seed,
+            rate=cfg.rate if cfg.rate > 0 else 1000.0,
+            start_time_us=start,
+            zipf_s=cfg.zipf_s,
+            burst_prob=cfg.burst_prob,
+            burst_mult=cfg.burst_mult,
+            max_trades=cfg.max_trades,
+        ),
+        now=cfg.start_time_us is None,
+    )
+
+
+def _json_response(status: int, body: Any) -> Response:
+    data = orjson.dumps(body)
+    headers = Headers(
+        [
+            ("Content-Type", "application/json;charset=UTF-8"),
+            ("Content-Length", str(len(data))),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status, http.HTTPStatus(status).phrase, headers, data)
+
+
+def write_ready_file(path: Path, sim: Simulator) -> None:
+    """Atomically write the ready file: ``{"ws_url", "rest_url", "pid", "port"}``."""
+    data = json.dumps(
+        {"ws_url": sim.ws_url, "rest_url": sim.rest_url, "pid": os.getpid(), "port": sim.port}
+    )
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(data)
+    os.replace(tmp, path)
