@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Annotated
 
@@ -133,6 +132,23 @@ def processor() -> None:
     from cryptostream.processor.service import main as processor_main
 
     raise typer.Exit(processor_main(Settings()))
+
+
+@app.command()
+def rebuild(
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm deleting the current views")] = False,
+) -> None:
+    """Delete the Redis views and rebuild them by replaying raw.trades from its start."""
+    from cryptostream.processor.service import rebuild as run_rebuild
+    from cryptostream.topics import TopicError
+
+    if not yes:
+        raise _fail("rebuild deletes every view in Redis first; run again with --yes")
+    try:
+        records = run_rebuild(Settings())
+    except TopicError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"rebuilt the views from {records} records")
 
 
 @app.command()

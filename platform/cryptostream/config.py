@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     group_id: str = "stream-processor"
     batch_max: int = Field(5000, ge=1, description="Records applied to Redis per round trip")
     batch_timeout_s: float = Field(0.05, gt=0)
+    candle_history_minutes: int = Field(1440, ge=1, description="1m candles kept per symbol")
 
     # --- query --------------------------------------------------------------------------------
     query_host: str = "127.0.0.1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,12 @@ def create_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0)
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicError(f"creating topic {name!r} failed: {exc}") from None
+        # Created topics show up in metadata a moment after the create call returns.
+        deadline = time.monotonic() + timeout
         existing = _partition_counts(admin, timeout)
+        while any(s.name not in existing for s in specs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            existing = _partition_counts(admin, timeout)
     for spec in specs:
         have = existing.get(spec.name)
         if have is None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import orjson
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cryptostream.core.codec import encode_trade
 from cryptostream.core.trades import Trade
+from cryptostream.core.views import compute_views, fmt
 from cryptostream.processor.batch import Batch, RawRecord, parse_conflicts
 from cryptostream.processor.service import APPLY_SCRIPT
 from tests.conftest import Env
@@ -37,7 +42,8 @@ def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
         Trade("BTCUSDT", 11, "1.6", "2", 102, 103, True),
     ]
     batch = _batch(2, 50, trades)
-    assert script(args=[key, "999", batch.script_payload(999)]) == [1, 1]
+    day = str(1440 * 60_000)
+    assert script(args=[key, "999", day, batch.script_payload({}, 999)]) == [1, 1]
     assert r.hget(key, "2") == b"51"
     assert r.hget("price:BTCUSDT", "price") == b"1.6"
     assert r.hget("price:BTCUSDT", "ingest_time_us") == b"1718000000123456"  # 16 digits intact
@@ -49,14 +55,71 @@ def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
     ]  # fmt: skip
 
     # The same batch again (a zombie, or a retry after a lost reply): nothing changes.
-    newer = _batch(2, 51, [Trade("BTCUSDT", 12, "9.9", "1", 104, 105, False)])
-    reply = script(args=[key, "1000", newer.script_payload(1000)])
+    # The same batch again, believing nothing was applied (a zombie, or a retry after a lost
+    # reply): refused whole, nothing changes.
+    reply = script(args=[key, "1000", day, batch.script_payload({}, 1000)])
     assert parse_conflicts(reply) == {2: 51}
+    assert r.hget("stats:BTCUSDT", "trades") == b"2"
+    # A processor that believes an older position is refused too.
+    newer = _batch(2, 52, [Trade("BTCUSDT", 12, "9.9", "1", 104, 105, False)])
+    assert parse_conflicts(
+        script(args=[key, "1000", day, newer.script_payload({2: 49}, 1000)])
+    ) == {2: 51}
     assert r.hget("price:BTCUSDT", "price") == b"1.6"
 
     # An older trade id never overwrites a newer one, but its offset still counts as applied.
     older = _batch(2, 52, [Trade("BTCUSDT", 5, "0.1", "1", 1, 1, False)])
-    assert script(args=[key, "1001", older.script_payload(1001)]) == [1, 0]
+    assert script(args=[key, "1001", day, older.script_payload({2: 51}, 1001)]) == [1, 0]
     assert r.hget("price:BTCUSDT", "price") == b"1.6" and r.hget(key, "2") == b"52"
+    # ...while candles and totals do count it, with exact decimal sums done in Lua.
+    assert r.hgetall("stats:BTCUSDT") == {
+        b"trades": b"3",
+        b"base_volume": b"5",
+        b"quote_volume": b"6.3",
+    }
+    candles = [orjson.loads(m) for m in r.zrange("candles:1m:BTCUSDT", 0, -1)]
+    assert len(candles) == 1
+    assert {k: candles[0][k] for k in "ohlcvn"} == {
+        "o": "0.1",
+        "h": "1.6",
+        "l": "0.1",
+        "c": "1.6",
+        "v": "5",
+        "n": 3,
+    }
     pubsub.close()
+    r.close()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("99999999"), places=8),
+                          st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("9999"), places=8)),
+                min_size=2, max_size=12))  # fmt: skip
+def test_lua_decimal_merge_equals_python_decimal(
+    isolated: Env, rows: list[tuple[Decimal, Decimal]]
+) -> None:
+    """Each trade in its own batch, so every sum, max and min is done by the Lua merge."""
+    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r.flushall()
+    script = r.register_script(APPLY_SCRIPT)
+    trades = [
+        Trade("ETHUSDT", i, fmt(p), fmt(q), 1000 + i, 1000 + i, False)
+        for i, (p, q) in enumerate(rows, 1)
+    ]
+    for i, t in enumerate(trades):
+        payload = _batch(0, i, [t]).script_payload({0: i - 1} if i else {}, 1)
+        assert script(args=["offsets:t", "1", str(10**9), payload])[0] == 1
+    expected = compute_views(trades)["ETHUSDT"]
+    stats = r.hgetall("stats:ETHUSDT")
+    assert Decimal(stats[b"base_volume"].decode()) == expected.totals.base_volume
+    assert Decimal(stats[b"quote_volume"].decode()) == expected.totals.quote_volume
+    (candle,) = [orjson.loads(m) for m in r.zrange("candles:1m:ETHUSDT", 0, -1)]
+    want = next(iter(expected.candles.values()))
+    assert (Decimal(candle["h"]), Decimal(candle["l"]), Decimal(candle["qv"])) == (
+        want.high,
+        want.low,
+        want.quote_volume,
+    )
     r.close()

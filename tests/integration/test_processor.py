@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
+import threading
+
 import orjson
 import pytest
+import redis
 
+from cryptostream.checker import check
+from cryptostream.core.codec import decode_trade
 from cryptostream.core.trades import Trade
+from cryptostream.processor.service import rebuild
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from tests.conftest import Env
 from tests.kafka_helpers import produce, read_all, synthetic_trades, watermarks
@@ -15,17 +23,11 @@ pytestmark = pytest.mark.integration
 SYMBOLS = [f"SYM{i}USDT" for i in range(40)]
 
 
-def _last_by_symbol(trades: list[Trade]) -> dict[str, Trade]:
-    last: dict[str, Trade] = {}
-    for t in trades:
-        if t.symbol not in last or last[t.symbol].trade_id < t.trade_id:
-            last[t.symbol] = t
-    return last
-
-
-def _pipeline(env: Env) -> Pipeline:
-    return Pipeline(env.workdir, env.settings.kafka_bootstrap, env.settings.redis_url, SYMBOLS,
-                    extra_env=env.env)  # fmt: skip
+def _pipeline(env: Env, **extra: str) -> Pipeline:
+    return Pipeline(
+        env.workdir, env.settings.kafka_bootstrap, env.settings.redis_url, SYMBOLS,
+        extra_env={**env.env, **extra},
+    )  # fmt: skip
 
 
 def _all_applied(env: Env) -> bool:
@@ -37,36 +39,45 @@ def _all_applied(env: Env) -> bool:
     )
 
 
-def test_processors_share_partitions_apply_latest_and_dead_letter_poison(isolated: Env) -> None:
+def _topic_trades(env: Env) -> list[Trade]:
+    trades = []
+    for value in read_all(env.settings, env.settings.topic):
+        with contextlib.suppress(ValueError):  # poison records are not part of the views
+            trades.append(decode_trade(value).trade)
+    return trades
+
+
+def _check(env: Env) -> None:
+    client = redis.Redis.from_url(env.settings.redis_url)
+    report = check(client, _topic_trades(env))
+    client.close()
+    assert report.ok and report.lost == 0 and report.duplicated == 0, report.summary()
+
+
+def test_processors_share_partitions_views_exact_and_poison_to_dlq(isolated: Env) -> None:
     trades = synthetic_trades(SYMBOLS, 20_000, seed=3)
     poison = [(b"SYM1USDT", b"not json"), (b"SYM2USDT", b'{"v": 99}'),
               (b"SYM3USDT", orjson.dumps({"v": 1, "symbol": "SYM3USDT"}))]  # fmt: skip
     produce(isolated.settings, trades, poison)
-    pipeline = _pipeline(isolated)
+    pipeline = _pipeline(isolated, CSP_BATCH_MAX="700")  # many batches: exercises the Lua merge
     try:
         pipeline.start_processor()
         pipeline.start_processor()
         wait_for(
-            lambda: pipeline.check_alive() or _all_applied(isolated), 60, "all offsets applied"
+            lambda: pipeline.check_alive() or _all_applied(isolated), 90, "all offsets applied"
         )
-        for symbol, trade in _last_by_symbol(trades).items():
-            stored = isolated.redis.hgetall(f"price:{symbol}")
-            assert stored["price"] == trade.price and int(stored["trade_id"]) == trade.trade_id
-            assert stored["ingest_time_us"] == "1" and int(stored["update_time"]) > 0
+        _check(isolated)
         assert isolated.redis.smembers("symbols") == set(SYMBOLS)
         dead = [orjson.loads(v) for v in read_all(isolated.settings, isolated.settings.dlq_topic)]
-        assert sorted(d["reason"].split(":")[0].split(" ")[0] for d in dead) == [
-            "missing",
-            "not",
-            "unsupported",
-        ]
+        reasons = sorted(d["reason"].split(" ")[0] for d in dead)
+        assert reasons == ["missing", "not", "unsupported"], reasons
         assert all(d["topic"] == isolated.settings.topic and d["offset"] >= 0 for d in dead)
         pipeline.check_alive()
     finally:
         pipeline.stop()
 
 
-def test_restart_resumes_from_redis_offsets_not_kafka(isolated: Env) -> None:
+def test_restart_resumes_from_redis_offsets_and_old_trades_never_win(isolated: Env) -> None:
     first = synthetic_trades(SYMBOLS, 5_000, seed=4)
     produce(isolated.settings, first)
     pipeline = _pipeline(isolated)
@@ -74,15 +85,73 @@ def test_restart_resumes_from_redis_offsets_not_kafka(isolated: Env) -> None:
         proc = pipeline.start_processor()
         wait_for(lambda: _all_applied(isolated), 60, "first round applied")
         proc.kill()  # SIGKILL: no clean shutdown, Kafka commits may lag behind Redis
-        # An older trade than what Redis holds must never win, even if it arrives later.
         stale = Trade("SYM0USDT", 1, "0.00000001", "1", 1, 1, False)
-        second = synthetic_trades(SYMBOLS, 5_000, seed=5)
         second = [Trade(t.symbol, t.trade_id + 10_000, t.price, t.quantity, t.trade_time,
-                        t.event_time, t.buyer_is_maker) for t in second]  # fmt: skip
+                        t.event_time, t.buyer_is_maker)
+                  for t in synthetic_trades(SYMBOLS, 5_000, seed=5)]  # fmt: skip
         produce(isolated.settings, [stale, *second])
         pipeline.start_processor()
         wait_for(lambda: _all_applied(isolated), 60, "second round applied")
-        for symbol, trade in _last_by_symbol(first + second).items():
-            assert isolated.redis.hget(f"price:{symbol}", "price") == trade.price
+        assert isolated.redis.hget("price:SYM0USDT", "price") != "0.00000001"
+        _check(isolated)
     finally:
         pipeline.stop()
+
+
+def test_sigkill_and_join_under_load_then_rebuild_gives_identical_views(isolated: Env) -> None:
+    """Three processors; one is SIGKILLed mid-stream and another joins; nothing lost or doubled."""
+    pipeline = _pipeline(isolated, CSP_BATCH_MAX="500")
+    stop_producing = threading.Event()
+    produced: list[int] = []
+
+    def keep_producing() -> None:
+        rng = random.Random(9)
+        round_no = 0
+        while not stop_producing.is_set() and round_no < 40:
+            batch = synthetic_trades(SYMBOLS, 1_000, seed=100 + round_no)
+            batch = [Trade(t.symbol, t.trade_id + 2_000 * round_no, t.price, t.quantity,
+                           t.trade_time + 1_000 * round_no, t.event_time, t.buyer_is_maker)
+                     for t in batch]  # fmt: skip
+            produced.append(produce(isolated.settings, batch))
+            round_no += 1
+            stop_producing.wait(rng.uniform(0.05, 0.15))
+
+    producer = threading.Thread(target=keep_producing)
+    try:
+        victims = [pipeline.start_processor() for _ in range(3)]
+        producer.start()
+        wait_for(lambda: len(produced) >= 8, 60, "load flowing")
+        victims[1].kill()
+        wait_for(lambda: len(produced) >= 16, 60, "more load")
+        pipeline.start_processor()
+        producer.join(120)
+        wait_for(lambda: _all_applied(isolated), 120, "everything applied after the faults")
+        assert sum(produced) == sum(h - lo for lo, h in watermarks(isolated.settings).values())
+        _check(isolated)
+        for survivor in (victims[0], victims[2]):
+            assert survivor.alive(), survivor.log_tail()
+    finally:
+        stop_producing.set()
+        if producer.is_alive():
+            producer.join(60)
+        pipeline.stop()
+
+    before = _snapshot(isolated)
+    assert rebuild(isolated.settings) == sum(produced)
+    assert _snapshot(isolated) == before
+
+
+def _snapshot(env: Env) -> dict[str, object]:
+    """All view keys except update times, which record when a write happened."""
+    client = env.redis
+    out: dict[str, object] = {}
+    for symbol in client.smembers("symbols"):
+        price = client.hgetall(f"price:{symbol}")
+        price.pop("update_time")
+        out[f"price:{symbol}"] = price
+        out[f"stats:{symbol}"] = client.hgetall(f"stats:{symbol}")
+        out[f"candles:{symbol}"] = [
+            orjson.loads(m) for m in client.zrange(f"candles:1m:{symbol}", 0, -1)
+        ]
+    out["offsets"] = client.hgetall(f"offsets:{env.settings.topic}")
+    return out

@@ -21,7 +21,8 @@ def test_batch_keeps_offset_spans_and_newest_trade_per_symbol() -> None:
     ]:
         batch.add(rec)
     assert batch.parts == {0: [10, 12], 3: [99, 100]}
-    assert batch.latest["BTCUSDT"].trade.price == "3.0"
+    assert batch.symbols["BTCUSDT"].latest.price == "3.0"
+    assert batch.symbols["BTCUSDT"].totals.trades == 3
     assert [p.reason[:8] for p in batch.poison] == ["not JSON"]
     assert batch.records == 5
 
@@ -29,19 +30,13 @@ def test_batch_keeps_offset_spans_and_newest_trade_per_symbol() -> None:
 def test_script_payload_carries_numbers_as_strings() -> None:
     batch = Batch()
     batch.add(record(1, 5, "BTCUSDT", 2**40, "1.5"))
-    payload = orjson.loads(batch.script_payload(now_ms=123))
-    assert payload["parts"] == [["1", "5", "5"]]
-    row = payload["prices"][0]
-    assert row[:7] == [
-        "BTCUSDT",
-        "1.5",
-        "1",
-        str(2**40),
-        str(1000 + 2**40),
-        str(1001 + 2**40),
-        "1718000000123456",
-    ]
-    assert orjson.loads(row[7])["update_time"] == 123
+    payload = orjson.loads(batch.script_payload({1: 4}, now_ms=123))
+    assert payload["parts"] == [["1", "4", "5"]]
+    row = payload["symbols"][0]
+    assert row["p"] == ["1.5", "1", str(2**40), str(1000 + 2**40), str(1001 + 2**40), "1718000000123456"]
+    assert orjson.loads(row["u"])["update_time"] == 123
+    assert (row["n"], row["v"], row["qv"]) == (1, "1", "1.5")
+    assert orjson.loads(batch.script_payload({}, now_ms=1))["parts"] == [["1", "-1", "5"]]
 
 
 def test_parse_conflicts() -> None:

@@ -1,25 +1,69 @@
--- Apply one processor batch atomically: the view updates and the per-partition offsets together.
+-- Apply one processor batch atomically: every view update and the per-partition offsets together.
 --
--- ARGV[1] offsets hash key     ARGV[2] now (ms, string)     ARGV[3] JSON batch:
---   {"parts":  [[partition, first_offset, last_offset], ...],          (strings)
---    "prices": [[symbol, price, quantity, trade_id, trade_time, event_time, ingest_time_us,
---                update_json], ...]}                                   (strings)
+-- ARGV[1] offsets hash key   ARGV[2] now (ms)   ARGV[3] candle history (ms)   ARGV[4] JSON batch:
+--   {"parts":   [[partition, expected_stored_offset, last_offset], ...],     (strings, -1 = none)
+--    "symbols": [{"s": symbol,
+--                 "p": [price, quantity, trade_id, trade_time, event_time, ingest_time_us],
+--                 "u": "<pub/sub update JSON>",
+--                 "c": [{"t","o","h","l","c","v","qv","n","ft","lt"}, ...],   (1m candle partials)
+--                 "n": trades, "v": base volume, "qv": quote volume}, ...]}
 --
--- Fencing: if any partition's stored offset is >= the batch's first offset for it, part of the
--- batch was already applied (a zombie after a rebalance, a retry after a lost reply). Nothing is
--- applied and {0, partition, stored, ...} is returned so the caller re-seeks past what is stored.
--- Otherwise returns {1, number_of_price_updates}.
+-- Fencing (compare-and-set per partition): the batch applies only if every partition's stored
+-- offset is what the processor believes it is. Otherwise (a zombie after a rebalance, a retry
+-- after a lost reply, a Redis that lost its data) nothing is applied and {0, partition, stored,
+-- ...} comes back so the caller re-seeks. On success returns {1, number_of_price_updates}.
 --
--- Every number travels as a string: Lua's number-to-string conversion keeps only 14 significant
--- digits, which would corrupt microsecond timestamps.
-local offsets_key = ARGV[1]
-local now = ARGV[2]
-local batch = cjson.decode(ARGV[3])
+-- Numbers that must stay exact travel as strings (Lua keeps 14 significant digits); volumes
+-- and prices are decimal strings added and compared digit by digit.
+local offsets_key, now, history = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local batch = cjson.decode(ARGV[4])
 
+local function split(a)
+  local i, f = string.match(a, '^(%d*)%.?(%d*)$')
+  i = string.gsub(i, '^0+', '')
+  f = string.gsub(f, '0+$', '')
+  return i, f
+end
+
+local function pad_right(s, n) return s .. string.rep('0', n - #s) end
+
+local function dec_cmp(a, b)
+  local ai, af = split(a)
+  local bi, bf = split(b)
+  if #ai ~= #bi then return #ai < #bi and -1 or 1 end
+  if ai ~= bi then return ai < bi and -1 or 1 end
+  local n = math.max(#af, #bf)
+  af, bf = pad_right(af, n), pad_right(bf, n)
+  if af == bf then return 0 end
+  return af < bf and -1 or 1
+end
+
+local function dec_add(a, b)
+  local ai, af = split(a)
+  local bi, bf = split(b)
+  local flen = math.max(#af, #bf)
+  local x, y = ai .. pad_right(af, flen), bi .. pad_right(bf, flen)
+  local n = math.max(#x, #y)
+  x, y = string.rep('0', n - #x) .. x, string.rep('0', n - #y) .. y
+  local digits, carry = {}, 0
+  for k = n, 1, -1 do
+    local s = string.byte(x, k) + string.byte(y, k) - 96 + carry
+    carry = s >= 10 and 1 or 0
+    digits[k] = string.char(48 + s - 10 * carry)
+  end
+  local all = (carry == 1 and '1' or '') .. table.concat(digits)
+  local int = (string.gsub(string.sub(all, 1, #all - flen), '^0+', ''))
+  local frac = (string.gsub(string.sub(all, #all - flen + 1), '0+$', ''))
+  if int == '' then int = '0' end
+  if frac == '' then return int end
+  return int .. '.' .. frac
+end
+
+-- 1. fencing
 local conflicts = {0}
 for _, part in ipairs(batch.parts) do
-  local stored = redis.call('HGET', offsets_key, part[1])
-  if stored and tonumber(stored) >= tonumber(part[2]) then
+  local stored = redis.call('HGET', offsets_key, part[1]) or '-1'
+  if stored ~= part[2] then
     conflicts[#conflicts + 1] = part[1]
     conflicts[#conflicts + 1] = stored
   end
@@ -28,19 +72,49 @@ if #conflicts > 1 then
   return conflicts
 end
 
+-- 2. views
 local published = {}
-for _, t in ipairs(batch.prices) do
-  local key = 'price:' .. t[1]
-  local current = redis.call('HGET', key, 'trade_id')
-  -- Monotonic by trade id: an older trade (a replay, a late backfill) never wins.
-  if (not current) or tonumber(current) < tonumber(t[4]) then
-    redis.call('HSET', key, 'price', t[2], 'quantity', t[3], 'trade_id', t[4],
-      'trade_time', t[5], 'event_time', t[6], 'ingest_time_us', t[7], 'update_time', now)
-    redis.call('SADD', 'symbols', t[1])
-    published[#published + 1] = t[8]
+for _, sym in ipairs(batch.symbols) do
+  local s, p = sym.s, sym.p
+  -- latest trade, monotonic by trade id: an older trade (late backfill, replay) never wins
+  local price_key = 'price:' .. s
+  local current = redis.call('HGET', price_key, 'trade_id')
+  if (not current) or tonumber(current) < tonumber(p[3]) then
+    redis.call('HSET', price_key, 'price', p[1], 'quantity', p[2], 'trade_id', p[3],
+      'trade_time', p[4], 'event_time', p[5], 'ingest_time_us', p[6], 'update_time', now)
+    redis.call('SADD', 'symbols', s)
+    published[#published + 1] = sym.u
   end
+
+  -- 1-minute candles: merge each partial into the stored candle of its minute
+  local candles_key = 'candles:1m:' .. s
+  for _, c in ipairs(sym.c) do
+    local stored = redis.call('ZRANGEBYSCORE', candles_key, c.t, c.t)
+    if stored[1] then
+      local old = cjson.decode(stored[1])
+      if old.ft < c.ft then c.o, c.ft = old.o, old.ft end
+      if old.lt > c.lt then c.c, c.lt = old.c, old.lt end
+      if dec_cmp(old.h, c.h) > 0 then c.h = old.h end
+      if dec_cmp(old.l, c.l) < 0 then c.l = old.l end
+      c.v, c.qv, c.n = dec_add(old.v, c.v), dec_add(old.qv, c.qv), old.n + c.n
+      redis.call('ZREMRANGEBYSCORE', candles_key, c.t, c.t)
+    end
+    redis.call('ZADD', candles_key, c.t, cjson.encode(c))
+  end
+  if #sym.c > 0 then
+    local newest = redis.call('ZREVRANGE', candles_key, 0, 0, 'WITHSCORES')
+    redis.call('ZREMRANGEBYSCORE', candles_key, '-inf', '(' .. (tonumber(newest[2]) - history + 60000))
+  end
+
+  -- running totals since the start of the topic (deliberately not idempotent)
+  local stats_key = 'stats:' .. s
+  local totals = redis.call('HMGET', stats_key, 'base_volume', 'quote_volume')
+  redis.call('HINCRBY', stats_key, 'trades', sym.n)
+  redis.call('HSET', stats_key, 'base_volume', dec_add(totals[1] or '0', sym.v),
+    'quote_volume', dec_add(totals[2] or '0', sym.qv))
 end
 
+-- 3. bookkeeping, in the same atomic step as the views
 for _, part in ipairs(batch.parts) do
   redis.call('HSET', offsets_key, part[1], part[3])
 end

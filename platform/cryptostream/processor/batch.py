@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from cryptostream.core.codec import DecodeError, TradeRecord, decode_trade
+from cryptostream.core.codec import DecodeError, decode_trade
+from cryptostream.core.views import SymbolViews, fmt
+
+NO_OFFSET = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +27,11 @@ class Poison:
 
 @dataclass
 class Batch:
-    """Per partition the offset range; per symbol only the newest trade (by trade id)."""
+    """A batch's offset span per partition and its view contributions per symbol."""
 
     parts: dict[int, list[int]] = field(default_factory=dict)  # partition -> [first, last]
-    latest: dict[str, TradeRecord] = field(default_factory=dict)
+    symbols: dict[str, SymbolViews] = field(default_factory=dict)
+    ingest_us: dict[str, int] = field(default_factory=dict)  # of each symbol's latest trade
     poison: list[Poison] = field(default_factory=list)
     records: int = 0
 
@@ -43,34 +47,46 @@ class Batch:
         except DecodeError as exc:
             self.poison.append(Poison(record, str(exc)))
             return
-        current = self.latest.get(decoded.trade.symbol)
-        if current is None or current.trade.trade_id < decoded.trade.trade_id:
-            self.latest[decoded.trade.symbol] = decoded
+        trade = decoded.trade
+        views = self.symbols.get(trade.symbol)
+        if views is None:
+            self.symbols[trade.symbol] = SymbolViews.of(trade)
+            self.ingest_us[trade.symbol] = decoded.ingest_time_us
+        elif views.add(trade):
+            self.ingest_us[trade.symbol] = decoded.ingest_time_us
 
-    def script_payload(self, now_ms: int) -> bytes:
-        prices = []
-        for symbol, rec in self.latest.items():
-            t = rec.trade
+    def script_payload(self, positions: dict[int, int], now_ms: int) -> bytes:
+        """The Lua script's batch argument; ``positions`` = last applied offset we believe in."""
+        symbols = []
+        for symbol, views in self.symbols.items():
+            t = views.latest
             update = orjson.dumps(
                 {
-                    "symbol": symbol,
-                    "price": t.price,
-                    "quantity": t.quantity,
-                    "trade_id": t.trade_id,
-                    "trade_time": t.trade_time,
-                    "event_time": t.event_time,
-                    "update_time": now_ms,
+                    "symbol": symbol, "price": t.price, "quantity": t.quantity,
+                    "trade_id": t.trade_id, "trade_time": t.trade_time,
+                    "event_time": t.event_time, "update_time": now_ms,
                 }
-            ).decode()
-            prices.append(
-                [symbol, t.price, t.quantity, str(t.trade_id), str(t.trade_time),
-                 str(t.event_time), str(rec.ingest_time_us), update]
+            ).decode()  # fmt: skip
+            totals = views.totals
+            symbols.append(
+                {
+                    "s": symbol,
+                    "p": [t.price, t.quantity, str(t.trade_id), str(t.trade_time),
+                          str(t.event_time), str(self.ingest_us[symbol])],
+                    "u": update,
+                    "c": [c.as_member() for c in views.candles.values()],
+                    "n": totals.trades, "v": fmt(totals.base_volume),
+                    "qv": fmt(totals.quote_volume),
+                }
             )  # fmt: skip
-        parts = [[str(p), str(first), str(last)] for p, (first, last) in self.parts.items()]
-        return orjson.dumps({"parts": parts, "prices": prices})
+        parts = [
+            [str(p), str(positions.get(p, NO_OFFSET)), str(last)]
+            for p, (_first, last) in self.parts.items()
+        ]
+        return orjson.dumps({"parts": parts, "symbols": symbols})
 
 
 def parse_conflicts(reply: list[object]) -> dict[int, int]:
-    """``{0, partition, stored, ...}`` -> {partition: stored offset}."""
-    items = [int(x) if not isinstance(x, bytes) else int(x.decode()) for x in reply[1:]]  # type: ignore[call-overload]
+    """``{0, partition, stored, ...}`` -> {partition: stored offset (-1 = none)}."""
+    items = [int(x.decode() if isinstance(x, bytes) else str(x)) for x in reply[1:]]
     return dict(zip(items[::2], items[1::2], strict=True))

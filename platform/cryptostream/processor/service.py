@@ -16,13 +16,20 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from cryptostream.config import Settings
 from cryptostream.core.keys import offsets_key
 from cryptostream.kafka_clients import make_consumer, make_producer
 from cryptostream.logs import RateLimitedLog, setup_logging
-from cryptostream.processor.batch import Batch, RawRecord, parse_conflicts
+from cryptostream.processor.batch import NO_OFFSET, Batch, RawRecord, parse_conflicts
 from cryptostream.topics import TopicError, require_topic
 
 log = logging.getLogger("cryptostream.processor")
@@ -39,6 +46,8 @@ class Processor:
         self.offsets_key = offsets_key(settings.topic)
         self.consumer: Consumer = make_consumer(settings)
         self.running = True
+        # partition -> last offset applied to Redis, as far as this process knows (-1 = none)
+        self.positions: dict[int, int] = {}
         self.warn = RateLimitedLog(log)
         self.stats: dict[str, int] = {
             "records": 0, "batches": 0, "poison": 0, "conflicts": 0, "rebalances": 0,
@@ -49,8 +58,11 @@ class Processor:
         self.stats["rebalances"] += 1
         stored = self._stored_offsets([p.partition for p in partitions])
         for tp in partitions:
-            if tp.partition in stored:
-                tp.offset = stored[tp.partition] + 1
+            # Resume from Redis, never from Kafka's committed offset: if Redis has nothing for a
+            # partition, its views are empty and the whole partition must be (re)applied.
+            position = stored.get(tp.partition, NO_OFFSET)
+            self.positions[tp.partition] = position
+            tp.offset = position + 1 if position != NO_OFFSET else OFFSET_BEGINNING
         consumer.incremental_assign(partitions)
         log.info(
             "partitions assigned",
@@ -60,6 +72,9 @@ class Processor:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Nothing is in flight here: batches are applied before the next consume() call.
         self.stats["rebalances"] += 1
+        self._commit_positions([p.partition for p in partitions])
+        for tp in partitions:
+            self.positions.pop(tp.partition, None)
         consumer.incremental_unassign(partitions)
         log.info(
             "partitions revoked",
@@ -108,25 +123,39 @@ class Processor:
             return
         self._dead_letter(batch)
         now_ms = time.time_ns() // 1_000_000
-        payload = batch.script_payload(now_ms)
+        payload = batch.script_payload(self.positions, now_ms)
+        history_ms = str(self.settings.candle_history_minutes * 60_000)
         reply = self._with_redis_retry(
-            lambda: self.apply_script(args=[self.offsets_key, str(now_ms), payload])
+            lambda: self.apply_script(args=[self.offsets_key, str(now_ms), history_ms, payload])
         )
         if int(reply[0]) == 0:
             self._resolve_conflicts(parse_conflicts(reply), batch)
             return
+        for partition, (_first, last) in batch.parts.items():
+            self.positions[partition] = last
         self.stats["records"] += batch.records
         self.stats["batches"] += 1
         self._commit(batch)
 
     def _resolve_conflicts(self, stored: dict[int, int], batch: Batch) -> None:
-        """Part of the batch was applied elsewhere: seek past it and re-read the rest."""
+        """Redis holds other offsets than we believed: nothing was applied; re-read from Redis's.
+
+        Causes: another member applied the partition meanwhile (we are a zombie), or Redis lost
+        data (restarted empty or from an older snapshot), in which case we re-apply from there.
+        """
         self.stats["conflicts"] += 1
         self.warn.warning(
-            "conflict", "batch overlaps offsets already applied; re-seeking", stored=stored
-        )
+            "conflict", "stored offsets differ from ours; nothing applied, re-seeking",
+            stored=stored, believed={p: self.positions.get(p) for p in stored},
+        )  # fmt: skip
         for partition, (first, _last) in batch.parts.items():
-            offset = stored[partition] + 1 if partition in stored else first
+            if partition in stored:
+                self.positions[partition] = stored[partition]
+                offset = (
+                    stored[partition] + 1 if stored[partition] != NO_OFFSET else OFFSET_BEGINNING
+                )
+            else:
+                offset = first
             try:
                 self.consumer.seek(TopicPartition(self.settings.topic, partition, offset))
             except KafkaException as exc:  # revoked meanwhile: its new owner resumes from Redis
@@ -164,6 +193,19 @@ class Processor:
         except KafkaException as exc:  # only lag tooling depends on it
             self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
 
+    def _commit_positions(self, partitions: list[int]) -> None:
+        """Synchronously commit what was applied before partitions leave (lag tooling)."""
+        offsets = [
+            TopicPartition(self.settings.topic, p, self.positions[p] + 1)
+            for p in partitions
+            if self.positions.get(p, NO_OFFSET) != NO_OFFSET
+        ]
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
+
     def _with_redis_retry(self, call: Any) -> Any:
         """Retry a Redis call with backoff until it succeeds or we are asked to stop."""
         delay = 0.1
@@ -179,12 +221,78 @@ class Processor:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def rebuild(self, progress: Any = None) -> int:
+        """Replay the whole topic into empty views; returns the number of records applied.
+
+        Reads every partition from the beginning up to the end offsets seen at the start,
+        outside the consumer group, so running processors are not disturbed.
+        """
+        topic = self.settings.topic
+        meta = self.consumer.list_topics(topic, timeout=15)
+        partitions = sorted(meta.topics[topic].partitions)
+        ends = {
+            p: self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1]
+            for p in partitions
+        }
+        self.positions = dict.fromkeys(partitions, NO_OFFSET)
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        total = sum(ends.values())
+
+        def done() -> bool:
+            return all(self.positions[p] >= ends[p] - 1 for p in partitions)
+
+        while self.running and not done():
+            messages = self.consumer.consume(self.settings.batch_max, self.settings.batch_timeout_s)
+            if messages:
+                self.process(messages)
+                if progress is not None:
+                    progress(sum(self.positions[p] + 1 for p in partitions), total)
+        self.close()
+        return int(self.stats["records"])
+
     def close(self) -> None:
         try:
             self.consumer.close()  # leaves the group promptly, so partitions move at once
         finally:
             self.dlq.flush(10)
             log.info("stopped", extra={"fields": {"processor": dict(self.stats)}})
+
+
+def delete_views(client: redis.Redis, topic: str) -> int:
+    """Remove every derived key (admin use only: SCAN over our own fixed prefixes)."""
+    deleted = 0
+    for pattern in ("price:*", "candles:1m:*", "stats:*"):
+        batch = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(client.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(client.unlink(*batch))
+    deleted += int(client.unlink("symbols", offsets_key(topic)))
+    return deleted
+
+
+def rebuild(settings: Settings) -> int:
+    """``csp rebuild``: empty the views, then replay the topic from its start."""
+    setup_logging("rebuild", settings.log_level)
+    require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    deleted = delete_views(client, settings.topic)
+    log.info("views deleted", extra={"fields": {"keys": deleted}})
+    rebuild_settings = settings.model_copy(update={"group_id": f"{settings.group_id}-rebuild"})
+    processor = Processor(rebuild_settings, client, make_producer(settings))
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if time.monotonic() - last[0] > 2:
+            last[0] = time.monotonic()
+            log.info("rebuild progress", extra={"fields": {"records": done, "of": total}})
+
+    records = processor.rebuild(progress)
+    log.info("rebuild done", extra={"fields": {"records": records}})
+    return records
 
 
 def main(settings: Settings) -> int:

@@ -1,0 +1,131 @@
+"""View math shared by the processor (per batch) and the checker (over a whole topic). Pure.
+
+Prices and volumes are exact decimals: candles and running totals must equal what a recount of
+the topic gives, digit for digit, or double-applied and lost records could hide in rounding.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptostream.core.trades import Trade
+
+MINUTE_MS = 60_000
+# Products of two 20+20-digit decimals need more than the default 28 digits.
+_CTX = decimal.Context(prec=80, traps=[decimal.InvalidOperation, decimal.Inexact])
+D = decimal.Decimal
+ZERO = D(0)
+
+
+def fmt(value: decimal.Decimal) -> str:
+    """Canonical decimal text: no exponent, no trailing fractional zeros."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+@dataclass(slots=True)
+class Candle:
+    """OHLCV of one minute; open/close chosen by trade id, so arrival order does not matter."""
+
+    open_time: int
+    open: str
+    high: D
+    low: D
+    close: str
+    base_volume: D
+    quote_volume: D
+    trades: int
+    first_trade_id: int
+    last_trade_id: int
+
+    @classmethod
+    def of(cls, trade: Trade) -> Candle:
+        price, qty = D(trade.price), D(trade.quantity)
+        return cls(
+            open_time=trade.trade_time - trade.trade_time % MINUTE_MS,
+            open=trade.price, high=price, low=price, close=trade.price,
+            base_volume=qty, quote_volume=_CTX.multiply(price, qty), trades=1,
+            first_trade_id=trade.trade_id, last_trade_id=trade.trade_id,
+        )  # fmt: skip
+
+    def add(self, trade: Trade) -> None:
+        price, qty = D(trade.price), D(trade.quantity)
+        if price > self.high:
+            self.high = price
+        if price < self.low:
+            self.low = price
+        self.base_volume = _CTX.add(self.base_volume, qty)
+        self.quote_volume = _CTX.add(self.quote_volume, _CTX.multiply(price, qty))
+        self.trades += 1
+        if trade.trade_id < self.first_trade_id:
+            self.first_trade_id, self.open = trade.trade_id, trade.price
+        if trade.trade_id > self.last_trade_id:
+            self.last_trade_id, self.close = trade.trade_id, trade.price
+
+    def as_member(self) -> dict[str, object]:
+        """The JSON document stored in ``candles:1m:{SYMBOL}`` (see core/keys.py)."""
+        return {
+            "t": self.open_time, "o": fmt(D(self.open)), "h": fmt(self.high),
+            "l": fmt(self.low), "c": fmt(D(self.close)), "v": fmt(self.base_volume), "qv": fmt(self.quote_volume),
+            "n": self.trades, "ft": self.first_trade_id, "lt": self.last_trade_id,
+        }  # fmt: skip
+
+
+@dataclass(slots=True)
+class Totals:
+    trades: int = 0
+    base_volume: D = ZERO
+    quote_volume: D = ZERO
+
+    def add(self, trade: Trade) -> None:
+        price, qty = D(trade.price), D(trade.quantity)
+        self.trades += 1
+        self.base_volume = _CTX.add(self.base_volume, qty)
+        self.quote_volume = _CTX.add(self.quote_volume, _CTX.multiply(price, qty))
+
+
+@dataclass(slots=True)
+class SymbolViews:
+    """Everything one symbol contributes: latest trade, candles by minute, totals."""
+
+    latest: Trade
+    candles: dict[int, Candle]
+    totals: Totals
+
+    @classmethod
+    def of(cls, trade: Trade) -> SymbolViews:
+        views = cls(trade, {}, Totals())
+        views.add_to_aggregates(trade)
+        return views
+
+    def add(self, trade: Trade) -> bool:
+        """Add a trade; True if it became the latest."""
+        self.add_to_aggregates(trade)
+        if trade.trade_id > self.latest.trade_id:
+            self.latest = trade
+            return True
+        return False
+
+    def add_to_aggregates(self, trade: Trade) -> None:
+        minute = trade.trade_time - trade.trade_time % MINUTE_MS
+        candle = self.candles.get(minute)
+        if candle is None:
+            self.candles[minute] = Candle.of(trade)
+        else:
+            candle.add(trade)
+        self.totals.add(trade)
+
+
+def compute_views(trades: Iterable[Trade]) -> dict[str, SymbolViews]:
+    views: dict[str, SymbolViews] = {}
+    for trade in trades:
+        current = views.get(trade.symbol)
+        if current is None:
+            views[trade.symbol] = SymbolViews.of(trade)
+        else:
+            current.add(trade)
+    return views
