@@ -5,12 +5,15 @@ Choices where Binance's behaviour is not documented (NC in the protocol referenc
 * A stream name is ``<lowercase symbol>@<kind>`` or ``!<name>@<kind>``; the symbol part is
   lower-cased (``BTCUSDT@trade`` works as ``btcusdt@trade``). Well-formed names of streams the
   simulator does not produce (e.g. ``btcusdt@depth``) or of unknown symbols are accepted and simply
-  stay silent, as on Binance. Malformed names get
-  ``{"code":2,"msg":"Invalid request: invalid stream name `x`","id":ID}``.
+  stay silent, as on Binance. Malformed names get code 2 ``Invalid request: invalid stream``
+  (the text seen in a capture of Binance's reply).
 * More than ``max_streams`` streams on one connection: the SUBSCRIBE is refused as a whole with
-  ``{"code":2,"msg":"Invalid request: too many streams, the limit is 1024","id":ID}``; a path
-  asking for more is refused at the handshake with HTTP 400.
-* Documented errors are sent with exactly the documented shape (only code 0 carries the ``id``).
+  code 2 ``Invalid request: too many streams, the limit is 1024``; a path asking for more is
+  refused at the handshake with HTTP 400. In a path, pieces without ``@`` are ignored (``/ws/0``).
+* Error envelope: the docs' table lists the inner ``{"code":..,"msg":..}`` objects; on the wire
+  Binance wraps them as ``{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":2}``
+  (a capture in ctubio/Krypto-trading-bot#1121, and the official SDK reads ``data["error"]``).
+  The simulator sends that envelope, with the request's ``id`` when it could be read, else null.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def parse_path(target: str, max_streams: int = 1024) -> PathRequest | None:
         return None
     streams: list[str] = []
     for n in names:
+        if "@" not in n:
+            continue  # e.g. /ws/0, or a client appending "/stream" to a ?streams= URL
         c = canonical_stream(n)
         if c is None:
             raise PathError(400, f"Invalid stream name: {n}")
@@ -127,11 +132,8 @@ def _pos(text: str, index: int) -> tuple[int, int]:
     return line, col
 
 
-def _err(code: int, msg: str, id_: Any = None, with_id: bool = False) -> bytes:
-    body: dict[str, Any] = {"code": code, "msg": msg}
-    if with_id:
-        body["id"] = id_
-    return orjson.dumps(body)
+def _err(code: int, msg: str, id_: Any = None) -> bytes:
+    return orjson.dumps({"error": {"code": code, "msg": msg}, "id": id_})
 
 
 def _json_kind(v: Any) -> str:
@@ -207,7 +209,9 @@ def handle_control(session: Session, text: str | bytes) -> ControlResult:
         params = []
     if not isinstance(params, list):
         return ControlResult(
-            _err(2, f"Invalid request: invalid type: {_json_kind(params)}, expected a sequence")
+            _err(
+                2, f"Invalid request: invalid type: {_json_kind(params)}, expected a sequence", id_
+            )
         )
     ok = orjson.dumps({"result": None, "id": id_})
 
@@ -216,13 +220,13 @@ def handle_control(session: Session, text: str | bytes) -> ControlResult:
         for p in params:
             if not isinstance(p, str):
                 return ControlResult(
-                    _err(2, f"Invalid request: invalid type: {_json_kind(p)}, expected a string")
+                    _err(
+                        2, f"Invalid request: invalid type: {_json_kind(p)}, expected a string", id_
+                    )
                 )
             c = canonical_stream(p)
             if c is None:
-                return ControlResult(
-                    _err(2, f"Invalid request: invalid stream name `{p}`", id_, True)
-                )
+                return ControlResult(_err(2, "Invalid request: invalid stream", id_))
             if c not in names:
                 names.append(c)
         subs = session.subscriptions
@@ -234,7 +238,6 @@ def handle_control(session: Session, text: str | bytes) -> ControlResult:
                         2,
                         f"Invalid request: too many streams, the limit is {session.max_streams}",
                         id_,
-                        True,
                     )
                 )
             for n in added:
@@ -247,21 +250,21 @@ def handle_control(session: Session, text: str | bytes) -> ControlResult:
 
     if method == "LIST_SUBSCRIPTIONS":
         if params:
-            return ControlResult(_err(2, "Invalid request: too many parameters"))
+            return ControlResult(_err(2, "Invalid request: too many parameters", id_))
         return ControlResult(orjson.dumps({"result": list(session.subscriptions), "id": id_}))
 
     # SET_PROPERTY / GET_PROPERTY
     limit = 2 if method == "SET_PROPERTY" else 1
     if len(params) > limit:
-        return ControlResult(_err(2, "Invalid request: too many parameters"))
+        return ControlResult(_err(2, "Invalid request: too many parameters", id_))
     if not params or not isinstance(params[0], str):
-        return ControlResult(_err(2, "Invalid request: property name must be a string"))
+        return ControlResult(_err(2, "Invalid request: property name must be a string", id_))
     if params[0] != "combined":
-        return ControlResult(_err(0, "Unknown property", id_, True))
+        return ControlResult(_err(0, "Unknown property", id_))
     if method == "GET_PROPERTY":
         return ControlResult(orjson.dumps({"result": session.combined, "id": id_}))
     if len(params) < 2 or not isinstance(params[1], bool):
-        return ControlResult(_err(1, "Invalid value type: expected Boolean"))
+        return ControlResult(_err(1, "Invalid value type: expected Boolean", id_))
     session.combined = params[1]
     return ControlResult(ok)
 

@@ -36,7 +36,7 @@ async def recv_reply(ws: ClientConnection, within: float = 3.0) -> Any:
     async with asyncio.timeout(within):
         while True:
             msg = json.loads(await ws.recv())
-            if isinstance(msg, dict) and ("result" in msg or "code" in msg):
+            if isinstance(msg, dict) and ("result" in msg or "error" in msg):
                 return msg
 
 

@@ -1,0 +1,383 @@
+"""Replay sources: recorded WebSocket frames and Binance public trade archives. Pure readers.
+
+Recorded frames (the format the ingest's record mode writes)
+-----------------------------------------------------------
+A text file, optionally gzip-compressed (detected by content, not by name), with **one JSON object
+per line**::
+
+    {"recv_time_us": 1735689600123456, "frame": "{\\"e\\":\\"trade\\",\\"E\\":...}"}
+
+* ``recv_time_us`` (int): when the frame was received, microseconds since the Unix epoch.
+* ``frame`` (string): the WebSocket text frame exactly as received — a raw payload
+  (``/ws/...``) or the combined wrapper ``{"stream":...,"data":...}`` (``/stream...``).
+
+Replay sends each frame's payload verbatim (unwrapped, and re-wrapped for combined connections) to
+the subscribers of its stream: the ``stream`` field of a combined frame, or for a raw payload the
+name derived from it (``<symbol>@trade``, ``@aggTrade``, ``@kline_<i>``, ``@ticker``,
+``@miniTicker``, ``@depth``, ``@bookTicker``). Control replies, blank and undecodable lines are
+skipped (counted in ``ReplayStats``). Trade frames also feed ``/sim/stats`` and the REST history.
+Recorded frames keep their original time unit (ms) whatever ``timeUnit`` the client asks for.
+
+Binance archive CSVs (data.binance.vision)
+------------------------------------------
+``trades`` (``id,price,qty,quoteQty,time,isBuyerMaker,isBestMatch``) and ``aggTrades``
+(``aggTradeId,price,qty,firstTradeId,lastTradeId,timestamp,isBuyerMaker,isBestMatch``) files, as
+``.csv`` or ``.zip`` (first member), with or without a header line, booleans ``True``/``true``,
+timestamps in ms or µs (≥ 10^14 means µs). The kind comes from the header, else the column count
+(7 trades, 8 aggTrades); the symbol from the file name (``BTCUSDT-trades-2025-01-01.csv``) or the
+``symbol`` argument. Replayed as orders: a trades row is one trade whose aggTrade id equals its
+trade id; an aggTrades row becomes trades ``f..l`` (quantity split evenly in 1e-8 units, the
+remainder on the last trade) and one aggTrade. Stream payloads are then built like the synthetic
+ones, so every stream (trade, aggTrade, bookTicker, kline_1m) works.
+
+Several files are merged in time order (stable: on equal times, the earlier file first), read
+line by line from disk: memory stays flat whatever the file sizes. With ``loop``, the files are
+read again; archive trades then get times shifted by the span of the data (+1 ms) and trade/agg
+ids shifted past the largest id seen, so ids stay unique and increasing; recorded frames are sent
+again verbatim with shifted times.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import heapq
+import io
+import itertools
+import re
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+from marketsim.model import Item, Order, RawFrame, TradeInfo
+from marketsim.symbols import SymbolSpec, spec_for
+from marketsim.units import parse8
+
+if TYPE_CHECKING:
+    from marketsim.server import SimConfig, Source
+
+_NAME_RE = re.compile(r"([A-Z0-9]{2,20})-(trades|aggTrades)-", re.IGNORECASE)
+_US_THRESHOLD = 10**14
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    lines: int = 0
+    skipped: int = 0
+    items: int = 0
+    loops: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped += 1
+        self.skipped_reasons[reason] = self.skipped_reasons.get(reason, 0) + 1
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a plain, gzip or zip (first member) file as streamed UTF-8 text."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    if magic == b"PK\x03\x04":
+        zf = zipfile.ZipFile(path)
+        members = [n for n in zf.namelist() if not n.endswith("/")]
+        if not members:
+            raise ValueError(f"{path}: empty zip")
+        return io.TextIOWrapper(zf.open(members[0]), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def to_us(t: int) -> int:
+    return t if t >= _US_THRESHOLD else t * 1000
+
+
+def _bool(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("true", "1"):
+        return True
+    if v in ("false", "0"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+# ---------- recorded frames ----------
+
+_EVENT_STREAM = {
+    "trade": "trade",
+    "aggTrade": "aggTrade",
+    "24hrTicker": "ticker",
+    "24hrMiniTicker": "miniTicker",
+    "depthUpdate": "depth",
+}
+
+
+def split_frame(text: str) -> tuple[str, bytes, dict[str, Any]] | None:
+    """(stream, payload bytes, payload object) of a recorded frame; None for non-market frames."""
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if "stream" in obj and "data" in obj:
+        stream = obj["stream"]
+        data = obj["data"]
+        if not isinstance(stream, str) or not isinstance(data, dict):
+            return None
+        marker = text.find('"data":')
+        payload = (
+            text[marker + 7 : text.rstrip().rfind("}")].strip().encode()
+            if marker >= 0 and text.startswith('{"stream":')
+            else orjson.dumps(data)
+        )
+        sym, at, rest = stream.partition("@")
+        return (sym.lower() + at + rest if not sym.startswith("!") else stream), payload, data
+    if "result" in obj or "code" in obj:
+        return None
+    symbol = obj.get("s")
+    if not isinstance(symbol, str):
+        return None
+    ev = obj.get("e")
+    if ev == "kline" and isinstance(obj.get("k"), dict):
+        name = f"kline_{obj['k'].get('i', '1m')}"
+    elif isinstance(ev, str):
+        name = _EVENT_STREAM.get(ev) or ev
+    elif "u" in obj and "b" in obj and "a" in obj:
+        name = "bookTicker"
+    else:
+        return None
+    return f"{symbol.lower()}@{name}", text.strip().encode(), obj
+
+
+def _trade_info(d: dict[str, Any]) -> TradeInfo | None:
+    if d.get("e") != "trade":
+        return None
+    try:
+        return TradeInfo(
+            str(d["s"]).upper(),
+            int(d["t"]),
+            parse8(str(d["p"])),
+            parse8(str(d["q"])),
+            to_us(int(d["T"])),
+            bool(d["m"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def read_recorded(path: Path, stats: ReplayStats | None = None) -> Iterator[RawFrame]:
+    stats = stats if stats is not None else ReplayStats()
+    with open_text(path) as f:
+        for line in f:
+            stats.lines += 1
+            if not line.strip():
+                stats.skip("blank")
+                continue
+            try:
+                rec = orjson.loads(line)
+                t = int(rec["recv_time_us"])
+                text = rec["frame"]
+                if not isinstance(text, str):
+                    raise TypeError("frame must be a string")
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                stats.skip("bad record")
+                continue
+            split = split_frame(text)
+            if split is None:
+                stats.skip("not a market frame")
+                continue
+            stream, payload, data = split
+            stats.items += 1
+            yield RawFrame(stream, payload, t, _trade_info(data))
+
+
+# ---------- archive CSVs ----------
+
+
+def symbol_from_name(path: Path) -> str | None:
+    m = _NAME_RE.search(path.name)
+    return m.group(1).upper() if m else None
+
+
+def archive_kind(path: Path, first_row: Sequence[str]) -> tuple[str, bool]:
+    """("trades"|"aggTrades", has_header) from the first CSV row (and the name as a hint)."""
+    header = bool(first_row) and not first_row[0].strip().lstrip("-").isdigit()
+    if header:
+        cols = {c.strip().lower() for c in first_row}
+        if "firsttradeid" in cols or "aggtradeid" in cols or "first_trade_id" in cols:
+            return "aggTrades", True
+        return "trades", True
+    if len(first_row) == 8:
+        return "aggTrades", False
+    if len(first_row) == 7:
+        return "trades", False
+    m = _NAME_RE.search(path.name)
+    if m:
+        return ("aggTrades" if m.group(2).lower() == "aggtrades" else "trades"), False
+    raise ValueError(f"{path}: cannot tell trades from aggTrades ({len(first_row)} columns)")
+
+
+def _book(spec: SymbolSpec, price: int, qty: int, buyer_maker: bool) -> tuple[int, int, int, int]:
+    tick = spec.tick_size
+    if buyer_maker:
+        return price, qty, price + tick, qty
+    return max(tick, price - tick), qty, price, qty
+
+
+def read_archive(
+    path: Path, symbol: str | None = None, stats: ReplayStats | None = None
+) -> Iterator[Order]:
+    stats = stats if stats is not None else ReplayStats()
+    sym = (symbol or symbol_from_name(path) or "").upper()
+    if not sym:
+        raise ValueError(f"{path}: no symbol in the file name; pass --replay-symbol")
+    spec = spec_for(sym)
+    with open_text(path) as f:
+        reader = csv.reader(f)
+        first = next(reader, None)
+        if first is None:
+            return
+        kind, header = archive_kind(path, first)
+        rows = reader if header else itertools.chain([first], reader)
+        agg = kind == "aggTrades"
+        for row in rows:
+            stats.lines += 1
+            try:
+                if agg:
+                    a, p, q, fid, lid, t, m = row[:7]
+                    first_id, last_id = int(fid), int(lid)
+                    agg_id = int(a)
+                else:
+                    tid, p, q, _quote, t, m = row[:6]
+                    first_id = last_id = agg_id = int(tid)
+                price, qty, time_us, bm = parse8(p), parse8(q), to_us(int(t)), _bool(m)
+                n = last_id - first_id + 1
+                if n < 1:
+                    raise ValueError("lastTradeId < firstTradeId")
+            except (ValueError, IndexError):
+                if not row or not "".join(row).strip():
+                    stats.skip("blank")
+                else:
+                    stats.skip("bad row")
+                continue
+            if n == 1:
+                qtys = [qty]
+            else:
+                base = qty // n
+                qtys = [base] * (n - 1) + [qty - base * (n - 1)]
+            bid, bq, ask, aq = _book(spec, price, qtys[-1], bm)
+            stats.items += 1
+            yield Order(sym, agg_id, first_id, price, qtys, time_us, bm, bid, bq, ask, aq, first_id)
+
+
+# ---------- merging and looping ----------
+
+
+def is_recorded(path: Path) -> bool:
+    """Recorded frames start with ``{``; archives are CSV (or zip)."""
+    with open_text(path) as f:
+        for line in f:
+            if line.strip():
+                return line.lstrip().startswith("{")
+    return False
+
+
+def merged(iterators: Sequence[Iterator[Item]]) -> Iterator[Item]:
+    """Merge time-ordered iterators by time (stable across files)."""
+    return heapq.merge(*iterators, key=lambda it: it.time_us)
+
+
+class ReplaySource:
+    """Replay of several files, merged in time order, optionally looped."""
+
+    def __init__(
+        self, files: Sequence[Path], loop: bool = False, symbol: str | None = None
+    ) -> None:
+        if not files:
+            raise ValueError("no replay files")
+        self.files = [Path(p) for p in files]
+        for p in self.files:
+            if not p.is_file():
+                raise FileNotFoundError(f"replay file not found: {p}")
+        self.loop = loop
+        self.symbol = symbol
+        self.stats = ReplayStats()
+        self._kinds = [is_recorded(p) for p in self.files]
+        self._it = self._open()
+        self._cycle = 0
+        self._t_min: int | None = None
+        self._t_max = 0
+        self._id_max: dict[str, int] = {}
+        self._id_min: dict[str, int] = {}
+        self._shift_t = 0
+        self._shift_id: dict[str, int] = {}
+        self._emitted_any = False
+
+    def _open(self) -> Iterator[Item]:
+        its: list[Iterator[Item]] = []
+        for p, rec in zip(self.files, self._kinds, strict=True):
+            its.append(
+                read_recorded(p, self.stats) if rec else read_archive(p, self.symbol, self.stats)
+            )
+        return merged(its)
+
+    def initial_specs(self) -> list[SymbolSpec]:
+        out: list[SymbolSpec] = []
+        for p, rec in zip(self.files, self._kinds, strict=True):
+            sym = None if rec else (self.symbol or symbol_from_name(p))
+            if sym:
+                spec = spec_for(sym)
+                if spec not in out:
+                    out.append(spec)
+        return out
+
+    def next_item(self) -> Item | None:
+        while True:
+            item = next(self._it, None)
+            if item is not None:
+                self._emitted_any = True
+                return self._shift(item)
+            if not self.loop or not self._emitted_any:
+                return None
+            self._cycle += 1
+            self.stats.loops += 1
+            span = self._t_max - (self._t_min or 0) + 1000
+            self._shift_t = span * self._cycle
+            for s, hi in self._id_max.items():
+                self._shift_id[s] = (hi - self._id_min[s] + 1) * self._cycle
+            self._it = self._open()
+
+    def _shift(self, item: Item) -> Item:
+        if self._cycle == 0:
+            t = item.time_us
+            if self._t_min is None or t < self._t_min:
+                self._t_min = t
+            self._t_max = max(self._t_max, t)
+            if isinstance(item, Order):
+                s = item.symbol
+                self._id_max[s] = max(self._id_max.get(s, item.last_id), item.last_id, item.agg_id)
+                self._id_min[s] = min(
+                    self._id_min.get(s, item.first_id), item.first_id, item.agg_id
+                )
+            return item
+        item.time_us += self._shift_t
+        if isinstance(item, Order):
+            d = self._shift_id.get(item.symbol, 0)
+            item.first_id += d
+            item.agg_id += d
+            item.book_id += d
+        return item
+
+
+def replay_factory(
+    files: Sequence[Path], loop: bool = False, symbol: str | None = None
+) -> Callable[[SimConfig], Source]:
+    def make(_cfg: SimConfig) -> Source:
+        return ReplaySource(files, loop=loop, symbol=symbol)
+
+    return make
