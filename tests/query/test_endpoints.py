@@ -17,7 +17,7 @@ T0 = 1_718_000_040_000 - 1_718_000_040_000 % (60 * MIN)  # an hour boundary
 def test_prices_many_with_missing(http: httpx.Client, r: redis.Redis) -> None:
     put_price(r, "BTCUSDT", "66398.85000000")
     put_price(r, "ETHUSDT", "3120.50")
-    resp = http.get("/prices", params={"symbols": "btcusdt,ETHUSDT, XYZUSDT,BTCUSDT"})
+    resp = http.get("/prices", params={"symbols": "btcusdt,ETHUSDT,XYZUSDT,BTCUSDT"})
     assert resp.status_code == 200
     assert resp.json() == {
         "prices": {"BTCUSDT": 66398.85, "ETHUSDT": 3120.5},
@@ -27,7 +27,13 @@ def test_prices_many_with_missing(http: httpx.Client, r: redis.Redis) -> None:
 
 def test_prices_input_is_bounded_and_validated(http: httpx.Client, r: redis.Redis) -> None:
     too_many = ",".join(f"S{i:04d}" for i in range(MAX_SYMBOLS_PER_REQUEST + 1))
-    for params in [{"symbols": too_many}, {"symbols": "BTC-USDT"}, {"symbols": ",,"}, {}]:
+    for params in [
+        {"symbols": too_many},
+        {"symbols": "BTC-USDT"},
+        {"symbols": ",,"},
+        {"symbols": "A B"},
+        {},
+    ]:
         resp = http.get("/prices", params=params)
         assert resp.status_code == 400, params
         assert set(resp.json()) == {"error"}

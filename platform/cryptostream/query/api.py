@@ -233,7 +233,16 @@ BAD_INPUT = _error_doc(
 )
 UNAVAILABLE = _error_doc("Redis is not answering; retry later", "redis unavailable")
 
-SymbolPath = Annotated[str, Path(description=SYMBOL_DOC, examples=["BTCUSDT"])]
+# The pattern is documented, not enforced by FastAPI: normalize_symbol() enforces it, so the
+# fast path and this route produce the same 400 body.
+SymbolPath = Annotated[
+    str,
+    Path(
+        description=SYMBOL_DOC,
+        examples=["BTCUSDT"],
+        json_schema_extra={"pattern": inputs.SYMBOL_PATTERN},
+    ),
+]
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -375,8 +384,9 @@ def build_api(state: QueryState) -> FastAPI:
         symbols: Annotated[
             str,
             Query(
-                max_length=MAX_SYMBOLS_PER_REQUEST * 22,
-                description="Comma-separated symbols",
+                max_length=MAX_SYMBOLS_PER_REQUEST * 21,
+                description=f"Comma-separated symbols, at most {MAX_SYMBOLS_PER_REQUEST}",
+                json_schema_extra={"pattern": inputs.symbol_list_pattern(MAX_SYMBOLS_PER_REQUEST)},
                 examples=["BTCUSDT,ETHUSDT"],
             ),
         ],
@@ -519,18 +529,20 @@ def build_api(state: QueryState) -> FastAPI:
         symbols: Annotated[
             str,
             Query(
-                max_length=MAX_STREAM_SYMBOLS * 22,
+                max_length=MAX_STREAM_SYMBOLS * 21,
+                json_schema_extra={"pattern": inputs.symbol_list_pattern(MAX_STREAM_SYMBOLS)},
                 description=f"Comma-separated symbols (at most {MAX_STREAM_SYMBOLS})",
                 examples=["BTCUSDT,ETHUSDT"],
             ),
         ],
     ) -> StreamingResponse:
         wanted = parse_symbol_list(symbols, MAX_STREAM_SYMBOLS)
-        feed = ClientFeed(state.metrics)
-        state.hub.register(feed, wanted)
-        state.metrics.stream_clients.inc()
 
         async def events() -> AsyncIterator[bytes]:
+            # Registered here, not before: the generator's finally is the only cleanup hook.
+            feed = ClientFeed(state.metrics)
+            state.hub.register(feed, wanted)
+            state.metrics.stream_clients.inc()
             try:
                 yield b": subscribed\n\n"
                 while True:
@@ -567,6 +579,13 @@ def build_api(state: QueryState) -> FastAPI:
             for operations in schema.get("paths", {}).values():
                 for operation in operations.values():
                     responses = operation.get("responses", {})
+                    for response in responses.values():
+                        # Routes returning a raw Response get FastAPI's `"type": "string"`
+                        # next to the documented model's $ref; the $ref is the truth.
+                        for media in response.get("content", {}).values():
+                            body = media.get("schema", {})
+                            if "$ref" in body:
+                                media["schema"] = {"$ref": body["$ref"]}
                     if responses.pop("422", None) is not None and "400" not in responses:
                         responses["400"] = {
                             "description": "Malformed input",

@@ -46,6 +46,11 @@ class QueryMetrics:
             "Updates replaced by a newer one for the same symbol before a slow client took them",
             registry=self.registry,
         )
+        self.stream_pending = Gauge(
+            "csp_query_stream_pending_updates",
+            "Updates waiting for live clients (at most one per client and subscribed symbol)",
+            registry=self.registry,
+        )
         self.stream_dropped_clients = Counter(
             "csp_query_stream_clients_dropped",
             "Live-push clients disconnected because a send blocked too long",

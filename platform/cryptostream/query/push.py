@@ -80,16 +80,26 @@ class PriceHub:
         self.redis_url = redis_url
         self.metrics = metrics
         self.by_symbol: dict[str, set[ClientFeed]] = {}
+        self.feeds: set[ClientFeed] = set()
         self.subscribed = asyncio.Event()
+        metrics.stream_pending.set_function(self.pending_total)
         self._task: asyncio.Task[None] | None = None
 
+    def pending_total(self) -> int:
+        """Updates held for clients that have not taken them: bounded by their subscriptions."""
+        return sum(len(feed.pending) for feed in list(self.feeds))
+
     def register(self, feed: ClientFeed, symbols: Iterable[str]) -> None:
+        self.feeds.add(feed)
         for symbol in symbols:
             if symbol not in feed.symbols:
                 feed.symbols.add(symbol)
                 self.by_symbol.setdefault(symbol, set()).add(feed)
 
     def unregister(self, feed: ClientFeed, symbols: Iterable[str] | None = None) -> None:
+        """Drop some of ``feed``'s symbols, or (``symbols=None``) the whole client."""
+        if symbols is None:
+            self.feeds.discard(feed)
         for symbol in list(feed.symbols if symbols is None else symbols):
             feed.symbols.discard(symbol)
             feed.pending.pop(symbol, None)
@@ -185,6 +195,7 @@ async def serve_websocket(hub: PriceHub, metrics: QueryMetrics, websocket: WebSo
     """
     await websocket.accept()
     feed = ClientFeed(metrics)
+    hub.feeds.add(feed)
     metrics.stream_clients.inc()
     send_lock = asyncio.Lock()
 

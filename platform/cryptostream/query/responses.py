@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 JSON_CONTENT_TYPE = b"application/json"
 
@@ -30,8 +30,11 @@ def price_body(symbol: str, stored: bytes) -> bytes:
     return orjson.dumps({"symbol": symbol, "price": price})
 
 
-class JSONBytes(Response):
-    """A JSON response rendered with orjson (no ``ensure_ascii``/indent overhead)."""
+class JSONBytes(JSONResponse):
+    """A JSON response rendered with orjson; bytes pass through (already-encoded bodies).
+
+    A JSONResponse subclass so FastAPI documents routes using it as ``application/json``.
+    """
 
     media_type = "application/json"
 

@@ -29,10 +29,11 @@ class StoreUnavailable(RuntimeError):
 
 
 def make_client(url: str, *, timeout: float = REDIS_TIMEOUT_S, pool_size: int = 64) -> Any:
-    """A redis-py asyncio client: bounded pool, short timeouts, no retry loop.
+    """A redis-py asyncio client: bounded pool, short timeouts, one retry on a broken connection.
 
-    No retries because a request should fail fast with 503 rather than queue up behind a dead
-    server; the next request simply opens a fresh connection.
+    The single retry (connection errors only, not timeouts) absorbs pooled connections that
+    died with a Redis restart; beyond that a request fails fast with 503 rather than queue up
+    behind a dead server.
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
@@ -40,7 +41,7 @@ def make_client(url: str, *, timeout: float = REDIS_TIMEOUT_S, pool_size: int = 
         timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         health_check_interval=0,
     )
     return aioredis.Redis(connection_pool=pool)
