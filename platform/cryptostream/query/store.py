@@ -53,6 +53,9 @@ class RedisStore:
     def __init__(self, url: str, *, timeout: float = REDIS_TIMEOUT_S) -> None:
         self.url = url
         self.client: Any = make_client(url, timeout=timeout)
+        from cryptostream.query.fastredis import PipelinedReader
+
+        self.hot = PipelinedReader(url, timeout=timeout)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -69,8 +72,11 @@ class RedisStore:
 
     async def price(self, symbol: str) -> bytes | None:
         """The latest price's decimal string, or None if the symbol has none."""
-        value: bytes | None = await self._call(lambda: self.client.hget(price_key(symbol), "price"))
-        return value
+        try:
+            return await self.hot.hget(price_key(symbol), b"price")
+        except StoreUnavailable:
+            # A connection that died with a Redis restart: one retry on a fresh one.
+            return await self.hot.hget(price_key(symbol), b"price")
 
     async def prices(self, symbols: Sequence[str]) -> list[bytes | None]:
         """Many latest prices in one round trip (a pipeline, not a transaction)."""
@@ -117,4 +123,5 @@ class RedisStore:
         return result
 
     async def close(self) -> None:
+        self.hot.close()
         await self.client.aclose()
