@@ -54,3 +54,15 @@ def connect(url: str, **kw: Any) -> websockets.asyncio.client.connect:
     kw.setdefault("ping_interval", None)
     kw.setdefault("max_size", None)
     return websockets.connect(url, **kw)
+
+
+async def drain(ws: ClientConnection, idle: float = 0.3) -> list[str]:
+    """Everything that arrives until the connection is quiet for ``idle`` seconds."""
+    out: list[str] = []
+    while True:
+        try:
+            m = await asyncio.wait_for(ws.recv(), idle)
+        except TimeoutError:
+            return out
+        assert isinstance(m, str)
+        out.append(m)
