@@ -143,6 +143,7 @@ class SimConnection(ServerConnection):
 
 class Client:
     __slots__ = (
+        "dead",
         "faults",
         "frames_sent",
         "index",
@@ -173,6 +174,7 @@ class Client:
         self.frames_sent = 0
         self.timers: list[asyncio.TimerHandle] = []
         self.faults: FaultInjector | None = None
+        self.dead = False
         if cfg.faults.applies_to(index):
             self.faults = FaultInjector(cfg.faults, cfg.faults.seed * 1_000_003 + index)
 
@@ -191,6 +193,8 @@ class Client:
     def push_payloads(self, stream: str, payloads: list[bytes], is_trade: bool) -> None:
         """Slow path (fault injection): decide per payload, then frame."""
         assert self.faults is not None
+        if self.dead:
+            return
         now = time.monotonic() - self.started
         combined = self.session.combined
         for p in payloads:
@@ -205,7 +209,7 @@ class Client:
         out = self.out
         if not out:
             return
-        if self.open:
+        if self.open and not self.transport.is_closing():
             self.frames_sent += len(out)
             self.transport.write(b"".join(out))
         out.clear()
@@ -216,10 +220,19 @@ class Client:
         self.flush()
 
     def drop(self) -> None:
-        self.out.clear()
+        """Fault: drop the connection without a WebSocket closing handshake (frames already
+        decided are still delivered first), or close it with 1011 in ``close`` mode."""
+        if self.dead:
+            return
+        self.dead = True
         if self.server.config.faults.drop_mode == "abort":
-            self.transport.abort()
+            self.flush()
+            if self.transport.get_write_buffer_size() == 0:
+                self.transport.abort()
+            else:
+                self.transport.close()  # sends what is buffered, then FIN: no close frame
         else:
+            self.flush()
             self.server.spawn(self.ws.close(1011, "fault injection: drop"))
 
     def start_stall(self) -> None:
