@@ -74,7 +74,13 @@ def test_known_sequence_reaches_the_query_api(isolated: Env) -> None:
                     return False
             return True
 
-        wait_for(prices_match, timeout=60, what="every symbol's last price in the query API")
+        try:
+            wait_for(prices_match, timeout=60, what="every symbol's last price in the query API")
+        except TimeoutError:
+            for symbol, sent in truth.items():
+                print(symbol, sent, httpx.get(f"{query.base_url}/price/{symbol}").text)
+                print(isolated.redis.hgetall(f"price:{symbol}"))
+            raise
 
         # The exact original contract, and clean 4xx for bad input.
         missing = httpx.get(f"{query.base_url}/price/DOGEUSDT", timeout=5)
@@ -101,16 +107,23 @@ def test_known_sequence_reaches_the_query_api(isolated: Env) -> None:
                 for p in with_data
             )
 
-        wait_for(all_consumed, timeout=30, what="every partition with data to be consumed")
+        try:
+            wait_for(all_consumed, timeout=30, what="every partition with data to be consumed")
+        except TimeoutError:
+            print("stored", isolated.redis.hgetall(f"offsets:{isolated.settings.topic}"))
+            print("committed", _committed(isolated, with_data), "marks", marks)
+            raise
 
-        # The two processors share the partitions.
+        # The two processors share the partitions (once the cooperative rebalance settles).
         admin = AdminClient({"bootstrap.servers": isolated.settings.kafka_bootstrap,
                              "logger": logging.getLogger("quiet")})  # fmt: skip
-        group = admin.describe_consumer_groups([isolated.settings.group_id])[
-            isolated.settings.group_id
-        ].result(timeout=10)
-        sizes = sorted(len(m.assignment.topic_partitions) for m in group.members)
-        assert sizes == [4, 4], sizes
+
+        def assignment_sizes() -> list[int]:
+            group_id = isolated.settings.group_id
+            group = admin.describe_consumer_groups([group_id])[group_id].result(timeout=10)
+            return sorted(len(m.assignment.topic_partitions) for m in group.members)
+
+        wait_for(lambda: assignment_sizes() == [4, 4], 30, "two members with 4 partitions each")
         pipeline.check_alive()
     finally:
         pipeline.stop()

@@ -44,7 +44,8 @@ class Processor:
         self.apply_script = redis_client.register_script(APPLY_SCRIPT)
         self.dlq = producer
         self.offsets_key = offsets_key(settings.topic)
-        self.consumer: Consumer = make_consumer(settings)
+        self.consumer: Consumer = make_consumer(settings, on_commit=self._on_commit)
+        self.committed: dict[int, int] = {}  # partition -> offset Kafka acknowledged
         self.running = True
         # partition -> last offset applied to Redis, as far as this process knows (-1 = none)
         self.positions: dict[int, int] = {}
@@ -95,7 +96,7 @@ class Processor:
             [self.settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )  # fmt: skip
-        last_report = time.monotonic()
+        last_report = last_recommit = time.monotonic()
         try:
             while self.running:
                 messages = self.consumer.consume(
@@ -104,6 +105,9 @@ class Processor:
                 if messages:
                     self.process(messages)
                 self.dlq.poll(0)
+                if time.monotonic() - last_recommit >= 2:
+                    last_recommit = time.monotonic()
+                    self._recommit_lagging()
                 if time.monotonic() - last_report >= 10:
                     last_report = time.monotonic()
                     log.info("progress", extra={"fields": {"processor": dict(self.stats)}})
@@ -192,6 +196,25 @@ class Processor:
             self.consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:  # only lag tooling depends on it
             self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is None:
+            for tp in partitions:
+                if tp.error is None and tp.offset >= 0:
+                    self.committed[tp.partition] = tp.offset
+
+    def _recommit_lagging(self) -> None:
+        """Async commits fail during rebalances; retry until Kafka holds what Redis holds."""
+        lagging = [
+            TopicPartition(self.settings.topic, p, pos + 1)
+            for p, pos in self.positions.items()
+            if pos != NO_OFFSET and self.committed.get(p) != pos + 1
+        ]
+        if lagging:
+            try:
+                self.consumer.commit(offsets=lagging, asynchronous=True)
+            except KafkaException as exc:
+                self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
 
     def _commit_positions(self, partitions: list[int]) -> None:
         """Synchronously commit what was applied before partitions leave (lag tooling)."""
