@@ -33,7 +33,14 @@ def test_script_payload_carries_numbers_as_strings() -> None:
     payload = orjson.loads(batch.script_payload({1: 4}, now_ms=123))
     assert payload["parts"] == [["1", "4", "5"]]
     row = payload["symbols"][0]
-    assert row["p"] == ["1.5", "1", str(2**40), str(1000 + 2**40), str(1001 + 2**40), "1718000000123456"]
+    assert row["p"] == [
+        "1.5",
+        "1",
+        str(2**40),
+        str(1000 + 2**40),
+        str(1001 + 2**40),
+        "1718000000123456",
+    ]
     assert orjson.loads(row["u"])["update_time"] == 123
     assert (row["n"], row["v"], row["qv"]) == (1, "1", "1.5")
     assert orjson.loads(batch.script_payload({}, now_ms=1))["parts"] == [["1", "-1", "5"]]

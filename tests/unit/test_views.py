@@ -31,7 +31,12 @@ def test_quote_volume_is_exact_for_long_decimals() -> None:
 
 
 def test_fmt_is_canonical() -> None:
-    assert [fmt(Decimal(x)) for x in ["1.2300", "100", "0.000", "007.5"]] == ["1.23", "100", "0", "7.5"]
+    assert [fmt(Decimal(x)) for x in ["1.2300", "100", "0.000", "007.5"]] == [
+        "1.23",
+        "100",
+        "0",
+        "7.5",
+    ]
 
 
 prices = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("100000"), places=8)
@@ -39,7 +44,9 @@ prices = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("100000"
 
 @given(st.lists(st.tuples(prices, prices, st.integers(0, 5 * MINUTE_MS)), min_size=1, max_size=40),
        st.integers(1, 10))  # fmt: skip
-def test_splitting_into_batches_changes_nothing(rows: list[tuple[Decimal, Decimal, int]], cut: int) -> None:
+def test_splitting_into_batches_changes_nothing(
+    rows: list[tuple[Decimal, Decimal, int]], cut: int
+) -> None:
     """The processor merges per-batch partials; their merge must equal one pass over all trades."""
     trades = [trade(i, fmt(p), fmt(q), t) for i, (p, q, t) in enumerate(rows, start=1)]
     whole = compute_views(trades)["BTCUSDT"]
