@@ -138,8 +138,8 @@ class PriceHub:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a cancel that lands mid-connect must not hold up shutdown.
+            await asyncio.wait({self._task}, timeout=2.0)
             self._task = None
 
     async def _run(self) -> None:
@@ -172,9 +172,9 @@ class PriceHub:
                 backoff = min(backoff * 2, 2.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
                 with contextlib.suppress(Exception):
-                    await client.aclose()
+                    await asyncio.wait_for(client.aclose(), 1.0)
 
 
 # --- the WebSocket endpoint ------------------------------------------------------------------
