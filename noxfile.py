@@ -65,3 +65,34 @@ def live(session: nox.Session) -> None:
     _ensure_system_packages(session)
     _install(session)
     session.run("csp", "demo", "--live", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_processor(session: nox.Session) -> None:
+    """One processor draining 2M pre-filled trades; consume-loop ceilings; latency at 10k/s."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.run("python", "benchmarks/bench_processor.py", "--json",
+                "reports/bench-processor.json", *session.posargs)  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def bench_simulator(session: nox.Session) -> None:
+    """Simulator frames/s to one client (synthetic and replay) and memory vs replay file size."""
+    _install(session)
+    session.run("python", "benchmarks/bench_simulator.py", "--json",
+                "reports/bench-simulator.json", *session.posargs)  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def bench_query(session: nox.Session) -> None:
+    """GET /price with wrk (-t1 -c64 -d15s, 1,000 symbols) vs a plain FastAPI baseline."""
+    _ensure_system_packages(session)
+    if not shutil.which("wrk"):
+        if shutil.which("apt-get") and os.geteuid() == 0:
+            session.run("apt-get", "install", "-y", "-qq", "wrk", external=True)
+        else:
+            session.error("wrk is not installed: sudo apt-get install wrk")
+    _install(session)
+    session.run("python", "benchmarks/bench_query.py", "--json", "reports/bench-query.json",
+                *session.posargs)  # fmt: skip

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     batch_max: int = Field(5000, ge=1, description="Records applied to Redis per round trip")
     batch_timeout_s: float = Field(0.05, gt=0)
     candle_history_minutes: int = Field(1440, ge=1, description="1m candles kept per symbol")
+    processor_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")
 
     # --- query --------------------------------------------------------------------------------
     query_host: str = "127.0.0.1"
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     kafka_heap: str = "512m"
     start_timeout_s: float = Field(90.0, gt=0)
 
+    metrics_host: str = Field("127.0.0.1", description="bind address of metrics servers")
     log_level: str = "INFO"
 
     @field_validator("symbols", mode="before")

@@ -6,15 +6,18 @@ import contextlib
 import random
 import threading
 
+import httpx
 import orjson
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from cryptostream.checker import check
 from cryptostream.core.codec import decode_trade
 from cryptostream.core.trades import Trade
 from cryptostream.processor.service import rebuild
 from cryptostream.stack.pipeline import Pipeline, wait_for
+from cryptostream.stack.supervisor import free_port
 from tests.conftest import Env
 from tests.kafka_helpers import produce, read_all, synthetic_trades, watermarks
 
@@ -60,13 +63,32 @@ def test_processors_share_partitions_views_exact_and_poison_to_dlq(isolated: Env
               (b"SYM3USDT", orjson.dumps({"v": 1, "symbol": "SYM3USDT"}))]  # fmt: skip
     produce(isolated.settings, trades, poison)
     pipeline = _pipeline(isolated, CSP_BATCH_MAX="700")  # many batches: exercises the Lua merge
+    ports = [free_port(), free_port()]
     try:
-        pipeline.start_processor()
-        pipeline.start_processor()
+        for port in ports:
+            pipeline.start_processor(CSP_PROCESSOR_METRICS_PORT=str(port))
         wait_for(
             lambda: pipeline.check_alive() or _all_applied(isolated), 90, "all offsets applied"
         )
         _check(isolated)
+
+        def scraped() -> dict[str, float]:
+            totals: dict[str, float] = {}
+            for port in ports:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                for family in text_string_to_metric_families(text):
+                    for sample in family.samples:
+                        totals[sample.name] = totals.get(sample.name, 0) + sample.value
+            return totals
+
+        # Counters are exact; the lag gauges drain to zero once everything is applied.
+        wait_for(lambda: scraped()["csp_processor_consumer_lag"] == 0, 30, "zero lag in metrics")
+        metrics = scraped()
+        assert metrics["csp_processor_records_total"] == len(trades) + len(poison)
+        assert metrics["csp_processor_poison_total"] == len(poison)
+        assert metrics["csp_processor_batch_size_sum"] == len(trades) + len(poison)
+        applies = metrics["csp_processor_redis_apply_seconds_count"]
+        assert applies == metrics["csp_processor_batches_total"] > 0
         assert isolated.redis.smembers("symbols") == set(SYMBOLS)
         dead = [orjson.loads(v) for v in read_all(isolated.settings, isolated.settings.dlq_topic)]
         reasons = sorted(d["reason"].split(" ")[0] for d in dead)

@@ -30,6 +30,7 @@ from cryptostream.core.keys import offsets_key
 from cryptostream.kafka_clients import make_consumer, make_producer
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.processor.batch import NO_OFFSET, Batch, RawRecord, parse_conflicts
+from cryptostream.processor.metrics import ProcessorMetrics
 from cryptostream.topics import TopicError, require_topic
 
 log = logging.getLogger("cryptostream.processor")
@@ -46,6 +47,7 @@ class Processor:
         self.offsets_key = offsets_key(settings.topic)
         self.consumer: Consumer = make_consumer(settings, on_commit=self._on_commit)
         self.committed: dict[int, int] = {}  # partition -> offset Kafka acknowledged
+        self.lag: dict[int, int] = {}
         self.running = True
         # partition -> last offset applied to Redis, as far as this process knows (-1 = none)
         self.positions: dict[int, int] = {}
@@ -53,6 +55,7 @@ class Processor:
         self.stats: dict[str, int] = {
             "records": 0, "batches": 0, "poison": 0, "conflicts": 0, "rebalances": 0,
         }  # fmt: skip
+        self.metrics = ProcessorMetrics(self.stats, lambda: self.lag)
 
     # --- rebalance callbacks (they run inside consume(), between batches) ----------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -99,20 +102,31 @@ class Processor:
         last_report = last_recommit = time.monotonic()
         try:
             while self.running:
-                messages = self.consumer.consume(
-                    num_messages=self.settings.batch_max, timeout=self.settings.batch_timeout_s
-                )
+                messages = self._next_batch()
                 if messages:
                     self.process(messages)
                 self.dlq.poll(0)
                 if time.monotonic() - last_recommit >= 2:
                     last_recommit = time.monotonic()
                     self._recommit_lagging()
+                    self._update_lag()
                 if time.monotonic() - last_report >= 10:
                     last_report = time.monotonic()
                     log.info("progress", extra={"fields": {"processor": dict(self.stats)}})
         finally:
             self.close()
+
+    def _next_batch(self) -> list[Any]:
+        """Natural batching: wait for the first record, then take whatever is already queued.
+
+        Under load batches grow up to batch_max by themselves; when quiet, one record is applied
+        at once instead of waiting for a batch to fill (consume(n, timeout) would wait out the
+        whole timeout whenever fewer than n records arrive).
+        """
+        first = self.consumer.poll(self.settings.batch_timeout_s)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(self.settings.batch_max - 1, timeout=0)]
 
     def process(self, messages: list[Any]) -> None:
         batch = Batch()
@@ -129,9 +143,11 @@ class Processor:
         now_ms = time.time_ns() // 1_000_000
         payload = batch.script_payload(self.positions, now_ms)
         history_ms = str(self.settings.candle_history_minutes * 60_000)
+        started = time.perf_counter()
         reply = self._with_redis_retry(
             lambda: self.apply_script(args=[self.offsets_key, str(now_ms), history_ms, payload])
         )
+        self.metrics.redis_apply.observe(time.perf_counter() - started)
         if int(reply[0]) == 0:
             self._resolve_conflicts(parse_conflicts(reply), batch)
             return
@@ -139,7 +155,27 @@ class Processor:
             self.positions[partition] = last
         self.stats["records"] += batch.records
         self.stats["batches"] += 1
+        self._observe(batch, now_ms)
         self._commit(batch)
+
+    def _observe(self, batch: Batch, now_ms: int) -> None:
+        self.metrics.batch_size.observe(batch.records)
+        now_us = now_ms * 1000
+        for symbol, views in batch.symbols.items():
+            self.metrics.event_to_visible.observe(max(0, now_ms - views.latest.event_time) / 1e3)
+            self.metrics.ingest_to_visible.observe(max(0, now_us - batch.ingest_us[symbol]) / 1e6)
+
+    def _update_lag(self) -> None:
+        lag = {}
+        for partition, position in self.positions.items():
+            tp = TopicPartition(self.settings.topic, partition)
+            try:
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                lag[partition] = max(0, high - (position + 1))
+        self.lag = lag
 
     def _resolve_conflicts(self, stored: dict[int, int], batch: Batch) -> None:
         """Redis holds other offsets than we believed: nothing was applied; re-read from Redis's.
@@ -328,6 +364,8 @@ def main(settings: Settings) -> int:
         return 2
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     processor = Processor(settings, client, make_producer(settings))
+    if settings.processor_metrics_port:
+        processor.metrics.serve(settings.processor_metrics_port, settings.metrics_host)
 
     def _stop(signum: int, frame: object) -> None:
         processor.running = False
