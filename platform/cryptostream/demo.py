@@ -10,10 +10,8 @@ from rich.console import Console
 from cryptostream.config import Settings
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
-from cryptostream.stack.supervisor import StackError, sigterm_as_keyboard_interrupt
+from cryptostream.stack.supervisor import StackError, port_in_use, sigterm_as_keyboard_interrupt
 from cryptostream.topics import TopicError, create_topics, required_topics
-
-LIVE_URL = "wss://stream.binance.com:9443"
 
 
 def run_demo(
@@ -23,6 +21,12 @@ def run_demo(
     workdir = (settings.run_dir / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
     stack = LocalStack(settings, workdir)
     pipeline: Pipeline | None = None
+    if settings.query_port and port_in_use(settings.query_port):
+        console.print(
+            f"[red]error:[/] port {settings.query_port} is in use; choose another with "
+            "CSP_QUERY_PORT=<port> (0 = any free port)"
+        )
+        return 2
     with sigterm_as_keyboard_interrupt():
         try:
             t0 = time.monotonic()
@@ -35,7 +39,7 @@ def run_demo(
             )
             pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, settings.symbols)
             if live:
-                ws_url = LIVE_URL
+                ws_url = settings.binance_ws_url  # the real Binance endpoint by default
             else:
                 sim = pipeline.start_simulator(
                     ["--symbols", ",".join(settings.symbols), "--rate", str(rate)]
@@ -44,7 +48,7 @@ def run_demo(
             pipeline.start_ingest(ws_url)
             for _ in range(processors):
                 pipeline.start_processor()
-            query = pipeline.start_query(port=settings.query_port if settings.query_port else 0)
+            query = pipeline.start_query(port=settings.query_port)
             console.print(
                 f"simulator -> ingest -> Kafka -> {processors} processors -> Redis -> "
                 f"query API on {query.base_url}  (source: {ws_url})"
