@@ -7,33 +7,49 @@ import sys
 import time
 from typing import Any
 
-import orjson
+import ecs_logging
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line with Elastic Common Schema field names."""
+class JsonFormatter(ecs_logging.StdlibFormatter):
+    """One JSON object per line in Elastic Common Schema (``ecs-logging``), so Filebeat ships it
+    to Elasticsearch without parsing rules.
+
+    Besides the library's fields (``@timestamp``, ``log.level``, ``message``, ``ecs.version``,
+    ``log.logger``, ``log.origin``, ``process``...), every line carries ``service.name``.
+    Structured fields go in ``extra={"fields": {...}}``; dotted names (``error.message``,
+    ``url.full``) become nested ECS objects.
+    """
 
     def __init__(self, service: str) -> None:
-        super().__init__()
+        super().__init__(extra={"service.name": service})
         self.service = service
 
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "@timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "log.level": record.levelname.lower(),
-            "message": record.getMessage(),
-            "ecs.version": "1.6.0",
-            "log.logger": record.name,
-            "service.name": self.service,
-            "process.pid": record.process,
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            doc.update(extra)
-        if record.exc_info:
-            doc["error.stack_trace"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
+    def format_to_ecs(self, record: logging.LogRecord) -> dict[str, Any]:
+        fields = record.__dict__.pop("fields", None)
+        try:
+            doc: dict[str, Any] = super().format_to_ecs(record)
+        finally:
+            if fields is not None:
+                record.fields = fields
+        if isinstance(fields, dict):
+            for name, value in fields.items():
+                if name not in _RESERVED:
+                    _put(doc, name.split("."), value)
+        return doc
+
+
+def _put(doc: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set a dotted field as nested objects (``error.message`` -> {"error": {"message": ..}})."""
+    for part in path[:-1]:
+        child = doc.get(part)
+        if not isinstance(child, dict):
+            child = doc[part] = {}
+        doc = child
+    doc[path[-1]] = value
+
+
+# Fields the formatter owns; a structured field of the same name is dropped, not merged.
+_RESERVED = frozenset({"@timestamp", "message", "ecs.version", "log.level", "service.name"})
 
 
 def setup_logging(service: str, level: str = "INFO") -> logging.Logger:
@@ -63,4 +79,4 @@ class RateLimitedLog:
         self._last[key] = now
         if suppressed:
             fields["suppressed_since_last"] = suppressed
-        self.logger.warning(message, extra={"fields": fields})
+        self.logger.warning(message, extra={"fields": fields}, stacklevel=2)
