@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,19 +11,58 @@ import pytest
 import redis
 
 from cryptostream.config import Settings
+from cryptostream.stack.backends import BackendError, ContainerStack, start_stack
 from cryptostream.stack.local import LocalStack
 from cryptostream.topics import create_topics, required_topics
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The real broker and Redis, started once (Kafka's jars are fetched by Maven on first use)."""
-    local = LocalStack(Settings(), tmp_path_factory.mktemp("stack"))
-    local.start()
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[LocalStack | ContainerStack]:
+    """The real broker and Redis, started once: local child processes (Kafka's jars fetched by
+    Maven on first use) or containers, as CSP_TEST_BACKEND chooses (auto: containers only when a
+    Docker engine answers). Tests that restart a server use ``local_stack`` instead."""
+    try:
+        started = start_stack(
+            Settings(), tmp_path_factory.mktemp("stack"), report=_reporter(pytestconfig)
+        )
+    except BackendError as exc:
+        pytest.exit(str(exc), returncode=4)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+def local_stack(
+    stack: LocalStack | ContainerStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
+    """A stack whose servers can be restarted (``.kafka.restart()``): the session stack when it
+    is local, otherwise a local one of its own."""
+    if isinstance(stack, LocalStack):
+        yield stack
+        return
+    local = LocalStack(Settings(), tmp_path_factory.mktemp("local-stack")).start()
     try:
         yield local
     finally:
         local.stop()
+
+
+def _reporter(config: pytest.Config) -> Callable[[str], None]:
+    """Say which backend runs the stack on the terminal, past output capturing."""
+
+    def report(reason: str) -> None:
+        terminal = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if terminal is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():
+            terminal.write_line(f"\n[stack] {reason}")
+
+    return report
 
 
 @dataclass
@@ -37,7 +76,7 @@ class Env:
 
 
 @pytest.fixture
-def isolated(stack: LocalStack, tmp_path: Path) -> Iterator[Env]:
+def isolated(stack: LocalStack | ContainerStack, tmp_path: Path) -> Iterator[Env]:
     suffix = uuid.uuid4().hex[:8]
     env = {
         "CSP_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,

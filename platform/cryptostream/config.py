@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     kafka_version: str = "4.3.1"
     kafka_heap: str = "512m"
     start_timeout_s: float = Field(90.0, gt=0)
+    test_backend: Literal["auto", "local", "docker"] = Field(
+        "auto", description="Kafka/Redis of the tests: local processes, containers, or auto"
+    )
 
     metrics_host: str = Field("127.0.0.1", description="bind address of metrics servers")
     log_level: str = "INFO"
