@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     # --- query --------------------------------------------------------------------------------
     query_host: str = "127.0.0.1"
     query_port: int = Field(3000, ge=0, le=65535)
+    query_redis_timeout_s: float = Field(1.0, gt=0, description="Slower Redis calls answer 503")
+    query_max_symbols: int = Field(100, ge=1, description="Symbols in one GET /prices call")
+    query_max_candles: int = Field(500, ge=1, description="Candles in one GET /candles answer")
+    query_max_stream_symbols: int = Field(1000, ge=1, description="Symbols per live-push client")
+    query_push_send_timeout_s: float = Field(
+        10.0, gt=0, description="A live client that blocks a push this long is dropped"
+    )
 
     # --- stack --------------------------------------------------------------------------------
     kafka_version: str = "4.3.1"

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import redis
 
-from cryptostream.query.limits import MAX_CANDLE_LIMIT, MAX_SYMBOLS_PER_REQUEST
-from tests.query.conftest import put_candle, put_price, put_stats
+from cryptostream.config import Settings
+from cryptostream.stack.redis_server import RedisServer
+from cryptostream.stack.supervisor import free_port
+from tests.query.conftest import (
+    put_candle,
+    put_price,
+    put_stats,
+    start_service,
+    stop_service,
+)
 
 MIN = 60_000
 T0 = 1_718_000_040_000 - 1_718_000_040_000 % (60 * MIN)  # an hour boundary
@@ -26,7 +35,7 @@ def test_prices_many_with_missing(http: httpx.Client, r: redis.Redis) -> None:
 
 
 def test_prices_input_is_bounded_and_validated(http: httpx.Client, r: redis.Redis) -> None:
-    too_many = ",".join(f"S{i:04d}" for i in range(MAX_SYMBOLS_PER_REQUEST + 1))
+    too_many = ",".join(f"S{i:04d}" for i in range(Settings().query_max_symbols + 1))
     for params in [
         {"symbols": too_many},
         {"symbols": "BTC-USDT"},
@@ -141,7 +150,7 @@ def test_candles_errors(http: httpx.Client, r: redis.Redis) -> None:
     assert http.get("/candles/BTCUSDT").json() == {"error": "no candles"}
     assert http.get("/candles/BTCUSDT").status_code == 404
     _minutes(r, "BTCUSDT", 1)
-    for query in ["interval=2m", f"limit={MAX_CANDLE_LIMIT + 1}", "limit=0", "limit=x"]:
+    for query in ["interval=2m", f"limit={Settings().query_max_candles + 1}", "limit=0", "limit=x"]:
         resp = http.get(f"/candles/BTCUSDT?{query}")
         assert resp.status_code == 400, query
         assert resp.json()["error"].startswith("invalid request")
@@ -173,3 +182,25 @@ def test_openapi_documents_every_endpoint_with_an_example(http: httpx.Client) ->
         model = components.get(ref.rsplit("/", 1)[-1], {}) if ref else {}
         assert "example" in content or "examples" in model, path
         assert "422" not in schema["paths"][path]["get"]["responses"]
+
+
+def test_request_bounds_come_from_the_settings(
+    redis_server: RedisServer, tmp_path: Path, r: redis.Redis
+) -> None:
+    settings = Settings(
+        redis_url=redis_server.url,
+        query_port=free_port(),
+        run_dir=tmp_path,
+        query_max_symbols=2,
+        query_max_candles=3,
+    )
+    running = start_service(settings)
+    try:
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            assert client.get("/prices", params={"symbols": "AAA,BBB"}).status_code == 200
+            too_many = client.get("/prices", params={"symbols": "AAA,BBB,CCC"})
+            assert too_many.status_code == 400, too_many.text
+            assert client.get("/candles/BTCUSDT", params={"limit": 3}).status_code == 404
+            assert client.get("/candles/BTCUSDT", params={"limit": 4}).status_code == 400
+    finally:
+        stop_service(running)

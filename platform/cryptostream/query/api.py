@@ -4,7 +4,8 @@ Every error leaves as ``{"error": "..."}`` with a 4xx/5xx status: malformed inpu
 (FastAPI's own validation errors included, never 422 or 500), a Redis that does not answer is 503.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: the routes' Query bounds come from the settings
+# (closure variables of ``build_api``), and FastAPI can only resolve string annotations globally.
 
 import asyncio
 import logging
@@ -25,12 +26,6 @@ from cryptostream.config import Settings
 from cryptostream.core.symbols import InvalidSymbol, normalize_symbol
 from cryptostream.query import candles as candle_math
 from cryptostream.query import inputs
-from cryptostream.query.limits import (
-    DEFAULT_CANDLE_LIMIT,
-    MAX_CANDLE_LIMIT,
-    MAX_STREAM_SYMBOLS,
-    MAX_SYMBOLS_PER_REQUEST,
-)
 from cryptostream.query.metrics import QueryMetrics
 from cryptostream.query.push import ClientFeed, PriceHub, serve_websocket
 from cryptostream.query.responses import (
@@ -60,11 +55,15 @@ class QueryState:
     @property
     def store(self) -> RedisStore:
         if self._store is None:  # only before the lifespan started (e.g. a misconfigured test)
-            self._store = RedisStore(self.settings.redis_url)
+            self._store = RedisStore(
+                self.settings.redis_url, timeout=self.settings.query_redis_timeout_s
+            )
         return self._store
 
     async def start(self) -> None:
-        self._store = RedisStore(self.settings.redis_url)
+        self._store = RedisStore(
+            self.settings.redis_url, timeout=self.settings.query_redis_timeout_s
+        )
         self.hub.start()
 
     async def stop(self) -> None:
@@ -257,16 +256,18 @@ def _json(doc: Any, status: int = 200) -> JSONBytes:
     return JSONBytes(orjson.dumps(doc), status_code=status)
 
 
-def parse_symbol_list(raw: str, limit: int = MAX_SYMBOLS_PER_REQUEST) -> list[str]:
-    return inputs.parse_symbol_list(raw, limit)
-
-
 def _int_field(fields: dict[bytes, bytes], name: bytes) -> int | None:
     value = fields.get(name)
     return int(value) if value is not None else None
 
 
 def build_api(state: QueryState) -> FastAPI:
+    settings = state.settings
+    max_symbols = settings.query_max_symbols
+    max_stream_symbols = settings.query_max_stream_symbols
+    max_candles = settings.query_max_candles
+    default_candles = min(100, max_candles)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
@@ -375,7 +376,7 @@ def build_api(state: QueryState) -> FastAPI:
         "/prices",
         summary="Latest prices of many symbols in one call",
         description=(
-            f"Comma-separated symbols (at most {MAX_SYMBOLS_PER_REQUEST}); symbols without a "
+            f"Comma-separated symbols (at most {max_symbols}); symbols without a "
             "price are listed under `missing`, not treated as an error."
         ),
         responses={200: {"model": PricesOut}, 400: BAD_INPUT, 503: UNAVAILABLE},
@@ -384,14 +385,14 @@ def build_api(state: QueryState) -> FastAPI:
         symbols: Annotated[
             str,
             Query(
-                max_length=MAX_SYMBOLS_PER_REQUEST * 21,
-                description=f"Comma-separated symbols, at most {MAX_SYMBOLS_PER_REQUEST}",
-                json_schema_extra={"pattern": inputs.symbol_list_pattern(MAX_SYMBOLS_PER_REQUEST)},
+                max_length=max_symbols * 21,
+                description=f"Comma-separated symbols, at most {max_symbols}",
+                json_schema_extra={"pattern": inputs.symbol_list_pattern(max_symbols)},
                 examples=["BTCUSDT,ETHUSDT"],
             ),
         ],
     ) -> Response:
-        wanted = parse_symbol_list(symbols)
+        wanted = inputs.parse_symbol_list(symbols, max_symbols)
         stored = await state.store.prices(wanted)
         prices: dict[str, float] = {}
         missing: list[str] = []
@@ -448,8 +449,8 @@ def build_api(state: QueryState) -> FastAPI:
             Literal["1m", "5m", "15m", "1h"], Query(description="Candle width")
         ] = "1m",
         limit: Annotated[
-            int, Query(ge=1, le=MAX_CANDLE_LIMIT, description="Number of candles")
-        ] = DEFAULT_CANDLE_LIMIT,
+            int, Query(ge=1, le=max_candles, description="Number of candles")
+        ] = default_candles,
     ) -> Response:
         sym = normalize_symbol(symbol)
         minutes = candle_math.INTERVAL_MINUTES[interval]
@@ -529,14 +530,14 @@ def build_api(state: QueryState) -> FastAPI:
         symbols: Annotated[
             str,
             Query(
-                max_length=MAX_STREAM_SYMBOLS * 21,
-                json_schema_extra={"pattern": inputs.symbol_list_pattern(MAX_STREAM_SYMBOLS)},
-                description=f"Comma-separated symbols (at most {MAX_STREAM_SYMBOLS})",
+                max_length=max_stream_symbols * 21,
+                json_schema_extra={"pattern": inputs.symbol_list_pattern(max_stream_symbols)},
+                description=f"Comma-separated symbols (at most {max_stream_symbols})",
                 examples=["BTCUSDT,ETHUSDT"],
             ),
         ],
     ) -> StreamingResponse:
-        wanted = parse_symbol_list(symbols, MAX_STREAM_SYMBOLS)
+        wanted = inputs.parse_symbol_list(symbols, max_stream_symbols)
 
         async def events() -> AsyncIterator[bytes]:
             # Registered here, not before: the generator's finally is the only cleanup hook.
@@ -565,7 +566,13 @@ def build_api(state: QueryState) -> FastAPI:
     @app.websocket("/ws/prices")
     async def ws_prices(websocket: WebSocket) -> None:
         """Live prices over WebSocket (see :func:`serve_websocket`)."""
-        await serve_websocket(state.hub, state.metrics, websocket)
+        await serve_websocket(
+            state.hub,
+            state.metrics,
+            websocket,
+            max_symbols=max_stream_symbols,
+            send_timeout_s=settings.query_push_send_timeout_s,
+        )
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, minus the 422 it documents by default: validation errors are 400."""

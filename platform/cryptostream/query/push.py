@@ -35,7 +35,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from cryptostream.core.keys import PRICE_CHANNEL
 from cryptostream.core.symbols import InvalidSymbol
 from cryptostream.query.inputs import parse_symbol_list, parse_symbols
-from cryptostream.query.limits import MAX_STREAM_SYMBOLS, PUSH_SEND_TIMEOUT_S
 from cryptostream.query.metrics import QueryMetrics
 
 log = logging.getLogger("cryptostream.query.push")
@@ -180,7 +179,14 @@ class PriceHub:
 # --- the WebSocket endpoint ------------------------------------------------------------------
 
 
-async def serve_websocket(hub: PriceHub, metrics: QueryMetrics, websocket: WebSocket) -> None:
+async def serve_websocket(
+    hub: PriceHub,
+    metrics: QueryMetrics,
+    websocket: WebSocket,
+    *,
+    max_symbols: int,
+    send_timeout_s: float,
+) -> None:
     """``/ws/prices``: subscribe, then receive ``{"type": "prices", "updates": [...]}``.
 
     Protocol (JSON text frames):
@@ -191,7 +197,7 @@ async def serve_websocket(hub: PriceHub, metrics: QueryMetrics, websocket: WebSo
       (the full current set), a bad one with ``{"type": "error", "error": "..."}``;
     - updates arrive as ``{"type": "prices", "updates": [<processor update>, ...]}``, at most one
       per symbol per frame; a client that reads slowly skips to the latest values. A frame that
-      cannot be written within ``PUSH_SEND_TIMEOUT_S`` drops the client (close code 1008).
+      cannot be written within ``send_timeout_s`` drops the client (close code 1008).
     """
     await websocket.accept()
     feed = ClientFeed(metrics)
@@ -207,14 +213,14 @@ async def serve_websocket(hub: PriceHub, metrics: QueryMetrics, websocket: WebSo
         raw = websocket.query_params.get("symbols")
         if raw:
             try:
-                hub.register(feed, parse_symbol_list(raw, MAX_STREAM_SYMBOLS))
+                hub.register(feed, parse_symbol_list(raw, max_symbols))
             except InvalidSymbol as exc:
                 await send({"type": "error", "error": str(exc)})
                 await websocket.close(code=1008)
                 return
         await send({"type": "subscribed", "symbols": sorted(feed.symbols)})
-        pump = asyncio.create_task(_pump(websocket, feed, metrics, send))
-        reader = asyncio.create_task(_read_commands(websocket, hub, feed, send))
+        pump = asyncio.create_task(_pump(websocket, feed, metrics, send, send_timeout_s))
+        reader = asyncio.create_task(_read_commands(websocket, hub, feed, send, max_symbols))
         done, pending = await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
@@ -236,11 +242,12 @@ async def _pump(
     feed: ClientFeed,
     metrics: QueryMetrics,
     send: Callable[[dict[str, Any]], Awaitable[None]],
+    send_timeout_s: float,
 ) -> None:
     while True:
         batch = await feed.take()
         try:
-            await asyncio.wait_for(send({"type": "prices", "updates": batch}), PUSH_SEND_TIMEOUT_S)
+            await asyncio.wait_for(send({"type": "prices", "updates": batch}), send_timeout_s)
         except TimeoutError:
             metrics.stream_dropped_clients.inc()
             log.warning("dropping a live client that stopped reading")
@@ -254,6 +261,7 @@ async def _read_commands(
     hub: PriceHub,
     feed: ClientFeed,
     send: Callable[[dict[str, Any]], Awaitable[None]],
+    max_symbols: int,
 ) -> None:
     while True:
         text = await websocket.receive_text()
@@ -265,10 +273,10 @@ async def _read_commands(
             raw = command.get("symbols")
             if not isinstance(raw, list):
                 raise ValueError("symbols must be a list")
-            symbols = parse_symbols(raw, MAX_STREAM_SYMBOLS)
+            symbols = parse_symbols(raw, max_symbols)
             if op == "subscribe":
-                if len(feed.symbols | set(symbols)) > MAX_STREAM_SYMBOLS:
-                    raise ValueError(f"at most {MAX_STREAM_SYMBOLS} symbols per connection")
+                if len(feed.symbols | set(symbols)) > max_symbols:
+                    raise ValueError(f"at most {max_symbols} symbols per connection")
                 hub.register(feed, symbols)
             else:
                 hub.unregister(feed, symbols)

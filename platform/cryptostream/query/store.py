@@ -19,7 +19,6 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cryptostream.core.keys import SYMBOLS_KEY, candles_1m_key, price_key, stats_key
-from cryptostream.query.limits import REDIS_TIMEOUT_S
 
 T = TypeVar("T")
 
@@ -28,7 +27,7 @@ class StoreUnavailable(RuntimeError):
     """Redis could not answer (down, restarting, timed out)."""
 
 
-def make_client(url: str, *, timeout: float = REDIS_TIMEOUT_S, pool_size: int = 64) -> Any:
+def make_client(url: str, *, timeout: float = 1.0, pool_size: int = 64) -> Any:
     """A redis-py asyncio client: bounded pool, short timeouts, one retry on a broken connection.
 
     The single retry (connection errors only, not timeouts) absorbs pooled connections that
@@ -50,7 +49,7 @@ def make_client(url: str, *, timeout: float = REDIS_TIMEOUT_S, pool_size: int = 
 class RedisStore:
     """The views of :mod:`cryptostream.core.keys`, read with redis-py asyncio (hiredis parser)."""
 
-    def __init__(self, url: str, *, timeout: float = REDIS_TIMEOUT_S) -> None:
+    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
         self.url = url
         self.client: Any = make_client(url, timeout=timeout)
         from cryptostream.query.fastredis import PipelinedReader
