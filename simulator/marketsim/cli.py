@@ -14,6 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import ecs_logging
+
 from marketsim.faults import FaultConfig
 from marketsim.generator import DEFAULT_START_TIME_US
 from marketsim.server import SimConfig, Simulator, write_ready_file
@@ -247,15 +249,19 @@ async def _serve(cfg: SimConfig, ready_file: Path | None) -> int:
     return 0
 
 
+def _setup_logging(level: str) -> None:
+    """ECS JSON lines on stdout, like the pipeline's services, so one Filebeat config ships all."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(ecs_logging.StdlibFormatter(extra={"service.name": "marketsim"}))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=ns.log_level.upper(),
-        format='{"@timestamp":"%(asctime)s","log.level":"%(levelname)s","log.logger":"%(name)s",'
-        '"message":"%(message)s"}',
-        stream=sys.stdout,
-    )
+    _setup_logging(ns.log_level)
     try:
         cfg = config_from_args(ns)
     except (OSError, ValueError) as exc:

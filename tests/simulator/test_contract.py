@@ -175,6 +175,13 @@ def test_simulator_process_stats_and_stop(tmp_path: Path) -> None:
         st = sim.stats()
         assert {"trades_generated", "done", "symbols", "connections"} <= set(st)
     assert sim.proc is not None and sim.proc.returncode == 0
+    # Its log is ECS JSON like the pipeline's services (one Filebeat config for all).
+    lines = [json.loads(line) for line in sim.log_path.read_text().splitlines() if line]
+    assert lines, "the simulator logged nothing"
+    for doc in lines:
+        assert {"@timestamp", "message", "ecs.version"} <= set(doc)
+        assert doc["log.level"] and doc["service"]["name"] == "marketsim"
+    assert any("listening" in doc["message"] for doc in lines)
 
 
 def test_simulator_process_failure_shows_log(tmp_path: Path) -> None:
