@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="incoming messages per second per connection (0 = unlimited)",
     )
     g.add_argument(
+        "--max-connection-attempts",
+        type=int,
+        default=300,
+        help="WebSocket connection attempts per IP per --connection-attempt-window (0 = unlimited)",
+    )
+    g.add_argument("--connection-attempt-window", type=float, default=300.0, help="seconds")
+    g.add_argument(
         "--lifetime",
         type=_opt_float,
         default=24 * 3600.0,
@@ -199,6 +206,8 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         pong_timeout=ns.pong_timeout,
         max_streams=ns.max_streams,
         msg_rate_limit=ns.msg_rate_limit,
+        max_connection_attempts=ns.max_connection_attempts,
+        connection_attempt_window=ns.connection_attempt_window,
         lifetime=ns.lifetime,
         history_orders=ns.history,
         kline_update_ms=ns.kline_update_ms,

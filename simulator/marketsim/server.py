@@ -113,6 +113,9 @@ class SimConfig:
     max_streams: int = 1024
     msg_rate_limit: int = 5
     lifetime: float | None = 24 * 3600.0
+    # Binance: 300 connection attempts per 5 minutes per IP (0 = unlimited).
+    max_connection_attempts: int = 300
+    connection_attempt_window: float = 300.0
     history_orders: int = 10_000
     kline_update_ms: int = 2000
     batch_orders: int = 256
@@ -260,6 +263,8 @@ class Simulator:
         self.subs: dict[str, list[Client]] = {}
         self.clients: list[Client] = []
         self.connections_total = 0
+        self.attempts_by_ip: dict[str, RateLimiter] = {}
+        self.connections_refused = 0
         self.klines: dict[str, pl.Kline1m] = {}
         self._names: dict[str, tuple[str, str, str, str]] = {}
         self._server: Server | None = None
@@ -361,6 +366,7 @@ class Simulator:
         return {
             "connections": len(self.clients),
             "connections_total": self.connections_total,
+            "connections_refused": self.connections_refused,
             "clock_started": self._clock_started.is_set(),
             "sim_time_ms": self.sim_time_us // 1000,
             "frames_sent": sum(c.frames_sent for c in self.clients),
@@ -386,9 +392,25 @@ class Simulator:
             return _json_response(exc.status, {"code": -1100, "msg": exc.text})
         if pr is None:
             return _json_response(404, {"code": -1000, "msg": f"Unknown path {path}"})
+        if not self._connection_attempt_allowed(conn):
+            self.connections_refused += 1
+            return _json_response(
+                429, {"code": -1003, "msg": "Too many connection attempts from this IP."}
+            )
         if isinstance(conn, SimConnection):
             conn.path_request = pr
         return None
+
+    def _connection_attempt_allowed(self, conn: ServerConnection) -> bool:
+        cfg = self.config
+        if cfg.max_connection_attempts <= 0:
+            return True
+        peer = conn.remote_address[0] if conn.remote_address else "?"
+        limiter = self.attempts_by_ip.get(peer)
+        if limiter is None:
+            limiter = RateLimiter(cfg.max_connection_attempts, cfg.connection_attempt_window)
+            self.attempts_by_ip[peer] = limiter
+        return limiter.hit(time.monotonic())
 
     # ----- WebSocket -----
 

@@ -224,3 +224,18 @@ async def test_unknown_symbol_subscription_is_silent() -> None:
         assert await recv_reply(ws) == {"result": None, "id": 1}
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(ws.recv(), 0.3)
+
+
+async def test_connection_attempts_per_ip_are_limited() -> None:
+    async with Simulator(cfg(max_connection_attempts=2, connection_attempt_window=60.0)) as sim:
+        for _ in range(2):
+            async with connect(sim.ws_url + "/ws/btcusdt@trade"):
+                pass
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(sim.ws_url + "/ws/btcusdt@trade"):
+                pass
+        assert refused.value.response.status_code == 429
+        assert json.loads(refused.value.response.body or b"{}")["code"] == -1003
+        assert sim.stats()["connections_refused"] == 1
+        # REST is not a connection attempt
+        assert sim.rest.handle("/api/v3/ping", {}, False)[0] == 200
