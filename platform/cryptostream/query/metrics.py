@@ -1,13 +1,19 @@
-"""Prometheus metrics of one query worker process.
+"""Prometheus metrics of the query API.
 
-Each app owns its registry (tests build many apps in one process). With several uvicorn
-workers each process reports only its own numbers and a scrape reaches whichever worker accepts
-it; run one worker per container (or scrape each) when exact totals matter.
+Each app owns its registry (tests build many apps in one process). With several uvicorn workers,
+``csp query`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before the workers start;
+prometheus-client then keeps every worker's values in shared files and any worker's
+``/metrics`` answers with the sum over all of them.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5, 1.0)
 
@@ -34,7 +40,10 @@ class QueryMetrics:
             registry=self.registry,
         )
         self.stream_clients = Gauge(
-            "csp_query_stream_clients", "Connected live-push clients", registry=self.registry
+            "csp_query_stream_clients",
+            "Connected live-push clients",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.stream_updates = Counter(
             "csp_query_stream_updates_received",
@@ -50,6 +59,7 @@ class QueryMetrics:
             "csp_query_stream_pending_updates",
             "Updates waiting for live clients (at most one per client and subscribed symbol)",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.stream_dropped_clients = Counter(
             "csp_query_stream_clients_dropped",
@@ -73,4 +83,8 @@ class QueryMetrics:
         self.price_route.observe(seconds)
 
     def exposition(self) -> bytes:
+        if os.environ.get(MULTIPROC_ENV):  # several workers: the sum over all of them
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
         return generate_latest(self.registry)

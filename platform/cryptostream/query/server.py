@@ -10,12 +10,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from cryptostream.config import Settings, load_settings
 from cryptostream.query.app import QueryApp, create_app
+from cryptostream.query.metrics import MULTIPROC_ENV
 
 SETTINGS_ENV = "CSP_QUERY_SETTINGS_JSON"
 
@@ -67,6 +71,20 @@ def uvicorn_config(settings: Settings, workers: int = 1) -> uvicorn.Config:
     )
 
 
+@contextlib.contextmanager
+def shared_metrics_dir(settings: Settings) -> Iterator[Path]:
+    """An empty folder where the workers' prometheus-client values meet (see query.metrics)."""
+    folder = settings.run_dir / f"query-metrics-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(settings: Settings, workers: int = 1) -> int:
     """Serve until SIGINT/SIGTERM; returns the process exit code (1 if it never started)."""
     from cryptostream.logs import setup_logging
@@ -86,7 +104,8 @@ def main(settings: Settings, workers: int = 1) -> int:
         },
     )
     if workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        with shared_metrics_dir(settings):
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
         return 0
     tune_gc()
     server = uvicorn.Server(config)
