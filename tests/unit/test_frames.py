@@ -90,3 +90,24 @@ json_values = st.recursive(
 )
 def test_arbitrary_json_objects_never_raise(obj: dict[str, object]) -> None:
     parse_frame(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
+
+
+def test_binance_error_envelope_is_a_control_error() -> None:
+    reply = parse_frame(b'{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":7}')
+    assert reply == ControlReply(7, None, {"code": 2, "msg": "Invalid request: invalid stream"})
+    reply = parse_frame(b'{"error":"weird","id":null}')
+    assert isinstance(reply, ControlReply) and reply.error == {"msg": "weird"}
+
+
+AGG = {"e": "aggTrade", "E": 5, "s": "ETHUSDT", "a": 77, "p": "3000.10", "q": "2.5", "f": 100,
+       "l": 104, "T": 4, "m": False, "M": True}  # fmt: skip
+
+
+def test_agg_trade_mode() -> None:
+    frame = orjson.dumps({"stream": "ethusdt@aggTrade", "data": AGG})
+    assert parse_frame(frame, trade_event="aggTrade") == Trade(
+        "ETHUSDT", 77, "3000.10", "2.5", 4, 5, False
+    )
+    assert parse_frame(orjson.dumps(TRADE), trade_event="aggTrade") == Ignored("trade")
+    bad = parse_frame(orjson.dumps({**AGG, "a": "x"}), trade_event="aggTrade")
+    assert isinstance(bad, Malformed) and "a (trade id)" in bad.reason

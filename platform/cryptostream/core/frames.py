@@ -2,6 +2,13 @@
 
 Accepts raw stream payloads and the combined-stream wrapper ``{"stream": ..., "data": ...}``.
 Every frame gets exactly one outcome, so callers can count and report each kind.
+
+Control replies come as ``{"result": ..., "id": ...}``; errors as Binance's envelope
+``{"error": {"code": 2, "msg": "..."}, "id": 7}`` or the bare documented ``{"code": .., "msg": ..}``.
+
+``trade_event`` chooses which event becomes a :class:`Trade`: ``"trade"`` (``t`` is the trade id)
+or ``"aggTrade"`` (``a``, the aggregate trade id, becomes the trade id; ``q`` is the aggregate's
+quantity). The other is ``Ignored``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ class Malformed:
 FrameOutcome = Trade | ControlReply | Ignored | Malformed
 
 
-def parse_frame(raw: bytes | str, *, max_bytes: int = 65536) -> FrameOutcome:
+def parse_frame(
+    raw: bytes | str, *, max_bytes: int = 65536, trade_event: str = "trade"
+) -> FrameOutcome:
     """Classify one WebSocket text frame. Never raises."""
     if len(raw) > max_bytes:
         return Malformed(f"frame of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
@@ -58,15 +67,19 @@ def parse_frame(raw: bytes | str, *, max_bytes: int = 65536) -> FrameOutcome:
     elif "result" in message or ("code" in message and "msg" in message):
         error = None if "result" in message else message
         return ControlReply(id=message.get("id"), result=message.get("result"), error=error)
+    elif "error" in message and "e" not in message:
+        inner = message["error"]
+        error = inner if isinstance(inner, dict) else {"msg": inner}
+        return ControlReply(id=message.get("id"), result=None, error=error)
     event_type = message.get("e")
-    if event_type == "trade":
-        return _parse_trade(message)
+    if event_type == trade_event:
+        return _parse_trade(message) if event_type == "trade" else _parse_agg_trade(message)
     if isinstance(event_type, str):
         return Ignored(event_type)
     return Malformed("no event type ('e') in payload")
 
 
-def _parse_trade(payload: dict[str, Any]) -> Trade | Malformed:
+def _parse_trade(payload: dict[str, Any], id_field: str = "t") -> Trade | Malformed:
     try:
         symbol = payload["s"]
         if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
@@ -76,7 +89,7 @@ def _parse_trade(payload: dict[str, Any]) -> Trade | Malformed:
             raise ValueError("m (buyer is maker) must be a boolean")
         return Trade(
             symbol=symbol.upper(),
-            trade_id=check_int(payload["t"], "t (trade id)"),
+            trade_id=check_int(payload[id_field], f"{id_field} (trade id)"),
             price=check_positive_decimal(payload["p"], "p (price)"),
             quantity=check_positive_decimal(payload["q"], "q (quantity)"),
             trade_time=check_int(payload["T"], "T (trade time)"),
@@ -87,3 +100,7 @@ def _parse_trade(payload: dict[str, Any]) -> Trade | Malformed:
         return Malformed(f"trade is missing field {exc.args[0]!r}")
     except ValueError as exc:
         return Malformed(f"invalid trade: {exc}")
+
+
+def _parse_agg_trade(payload: dict[str, Any]) -> Trade | Malformed:
+    return _parse_trade(payload, "a")

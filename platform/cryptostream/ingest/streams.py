@@ -1,25 +1,112 @@
-"""Which URL to open for which symbols (sans-I/O)."""
+"""Which connections to open for which streams, and how to pace them (sans-I/O).
+
+Binance's limits: at most 1024 streams per connection, at most 5 incoming messages per second
+per connection (SUBSCRIBE and pongs count), 300 connection attempts per 5 minutes per IP.
+Streams are spread over as few connections as the stream limit allows; each connection names up
+to ``url_streams`` streams in its combined-stream URL (keeping URLs short) and subscribes to the
+rest with SUBSCRIBE messages of up to ``per_subscribe`` streams, sent ``SUBSCRIBE_INTERVAL_S``
+apart (3 messages/s, leaving room for pongs).
+"""
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass, field
+
+import orjson
+
 MAX_STREAMS_PER_CONNECTION = 1024
+SUBSCRIBE_INTERVAL_S = 0.34
 
 
 def stream_name(symbol: str, kind: str = "trade") -> str:
     return f"{symbol.lower()}@{kind}"
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionPlan:
+    url: str
+    streams: tuple[str, ...]
+    subscribe_batches: tuple[tuple[str, ...], ...] = field(default=())
+
+    @property
+    def symbols(self) -> list[str]:
+        return [s.partition("@")[0].upper() for s in self.streams]
+
+
+def plan_connections(
+    base_url: str,
+    symbols: list[str],
+    kind: str = "trade",
+    per_connection: int = MAX_STREAMS_PER_CONNECTION,
+    url_streams: int = 200,
+    per_subscribe: int = 200,
+) -> list[ConnectionPlan]:
+    per_connection = max(1, min(per_connection, MAX_STREAMS_PER_CONNECTION))
+    url_streams = max(1, min(url_streams, per_connection))
+    per_subscribe = max(1, per_subscribe)
+    base = base_url.rstrip("/")
+    names = [stream_name(s, kind) for s in dict.fromkeys(symbols)]
+    plans = []
+    for start in range(0, len(names), per_connection):
+        chunk = names[start : start + per_connection]
+        in_url, rest = chunk[:url_streams], chunk[url_streams:]
+        batches = tuple(
+            tuple(rest[i : i + per_subscribe]) for i in range(0, len(rest), per_subscribe)
+        )
+        plans.append(
+            ConnectionPlan(f"{base}/stream?streams=" + "/".join(in_url), tuple(chunk), batches)
+        )
+    return plans
+
+
 def combined_stream_urls(
     base_url: str, symbols: list[str], kind: str = "trade", per_connection: int = 200
 ) -> list[str]:
-    """Combined-stream URLs, the symbols spread over as few connections as the limits allow.
+    """Combined-stream URLs naming every stream (``per_connection`` streams each)."""
+    return [
+        plan.url
+        for plan in plan_connections(base_url, symbols, kind, per_connection, per_connection)
+    ]
 
-    ``per_connection`` stays well below Binance's 1024-stream cap so URLs stay short.
-    """
-    per_connection = max(1, min(per_connection, MAX_STREAMS_PER_CONNECTION))
-    base = base_url.rstrip("/")
-    urls = []
-    for start in range(0, len(symbols), per_connection):
-        chunk = symbols[start : start + per_connection]
-        urls.append(f"{base}/stream?streams=" + "/".join(stream_name(s, kind) for s in chunk))
-    return urls
+
+def subscribe_message(request_id: int, streams: tuple[str, ...]) -> bytes:
+    return orjson.dumps({"method": "SUBSCRIBE", "params": list(streams), "id": request_id})
+
+
+class Backoff:
+    """Exponential reconnect delays with jitter: ``min(cap, base * 2**n)`` scaled by a random
+    factor in [0.5, 1.0]. ``reset`` after a connection proved healthy."""
+
+    def __init__(
+        self, base_s: float = 0.5, cap_s: float = 30.0, rand: random.Random | None = None
+    ) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.attempt = 0
+        self._random = rand if rand is not None else random.Random()
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap_s, self.base_s * (2.0 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return ceiling * (0.5 + 0.5 * self._random.random())
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class AttemptLimiter:
+    """At most ``limit`` connection attempts per ``window_s`` (Binance: 300 per 5 minutes)."""
+
+    def __init__(self, limit: int = 300, window_s: float = 300.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._times: list[float] = []
+
+    def wait_s(self, now: float) -> float:
+        """Seconds to wait before the next attempt may start (0: go now, and it is counted)."""
+        self._times = [t for t in self._times if now - t < self.window_s]
+        if len(self._times) < self.limit:
+            self._times.append(now)
+            return 0.0
+        return self._times[0] + self.window_s - now

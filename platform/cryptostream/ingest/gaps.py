@@ -1,0 +1,114 @@
+"""Gap records on ``raw.trades.gaps`` (sans-I/O codec).
+
+Schema version 1, key = the symbol (UTF-8)::
+
+    {"v": 1, "symbol": "BTCUSDT", "first_id": 101, "last_id": 120, "count": 20,
+     "status": "detected" | "backfilled" | "unrecoverable",
+     "cause": "stream" | "reconnect" | "buffer_overflow",
+     "detected_at_us": 1718000000000000, "reported_at_us": 1718000000100000}
+
+A ``detected`` record is followed by final records (``backfilled`` / ``unrecoverable``) whose
+ranges exactly cover the detected range: one record, or several sub-ranges when only part could
+be backfilled. Consumers count what was lost as the sum of ``unrecoverable`` counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import get_args
+
+import orjson
+
+from cryptostream.core.symbols import SYMBOL_RE
+from cryptostream.core.trades import check_int
+from cryptostream.ingest.tracker import Cause, Gap, Status
+
+GAP_SCHEMA_VERSION = 1
+STATUSES: tuple[str, ...] = get_args(Status)
+CAUSES: tuple[str, ...] = get_args(Cause)
+
+
+class GapDecodeError(ValueError):
+    """Not a valid gap record; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class GapRecord:
+    symbol: str
+    first_id: int
+    last_id: int
+    status: Status
+    cause: Cause
+    detected_at_us: int
+    reported_at_us: int
+
+    @property
+    def count(self) -> int:
+        return self.last_id - self.first_id + 1
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": GAP_SCHEMA_VERSION,
+                "symbol": self.symbol,
+                "first_id": self.first_id,
+                "last_id": self.last_id,
+                "count": self.count,
+                "status": self.status,
+                "cause": self.cause,
+                "detected_at_us": self.detected_at_us,
+                "reported_at_us": self.reported_at_us,
+            }
+        )
+
+
+def detected_record(gap: Gap, now_us: int) -> GapRecord:
+    return GapRecord(gap.symbol, gap.first, gap.last, "detected", gap.cause, gap.detected_at_us,
+                     now_us)  # fmt: skip
+
+
+def final_records(gap: Gap, ranges: list[tuple[int, int, Status]], now_us: int) -> list[GapRecord]:
+    return [
+        GapRecord(gap.symbol, lo, hi, status, gap.cause, gap.detected_at_us, now_us)
+        for lo, hi, status in ranges
+    ]
+
+
+def decode_gap(value: bytes | None) -> GapRecord:
+    if value is None:
+        raise GapDecodeError("record has no value")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise GapDecodeError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise GapDecodeError("expected a JSON object")
+    if obj.get("v") != GAP_SCHEMA_VERSION:
+        raise GapDecodeError(f"unsupported schema version {obj.get('v')!r}")
+    try:
+        symbol = obj["symbol"]
+        if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
+            raise ValueError(f"invalid symbol {str(symbol)[:40]!r}")
+        status, cause = obj["status"], obj["cause"]
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        if cause not in CAUSES:
+            raise ValueError(f"unknown cause {cause!r}")
+        record = GapRecord(
+            symbol,
+            check_int(obj["first_id"], "first_id"),
+            check_int(obj["last_id"], "last_id"),
+            status,
+            cause,
+            check_int(obj["detected_at_us"], "detected_at_us"),
+            check_int(obj["reported_at_us"], "reported_at_us"),
+        )
+        if record.last_id < record.first_id:
+            raise ValueError("last_id < first_id")
+        if obj["count"] != record.count:
+            raise ValueError(f"count {obj['count']!r} != last_id - first_id + 1")
+        return record
+    except KeyError as exc:
+        raise GapDecodeError(f"missing field {exc.args[0]!r}") from None
+    except ValueError as exc:
+        raise GapDecodeError(str(exc)) from None
