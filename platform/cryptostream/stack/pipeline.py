@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,9 +83,11 @@ class Pipeline:
         argv = [sys.executable, "-m", "cryptostream", "processor"]
         return self._spawn(f"processor-{self._counter}", argv, self.env(**env))
 
-    def start_query(self, port: int = 0, timeout: float = 30.0, **env: str) -> QueryHandle:
+    def start_query(
+        self, port: int = 0, timeout: float = 30.0, args: Sequence[str] = (), **env: str
+    ) -> QueryHandle:
         port = port or free_port()
-        argv = [sys.executable, "-m", "cryptostream", "query"]
+        argv = [sys.executable, "-m", "cryptostream", "query", *args]
         process = self._spawn(
             f"query-{self._counter}", argv, self.env(CSP_QUERY_PORT=str(port), **env)
         )
