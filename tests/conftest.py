@@ -83,6 +83,7 @@ def isolated(stack: LocalStack | ContainerStack, tmp_path: Path) -> Iterator[Env
         "CSP_REDIS_URL": stack.redis_url,
         "CSP_TOPIC": f"raw.trades.{suffix}",
         "CSP_DLQ_TOPIC": f"raw.trades.dlq.{suffix}",
+        "CSP_GAP_TOPIC": f"raw.trades.gaps.{suffix}",
         "CSP_GROUP_ID": f"stream-processor-{suffix}",
         "CSP_RUN_DIR": str(tmp_path),
     }
@@ -91,6 +92,7 @@ def isolated(stack: LocalStack | ContainerStack, tmp_path: Path) -> Iterator[Env
         redis_url=env["CSP_REDIS_URL"],
         topic=env["CSP_TOPIC"],
         dlq_topic=env["CSP_DLQ_TOPIC"],
+        gap_topic=env["CSP_GAP_TOPIC"],
         group_id=env["CSP_GROUP_ID"],
         run_dir=tmp_path,
     )

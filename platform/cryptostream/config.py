@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     # --- topics -------------------------------------------------------------------------------
     topic: str = "raw.trades"
     dlq_topic: str = "raw.trades.dlq"
+    gap_topic: str = Field("raw.trades.gaps", description="ingest's gap records (1 partition)")
     partitions: int = Field(8, ge=1)
     replication_factor: int = Field(1, ge=1)
 
@@ -46,6 +47,21 @@ class Settings(BaseSettings):
         default_factory=lambda: ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
     )
     max_frame_bytes: int = Field(65536, ge=1024)
+    binance_rest_url: str = Field("", description="REST base for backfill; empty = derived")
+    quote_asset: str = Field("", description="ingest every TRADING symbol with this quote asset")
+    stream_kind: Literal["trade", "aggTrade"] = "trade"
+    ingest_silence_s: float = Field(60.0, gt=0, description="a silent connection is dead")
+    ingest_lifetime_s: float = Field(
+        23.5 * 3600, gt=0, description="proactive reconnect age (Binance closes at 24 h)"
+    )
+    ingest_gap_grace_s: float = Field(1.0, ge=0, description="wait for reordered ids")
+    ingest_backfill: bool = True
+    ingest_buffer_max: int = Field(200_000, ge=100, description="trades in flight to Kafka")
+    ingest_buffer_timeout_s: float = Field(2.0, ge=0, description="then overflow becomes gaps")
+    ingest_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")
+    record_dir: Path | None = Field(None, description="record raw frames here (gzip JSON lines)")
+    record_rotate_mb: float = Field(256.0, gt=0)
+    record_rotate_s: float = Field(3600.0, gt=0)
 
     # --- processor ----------------------------------------------------------------------------
     group_id: str = "stream-processor"

@@ -29,6 +29,7 @@ def required_topics(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(settings.topic, settings.partitions, settings.replication_factor),
         TopicSpec(settings.dlq_topic, 1, settings.replication_factor),
+        TopicSpec(settings.gap_topic, 1, settings.replication_factor),
     ]
 
 
