@@ -106,3 +106,20 @@ def write_report(results: list[ScenarioResult], folder: Path, **meta: Any) -> tu
     md.write_text(render_markdown(results))
     js.write_bytes(orjson.dumps(report_json(results, **meta), option=orjson.OPT_INDENT_2))
     return md, js
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cryptostream.reliability.report FOLDER``: render FOLDER/results.jsonl."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    folder = Path(args[0] if args else "reports/reliability")
+    results = load_results(folder / "results.jsonl")
+    md, js = write_report(results, folder)
+    print(md.read_text())
+    print(f"written: {md} {js}")
+    return 0 if results and all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
