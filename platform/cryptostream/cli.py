@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -174,6 +175,64 @@ def demo(
     raise typer.Exit(
         run_demo(Settings(), duration=duration, processors=processors, rate=rate, live=live)
     )
+
+
+@app.command()
+def experiment(
+    name: Annotated[str, typer.Argument(help="benchmarks/experiments/<name>.toml, or a file")],
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default reports/<date>-<name>)")
+    ] = None,
+    file: Annotated[Path | None, typer.Option(help="Replay file (replay experiments)")] = None,
+    repetitions: Annotated[int | None, typer.Option(help="Override the file's repetitions")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the workload's seed")] = None,
+    kafka_bootstrap: Annotated[
+        str | None, typer.Option(help="External Kafka (with --redis-url)")
+    ] = None,
+    redis_url: Annotated[str | None, typer.Option(help="External Redis; its DB is flushed")] = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar")] = True,
+    report: Annotated[bool, typer.Option(help="Write plots and report.md/html afterwards")] = True,
+) -> None:
+    """Run an experiment on the local stack; write reports/<date>-<name>/results.json + report."""
+    from cryptostream.harness.model import load_experiment
+    from cryptostream.harness.report import write_report
+    from cryptostream.harness.runner import RunOptions, run_experiment
+
+    try:
+        model, text = load_experiment(name)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    updates: dict[str, object] = {}
+    if repetitions is not None:
+        updates["repetitions"] = repetitions
+    if seed is not None:
+        updates["workload"] = model.workload.model_copy(update={"seed": seed})
+    model = model.model_copy(update=updates)
+    if file is not None and not file.exists():
+        raise _fail(f"replay file {file} does not exist")
+    options = RunOptions(model, text, kafka_bootstrap=kafka_bootstrap, redis_url=redis_url,
+                         replay_file=file, progress=progress, out_dir=out)  # fmt: skip
+    try:
+        folder = run_experiment(options)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    typer.echo(f"results: {folder / 'results.json'}")
+    if report:
+        for line in write_report(folder):
+            typer.echo(line)
+
+
+@app.command("report")
+def report_cmd(
+    folder: Annotated[Path, typer.Argument(help="A report folder holding results.json")],
+) -> None:
+    """(Re)generate the plots, report.md and report.html of an experiment from results.json."""
+    from cryptostream.harness.report import write_report
+
+    if not (folder / "results.json").exists():
+        raise _fail(f"{folder / 'results.json'} does not exist")
+    for line in write_report(folder):
+        typer.echo(line)
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def run_open_loop(
     send: Callable[[int], None],
     clock: Callable[[], float],
     sleep: Callable[[float], None],
-    idle: Callable[[], None] = lambda: None,
+    idle: Callable[[], object] = lambda: None,
     max_sleep: float = 0.005,
 ) -> LoopStats:
     """Send record ``i`` as soon as it is due; never wait for answers (the open model).
@@ -166,15 +166,16 @@ class VisibilityTracker:
             self._positions[s].append(i)
         self._seen = [0] * len(names)  # records of each symbol already counted
 
-    def visible(self, symbol: str, trade_id: int, now: float) -> Iterator[float]:
-        """Latencies (seconds) of the records this update newly makes visible."""
+    def visible(self, symbol: str, trade_id: int, now: float) -> Iterator[tuple[float, float]]:
+        """(intended send time, latency) of each record this update newly makes visible."""
         s = self._index.get(symbol)
         if s is None:
             return
         positions = self._positions[s]
         upto = min(trade_id - self.id_base, len(positions))
         for k in range(self._seen[s], upto):
-            yield now - self.schedule.intended(positions[k])
+            intended = self.schedule.intended(positions[k])
+            yield intended, now - intended
         if upto > self._seen[s]:
             self._seen[s] = upto
 

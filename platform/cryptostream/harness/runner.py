@@ -1,0 +1,673 @@
+"""Run an experiment on the local stack (or given Kafka/Redis) and write results.json.
+
+For every repetition and processor count the runner uses a fresh topic and consumer group and an
+empty Redis, starts the processors, waits until the group is stable with every partition
+assigned, then runs the fixed-rate trials (open-model load; latency, lag, throughput, CPU and
+memory sampled over time), drains, takes a checksum of the views, and finally searches for the
+highest rate the processors sustain (lag not growing). Replays run the full path, one fresh group
+per speed. Every child process belongs to a process group stopped on every exit path (Ctrl-C,
+SIGTERM, errors).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import redis
+from confluent_kafka import ConsumerGroupState
+from confluent_kafka.admin import AdminClient
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cryptostream.config import Settings
+from cryptostream.harness import ceilings, environment, stats
+from cryptostream.harness.model import Experiment, Trial, plan_fixed
+from cryptostream.harness.samplers import (
+    LatencyListener,
+    OffsetProbe,
+    Sampler,
+    Series,
+    views_checksum,
+)
+from cryptostream.harness.schedule import (
+    TRADE_TIME_BASE_MS,
+    OpenSchedule,
+    SyntheticTrades,
+    VisibilityTracker,
+    symbol_names,
+    symbol_sequence,
+)
+from cryptostream.harness.search import RateSearch, lag_verdict
+from cryptostream.stack.kafka import resolve_kafka_jars
+from cryptostream.stack.local import LocalStack
+from cryptostream.stack.pipeline import Pipeline, wait_for
+from cryptostream.stack.supervisor import (
+    ManagedProcess,
+    ProcessGroup,
+    StackError,
+    sigterm_as_keyboard_interrupt,
+)
+from cryptostream.topics import create_topics, required_topics
+
+RESULTS_SCHEMA = 1
+ID_STRIDE = 1_000_000_000  # trade ids of trial k start after k * ID_STRIDE (deterministic)
+
+
+@dataclass
+class RunOptions:
+    experiment: Experiment
+    experiment_text: str
+    reports_dir: Path = Path("reports")
+    kafka_bootstrap: str | None = None  # external cluster instead of the local stack
+    redis_url: str | None = None
+    replay_file: Path | None = None
+    progress: bool = True
+    out_dir: Path | None = None
+
+
+def report_dir(reports: Path, name: str, today: dt.date | None = None) -> Path:
+    """``reports/<date>-<experiment>``, suffixed -2, -3 ... when it exists already."""
+    base = reports / f"{(today or dt.date.today()).isoformat()}-{name}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+@dataclass
+class Context:
+    settings: Settings
+    workdir: Path
+    console: Console
+    progress: Progress
+    children: ProcessGroup = field(default_factory=ProcessGroup)
+
+
+class Runner:
+    def __init__(self, options: RunOptions) -> None:
+        self.o = options
+        self.x = options.experiment
+        self.console = Console(stderr=True)
+        self.results: dict[str, Any] = {}
+
+    # --- entry point ---------------------------------------------------------------------------
+    def run(self) -> Path:
+        out = self.o.out_dir or report_dir(self.o.reports_dir, self.x.name)
+        out.mkdir(parents=True, exist_ok=True)
+        workdir = out / "run"
+        base = Settings(run_dir=workdir)
+        self.results = {
+            "schema": RESULTS_SCHEMA,
+            "experiment": self.x.model_dump(mode="json"),
+            "experiment_file": self.o.experiment_text,
+            "seed": self.x.workload.seed,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "environment": environment.collect(base.kafka_version),
+            "ceilings": {},
+            "groups": [],
+            "complete": False,
+        }
+        stack: LocalStack | None = None
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), console=self.console, disable=not self.o.progress,
+        )  # fmt: skip
+        ctx: Context | None = None
+        with sigterm_as_keyboard_interrupt():
+            try:
+                if self.o.kafka_bootstrap and self.o.redis_url:
+                    settings = base.model_copy(update={"kafka_bootstrap": self.o.kafka_bootstrap,
+                                                       "redis_url": self.o.redis_url})  # fmt: skip
+                else:
+                    self.console.print("starting the local stack (Kafka + Redis)")
+                    stack = LocalStack(base, workdir / "stack").start()
+                    settings = base.model_copy(update={"kafka_bootstrap": stack.kafka_bootstrap,
+                                                       "redis_url": stack.redis_url})  # fmt: skip
+                ctx = Context(settings, workdir, self.console, progress)
+                with progress:
+                    if self.x.ceilings:
+                        self.results["ceilings"] = self._ceilings(ctx)
+                    self._experiment(ctx)
+                self.results["complete"] = True
+            except KeyboardInterrupt:
+                self.console.print("[yellow]interrupted: stopping every process of the run")
+                self.results["interrupted"] = True
+                raise
+            finally:
+                if ctx is not None:
+                    ctx.children.stop_all()
+                if stack is not None:
+                    stack.stop()
+                self.results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+                (out / "results.json").write_bytes(
+                    orjson.dumps(self.results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+                )
+        return out
+
+    # --- ceilings ------------------------------------------------------------------------------
+    def _ceilings(self, ctx: Context) -> dict[str, Any]:
+        task = ctx.progress.add_task("ceilings", total=2, info="kafka perf tools")
+        lib = resolve_kafka_jars(ctx.settings.cache_dir, ctx.settings.kafka_version)
+        out: dict[str, Any] = {}
+        out["kafka"] = ceilings.kafka_ceilings(
+            lib, ctx.settings.kafka_bootstrap, self.x.topology.partitions
+        )
+        ctx.progress.update(task, advance=1, info="redis-benchmark")
+        url = urlsplit(ctx.settings.redis_url)
+        out["redis"] = ceilings.redis_ceilings(url.hostname or "127.0.0.1", url.port or 6379)
+        ctx.progress.update(task, advance=1, info="done")
+        k, r = out["kafka"], out["redis"]
+        self.console.print(
+            f"ceilings: Kafka produce {k['produce']['records_per_s']:,.0f} rec/s, consume "
+            f"{k['consume']['records_per_s']:,.0f} rec/s ({k['record_size']} B records); Redis "
+            f"SET {r['requests_per_s'].get('SET', 0):,.0f}/s, pipelined "
+            f"{r['set_pipelined_16_per_s']:,.0f}/s"
+        )
+        return out
+
+    # --- the experiment ------------------------------------------------------------------------
+    def _experiment(self, ctx: Context) -> None:
+        w = self.x.workload
+        replay_file = self.o.replay_file or w.file
+        if w.source == "replay" and replay_file is None:
+            replay_file = write_synthetic_archive(ctx.workdir / "replay", w.seed)
+            self.console.print(f"no replay file given: recorded a synthetic one: {replay_file}")
+        overall = ctx.progress.add_task("experiment", total=self._planned_trials(), info="")
+        for rep in range(self.x.repetitions):
+            for processors in self.x.topology.processors:
+                trials = plan_fixed(self.x, rep, processors)
+                if w.source == "replay":
+                    assert replay_file is not None
+                    for trial in trials:
+                        group = self._group(ctx, rep, processors, [trial], overall, replay_file)
+                        self.results["groups"].append(group)
+                else:
+                    self.results["groups"].append(
+                        self._group(ctx, rep, processors, trials, overall, None)
+                    )
+
+    def _planned_trials(self) -> int:
+        per_count = len(plan_fixed(self.x, 0, 1)) + (
+            self.x.search.max_trials if self.x.search.enabled else 0
+        )
+        return self.x.repetitions * len(self.x.topology.processors) * per_count
+
+    def _group(
+        self,
+        ctx: Context,
+        rep: int,
+        processors: int,
+        trials: list[Trial],
+        overall: Any,
+        replay_file: Path | None,
+    ) -> dict[str, Any]:
+        index = len(self.results["groups"])
+        topic = f"harness.g{index}.trades"
+        group_id = f"harness-g{index}"
+        topo = self.x.topology
+        settings = ctx.settings.model_copy(update={
+            "topic": topic, "dlq_topic": f"harness.g{index}.dlq", "group_id": group_id,
+            "partitions": topo.partitions,
+        })  # fmt: skip
+        create_topics(settings.kafka_bootstrap, required_topics(settings))
+        client = redis.Redis.from_url(settings.redis_url)
+        client.flushdb()  # every group starts from empty views (the harness owns this Redis)
+        extra_env = {
+            "CSP_TOPIC": topic, "CSP_DLQ_TOPIC": settings.dlq_topic, "CSP_GROUP_ID": group_id,
+            "CSP_PARTITIONS": str(topo.partitions), "CSP_LOG_LEVEL": "WARNING",
+        }  # fmt: skip
+        if topo.batch_max:
+            extra_env["CSP_BATCH_MAX"] = str(topo.batch_max)
+        max_symbols = max(self.x.workload.symbol_counts)
+        names = symbol_names(max_symbols)
+        if replay_file is not None:
+            names = replay_symbols(replay_file)
+        pipeline = Pipeline(ctx.workdir / f"g{index}", settings.kafka_bootstrap,
+                            settings.redis_url, names[:50], extra_env=extra_env)  # fmt: skip
+        if replay_file is not None:
+            pipeline.symbols = names
+        result: dict[str, Any] = {
+            "index": index, "repetition": rep, "processors": processors, "topic": topic,
+            "trials": [],
+        }  # fmt: skip
+        probe = OffsetProbe(settings.kafka_bootstrap, settings.redis_url, topic, topo.partitions)
+        try:
+            t0 = time.monotonic()
+            for _ in range(processors):
+                pipeline.start_processor()
+            wait_group_stable(settings.kafka_bootstrap, group_id, processors, topic,
+                              topo.partitions, pipeline.check_alive)  # fmt: skip
+            result["assign_s"] = round(time.monotonic() - t0, 2)
+            query_url = None
+            if topo.query_workers:
+                query = pipeline.start_query(args=["--workers", str(topo.query_workers)])
+                query_url = query.base_url
+            trial_no = 0
+            for trial in trials:
+                self._describe(ctx, overall, trial, index)
+                if trial.kind == "replay":
+                    assert replay_file is not None
+                    record = self._replay_trial(ctx, pipeline, probe, trial, replay_file)
+                else:
+                    record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, query_url)
+                trial_no += 1
+                result["trials"].append(record)
+                ctx.progress.advance(overall)
+            result["checksum"] = views_checksum(client, names)
+            result["symbols_checked"] = len(names)
+            if self.x.search.enabled and self.x.workload.source == "synthetic":
+                result["search"] = self._search(ctx, pipeline, probe, processors, trial_no,
+                                                overall, index)  # fmt: skip
+        finally:
+            pipeline.stop()
+            probe.close()
+            client.close()
+        self._print_group(result)
+        return result
+
+    def _describe(self, ctx: Context, overall: Any, trial: Trial, index: int) -> None:
+        what = f"speed x{trial.speed:g}" if trial.speed else f"{trial.rate:,.0f}/s"
+        if trial.kind == "replay" and not trial.speed:
+            what = "max speed"
+        ctx.progress.update(
+            overall, info=f"rep {trial.repetition + 1}, {trial.processors} proc, "
+            f"{trial.kind} {what}, group {index}",
+        )  # fmt: skip
+
+    # --- one fixed-rate trial with the direct load generator -----------------------------------
+    def _direct_trial(
+        self,
+        ctx: Context,
+        pipeline: Pipeline,
+        probe: OffsetProbe,
+        trial: Trial,
+        trial_no: int,
+        query_url: str | None,
+        drain_timeout: float | None = None,
+        latency: bool = True,
+    ) -> dict[str, Any]:
+        w, m = self.x.workload, self.x.measurements
+        count = max(1, int(trial.rate * trial.duration_s))
+        id_base = trial_no * ID_STRIDE
+        seed = w.seed + trial_no
+        names = symbol_names(trial.symbols)
+        tracker = None
+        if latency and m.latency:
+            sequence = symbol_sequence(count, trial.symbols, w.zipf, seed)
+            start_wall = time.time() + 1.5
+            tracker = VisibilityTracker(names, sequence, OpenSchedule(trial.rate, count,
+                                                                      start_wall), id_base)  # fmt: skip
+        start_wall = time.time() + 1.5  # after the tracker is built: the load starts on time
+        if tracker is not None:
+            tracker.schedule = OpenSchedule(trial.rate, count, start_wall)
+        out_file = ctx.workdir / f"loadgen-{pipeline.extra_env['CSP_TOPIC']}-{trial_no}.json"
+        argv = [sys.executable, "-m", "cryptostream.harness.loadgen", "--topic",
+                pipeline.extra_env["CSP_TOPIC"], "--rate", str(trial.rate), "--count", str(count),
+                "--symbols", str(trial.symbols), "--zipf", str(w.zipf), "--seed", str(seed),
+                "--id-base", str(id_base), "--start-wall", repr(start_wall), "--out",
+                str(out_file)]  # fmt: skip
+        loadgen = ManagedProcess(f"loadgen-{trial_no}", argv, env=pipeline.env(),
+                                 log_path=pipeline.workdir / "logs" / f"loadgen-{trial_no}.log")  # fmt: skip
+        listener = (
+            LatencyListener(pipeline.redis_url, tracker, start_wall + w.warmup_s)
+            if tracker is not None
+            else None
+        )
+        sampler = Sampler(probe, m.sample_interval_s, lambda: self._pids(pipeline, loadgen),
+                          resources=m.resources)  # fmt: skip
+        sampler.t0 = time.monotonic() + (start_wall - time.time())
+        baseline = sum(probe.produced().values())
+        if listener is not None:
+            listener.start()
+        ctx.children.add(loadgen.start())
+        sampler.start()
+        task = ctx.progress.add_task(
+            f"  {trial.processors}p {trial.kind} {trial.rate:,.0f}/s", total=trial.duration_s,
+            info="load",
+        )  # fmt: skip
+        locust: dict[str, Any] | None = None
+        try:
+            locust_proc = None
+            if query_url and m.query_load is not None:
+                locust_proc = self._start_locust(ctx, pipeline, query_url, trial.symbols)
+            while loadgen.alive():
+                pipeline.check_alive()
+                elapsed = time.time() - start_wall
+                ctx.progress.update(task, completed=max(0.0, min(elapsed, trial.duration_s)))
+                time.sleep(0.2)
+            load_end = time.monotonic()
+            if loadgen.returncode() != 0:
+                raise StackError(f"load generator failed:\n{loadgen.log_tail()}")
+            gen = orjson.loads(out_file.read_bytes())
+            ctx.progress.update(task, info="drain")
+            drained_s = drain(probe, drain_timeout or w.drain_timeout_s, pipeline.check_alive)
+            if drained_s is not None:
+                drained_s = round(time.monotonic() - load_end, 2)
+            if locust_proc is not None:
+                locust = self._finish_locust(locust_proc)
+        finally:
+            series = sampler.stop()
+            if listener is not None:
+                listener.stop()
+            loadgen.stop()
+            ctx.progress.remove_task(task)
+        produced = sum(probe.produced().values()) - baseline
+        record = summarize_trial(trial, series, w.warmup_s, self.x.search.slope_tolerance)
+        record |= {
+            "records": count, "produced": produced, "loadgen": gen, "drain_s": drained_s,
+            "id_base": id_base, "seed": seed, "series": series.as_dict(),
+        }  # fmt: skip
+        if listener is not None:
+            record["latency_ms"] = stats.percentile_summary(listener.histogram)
+            record["latency_hdr"] = stats.encode(listener.histogram)
+            record["latency_updates"] = listener.updates
+        if locust is not None:
+            record["query_load"] = locust
+        return record
+
+    def _pids(self, pipeline: Pipeline, loadgen: ManagedProcess | None = None) -> dict[str, int]:
+        pids = {"harness": os.getpid()}
+        for process in pipeline.group.processes:
+            if process.pid is not None and process.alive():
+                pids[process.name.rsplit("-", 1)[0] + f"-{len(pids)}"] = process.pid
+        if loadgen is not None and loadgen.pid is not None and loadgen.alive():
+            pids["loadgen"] = loadgen.pid
+        return pids
+
+    # --- sustainable-rate search ---------------------------------------------------------------
+    def _search(
+        self,
+        ctx: Context,
+        pipeline: Pipeline,
+        probe: OffsetProbe,
+        processors: int,
+        trial_no: int,
+        overall: Any,
+        index: int,
+    ) -> dict[str, Any]:
+        s = self.x.search
+        search = RateSearch(s.start_rate, s.max_rate, s.max_trials, s.resolution)
+        trials: list[dict[str, Any]] = []
+        generator_limited = False
+        while (rate := search.next_rate()) is not None:
+            trial = Trial(kind="search", repetition=0, processors=processors,
+                          symbols=max(self.x.workload.symbol_counts), rate=rate,
+                          duration_s=s.trial_s)  # fmt: skip
+            self._describe(ctx, overall, trial, index)
+            record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, None,
+                                        drain_timeout=15, latency=False)  # fmt: skip
+            trial_no += 1
+            ctx.progress.advance(overall)
+            # A verdict on the processors needs the load to have arrived as planned.
+            achieved = record["produced_rate"]
+            if achieved < 0.9 * rate:
+                generator_limited = True
+                record["generator_limited"] = True
+                trials.append(record)
+                break
+            search.record(rate, record["sustained"])
+            trials.append(record)
+        skipped = s.max_trials - len(trials)
+        if skipped:
+            ctx.progress.advance(overall, skipped)
+        return {
+            "max_sustained_rate": search.best, "lowest_failed_rate": search.failed,
+            "generator_limited": generator_limited, "trials": trials,
+        }  # fmt: skip
+
+    # --- replay through the full path ----------------------------------------------------------
+    def _replay_trial(
+        self, ctx: Context, pipeline: Pipeline, probe: OffsetProbe, trial: Trial, file: Path
+    ) -> dict[str, Any]:
+        w, m = self.x.workload, self.x.measurements
+        expected = count_replay_trades(file)
+        args = ["--replay", str(file), "--wait-for-subscribers", "1"]
+        args += ["--fast"] if not trial.speed else ["--speed", str(trial.speed)]
+        sim = pipeline.start_simulator(args)
+        listener = LatencyListener(pipeline.redis_url, None, time.time() + w.warmup_s)
+        sampler = Sampler(probe, m.sample_interval_s, lambda: self._pids(pipeline),
+                          resources=m.resources)  # fmt: skip
+        listener.start()
+        sampler.start()
+        pipeline.start_ingest(sim.ws_url)
+        task = ctx.progress.add_task(f"  replay x{trial.speed or 0:g}", total=expected, info="")
+        t0 = time.monotonic()
+        first_visible: float | None = None
+        done_at: float | None = None
+        try:
+            deadline = t0 + trial.duration_s + w.drain_timeout_s
+            while time.monotonic() < deadline:
+                pipeline.check_alive()
+                applied = sum(probe.applied().values())
+                if applied and first_visible is None:
+                    first_visible = time.monotonic()
+                ctx.progress.update(task, completed=applied)
+                if applied >= expected:
+                    done_at = time.monotonic()
+                    break
+                if time.monotonic() - t0 > trial.duration_s and not trial.speed:
+                    pass  # max speed: let it finish within the drain allowance
+                elif time.monotonic() - t0 > trial.duration_s:
+                    break  # a paced replay longer than the trial: measure what arrived
+                time.sleep(0.2)
+        finally:
+            series = sampler.stop()
+            listener.stop()
+            ctx.progress.remove_task(task)
+        applied = sum(probe.applied().values())
+        record = summarize_trial(trial, series, w.warmup_s, self.x.search.slope_tolerance)
+        span = (done_at or time.monotonic()) - (first_visible or t0)
+        record |= {
+            "file": str(file), "records": expected, "applied": applied,
+            "complete": applied >= expected, "seconds": round(span, 2),
+            "replay_rate": applied / span if span > 0 else 0.0,
+            "series": series.as_dict(), "simulator": sim.stats(),
+        }  # fmt: skip
+        record["latency_ms"] = stats.percentile_summary(listener.histogram)
+        record["latency_hdr"] = stats.encode(listener.histogram)
+        return record
+
+    # --- Locust --------------------------------------------------------------------------------
+    def _start_locust(
+        self, ctx: Context, pipeline: Pipeline, url: str, symbols: int
+    ) -> tuple[ManagedProcess, Path]:
+        q = self.x.measurements.query_load
+        assert q is not None
+        prefix = pipeline.workdir / "locust"
+        locustfile = Path(__file__).resolve().parents[3] / "loadtests" / "locustfile.py"
+        argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--host", url,
+                "--headless", "-u", str(q.users), "-r", str(q.spawn_rate),
+                "-t", f"{q.duration_s:g}s", "--csv", str(prefix), "--csv-full-history",
+                "--only-summary", "--loglevel", "WARNING"]  # fmt: skip
+        env = {**os.environ, "LOCUST_SYMBOLS": str(symbols), "LOCUST_ZIPF_S": str(q.zipf),
+               "LOCUST_UNKNOWN_SHARE": str(q.unknown_share)}  # fmt: skip
+        proc = ManagedProcess("locust", argv, env=env, log_path=pipeline.workdir / "logs" /
+                              "locust.log").start()  # fmt: skip
+        ctx.children.add(proc)
+        return proc, prefix
+
+    def _finish_locust(self, started: tuple[ManagedProcess, Path]) -> dict[str, Any]:
+        proc, prefix = started
+        q = self.x.measurements.query_load
+        assert q is not None
+        code = proc.wait(q.duration_s + 60)
+        if code is None:
+            proc.stop()
+        return read_locust_csv(prefix) | {"exit_code": code}
+
+    def _print_group(self, group: dict[str, Any]) -> None:
+        parts = [f"group {group['index']}: {group['processors']} processor(s)"]
+        for t in group["trials"]:
+            lat = t.get("latency_ms", {})
+            parts.append(
+                f"{t['kind']} {t.get('rate', 0):,.0f}/s -> processed {t['processed_rate']:,.0f}/s"
+                + (f", p99 {lat['p99']:.1f} ms" if lat.get("count") else "")
+            )
+        if "search" in group:
+            parts.append(f"max sustained {group['search']['max_sustained_rate']}/s")
+        self.console.print("; ".join(parts))
+
+
+# --- helpers (module level: testable without a run) ----------------------------------------------
+
+
+def summarize_trial(
+    trial: Trial, series: Series, warmup_s: float, tolerance: float
+) -> dict[str, Any]:
+    """Rates and the lag verdict over the measured window [warm-up, end of load]."""
+    window = [(i, t) for i, t in enumerate(series.t) if warmup_s <= t <= trial.duration_s + 1e-9]
+    lags = series.lag()
+    record: dict[str, Any] = {
+        "kind": trial.kind, "repetition": trial.repetition, "processors": trial.processors,
+        "symbols": trial.symbols, "rate": trial.rate, "duration_s": trial.duration_s,
+        "speed": trial.speed,
+    }  # fmt: skip
+    if len(window) >= 2:
+        (i0, t0), (i1, t1) = window[0], window[-1]
+        span = t1 - t0
+        produced = sum(series.produced[i1].values()) - sum(series.produced[i0].values())
+        applied = sum(series.applied[i1].values()) - sum(series.applied[i0].values())
+        record["produced_rate"] = produced / span if span > 0 else 0.0
+        record["processed_rate"] = applied / span if span > 0 else 0.0
+        points = [(t, float(sum(lags[i].values()))) for i, t in window]
+        verdict = lag_verdict(points, trial.rate or record["produced_rate"], tolerance)
+        record |= {"lag_slope": verdict.slope, "lag_threshold": verdict.threshold,
+                   "sustained": verdict.sustained,
+                   "max_lag": max(p[1] for p in points)}  # fmt: skip
+    else:
+        record |= {"produced_rate": 0.0, "processed_rate": 0.0, "lag_slope": 0.0,
+                   "lag_threshold": 0.0, "sustained": False, "max_lag": 0.0}  # fmt: skip
+    cpu = {name: sum(v) / len(v) for name, v in series.cpu.items() if v}
+    record["cpu_percent_mean"] = {k: round(v, 1) for k, v in cpu.items()}
+    record["rss_mb_max"] = {name: max(v) for name, v in series.rss_mb.items() if v}
+    return record
+
+
+def drain(probe: OffsetProbe, timeout: float, check: Callable[[], None]) -> float | None:
+    """Wait until every produced record is applied; seconds taken, or None on timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        check()
+        produced, applied = probe.produced(), probe.applied()
+        if all(applied.get(p, 0) >= high for p, high in produced.items()):
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    return None
+
+
+def wait_group_stable(
+    bootstrap: str,
+    group: str,
+    members: int,
+    topic: str,
+    partitions: int,
+    check: Callable[[], None],
+    timeout: float = 90,
+) -> None:
+    """Until the consumer group is STABLE with ``members`` members owning every partition."""
+    quiet = logging.getLogger("cryptostream.harness.admin")
+    quiet.setLevel(logging.CRITICAL)
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
+    admin = AdminClient(config)
+
+    def stable() -> bool:
+        check()
+        desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
+        owned = [tp.partition for m in desc.members for tp in m.assignment.topic_partitions
+                 if tp.topic == topic]  # fmt: skip
+        return bool(
+            desc.state == ConsumerGroupState.STABLE
+            and len(desc.members) == members
+            and sorted(owned) == list(range(partitions))
+        )
+
+    wait_for(stable, timeout, f"consumer group {group} stable with {members} members")
+
+
+def read_locust_csv(prefix: Path) -> dict[str, Any]:
+    """Locust's ``<prefix>_stats.csv`` rows and ``_stats_history.csv`` aggregate time series."""
+    out: dict[str, Any] = {"stats": [], "history": []}
+    stats_file = Path(f"{prefix}_stats.csv")
+    if stats_file.exists():
+        with stats_file.open() as fh:
+            out["stats"] = list(csv.DictReader(fh))
+    history = Path(f"{prefix}_stats_history.csv")
+    if history.exists():
+        with history.open() as fh:
+            out["history"] = [row for row in csv.DictReader(fh) if row.get("Name") == "Aggregated"]
+    return out
+
+
+def write_synthetic_archive(folder: Path, seed: int, symbols: int = 5, trades: int = 30_000,
+                            rate: float = 500.0) -> Path:  # fmt: skip
+    """A Binance trade-archive CSV per symbol from the seeded generator (when no file is given).
+
+    Returns the folder; the simulator replays every file in it merged in time order.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"SIM{i}USDT" for i in range(symbols)]
+    sequence = symbol_sequence(trades, symbols, 1.0, seed)
+    gen = SyntheticTrades(names, sequence, rate, seed)
+    rows: dict[str, list[str]] = {n: [] for n in names}
+    for i in range(trades):
+        t = gen.trade(i, 0)
+        quote = float(t.price) * float(t.quantity)
+        rows[t.symbol].append(f"{t.trade_id},{t.price},{t.quantity},{quote:.8f},{t.trade_time},"
+                              f"{t.buyer_is_maker},True")  # fmt: skip
+    day = dt.datetime.fromtimestamp(TRADE_TIME_BASE_MS / 1000, dt.UTC).date().isoformat()
+    for name, lines in rows.items():
+        (folder / f"{name}-trades-{day}.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _replay_paths(file: Path) -> list[Path]:
+    return sorted(p for p in file.iterdir() if p.is_file()) if file.is_dir() else [file]
+
+
+def replay_symbols(file: Path) -> list[str]:
+    return sorted({s for path in _replay_paths(file) for s in _file_symbols(path)})
+
+
+def _file_symbols(path: Path) -> Iterator[str]:
+    from marketsim.replay import is_recorded, read_archive, read_recorded, symbol_from_name
+
+    if is_recorded(path):
+        seen: set[str] = set()
+        for frame in read_recorded(path):
+            if frame.trade is not None and frame.trade.symbol not in seen:
+                seen.add(frame.trade.symbol)
+                yield frame.trade.symbol
+        return
+    for order in read_archive(path, symbol_from_name(path)):
+        yield order.symbol
+        return
+
+
+def count_replay_trades(file: Path) -> int:
+    """Trades a replay will produce (the simulator's own reader, so the counts agree)."""
+    from marketsim.replay import is_recorded, read_archive, read_recorded, symbol_from_name
+
+    total = 0
+    for path in _replay_paths(file):
+        if is_recorded(path):
+            total += sum(1 for f in read_recorded(path) if f.trade is not None)
+        else:
+            total += sum(o.last_id - o.first_id + 1
+                         for o in read_archive(path, symbol_from_name(path)))  # fmt: skip
+    return total
+
+
+def run_experiment(options: RunOptions) -> Path:
+    return Runner(options).run()
