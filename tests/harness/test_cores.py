@@ -184,12 +184,16 @@ def test_visibility_tracker_measures_each_record_from_its_intended_time() -> Non
     sequence = array("i", [0, 1, 0, 0, 1])  # A1 B1 A2 A3 B2
     schedule = OpenSchedule(rate=10, count=5, start=100.0)  # due at 100.0, 100.1, ... 100.4
     tracker = VisibilityTracker(names, sequence, schedule, id_base=0)
+
+    def lat(symbol: str, trade_id: int, now: float) -> list[float]:
+        return [latency for _, latency in tracker.visible(symbol, trade_id, now)]
+
     # A's update with trade id 2 at t=100.5 covers A1 (due 100.0) and A2 (due 100.2).
-    assert list(tracker.visible("AAUSDT", 2, 100.5)) == pytest.approx([0.5, 0.3])
-    assert list(tracker.visible("AAUSDT", 2, 101.0)) == []  # nothing new
-    assert list(tracker.visible("AAUSDT", 3, 100.6)) == pytest.approx([0.3])
-    assert list(tracker.visible("BBUSDT", 2, 100.4)) == pytest.approx([0.3, 0.0])
-    assert list(tracker.visible("ZZUSDT", 1, 100.4)) == []
+    assert lat("AAUSDT", 2, 100.5) == pytest.approx([0.5, 0.3])
+    assert lat("AAUSDT", 2, 101.0) == []  # nothing new
+    assert list(tracker.visible("AAUSDT", 3, 100.6)) == [pytest.approx((100.3, 0.3))]
+    assert lat("BBUSDT", 2, 100.4) == pytest.approx([0.3, 0.0])
+    assert lat("ZZUSDT", 1, 100.4) == []
     assert tracker.covered == 5
 
 
