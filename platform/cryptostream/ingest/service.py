@@ -1,182 +1,639 @@
-"""The ingest process: WebSocket frames in, Kafka records out, nothing dropped silently."""
+"""The ingest process: Binance frames in, Kafka records out, every loss reported.
+
+I/O shell around the pure cores (``core.frames``, ``ingest.tracker``, ``ingest.backfill``,
+``ingest.streams``, ``ingest.gaps``, ``ingest.wsproto``):
+
+* one supervisor task per planned connection: connect (backoff + jitter, attempt limit),
+  subscribe (paced), watch (closed, silent longer than ``ingest_silence_s``, older than
+  ``ingest_lifetime_s`` or a ``serverShutdown`` notice), replace — proactively with an overlap:
+  the new connection runs before the old one is closed, and the id tracker drops the duplicates;
+* the hot path (:meth:`Ingest.on_frames`) runs synchronously in the protocol's
+  ``data_received``: parse, de-duplicate, produce; counters are plain ints;
+* a bounded produce buffer: past ``ingest_buffer_max`` trades in flight, reading pauses; after
+  ``ingest_buffer_timeout_s`` trades are dropped and recorded as ``buffer_overflow`` gaps (as are
+  records Kafka refuses after all retries) until Kafka catches up;
+* gaps: detected after the reorder grace, published to ``raw.trades.gaps``, backfilled over REST
+  (one worker), then closed as backfilled / unrecoverable sub-ranges.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any
 
+import httpx
 import orjson
-import websockets
 from confluent_kafka import KafkaError, Message, Producer
 
 from cryptostream.config import Settings
-from cryptostream.core.codec import encode_key, encode_trade
+from cryptostream.core.codec import encode_trade
 from cryptostream.core.frames import ControlReply, Ignored, Malformed, parse_frame
 from cryptostream.core.trades import Trade
-from cryptostream.ingest.streams import combined_stream_urls
+from cryptostream.ingest.backfill import BackfillPlan, RestRequest, rest_base_url, trading_symbols
+from cryptostream.ingest.gaps import detected_record, final_records
+from cryptostream.ingest.metrics import IngestStats, MetricsServer
+from cryptostream.ingest.recorder import Recorder
+from cryptostream.ingest.streams import (
+    SUBSCRIBE_INTERVAL_S,
+    AttemptLimiter,
+    Backoff,
+    ConnectionPlan,
+    plan_connections,
+    subscribe_message,
+)
+from cryptostream.ingest.tracker import Gap, SymbolTracker
+from cryptostream.ingest.wsclient import WsConnection, open_connection
 from cryptostream.kafka_clients import make_producer
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.topics import TopicError, require_topic
 
 log = logging.getLogger("cryptostream.ingest")
 
-
-@dataclass
-class IngestStats:
-    frames: int = 0
-    trades: int = 0
-    acked: int = 0
-    failed: int = 0
-    malformed: int = 0
-    ignored: int = 0
-    dead_lettered: int = 0
-    reconnects: int = 0
-    ignored_by_type: dict[str, int] = field(default_factory=dict)
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+HEADROOM = 100_000  # producer queue room above the trade bound: gap records, DLQ, backfill
 
 
-class KafkaSink:
-    """Asynchronous produce with delivery accounting; backpressure instead of unbounded queues."""
+class BackfillError(RuntimeError):
+    pass
 
-    def __init__(self, producer: Producer, topic: str, dlq_topic: str, stats: IngestStats) -> None:
-        self.producer = producer
-        self.topic = topic
-        self.dlq_topic = dlq_topic
-        self.stats = stats
-        self.warn = RateLimitedLog(log)
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is None:
-            self.stats.acked += 1
-        else:
-            self.stats.failed += 1
-            self.warn.warning(
-                "delivery",
-                "trade not acknowledged by Kafka after all retries: it is lost",
-                **{"error.message": str(err), "kafka.key": (msg.key() or b"").decode()},
-            )
-
-    async def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value, key, on_delivery=self._on_delivery)
-                return
-            except BufferError:  # local queue full: Kafka is slow or away; stop reading for a bit
-                self.producer.poll(0)
-                await asyncio.sleep(0.01)
-
-    async def send_trade(self, trade: Trade, ingest_time_us: int) -> None:
-        await self._produce(
-            self.topic, encode_key(trade.symbol), encode_trade(trade, ingest_time_us)
-        )
-
-    async def send_dead_letter(self, raw: bytes, reason: str, source: str) -> None:
-        value = orjson.dumps(
-            {
-                "reason": reason,
-                "source": source,
-                "received_at_us": time.time_ns() // 1000,
-                "raw": raw[:65536].decode(errors="replace"),
-                "raw_bytes": len(raw),
-            }
-        )
-        self.stats.dead_lettered += 1
-        await self._produce(self.dlq_topic, None, value)
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 class Ingest:
-    def __init__(self, settings: Settings, sink: KafkaSink, stats: IngestStats) -> None:
+    def __init__(self, settings: Settings, symbols: list[str], rest_url: str) -> None:
         self.settings = settings
-        self.sink = sink
-        self.stats = stats
+        self.symbols = symbols
+        self.rest_url = rest_url
+        self.kind = settings.stream_kind
+        self.topic = settings.topic
+        self.stats = IngestStats()
+        self.trackers: dict[str, SymbolTracker] = {}
+        for symbol in symbols:
+            self._tracker(symbol)
+        self.bound = settings.ingest_buffer_max
+        self.producer = self._make_producer()
+        self.fatal: KafkaError | None = None
+        self.dropping = False
+        self.lost: dict[str, list[list[int]]] = {}  # per symbol: id ranges not published
+        self.backfill_queue: asyncio.Queue[Gap] = asyncio.Queue()
+        self.in_backfill: Gap | None = None
+        self.connections: set[WsConnection] = set()
+        self.paused: set[WsConnection] = set()
+        self.pause_started = 0.0
+        self.control_backlog: list[tuple[str, bytes | None, bytes]] = []
         self.stopping = asyncio.Event()
         self.warn = RateLimitedLog(log)
+        self.limiter = AttemptLimiter()
+        self.recorder: Recorder | None = None
+        if settings.record_dir is not None:
+            rotate_bytes = int(settings.record_rotate_mb * 1e6)
+            self.recorder = Recorder(settings.record_dir, rotate_bytes, settings.record_rotate_s)
+        self.has_room = asyncio.Event()
+        self.has_room.set()
+        self.max_frame = settings.max_frame_bytes
 
-    async def handle_frame(self, raw: bytes, source: str) -> None:
-        received_us = time.time_ns() // 1000
-        self.stats.frames += 1
-        outcome = parse_frame(raw, max_bytes=self.settings.max_frame_bytes)
-        if type(outcome) is Trade:
-            self.stats.trades += 1
-            await self.sink.send_trade(outcome, received_us)
-        elif isinstance(outcome, Malformed):
-            self.stats.malformed += 1
+    # ----- Kafka -------------------------------------------------------------------------
+
+    def _make_producer(self) -> Producer:
+        return make_producer(
+            self.settings,
+            **{
+                "queue.buffering.max.messages": self.bound + HEADROOM,
+                "queue.buffering.max.kbytes": 1 << 21,
+                "error_cb": self._on_kafka_error,
+            },
+        )
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = err
+        self.stats.error("kafka")
+        self.warn.warning("kafka", "Kafka client error", **{"error.message": str(err)})
+
+    @property
+    def in_flight(self) -> int:
+        s = self.stats
+        return s.produced - s.acked - s.delivery_failed
+
+    def _delivery_callback(self, recv_us: int) -> DeliveryCallback:
+        stats = self.stats
+        record = stats.latency.record
+        now_ns = time.time_ns
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                stats.acked += 1
+                record(now_ns() // 1000 - recv_us)
+            else:
+                self._delivery_failed(err, msg)
+
+        return on_delivery
+
+    def _delivery_failed(self, err: KafkaError, msg: Message) -> None:
+        self.stats.delivery_failed += 1
+        try:
+            value = orjson.loads(msg.value() or b"")
+            self._lose(str(value["symbol"]), int(value["trade_id"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            self.stats.error("delivery_unattributed")
+        self.warn.warning(
+            "delivery", "Kafka did not take a trade after all retries: recorded as a gap",
+            **{"error.message": str(err)},
+        )  # fmt: skip
+
+    def _on_control_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.stats.error("control_delivery")
+            self.warn.warning(
+                "control_delivery", "a gap or DLQ record was not delivered",
+                **{"error.message": str(err), "topic": msg.topic()},
+            )  # fmt: skip
+
+    def _produce_control(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Gap and DLQ records: never dropped for lack of room; retried from a backlog."""
+        if self.control_backlog:
+            self.control_backlog.append((topic, key, value))
+            return
+        try:
+            self.producer.produce(topic, value, key, on_delivery=self._on_control_delivery)
+        except BufferError:
+            self.control_backlog.append((topic, key, value))
+
+    def _retry_control_backlog(self) -> None:
+        backlog, self.control_backlog = self.control_backlog, []
+        for i, (topic, key, value) in enumerate(backlog):
+            try:
+                self.producer.produce(topic, value, key, on_delivery=self._on_control_delivery)
+            except BufferError:
+                self.control_backlog = backlog[i:]
+                return
+
+    def _lose(self, symbol: str, tid: int) -> None:
+        ranges = self.lost.get(symbol)
+        if ranges is None:
+            ranges = self.lost[symbol] = []
+        if ranges and ranges[-1][1] == tid - 1:
+            ranges[-1][1] = tid
+        else:
+            ranges.append([tid, tid])
+
+    # ----- hot path ------------------------------------------------------------------------
+
+    def _tracker(self, symbol: str) -> SymbolTracker:
+        tracker = self.trackers.get(symbol)
+        if tracker is None:
+            tracker = self.trackers[symbol] = SymbolTracker(
+                symbol, self.settings.ingest_gap_grace_s
+            )
+        return tracker
+
+    def on_frames(self, frames: list[bytes], recv_us: int, conn: WsConnection) -> None:
+        stats = self.stats
+        stats.frames += len(frames)
+        if self.recorder is not None:
+            self.recorder.write(frames, recv_us)
+        produce = self.producer.produce
+        topic = self.topic
+        trackers = self.trackers
+        kind = self.kind
+        max_frame = self.max_frame
+        dropping = self.dropping
+        on_delivery = self._delivery_callback(recv_us)
+        now = time.monotonic()
+        new = produced = 0
+        for raw in frames:
+            outcome = parse_frame(raw, max_bytes=max_frame, trade_event=kind)
+            if type(outcome) is Trade:
+                symbol = outcome.symbol
+                tid = outcome.trade_id
+                tracker = trackers.get(symbol) or self._tracker(symbol)
+                last = tracker.last
+                if last is not None and tid == last + 1 and not conn.unseen:
+                    tracker.last = tid
+                elif conn.unseen and symbol in conn.unseen:
+                    conn.unseen.discard(symbol)
+                    tracker.after_reconnect = True
+                    accepted = tracker.observe(tid, now)
+                    tracker.after_reconnect = False
+                    if not accepted:
+                        stats.duplicates += 1
+                        continue
+                elif not tracker.observe(tid, now):
+                    stats.duplicates += 1
+                    continue
+                new += 1
+                if dropping:
+                    self._lose(symbol, tid)
+                    stats.buffer_dropped += 1
+                    continue
+                try:
+                    produce(topic, encode_trade(outcome, recv_us), symbol.encode(),
+                            on_delivery=on_delivery)  # fmt: skip
+                    produced += 1
+                except BufferError:
+                    self._lose(symbol, tid)
+                    stats.buffer_dropped += 1
+            else:
+                self._other(outcome, raw, conn)  # type: ignore[arg-type]
+        stats.trades += new
+        stats.produced += produced
+        self.producer.poll(0)
+        if produced and not dropping and self.in_flight >= self.bound:
+            self._pause(conn)
+
+    def _other(
+        self, outcome: Malformed | Ignored | ControlReply, raw: bytes, conn: WsConnection
+    ) -> None:
+        stats = self.stats
+        if isinstance(outcome, Malformed):
+            stats.error("malformed")
+            stats.dead_letters += 1
             self.warn.warning("malformed", "malformed frame sent to the DLQ", reason=outcome.reason)
-            await self.sink.send_dead_letter(raw, outcome.reason, source)
+            value = orjson.dumps(
+                {
+                    "reason": outcome.reason,
+                    "source": conn.url,
+                    "received_at_us": _now_us(),
+                    "raw": raw[:65536].decode(errors="replace"),
+                    "raw_bytes": len(raw),
+                }
+            )
+            self._produce_control(self.settings.dlq_topic, None, value)
         elif isinstance(outcome, Ignored):
-            self.stats.ignored += 1
-            by_type = self.stats.ignored_by_type
-            by_type[outcome.event_type] = by_type.get(outcome.event_type, 0) + 1
-        elif isinstance(outcome, ControlReply) and outcome.error is not None:
+            stats.ignored[outcome.event_type] = stats.ignored.get(outcome.event_type, 0) + 1
+            if outcome.event_type == "serverShutdown":
+                conn.shutdown_notice = True
+        elif outcome.error is not None:
+            stats.error("control")
             self.warn.warning("control", "the server rejected a request", reply=outcome.error)
 
-    async def follow(self, url: str) -> None:
-        """Read one combined-stream URL forever, reconnecting with backoff and jitter."""
-        backoff = 0.5
-        while not self.stopping.is_set():
-            try:
-                async with websockets.connect(
-                    url,
-                    max_size=max(4 * self.settings.max_frame_bytes, 1 << 20),
-                    open_timeout=10,
-                    close_timeout=2,
-                    ping_interval=None,  # Binance pings us; websockets answers with pongs
-                ) as ws:
-                    log.info("connected", extra={"fields": {"url.full": url}})
-                    backoff = 0.5
-                    while True:
-                        raw = await ws.recv(decode=False)
-                        await self.handle_frame(
-                            raw if isinstance(raw, bytes) else raw.encode(), url
-                        )
-            except (TimeoutError, OSError, websockets.WebSocketException) as exc:
-                if self.stopping.is_set():
-                    return
-                self.stats.reconnects += 1
-                delay = backoff * random.uniform(0.5, 1.5)
-                self.warn.warning(
-                    f"reconnect:{url}",
-                    "connection lost; reconnecting",
-                    **{"error.message": repr(exc), "url.full": url, "retry_in_s": round(delay, 2)},
-                )
-                await asyncio.sleep(delay)
-                backoff = min(backoff * 2, 30.0)
+    # ----- flow control --------------------------------------------------------------------
 
-    async def poll_deliveries(self) -> None:
-        last_report = time.monotonic()
+    def _pause(self, conn: WsConnection) -> None:
+        if not self.paused:
+            self.pause_started = time.monotonic()
+        self.paused.add(conn)
+        conn.pause_reading()
+
+    def _resume_all(self) -> None:
+        for conn in self.paused:
+            conn.resume_reading()
+        self.paused.clear()
+
+    def flow_step(self) -> None:
+        """Deliveries, the buffer bound, overflow mode, a fatal producer (every few ms)."""
+        self.producer.poll(0)
+        if self.control_backlog:
+            self._retry_control_backlog()
+        if self.fatal is not None:
+            self._replace_producer()
+        in_flight = self.in_flight
+        if self.dropping or in_flight >= self.bound * 0.8:
+            self.has_room.clear()
+        else:
+            self.has_room.set()
+        if self.dropping:
+            if in_flight < self.bound // 2:
+                self.dropping = False
+                log.warning("Kafka caught up: publishing again",
+                            extra={"fields": {"in_flight": in_flight}})  # fmt: skip
+        elif self.paused:
+            if in_flight < self.bound * 0.8:
+                self._resume_all()
+            elif time.monotonic() - self.pause_started >= self.settings.ingest_buffer_timeout_s:
+                self.dropping = True
+                self._resume_all()
+                log.error(
+                    "Kafka is not keeping up: trades are dropped and recorded as gaps "
+                    "(buffer_overflow) until it does",
+                    extra={"fields": {"in_flight": in_flight, "bound": self.bound}},
+                )
+
+    def _replace_producer(self) -> None:
+        err, self.fatal = self.fatal, None
+        log.error("fatal Kafka producer error: replacing the producer; undelivered trades "
+                  "become gaps", extra={"fields": {"error.message": str(err)}})  # fmt: skip
+        old = self.producer
+        self.producer = self._make_producer()
+        old.flush(1.0)  # fails what it still holds: the delivery callbacks record the gaps
+        stats = self.stats
+        if self.in_flight > 0:  # never reported by the old producer: count them as lost
+            stats.error("producer_replaced_unaccounted", self.in_flight)
+            stats.delivery_failed += self.in_flight
+
+    async def flow_loop(self) -> None:
+        while True:
+            self.flow_step()
+            await asyncio.sleep(0.005 if self.paused or self.in_flight else 0.05)
+
+    # ----- gaps ----------------------------------------------------------------------------
+
+    def gap_step(self, final: bool = False) -> None:
+        """Detect gaps past their grace, report lost ranges and evicted gaps."""
+        now = float("inf") if final else time.monotonic()
+        now_us = _now_us()
+        for tracker in self.trackers.values():
+            if tracker.gaps:
+                for gap in tracker.due(now, now_us):
+                    self._detected(gap)
+            if tracker.evicted:
+                evicted, tracker.evicted = tracker.evicted, []
+                for gap in evicted:
+                    if not gap.detected:
+                        gap.detected_at_us = now_us
+                        self._detected(gap, backfill=False)
+                    self._close(gap, gap.outcome())
+        if self.lost:
+            lost, self.lost = self.lost, {}
+            for symbol, ranges in lost.items():
+                tracker = self._tracker(symbol)
+                for lo, hi in ranges:
+                    self._detected(tracker.mark_lost(lo, hi, "buffer_overflow", now, now_us))
+
+    def _detected(self, gap: Gap, backfill: bool = True) -> None:
+        record = detected_record(gap, _now_us())
+        self.stats.gap("detected", record.count)
+        self._produce_control(self.settings.gap_topic, gap.symbol.encode(), record.encode())
+        self.warn.warning(
+            f"gap:{gap.symbol}", "gap in trade ids",
+            symbol=gap.symbol, first_id=gap.first, last_id=gap.last, count=record.count,
+            cause=gap.cause,
+        )  # fmt: skip
+        if backfill:
+            self.backfill_queue.put_nowait(gap)
+
+    def _close(self, gap: Gap, ranges: list[tuple[int, int, Any]]) -> None:
+        for record in final_records(gap, ranges, _now_us()):
+            self.stats.gap(record.status, record.count)
+            self._produce_control(self.settings.gap_topic, gap.symbol.encode(), record.encode())
+            if record.status == "unrecoverable":
+                self.warn.warning(
+                    f"unrecoverable:{gap.symbol}", "trades lost for good (reported as a gap)",
+                    symbol=gap.symbol, first_id=record.first_id, last_id=record.last_id,
+                    count=record.count, cause=gap.cause,
+                )  # fmt: skip
+
+    def finish_gap(self, gap: Gap) -> None:
+        self._close(gap, self._tracker(gap.symbol).finish(gap))
+
+    async def gap_loop(self) -> None:
+        while True:
+            self.gap_step()
+            await asyncio.sleep(0.1)
+
+    # ----- backfill ------------------------------------------------------------------------
+
+    async def backfill_loop(self) -> None:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            while True:
+                gap = await self.backfill_queue.get()
+                self.in_backfill = gap
+                try:
+                    if self.settings.ingest_backfill:
+                        await self._backfill(client, gap)
+                except BackfillError as exc:
+                    self.stats.error("backfill")
+                    self.warn.warning("backfill", "backfill failed; the rest of the gap stays "
+                                      "unrecoverable", **{"error.message": str(exc)})  # fmt: skip
+                finally:
+                    self.in_backfill = None
+                    self.finish_gap(gap)
+
+    async def _kafka_has_room(self) -> None:
+        await self.has_room.wait()
+
+    async def _backfill(self, client: httpx.AsyncClient, gap: Gap) -> None:
+        plan = BackfillPlan(gap.symbol, self.kind, gap.first, gap.last)
+        while gap.missing and (request := plan.next_request()) is not None:
+            await self._kafka_has_room()
+            rows = await self._rest_get(client, request)
+            trades, bad = plan.feed(rows)
+            if bad:
+                self.stats.error("backfill_row", bad)
+            now_us = _now_us()
+            on_delivery = self._delivery_callback(now_us)
+            stats = self.stats
+            for trade in trades:
+                if gap.fill(trade.trade_id):
+                    try:
+                        self.producer.produce(self.topic, encode_trade(trade, now_us),
+                                              trade.symbol.encode(), on_delivery=on_delivery)  # fmt: skip
+                    except BufferError:
+                        self._lose(trade.symbol, trade.trade_id)
+                        continue
+                    stats.produced += 1
+                    stats.backfilled_trades += 1
+            self.producer.poll(0)
+
+    async def _rest_get(self, client: httpx.AsyncClient, request: RestRequest) -> Any:
+        url = request.url(self.rest_url)
+        backoff = Backoff(0.5, 10.0)
+        problem = ""
+        for _attempt in range(5):
+            try:
+                reply = await client.get(url)
+            except httpx.HTTPError as exc:
+                problem = repr(exc)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if reply.status_code == 200:
+                return reply.json()
+            problem = f"HTTP {reply.status_code}: {reply.text[:200]}"
+            if reply.status_code in (418, 429):  # rate limited: honour Retry-After
+                retry_after = reply.headers.get("Retry-After", "")
+                wait = float(retry_after) if retry_after.isdigit() else backoff.next_delay()
+                await asyncio.sleep(min(wait, 60.0))
+            elif reply.status_code >= 500:
+                await asyncio.sleep(backoff.next_delay())
+            else:
+                break
+        raise BackfillError(f"GET {url} failed: {problem}")
+
+    # ----- connections ---------------------------------------------------------------------
+
+    async def _connect(
+        self, plan: ConnectionPlan, backoff: Backoff, reconnect: bool
+    ) -> WsConnection | None:
         while not self.stopping.is_set():
-            self.sink.producer.poll(0)
-            await asyncio.sleep(0.05)
-            if time.monotonic() - last_report >= 10:
-                last_report = time.monotonic()
-                log.info("progress", extra={"fields": {"ingest": vars(self.stats)}})
+            wait = self.limiter.wait_s(time.monotonic())
+            if wait > 0:
+                self.warn.warning("attempts", "connection attempt limit reached; waiting",
+                                  wait_s=round(wait, 1))  # fmt: skip
+                await self._sleep(wait)
+                continue
+            try:
+                conn = await open_connection(
+                    plan.url, self.on_frames, max_size=max(4 * self.max_frame, 1 << 20),
+                    name=plan.url[:80],
+                    unseen=set(plan.symbols) if reconnect else set(),
+                )  # fmt: skip
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                self.stats.error("connect")
+                delay = backoff.next_delay()
+                self.warn.warning(
+                    f"connect:{plan.url[:80]}", "cannot connect; retrying",
+                    **{"error.message": repr(exc)[:300], "url.full": plan.url[:200],
+                       "retry_in_s": round(delay, 2)},
+                )  # fmt: skip
+                await self._sleep(delay)
+                continue
+            self.connections.add(conn)
+            log.info("connected", extra={"fields": {"url.full": plan.url[:200],
+                                                    "streams": len(plan.streams)}})  # fmt: skip
+            for i, batch in enumerate(plan.subscribe_batches):
+                await self._sleep(SUBSCRIBE_INTERVAL_S)
+                conn.send_text(subscribe_message(i + 1, batch))
+            return conn
+        return None
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    async def _watch(self, conn: WsConnection) -> str:
+        s = self.settings
+        while True:
+            await asyncio.wait([conn.closed], timeout=0.25)
+            if self.stopping.is_set():
+                return "stopping"
+            if conn.closed.done():
+                return "closed"
+            now = time.monotonic()
+            if conn.shutdown_notice:
+                return "shutdown"
+            if now - conn.opened_at >= s.ingest_lifetime_s:
+                return "lifetime"
+            if not conn.paused and now - conn.last_rx > s.ingest_silence_s:
+                return "silent"
+
+    async def _overlap(self, new: WsConnection, old: WsConnection) -> None:
+        """Keep the old connection until the new one delivers, then a moment more."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(new.got_frames.wait(), 10.0)
+        await self._sleep(min(1.0, self.settings.ingest_gap_grace_s))
+
+    async def supervise(self, plan: ConnectionPlan) -> None:
+        backoff = Backoff()
+        conn = await self._connect(plan, backoff, reconnect=False)
+        while conn is not None:
+            why = await self._watch(conn)
+            if why == "stopping":
+                conn.close()
+                return
+            self.stats.reconnects += 1
+            if why in ("lifetime", "shutdown"):
+                log.info("replacing a connection proactively", extra={"fields": {"reason": why}})
+                new = await self._connect(plan, backoff, reconnect=True)
+                if new is not None:
+                    await self._overlap(new, conn)
+                conn.close()
+                self.connections.discard(conn)
+                conn = new
+                continue
+            self.stats.error(f"connection_{why}")
+            if why == "silent":
+                conn.abort(f"silent for more than {self.settings.ingest_silence_s} s")
+            self.connections.discard(conn)
+            self.paused.discard(conn)
+            if time.monotonic() - conn.opened_at > 60:
+                backoff.reset()
+            delay = backoff.next_delay()
+            reason = conn.closed.result() if conn.closed.done() else why
+            self.warn.warning(
+                f"reconnect:{plan.url[:80]}", "connection lost; reconnecting",
+                **{"error.message": reason, "reason": why, "retry_in_s": round(delay, 2)},
+            )  # fmt: skip
+            await self._sleep(delay)
+            conn = await self._connect(plan, backoff, reconnect=True)
+
+    # ----- health, shutdown ----------------------------------------------------------------
+
+    def gauges(self) -> dict[str, float]:
+        return {
+            "buffer_depth": self.in_flight,
+            "connections": len(self.connections),
+            "symbols": len(self.trackers),
+            "open_gaps": sum(len(t.gaps) for t in self.trackers.values()),
+            "dropping": int(self.dropping),
+        }
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        ok = bool(self.connections) and not self.stopping.is_set()
+        return ok, {"status": "ok" if ok else "degraded", **self.gauges(),
+                    "acked": self.stats.acked, "reconnects": self.stats.reconnects}  # fmt: skip
+
+    def shutdown_gaps(self) -> None:
+        """At exit every detected gap gets its final record (what is missing: unrecoverable)."""
+        self.gap_step(final=True)
+        queued = [self.backfill_queue.get_nowait() for _ in range(self.backfill_queue.qsize())]
+        if self.in_backfill is not None:
+            queued.append(self.in_backfill)
+        for gap in queued:
+            self.finish_gap(gap)
+
+    async def progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            log.info("progress", extra={"fields": {"ingest": self.stats.summary(),
+                                                   **self.gauges()}})  # fmt: skip
+
+
+async def discover_symbols(settings: Settings, rest_url: str) -> list[str]:
+    async with httpx.AsyncClient(timeout=15.0) as client:
+        reply = await client.get(f"{rest_url}/api/v3/exchangeInfo")
+        reply.raise_for_status()
+        symbols = trading_symbols(reply.json(), settings.quote_asset)
+    if not symbols:
+        raise TopicError(f"no TRADING symbol with quote asset {settings.quote_asset!r}")
+    return symbols
 
 
 async def run(settings: Settings) -> int:
-    require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
-    require_topic(settings.kafka_bootstrap, settings.dlq_topic, None)
-    stats = IngestStats()
-    sink = KafkaSink(make_producer(settings), settings.topic, settings.dlq_topic, stats)
-    ingest = Ingest(settings, sink, stats)
+    for name, partitions in ((settings.topic, settings.partitions), (settings.dlq_topic, None),
+                             (settings.gap_topic, None)):  # fmt: skip
+        require_topic(settings.kafka_bootstrap, name, partitions)
+    rest_url = settings.binance_rest_url.rstrip("/") or rest_base_url(settings.binance_ws_url)
+    symbols = settings.symbols
+    if settings.quote_asset:
+        symbols = await discover_symbols(settings, rest_url)
+    ingest = Ingest(settings, symbols, rest_url)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, ingest.stopping.set)
-    urls = combined_stream_urls(settings.binance_ws_url, settings.symbols)
-    log.info("starting", extra={"fields": {"symbols": settings.symbols, "connections": len(urls)}})
-    tasks = [asyncio.create_task(ingest.follow(url)) for url in urls]
-    tasks.append(asyncio.create_task(ingest.poll_deliveries()))
+    metrics: MetricsServer | None = None
+    if settings.ingest_metrics_port:
+        metrics = MetricsServer(ingest.stats, ingest.gauges, ingest.health)
+        await metrics.start(settings.metrics_host, settings.ingest_metrics_port)
+    plans = plan_connections(settings.binance_ws_url, symbols, settings.stream_kind)
+    log.info("starting", extra={"fields": {
+        "symbols": len(symbols), "connections": len(plans), "stream_kind": settings.stream_kind,
+        "rest_url": rest_url, "record_dir": str(settings.record_dir or "")}})  # fmt: skip
+    supervisors = [asyncio.create_task(ingest.supervise(plan)) for plan in plans]
+    workers = [asyncio.create_task(coro) for coro in (ingest.flow_loop(), ingest.gap_loop(),
+               ingest.backfill_loop(), ingest.progress_loop())]  # fmt: skip
     await ingest.stopping.wait()
-    for task in tasks:
+    await asyncio.wait(supervisors, timeout=5)
+    for conn in list(ingest.connections):
+        conn.close()
+    for task in supervisors + workers:
         task.cancel()
-    for task in tasks:
+    for task in supervisors + workers:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    left = await asyncio.to_thread(sink.producer.flush, 15.0)
-    log.info("stopped", extra={"fields": {"ingest": vars(stats), "unflushed": left}})
+    ingest.shutdown_gaps()
+    left = await asyncio.to_thread(ingest.producer.flush, 15.0)
+    if ingest.recorder is not None:
+        ingest.recorder.close()
+    if metrics is not None:
+        await metrics.stop()
+    log.info("stopped", extra={"fields": {"ingest": ingest.stats.summary(), "unflushed": left}})
     return 0 if left == 0 else 1
 
 

@@ -123,10 +123,7 @@ class SymbolTracker:
         return self.fill(tid)
 
     def fill(self, tid: int) -> bool:
-        for gap in self.gaps:
-            if gap.first <= tid <= gap.last:
-                return gap.fill(tid)
-        return False
+        return any(gap.first <= tid <= gap.last and gap.fill(tid) for gap in self.gaps)
 
     def open_gap(
         self, first: int, last: int, cause: Cause, now: float, detected_at_us: int = 0
