@@ -108,6 +108,7 @@ class Processor:
                 self.dlq.poll(0)
                 if time.monotonic() - last_recommit >= 2:
                     last_recommit = time.monotonic()
+                    self._verify_stored_offsets()
                     self._recommit_lagging()
                     self._update_lag()
                 if time.monotonic() - last_report >= 10:
@@ -200,6 +201,41 @@ class Processor:
                 self.consumer.seek(TopicPartition(self.settings.topic, partition, offset))
             except KafkaException as exc:  # revoked meanwhile: its new owner resumes from Redis
                 self.warn.warning("seek", "seek failed", **{"error.message": str(exc)})
+
+    def _verify_stored_offsets(self) -> None:
+        """Notice a Redis that lost data even when no new record arrives to reveal it.
+
+        Only the owner advances a partition's stored offset, so a stored offset below what we
+        applied means Redis went back (restarted without persistence, restored an older
+        snapshot, failed over to a stale replica): re-apply from there. The views rebuild
+        themselves from the topic; ``csp rebuild`` is not needed. (A stored offset above ours
+        means we are a zombie; the next apply's compare-and-set handles that.)
+        """
+        mine = [p for p, pos in self.positions.items() if pos != NO_OFFSET]
+        if not mine:
+            return
+        stored = self._stored_offsets(mine)
+        behind = {
+            p: stored.get(p, NO_OFFSET)
+            for p in mine
+            if p in self.positions and stored.get(p, NO_OFFSET) < self.positions[p]
+        }
+        if not behind:
+            return
+        self.stats["conflicts"] += 1
+        self.warn.warning(
+            "offsets-went-back",
+            "Redis holds older offsets than were applied (data lost?); re-applying from them",
+            stored=behind, believed={p: self.positions[p] for p in behind},
+        )  # fmt: skip
+        for partition, offset in behind.items():
+            target = offset + 1 if offset != NO_OFFSET else OFFSET_BEGINNING
+            try:
+                self.consumer.seek(TopicPartition(self.settings.topic, partition, target))
+            except KafkaException as exc:  # the next apply's compare-and-set retries the seek
+                self.warn.warning("seek", "seek failed", **{"error.message": str(exc)})
+                continue
+            self.positions[partition] = offset
 
     def _dead_letter(self, batch: Batch) -> None:
         for poison in batch.poison:
