@@ -40,6 +40,7 @@ from cryptostream.stack.supervisor import ManagedProcess
 from tests.kafka_helpers import read_all
 
 REPORT_DIR_ENV = "RELIABILITY_REPORT_DIR"
+ACTIVE: list[FaultRun] = []  # runs of the current test (tests/reliability/conftest.py)
 _quiet = logging.getLogger("tests.reliability.kafka")
 _quiet.setLevel(logging.CRITICAL)
 
@@ -230,11 +231,26 @@ class FaultRun:
     timer: RecoveryTimer[Any] = field(default_factory=RecoveryTimer)
     victims: set[int] = field(default_factory=set)  # ids of processes we killed or stopped
     started: float = field(default_factory=time.monotonic)
+    recorded: bool = False
+    stopped: bool = False
 
     def __post_init__(self) -> None:
         self.result = ScenarioResult(self.scenario, self.profile.name)
+        ACTIVE.append(self)
         self.probe = Probe(self.settings)
         self.rng = random.Random(f"{self.scenario}/{self.profile.name}")
+
+    def abort(self, why: str) -> None:
+        """A scenario that failed half-way still gets its row in the report."""
+        if self.recorded:
+            return
+        self.result.notes = f"{self.result.notes} aborted: {why[:300]}".strip()
+        with contextlib.suppress(Exception):
+            self.stop_all()
+        self.result.duration_s = round(time.monotonic() - self.started, 1)
+        self.result.recovery_s = [round(d, 2) for d in self.timer.durations]
+        self.recorded = True
+        record(self.result)
 
     # faults
     def pause(self, seconds: float | None = None) -> None:
@@ -350,11 +366,15 @@ class FaultRun:
         if self.timer.pending:
             self.result.notes += " the last fault episode never recovered."
         self.result.notes = self.result.notes.strip()
+        self.recorded = True
         record(self.result)
         return self.result
 
     def stop_all(self) -> None:
         """Graceful stop (SIGTERM) of every child; survivors must exit with code 0."""
+        if self.stopped:
+            return
+        self.stopped = True
         survivors = [p for p in self.pipeline.group.processes if id(p) not in self.victims]
         dead_before = {id(p) for p in survivors if p.proc is not None and not p.alive()}
         self.pipeline.stop()
