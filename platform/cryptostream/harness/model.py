@@ -77,6 +77,9 @@ class Search(_Strict):
     slope_tolerance: float = Field(
         0.05, gt=0, description="sustained if lag grows slower than this fraction of the rate"
     )
+    capacity_trial: bool = Field(
+        True, description="then measure latency at the highest sustained rate"
+    )
 
 
 class QueryLoad(_Strict):
@@ -108,7 +111,7 @@ class Experiment(_Strict):
 class Trial(_Strict):
     """One fixed-rate run: what the runner executes and the report plots against."""
 
-    kind: Literal["fixed", "search", "replay"]
+    kind: Literal["fixed", "search", "capacity", "replay"]
     repetition: int
     processors: int
     symbols: int

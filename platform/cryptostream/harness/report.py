@@ -1,9 +1,694 @@
-"""Report generation (placeholder, replaced below)."""
+"""results.json -> PNG plots, report.md and report.html (``csp report <folder>``).
+
+Everything here is computed from results.json alone, so a report can be regenerated (or
+restyled) without re-running anything. Repeated figures show median and spread; a spread above
+10 % is flagged in the tables and listed under "Flagged".
+"""
 
 from __future__ import annotations
 
+import html
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import orjson
+from matplotlib.figure import Figure
+
+from cryptostream.harness import stats
+
+FLAG = "⚠"
+COLORS: list[Any] = [plt.get_cmap("tab10")(i) for i in range(10)]
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class Report:
+    results: dict[str, Any]
+    tables: list[Table] = field(default_factory=list)
+    flagged: list[str] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file, caption)
+
+
+# --- numbers ------------------------------------------------------------------------------------
+
+
+def fmt_rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def fmt_ms(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def cell(s: stats.Summary | None, fmt: Any, what: str, flagged: list[str]) -> str:
+    """``median`` or ``median ±spread%`` for repeated figures, flagged above 10 %."""
+    if s is None:
+        return "-"
+    text = str(fmt(s.median))
+    if s.n > 1:
+        text += f" ±{s.spread * 100:.0f}%"
+        if s.flagged:
+            text += f" {FLAG}"
+            flagged.append(f"{what}: spread {s.spread * 100:.0f}% over {s.n} runs "
+                           f"(min {fmt(s.low)}, max {fmt(s.high)})")  # fmt: skip
+    return text
+
+
+def _summary(values: Iterable[float | None]) -> stats.Summary | None:
+    present = [v for v in values if v is not None]
+    return stats.summarize(present) if present else None
+
+
+def trials_of(results: dict[str, Any], kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [t for g in results["groups"] for t in g["trials"] if t["kind"] in kinds]
+
+
+def group_fixed(results: dict[str, Any]) -> dict[tuple[int, int, float], list[dict[str, Any]]]:
+    """Fixed-rate trials by (processors, symbols, rate), one entry per repetition."""
+    out: dict[tuple[int, int, float], list[dict[str, Any]]] = defaultdict(list)
+    for t in trials_of(results, ("fixed",)):
+        out[(t["processors"], t["symbols"], t["rate"])].append(t)
+    return dict(sorted(out.items()))
+
+
+def merged_histogram(trials: list[dict[str, Any]]) -> Any:
+    histogram = stats.new_histogram()
+    for t in trials:
+        if t.get("latency_hdr"):
+            histogram.add(stats.decode(t["latency_hdr"]))
+    return histogram
+
+
+def ceiling(results: dict[str, Any], which: str) -> float | None:
+    kafka = results.get("ceilings", {}).get("kafka")
+    if not kafka:
+        return None
+    return float(kafka[which]["records_per_s"])
+
+
+def processor_cpu(trial: dict[str, Any]) -> float:
+    return float(
+        sum(v for k, v in trial.get("cpu_percent_mean", {}).items() if k.startswith("proc"))
+    )
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def build(results: dict[str, Any]) -> Report:
+    report = Report(results)
+    flagged = report.flagged
+    produce_ceiling, consume_ceiling = ceiling(results, "produce"), ceiling(results, "consume")
+    fixed = group_fixed(results)
+    if fixed:
+        table = Table(
+            "Fixed-rate trials (open-model load; latency = event -> visible in Redis, from each "
+            "record's intended send time)",
+            ["processors", "symbols", "target /s", "processed /s", "p50 ms", "p90 ms", "p99 ms",
+             "p99.9 ms", "max ms", "drain s", "processor CPU %"],
+        )  # fmt: skip
+        for (procs, symbols, rate), trials in fixed.items():
+            what = f"{procs} processor(s), {symbols} symbols, {rate:,.0f}/s"
+            lat = [t.get("latency_ms", {}) for t in trials]
+
+            def pct(key: str, lat: list[dict[str, float]] = lat, what: str = what) -> str:
+                return cell(_summary(x.get(key) for x in lat if x.get("count")), fmt_ms,
+                            f"{what}: {key} latency", flagged)  # fmt: skip
+
+            table.rows.append([
+                str(procs), f"{symbols:,}", fmt_rate(rate),
+                cell(_summary(t["processed_rate"] for t in trials), fmt_rate,
+                     f"{what}: processed rate", flagged),
+                pct("p50"), pct("p90"), pct("p99"), pct("p99.9"), pct("max"),
+                _median_text(t.get("drain_s") for t in trials),
+                f"{sum(processor_cpu(t) for t in trials) / len(trials):.0f}",
+            ])  # fmt: skip
+        report.tables.append(table)
+    search = _search_rows(results)
+    if search:
+        table = Table(
+            "Sustainable rate per processor count (Theodolite load capacity: the highest rate "
+            "whose consumer lag does not keep growing)",
+            ["processors", "max sustained /s", "lowest failed /s", "of Kafka produce ceiling",
+             "of Kafka consume ceiling", "p99 ms at capacity", "trials (rate: lag slope /s)"],
+        )  # fmt: skip
+        for procs, groups in search.items():
+            best = _summary(g["search"]["max_sustained_rate"] for g in groups)
+            failed = _summary(g["search"]["lowest_failed_rate"] for g in groups)
+            cap = [g["search"]["capacity"] for g in groups if g["search"].get("capacity")]
+            p99 = _summary(
+                t["latency_ms"]["p99"] for t in cap if t.get("latency_ms", {}).get("count")
+            )
+            limited = any(g["search"]["generator_limited"] for g in groups)
+            listed = "; ".join(
+                f"{t['rate']:,.0f}: {t['lag_slope']:+,.0f}{'' if t['sustained'] else ' ✗'}"
+                for t in groups[0]["search"]["trials"]
+            )
+            table.rows.append([
+                str(procs),
+                ("" if failed else ">= ")
+                + cell(best, fmt_rate, f"{procs} processor(s): max sustained rate", flagged)
+                + (" (generator-limited)" if limited else ""),
+                fmt_rate(failed.median if failed else None),
+                _fraction(best, produce_ceiling), _fraction(best, consume_ceiling),
+                cell(p99, fmt_ms, f"{procs} processor(s): p99 at capacity", flagged), listed,
+            ])  # fmt: skip
+        table.note = ("A trial is sustained when the least-squares slope of the total lag after "
+                      "warm-up stays below 5 % of its rate (✗ = lag growing). Repetition 1's "
+                      "trials are listed. '>=': no tried rate failed, the capacity is higher. "
+                      "'generator-limited': the load generator could not deliver the next rate "
+                      "on this machine.")  # fmt: skip
+        report.tables.append(table)
+    replays = trials_of(results, ("replay",))
+    if replays:
+        table = Table("Replay through the full path (simulator -> ingest -> Kafka -> processors "
+                      "-> Redis)", ["speed", "records", "applied", "seconds", "records/s",
+                                    "p50 ms", "p99 ms", "complete", "checksum"])  # fmt: skip
+        checks = {g["trials"][0]["speed"]: g.get("checksum", "")[:12] for g in results["groups"]}
+        for t in replays:
+            lat = t.get("latency_ms", {})
+            table.rows.append([
+                f"x{t['speed']:g}" if t["speed"] else "max", f"{t['records']:,}",
+                f"{t['applied']:,}", f"{t['seconds']:.1f}", fmt_rate(t["replay_rate"]),
+                fmt_ms(lat.get("p50")) if lat.get("count") else "-",
+                fmt_ms(lat.get("p99")) if lat.get("count") else "-",
+                "yes" if t["complete"] else "no", checks.get(t["speed"], ""),
+            ])  # fmt: skip
+        table.note = ("Replay latency counts from each trade's event time as the simulator "
+                      "stamps it; paced replays cover at most the trial's duration.")  # fmt: skip
+        report.tables.append(table)
+    query = [t for t in trials_of(results, ("fixed",)) if t.get("query_load")]
+    if query:
+        table = Table("Query API under Locust (closed-loop users, Zipf symbols + unknown "
+                      "symbols)", ["endpoint", "requests", "failures", "req/s", "p50 ms",
+                                   "p90 ms", "p99 ms", "max ms"])  # fmt: skip
+        for row in query[0]["query_load"]["stats"]:
+            table.rows.append([row["Name"], row["Request Count"], row["Failure Count"],
+                               f"{float(row['Requests/s']):,.0f}", row["50%"], row["90%"],
+                               row["99%"], f"{float(row['Max Response Time']):.0f}"])  # fmt: skip
+        report.tables.append(table)
+    if results.get("ceilings"):
+        report.tables.append(_ceiling_table(results["ceilings"]))
+    report.tables.append(_checksum_table(results))
+    return report
+
+
+def _median_text(values: Iterable[float | None]) -> str:
+    s = _summary(values)
+    return "-" if s is None else f"{s.median:.1f}"
+
+
+def _fraction(value: stats.Summary | None, ceiling_rate: float | None) -> str:
+    if value is None or not ceiling_rate:
+        return "-"
+    return f"{value.median / ceiling_rate * 100:.0f} %"
+
+
+def _search_rows(results: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for g in results["groups"]:
+        if "search" in g:
+            out[g["processors"]].append(g)
+    return dict(sorted(out.items()))
+
+
+def _ceiling_table(c: dict[str, Any]) -> Table:
+    table = Table("Ceilings of this machine, measured in the same run", ["what", "rate", "tool"])
+    if "kafka" in c:
+        k = c["kafka"]
+        size = k["record_size"]
+        table.rows += [
+            ["Kafka produce (acks=all, lz4)", f"{k['produce']['records_per_s']:,.0f} records/s "
+             f"({k['produce']['mb_per_s']:.1f} MB/s, {size} B)", "ProducerPerformance"],
+            ["Kafka consume", f"{k['consume']['records_per_s']:,.0f} records/s "
+             f"({k['consume']['mb_per_s']:.1f} MB/s)", "ConsumerPerformance"],
+        ]  # fmt: skip
+    if "redis" in c:
+        r = c["redis"]
+        for name, value in r["requests_per_s"].items():
+            table.rows.append(
+                [f"Redis {name}", f"{value:,.0f} requests/s", "redis-benchmark -c 16"]
+            )
+        table.rows.append(["Redis SET, pipelined 16", f"{r['set_pipelined_16_per_s']:,.0f} "
+                           "requests/s", "redis-benchmark -c 16 -P 16"])  # fmt: skip
+    return table
+
+
+def _checksum_table(results: dict[str, Any]) -> Table:
+    table = Table("Final Redis state (SHA-256 of prices, candles and totals after the fixed-rate "
+                  "trials drained)", ["group", "repetition", "processors", "checksum"])  # fmt: skip
+    for g in results["groups"]:
+        if "checksum" in g:
+            table.rows.append([str(g["index"]), str(g["repetition"] + 1), str(g["processors"]),
+                               f"`{g['checksum'][:16]}`"])  # fmt: skip
+    distinct = {g["checksum"] for g in results["groups"] if "checksum" in g}
+    table.note = (
+        "Every group replays the same seeded records into empty views, so all checksums must be "
+        f"equal: {'yes, identical' if len(distinct) == 1 else f'NO: {len(distinct)} distinct'}."
+    )
+    return table
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+
+def _save(fig: Figure, folder: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(folder / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def plot_all(report: Report, folder: Path) -> None:
+    r = report.results
+    plots = [
+        (plot_throughput_vs_processors, "Throughput against processor count: processed rate at "
+         "the fixed rate and the highest sustained rate (bars: min-max over repetitions), with "
+         "the Kafka ceilings measured in the same run."),
+        (plot_latency_percentiles, "Event -> visible latency percentiles (median over "
+         "repetitions)."),
+        (plot_latency_cdf, "Latency distribution (HDR percentile plot, all repetitions merged)."),
+        (plot_lag, "Consumer lag per partition over time during the fixed-rate trial "
+         "(repetition 1). The grey band is the warm-up."),
+        (plot_search, "Sustainable-rate search: total lag over time for each trial rate; a "
+         "growing line is an unsustained rate."),
+        (plot_throughput_over_time, "Produced and applied records per second over time "
+         "(repetition 1)."),
+        (plot_resources, "Mean CPU and peak memory per process during the fixed-rate trials."),
+        (plot_query, "Query API latency and throughput under Locust."),
+    ]  # fmt: skip
+    for plot, caption in plots:
+        name = plot(r, folder)
+        if name:
+            report.figures.append((name, caption))
+
+
+def plot_throughput_vs_processors(r: dict[str, Any], folder: Path) -> str | None:
+    counts = sorted({g["processors"] for g in r["groups"]})
+    if len(counts) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    xs = list(range(len(counts)))
+
+    def series(values_by_count: dict[int, list[float]], label: str, color: Any) -> None:
+        med, lo, hi, x_ok = [], [], [], []
+        for x, c in zip(xs, counts, strict=True):
+            vals = values_by_count.get(c)
+            if vals:
+                s = stats.summarize(vals)
+                med.append(s.median)
+                lo.append(s.median - s.low)
+                hi.append(s.high - s.median)
+                x_ok.append(x)
+        if med:
+            ax.errorbar(x_ok, med, yerr=[lo, hi], marker="o", capsize=4, label=label,
+                        color=color, linewidth=2)  # fmt: skip
+            for x, m in zip(x_ok, med, strict=True):
+                ax.annotate(f"{m:,.0f}", (x, m), textcoords="offset points", xytext=(0, 8),
+                            ha="center", fontsize=8, color=color)  # fmt: skip
+
+    fixed: dict[int, list[float]] = defaultdict(list)
+    for t in trials_of(r, ("fixed",)):
+        fixed[t["processors"]].append(t["processed_rate"])
+    best: dict[int, list[float]] = defaultdict(list)
+    for g in r["groups"]:
+        if g.get("search", {}).get("max_sustained_rate"):
+            best[g["processors"]].append(g["search"]["max_sustained_rate"])
+    series(best, "highest sustained rate", COLORS[0])
+    series(fixed, "processed at the fixed rate", COLORS[1])
+    for which, style in (("produce", "--"), ("consume", ":")):
+        value = ceiling(r, which)
+        if value:
+            ax.axhline(value, color="grey", linestyle=style, linewidth=1.2)
+            ax.annotate(f"Kafka {which} ceiling {value:,.0f}/s", (len(xs) - 1, value),
+                        textcoords="offset points", xytext=(0, 4), ha="right", fontsize=8,
+                        color="dimgrey")  # fmt: skip
+    ax.set_xticks(xs, [str(c) for c in counts])
+    ax.set_xlabel("processors")
+    ax.set_ylabel("trades / s")
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_title("Throughput against processor count")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", fontsize=9)
+    return _save(fig, folder, "throughput_vs_processors.png")
+
+
+def _varying(fixed: dict[tuple[int, int, float], list[dict[str, Any]]]) -> tuple[int, str]:
+    """Which dimension the fixed trials vary along: (index in the key, axis label)."""
+    keys = list(fixed)
+    for index, label in ((2, "input rate (trades/s)"), (1, "symbols"), (0, "processors")):
+        if len({k[index] for k in keys}) > 1:
+            return index, label
+    return 2, "input rate (trades/s)"
+
+
+def plot_latency_percentiles(r: dict[str, Any], folder: Path) -> str | None:
+    fixed = {k: v for k, v in group_fixed(r).items() if any(t.get("latency_ms") for t in v)}
+    if not fixed:
+        return None
+    index, label = _varying(fixed)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    xs = [k[index] for k in fixed]
+    for q, color in zip(("p50", "p90", "p99", "p99.9", "max"), COLORS, strict=False):
+        ys = [stats.summarize([t["latency_ms"][q] for t in v]).median for v in fixed.values()]
+        ax.plot(xs, ys, marker="o", label=q, color=color, linewidth=2)
+    ax.set_yscale("log")
+    if index in (1, 2) and max(xs) / max(min(xs), 1) >= 20:
+        ax.set_xscale("log")
+    if index == 0:
+        ax.set_xticks(xs, [str(x) for x in xs])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel(label)
+    ax.set_ylabel("event -> visible latency (ms, log)")
+    ax.set_title(f"Latency percentiles against {label.split(' (')[0]}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    return _save(fig, folder, "latency_percentiles.png")
+
+
+def plot_latency_cdf(r: dict[str, Any], folder: Path) -> str | None:
+    fixed = {k: v for k, v in group_fixed(r).items() if any(t.get("latency_hdr") for t in v)}
+    replays = [t for t in trials_of(r, ("replay",)) if t.get("latency_ms", {}).get("count")]
+    if not fixed and not replays:
+        return None
+    index, _ = _varying(fixed) if fixed else (0, "")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    curves: list[tuple[str, list[dict[str, Any]]]] = []
+    for key, trials in fixed.items():
+        label = {0: f"{key[0]} processor(s)", 1: f"{key[1]:,} symbols",
+                 2: f"{key[2]:,.0f}/s"}[index]  # fmt: skip
+        curves.append((label, trials))
+    curves += [(f"replay x{t['speed']:g}" if t["speed"] else "replay max", [t]) for t in replays]
+    for (label, trials), color in zip(curves, _cycle(len(curves)), strict=True):
+        points = stats.cdf_points(merged_histogram(trials))
+        points = [(ms, q) for ms, q in points if q < 1.0] + points[-1:]
+        xs = [1 / max(1 - q, 1e-6) for _, q in points]
+        ax.plot(xs, [ms for ms, _ in points], label=label, color=color, linewidth=1.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = [1, 2, 10, 100, 1000, 10000]
+    ax.set_xticks(ticks, ["0%", "50%", "90%", "99%", "99.9%", "99.99%"])
+    ax.set_xlim(1, 20000)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency (ms, log)")
+    ax.set_title("Latency by percentile (HDR)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncol=2 if len(curves) > 5 else 1)
+    return _save(fig, folder, "latency_cdf.png")
+
+
+def _cycle(n: int) -> list[Any]:
+    cmap = plt.get_cmap("viridis" if n > 10 else "tab10")
+    if n > 10:
+        return [cmap(i / max(n - 1, 1)) for i in range(n)]
+    return [COLORS[i] for i in range(n)]
+
+
+def _grid(n: int) -> tuple[Figure, list[Any]]:
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols + 1, 3.2 * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def plot_lag(r: dict[str, Any], folder: Path) -> str | None:
+    shown = [(g, t) for g in r["groups"] if g["repetition"] == 0 for t in g["trials"]
+             if t["kind"] in ("fixed", "replay")][:8]  # fmt: skip
+    if not shown:
+        return None
+    warmup = r["experiment"]["workload"]["warmup_s"]
+    fig, axes = _grid(len(shown))
+    for (g, t), ax in zip(shown, axes, strict=True):
+        series = t["series"]
+        for p, lag in sorted(series["lag_per_partition"].items(), key=lambda kv: int(kv[0])):
+            ax.plot(series["t"], lag, linewidth=1.2, label=f"p{p}")
+        ax.axvspan(min(series["t"] or [0]), warmup, color="grey", alpha=0.15)
+        what = (f"replay x{t['speed']:g}" if t["speed"] else "replay max") if t["kind"] == \
+            "replay" else f"{t['rate']:,.0f}/s, {t['symbols']:,} sym"  # fmt: skip
+        ax.set_title(f"{g['processors']} processor(s), {what}", fontsize=10)
+        ax.set_xlabel("s since load start")
+        ax.set_ylabel("lag (records)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2, title="partition", title_fontsize=7)
+    fig.suptitle("Consumer lag per partition", fontsize=12)
+    return _save(fig, folder, "lag_over_time.png")
+
+
+def plot_search(r: dict[str, Any], folder: Path) -> str | None:
+    groups = [g for g in r["groups"] if g["repetition"] == 0 and g.get("search")]
+    if not groups:
+        return None
+    fig, axes = _grid(len(groups))
+    for g, ax in zip(groups, axes, strict=True):
+        trials = g["search"]["trials"]
+        for t, color in zip(trials, _cycle(len(trials)), strict=True):
+            s = t["series"]
+            total = [sum(v[i] for v in s["lag_per_partition"].values()) for i in range(len(s["t"]))]
+            mark = "sustained" if t["sustained"] else "lag grows"
+            ax.plot(s["t"], total, color=color, linewidth=1.5,
+                    label=f"{t['rate']:,.0f}/s: {mark}")  # fmt: skip
+        ax.set_title(f"{g['processors']} processor(s): max {fmt_rate(g['search']['max_sustained_rate'])}/s",
+                     fontsize=10)  # fmt: skip
+        ax.set_xlabel("s since load start")
+        ax.set_ylabel("total lag (records)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Sustainable-rate search: total consumer lag per trial", fontsize=12)
+    return _save(fig, folder, "search_lag.png")
+
+
+def _rates(t: list[float], totals: list[int]) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i in range(1, len(t)):
+        dt = t[i] - t[i - 1]
+        if dt > 0:
+            xs.append(t[i])
+            ys.append((totals[i] - totals[i - 1]) / dt)
+    return xs, ys
+
+
+def plot_throughput_over_time(r: dict[str, Any], folder: Path) -> str | None:
+    shown = [(g, t) for g in r["groups"] if g["repetition"] == 0 for t in g["trials"]
+             if t["kind"] in ("fixed", "replay", "capacity")][:8]  # fmt: skip
+    if not shown:
+        return None
+    fig, axes = _grid(len(shown))
+    for (g, t), ax in zip(shown, axes, strict=True):
+        s = t["series"]
+        for key, color in (("produced", COLORS[0]), ("applied", COLORS[1])):
+            xs, ys = _rates(s["t"], s[key])
+            ax.plot(xs, ys, color=color, linewidth=1.2, label=key)
+        what = (f"replay x{t['speed']:g}" if t["speed"] else "replay max") if t["kind"] == \
+            "replay" else f"{t['kind']} {t['rate']:,.0f}/s"  # fmt: skip
+        ax.set_title(f"{g['processors']} processor(s), {what}", fontsize=10)
+        ax.set_xlabel("s since load start")
+        ax.set_ylabel("records / s")
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Throughput over time (Kafka high watermarks vs offsets applied in Redis)",
+                 fontsize=12)  # fmt: skip
+    return _save(fig, folder, "throughput_over_time.png")
+
+
+def _role(name: str) -> str:
+    return name.rsplit("-", 1)[0] if name[-1].isdigit() else name
+
+
+def plot_resources(r: dict[str, Any], folder: Path) -> str | None:
+    groups = [(g, t) for g in r["groups"] if g["repetition"] == 0 for t in g["trials"]
+              if t["kind"] in ("fixed", "replay") and t.get("cpu_percent_mean")]  # fmt: skip
+    if not groups:
+        return None
+    labels = [f"{g['processors']}p\n{t['rate']:,.0f}/s" if t["kind"] == "fixed" else
+              f"{g['processors']}p\nx{t['speed'] or 0:g}" for g, t in groups]  # fmt: skip
+    roles = sorted({_role(n) for _, t in groups for n in t["cpu_percent_mean"]})
+    fig, (cpu_ax, mem_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
+    bottom = [0.0] * len(groups)
+    for role, color in zip(roles, _cycle(len(roles)), strict=True):
+        values = [sum(v for n, v in t["cpu_percent_mean"].items() if _role(n) == role)
+                  for _, t in groups]  # fmt: skip
+        cpu_ax.bar(labels, values, bottom=bottom, label=role, color=color)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        mem = [sum(v for n, v in t["rss_mb_max"].items() if _role(n) == role) for _, t in groups]
+        mem_ax.plot(labels, mem, marker="o", label=role, color=color)
+    cores = r.get("environment", {}).get("cores") or 1
+    cpu_ax.axhline(100 * cores, color="grey", linestyle="--", linewidth=1)
+    cpu_ax.annotate(f"{cores} cores", (len(groups) - 0.5, 100 * cores), fontsize=8,
+                    ha="right", va="bottom", color="dimgrey")  # fmt: skip
+    cpu_ax.set_ylabel("mean CPU % (100 = one core)")
+    cpu_ax.set_title("CPU per process (Kafka and Redis: local stack only)", fontsize=10)
+    cpu_ax.legend(fontsize=8)
+    mem_ax.set_ylabel("peak RSS (MiB, summed per role)")
+    mem_ax.set_title("Memory per process", fontsize=10)
+    mem_ax.set_ylim(bottom=0)
+    mem_ax.grid(alpha=0.3)
+    mem_ax.legend(fontsize=8)
+    for ax in (cpu_ax, mem_ax):
+        ax.tick_params(axis="x", labelsize=8)
+    return _save(fig, folder, "resources.png")
+
+
+def plot_query(r: dict[str, Any], folder: Path) -> str | None:
+    trials = [t for t in trials_of(r, ("fixed",)) if t.get("query_load", {}).get("stats")]
+    if not trials:
+        return None
+    q = trials[0]["query_load"]
+    fig, (bar_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
+    rows = [row for row in q["stats"] if row["Name"] != "Aggregated"] + [
+        row for row in q["stats"] if row["Name"] == "Aggregated"]  # fmt: skip
+    width = 0.2
+    for i, (key, color) in enumerate(zip(("50%", "90%", "99%", "99.9%"), COLORS, strict=False)):
+        xs = [j + (i - 1.5) * width for j in range(len(rows))]
+        bar_ax.bar(xs, [float(row.get(key) or 0) for row in rows], width, label=f"p{key[:-1]}",
+                   color=color)  # fmt: skip
+    bar_ax.set_xticks(range(len(rows)), [row["Name"] for row in rows], fontsize=8)
+    bar_ax.set_ylabel("response time (ms)")
+    bar_ax.set_title("Query latency percentiles (Locust)", fontsize=10)
+    bar_ax.legend(fontsize=8)
+    history = q.get("history") or []
+    if history:
+        t0 = float(history[0]["Timestamp"])
+        ts = [float(h["Timestamp"]) - t0 for h in history]
+        time_ax.plot(ts, [float(h["Requests/s"]) for h in history], color=COLORS[0],
+                     label="requests/s")  # fmt: skip
+        time_ax.set_ylabel("requests / s")
+        twin = time_ax.twinx()
+        for key, color in (("50%", COLORS[1]), ("95%", COLORS[2])):
+            twin.plot(ts, [float(h[key]) if h[key] not in ("N/A", "") else math.nan
+                           for h in history], color=color, label=f"p{key[:-1]} ms")  # fmt: skip
+        twin.set_ylabel("response time (ms)")
+        lines = time_ax.get_lines() + twin.get_lines()
+        time_ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="lower right")
+        time_ax.set_xlabel("s since Locust start")
+        time_ax.set_title("Throughput and latency over time", fontsize=10)
+    return _save(fig, folder, "query_latency.png")
+
+
+# --- documents ----------------------------------------------------------------------------------
+
+
+def _env_lines(env: dict[str, Any]) -> list[tuple[str, str]]:
+    libs = ", ".join(f"{k} {v}" for k, v in env.get("libraries", {}).items())
+    return [
+        ("CPU", f"{env.get('cpu_model')} ({env.get('cores')} cores)"),
+        ("Memory", f"{env.get('memory_gb')} GiB"), ("OS", f"{env.get('os')} ({env.get('kernel')})"),
+        ("Python / Java", f"{env.get('python')} / {env.get('java')}"),
+        ("Kafka / Redis", f"{env.get('kafka')} / {env.get('redis')}"), ("Libraries", libs),
+        ("Git commit", f"{env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''}"),
+        ("Load average at start", ", ".join(f"{x:.2f}" for x in env.get("load_average", []))),
+    ]  # fmt: skip
+
+
+def markdown(report: Report) -> str:
+    r = report.results
+    x = r["experiment"]
+    out = [f"# Experiment `{x['name']}`", "", x.get("description", ""), ""]
+    out.append(f"Started {r['started_at']}, finished {r.get('finished_at', '?')}; seed "
+               f"{r['seed']}; {x['repetitions']} repetition(s)"
+               f"{'' if r.get('complete') else ' — **INCOMPLETE RUN**'}.")  # fmt: skip
+    out.append("")
+    for table in report.tables:
+        out += [f"## {table.title}", "", "| " + " | ".join(table.header) + " |",
+                "|" + "---|" * len(table.header)]  # fmt: skip
+        out += ["| " + " | ".join(row) + " |" for row in table.rows]
+        if table.note:
+            out += ["", table.note]
+        out.append("")
+    out += ["## Flagged (spread over repetitions > 10 %)", ""]
+    out += [f"- {FLAG} {line}" for line in report.flagged] or ["- none"]
+    out.append("")
+    for name, caption in report.figures:
+        out += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+    out += ["## Environment", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in _env_lines(r.get("environment", {}))]
+    out += ["", "## Experiment file", "", "```toml", r["experiment_file"].rstrip(), "```", ""]
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:14px}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+.flag{color:#b35900}.note{color:#555;font-size:13px}pre{background:#f6f6f6;padding:1em}"""
+
+
+def to_html(report: Report) -> str:
+    r = report.results
+    x = r["experiment"]
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(x['name'])}</title>"
+             f"<style>{_CSS}</style></head><body><h1>Experiment <code>{e(x['name'])}</code></h1>",
+             f"<p>{e(x.get('description', ''))}</p>",
+             f"<p>Started {e(r['started_at'])}, finished {e(str(r.get('finished_at')))}; seed "
+             f"{r['seed']}; {x['repetitions']} repetition(s)"
+             f"{'' if r.get('complete') else ' — <b>INCOMPLETE RUN</b>'}.</p>"]  # fmt: skip
+    for table in report.tables:
+        parts.append(f"<h2>{e(table.title)}</h2><table><tr>"
+                     + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr>")  # fmt: skip
+        for row in table.rows:
+            cells = "".join(
+                f"<td class='flag'>{e(c)}</td>" if FLAG in c else f"<td>{e(c.strip('`'))}</td>"
+                for c in row
+            )
+            parts.append(f"<tr>{cells}</tr>")
+        parts.append("</table>")
+        if table.note:
+            parts.append(f"<p class='note'>{e(table.note)}</p>")
+    parts.append("<h2>Flagged (spread over repetitions &gt; 10 %)</h2><ul>")
+    parts += [f"<li class='flag'>{e(line)}</li>" for line in report.flagged] or ["<li>none</li>"]
+    parts.append("</ul>")
+    for name, caption in report.figures:
+        parts.append(f"<figure><img src='{e(name)}' alt='{e(caption)}'><figcaption>{e(caption)}"
+                     "</figcaption></figure>")  # fmt: skip
+    parts.append("<h2>Environment</h2><table>")
+    parts += [f"<tr><td>{e(k)}</td><td style='text-align:left'>{e(v)}</td></tr>"
+              for k, v in _env_lines(r.get("environment", {}))]  # fmt: skip
+    parts.append(f"</table><h2>Experiment file</h2><pre>{e(r['experiment_file'])}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
 
 
 def write_report(folder: Path) -> list[str]:
-    return [str(folder)]
+    """Regenerate every plot, report.md and report.html; returns what it wrote, for printing."""
+    results = orjson.loads((folder / "results.json").read_bytes())
+    for old in folder.glob("*.png"):
+        old.unlink()
+    report = build(results)
+    plot_all(report, folder)
+    (folder / "report.md").write_text(markdown(report))
+    (folder / "report.html").write_text(to_html(report))
+    lines = [f"report: {folder / 'report.md'} and report.html, "
+             f"{len(report.figures)} plot(s)"]  # fmt: skip
+    first = report.tables[0] if report.tables else None
+    if first is not None:
+        lines += [first.title, " | ".join(first.header)]
+        lines += [" | ".join(row) for row in first.rows]
+    lines += [f"{FLAG} {line}" for line in report.flagged]
+    return lines

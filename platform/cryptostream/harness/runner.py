@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ class Context:
     console: Console
     progress: Progress
     children: ProcessGroup = field(default_factory=ProcessGroup)
+    server_pids: dict[str, int] = field(default_factory=dict)  # local Kafka and Redis
 
 
 class Runner:
@@ -101,6 +103,7 @@ class Runner:
         self.x = options.experiment
         self.console = Console(stderr=True)
         self.results: dict[str, Any] = {}
+        self.run_id = uuid.uuid4().hex[:6]
 
     # --- entry point ---------------------------------------------------------------------------
     def run(self) -> Path:
@@ -136,6 +139,10 @@ class Runner:
                     settings = base.model_copy(update={"kafka_bootstrap": stack.kafka_bootstrap,
                                                        "redis_url": stack.redis_url})  # fmt: skip
                 ctx = Context(settings, workdir, self.console, progress)
+                if stack is not None:
+                    for name, server in (("kafka", stack.kafka), ("redis", stack.redis)):
+                        if server is not None and server.process and server.process.pid:
+                            ctx.server_pids[name] = server.process.pid
                 with progress:
                     if self.x.ceilings:
                         self.results["ceilings"] = self._ceilings(ctx)
@@ -214,11 +221,12 @@ class Runner:
         replay_file: Path | None,
     ) -> dict[str, Any]:
         index = len(self.results["groups"])
-        topic = f"harness.g{index}.trades"
-        group_id = f"harness-g{index}"
+        topic = f"harness.{self.run_id}.g{index}.trades"  # unique: a cluster may be reused
+        group_id = f"harness-{self.run_id}-g{index}"
         topo = self.x.topology
         settings = ctx.settings.model_copy(update={
-            "topic": topic, "dlq_topic": f"harness.g{index}.dlq", "group_id": group_id,
+            "topic": topic, "dlq_topic": f"harness.{self.run_id}.g{index}.dlq",
+            "group_id": group_id,
             "partitions": topo.partitions,
         })  # fmt: skip
         create_topics(settings.kafka_bootstrap, required_topics(settings))
@@ -269,7 +277,7 @@ class Runner:
             result["symbols_checked"] = len(names)
             if self.x.search.enabled and self.x.workload.source == "synthetic":
                 result["search"] = self._search(ctx, pipeline, probe, processors, trial_no,
-                                                overall, index)  # fmt: skip
+                                                overall, index, rep)  # fmt: skip
         finally:
             pipeline.stop()
             probe.close()
@@ -325,7 +333,7 @@ class Runner:
             if tracker is not None
             else None
         )
-        sampler = Sampler(probe, m.sample_interval_s, lambda: self._pids(pipeline, loadgen),
+        sampler = Sampler(probe, m.sample_interval_s, lambda: self._pids(ctx, pipeline, loadgen),
                           resources=m.resources)  # fmt: skip
         sampler.t0 = time.monotonic() + (start_wall - time.time())
         baseline = sum(probe.produced().values())
@@ -377,11 +385,16 @@ class Runner:
             record["query_load"] = locust
         return record
 
-    def _pids(self, pipeline: Pipeline, loadgen: ManagedProcess | None = None) -> dict[str, int]:
-        pids = {"harness": os.getpid()}
+    def _pids(
+        self, ctx: Context, pipeline: Pipeline, loadgen: ManagedProcess | None = None
+    ) -> dict[str, int]:
+        pids = {"harness": os.getpid(), **ctx.server_pids}
+        roles: dict[str, int] = {}
         for process in pipeline.group.processes:
             if process.pid is not None and process.alive():
-                pids[process.name.rsplit("-", 1)[0] + f"-{len(pids)}"] = process.pid
+                role = process.name.rsplit("-", 1)[0]
+                roles[role] = roles.get(role, 0) + 1
+                pids[f"{role}-{roles[role]}"] = process.pid
         if loadgen is not None and loadgen.pid is not None and loadgen.alive():
             pids["loadgen"] = loadgen.pid
         return pids
@@ -396,13 +409,14 @@ class Runner:
         trial_no: int,
         overall: Any,
         index: int,
+        rep: int,
     ) -> dict[str, Any]:
         s = self.x.search
         search = RateSearch(s.start_rate, s.max_rate, s.max_trials, s.resolution)
         trials: list[dict[str, Any]] = []
         generator_limited = False
         while (rate := search.next_rate()) is not None:
-            trial = Trial(kind="search", repetition=0, processors=processors,
+            trial = Trial(kind="search", repetition=rep, processors=processors,
                           symbols=max(self.x.workload.symbol_counts), rate=rate,
                           duration_s=s.trial_s)  # fmt: skip
             self._describe(ctx, overall, trial, index)
@@ -422,9 +436,18 @@ class Runner:
         skipped = s.max_trials - len(trials)
         if skipped:
             ctx.progress.advance(overall, skipped)
+        capacity = None
+        if search.best is not None and s.capacity_trial:
+            # Latency at the highest sustained rate, measured like the fixed-rate trials.
+            trial = Trial(kind="capacity", repetition=rep, processors=processors,
+                          symbols=max(self.x.workload.symbol_counts), rate=search.best,
+                          duration_s=self.x.workload.duration_s)  # fmt: skip
+            self._describe(ctx, overall, trial, index)
+            capacity = self._direct_trial(ctx, pipeline, probe, trial, trial_no, None,
+                                          drain_timeout=20)  # fmt: skip
         return {
             "max_sustained_rate": search.best, "lowest_failed_rate": search.failed,
-            "generator_limited": generator_limited, "trials": trials,
+            "generator_limited": generator_limited, "trials": trials, "capacity": capacity,
         }  # fmt: skip
 
     # --- replay through the full path ----------------------------------------------------------
@@ -437,7 +460,7 @@ class Runner:
         args += ["--fast"] if not trial.speed else ["--speed", str(trial.speed)]
         sim = pipeline.start_simulator(args)
         listener = LatencyListener(pipeline.redis_url, None, time.time() + w.warmup_s)
-        sampler = Sampler(probe, m.sample_interval_s, lambda: self._pids(pipeline),
+        sampler = Sampler(probe, m.sample_interval_s, lambda: self._pids(ctx, pipeline),
                           resources=m.resources)  # fmt: skip
         listener.start()
         sampler.start()
