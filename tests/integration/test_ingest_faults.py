@@ -233,3 +233,74 @@ def test_kafka_restart_mid_stream(
     assert m["csp_ingest_buffer_dropped_total"] > 0, "the bound was hit while Kafka was away"
     assert any(g.cause == "buffer_overflow" for g in o.gaps)
     assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+
+
+def _agg_ids(sim: SimulatorHandle, symbol: str) -> set[int]:
+    ids: set[int] = set()
+    rows = httpx.get(f"{sim.rest_url}/api/v3/aggTrades",
+                     params={"symbol": symbol, "startTime": 0, "limit": 1000}, timeout=5).json()  # fmt: skip
+    while rows:
+        ids |= {r["a"] for r in rows}
+        rows = httpx.get(f"{sim.rest_url}/api/v3/aggTrades",
+                         params={"symbol": symbol, "fromId": max(ids) + 1, "limit": 1000}, timeout=5).json()  # fmt: skip
+    return ids
+
+
+def test_agg_trade_streams_with_a_dropped_connection(isolated: Env, pipeline: Pipeline) -> None:
+    total = 4000
+    sim, ingest, port = start(
+        pipeline, ["--rate", "3000", "--max-trades", str(total), "--fault-drop-after-messages",
+                   "800", "--fault-connections", "1"],
+        CSP_STREAM_KIND="aggTrade",
+    )  # fmt: skip
+    s = isolated.settings
+    expected: set[tuple[str, int]] = set()
+
+    def complete() -> bool:
+        nonlocal expected
+        assert ingest.alive(), ingest.log_tail()
+        if sim.stats()["trades_generated"] != total:
+            return False
+        expected = {(sym, a) for sym in SYMBOLS for a in _agg_ids(sim, sym)}
+        got = {(r.trade.symbol, r.trade.trade_id) for r in map(decode_trade, read_all(s, s.topic))}
+        return got == expected
+
+    wait_for(complete, 60, "every aggTrade in raw.trades")
+    values = read_all(s, s.topic)
+    assert len(values) == len(expected), "no aggTrade twice"
+    assert metrics(port)['csp_ingest_gaps_total{status="backfilled"}'] >= 1
+
+
+def test_record_mode_and_quote_asset_discovery(isolated: Env, pipeline: Pipeline) -> None:
+    """Symbols come from exchangeInfo (quote asset USDT); the recording replays in the simulator
+    as the same trades."""
+    total = 3000
+    record_dir = isolated.workdir / "recording"
+    sim = pipeline.start_simulator(["--symbols", "BTCUSDT,ETHBTC,SOLUSDT", "--wait-for-subscribers",
+                                    "1", "--rate", "3000", "--max-trades", str(total)])  # fmt: skip
+    ingest = pipeline.start_ingest(sim.ws_url, CSP_SYMBOLS="XRPUSDT", CSP_QUOTE_ASSET="USDT",
+                                   CSP_RECORD_DIR=str(record_dir))  # fmt: skip
+    s = isolated.settings
+    truth = {}
+
+    def usdt_trades_in_kafka() -> bool:
+        nonlocal truth
+        stats = sim.stats()
+        truth = {k: v for k, v in stats["symbols"].items() if k.endswith("USDT")}  # type: ignore[attr-defined]
+        want = sum(t["count"] for t in truth.values())
+        return stats["trades_generated"] == total and len(read_all(s, s.topic)) == want
+
+    wait_for(usdt_trades_in_kafka, 60, "the USDT symbols' trades in raw.trades")
+    symbols = {decode_trade(v).trade.symbol for v in read_all(s, s.topic)}
+    assert symbols == {"BTCUSDT", "SOLUSDT"}
+    ingest.stop()
+    assert ingest.returncode() == 0, ingest.log_tail()
+    files = sorted(record_dir.glob("frames-*.jsonl.gz"))
+    assert files and not list(record_dir.glob("*.part"))
+    replay = pipeline.start_simulator(["--replay", str(files[0]), "--fast"])
+    wait_for(lambda: replay.stats()["done"], 30, "the replay to finish")
+    replayed = replay.stats()["symbols"]
+    for symbol, t in truth.items():
+        r = replayed[symbol]  # type: ignore[index]
+        assert (r["count"], r["first_trade_id"], r["last_trade_id"], r["last_price"]) == (
+            t["count"], t["first_trade_id"], t["last_trade_id"], t["last_price"])  # fmt: skip
