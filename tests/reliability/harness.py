@@ -233,6 +233,10 @@ class FaultRun:
     started: float = field(default_factory=time.monotonic)
     recorded: bool = False
     stopped: bool = False
+    # what recovery is measured on: Redis's applied offsets per partition by default; faults
+    # upstream of Kafka use each symbol's latest trade id in Redis
+    progress: Callable[[], Mapping[Any, int]] | None = None
+    before_stop: list[Callable[[], None]] = field(default_factory=list)  # e.g. scrape metrics
 
     def __post_init__(self) -> None:
         self.result = ScenarioResult(self.scenario, self.profile.name)
@@ -263,19 +267,29 @@ class FaultRun:
             self.observe()
             time.sleep(0.1)
 
+    def current(self) -> Mapping[Any, int]:
+        return self.progress() if self.progress is not None else self.probe.applied()
+
     def observe(self) -> None:
         if self.timer.pending:
             with contextlib.suppress(redis.RedisError):
-                self.timer.observe(time.monotonic(), self.probe.applied())
+                self.timer.observe(time.monotonic(), self.current())
 
     def inject(
-        self, kind: str, action: Callable[[], None], goal: Mapping[Any, int] | None = None
+        self,
+        kind: str,
+        action: Callable[[], None],
+        goal_after: Callable[[], Mapping[Any, int]] | None = None,
     ) -> None:
-        """Run ``action`` (the fault); recovery is timed from here until ``goal`` (default: the
-        Kafka end offsets now) is applied."""
-        goal = dict(goal) if goal is not None else self.probe.ends()
+        """Run ``action`` (the fault); recovery is timed from here until the goal is reached:
+        by default every record in Kafka now applied; with ``goal_after``, what it returns once
+        the action is done (upstream faults: trades generated after the restart are visible)."""
+        goal = None if goal_after is not None else self.probe.ends()
         now = time.monotonic()
         action()
+        if goal_after is not None:
+            goal = goal_after()
+        assert goal is not None
         self.timer.start(now, goal)
         self.result.add_fault(kind)
 
@@ -290,14 +304,10 @@ class FaultRun:
         if process.returncode() != 0:
             self.result.unexpected_exits.append(f"{process.name}: {process.returncode()}")
 
-    def wait_recovered(
-        self, timeout: float = 90.0, applied: Callable[[], Mapping[Any, int]] | None = None
-    ) -> None:
-        current = applied or self.probe.applied
-
+    def wait_recovered(self, timeout: float = 90.0) -> None:
         def recovered() -> bool:
             self.assert_others_alive()
-            return not self.timer.pending or self.timer.observe(time.monotonic(), current())
+            return not self.timer.pending or self.timer.observe(time.monotonic(), self.current())
 
         if not self.timer.pending:
             return
@@ -375,6 +385,8 @@ class FaultRun:
         if self.stopped:
             return
         self.stopped = True
+        for hook in self.before_stop:
+            hook()
         survivors = [p for p in self.pipeline.group.processes if id(p) not in self.victims]
         dead_before = {id(p) for p in survivors if p.proc is not None and not p.alive()}
         self.pipeline.stop()

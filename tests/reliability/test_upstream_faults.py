@@ -1,0 +1,216 @@
+"""Faults with ingest in the path: simulator -> ingest -> Kafka -> processors -> Redis.
+
+Truth: every trade the simulator generated (its REST history), minus the ranges ingest reported
+as unrecoverable on the gap topic (the contract between ingest and everything downstream).
+Scenarios: WebSocket faults from the simulator (drops, stalls, malformed frames, gaps,
+duplicates), SIGKILL of ingest, and a broker restart while ingest produces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cryptostream.core.codec import decode_trade
+from cryptostream.stack.local import LocalStack
+from cryptostream.stack.pipeline import Pipeline, SimulatorHandle, wait_for
+from cryptostream.stack.supervisor import free_port
+from tests.conftest import Env
+from tests.kafka_helpers import read_all
+from tests.reliability.harness import FAST, FULL, FaultRun, Profile, gap_summary, simulator_truth
+
+pytestmark = pytest.mark.reliability
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT"]
+PROFILES = [pytest.param(FAST, id="fast"), pytest.param(FULL, id="full", marks=pytest.mark.slow)]
+
+
+@pytest.fixture
+def pipeline(isolated: Env) -> Iterator[Pipeline]:
+    pipe = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
+                    isolated.settings.redis_url, SYMBOLS, extra_env=isolated.env)  # fmt: skip
+    try:
+        yield pipe
+    finally:
+        pipe.stop()
+
+
+def _start(
+    pipeline: Pipeline,
+    profile: Profile,
+    seconds: float,
+    sim_args: list[str],
+    seed: int,
+    **ingest_env: str,
+) -> SimulatorHandle:
+    """Simulator (a fixed number of trades at the profile's rate), ingest, two processors."""
+    total = int(profile.rate * seconds)
+    sim = pipeline.start_simulator(
+        ["--symbols", ",".join(SYMBOLS), "--rate", str(profile.rate), "--seed", str(seed),
+         "--max-trades", str(total), "--history", "1000000", "--wait-for-subscribers", "1",
+         *sim_args]
+    )  # fmt: skip
+    for _ in range(2):
+        pipeline.start_processor()
+    pipeline.start_ingest(sim.ws_url, **ingest_env)
+    return sim
+
+
+def _sim_last_ids(sim: SimulatorHandle) -> dict[str, int]:
+    """Each symbol's last generated trade id + 1 (a recovery goal: fresh up to here)."""
+    stats: Any = sim.stats()
+    return {s: t["last_trade_id"] + 1 for s, t in stats["symbols"].items() if t["count"]}
+
+
+def _settle_and_finish(run: FaultRun, sim: SimulatorHandle, env: Env) -> None:
+    """Wait for the simulator to finish, for ingest to resolve its gaps and for the views to be
+    as fresh as the simulator's last trade; then the verdict."""
+    wait_for(lambda: run.assert_others_alive() or sim.stats()["done"], 300,
+             "the simulator to emit all its trades")  # fmt: skip
+    done_at = time.monotonic()
+    goal = _sim_last_ids(sim)
+
+    def settled() -> bool:
+        run.assert_others_alive()
+        gaps = gap_summary(env.settings)
+        if gaps is not None and gaps.unresolved:
+            return False
+        latest = run.probe.latest_ids(goal)
+        excused = gaps.excused if gaps is not None else (lambda s, i: False)
+        return all(latest.get(s, 0) >= last - 1 or excused(s, last - 1) for s, last in goal.items())
+
+    try:
+        wait_for(settled, 120, "gaps resolved and the views up to the last trade", 0.5)
+    except TimeoutError as exc:
+        run.result.notes += f" {exc}."
+    run.result.notes += f" views complete {time.monotonic() - done_at:.1f}s after the last trade."
+    run.wait_drained()
+    topic_ids = []
+    for value in read_all(env.settings, env.settings.topic):
+        trade = decode_trade(value).trade
+        topic_ids.append((trade.symbol, trade.trade_id))
+    result = run.finish(simulator_truth(sim), gap_summary(env.settings), topic_ids)
+    assert result.ok, f"{result.verdict()}: {result.notes}"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_websocket_faults(isolated: Env, pipeline: Pipeline, profile: Profile) -> None:
+    """Drops (TCP abort), a stall, malformed frames, skipped trades and duplicated frames on the
+    first connections; ingest dedupes, reconnects, backfills over REST or reports the gap."""
+    seconds = 20 if profile is FAST else 90
+    faulty = 3 if profile is FAST else 8
+    sim = _start(pipeline, profile, seconds, [
+        "--fault-drop-after-messages", str(int(profile.rate * seconds / (faulty + 2))),
+        "--fault-malformed-rate", "0.01", "--fault-duplicate-rate", "0.02",
+        "--fault-gap-rate", "0.01", "--fault-reorder-rate", "0.01",
+        "--fault-connections", str(faulty), "--fault-seed", "5",
+    ], seed=21, CSP_INGEST_METRICS_PORT=str(port := free_port()))  # fmt: skip
+    run = FaultRun("websocket-faults", profile, pipeline, isolated.settings)
+    _settle_and_finish_with_counts(run, sim, isolated, port)
+
+
+def _settle_and_finish_with_counts(
+    run: FaultRun, sim: SimulatorHandle, env: Env, metrics_port: int
+) -> None:
+    """The verdict, with the faults as ingest saw them (the simulator forgets the counts of
+    connections that are gone): reconnects, duplicates dropped, malformed frames dead-lettered,
+    skipped trade ids (gap trades) and how many of them were backfilled."""
+    wait_for(lambda: sim.stats()["done"], 300, "the simulator to emit all its trades")
+    stats: Any = sim.stats()
+    run.result.add_fault("connections", int(stats["connections_total"]))
+
+    def scrape() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                label = sample.labels.get("status", "")
+                out[sample.name + (f":{label}" if label else "")] = sample.value
+        return out
+
+    def count_faults() -> None:  # ingest's counters, read before the processes stop
+        with contextlib.suppress(httpx.HTTPError):
+            seen = scrape()
+            for kind, name in (("reconnects", "csp_ingest_reconnects_total"),
+                               ("duplicate trades dropped", "csp_ingest_duplicates_total"),
+                               ("frames to DLQ", "csp_ingest_dead_letters_total"),
+                               ("gap trades", "csp_ingest_gap_trades_total:detected"),
+                               ("trades backfilled", "csp_ingest_backfilled_trades_total")):  # fmt: skip
+                if seen.get(name):
+                    run.result.add_fault(kind, int(seen[name]))
+
+    run.before_stop.append(count_faults)
+    _settle_and_finish(run, sim, env)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_websocket_stall(isolated: Env, pipeline: Pipeline, profile: Profile) -> None:
+    """The stream stalls (connection open, nothing sent): ingest's silence watchdog replaces
+    the connection and backfills what the stall skipped."""
+    seconds = 20 if profile is FAST else 60
+    sim = _start(pipeline, profile, seconds, [
+        "--fault-stall-after-messages", str(int(profile.rate * 4)),
+        "--fault-connections", "1" if profile is FAST else "3",
+    ], seed=22, CSP_INGEST_SILENCE_S="3", CSP_INGEST_METRICS_PORT=str(port := free_port()))  # fmt: skip
+    run = FaultRun("websocket-stall", profile, pipeline, isolated.settings)
+    _settle_and_finish_with_counts(run, sim, isolated, port)
+
+
+@pytest.mark.xfail(
+    reason="ingest does not resume after a crash: trades generated while it was down are "
+    "neither backfilled nor reported on the gap topic (it would need each symbol's last trade id "
+    "from raw.trades at start-up); the report row shows how many",
+    strict=False,
+)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_sigkill_ingest(isolated: Env, pipeline: Pipeline, profile: Profile) -> None:
+    """Ingest is SIGKILLed at random moments and started again."""
+    seconds = 25 if profile is FAST else 90
+    sim = _start(pipeline, profile, seconds, [], seed=23)
+    run = FaultRun("sigkill-ingest", profile, pipeline, isolated.settings)
+    run.progress = lambda: run.probe.latest_ids(SYMBOLS)
+    ingest = pipeline.group.processes[-1]
+    wait_for(lambda: run.assert_others_alive() or run.probe.latest_ids(SYMBOLS), 60,
+             "the first trades in Redis")  # fmt: skip
+    for _ in range(profile.faults):
+        run.pause()
+        if sim.stats()["done"]:
+            break
+
+        def kill_and_restart() -> None:
+            nonlocal ingest
+            run.kill(ingest)
+            ingest = pipeline.start_ingest(sim.ws_url)
+
+        run.inject("SIGKILL ingest", kill_and_restart, goal_after=lambda: _sim_last_ids(sim))
+        run.wait_recovered()
+    _settle_and_finish(run, sim, isolated)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_kafka_restart_with_ingest(
+    isolated: Env, local_stack: LocalStack, pipeline: Pipeline, profile: Profile
+) -> None:
+    """The broker restarts while ingest produces: its producer buffers and retries (idempotent),
+    and whatever overflows is reported as a gap."""
+    if local_stack.kafka_bootstrap != isolated.settings.kafka_bootstrap:
+        pytest.skip("the session stack is not restartable (containers)")
+    assert local_stack.kafka is not None
+    broker = local_stack.kafka
+    seconds = 30 if profile is FAST else 80
+    sim = _start(pipeline, profile, seconds, [], seed=24)
+    run = FaultRun("kafka-restart-ingest", profile, pipeline, isolated.settings)
+    run.progress = lambda: run.probe.latest_ids(SYMBOLS)
+    wait_for(lambda: run.assert_others_alive() or run.probe.latest_ids(SYMBOLS), 60,
+             "the first trades in Redis")  # fmt: skip
+    for _ in range(1 if profile is FAST else 2):
+        run.pause()
+        run.inject("Kafka broker stop+start", broker.restart, goal_after=lambda: _sim_last_ids(sim))
+        run.wait_recovered(timeout=120)
+    _settle_and_finish(run, sim, isolated)
