@@ -1,0 +1,84 @@
+"""The runner on the tiny experiment: real Kafka, Redis, processor and load generator, seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from cryptostream.harness.model import load_experiment
+from cryptostream.harness.report import write_report
+from cryptostream.harness.runner import RunOptions, report_dir, run_experiment
+from cryptostream.stack.backends import ContainerStack
+from cryptostream.stack.local import LocalStack
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(stack: LocalStack | ContainerStack, out: Path, seed: int | None = None) -> dict[str, Any]:
+    experiment, text = load_experiment("tiny", root=ROOT)
+    if seed is not None:
+        experiment = experiment.model_copy(
+            update={"workload": experiment.workload.model_copy(update={"seed": seed})}
+        )
+    folder = run_experiment(
+        RunOptions(
+            experiment,
+            text,
+            kafka_bootstrap=stack.kafka_bootstrap,
+            redis_url=stack.redis_url,
+            progress=False,
+            out_dir=out,
+        )
+    )
+    assert folder == out
+    return dict(orjson.loads((out / "results.json").read_bytes()))
+
+
+def test_tiny_experiment_measures_every_stage_and_is_reproducible(
+    stack: LocalStack | ContainerStack, tmp_path: Path
+) -> None:
+    first = _run(stack, tmp_path / "first")
+    assert first["complete"] is True
+    assert first["experiment"]["name"] == "tiny"
+    assert "rate = 500" in first["experiment_file"]
+    env = first["environment"]
+    assert env["cores"] >= 1 and env["git_commit"] and env["kafka"] and env["redis"]
+    [group] = first["groups"]
+    [trial] = group["trials"]
+    # Every record the open-model generator was scheduled to send arrived and was applied.
+    assert trial["records"] == 1000
+    assert trial["loadgen"]["sent"] == 1000 and trial["loadgen"]["errors"] == 0
+    assert trial["produced"] == 1000
+    assert trial["drain_s"] is not None
+    assert trial["processed_rate"] == pytest.approx(500, rel=0.25)
+    series = trial["series"]
+    assert series["applied"][-1] - series["applied"][0] == 1000
+    assert set(series["lag_per_partition"]) == {"0", "1"}
+    assert {"harness", "processor-1", "loadgen"} <= set(series["cpu_percent"])
+    # Latency of every record after the warm-up (1.5 s of 2 s at 500/s = 750 records).
+    latency = trial["latency_ms"]
+    assert latency["count"] == pytest.approx(750, abs=5)
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"] < 5000
+
+    again = _run(stack, tmp_path / "again")
+    other_seed = _run(stack, tmp_path / "other", seed=2)
+    assert again["groups"][0]["checksum"] == group["checksum"]
+    assert other_seed["groups"][0]["checksum"] != group["checksum"]
+
+    lines = write_report(tmp_path / "first")
+    assert (tmp_path / "first" / "report.html").exists()
+    assert any("500" in line for line in lines)
+
+
+def test_report_dirs_never_overwrite(tmp_path: Path) -> None:
+    import datetime as dt
+
+    day = dt.date(2026, 1, 2)
+    first = report_dir(tmp_path, "scaling", day)
+    assert first.name == "2026-01-02-scaling"
+    first.mkdir()
+    assert report_dir(tmp_path, "scaling", day).name == "2026-01-02-scaling-2"
