@@ -96,3 +96,21 @@ def bench_query(session: nox.Session) -> None:
     _install(session)
     session.run("python", "benchmarks/bench_query.py", "--json", "reports/bench-query.json",
                 *session.posargs)  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def reliability(session: nox.Session) -> None:
+    """Every fault scenario in its full variant (< 20 min) -> reports/reliability/report.md+json."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.run("csp", "stack", "fetch")
+    folder = "reports/reliability"
+    os.makedirs(folder, exist_ok=True)
+    results = os.path.join(folder, "results.jsonl")
+    if os.path.exists(results):
+        os.remove(results)
+    try:
+        session.run("pytest", "tests/reliability", "-m", "reliability and slow", "-q", "-rxXs",
+                    *session.posargs, env={"RELIABILITY_REPORT_DIR": folder})  # fmt: skip
+    finally:
+        session.run("python", "-m", "cryptostream.reliability.report", folder, success_codes=[0, 1])
