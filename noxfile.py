@@ -114,3 +114,55 @@ def reliability(session: nox.Session) -> None:
                     *session.posargs, env={"RELIABILITY_REPORT_DIR": folder})  # fmt: skip
     finally:
         session.run("python", "-m", "cryptostream.reliability.report", folder, success_codes=[0, 1])
+
+
+# --- harness (issue 7): experiments, reports, microbenchmarks, load tests ------------------------
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Hot-path microbenchmarks vs benchmarks/micro/baseline.json (fails on regressions)."""
+    _install(session)
+    session.run("python", "benchmarks/micro/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def experiment(session: nox.Session) -> None:
+    """`nox -s experiment -- scaling`: one experiment of benchmarks/experiments/ -> reports/."""
+    if not session.posargs:
+        session.error(
+            "name an experiment: nox -s experiment -- scaling (see benchmarks/experiments)"
+        )
+    _ensure_system_packages(session)
+    _install(session)
+    session.run("csp", "stack", "fetch")
+    session.run("csp", "experiment", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def replay(session: nox.Session) -> None:
+    """`nox -s replay -- <file>`: a recorded/archive file through the full path at x1, x10, max."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.run("csp", "stack", "fetch")
+    args = ["--file", session.posargs[0], *session.posargs[1:]] if session.posargs else []
+    session.run("csp", "experiment", "replay", *args)
+
+
+@nox.session(python=PYTHON)
+def loadtest(session: nox.Session) -> None:
+    """Locust (loadtests/locustfile.py, headless) against the query API during live load."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.run("csp", "stack", "fetch")
+    session.run("csp", "experiment", "query-load", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """`nox -s report -- reports/<dir>`: regenerate plots and report.md/html from results.json."""
+    if not session.posargs:
+        session.error("name a report folder: nox -s report -- reports/2026-01-01-scaling")
+    _install(session)
+    for folder in session.posargs:
+        session.run("csp", "report", folder)
