@@ -1,0 +1,81 @@
+"""Microbenchmarks of the hot paths (pytest-benchmark): run with `nox -s bench`.
+
+Not collected by the default `pytest` run (testpaths = tests). Each benchmark also asserts its
+result, so a fast but wrong path cannot pass.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from cryptostream.core.codec import decode_trade, encode_trade
+from cryptostream.core.frames import parse_frame
+from cryptostream.core.trades import Trade
+from cryptostream.harness.schedule import SyntheticTrades, symbol_names, symbol_sequence
+from cryptostream.processor.batch import Batch, RawRecord
+
+BatchPayload = tuple[Batch, dict[int, int]]
+
+TRADE = {"e": "trade", "E": 1718000000001, "s": "BTCUSDT", "t": 4242424242, "p": "66398.85000000",
+         "q": "0.00120000", "T": 1718000000000, "m": False, "M": True}  # fmt: skip
+RAW_FRAME = orjson.dumps(TRADE)
+COMBINED_FRAME = orjson.dumps({"stream": "btcusdt@trade", "data": TRADE})
+
+
+def _records(count: int, symbols: int) -> list[RawRecord]:
+    names = symbol_names(symbols)
+    gen = SyntheticTrades(names, symbol_sequence(count, symbols, 1.0, 7), 10_000, 7)
+    values = [encode_trade(gen.trade(i, 1_700_000_000_000 + i), 1) for i in range(count)]
+    return [RawRecord(i % 8, i // 8, v) for i, v in enumerate(values)]
+
+
+def test_parse_frame_raw(benchmark: BenchmarkFixture) -> None:
+    trade = benchmark(parse_frame, RAW_FRAME)
+    assert isinstance(trade, Trade) and trade.trade_id == 4242424242
+
+
+def test_parse_frame_combined(benchmark: BenchmarkFixture) -> None:
+    trade = benchmark(parse_frame, COMBINED_FRAME)
+    assert isinstance(trade, Trade) and trade.price == "66398.85000000"
+
+
+def test_codec_encode(benchmark: BenchmarkFixture) -> None:
+    trade = Trade("BTCUSDT", 4242424242, "66398.85", "0.0012", 1718000000000, 1718000000001, False)
+    value = benchmark(encode_trade, trade, 1718000000001234)
+    assert decode_trade(value).trade == trade
+
+
+def test_codec_decode(benchmark: BenchmarkFixture) -> None:
+    trade = Trade("BTCUSDT", 4242424242, "66398.85", "0.0012", 1718000000000, 1718000000001, False)
+    value = encode_trade(trade, 1718000000001234)
+    record = benchmark(decode_trade, value)
+    assert record.trade == trade
+
+
+@pytest.mark.parametrize("symbols", [10, 1000])
+def test_batch_coalescing_5000_records(benchmark: BenchmarkFixture, symbols: int) -> None:
+    """Batch.add over one full batch: decode + per-symbol views (latest, candles, totals)."""
+    records = _records(5000, symbols)
+
+    def coalesce() -> Batch:
+        batch = Batch()
+        for record in records:
+            batch.add(record)
+        return batch
+
+    batch = benchmark(coalesce)
+    assert batch.records == 5000 and not batch.poison
+    assert len(batch.symbols) <= symbols
+
+
+@pytest.mark.parametrize("symbols", [10, 1000])
+def test_redis_batch_payload(benchmark: BenchmarkFixture, symbols: int) -> None:
+    """The Lua script's JSON argument for a coalesced batch of 5000 records."""
+    batch = Batch()
+    for record in _records(5000, symbols):
+        batch.add(record)
+    payload = benchmark(batch.script_payload, {p: -1 for p in range(8)}, 1_700_000_000_000)
+    doc = orjson.loads(payload)
+    assert len(doc["symbols"]) == len(batch.symbols) and len(doc["parts"]) == 8
