@@ -285,6 +285,8 @@ def build_api(state: QueryState) -> FastAPI:
         ),
         lifespan=lifespan,
         default_response_class=JSONBytes,
+        # No 307 to the slash-less path: `/price/..%2F` and friends get a JSON 4xx, not a redirect.
+        redirect_slashes=False,
     )
 
     @app.exception_handler(RequestValidationError)
