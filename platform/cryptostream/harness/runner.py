@@ -15,6 +15,7 @@ import csv
 import datetime as dt
 import logging
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -157,6 +158,8 @@ class Runner:
                     ctx.children.stop_all()
                 if stack is not None:
                     stack.stop()
+                    # Keep the servers' logs, drop their data (hundreds of MB after a search).
+                    shutil.rmtree(workdir / "stack" / "kafka" / "data", ignore_errors=True)
                 self.results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
                 (out / "results.json").write_bytes(
                     orjson.dumps(self.results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
