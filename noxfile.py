@@ -166,3 +166,13 @@ def report(session: nox.Session) -> None:
     _install(session)
     for folder in session.posargs:
         session.run("csp", "report", folder)
+
+
+@nox.session(python=PYTHON)
+def bench_ingest(session: nox.Session) -> None:
+    """Simulator at full speed -> one ingest -> Kafka: trades/s acked, latency, CPU profile."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.install("py-spy")  # the sampling profiler of the profiled run
+    session.run("python", "benchmarks/bench_ingest.py", "--json", "reports/bench-ingest.json",
+                *session.posargs)  # fmt: skip

@@ -1,0 +1,290 @@
+"""Ingest throughput, latency and CPU profile on this machine (issue 4).
+
+The simulator generates trades as fast as it can (``--fast``) for N symbols on one combined
+connection; one ``csp ingest`` process reads them and produces to a real local Kafka broker
+(KRaft, from the Maven artifacts). Measured:
+
+* throughput: trades acknowledged by Kafka per second (ingest's ``csp_ingest_acked_total``,
+  sampled every 0.25 s; the rate over the middle 80 % of the run),
+* latency, frame received -> acknowledged by Kafka: ingest's own histogram
+  (``csp_ingest_produce_latency_seconds``, bucket bounds), and frame received -> appended by the
+  broker: an HDR histogram of (``LogAppendTime`` - ``ingest_time_us``) over every record of the
+  topic (ms resolution: the broker's timestamps are in ms),
+* CPU: seconds of ingest CPU per million trades, and (``--profile``) a second run under
+  ``py-spy`` (sampling, ``--nonblocking``): the share of samples per function, grouped.
+
+    flock /tmp/csp-heavy.lock python benchmarks/bench_ingest.py --json reports/bench-ingest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import platform
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+from hdrh.histogram import HdrHistogram
+
+from cryptostream.config import Settings
+from cryptostream.stack.local import LocalStack
+from cryptostream.stack.pipeline import Pipeline, wait_for
+from cryptostream.stack.supervisor import free_port
+
+SYMBOLS = "BTCUSDT,ETHUSDT,BNBUSDT,SOLUSDT,XRPUSDT,DOGEUSDT,ADAUSDT,ETHBTC,LTCUSDT,TRXUSDT"
+
+
+def create_topics(bootstrap: str, suffix: str, partitions: int) -> dict[str, str]:
+    names = {"CSP_TOPIC": f"bench.trades.{suffix}", "CSP_DLQ_TOPIC": f"bench.dlq.{suffix}",
+             "CSP_GAP_TOPIC": f"bench.gaps.{suffix}"}  # fmt: skip
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([
+        NewTopic(names["CSP_TOPIC"], partitions, 1,
+                 config={"message.timestamp.type": "LogAppendTime"}),
+        NewTopic(names["CSP_DLQ_TOPIC"], 1, 1), NewTopic(names["CSP_GAP_TOPIC"], 1, 1)])  # fmt: skip
+    for future in futures.values():
+        future.result()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(n in admin.list_topics(timeout=10).topics for n in names.values()):
+            break
+        time.sleep(0.1)
+    return names
+
+
+def scrape(port: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith("csp_ingest_"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def bucket_quantile(metrics: dict[str, float], q: float) -> float | None:
+    """Upper bound (ms) of the histogram bucket holding quantile q."""
+    prefix = 'csp_ingest_produce_latency_seconds_bucket{le="'
+    buckets = sorted(
+        (float(k[len(prefix) : -2]), v) for k, v in metrics.items() if k.startswith(prefix)
+    )
+    total = buckets[-1][1] if buckets else 0
+    for bound, cumulative in buckets:
+        if total and cumulative >= q * total:
+            return bound * 1000
+    return None
+
+
+def broker_latency(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
+    """HDR histogram of LogAppendTime - ingest receive time over every record of the topic."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-latency",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 50})  # fmt: skip
+    meta = consumer.list_topics(topic, timeout=10)
+    parts = list(meta.topics[topic].partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    hist = HdrHistogram(1, 60_000_000, 3)
+    seen = 0
+    deadline = time.monotonic() + 120
+    while seen < expected and time.monotonic() < deadline:
+        for msg in consumer.consume(10000, timeout=1):
+            if msg.error() is not None:
+                continue
+            seen += 1
+            value = msg.value() or b""
+            i = value.rfind(b'"ingest_time_us":')
+            ingest_us = int(value[i + 17 : value.index(b"}", i)])
+            _kind, append_ms = msg.timestamp()
+            hist.record_value(max(1, append_ms * 1000 - ingest_us))
+    consumer.close()
+    return {
+        "records": seen,
+        "p50_ms": hist.get_value_at_percentile(50) / 1000,
+        "p99_ms": hist.get_value_at_percentile(99) / 1000,
+        "p999_ms": hist.get_value_at_percentile(99.9) / 1000,
+        "max_ms": hist.get_max_value() / 1000,
+        "note": "receive -> broker append; ms resolution (LogAppendTime)",
+    }
+
+
+def run_once(stack: LocalStack, workdir: Path, trades: int, partitions: int,
+             profile: Path | None, rate: float | None = None) -> dict[str, Any]:  # fmt: skip
+    suffix = f"{os.getpid()}-{time.monotonic_ns()}"
+    topics = create_topics(stack.kafka_bootstrap, suffix, partitions)
+    pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, SYMBOLS.split(","),
+                        extra_env={**topics, "CSP_PARTITIONS": str(partitions),
+                                   "CSP_LOG_LEVEL": "WARNING"})  # fmt: skip
+    try:
+        pace = ["--fast"] if rate is None else ["--rate", str(rate)]
+        sim = pipeline.start_simulator(["--symbols", SYMBOLS, *pace, "--max-trades",
+                                        str(trades), "--wait-for-subscribers", "1"])  # fmt: skip
+        port = free_port()
+        env = {"CSP_INGEST_METRICS_PORT": str(port)}
+        if profile is None:
+            ingest = pipeline.start_ingest(sim.ws_url, **env)
+        else:
+            argv = [shutil.which("py-spy") or "py-spy", "record", "--nonblocking", "--rate", "200",
+                    "--function", "--format", "raw", "-o", str(profile), "--", sys.executable, "-m",
+                    "cryptostream", "ingest"]  # fmt: skip
+            ingest = pipeline._spawn("ingest-profiled", argv,
+                                     pipeline.env(CSP_BINANCE_WS_URL=sim.ws_url, **env))  # fmt: skip
+        ingest.wait_until(lambda: "csp_ingest_acked_total" in scrape(port), timeout=60,
+                          what="metrics")  # fmt: skip
+        assert ingest.proc is not None
+        pids = [ingest.proc.pid] + [c.pid for c in psutil.Process(ingest.proc.pid).children(True)]
+        procs = [psutil.Process(p) for p in pids]
+        samples: list[tuple[float, float]] = []
+        t_start = time.monotonic()
+        cpu0 = {p.pid: sum(p.cpu_times()[:2]) for p in procs}
+        while True:
+            m = scrape(port)
+            now = time.monotonic()
+            samples.append((now, m.get("csp_ingest_acked_total", 0.0)))
+            if samples[-1][1] >= trades or now - t_start > 600:
+                break
+            time.sleep(0.25)
+        cpu = {p.pid: sum(p.cpu_times()[:2]) - cpu0[p.pid] for p in procs}
+        final = scrape(port)
+        sim_stats = sim.stats()
+        acked = final.get("csp_ingest_acked_total", 0.0)
+        lo = next(t for t, a in samples if a >= 0.1 * trades)
+        lo_n = next(a for t, a in samples if t == lo)
+        hi, hi_n = next((t, a) for t, a in samples if a >= 0.9 * trades)
+        elapsed = hi - lo
+        result: dict[str, Any] = {
+            "simulator": "--fast (as fast as it can)" if rate is None else f"--rate {rate:g}",
+            "trades": trades,
+            "acked": acked,
+            "throughput_trades_per_s": round((hi_n - lo_n) / elapsed) if elapsed > 0 else None,
+            "wall_s_first_to_last_ack": round(samples[-1][0] - samples[0][0], 2),
+            "latency_receive_to_ack_ms_bucket_bound": {
+                "p50": bucket_quantile(final, 0.5), "p99": bucket_quantile(final, 0.99)},
+            "ingest_cpu_s_per_million": round(sum(cpu.values()) / max(acked, 1) * 1e6, 2),
+            "duplicates": final.get("csp_ingest_duplicates_total", 0.0),
+            "gaps_detected": final.get('csp_ingest_gaps_total{status="detected"}', 0.0),
+            "simulator_trades_generated": sim_stats["trades_generated"],
+        }  # fmt: skip
+        if profile is None:
+            result["latency_receive_to_broker_append"] = broker_latency(
+                stack.kafka_bootstrap, topics["CSP_TOPIC"], trades
+            )
+        else:  # stop the profiled interpreter only: py-spy writes its file when it exits
+            for child in psutil.Process(ingest.proc.pid).children(recursive=True):
+                child.send_signal(signal.SIGTERM)
+            ingest.wait(60)
+        return result
+    finally:
+        pipeline.stop()
+
+
+# Functions (py-spy frame names) grouped into parts of the process.
+GROUPS = [
+    ("websocket framing (wsproto.FrameParser.feed)", ("feed (cryptostream/ingest/wsproto",)),
+    ("JSON parse + validation (core.frames, core.trades)",
+     ("parse_frame", "_parse_trade", "check_positive_decimal", "check_int", "fullmatch")),
+    ("id tracking (tracker)", ("observe (cryptostream/ingest/tracker", "fill (")),
+    ("record encoding (core.codec.encode_trade)", ("encode_trade",)),
+    ("Kafka produce() call", ("produce",)),
+    ("delivery callbacks + poll()", ("on_delivery", "poll", "record (cryptostream")),
+    ("event loop / socket reads (asyncio, uvloop)", ("asyncio", "selectors", "_run_once",
+                                                     "data_received")),
+]  # fmt: skip
+
+
+def summarize_profile(path: Path) -> dict[str, Any]:
+    """Self time per function (leaf frames) and inclusive share per part of the process."""
+    leaf: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        n = int(count_text)
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        if any("importlib" in f for f in frames):
+            inclusive["start-up (imports)"] += n
+            total += n
+            continue
+        total += n
+        leaf[frames[-1]] += n
+        # the innermost matching group gets the sample
+        for frame in reversed(frames):
+            group = next((g for g, keys in GROUPS if any(k in frame for k in keys)), None)
+            if group is not None:
+                inclusive[group] += n
+                break
+        else:
+            inclusive["other"] += n
+    return {
+        "samples": total,
+        "share_by_part": {g: round(n / total, 3) for g, n in inclusive.most_common()},
+        "top_self": [{"function": f[:140], "share": round(n / total, 3)}
+                     for f, n in leaf.most_common(15)],
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--json", type=Path, default=Path("reports/bench-ingest.json"))
+    parser.add_argument("--trades", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=50_000, help="trades/s of the paced run")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="second run under py-spy (needs py-spy on PATH)")  # fmt: skip
+    ns = parser.parse_args(argv)
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "command": "flock /tmp/csp-heavy.lock nox -s bench_ingest",
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        stack = LocalStack(Settings(), Path(tmp) / "stack").start()
+        try:
+            print(f"run: {ns.trades} trades, simulator --fast -> ingest -> Kafka", flush=True)
+            report["run"] = run_once(stack, Path(tmp) / "run", ns.trades, ns.partitions, None)
+            print(orjson.dumps(report["run"], option=orjson.OPT_INDENT_2).decode(), flush=True)
+            print(f"paced run: {ns.rate:g} trades/s (latency at the target rate)", flush=True)
+            report["paced_run"] = run_once(stack, Path(tmp) / "paced", ns.trades, ns.partitions,
+                                           None, rate=ns.rate)  # fmt: skip
+            print(
+                orjson.dumps(report["paced_run"], option=orjson.OPT_INDENT_2).decode(), flush=True
+            )
+            if ns.profile and shutil.which("py-spy"):
+                prof = Path(tmp) / "ingest.prof.txt"
+                print("profiled run (py-spy)", flush=True)
+                profiled = run_once(stack, Path(tmp) / "prof", ns.trades, ns.partitions, prof)
+                wait_for(prof.exists, 30, "the py-spy profile")
+                report["profiled_run"] = profiled
+                report["profile"] = summarize_profile(prof)
+                print(orjson.dumps(report["profile"], option=orjson.OPT_INDENT_2).decode())
+        finally:
+            stack.stop()
+    ns.json.parent.mkdir(parents=True, exist_ok=True)
+    ns.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    run, paced = report["run"], report["paced_run"]
+    for name, r in (("full speed", run), (f"paced at {ns.rate:g}/s", paced)):
+        hdr = r["latency_receive_to_broker_append"]
+        print(
+            f"{name}: {r['throughput_trades_per_s']} trades/s acked; receive->ack p50 <= "
+            f"{r['latency_receive_to_ack_ms_bucket_bound']['p50']} ms, p99 <= "
+            f"{r['latency_receive_to_ack_ms_bucket_bound']['p99']} ms (bucket bounds); "
+            f"receive->broker append p50 {hdr['p50_ms']} ms, p99 {hdr['p99_ms']} ms (HDR)"
+        )
+    print(f"written to {ns.json}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
