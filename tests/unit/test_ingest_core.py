@@ -4,6 +4,7 @@ WebSocket framing."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import orjson
 import pytest
@@ -24,6 +25,8 @@ from cryptostream.ingest.gaps import (
     detected_record,
     final_records,
 )
+from cryptostream.ingest.metrics import LatencyHistogram
+from cryptostream.ingest.recorder import Recorder
 from cryptostream.ingest.streams import (
     AttemptLimiter,
     Backoff,
@@ -303,3 +306,30 @@ def test_handshake() -> None:
         check_handshake(b"HTTP/1.1 400 Bad Request\r\n", key)
     with pytest.raises(HandshakeError, match="Accept"):
         check_handshake(b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: x\r\n", key)
+
+
+# ---------- record mode, latency histogram ----------
+
+
+def test_recording_is_what_the_simulator_replays(tmp_path: Path) -> None:
+    from marketsim.replay import ReplayStats, read_recorded
+
+    rec = Recorder(tmp_path, rotate_bytes=400, rotate_s=3600)
+    trade = b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":%d,"p":"1.5","q":"2","T":1,"m":true,"M":true}}'
+    for i in range(6):
+        rec.write([trade % i, b'{"result":null,"id":1}'], 1_735_689_600_000_000 + i)
+    rec.close()
+    assert len(rec.files) >= 2 and not list(tmp_path.glob("*.part"))
+    stats = ReplayStats()
+    frames = [f for path in rec.files for f in read_recorded(path, stats)]
+    assert [f.trade.trade_id for f in frames if f.trade] == list(range(6))
+    assert frames[0].stream == "btcusdt@trade" and frames[0].time_us == 1_735_689_600_000_000
+    assert stats.skipped_reasons == {"not a market frame": 6}
+
+
+def test_latency_histogram_quantiles() -> None:
+    h = LatencyHistogram()
+    for us in [100] * 50 + [4000] * 49 + [20_000_000]:
+        h.record(us)
+    assert h.quantile(0.5) == 250 and h.quantile(0.99) == 5000 and h.quantile(1.0) == 30_000_000
+    assert LatencyHistogram().quantile(0.5) is None

@@ -163,6 +163,7 @@ async def open_connection(
     name: str,
     unseen: set[str] | None = None,
     open_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> WsConnection:
     """Connect, upgrade, and return the live connection (raises OSError/ConnectionError/
     TimeoutError on failure)."""
@@ -170,7 +171,7 @@ async def open_connection(
     host = parts.hostname or "127.0.0.1"
     secure = parts.scheme == "wss"
     port = parts.port or (443 if secure else 80)
-    ctx = ssl.create_default_context() if secure else None
+    ctx = (ssl_context or ssl.create_default_context()) if secure else None
     loop = asyncio.get_running_loop()
     conn = WsConnection(url, on_frames, max_size, name, unseen)
     async with asyncio.timeout(open_timeout):
