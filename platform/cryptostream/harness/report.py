@@ -158,7 +158,10 @@ def build(results: dict[str, Any]) -> Report:
             )
             limited = any(g["search"]["generator_limited"] for g in groups)
             listed = "; ".join(
-                f"{t['rate']:,.0f}: {t['lag_slope']:+,.0f}{'' if t['sustained'] else ' ✗'}"
+                f"{t['rate']:,.0f}: generator-limited ({t['produced_rate']:,.0f}/s delivered"
+                f"{'' if t['sustained'] else ', lag grows ✗'})"
+                if t.get("generator_limited")
+                else f"{t['rate']:,.0f}: {t['lag_slope']:+,.0f}{'' if t['sustained'] else ' ✗'}"
                 for t in groups[0]["search"]["trials"]
             )
             table.rows.append([
@@ -433,9 +436,9 @@ def _cycle(n: int) -> list[Any]:
 
 
 def _grid(n: int) -> tuple[Figure, list[Any]]:
-    cols = min(n, 4)
+    cols = 1 if n == 1 else 2
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols + 1, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols + 1, 3.6 * rows + 0.6), squeeze=False)
     flat = [ax for row in axes for ax in row]
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -457,7 +460,9 @@ def plot_lag(r: dict[str, Any], folder: Path) -> str | None:
         what = (f"replay x{t['speed']:g}" if t["speed"] else "replay max") if t["kind"] == \
             "replay" else f"{t['rate']:,.0f}/s, {t['symbols']:,} sym"  # fmt: skip
         ax.set_title(f"{g['processors']} processor(s), {what}", fontsize=10)
-        ax.set_xlabel("s since load start")
+        _load_end(ax, t)
+        _thousands(ax)
+        ax.set_xlabel("s since load start (dashed: load ends, drain follows)")
         ax.set_ylabel("lag (records)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
@@ -477,17 +482,30 @@ def plot_search(r: dict[str, Any], folder: Path) -> str | None:
             s = t["series"]
             total = [sum(v[i] for v in s["lag_per_partition"].values()) for i in range(len(s["t"]))]
             mark = "sustained" if t["sustained"] else "lag grows"
+            if t.get("generator_limited"):
+                mark = f"generator delivered only {t['produced_rate']:,.0f}/s, " + mark
             ax.plot(s["t"], total, color=color, linewidth=1.5,
                     label=f"{t['rate']:,.0f}/s: {mark}")  # fmt: skip
         ax.set_title(f"{g['processors']} processor(s): max {fmt_rate(g['search']['max_sustained_rate'])}/s",
                      fontsize=10)  # fmt: skip
-        ax.set_xlabel("s since load start")
+        ax.axvline(r["experiment"]["search"]["trial_s"], color="black", linestyle="--",
+                   linewidth=0.8, alpha=0.6)  # fmt: skip
+        _thousands(ax)
+        ax.set_xlabel("s since load start (dashed: load ends, drain follows)")
         ax.set_ylabel("total lag (records)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Sustainable-rate search: total consumer lag per trial", fontsize=12)
     return _save(fig, folder, "search_lag.png")
+
+
+def _thousands(ax: Any) -> None:
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+
+
+def _load_end(ax: Any, t: dict[str, Any]) -> None:
+    ax.axvline(t["duration_s"], color="black", linestyle="--", linewidth=0.8, alpha=0.6)
 
 
 def _rates(t: list[float], totals: list[int]) -> tuple[list[float], list[float]]:

@@ -427,15 +427,19 @@ class Runner:
                                         drain_timeout=15, latency=False)  # fmt: skip
             trial_no += 1
             ctx.progress.advance(overall)
-            # A verdict on the processors needs the load to have arrived as planned.
+            trials.append(record)
             achieved = record["produced_rate"]
             if achieved < 0.9 * rate:
-                generator_limited = True
+                # The generator could not deliver this rate here. Lag growing even at what it
+                # delivered is still a failure (at that rate); flat lag says nothing about the
+                # planned rate, and no higher rate can be offered: stop.
                 record["generator_limited"] = True
-                trials.append(record)
-                break
+                if record["sustained"]:
+                    generator_limited = True
+                    break
+                search.record(achieved, False)
+                continue
             search.record(rate, record["sustained"])
-            trials.append(record)
         skipped = s.max_trials - len(trials)
         if skipped:
             ctx.progress.advance(overall, skipped)
@@ -568,7 +572,8 @@ def summarize_trial(
         record["produced_rate"] = produced / span if span > 0 else 0.0
         record["processed_rate"] = applied / span if span > 0 else 0.0
         points = [(t, float(sum(lags[i].values()))) for i, t in window]
-        verdict = lag_verdict(points, trial.rate or record["produced_rate"], tolerance)
+        # Judged against the rate that actually arrived (the generator may fall short).
+        verdict = lag_verdict(points, record["produced_rate"] or trial.rate, tolerance)
         record |= {"lag_slope": verdict.slope, "lag_threshold": verdict.threshold,
                    "sustained": verdict.sustained,
                    "max_lag": max(p[1] for p in points)}  # fmt: skip
