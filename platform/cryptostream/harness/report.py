@@ -281,7 +281,8 @@ def _checksum_table(results: dict[str, Any]) -> Table:
 
 
 def _save(fig: Figure, folder: Path, name: str) -> str:
-    fig.tight_layout()
+    top = 1.0 if not fig.get_suptitle() else 1 - 0.35 / fig.get_figheight()  # room for it
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(folder / name, dpi=110)
     plt.close(fig)
     return name
@@ -296,12 +297,12 @@ def plot_all(report: Report, folder: Path) -> None:
         (plot_latency_percentiles, "Event -> visible latency percentiles (median over "
          "repetitions)."),
         (plot_latency_cdf, "Latency distribution (HDR percentile plot, all repetitions merged)."),
-        (plot_lag, "Consumer lag per partition over time during the fixed-rate trial "
-         "(repetition 1). The grey band is the warm-up."),
+        (plot_lag, "Consumer lag per partition over time during the fixed-rate (and at-capacity) "
+         "trials of repetition 1. The grey band is the warm-up."),
         (plot_search, "Sustainable-rate search: total lag over time for each trial rate; a "
          "growing line is an unsustained rate."),
         (plot_throughput_over_time, "Produced and applied records per second over time "
-         "(repetition 1)."),
+         "(fixed-rate and at-capacity trials of repetition 1)."),
         (plot_resources, "Mean CPU and peak memory per process during the fixed-rate trials."),
         (plot_query, "Query API latency and throughput under Locust."),
     ]  # fmt: skip
@@ -445,9 +446,15 @@ def _grid(n: int) -> tuple[Figure, list[Any]]:
     return fig, flat[:n]
 
 
+def _shown_trials(r: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Repetition 1's fixed-rate, replay and at-capacity trials (at most 8)."""
+    return [(g, t) for g in r["groups"] if g["repetition"] == 0
+            for t in [*g["trials"], (g.get("search") or {}).get("capacity")]
+            if t and t["kind"] in ("fixed", "replay", "capacity")][:8]  # fmt: skip
+
+
 def plot_lag(r: dict[str, Any], folder: Path) -> str | None:
-    shown = [(g, t) for g in r["groups"] if g["repetition"] == 0 for t in g["trials"]
-             if t["kind"] in ("fixed", "replay")][:8]  # fmt: skip
+    shown = _shown_trials(r)
     if not shown:
         return None
     warmup = r["experiment"]["workload"]["warmup_s"]
@@ -458,7 +465,7 @@ def plot_lag(r: dict[str, Any], folder: Path) -> str | None:
             ax.plot(series["t"], lag, linewidth=1.2, label=f"p{p}")
         ax.axvspan(min(series["t"] or [0]), warmup, color="grey", alpha=0.15)
         what = (f"replay x{t['speed']:g}" if t["speed"] else "replay max") if t["kind"] == \
-            "replay" else f"{t['rate']:,.0f}/s, {t['symbols']:,} sym"  # fmt: skip
+            "replay" else f"{t['kind']} {t['rate']:,.0f}/s, {t['symbols']:,} symbols"  # fmt: skip
         ax.set_title(f"{g['processors']} processor(s), {what}", fontsize=10)
         _load_end(ax, t)
         _thousands(ax)
@@ -519,8 +526,7 @@ def _rates(t: list[float], totals: list[int]) -> tuple[list[float], list[float]]
 
 
 def plot_throughput_over_time(r: dict[str, Any], folder: Path) -> str | None:
-    shown = [(g, t) for g in r["groups"] if g["repetition"] == 0 for t in g["trials"]
-             if t["kind"] in ("fixed", "replay", "capacity")][:8]  # fmt: skip
+    shown = _shown_trials(r)
     if not shown:
         return None
     fig, axes = _grid(len(shown))
