@@ -82,3 +82,61 @@ def test_report_dirs_never_overwrite(tmp_path: Path) -> None:
     assert first.name == "2026-01-02-scaling"
     first.mkdir()
     assert report_dir(tmp_path, "scaling", day).name == "2026-01-02-scaling-2"
+
+
+def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(tmp_path: Path) -> None:
+    """SIGINT mid-run (as Ctrl-C): the CLI exits 130, no child outlives it, results.json says
+    the run was interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    out = tmp_path / "report"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cryptostream", "experiment", "tiny", "--out", str(out),
+         "--no-progress", "--no-report"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "CSP_RUN_DIR": str(tmp_path)},
+    )  # fmt: skip
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        # Wait until the load generator runs: Kafka, Redis, processor and loadgen are children.
+        while not any("loadgen" in _cmdline(c) for c in _children(proc.pid)):
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the experiment never started its load"
+            time.sleep(0.05)
+        children = {c.pid for c in _children(proc.pid)}
+        assert len(children) >= 4
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    alive = [pid for pid in children if psutil.pid_exists(pid)
+             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+    assert alive == []
+    results = orjson.loads((out / "results.json").read_bytes())
+    assert results["complete"] is False and results["interrupted"] is True
+
+
+def _children(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cmdline(process: Any) -> str:
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
