@@ -110,7 +110,7 @@ def reliability(session: nox.Session) -> None:
     if os.path.exists(results):
         os.remove(results)
     try:
-        session.run("pytest", "tests/reliability", "-m", "reliability and slow", "-q", "-rxXs",
+        session.run("pytest", "tests/reliability", "-m", "reliability and slow and not soak", "-q", "-rxXs",
                     *session.posargs, env={"RELIABILITY_REPORT_DIR": folder})  # fmt: skip
     finally:
         session.run("python", "-m", "cryptostream.reliability.report", folder, success_codes=[0, 1])
@@ -176,3 +176,21 @@ def bench_ingest(session: nox.Session) -> None:
     session.install("py-spy")  # the sampling profiler of the profiled run
     session.run("python", "benchmarks/bench_ingest.py", "--json", "reports/bench-ingest.json",
                 *session.posargs)  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """The whole pipeline at a steady rate (`-- --minutes 30 --rate 500`): RSS per process over
+    time, lag, errors, the checker's verdict -> reports/soak/soak.md + soak.json."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.run("csp", "stack", "fetch")
+    args = list(session.posargs)
+    env = {"SOAK_MINUTES": "30", "SOAK_RATE": "500", "SOAK_REPORT_DIR": "reports/soak"}
+    for flag, name in (("--minutes", "SOAK_MINUTES"), ("--rate", "SOAK_RATE")):
+        if flag in args:
+            i = args.index(flag)
+            env[name] = args[i + 1]
+            del args[i : i + 2]
+    session.run("pytest", "tests/reliability/test_soak.py", "-m", "soak", "-s", "-q",
+                "--timeout", str(int(float(env["SOAK_MINUTES"]) * 60 + 900)), *args, env=env)  # fmt: skip

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -301,7 +302,7 @@ class FaultRun:
         """A graceful stop (SIGTERM): the process must exit with code 0."""
         self.victims.add(id(process))
         process.stop()
-        if process.returncode() != 0:
+        if process.returncode() not in (0, -signal.SIGTERM):
             self.result.unexpected_exits.append(f"{process.name}: {process.returncode()}")
 
     def wait_recovered(self, timeout: float = 90.0) -> None:
@@ -393,8 +394,45 @@ class FaultRun:
         self.probe.close()
         for process in survivors:
             rc = process.returncode()
-            if id(process) in dead_before or rc not in (0, None):
+            # 0, or death by the SIGTERM itself after a graceful shutdown (uvicorn re-raises it)
+            if id(process) in dead_before or rc not in (0, -signal.SIGTERM, None):
                 self.result.unexpected_exits.append(f"{process.name}: {rc}")
+
+
+def sim_last_ids(sim: SimulatorHandle) -> dict[str, int]:
+    """Each symbol's last generated trade id + 1 (a recovery goal: fresh up to here)."""
+    stats: Any = sim.stats()
+    return {s: t["last_trade_id"] + 1 for s, t in stats["symbols"].items() if t["count"]}
+
+
+def settle_and_finish(run: FaultRun, sim: SimulatorHandle, settings: Settings) -> ScenarioResult:
+    """Wait for the simulator to finish, for ingest to resolve its gaps and for the views to be
+    as fresh as the simulator's last trade; then the verdict."""
+    wait_for(lambda: run.assert_others_alive() or sim.stats()["done"], 300,
+             "the simulator to emit all its trades")  # fmt: skip
+    done_at = time.monotonic()
+    goal = sim_last_ids(sim)
+
+    def settled() -> bool:
+        run.assert_others_alive()
+        gaps = gap_summary(settings)
+        if gaps is not None and gaps.unresolved:
+            return False
+        latest = run.probe.latest_ids(goal)
+        excused = gaps.excused if gaps is not None else (lambda s, i: False)
+        return all(latest.get(s, 0) >= last - 1 or excused(s, last - 1) for s, last in goal.items())
+
+    try:
+        wait_for(settled, 120, "gaps resolved and the views up to the last trade", 0.5)
+    except TimeoutError as exc:
+        run.result.notes += f" {exc}."
+    run.result.notes += f" views complete {time.monotonic() - done_at:.1f}s after the last trade."
+    run.wait_drained()
+    topic_ids = []
+    for value in read_all(settings, settings.topic):
+        trade = decode_trade(value).trade
+        topic_ids.append((trade.symbol, trade.trade_id))
+    return run.finish(simulator_truth(sim), gap_summary(settings), topic_ids)
 
 
 def record(result: ScenarioResult) -> None:

@@ -9,7 +9,6 @@ duplicates), SIGKILL of ingest, and a broker restart while ingest produces.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,13 +16,18 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cryptostream.core.codec import decode_trade
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, SimulatorHandle, wait_for
 from cryptostream.stack.supervisor import free_port
 from tests.conftest import Env
-from tests.kafka_helpers import read_all
-from tests.reliability.harness import FAST, FULL, FaultRun, Profile, gap_summary, simulator_truth
+from tests.reliability.harness import (
+    FAST,
+    FULL,
+    FaultRun,
+    Profile,
+    settle_and_finish,
+    sim_last_ids,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -63,43 +67,6 @@ def _start(
         pipeline.start_processor()
     pipeline.start_ingest(sim.ws_url, **ingest_env)
     return sim
-
-
-def _sim_last_ids(sim: SimulatorHandle) -> dict[str, int]:
-    """Each symbol's last generated trade id + 1 (a recovery goal: fresh up to here)."""
-    stats: Any = sim.stats()
-    return {s: t["last_trade_id"] + 1 for s, t in stats["symbols"].items() if t["count"]}
-
-
-def _settle_and_finish(run: FaultRun, sim: SimulatorHandle, env: Env) -> None:
-    """Wait for the simulator to finish, for ingest to resolve its gaps and for the views to be
-    as fresh as the simulator's last trade; then the verdict."""
-    wait_for(lambda: run.assert_others_alive() or sim.stats()["done"], 300,
-             "the simulator to emit all its trades")  # fmt: skip
-    done_at = time.monotonic()
-    goal = _sim_last_ids(sim)
-
-    def settled() -> bool:
-        run.assert_others_alive()
-        gaps = gap_summary(env.settings)
-        if gaps is not None and gaps.unresolved:
-            return False
-        latest = run.probe.latest_ids(goal)
-        excused = gaps.excused if gaps is not None else (lambda s, i: False)
-        return all(latest.get(s, 0) >= last - 1 or excused(s, last - 1) for s, last in goal.items())
-
-    try:
-        wait_for(settled, 120, "gaps resolved and the views up to the last trade", 0.5)
-    except TimeoutError as exc:
-        run.result.notes += f" {exc}."
-    run.result.notes += f" views complete {time.monotonic() - done_at:.1f}s after the last trade."
-    run.wait_drained()
-    topic_ids = []
-    for value in read_all(env.settings, env.settings.topic):
-        trade = decode_trade(value).trade
-        topic_ids.append((trade.symbol, trade.trade_id))
-    result = run.finish(simulator_truth(sim), gap_summary(env.settings), topic_ids)
-    assert result.ok, f"{result.verdict()}: {result.notes}"
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -149,7 +116,8 @@ def _settle_and_finish_with_counts(
                     run.result.add_fault(kind, int(seen[name]))
 
     run.before_stop.append(count_faults)
-    _settle_and_finish(run, sim, env)
+    result = settle_and_finish(run, sim, env.settings)
+    assert result.ok, f"{result.verdict()}: {result.notes}"
 
 
 @pytest.mark.parametrize("profile", FULL_ONLY)
@@ -191,9 +159,10 @@ def test_sigkill_ingest(isolated: Env, pipeline: Pipeline, profile: Profile) -> 
             run.kill(ingest)
             ingest = pipeline.start_ingest(sim.ws_url)
 
-        run.inject("SIGKILL ingest", kill_and_restart, goal_after=lambda: _sim_last_ids(sim))
+        run.inject("SIGKILL ingest", kill_and_restart, goal_after=lambda: sim_last_ids(sim))
         run.wait_recovered()
-    _settle_and_finish(run, sim, isolated)
+    result = settle_and_finish(run, sim, isolated.settings)
+    assert result.ok, f"{result.verdict()}: {result.notes}"
 
 
 @pytest.mark.parametrize("profile", FULL_ONLY)
@@ -214,6 +183,7 @@ def test_kafka_restart_with_ingest(
              "the first trades in Redis")  # fmt: skip
     for _ in range(1 if profile is FAST else 2):
         run.pause()
-        run.inject("Kafka broker stop+start", broker.restart, goal_after=lambda: _sim_last_ids(sim))
+        run.inject("Kafka broker stop+start", broker.restart, goal_after=lambda: sim_last_ids(sim))
         run.wait_recovered(timeout=120)
-    _settle_and_finish(run, sim, isolated)
+    result = settle_and_finish(run, sim, isolated.settings)
+    assert result.ok, f"{result.verdict()}: {result.notes}"
