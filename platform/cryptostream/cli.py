@@ -97,11 +97,14 @@ def stack_fetch() -> None:
 @topics_app.command("create")
 def topics_create() -> None:
     """Create raw.trades (CSP_PARTITIONS partitions) and the DLQ topic; safe to run twice."""
+    from cryptostream.kafka_clients import security_config
     from cryptostream.topics import TopicError, create_topics, required_topics
 
     settings = Settings()
     try:
-        for line in create_topics(settings.kafka_bootstrap, required_topics(settings)):
+        specs = required_topics(settings)
+        config = security_config(settings)
+        for line in create_topics(settings.kafka_bootstrap, specs, client_config=config):
             typer.echo(line)
     except TopicError as exc:
         raise _fail(str(exc)) from None

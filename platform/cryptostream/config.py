@@ -8,10 +8,12 @@ Explicit environment variables always win, which is how real clusters are config
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -89,8 +91,23 @@ class Settings(BaseSettings):
         "auto", description="Kafka/Redis of the tests: local processes, containers, or auto"
     )
 
+    # --- client security (real clusters; the local stack runs without) ------------------------
+    # Redis: AUTH and TLS go in the URL (rediss://:password@host:6380/0); it is redacted in repr.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol of every client"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="never logged")
+    kafka_ssl_ca_file: Path | None = Field(None, description="CA bundle (PEM) for SSL/SASL_SSL")
+
     metrics_host: str = Field("127.0.0.1", description="bind address of metrics servers")
     log_level: str = "INFO"
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """repr()/str() never show the Redis password (SecretStr fields mask themselves)."""
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "redis_url" else value
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -131,6 +148,19 @@ class _StackFileSource(PydanticBaseSettingsSource):
 
         run_dir = Path(os.environ.get("CSP_RUN_DIR", ".run"))
         return read_live_stack_file(run_dir / "stack.json")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``, for logs and messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def load_settings(**overrides: Any) -> Settings:

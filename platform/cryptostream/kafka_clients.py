@@ -6,8 +6,39 @@ import logging
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from cryptostream.config import Settings
+
+
+def security_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka's security properties from the settings (empty for PLAINTEXT): the same for
+    producers, consumers and admin clients."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    config: dict[str, Any] = {"security.protocol": protocol}
+    if protocol.startswith("SASL_"):
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username
+        config["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_ca_file is not None:
+        config["ssl.ca.location"] = str(settings.kafka_ssl_ca_file)
+    return config
+
+
+def admin_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "logger": logging.getLogger("cryptostream.kafka.admin"),
+        **security_config(settings),
+    }
+    config.update(overrides)
+    return config
+
+
+def make_admin(settings: Settings, **overrides: Any) -> AdminClient:
+    return AdminClient(admin_config(settings, **overrides))
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -22,6 +53,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         "queue.buffering.max.messages": 200000,
         "logger": logging.getLogger("cryptostream.kafka.producer"),
+        **security_config(settings),
     }
     config.update(overrides)
     return config
@@ -49,6 +81,7 @@ def make_consumer(settings: Settings, **overrides: Any) -> Consumer:
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 1000,
         "logger": logging.getLogger("cryptostream.kafka.consumer"),
+        **security_config(settings),
     }
     config.update(overrides)
     return Consumer(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +34,15 @@ def required_topics(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-def _admin(bootstrap: str) -> AdminClient:
+def _admin(bootstrap: str, client_config: Mapping[str, Any] | None = None) -> AdminClient:
+    """``client_config``: extra librdkafka properties, e.g. ``kafka_clients.security_config``."""
     quiet = logging.getLogger("cryptostream.topics.client")
     quiet.setLevel(logging.CRITICAL)
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "logger": quiet,
+        **(client_config or {}),
+    }
     return AdminClient(config)
 
 
@@ -48,9 +54,15 @@ def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
     return {name: len(t.partitions) for name, t in meta.topics.items() if t.error is None}
 
 
-def create_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0) -> list[str]:
+def create_topics(
+    bootstrap: str,
+    specs: list[TopicSpec],
+    timeout: float = 30.0,
+    *,
+    client_config: Mapping[str, Any] | None = None,
+) -> list[str]:
     """Create what is missing; idempotent. Returns one human-readable line per topic."""
-    admin = _admin(bootstrap)
+    admin = _admin(bootstrap, client_config)
     existing = _partition_counts(admin, timeout)
     report: list[str] = []
     missing = [spec for spec in specs if spec.name not in existing]
@@ -87,9 +99,16 @@ def create_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0)
     return report
 
 
-def require_topic(bootstrap: str, name: str, partitions: int | None, timeout: float = 15.0) -> int:
+def require_topic(
+    bootstrap: str,
+    name: str,
+    partitions: int | None,
+    timeout: float = 15.0,
+    *,
+    client_config: Mapping[str, Any] | None = None,
+) -> int:
     """Check at service start that a topic exists (with the configured partitions)."""
-    existing = _partition_counts(_admin(bootstrap), timeout)
+    existing = _partition_counts(_admin(bootstrap, client_config), timeout)
     if name not in existing:
         raise TopicError(
             f"topic {name!r} does not exist on {bootstrap}; topics are created explicitly: "

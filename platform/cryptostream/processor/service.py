@@ -27,10 +27,11 @@ from confluent_kafka import (
 
 from cryptostream.config import Settings
 from cryptostream.core.keys import offsets_key
-from cryptostream.kafka_clients import make_consumer, make_producer
+from cryptostream.kafka_clients import make_consumer, make_producer, security_config
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.processor.batch import NO_OFFSET, Batch, RawRecord, parse_conflicts
 from cryptostream.processor.metrics import ProcessorMetrics
+from cryptostream.redis_check import credentials_error
 from cryptostream.topics import TopicError, require_topic
 
 log = logging.getLogger("cryptostream.processor")
@@ -372,7 +373,8 @@ def delete_views(client: redis.Redis, topic: str) -> int:
 def rebuild(settings: Settings) -> int:
     """``csp rebuild``: empty the views, then replay the topic from its start."""
     setup_logging("rebuild", settings.log_level)
-    require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
+    require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
+                  client_config=security_config(settings))  # fmt: skip
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     deleted = delete_views(client, settings.topic)
     log.info("views deleted", extra={"fields": {"keys": deleted}})
@@ -393,10 +395,16 @@ def rebuild(settings: Settings) -> int:
 def main(settings: Settings) -> int:
     setup_logging("processor", settings.log_level)
     try:
-        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions)
-        require_topic(settings.kafka_bootstrap, settings.dlq_topic, None)
+        security = security_config(settings)
+        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
+                      client_config=security)  # fmt: skip
+        require_topic(settings.kafka_bootstrap, settings.dlq_topic, None, client_config=security)
     except TopicError as exc:
         log.error(str(exc))
+        return 2
+    auth_error = credentials_error(settings.redis_url)
+    if auth_error is not None:
+        log.error(auth_error)
         return 2
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     processor = Processor(settings, client, make_producer(settings))

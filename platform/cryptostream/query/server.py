@@ -88,10 +88,15 @@ def shared_metrics_dir(settings: Settings) -> Iterator[Path]:
 def main(settings: Settings, workers: int = 1) -> int:
     """Serve until SIGINT/SIGTERM; returns the process exit code (1 if it never started)."""
     from cryptostream.logs import setup_logging
+    from cryptostream.redis_check import credentials_error
 
     log = setup_logging("query", settings.log_level)
     if workers < 1:
         log.error("workers must be >= 1", extra={"fields": {"workers": workers}})
+        return 2
+    auth_error = credentials_error(settings.redis_url)
+    if auth_error is not None:
+        log.error(auth_error)
         return 2
     config = uvicorn_config(settings, workers)
     log.info(
