@@ -463,7 +463,9 @@ class Runner:
     ) -> dict[str, Any]:
         w, m = self.x.workload, self.x.measurements
         expected = count_replay_trades(file)
-        args = ["--replay", str(file), "--wait-for-subscribers", "1"]
+        args = ["--wait-for-subscribers", "1"]
+        for path in _replay_paths(file):  # several files are merged in time order
+            args += ["--replay", str(path.resolve())]
         args += ["--fast"] if not trial.speed else ["--speed", str(trial.speed)]
         sim = pipeline.start_simulator(args)
         listener = LatencyListener(pipeline.redis_url, None, time.time() + w.warmup_s)
@@ -641,8 +643,8 @@ def read_locust_csv(prefix: Path) -> dict[str, Any]:
     return out
 
 
-def write_synthetic_archive(folder: Path, seed: int, symbols: int = 5, trades: int = 30_000,
-                            rate: float = 500.0) -> Path:  # fmt: skip
+def write_synthetic_archive(folder: Path, seed: int, symbols: int = 5, trades: int = 100_000,
+                            rate: float = 1000.0) -> Path:  # fmt: skip
     """A Binance trade-archive CSV per symbol from the seeded generator (when no file is given).
 
     Returns the folder; the simulator replays every file in it merged in time order.
