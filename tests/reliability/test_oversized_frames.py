@@ -47,10 +47,14 @@ class OversizeServer:
             for i in range(12, 21):
                 await ws.send(trade_frame("BTCUSDT", i, f"{100 + i}.5"))
             await ws.send(_padded(21, OVER_MESSAGE_LIMIT).decode())
-            await asyncio.Future()  # the client must be the one to give up on this connection
+            await self.stopped()  # the client must be the one to give up on this connection
         for i in range(21, 31):
             await ws.send(trade_frame("BTCUSDT", i, f"{100 + i}.5"))
-        await asyncio.Future()
+        await self.stopped()
+
+    async def stopped(self) -> None:
+        assert self.stop_event is not None
+        await self.stop_event.wait()
 
     async def main(self) -> None:
         self.stop_event = asyncio.Event()
