@@ -206,6 +206,10 @@ def build(results: dict[str, Any]) -> Report:
             table.rows.append([row["Name"], row["Request Count"], row["Failure Count"],
                                f"{float(row['Requests/s']):,.0f}", row["50%"], row["90%"],
                                row["99%"], f"{float(row['Max Response Time']):.0f}"])  # fmt: skip
+        failures = query[0]["query_load"].get("failures") or []
+        table.note = "Failures: " + ("; ".join(
+            f"{f['Name']}: {f['Error']} x{f['Occurrences']}" for f in failures) or "none") + (
+            ". Unknown symbols answered 404 with the contract's body count as successes.")  # fmt: skip
         report.tables.append(table)
     if results.get("ceilings"):
         report.tables.append(_ceiling_table(results["ceilings"]))
@@ -601,7 +605,8 @@ def plot_query(r: dict[str, Any], folder: Path) -> str | None:
         bar_ax.bar(xs, [float(row.get(key) or 0) for row in rows], width, label=f"p{key[:-1]}",
                    color=color)  # fmt: skip
     bar_ax.set_xticks(range(len(rows)), [row["Name"] for row in rows], fontsize=8)
-    bar_ax.set_ylabel("response time (ms)")
+    bar_ax.set_yscale("log")
+    bar_ax.set_ylabel("response time (ms, log)")
     bar_ax.set_title("Query latency percentiles (Locust)", fontsize=10)
     bar_ax.legend(fontsize=8)
     history = q.get("history") or []

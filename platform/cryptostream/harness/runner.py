@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cryptostream.config import Settings
+from cryptostream.core.keys import price_key
 from cryptostream.harness import ceilings, environment, stats
 from cryptostream.harness.model import Experiment, Trial, plan_fixed
 from cryptostream.harness.samplers import (
@@ -351,11 +352,20 @@ class Runner:
         locust: dict[str, Any] | None = None
         try:
             locust_proc = None
-            if query_url and m.query_load is not None:
-                locust_proc = self._start_locust(ctx, pipeline, query_url, trial.symbols)
+            wants_locust = bool(query_url and m.query_load is not None)
             while loadgen.alive():
                 pipeline.check_alive()
                 elapsed = time.time() - start_wall
+                # Locust starts once every symbol has a price (a 404 for a traded symbol counts
+                # as a failure), or at half the trial at the latest.
+                if (
+                    wants_locust
+                    and locust_proc is None
+                    and elapsed >= w.warmup_s
+                    and (elapsed >= trial.duration_s / 2 or prices_present(probe.redis, names))
+                ):
+                    assert query_url is not None
+                    locust_proc = self._start_locust(ctx, pipeline, query_url, trial.symbols)
                 ctx.progress.update(task, completed=max(0.0, min(elapsed, trial.duration_s)))
                 time.sleep(0.2)
             load_end = time.monotonic()
@@ -588,6 +598,13 @@ def summarize_trial(
     return record
 
 
+def prices_present(client: redis.Redis, symbols: list[str]) -> bool:
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.exists(price_key(symbol))
+    return all(pipe.execute())
+
+
 def drain(probe: OffsetProbe, timeout: float, check: Callable[[], None]) -> float | None:
     """Wait until every produced record is applied; seconds taken, or None on timeout."""
     t0 = time.monotonic()
@@ -636,6 +653,10 @@ def read_locust_csv(prefix: Path) -> dict[str, Any]:
     if stats_file.exists():
         with stats_file.open() as fh:
             out["stats"] = list(csv.DictReader(fh))
+    failures = Path(f"{prefix}_failures.csv")
+    if failures.exists():
+        with failures.open() as fh:
+            out["failures"] = list(csv.DictReader(fh))
     history = Path(f"{prefix}_stats_history.csv")
     if history.exists():
         with history.open() as fh:
