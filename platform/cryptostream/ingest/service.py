@@ -295,10 +295,6 @@ class Ingest:
         if self.fatal is not None:
             self._replace_producer()
         in_flight = self.in_flight
-        if self.dropping or in_flight >= self.bound * 0.8:
-            self.has_room.clear()
-        else:
-            self.has_room.set()
         if self.dropping:
             if in_flight < self.bound // 2:
                 self.dropping = False
@@ -315,6 +311,10 @@ class Ingest:
                     "(buffer_overflow) until it does",
                     extra={"fields": {"in_flight": in_flight, "bound": self.bound}},
                 )
+        if self.dropping or in_flight >= self.bound * 0.8:
+            self.has_room.clear()
+        else:
+            self.has_room.set()
 
     def _replace_producer(self) -> None:
         err, self.fatal = self.fatal, None
@@ -515,8 +515,14 @@ class Ingest:
 
     async def _overlap(self, new: WsConnection, old: WsConnection) -> None:
         """Keep the old connection until the new one delivers, then a moment more."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(new.got_frames.wait(), 10.0)
+        waiters: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self.stopping.wait()),
+            asyncio.ensure_future(new.got_frames.wait()),
+            asyncio.ensure_future(asyncio.shield(new.closed)),
+        ]
+        await asyncio.wait(waiters, timeout=10.0, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
         await self._sleep(min(1.0, self.settings.ingest_gap_grace_s))
 
     async def supervise(self, plan: ConnectionPlan) -> None:
