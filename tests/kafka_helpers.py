@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterable
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -68,11 +69,14 @@ def read_all(settings: Settings, topic: str) -> list[bytes]:
     )
     consumer.assign([TopicPartition(topic, p, low) for p, (low, _h) in marks.items()])
     values: list[bytes] = []
+    deadline = time.monotonic() + 60
     try:
         while len(values) < total:
-            for msg in consumer.consume(1000, timeout=5):
+            # a short timeout: consume() waits for all 1000 messages or the timeout
+            for msg in consumer.consume(1000, timeout=0.1):
                 if msg.error() is None:
                     values.append(msg.value())
+            assert time.monotonic() < deadline, f"read {len(values)} of {total} records of {topic}"
     finally:
         consumer.close()
     return values

@@ -46,6 +46,7 @@ def start(
         ["--symbols", ",".join(SYMBOLS), "--wait-for-subscribers", "1", *sim_args]
     )
     port = free_port()
+    env = {"CSP_INGEST_GAP_GRACE_S": "0.3", **env}
     ingest = pipeline.start_ingest(sim.ws_url, CSP_INGEST_METRICS_PORT=str(port), **env)
     return sim, ingest, port
 
@@ -89,14 +90,26 @@ def outcome(env: Env, sim: SimulatorHandle) -> Outcome:
     return Outcome(trades, gaps, expected)
 
 
-def wait_settled(env: Env, sim: SimulatorHandle, ingest: ManagedProcess, total: int,
+def wait_settled(env: Env, sim: SimulatorHandle, ingest: ManagedProcess, port: int, total: int,
                  timeout: float = 60) -> Outcome:  # fmt: skip
+    """Wait until the simulator is done, ingest is quiet (no open gap, nothing in flight, no new
+    frame since the last look), and the topics account for every trade."""
+    last: list[tuple[float, ...]] = []
+
     def done() -> bool:
         assert ingest.alive(), ingest.log_tail()
-        stats = sim.stats()
-        return stats["trades_generated"] == total and outcome(env, sim).settled()
+        if sim.stats()["trades_generated"] != total:
+            return False
+        m = metrics(port)
+        now = (m["csp_ingest_frames_total"], m["csp_ingest_acked_total"])
+        quiet = bool(last) and last[-1] == now
+        last.append(now)
+        if not quiet or m["csp_ingest_open_gaps"] or m["csp_ingest_buffer_depth"]:
+            return False
+        return outcome(env, sim).settled()
 
-    wait_for(done, timeout, f"all {total} trades in raw.trades or reported as unrecoverable")
+    wait_for(done, timeout, f"all {total} trades in raw.trades or reported as unrecoverable",
+             interval=0.3)  # fmt: skip
     return outcome(env, sim)
 
 
@@ -137,7 +150,7 @@ def test_drops_gaps_duplicates_reorders_and_malformed_frames(
         "--rate", "3000", "--max-trades", str(total), "--fault-drop-after-messages", "2500",
         "--fault-connections", "2", "--fault-gap-rate", "0.01", "--fault-duplicate-rate", "0.01",
         "--fault-reorder-rate", "0.01", "--fault-malformed-rate", "0.005"])  # fmt: skip
-    o = wait_settled(isolated, sim, ingest, total)
+    o = wait_settled(isolated, sim, ingest, port, total)
     assert_exactly_once_or_reported(o)
     assert not o.unrecoverable, "the simulator's REST history covers every gap"
     statuses = Counter(g.status for g in o.gaps)
@@ -173,7 +186,7 @@ def test_silent_connection_is_replaced_and_the_stall_backfilled(
          "--fault-connections", "1", "--ping-interval", "off"],
         CSP_INGEST_SILENCE_S="0.5",
     )  # fmt: skip
-    o = wait_settled(isolated, sim, ingest, total)
+    o = wait_settled(isolated, sim, ingest, port, total)
     assert_exactly_once_or_reported(o)
     assert not o.unrecoverable
     m = metrics(port)
@@ -190,7 +203,7 @@ def test_gaps_the_rest_api_cannot_fill_are_reported_unrecoverable(
         "--rate", "3000", "--max-trades", str(total), "--history", "1",
         "--fault-gap-rate", "0.02", "--fault-drop-after-messages", "2000",
         "--fault-connections", "1"])  # fmt: skip
-    o = wait_settled(isolated, sim, ingest, total)
+    o = wait_settled(isolated, sim, ingest, port, total)
     assert_exactly_once_or_reported(o)
     assert len(o.unrecoverable) >= 20
     m = metrics(port)
@@ -203,7 +216,7 @@ def test_proactive_replacement_before_the_lifetime_loses_nothing(
     total = 8000
     sim, ingest, port = start(pipeline, ["--rate", "2500", "--max-trades", str(total)],
                               CSP_INGEST_LIFETIME_S="0.8")  # fmt: skip
-    o = wait_settled(isolated, sim, ingest, total)
+    o = wait_settled(isolated, sim, ingest, port, total)
     assert_exactly_once_or_reported(o)
     assert not o.unrecoverable
     m = metrics(port)
@@ -219,15 +232,15 @@ def test_kafka_restart_mid_stream(
     gaps, which are backfilled once Kafka is back; nothing is lost or duplicated."""
     if local_stack.kafka_bootstrap != isolated.settings.kafka_bootstrap:
         pytest.skip("needs the session stack to be the restartable local one")
-    total = 24000
+    total = 15000
     sim, ingest, port = start(
-        pipeline, ["--rate", "2000", "--max-trades", str(total)],
+        pipeline, ["--rate", "3000", "--max-trades", str(total)],
         CSP_INGEST_BUFFER_MAX="2000", CSP_INGEST_BUFFER_TIMEOUT_S="0.5",
     )  # fmt: skip
     wait_for(lambda: metrics(port).get("csp_ingest_acked_total", 0) > 3000, 30, "trades flowing")
     assert local_stack.kafka is not None
     local_stack.kafka.restart()
-    o = wait_settled(isolated, sim, ingest, total, timeout=120)
+    o = wait_settled(isolated, sim, ingest, port, total, timeout=120)
     assert_exactly_once_or_reported(o)
     m = metrics(port)
     assert m["csp_ingest_buffer_dropped_total"] > 0, "the bound was hit while Kafka was away"
