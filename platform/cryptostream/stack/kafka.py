@@ -107,9 +107,30 @@ _JVM_FLAGS = [
 ]  # fmt: skip
 
 
+def sasl_plain_properties(users: dict[str, str]) -> str:
+    """Broker properties turning the client listener into SASL_PLAINTEXT with PLAIN users
+    (tests of the clients' SASL settings; loopback only, so no TLS)."""
+    admin_user, admin_password = next(iter(users.items()))
+    accounts = " ".join(f'user_{u}="{pw}"' for u, pw in users.items())
+    jaas = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{admin_user}" password="{admin_password}" {accounts};'
+    )
+    return (
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:SASL_PLAINTEXT\n"
+        "sasl.enabled.mechanisms=PLAIN\n"
+        "sasl.mechanism.inter.broker.protocol=PLAIN\n"
+        f"listener.name.plaintext.plain.sasl.jaas.config={jaas}\n"
+    )
+
+
 @dataclass
 class KafkaBroker:
-    """One KRaft node on 127.0.0.1. ``start`` formats a fresh data folder and waits for metadata."""
+    """One KRaft node on 127.0.0.1. ``start`` formats a fresh data folder and waits for metadata.
+
+    ``sasl_users`` (name -> password, the first one used by the broker itself and the readiness
+    probe) makes the client listener require SASL/PLAIN.
+    """
 
     workdir: Path
     lib: Path
@@ -117,6 +138,15 @@ class KafkaBroker:
     port: int = 0
     controller_port: int = 0
     process: ManagedProcess | None = None
+    sasl_users: dict[str, str] | None = None
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka properties a client needs for this broker (its first SASL user)."""
+        if not self.sasl_users:
+            return {}
+        user, password = next(iter(self.sasl_users.items()))
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+                "sasl.username": user, "sasl.password": password}  # fmt: skip
 
     @property
     def bootstrap(self) -> str:
@@ -140,9 +170,14 @@ class KafkaBroker:
         if data.exists():  # the dynamic quorum records the controller port at format time
             shutil.rmtree(data)
         props = self.workdir / "server.properties"
-        props.write_text(
-            _SERVER_PROPERTIES.format(port=self.port, cport=self.controller_port, data=data)
+        properties = _SERVER_PROPERTIES.format(
+            port=self.port, cport=self.controller_port, data=data
         )
+        if self.sasl_users:
+            properties = properties.replace(
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n", ""
+            ) + sasl_plain_properties(self.sasl_users)
+        props.write_text(properties)
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         fmt = subprocess.run(
             [*self._java_base(java, "256m"), "-XX:TieredStopAtLevel=1", STORAGE_TOOL, "format",
@@ -159,7 +194,7 @@ class KafkaBroker:
             env={**os.environ, "KAFKA_HEAP_OPTS": ""},
         ).start()  # fmt: skip
         self.process.wait_until(
-            lambda: port_in_use(self.port) and metadata_ready(self.bootstrap),
+            lambda: port_in_use(self.port) and metadata_ready(self.bootstrap, self.client_config()),
             timeout=timeout,
             what="a served metadata request",
         )
@@ -175,18 +210,24 @@ class KafkaBroker:
         self.process.stop(timeout=20)
         self.process.start()
         self.process.wait_until(
-            lambda: metadata_ready(self.bootstrap),
+            lambda: metadata_ready(self.bootstrap, self.client_config()),
             timeout=timeout,
             what="a served metadata request",
         )
 
 
-def metadata_ready(bootstrap: str, timeout: float = 3.0) -> bool:
+def metadata_ready(
+    bootstrap: str, client_config: dict[str, Any] | None = None, timeout: float = 3.0
+) -> bool:
     from confluent_kafka.admin import AdminClient
 
     quiet = logging.getLogger("cryptostream.stack.kafka.probe")
     quiet.setLevel(logging.CRITICAL)
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "logger": quiet,
+        **(client_config or {}),
+    }
     admin = AdminClient(config)
     meta = admin.list_topics(timeout=timeout)
     return bool(meta.brokers)

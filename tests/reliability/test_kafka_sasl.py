@@ -1,0 +1,85 @@
+"""Kafka SASL end to end: a local broker whose client listener requires SASL/PLAIN, and the
+project's clients configured only through the CSP_KAFKA_* security settings."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from pydantic import SecretStr
+
+from cryptostream.checker import check
+from cryptostream.config import Settings
+from cryptostream.kafka_clients import security_config
+from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
+from cryptostream.stack.pipeline import Pipeline, wait_for
+from cryptostream.topics import TopicError, create_topics, require_topic, required_topics
+from tests.conftest import Env
+from tests.kafka_helpers import produce, synthetic_trades
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+
+
+@pytest.fixture
+def sasl_broker(tmp_path: Path) -> Iterator[tuple[KafkaBroker, str]]:
+    password = f"pw-{secrets.token_hex(8)}"
+    settings = Settings()
+    lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
+    broker = KafkaBroker(tmp_path / "kafka-sasl", lib, heap="256m",
+                         sasl_users={"admin": f"admin-{secrets.token_hex(4)}",
+                                     "pipeline": password})  # fmt: skip
+    broker.start(timeout=settings.start_timeout_s)
+    try:
+        yield broker, password
+    finally:
+        broker.stop()
+
+
+def test_clients_work_through_sasl_and_fail_clearly_without(
+    isolated: Env, sasl_broker: tuple[KafkaBroker, str]
+) -> None:
+    broker, password = sasl_broker
+    env = {
+        **isolated.env,
+        "CSP_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "CSP_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "CSP_KAFKA_SASL_MECHANISM": "PLAIN",
+        "CSP_KAFKA_SASL_USERNAME": "pipeline",
+        "CSP_KAFKA_SASL_PASSWORD": password,
+    }
+    update = {"kafka_bootstrap": broker.bootstrap, "kafka_security_protocol": "SASL_PLAINTEXT",
+              "kafka_sasl_mechanism": "PLAIN", "kafka_sasl_username": "pipeline",
+              "kafka_sasl_password": SecretStr(password)}  # fmt: skip
+    settings = isolated.settings.model_copy(update=update)
+    # Without credentials the admin client gets nowhere: a clear TopicError, not a hang.
+    with pytest.raises(TopicError, match="cannot reach Kafka"):
+        require_topic(broker.bootstrap, settings.topic, None, timeout=5)
+    create_topics(broker.bootstrap, required_topics(settings),
+                  client_config=security_config(settings))  # fmt: skip
+    trades = synthetic_trades(SYMBOLS, 3_000, seed=51)
+    assert produce(settings, trades) == len(trades)  # producer_config carries the SASL settings
+
+    pipeline = Pipeline(isolated.workdir, broker.bootstrap, isolated.settings.redis_url, SYMBOLS,
+                        extra_env=env)  # fmt: skip
+    try:
+        pipeline.start_processor()
+        client = redis.Redis.from_url(isolated.settings.redis_url)
+
+        def applied() -> bool:
+            pipeline.check_alive()
+            return check(client, trades).ok
+
+        wait_for(applied, 90, "the processor to apply every trade through SASL")
+        client.close()
+        wrong = pipeline.start_processor(CSP_KAFKA_SASL_PASSWORD=f"wrong-{secrets.token_hex(4)}")
+        assert wrong.wait(90) == 2, wrong.log_tail()
+        assert "cannot reach Kafka" in wrong.log_path.read_text()
+    finally:
+        pipeline.stop()
+    for log in (isolated.workdir / "logs").glob("*.log"):
+        assert password not in log.read_text(errors="replace"), f"{log.name} shows the password"
