@@ -124,6 +124,16 @@ def sasl_plain_properties(users: dict[str, str]) -> str:
     )
 
 
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka makes them: URL-safe base64 of a UUID, never starting with
+    '-' (the storage tool's argument parser would take such an id for an option, about one
+    start in 32)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 @dataclass
 class KafkaBroker:
     """One KRaft node on 127.0.0.1. ``start`` formats a fresh data folder and waits for metadata.
@@ -178,7 +188,7 @@ class KafkaBroker:
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n", ""
             ) + sasl_plain_properties(self.sasl_users)
         props.write_text(properties)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         fmt = subprocess.run(
             [*self._java_base(java, "256m"), "-XX:TieredStopAtLevel=1", STORAGE_TOOL, "format",
              "--standalone", "-t", cluster_id, "-c", str(props)],
