@@ -52,7 +52,8 @@ class ScriptedServer:
             return  # closing the connection: ingest must reconnect
         for i in range(1, 51):
             await ws.send(trade_frame("ETHUSDT", i, f"{3000 + i}.25"))
-        await asyncio.Future()  # keep the connection open
+        assert self.stop_event is not None
+        await self.stop_event.wait()  # keep the connection open until the fixture ends
 
     async def main(self) -> None:
         self.stop_event = asyncio.Event()
