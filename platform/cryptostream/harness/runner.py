@@ -316,12 +316,13 @@ class Runner:
         seed = w.seed + trial_no
         names = symbol_names(trial.symbols)
         tracker = None
-        if latency and m.latency:
+        if latency and m.latency:  # the same seeded sequence the generator will send
             sequence = symbol_sequence(count, trial.symbols, w.zipf, seed)
-            start_wall = time.time() + 1.5
-            tracker = VisibilityTracker(names, sequence, OpenSchedule(trial.rate, count,
-                                                                      start_wall), id_base)  # fmt: skip
-        start_wall = time.time() + 1.5  # after the tracker is built: the load starts on time
+            tracker = VisibilityTracker(names, sequence, OpenSchedule(trial.rate, count, 0.0),
+                                        id_base)  # fmt: skip
+        # Record 0 is due 1.5 s from now (the generator's start-up); every later send time
+        # follows from it, on both sides.
+        start_wall = time.time() + 1.5
         if tracker is not None:
             tracker.schedule = OpenSchedule(trial.rate, count, start_wall)
         out_file = ctx.workdir / f"loadgen-{pipeline.extra_env['CSP_TOPIC']}-{trial_no}.json"
