@@ -62,6 +62,10 @@ class BackfillError(RuntimeError):
     pass
 
 
+class ConfigError(RuntimeError):
+    """Nothing to ingest, or the symbol list could not be read; the message says why."""
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -597,7 +601,7 @@ async def discover_symbols(settings: Settings, rest_url: str) -> list[str]:
         reply.raise_for_status()
         symbols = trading_symbols(reply.json(), settings.quote_asset)
     if not symbols:
-        raise TopicError(f"no TRADING symbol with quote asset {settings.quote_asset!r}")
+        raise ConfigError(f"no TRADING symbol with quote asset {settings.quote_asset!r}")
     return symbols
 
 
@@ -608,7 +612,13 @@ async def run(settings: Settings) -> int:
     rest_url = settings.binance_rest_url.rstrip("/") or rest_base_url(settings.binance_ws_url)
     symbols = settings.symbols
     if settings.quote_asset:
-        symbols = await discover_symbols(settings, rest_url)
+        try:
+            symbols = await discover_symbols(settings, rest_url)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ConfigError(f"cannot read the symbols from {rest_url}/api/v3/exchangeInfo: "
+                              f"{exc!r}") from None  # fmt: skip
+    if not symbols:
+        raise ConfigError("no symbols to ingest: set CSP_SYMBOLS or CSP_QUOTE_ASSET")
     ingest = Ingest(settings, symbols, rest_url)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -647,6 +657,6 @@ def main(settings: Settings) -> int:
     setup_logging("ingest", settings.log_level)
     try:
         return asyncio.run(run(settings))
-    except TopicError as exc:
+    except (TopicError, ConfigError) as exc:
         log.error(str(exc))
         return 2
