@@ -31,7 +31,11 @@ from tests.containers.conftest import APP_IMAGE, DEPLOY, environment, load_compo
 pytestmark = pytest.mark.integration
 
 # Every service that serves Prometheus metrics, and how the compose file configures its port.
-METRICS_PORT_SETTINGS = {"processor": "CSP_PROCESSOR_METRICS_PORT", "query": "CSP_QUERY_PORT"}
+METRICS_PORT_SETTINGS = {
+    "ingest": "CSP_INGEST_METRICS_PORT",
+    "processor": "CSP_PROCESSOR_METRICS_PORT",
+    "query": "CSP_QUERY_PORT",
+}
 LOGGING_SERVICES = ("ingest", "processor", "query")
 
 
@@ -57,16 +61,19 @@ def run(
     pipeline = Pipeline(
         workdir, stack.kafka_bootstrap, stack.redis_url, ["BTCUSDT", "ETHUSDT"], extra_env=env
     )
-    metrics_port = free_port()
+    metrics_port, ingest_metrics_port = free_port(), free_port()
     try:
         sim = pipeline.start_simulator(["--symbols", "BTCUSDT,ETHUSDT", "--rate", "200"])
         processes = {
-            "ingest": pipeline.start_ingest(sim.ws_url),
+            "ingest": pipeline.start_ingest(
+                sim.ws_url, CSP_INGEST_METRICS_PORT=str(ingest_metrics_port)
+            ),
             "processor": pipeline.start_processor(CSP_PROCESSOR_METRICS_PORT=str(metrics_port)),
         }
         query = pipeline.start_query()
         processes["query"] = query.process
         urls = {
+            "ingest": f"http://127.0.0.1:{ingest_metrics_port}/metrics",
             "processor": f"http://127.0.0.1:{metrics_port}/metrics",
             "query": f"{query.base_url}/metrics",
         }
@@ -142,6 +149,7 @@ def test_grafana_dashboard_uses_only_exported_metrics(run: Run) -> None:
     for topic in ("records_total", "consumer_lag", "event_to_visible_seconds_bucket"):
         assert f"csp_processor_{topic}" in everything
     assert {"csp_query_requests_total", "csp_query_request_seconds_bucket"} <= everything
+    assert {"csp_ingest_acked_total", "csp_ingest_gaps_total"} <= everything
 
 
 def test_dashboard_checker_catches_an_unknown_metric(run: Run) -> None:
