@@ -427,6 +427,15 @@ def settle_and_finish(run: FaultRun, sim: SimulatorHandle, settings: Settings) -
     except TimeoutError as exc:
         run.result.notes += f" {exc}."
     run.result.notes += f" views complete {time.monotonic() - done_at:.1f}s after the last trade."
+    seen: list[dict[int, int]] = []
+
+    def idle() -> bool:  # no record produced for 2 s (a late backfill would race the topic read)
+        ends = run.probe.ends()
+        unchanged = bool(seen) and seen[-1] == ends
+        seen.append(ends)
+        return unchanged
+
+    wait_for(idle, 60, "ingest to go idle (topic end offsets unchanged for 2 s)", interval=2.0)
     run.wait_drained()
     topic_ids = []
     for value in read_all(settings, settings.topic):
