@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     ingest_buffer_max: int = Field(200_000, ge=100, description="trades in flight to Kafka")
     ingest_buffer_timeout_s: float = Field(2.0, ge=0, description="then overflow becomes gaps")
     ingest_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")
+    ingest_resume_scan: int = Field(
+        20_000, ge=0, description="records per partition read back at start to resume ids"
+    )
     record_dir: Path | None = Field(None, description="record raw frames here (gzip JSON lines)")
     record_rotate_mb: float = Field(256.0, gt=0)
     record_rotate_s: float = Field(3600.0, gt=0)

@@ -38,6 +38,7 @@ from cryptostream.ingest.backfill import BackfillPlan, RestRequest, rest_base_ur
 from cryptostream.ingest.gaps import detected_record, final_records
 from cryptostream.ingest.metrics import IngestStats, MetricsServer
 from cryptostream.ingest.recorder import Recorder
+from cryptostream.ingest.resume import read_last_trade_ids
 from cryptostream.ingest.streams import (
     SUBSCRIBE_INTERVAL_S,
     AttemptLimiter,
@@ -189,6 +190,14 @@ class Ingest:
             ranges.append([tid, tid])
 
     # ----- hot path ------------------------------------------------------------------------
+
+    def resume_from(self, last_ids: dict[str, int]) -> None:
+        """Continue after the ids a previous process published: the first live trade of each
+        symbol then opens a ``reconnect`` gap over whatever was missed while nobody listened."""
+        for symbol, tid in last_ids.items():
+            tracker = self._tracker(symbol)
+            tracker.last = tid
+            tracker.after_reconnect = True
 
     def _tracker(self, symbol: str) -> SymbolTracker:
         tracker = self.trackers.get(symbol)
@@ -620,6 +629,7 @@ async def run(settings: Settings) -> int:
     if not symbols:
         raise ConfigError("no symbols to ingest: set CSP_SYMBOLS or CSP_QUOTE_ASSET")
     ingest = Ingest(settings, symbols, rest_url)
+    ingest.resume_from(await asyncio.to_thread(read_last_trade_ids, settings, symbols))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, ingest.stopping.set)
