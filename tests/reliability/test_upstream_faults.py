@@ -142,15 +142,10 @@ def test_websocket_stall(isolated: Env, pipeline: Pipeline, profile: Profile) ->
     _settle_and_finish_with_counts(run, sim, isolated, port)
 
 
-@pytest.mark.xfail(
-    reason="ingest does not resume after a crash: trades generated while it was down are "
-    "neither backfilled nor reported on the gap topic (it would need each symbol's last trade id "
-    "from raw.trades at start-up); the report row shows how many",
-    strict=False,
-)
 @pytest.mark.parametrize("profile", FULL_ONLY)
 def test_sigkill_ingest(isolated: Env, pipeline: Pipeline, profile: Profile) -> None:
-    """Ingest is SIGKILLed at random moments and started again."""
+    """Ingest is SIGKILLed at random moments and started again: it resumes from each symbol's
+    last trade id in raw.trades, so its downtime becomes a backfilled (or reported) gap."""
     seconds = 25 if profile is FAST else 90
     sim = _start(pipeline, profile, seconds, [], seed=23)
     run = FaultRun("sigkill-ingest", profile, pipeline, isolated.settings)
