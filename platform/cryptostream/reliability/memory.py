@@ -5,18 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cryptostream.harness.search import slope
 
-def slope(samples: Sequence[tuple[float, float]]) -> float:
-    """Least-squares slope (units of y per unit of x); 0 for fewer than two distinct x."""
-    n = len(samples)
-    if n < 2:
-        return 0.0
-    mean_x = sum(x for x, _ in samples) / n
-    mean_y = sum(y for _, y in samples) / n
-    var = sum((x - mean_x) ** 2 for x, _ in samples)
-    if var == 0:
-        return 0.0
-    return sum((x - mean_x) * (y - mean_y) for x, y in samples) / var
+__all__ = ["MemoryVerdict", "memory_verdict", "slope"]
 
 
 @dataclass(frozen=True)
