@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from confluent_kafka import TopicPartition
 from pydantic import SecretStr
 
 from cryptostream.checker import check
 from cryptostream.config import Settings
-from cryptostream.kafka_clients import security_config
+from cryptostream.kafka_clients import make_consumer, security_config
 from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.topics import TopicError, create_topics, require_topic, required_topics
@@ -76,6 +77,19 @@ def test_clients_work_through_sasl_and_fail_clearly_without(
 
         wait_for(applied, 90, "the processor to apply every trade through SASL")
         client.close()
+        # Ingest too: its topic checks, producer and resume read all carry the SASL settings.
+        sim = pipeline.start_simulator(["--symbols", ",".join(SYMBOLS), "--rate", "500"])
+        ingest = pipeline.start_ingest(sim.ws_url)
+        reader = make_consumer(settings)
+
+        def ingested() -> bool:
+            assert ingest.alive(), ingest.log_tail()
+            marks = [reader.get_watermark_offsets(TopicPartition(settings.topic, p), timeout=5)
+                     for p in range(settings.partitions)]  # fmt: skip
+            return sum(high for _low, high in marks) >= len(trades) + 500
+
+        wait_for(ingested, 90, "ingest to publish trades through SASL")
+        reader.close()
         wrong = pipeline.start_processor(CSP_KAFKA_SASL_PASSWORD=f"wrong-{secrets.token_hex(4)}")
         assert wrong.wait(90) == 2, wrong.log_tail()
         assert "cannot reach Kafka" in wrong.log_path.read_text()

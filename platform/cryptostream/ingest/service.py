@@ -49,7 +49,7 @@ from cryptostream.ingest.streams import (
 )
 from cryptostream.ingest.tracker import Gap, SymbolTracker
 from cryptostream.ingest.wsclient import WsConnection, open_connection
-from cryptostream.kafka_clients import make_producer
+from cryptostream.kafka_clients import make_producer, security_config
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.topics import TopicError, require_topic
 
@@ -617,7 +617,8 @@ async def discover_symbols(settings: Settings, rest_url: str) -> list[str]:
 async def run(settings: Settings) -> int:
     for name, partitions in ((settings.topic, settings.partitions), (settings.dlq_topic, None),
                              (settings.gap_topic, None)):  # fmt: skip
-        require_topic(settings.kafka_bootstrap, name, partitions)
+        require_topic(settings.kafka_bootstrap, name, partitions,
+                      client_config=security_config(settings))  # fmt: skip
     rest_url = settings.binance_rest_url.rstrip("/") or rest_base_url(settings.binance_ws_url)
     symbols = settings.symbols
     if settings.quote_asset:
