@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 
 import orjson
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from cryptostream.core.codec import decode_trade
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from tests.conftest import Env
 from tests.kafka_helpers import read_all, watermarks
+from tests.ws_server import ScriptedWsServer, trade_frame
 
 pytestmark = pytest.mark.integration
-
-
-def trade_frame(symbol: str, trade_id: int, price: str) -> bytes:
-    data = {"e": "trade", "E": 1_718_000_000_000 + trade_id, "s": symbol, "t": trade_id, "p": price,
-            "q": "0.5", "T": 1_718_000_000_000 + trade_id, "m": False, "M": True}  # fmt: skip
-    return orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": data})
 
 
 BAD_FRAMES = [b"{not json", b'{"e":"trade","s":"BTCUSDT"}', orjson.dumps(
@@ -29,20 +22,10 @@ BAD_FRAMES = [b"{not json", b'{"e":"trade","s":"BTCUSDT"}', orjson.dumps(
                                          "q": "1", "T": 1, "m": False}})]  # fmt: skip
 
 
-class ScriptedServer:
+class ScriptedServer(ScriptedWsServer):
     """Sends a fixed script of frames on the first connection, then drops it; the rest later."""
 
-    def __init__(self) -> None:
-        self.connections = 0
-        self.paths: list[str] = []
-        self.port = 0
-        self.loop = asyncio.new_event_loop()
-        self.started = threading.Event()
-        self.stop_event: asyncio.Event | None = None
-
     async def handler(self, ws: ServerConnection) -> None:
-        self.connections += 1
-        self.paths.append(ws.request.path if ws.request else "")
         if self.connections == 1:
             for i in range(1, 101):
                 await ws.send(trade_frame("BTCUSDT", i, f"{60000 + i}.5"))
@@ -52,39 +35,22 @@ class ScriptedServer:
             return  # closing the connection: ingest must reconnect
         for i in range(1, 51):
             await ws.send(trade_frame("ETHUSDT", i, f"{3000 + i}.25"))
-        assert self.stop_event is not None
-        await self.stop_event.wait()  # keep the connection open until the fixture ends
-
-    async def main(self) -> None:
-        self.stop_event = asyncio.Event()
-        async with serve(self.handler, "127.0.0.1", 0) as server:
-            self.port = server.sockets[0].getsockname()[1]
-            self.started.set()
-            await self.stop_event.wait()
-
-    def run(self) -> None:
-        self.loop.run_until_complete(self.main())
+        await self.stopped()
 
 
 @pytest.fixture
-def scripted_server() -> Iterator[ScriptedServer]:
-    server = ScriptedServer()
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    assert server.started.wait(10)
-    yield server
-    assert server.stop_event is not None
-    server.loop.call_soon_threadsafe(server.stop_event.set)
-    thread.join(10)
+def scripted_server() -> Iterator[ScriptedWsServer]:
+    with ScriptedServer().running() as server:
+        yield server
 
 
 def test_trades_to_kafka_bad_frames_to_dlq_and_reconnect(
-    isolated: Env, scripted_server: ScriptedServer
+    isolated: Env, scripted_server: ScriptedWsServer
 ) -> None:
     pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap, isolated.settings.redis_url,
                         ["BTCUSDT", "ETHUSDT"], extra_env=isolated.env)  # fmt: skip
     try:
-        pipeline.start_ingest(f"ws://127.0.0.1:{scripted_server.port}")
+        pipeline.start_ingest(scripted_server.url)
 
         def count() -> int:
             pipeline.check_alive()

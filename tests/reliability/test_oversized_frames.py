@@ -4,19 +4,18 @@ reconnects, and the trades around both arrive exactly once."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 
 import orjson
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from cryptostream.core.codec import decode_trade
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from tests.conftest import Env
-from tests.integration.test_ingest import trade_frame
 from tests.kafka_helpers import read_all, watermarks
+from tests.ws_server import ScriptedWsServer, trade_frame
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -30,16 +29,10 @@ def _padded(trade_id: int, size: int) -> bytes:
     return orjson.dumps(frame)
 
 
-class OversizeServer:
-    def __init__(self) -> None:
-        self.connections = 0
-        self.port = 0
-        self.started = threading.Event()
-        self.loop = asyncio.new_event_loop()
-        self.stop_event: asyncio.Event | None = None
+class OversizeServer(ScriptedWsServer):
+    serve_options: ClassVar[Mapping[str, Any]] = {"max_size": None}
 
     async def handler(self, ws: ServerConnection) -> None:
-        self.connections += 1
         if self.connections == 1:
             for i in range(1, 11):
                 await ws.send(trade_frame("BTCUSDT", i, f"{100 + i}.5"))
@@ -52,36 +45,18 @@ class OversizeServer:
             await ws.send(trade_frame("BTCUSDT", i, f"{100 + i}.5"))
         await self.stopped()
 
-    async def stopped(self) -> None:
-        assert self.stop_event is not None
-        await self.stop_event.wait()
-
-    async def main(self) -> None:
-        self.stop_event = asyncio.Event()
-        async with serve(self.handler, "127.0.0.1", 0, max_size=None) as server:
-            self.port = server.sockets[0].getsockname()[1]
-            self.started.set()
-            await self.stop_event.wait()
-
 
 @pytest.fixture
-def oversize_server() -> Iterator[OversizeServer]:
-    server = OversizeServer()
-    thread = threading.Thread(target=server.loop.run_until_complete, args=(server.main(),),
-                              daemon=True)  # fmt: skip
-    thread.start()
-    assert server.started.wait(10)
-    yield server
-    assert server.stop_event is not None
-    server.loop.call_soon_threadsafe(server.stop_event.set)
-    thread.join(10)
+def oversize_server() -> Iterator[ScriptedWsServer]:
+    with OversizeServer().running() as server:
+        yield server
 
 
-def test_oversized_frames(isolated: Env, oversize_server: OversizeServer) -> None:
+def test_oversized_frames(isolated: Env, oversize_server: ScriptedWsServer) -> None:
     pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
                         isolated.settings.redis_url, ["BTCUSDT"], extra_env=isolated.env)  # fmt: skip
     try:
-        ingest = pipeline.start_ingest(f"ws://127.0.0.1:{oversize_server.port}",
+        ingest = pipeline.start_ingest(oversize_server.url,
                                        CSP_INGEST_BACKFILL="false")  # fmt: skip
 
         def dlq_count() -> int:
