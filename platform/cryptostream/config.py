@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     )
     ingest_gap_grace_s: float = Field(1.0, ge=0, description="wait for reordered ids")
     ingest_backfill: bool = True
+    ingest_tail_check_s: float = Field(
+        30.0, ge=0, description="check a symbol quiet this long against REST's newest id (0 = off)"
+    )
     ingest_buffer_max: int = Field(200_000, ge=100, description="trades in flight to Kafka")
     ingest_buffer_timeout_s: float = Field(2.0, ge=0, description="then overflow becomes gaps")
     ingest_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")

@@ -46,7 +46,9 @@ def start(
         ["--symbols", ",".join(SYMBOLS), "--wait-for-subscribers", "1", *sim_args]
     )
     port = free_port()
-    env = {"CSP_INGEST_GAP_GRACE_S": "0.3", **env}
+    # A quick tail check: trades lost at the very end (or while the last connection was being
+    # re-established) have no later trade to reveal them.
+    env = {"CSP_INGEST_GAP_GRACE_S": "0.3", "CSP_INGEST_TAIL_CHECK_S": "1", **env}
     ingest = pipeline.start_ingest(sim.ws_url, CSP_INGEST_METRICS_PORT=str(port), **env)
     return sim, ingest, port
 
@@ -174,6 +176,23 @@ def test_drops_gaps_duplicates_reorders_and_malformed_frames(
     assert m['csp_ingest_gaps_total{status="backfilled"}'] >= 3
     assert m["csp_ingest_produce_latency_seconds_count"] == len(o.trades)
     assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+
+
+def test_trades_lost_at_the_end_are_found_by_the_quiet_symbol_check(
+    isolated: Env, pipeline: Pipeline
+) -> None:
+    """The connection drops 100 trades before the end and the stream is over before ingest
+    reconnects: no later trade reveals the loss; the quiet-symbol check finds and backfills it."""
+    total = 3000
+    sim, ingest, port = start(pipeline, [
+        "--rate", "3000", "--max-trades", str(total), "--fault-drop-after-messages", "2900",
+        "--fault-connections", "1"])  # fmt: skip
+    o = wait_settled(isolated, sim, ingest, port, total)
+    assert_exactly_once_or_reported(o)
+    assert not o.unrecoverable
+    tail = [g for g in o.gaps if g.cause == "tail"]
+    assert any(g.status == "backfilled" for g in tail), o.gaps
+    assert metrics(port)["csp_ingest_tail_checks_total"] >= 1
 
 
 def test_silent_connection_is_replaced_and_the_stall_backfilled(

@@ -33,6 +33,7 @@ from cryptostream.ingest.streams import (
     plan_connections,
     subscribe_message,
 )
+from cryptostream.ingest.tail import TailWatch, newest_id, newest_request
 from cryptostream.ingest.tracker import Gap, SymbolTracker
 from cryptostream.ingest.wsproto import (
     OP_PING,
@@ -225,6 +226,41 @@ def test_trading_symbols_from_exchange_info() -> None:
     assert trading_symbols(info, "usdt") == ["ADAUSDT", "BTCUSDT"]
     with pytest.raises(ValueError):
         trading_symbols({"nope": 1}, "USDT")
+
+
+# ---------- quiet-symbol (tail) checks ----------
+
+
+def test_tail_watch_checks_quiet_symbols_with_backoff_and_budget() -> None:
+    watch = TailWatch(quiet_s=10, max_interval_s=40, max_per_step=2)
+    lasts: dict[str, int | None] = {"A": 5, "B": 7, "C": None}
+    assert watch.due(lasts, 0) == []  # quiet periods start
+    assert watch.due(lasts, 9.9) == []
+    assert watch.due(lasts, 10) == ["A", "B"]  # C has no id yet: nothing to compare with
+    assert watch.due(lasts, 15) == []
+    assert watch.due(lasts, 30) == ["A", "B"]  # interval doubled to 20
+    assert watch.due(lasts, 69) == []
+    assert watch.due(lasts, 70) == ["A", "B"]  # doubled again, capped at 40
+    assert watch.due(lasts, 110) == ["A", "B"]
+    lasts["A"] = 6  # A traded: a fresh quiet period, no check until it is quiet again
+    assert watch.due(lasts, 111) == []
+    assert watch.due(lasts, 121) == ["A"]
+    budget = TailWatch(quiet_s=1, max_per_step=1)
+    many: dict[str, int | None] = {"A": 1, "B": 1}
+    budget.due(many, 0)
+    assert budget.due(many, 1) == ["A"]
+    assert budget.due(many, 1.5) == ["B"]  # over budget last step: still due, not skipped
+
+
+def test_newest_id_from_agg_trades() -> None:
+    req = newest_request("BTCUSDT")
+    assert req.path == "/api/v3/aggTrades" and req.params == {"symbol": "BTCUSDT", "limit": "1"}
+    row = {"a": 26, "p": "1.0", "q": "1.0", "f": 100, "l": 104, "T": 1, "m": True, "M": True}
+    assert newest_id("trade", [row]) == 104 and newest_id("aggTrade", [row]) == 26
+    assert newest_id("trade", []) is None
+    for bad in ({"x": 1}, [1], [{"a": 1}], [{"l": "104"}], [{"l": True}]):
+        with pytest.raises(RowError):
+            newest_id("trade", bad)
 
 
 # ---------- connections ----------

@@ -4,7 +4,7 @@ Schema version 1, key = the symbol (UTF-8)::
 
     {"v": 1, "symbol": "BTCUSDT", "first_id": 101, "last_id": 120, "count": 20,
      "status": "detected" | "backfilled" | "unrecoverable",
-     "cause": "stream" | "reconnect" | "buffer_overflow",
+     "cause": "stream" | "reconnect" | "buffer_overflow" | "tail",
      "detected_at_us": 1718000000000000, "reported_at_us": 1718000000100000}
 
 A ``detected`` record is followed by final records (``backfilled`` / ``unrecoverable``) whose

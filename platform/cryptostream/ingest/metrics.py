@@ -7,7 +7,7 @@ Exported names (prefix ``csp_ingest_``): ``frames_total``, ``trades_total`` (new
 ``duplicates_total``, ``produced_total``, ``acked_total``, ``delivery_failed_total``,
 ``dead_letters_total``, ``ignored_total{event}``, ``errors_total{kind}``, ``reconnects_total``,
 ``gaps_total{status}`` and ``gap_trades_total{status}`` (status = detected | backfilled |
-unrecoverable), ``backfilled_trades_total``, ``buffer_dropped_total``, ``buffer_depth`` (trades
+unrecoverable), ``backfilled_trades_total``, ``buffer_dropped_total``, ``tail_checks_total``, ``buffer_depth`` (trades
 in flight to Kafka), ``connections`` (open), ``symbols``, and the histogram
 ``produce_latency_seconds`` (frame received -> acknowledged by Kafka).
 """
@@ -80,6 +80,7 @@ class IngestStats:
     reconnects: int = 0
     backfilled_trades: int = 0
     buffer_dropped: int = 0
+    tail_checks: int = 0
     ignored: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     gaps: dict[str, int] = field(default_factory=dict)
@@ -112,6 +113,7 @@ _COUNTERS = (
     ("reconnects", "connections replaced (lost, silent, or at the lifetime limit)"),
     ("backfilled_trades", "trades recovered from the REST API"),
     ("buffer_dropped", "trades not published because the buffer stayed full (become gaps)"),
+    ("tail_checks", "quiet symbols checked against the REST API's newest trade id"),
 )
 
 

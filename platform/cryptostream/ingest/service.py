@@ -34,7 +34,13 @@ from cryptostream.config import Settings
 from cryptostream.core.codec import encode_trade
 from cryptostream.core.frames import ControlReply, Ignored, Malformed, parse_frame
 from cryptostream.core.trades import Trade
-from cryptostream.ingest.backfill import BackfillPlan, RestRequest, rest_base_url, trading_symbols
+from cryptostream.ingest.backfill import (
+    BackfillPlan,
+    RestRequest,
+    RowError,
+    rest_base_url,
+    trading_symbols,
+)
 from cryptostream.ingest.gaps import detected_record, final_records
 from cryptostream.ingest.metrics import IngestStats, MetricsServer
 from cryptostream.ingest.recorder import Recorder
@@ -47,6 +53,7 @@ from cryptostream.ingest.streams import (
     plan_connections,
     subscribe_message,
 )
+from cryptostream.ingest.tail import TailWatch, newest_id, newest_request
 from cryptostream.ingest.tracker import Gap, SymbolTracker
 from cryptostream.ingest.wsclient import WsConnection, open_connection
 from cryptostream.kafka_clients import make_producer, security_config
@@ -401,6 +408,36 @@ class Ingest:
             self.gap_step()
             await asyncio.sleep(0.1)
 
+    async def tail_loop(self) -> None:
+        """Check quiet symbols against REST's newest id (see :mod:`cryptostream.ingest.tail`)."""
+        quiet_s = self.settings.ingest_tail_check_s
+        if quiet_s <= 0:
+            return
+        watch = TailWatch(quiet_s)
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            while True:
+                await asyncio.sleep(min(1.0, quiet_s / 2))
+                if self.paused or self.dropping:  # unread frames would look like losses
+                    continue
+                lasts = {symbol: t.last for symbol, t in self.trackers.items()}
+                for symbol in watch.due(lasts, time.monotonic()):
+                    await self.tail_check(client, symbol)
+
+    async def tail_check(self, client: httpx.AsyncClient, symbol: str) -> None:
+        self.stats.tail_checks += 1
+        try:
+            newest = newest_id(self.kind, await self._rest_get(client, newest_request(symbol)))
+        except (BackfillError, RowError, ValueError) as exc:
+            self.stats.error("tail_check")
+            self.warn.warning("tail", "newest-id check failed", symbol=symbol,
+                              **{"error.message": str(exc)})  # fmt: skip
+            return
+        tracker = self._tracker(symbol)
+        if newest is not None and tracker.last is not None and newest > tracker.last:
+            # Pending, not detected: the WebSocket may still deliver these within the grace.
+            tracker.open_gap(tracker.last + 1, newest, "tail", time.monotonic())
+            tracker.last = newest
+
     # ----- backfill ------------------------------------------------------------------------
 
     async def backfill_loop(self) -> None:
@@ -644,7 +681,7 @@ async def run(settings: Settings) -> int:
         "rest_url": rest_url, "record_dir": str(settings.record_dir or "")}})  # fmt: skip
     supervisors = [asyncio.create_task(ingest.supervise(plan)) for plan in plans]
     workers = [asyncio.create_task(coro) for coro in (ingest.flow_loop(), ingest.gap_loop(),
-               ingest.backfill_loop(), ingest.progress_loop())]  # fmt: skip
+               ingest.backfill_loop(), ingest.tail_loop(), ingest.progress_loop())]  # fmt: skip
     await ingest.stopping.wait()
     await asyncio.wait(supervisors, timeout=5)
     for conn in list(ingest.connections):

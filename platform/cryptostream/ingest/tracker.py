@@ -28,7 +28,7 @@ from typing import Literal
 
 BASELINE_WINDOW = 64
 
-Cause = Literal["stream", "reconnect", "buffer_overflow"]
+Cause = Literal["stream", "reconnect", "buffer_overflow", "tail"]
 Status = Literal["detected", "backfilled", "unrecoverable"]
 
 
