@@ -69,9 +69,11 @@ def live(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench_processor(session: nox.Session) -> None:
-    """One processor draining 2M pre-filled trades; consume-loop ceilings; latency at 10k/s."""
+    """One processor draining 2M pre-filled trades with each Kafka client backend (confluent,
+    aiokafka), their consume-loop ceilings, a py-spy profile, latency at 10k/s."""
     _ensure_system_packages(session)
     _install(session)
+    session.install("py-spy")  # the sampling profiler of the profiled drain
     session.run("python", "benchmarks/bench_processor.py", "--json",
                 "reports/bench-processor.json", *session.posargs)  # fmt: skip
 

@@ -19,13 +19,10 @@ connection; one ``csp ingest`` process reads them and produces to a real local K
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import platform
-import re
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +40,7 @@ from cryptostream.config import Settings
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
+from profiling import py_spy_argv, summarize_profile
 
 SYMBOLS = "BTCUSDT,ETHUSDT,BNBUSDT,SOLUSDT,XRPUSDT,DOGEUSDT,ADAUSDT,ETHBTC,LTCUSDT,TRXUSDT"
 
@@ -134,10 +132,7 @@ def run_once(stack: LocalStack, workdir: Path, trades: int, partitions: int,
         if profile is None:
             ingest = pipeline.start_ingest(sim.ws_url, **env)
         else:
-            argv = [shutil.which("py-spy") or "py-spy", "record", "--nonblocking", "--rate", "200",
-                    "--function", "--format", "raw", "-o", str(profile), "--", sys.executable, "-m",
-                    "cryptostream", "ingest"]  # fmt: skip
-            ingest = pipeline._spawn("ingest-profiled", argv,
+            ingest = pipeline._spawn("ingest-profiled", py_spy_argv(profile, "ingest"),
                                      pipeline.env(CSP_BINANCE_WS_URL=sim.ws_url, **env))  # fmt: skip
         ingest.wait_until(lambda: "csp_ingest_acked_total" in scrape(port), timeout=60,
                           what="metrics")  # fmt: skip
@@ -203,39 +198,6 @@ GROUPS = [
 ]  # fmt: skip
 
 
-def summarize_profile(path: Path) -> dict[str, Any]:
-    """Self time per function (leaf frames) and inclusive share per part of the process."""
-    leaf: collections.Counter[str] = collections.Counter()
-    inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        n = int(count_text)
-        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
-        if any("importlib" in f for f in frames):
-            inclusive["start-up (imports)"] += n
-            total += n
-            continue
-        total += n
-        leaf[frames[-1]] += n
-        # the innermost matching group gets the sample
-        for frame in reversed(frames):
-            group = next((g for g, keys in GROUPS if any(k in frame for k in keys)), None)
-            if group is not None:
-                inclusive[group] += n
-                break
-        else:
-            inclusive["other"] += n
-    return {
-        "samples": total,
-        "share_by_part": {g: round(n / total, 3) for g, n in inclusive.most_common()},
-        "top_self": [{"function": f[:140], "share": round(n / total, 3)}
-                     for f, n in leaf.most_common(15)],
-    }  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--json", type=Path, default=Path("reports/bench-ingest.json"))
@@ -269,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 profiled = run_once(stack, Path(tmp) / "prof", ns.trades, ns.partitions, prof)
                 wait_for(prof.exists, 30, "the py-spy profile")
                 report["profiled_run"] = profiled
-                report["profile"] = summarize_profile(prof)
+                report["profile"] = summarize_profile(prof, GROUPS)
                 shutil.copy(prof, ns.json.with_name(ns.json.stem + "-profile.txt"))
                 print(orjson.dumps(report["profile"], option=orjson.OPT_INDENT_2).decode())
         finally:

@@ -1,25 +1,28 @@
-"""Processor throughput and latency on this machine (issue 5).
+"""Processor throughput and latency on this machine (issue 5), with each Kafka client backend.
 
 1. Drain: pre-fill a topic (default 2,000,000 trades, 8 partitions, 600 symbols), start one
    ``csp processor`` and time it from its first applied batch until every partition's offset is
-   stored in Redis.
-2. Consume-loop ceiling of each Kafka client library on the same topic (fetch + decode, no Redis):
-   confluent-kafka (librdkafka) and aiokafka.
+   stored in Redis; once per backend (``CSP_PROCESSOR_KAFKA_CLIENT``: confluent, aiokafka), on the
+   same topic into an emptied Redis, alternating twice, so both see the same machine state.
+2. Consume-loop ceiling of each backend through the processor's consumer interface on the same
+   topic (fetch + decode, no Redis).
 3. Latency: an open-model producer at a steady rate (default 10,000 trades/s) stamps each record's
    event time; a pub/sub subscriber to ``updates:price`` records now - event time when each update
-   becomes visible (HDR histogram).
+   becomes visible (HDR histogram); once per backend.
+4. ``--profile``: one more confluent drain under py-spy: where the processor's CPU goes.
 
-    python benchmarks/bench_processor.py --json reports/bench-processor.json
+    nox -s bench_processor        (python benchmarks/bench_processor.py --json ...)
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
 import os
 import platform
 import random
+import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from hdrh.histogram import HdrHistogram
@@ -35,10 +39,14 @@ from hdrh.histogram import HdrHistogram
 from cryptostream.config import Settings
 from cryptostream.core.codec import decode_trade, encode_trade
 from cryptostream.core.trades import Trade
-from cryptostream.kafka_clients import make_consumer, producer_config
+from cryptostream.kafka_clients import producer_config
+from cryptostream.processor.consumers import make_group_consumer
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.topics import create_topics, required_topics
+from profiling import py_spy_argv, summarize_profile
+
+STALL_S = 60  # a drain with no progress for this long has failed (never hang the session)
 
 
 def symbols(count: int) -> list[str]:
@@ -89,74 +97,76 @@ def applied(client: redis.Redis, topic: str) -> int:
     return sum(int(v) + 1 for v in stored.values())
 
 
-def drain(pipeline: Pipeline, settings: Settings, total: int) -> dict[str, float]:
+def drain(
+    pipeline: Pipeline, settings: Settings, total: int, backend: str, profile: Path | None = None
+) -> dict[str, float]:
     client = redis.Redis.from_url(settings.redis_url)
-    pipeline.start_processor()
+    client.flushall()
+    env = {"CSP_PROCESSOR_KAFKA_CLIENT": backend, "CSP_GROUP_ID": f"bench-{backend}"}
+    if profile is None:
+        pipeline.start_processor(**env)
+    else:
+        pipeline._spawn(
+            "processor-profiled", py_spy_argv(profile, "processor"), pipeline.env(**env)
+        )
     wait_for(lambda: applied(client, settings.topic) > 0, 120, "the first applied batch")
     t0, n0 = time.monotonic(), applied(client, settings.topic)
-    samples = []
+    last_progress, last_done = time.monotonic(), n0
     while (done := applied(client, settings.topic)) < total:
         pipeline.check_alive()
-        samples.append((time.monotonic() - t0, done))
+        now = time.monotonic()
+        if done > last_done:
+            last_progress, last_done = now, done
+        elif now - last_progress > STALL_S:
+            stored = client.hgetall(f"offsets:{settings.topic}")
+            raise RuntimeError(
+                f"{backend} processor stalled: {done:,} of {total:,} applied, no progress for "
+                f"{STALL_S} s; offsets stored in Redis: {stored}"
+            )
         time.sleep(0.25)
     elapsed = time.monotonic() - t0
     rate = (total - n0) / elapsed
-    print(f"drain: {total - n0:,} records in {elapsed:.1f}s = {rate:,.0f} trades/s", flush=True)
+    print(f"drain ({backend}{', profiled' if profile else ''}): {total - n0:,} records in "
+          f"{elapsed:.1f}s = {rate:,.0f} trades/s", flush=True)  # fmt: skip
+    if profile is not None:  # stop the profiled interpreter only: py-spy writes when it exits
+        (spy,) = [p for p in pipeline.group.processes if p.proc is not None]
+        assert spy.proc is not None
+        for child in psutil.Process(spy.proc.pid).children(recursive=True):
+            child.send_signal(signal.SIGTERM)
+        spy.wait(60)
     pipeline.stop()
     pipeline.group.processes.clear()
     client.close()
     return {"records": total - n0, "seconds": elapsed, "trades_per_s": rate}
 
 
-def consume_confluent(settings: Settings, total: int) -> float:
-    # The processor's own consumer configuration (fetch sizes matter: see kafka_clients.py).
-    consumer = make_consumer(settings.model_copy(update={"group_id": "bench-ck"}))
-    parts = end_offsets(settings)
-    consumer.assign([TopicPartition(settings.topic, p, 0) for p in parts])
+def consume_loop(settings: Settings, total: int, backend: str) -> float:
+    """Fetch + decode through the processor's consumer interface, no Redis."""
+    consumer = make_group_consumer(settings.model_copy(
+        update={"processor_kafka_client": backend, "group_id": f"bench-loop-{backend}"}))  # fmt: skip
+    consumer.assign_from_beginning()
     count = 0
     t0 = time.monotonic()
     while count < total:
-        for msg in consumer.consume(5000, timeout=1.0):
-            if msg.error() is None:
-                decode_trade(msg.value())
-                count += 1
+        for record in consumer.poll(5000, 1.0):
+            decode_trade(record.value)
+            count += 1
     elapsed = time.monotonic() - t0
     consumer.close()
     return count / elapsed
 
 
-def consume_aiokafka(settings: Settings, total: int) -> float:
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka import TopicPartition as AioTP
-
-    async def run() -> float:
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    max_partition_fetch_bytes=4 << 20, fetch_max_bytes=64 << 20)  # fmt: skip
-        await consumer.start()
-        parts = [AioTP(settings.topic, p) for p in end_offsets(settings)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        count = 0
-        t0 = time.monotonic()
-        while count < total:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            for records in batches.values():
-                for record in records:
-                    decode_trade(record.value)
-                    count += 1
-        elapsed = time.monotonic() - t0
-        await consumer.stop()
-        return count / elapsed
-
-    return asyncio.run(run())
-
-
 def latency(
-    pipeline: Pipeline, settings: Settings, names: list[str], rate: int, seconds: float
+    pipeline: Pipeline,
+    settings: Settings,
+    names: list[str],
+    rate: int,
+    seconds: float,
+    backend: str,
 ) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url)
-    pipeline.start_processor()
+    client.flushall()
+    pipeline.start_processor(CSP_PROCESSOR_KAFKA_CLIENT=backend, CSP_GROUP_ID=f"lat-{backend}")
     histogram = HdrHistogram(1, 60_000, 3)  # ms
     stop = threading.Event()
     pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -191,7 +201,7 @@ def latency(
     result = {f"p{q}": histogram.get_value_at_percentile(q) for q in (50, 90, 99, 99.9)}
     result |= {"max": histogram.get_max_value(), "updates": histogram.get_total_count(),
                "rate": rate, "seconds": seconds}  # fmt: skip
-    print(f"latency at {rate:,}/s (event -> visible, ms): {result}", flush=True)
+    print(f"latency at {rate:,}/s ({backend}; event -> visible, ms): {result}", flush=True)
     return result
 
 
@@ -218,18 +228,37 @@ def open_model_load(settings: Settings, names: list[str], rate: int, seconds: fl
     producer.flush(30)
 
 
+BACKENDS = ("confluent", "aiokafka")
+
+# Functions (py-spy frame names) grouped into parts of the processor.
+GROUPS = [
+    ("Kafka fetch (GroupConsumer.poll)", ("ConfluentConsumer.poll", "AiokafkaConsumer.poll")),
+    ("record decode (core.codec.decode_trade)", ("decode_trade",)),
+    ("view aggregation (core.views)", ("SymbolViews.", "Candle.", "Totals.")),
+    ("Lua payload encoding (Batch.script_payload)", ("script_payload",)),
+    ("Redis apply: Lua script round trip (redis-py)", ("Script.__call__", "evalsha", "execute_command",
+                                                       "_with_redis_retry")),
+    ("metrics (Processor._observe)", ("_observe",)),
+    ("batch loop (Processor.process, Batch.add)", ("Processor.process", "Batch.add")),
+]  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trades", type=int, default=2_000_000)
     parser.add_argument("--symbols", type=int, default=600)
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument("--rounds", type=int, default=2, help="drains per backend, alternating")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="one more confluent drain under py-spy")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     names = symbols(args.symbols)
     workdir = Path(tempfile.mkdtemp(prefix="bench-processor-"))
     base = Settings(run_dir=workdir)
     results: dict[str, Any] = {"trades": args.trades, "symbols": args.symbols,
+                               "command": "flock /tmp/csp-heavy.lock nox -s bench_processor",
                                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                            "platform": platform.platform()}}  # fmt: skip
     with LocalStack(base, workdir / "stack") as stack:
@@ -239,22 +268,39 @@ def main() -> int:
         prefill(settings, args.trades, names, seed=1)
         pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, names[:3],
                             extra_env={"CSP_BATCH_MAX": os.environ.get("CSP_BATCH_MAX", "20000")})  # fmt: skip
-        results["drain"] = drain(pipeline, settings, args.trades)
+        runs: dict[str, list[dict[str, float]]] = {b: [] for b in BACKENDS}
+        for _round in range(args.rounds):
+            for backend in BACKENDS:
+                runs[backend].append(drain(pipeline, settings, args.trades, backend))
+        results["drain"] = {
+            b: {"median_trades_per_s": statistics.median(r["trades_per_s"] for r in runs[b]),
+                "runs": runs[b]} for b in BACKENDS
+        }  # fmt: skip
+        rates = {b: results["drain"][b]["median_trades_per_s"] for b in BACKENDS}
+        results["drain_ratio_confluent_to_aiokafka"] = round(
+            rates["confluent"] / rates["aiokafka"], 3
+        )
         results["consume_loop_trades_per_s"] = {
-            "confluent_kafka": consume_confluent(settings, args.trades),
-            "aiokafka": consume_aiokafka(settings, args.trades),
+            b: consume_loop(settings, args.trades, b) for b in BACKENDS
         }
         print(f"consume loop (fetch + decode): {results['consume_loop_trades_per_s']}", flush=True)
-        redis.Redis.from_url(stack.redis_url).flushall()
-        latency_settings = settings.model_copy(
-            update={"topic": "latency.trades", "dlq_topic": "latency.dlq"}
-        )
-        create_topics(stack.kafka_bootstrap, required_topics(latency_settings))
-        pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, names[:3],
-                            extra_env={"CSP_TOPIC": "latency.trades", "CSP_DLQ_TOPIC": "latency.dlq"})  # fmt: skip
-        results["latency_ms"] = latency(
-            pipeline, latency_settings, names, args.rate, args.latency_seconds
-        )
+        if args.profile:
+            spy = workdir / "processor.spy.txt"
+            results["profiled_drain"] = drain(pipeline, settings, args.trades, "confluent", spy)
+            results["profile"] = summarize_profile(spy, GROUPS)
+            print(orjson.dumps(results["profile"], option=orjson.OPT_INDENT_2).decode(), flush=True)
+        results["latency_ms"] = {}
+        for backend in BACKENDS:
+            topic = f"latency.{backend}"
+            latency_settings = settings.model_copy(
+                update={"topic": topic, "dlq_topic": f"{topic}.dlq"}
+            )
+            create_topics(stack.kafka_bootstrap, required_topics(latency_settings))
+            pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, names[:3],
+                                extra_env={"CSP_TOPIC": topic, "CSP_DLQ_TOPIC": f"{topic}.dlq"})  # fmt: skip
+            results["latency_ms"][backend] = latency(
+                pipeline, latency_settings, names, args.rate, args.latency_seconds, backend
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

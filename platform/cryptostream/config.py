@@ -73,6 +73,9 @@ class Settings(BaseSettings):
 
     # --- processor ----------------------------------------------------------------------------
     group_id: str = "stream-processor"
+    processor_kafka_client: Literal["confluent", "aiokafka"] = Field(
+        "confluent", description="Kafka client library of the processor's consumer"
+    )
     batch_max: int = Field(5000, ge=1, description="Records applied to Redis per round trip")
     batch_timeout_s: float = Field(0.05, gt=0)
     candle_history_minutes: int = Field(1440, ge=1, description="1m candles kept per symbol")

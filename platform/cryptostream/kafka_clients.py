@@ -73,8 +73,8 @@ def make_consumer(settings: Settings, **overrides: Any) -> Consumer:
         "partition.assignment.strategy": "cooperative-sticky",
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": 50,
-        # Larger fetches and prefetch queue: with librdkafka's defaults the consume loop tops out
-        # near 150k records/s here; with these, ~670k/s (benchmarks/bench_processor.py).
+        # Larger fetches and a deeper prefetch queue than librdkafka's defaults, so that one
+        # processor's consume loop is never waiting on the broker while it drains a backlog.
         "max.partition.fetch.bytes": 8 << 20,
         "queued.min.messages": 200_000,
         "queued.max.messages.kbytes": 256 << 10,

@@ -26,10 +26,16 @@ pytestmark = pytest.mark.integration
 SYMBOLS = [f"SYM{i}USDT" for i in range(40)]
 
 
-def _pipeline(env: Env, **extra: str) -> Pipeline:
+@pytest.fixture(params=["confluent", "aiokafka"])
+def client(request: pytest.FixtureRequest) -> str:
+    """Every test runs with each Kafka client backend of the processor."""
+    return str(request.param)
+
+
+def _pipeline(env: Env, client: str, **extra: str) -> Pipeline:
     return Pipeline(
         env.workdir, env.settings.kafka_bootstrap, env.settings.redis_url, SYMBOLS,
-        extra_env={**env.env, **extra},
+        extra_env={**env.env, "CSP_PROCESSOR_KAFKA_CLIENT": client, **extra},
     )  # fmt: skip
 
 
@@ -57,12 +63,15 @@ def _check(env: Env) -> None:
     assert report.ok and report.lost == 0 and report.duplicated == 0, report.summary()
 
 
-def test_processors_share_partitions_views_exact_and_poison_to_dlq(isolated: Env) -> None:
+def test_processors_share_partitions_views_exact_and_poison_to_dlq(
+    isolated: Env, client: str
+) -> None:
     trades = synthetic_trades(SYMBOLS, 20_000, seed=3)
     poison = [(b"SYM1USDT", b"not json"), (b"SYM2USDT", b'{"v": 99}'),
               (b"SYM3USDT", orjson.dumps({"v": 1, "symbol": "SYM3USDT"}))]  # fmt: skip
     produce(isolated.settings, trades, poison)
-    pipeline = _pipeline(isolated, CSP_BATCH_MAX="700")  # many batches: exercises the Lua merge
+    # Many small batches exercise the Lua merge.
+    pipeline = _pipeline(isolated, client, CSP_BATCH_MAX="700")
     ports = [free_port(), free_port()]
     try:
         for port in ports:
@@ -99,10 +108,12 @@ def test_processors_share_partitions_views_exact_and_poison_to_dlq(isolated: Env
         pipeline.stop()
 
 
-def test_restart_resumes_from_redis_offsets_and_old_trades_never_win(isolated: Env) -> None:
+def test_restart_resumes_from_redis_offsets_and_old_trades_never_win(
+    isolated: Env, client: str
+) -> None:
     first = synthetic_trades(SYMBOLS, 5_000, seed=4)
     produce(isolated.settings, first)
-    pipeline = _pipeline(isolated)
+    pipeline = _pipeline(isolated, client)
     try:
         proc = pipeline.start_processor()
         wait_for(lambda: _all_applied(isolated), 60, "first round applied")
@@ -120,9 +131,11 @@ def test_restart_resumes_from_redis_offsets_and_old_trades_never_win(isolated: E
         pipeline.stop()
 
 
-def test_sigkill_and_join_under_load_then_rebuild_gives_identical_views(isolated: Env) -> None:
+def test_sigkill_and_join_under_load_then_rebuild_gives_identical_views(
+    isolated: Env, client: str
+) -> None:
     """Three processors; one is SIGKILLed mid-stream and another joins; nothing lost or doubled."""
-    pipeline = _pipeline(isolated, CSP_BATCH_MAX="500")
+    pipeline = _pipeline(isolated, client, CSP_BATCH_MAX="500")
     stop_producing = threading.Event()
     produced: list[int] = []
 
@@ -159,7 +172,8 @@ def test_sigkill_and_join_under_load_then_rebuild_gives_identical_views(isolated
         pipeline.stop()
 
     before = _snapshot(isolated)
-    assert rebuild(isolated.settings) == sum(produced)
+    settings = isolated.settings.model_copy(update={"processor_kafka_client": client})
+    assert rebuild(settings) == sum(produced)
     assert _snapshot(isolated) == before
 
 

@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 from cryptostream.config import Settings, redact_url
 from cryptostream.kafka_clients import admin_config, producer_config, security_config
 from cryptostream.logs import setup_logging
+from cryptostream.processor.consumers.aiokafka_backend import client_options, consumer_options
 from marketsim.tls import self_signed_cert
 
 REDIS_PASSWORD = "redis-pw-4ae1"
@@ -86,3 +87,25 @@ def test_plaintext_adds_nothing_and_ssl_only_needs_the_ca(tmp_path: Path) -> Non
     cert, _ = self_signed_cert(tmp_path)
     ssl = Settings(kafka_security_protocol="SSL", kafka_ssl_ca_file=cert, run_dir=tmp_path)
     assert security_config(ssl) == {"security.protocol": "SSL", "ssl.ca.location": str(cert)}
+
+
+def test_aiokafka_backend_gets_the_same_security_in_its_spelling(secure: Settings) -> None:
+    options = client_options(secure)
+    assert {k: v for k, v in options.items() if k != "ssl_context"} == {
+        "bootstrap_servers": "broker-1.internal:9093",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "pipeline",
+        "sasl_plain_password": SASL_PASSWORD,
+    }
+    # The CA file was loaded into the context (a wrong path would have raised).
+    assert options["ssl_context"].cert_store_stats()["x509_ca"] == 1
+    consumer = consumer_options(secure)
+    assert options.items() - {("ssl_context", options["ssl_context"])} <= consumer.items()
+    assert consumer["group_id"] == secure.group_id and consumer["enable_auto_commit"] is False
+
+
+def test_aiokafka_plaintext_has_no_sasl_or_ssl(tmp_path: Path) -> None:
+    options = client_options(Settings(run_dir=tmp_path))
+    assert options["security_protocol"] == "PLAINTEXT"
+    assert not {"ssl_context", "sasl_mechanism", "sasl_plain_password"} & options.keys()

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cryptostream.core.trades import Trade
-from cryptostream.core.views import MINUTE_MS, Candle, compute_views, fmt
+from cryptostream.core.views import MINUTE_MS, SymbolViews, compute_views, fmt
 
 
 def trade(trade_id: int, price: str, qty: str, t: int, symbol: str = "BTCUSDT") -> Trade:
@@ -26,8 +26,10 @@ def test_candle_ohlcv_by_trade_id_not_arrival_order() -> None:
 
 
 def test_quote_volume_is_exact_for_long_decimals() -> None:
-    c = Candle.of(trade(1, "99999999.99999999", "99999999.99999999", 0))
+    views = SymbolViews.of(trade(1, "99999999.99999999", "99999999.99999999", 0))
+    (c,) = views.candles.values()
     assert fmt(c.quote_volume) == "9999999999999998.0000000000000001"  # 32 digits, none rounded
+    assert views.totals.quote_volume == c.quote_volume
 
 
 def test_fmt_is_canonical() -> None:

@@ -13,11 +13,13 @@ receive time in µs for latency measurement). The record key is the symbol in UT
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
+import msgspec
 import orjson
 
-from cryptostream.core.symbols import SYMBOL_RE
-from cryptostream.core.trades import Trade, check_int, check_positive_decimal
+from cryptostream.core.symbols import SYMBOL_PATTERN, SYMBOL_RE
+from cryptostream.core.trades import DECIMAL_PATTERN, Trade, check_int, check_positive_decimal
 
 SCHEMA_VERSION = 1
 
@@ -53,8 +55,49 @@ def encode_key(symbol: str) -> bytes:
     return symbol.encode()
 
 
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Decimal = Annotated[str, msgspec.Meta(pattern=DECIMAL_PATTERN)]
+
+
+class _RecordV1(msgspec.Struct, frozen=True, gc=False):
+    """Schema v1 as a msgspec type: no stricter than :func:`_decode_checked` accepts."""
+
+    v: Literal[1]
+    exchange: str
+    symbol: Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN)]
+    trade_id: _Count
+    price: _Decimal
+    quantity: _Decimal
+    trade_time: _Count
+    event_time: _Count
+    buyer_is_maker: bool
+    ingest_time_us: _Count
+
+
+_decode_v1 = msgspec.json.Decoder(_RecordV1).decode
+
+
 def decode_trade(value: bytes | None) -> TradeRecord:
-    """Decode and validate one record value; raise DecodeError with the reason."""
+    """Decode and validate one record value; raise DecodeError with the reason.
+
+    The processor's hot path: msgspec decodes and type-checks in one pass (about twice as fast as
+    ``orjson.loads`` plus checks in Python). Anything it refuses goes through the field-by-field
+    checks, which either accept it (the two agree: property-tested) or say exactly what is wrong.
+    """
+    if value is not None:
+        try:
+            r = _decode_v1(value)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            pass
+        else:
+            if float(r.price) > 0 and float(r.quantity) > 0:  # (the patterns make them finite)
+                trade = Trade(r.symbol, r.trade_id, r.price, r.quantity, r.trade_time,
+                              r.event_time, r.buyer_is_maker, r.exchange)  # fmt: skip
+                return TradeRecord(trade, r.ingest_time_us)
+    return _decode_checked(value)
+
+
+def _decode_checked(value: bytes | None) -> TradeRecord:
     if value is None:
         raise DecodeError("record has no value")
     try:

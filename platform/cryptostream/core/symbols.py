@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-SYMBOL_RE = re.compile(r"^[A-Za-z0-9]{2,20}$")
+SYMBOL_PATTERN = r"\A[A-Za-z0-9]{2,20}\Z"
+SYMBOL_RE = re.compile(SYMBOL_PATTERN)
 
 
 class InvalidSymbol(ValueError):

@@ -43,23 +43,21 @@ class Candle:
     last_trade_id: int
 
     @classmethod
-    def of(cls, trade: Trade) -> Candle:
-        price, qty = D(trade.price), D(trade.quantity)
+    def of(cls, trade: Trade, price: D, qty: D, notional: D) -> Candle:
         return cls(
             open_time=trade.trade_time - trade.trade_time % MINUTE_MS,
             open=trade.price, high=price, low=price, close=trade.price,
-            base_volume=qty, quote_volume=_CTX.multiply(price, qty), trades=1,
+            base_volume=qty, quote_volume=notional, trades=1,
             first_trade_id=trade.trade_id, last_trade_id=trade.trade_id,
         )  # fmt: skip
 
-    def add(self, trade: Trade) -> None:
-        price, qty = D(trade.price), D(trade.quantity)
+    def add(self, trade: Trade, price: D, qty: D, notional: D) -> None:
         if price > self.high:
             self.high = price
         if price < self.low:
             self.low = price
         self.base_volume = _CTX.add(self.base_volume, qty)
-        self.quote_volume = _CTX.add(self.quote_volume, _CTX.multiply(price, qty))
+        self.quote_volume = _CTX.add(self.quote_volume, notional)
         self.trades += 1
         if trade.trade_id < self.first_trade_id:
             self.first_trade_id, self.open = trade.trade_id, trade.price
@@ -81,11 +79,10 @@ class Totals:
     base_volume: D = ZERO
     quote_volume: D = ZERO
 
-    def add(self, trade: Trade) -> None:
-        price, qty = D(trade.price), D(trade.quantity)
+    def add(self, qty: D, notional: D) -> None:
         self.trades += 1
         self.base_volume = _CTX.add(self.base_volume, qty)
-        self.quote_volume = _CTX.add(self.quote_volume, _CTX.multiply(price, qty))
+        self.quote_volume = _CTX.add(self.quote_volume, notional)
 
 
 @dataclass(slots=True)
@@ -111,13 +108,16 @@ class SymbolViews:
         return False
 
     def add_to_aggregates(self, trade: Trade) -> None:
+        # Parsed and multiplied once per trade, for the candle and the totals alike.
+        price, qty = D(trade.price), D(trade.quantity)
+        notional = _CTX.multiply(price, qty)
         minute = trade.trade_time - trade.trade_time % MINUTE_MS
         candle = self.candles.get(minute)
         if candle is None:
-            self.candles[minute] = Candle.of(trade)
+            self.candles[minute] = Candle.of(trade, price, qty, notional)
         else:
-            candle.add(trade)
-        self.totals.add(trade)
+            candle.add(trade, price, qty, notional)
+        self.totals.add(qty, notional)
 
 
 def compute_views(trades: Iterable[Trade]) -> dict[str, SymbolViews]:

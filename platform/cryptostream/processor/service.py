@@ -16,20 +16,19 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Producer
 
 from cryptostream.config import Settings
 from cryptostream.core.keys import offsets_key
-from cryptostream.kafka_clients import make_consumer, make_producer, security_config
+from cryptostream.kafka_clients import make_producer, security_config
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.processor.batch import NO_OFFSET, Batch, RawRecord, parse_conflicts
+from cryptostream.processor.consumers import (
+    BEGINNING,
+    ConsumerError,
+    GroupConsumer,
+    make_group_consumer,
+)
 from cryptostream.processor.metrics import ProcessorMetrics
 from cryptostream.redis_check import credentials_error
 from cryptostream.topics import TopicError, require_topic
@@ -46,45 +45,38 @@ class Processor:
         self.apply_script = redis_client.register_script(APPLY_SCRIPT)
         self.dlq = producer
         self.offsets_key = offsets_key(settings.topic)
-        self.consumer: Consumer = make_consumer(settings, on_commit=self._on_commit)
-        self.committed: dict[int, int] = {}  # partition -> offset Kafka acknowledged
+        self.consumer: GroupConsumer = make_group_consumer(settings)
         self.lag: dict[int, int] = {}
         self.running = True
         # partition -> last offset applied to Redis, as far as this process knows (-1 = none)
         self.positions: dict[int, int] = {}
         self.warn = RateLimitedLog(log)
         self.stats: dict[str, int] = {
-            "records": 0, "batches": 0, "poison": 0, "conflicts": 0, "rebalances": 0,
+            "records": 0, "batches": 0, "poison": 0, "conflicts": 0, "rebalances": 0, "stale": 0,
         }  # fmt: skip
         self.metrics = ProcessorMetrics(self.stats, lambda: self.lag)
 
-    # --- rebalance callbacks (they run inside consume(), between batches) ----------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    # --- rebalance callbacks (the consumer runs them inside poll(), between batches) ----------
+    def assigned(self, partitions: list[int]) -> dict[int, int]:
         self.stats["rebalances"] += 1
-        stored = self._stored_offsets([p.partition for p in partitions])
-        for tp in partitions:
+        stored = self._stored_offsets(partitions)
+        starts = {}
+        for partition in partitions:
             # Resume from Redis, never from Kafka's committed offset: if Redis has nothing for a
             # partition, its views are empty and the whole partition must be (re)applied.
-            position = stored.get(tp.partition, NO_OFFSET)
-            self.positions[tp.partition] = position
-            tp.offset = position + 1 if position != NO_OFFSET else OFFSET_BEGINNING
-        consumer.incremental_assign(partitions)
-        log.info(
-            "partitions assigned",
-            extra={"fields": {"partitions": {tp.partition: tp.offset for tp in partitions}}},
-        )
+            position = stored.get(partition, NO_OFFSET)
+            self.positions[partition] = position
+            starts[partition] = _next(position)
+        log.info("partitions assigned", extra={"fields": {"partitions": starts}})
+        return starts
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Nothing is in flight here: batches are applied before the next consume() call.
+    def revoked(self, partitions: list[int]) -> None:
+        # Nothing is in flight here: batches are applied before the next poll() call.
         self.stats["rebalances"] += 1
-        self._commit_positions([p.partition for p in partitions])
-        for tp in partitions:
-            self.positions.pop(tp.partition, None)
-        consumer.incremental_unassign(partitions)
-        log.info(
-            "partitions revoked",
-            extra={"fields": {"partitions": [p.partition for p in partitions]}},
-        )
+        self._commit_positions(partitions)
+        for partition in partitions:
+            self.positions.pop(partition, None)
+        log.info("partitions revoked", extra={"fields": {"partitions": partitions}})
 
     def _stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         if not partitions:
@@ -96,16 +88,14 @@ class Processor:
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
-        self.consumer.subscribe(
-            [self.settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )  # fmt: skip
+        self.consumer.subscribe(self)
+        log.info("consuming", extra={"fields": {"kafka_client": self.consumer.name}})
         last_report = last_recommit = time.monotonic()
         try:
             while self.running:
-                messages = self._next_batch()
-                if messages:
-                    self.process(messages)
+                records = self.consumer.poll(self.settings.batch_max, self.settings.batch_timeout_s)
+                if records:
+                    self.process(records)
                 self.dlq.poll(0)
                 if time.monotonic() - last_recommit >= 2:
                     last_recommit = time.monotonic()
@@ -118,27 +108,18 @@ class Processor:
         finally:
             self.close()
 
-    def _next_batch(self) -> list[Any]:
-        """Natural batching: wait for the first record, then take whatever is already queued.
-
-        Under load batches grow up to batch_max by themselves; when quiet, one record is applied
-        at once instead of waiting for a batch to fill (consume(n, timeout) would wait out the
-        whole timeout whenever fewer than n records arrive).
-        """
-        first = self.consumer.poll(self.settings.batch_timeout_s)
-        if first is None:
-            return []
-        return [first, *self.consumer.consume(self.settings.batch_max - 1, timeout=0)]
-
-    def process(self, messages: list[Any]) -> None:
+    def process(self, records: list[RawRecord]) -> None:
+        """Apply one fetched batch (natural batching: the consumer returns what it has, up to
+        batch_max, so batches grow under load and a lone record is applied at once)."""
         batch = Batch()
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.warn.warning("consume", "consumer error", **{"error.message": str(err)})
+        positions = self.positions
+        for record in records:
+            # Never re-apply: a client that hands back records at or below what was applied
+            # (a fetch racing a seek) would double-count the running totals.
+            if record.offset <= positions.get(record.partition, NO_OFFSET):
+                self.stats["stale"] += 1
                 continue
-            batch.add(RawRecord(msg.partition(), msg.offset(), msg.value()))
+            batch.add(record)
         if not batch.parts:
             return
         self._dead_letter(batch)
@@ -168,16 +149,10 @@ class Processor:
             self.metrics.ingest_to_visible.observe(max(0, now_us - batch.ingest_us[symbol]) / 1e6)
 
     def _update_lag(self) -> None:
-        lag = {}
-        for partition, position in self.positions.items():
-            tp = TopicPartition(self.settings.topic, partition)
-            try:
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if high >= 0:
-                lag[partition] = max(0, high - (position + 1))
-        self.lag = lag
+        highs = self.consumer.high_watermarks(list(self.positions))
+        self.lag = {
+            p: max(0, highs[p] - (pos + 1)) for p, pos in self.positions.items() if p in highs
+        }
 
     def _resolve_conflicts(self, stored: dict[int, int], batch: Batch) -> None:
         """Redis holds other offsets than we believed: nothing was applied; re-read from Redis's.
@@ -193,14 +168,12 @@ class Processor:
         for partition, (first, _last) in batch.parts.items():
             if partition in stored:
                 self.positions[partition] = stored[partition]
-                offset = (
-                    stored[partition] + 1 if stored[partition] != NO_OFFSET else OFFSET_BEGINNING
-                )
+                offset = _next(stored[partition])
             else:
                 offset = first
             try:
-                self.consumer.seek(TopicPartition(self.settings.topic, partition, offset))
-            except KafkaException as exc:  # revoked meanwhile: its new owner resumes from Redis
+                self.consumer.seek(partition, offset)
+            except ConsumerError as exc:  # revoked meanwhile: its new owner resumes from Redis
                 self.warn.warning("seek", "seek failed", **{"error.message": str(exc)})
 
     def _verify_stored_offsets(self) -> None:
@@ -230,10 +203,9 @@ class Processor:
             stored=behind, believed={p: self.positions[p] for p in behind},
         )  # fmt: skip
         for partition, offset in behind.items():
-            target = offset + 1 if offset != NO_OFFSET else OFFSET_BEGINNING
             try:
-                self.consumer.seek(TopicPartition(self.settings.topic, partition, target))
-            except KafkaException as exc:  # the next apply's compare-and-set retries the seek
+                self.consumer.seek(partition, _next(offset))
+            except ConsumerError as exc:  # the next apply's compare-and-set retries the seek
                 self.warn.warning("seek", "seek failed", **{"error.message": str(exc)})
                 continue
             self.positions[partition] = offset
@@ -261,46 +233,26 @@ class Processor:
                     self.dlq.poll(0.1)
 
     def _commit(self, batch: Batch) -> None:
-        offsets = [
-            TopicPartition(self.settings.topic, p, last + 1)
-            for p, (_f, last) in batch.parts.items()
-        ]
-        try:
-            self.consumer.commit(offsets=offsets, asynchronous=True)
-        except KafkaException as exc:  # only lag tooling depends on it
-            self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
-
-    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        if err is None:
-            for tp in partitions:
-                if tp.error is None and tp.offset >= 0:
-                    self.committed[tp.partition] = tp.offset
+        self._try_commit({p: last + 1 for p, (_f, last) in batch.parts.items()})
 
     def _recommit_lagging(self) -> None:
         """Async commits fail during rebalances; retry until Kafka holds what Redis holds."""
-        lagging = [
-            TopicPartition(self.settings.topic, p, pos + 1)
-            for p, pos in self.positions.items()
-            if pos != NO_OFFSET and self.committed.get(p) != pos + 1
-        ]
-        if lagging:
-            try:
-                self.consumer.commit(offsets=lagging, asynchronous=True)
-            except KafkaException as exc:
-                self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
+        committed = self.consumer.committed
+        self._try_commit({p: pos + 1 for p, pos in self.positions.items()
+                          if pos != NO_OFFSET and committed.get(p) != pos + 1})  # fmt: skip
 
     def _commit_positions(self, partitions: list[int]) -> None:
         """Synchronously commit what was applied before partitions leave (lag tooling)."""
-        offsets = [
-            TopicPartition(self.settings.topic, p, self.positions[p] + 1)
-            for p in partitions
-            if self.positions.get(p, NO_OFFSET) != NO_OFFSET
-        ]
-        if offsets:
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
+        self._try_commit({p: self.positions[p] + 1 for p in partitions
+                          if self.positions.get(p, NO_OFFSET) != NO_OFFSET}, wait=True)  # fmt: skip
+
+    def _try_commit(self, offsets: dict[int, int], wait: bool = False) -> None:
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets, wait=wait)
+        except ConsumerError as exc:  # only lag tooling depends on it
+            self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
 
     def _with_redis_retry(self, call: Any) -> Any:
         """Retry a Redis call with backoff until it succeeds or we are asked to stop."""
@@ -323,24 +275,18 @@ class Processor:
         Reads every partition from the beginning up to the end offsets seen at the start,
         outside the consumer group, so running processors are not disturbed.
         """
-        topic = self.settings.topic
-        meta = self.consumer.list_topics(topic, timeout=15)
-        partitions = sorted(meta.topics[topic].partitions)
-        ends = {
-            p: self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1]
-            for p in partitions
-        }
+        ends = self.consumer.assign_from_beginning()
+        partitions = sorted(ends)
         self.positions = dict.fromkeys(partitions, NO_OFFSET)
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         total = sum(ends.values())
 
         def done() -> bool:
             return all(self.positions[p] >= ends[p] - 1 for p in partitions)
 
         while self.running and not done():
-            messages = self.consumer.consume(self.settings.batch_max, self.settings.batch_timeout_s)
-            if messages:
-                self.process(messages)
+            records = self.consumer.poll(self.settings.batch_max, self.settings.batch_timeout_s)
+            if records:
+                self.process(records)
                 if progress is not None:
                     progress(sum(self.positions[p] + 1 for p in partitions), total)
         self.close()
@@ -352,6 +298,11 @@ class Processor:
         finally:
             self.dlq.flush(10)
             log.info("stopped", extra={"fields": {"processor": dict(self.stats)}})
+
+
+def _next(position: int) -> int:
+    """Where to resume after ``position`` (the last applied offset; NO_OFFSET = none)."""
+    return position + 1 if position != NO_OFFSET else BEGINNING
 
 
 def delete_views(client: redis.Redis, topic: str) -> int:
