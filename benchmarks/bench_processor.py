@@ -146,11 +146,16 @@ def consume_loop(settings: Settings, total: int, backend: str) -> float:
         update={"processor_kafka_client": backend, "group_id": f"bench-loop-{backend}"}))  # fmt: skip
     consumer.assign_from_beginning()
     count = 0
-    t0 = time.monotonic()
+    t0 = last_record = time.monotonic()
     while count < total:
-        for record in consumer.poll(5000, 1.0):
+        records = consumer.poll(5000, 1.0)
+        for record in records:
             decode_trade(record.value)
-            count += 1
+        count += len(records)
+        if records:
+            last_record = time.monotonic()
+        elif time.monotonic() - last_record > STALL_S:
+            raise RuntimeError(f"{backend} consume loop stalled after {count:,} of {total:,}")
     elapsed = time.monotonic() - t0
     consumer.close()
     return count / elapsed

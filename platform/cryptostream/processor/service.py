@@ -358,7 +358,11 @@ def main(settings: Settings) -> int:
         log.error(auth_error)
         return 2
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-    processor = Processor(settings, client, make_producer(settings))
+    try:
+        processor = Processor(settings, client, make_producer(settings))
+    except ConsumerError as exc:
+        log.error(str(exc))
+        return 2
     if settings.processor_metrics_port:
         processor.metrics.serve(settings.processor_metrics_port, settings.metrics_host)
 

@@ -107,9 +107,11 @@ class AiokafkaConsumer:
 
         try:
             self.consumer = self._call(start())
-        except Exception:
+        except Exception as exc:
             self._stop_loop()
-            raise
+            raise ConsumerError(
+                f"aiokafka could not connect to {settings.kafka_bootstrap}: {exc!r}"
+            ) from exc
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
