@@ -25,8 +25,11 @@ def trade_payloads(o: Order, micro: bool = False) -> list[bytes]:
     tail_p = f',"p":"{p}","q":"'
     tail = f'","T":{t},"m":{m},"M":true}}'
     tid = o.first_id
+    qtys = o.qtys
+    if len(qtys) == 1:  # most orders (every trades-archive row)
+        return [f"{head}{tid}{tail_p}{fmt8(qtys[0])}{tail}".encode()]
     out = []
-    for q in o.qtys:
+    for q in qtys:
         out.append(f"{head}{tid}{tail_p}{fmt8(q)}{tail}".encode())
         tid += 1
     return out
@@ -119,9 +122,10 @@ class Kline1m:
         if p < self.low:
             self.low = p
         self.close = p
-        q = o.qty_total
-        self.n += len(o.qtys)
-        self.last_id = o.last_id
+        qtys = o.qtys  # (qty_total and last_id inlined: this runs once per order)
+        q = qtys[0] if len(qtys) == 1 else sum(qtys)
+        self.n += len(qtys)
+        self.last_id = o.first_id + len(qtys) - 1
         self.vol += q
         qv = p * q
         self.quote_vol += qv

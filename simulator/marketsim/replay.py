@@ -97,6 +97,8 @@ def to_us(t: int) -> int:
 
 
 def _bool(text: str) -> bool:
+    if text == "True" or text == "False":  # the archives' spelling, checked first
+        return text == "True"
     v = text.strip().lower()
     if v in ("true", "1"):
         return True
@@ -245,6 +247,8 @@ def read_archive(
         kind, header = archive_kind(path, first)
         rows = reader if header else itertools.chain([first], reader)
         agg = kind == "aggTrades"
+        # Consecutive trades mostly share a price: parse each price text once (bounded cache).
+        prices: dict[str, int] = {}
         for row in rows:
             stats.lines += 1
             try:
@@ -255,7 +259,12 @@ def read_archive(
                 else:
                     tid, p, q, _quote, t, m = row[:6]
                     first_id = last_id = agg_id = int(tid)
-                price, qty, time_us, bm = parse8(p), parse8(q), to_us(int(t)), _bool(m)
+                price = prices.get(p)
+                if price is None:
+                    if len(prices) >= 4096:
+                        prices.clear()
+                    price = prices[p] = parse8(p)
+                qty, time_us, bm = parse8(q), to_us(int(t)), _bool(m)
                 n = last_id - first_id + 1
                 if n < 1:
                     raise ValueError("lastTradeId < firstTradeId")
@@ -289,6 +298,8 @@ def is_recorded(path: Path) -> bool:
 
 def merged(iterators: Sequence[Iterator[Item]]) -> Iterator[Item]:
     """Merge time-ordered iterators by time (stable across files)."""
+    if len(iterators) == 1:  # nothing to merge: skip heapq's per-item key call
+        return iterators[0]
     return heapq.merge(*iterators, key=lambda it: it.time_us)
 
 
@@ -359,11 +370,16 @@ class ReplaySource:
                 self._t_min = t
             self._t_max = max(self._t_max, t)
             if isinstance(item, Order):
-                s = item.symbol
-                self._id_max[s] = max(self._id_max.get(s, item.last_id), item.last_id, item.agg_id)
-                self._id_min[s] = min(
-                    self._id_min.get(s, item.first_id), item.first_id, item.agg_id
-                )
+                s, low = item.symbol, item.first_id
+                high = low + len(item.qtys) - 1  # item.last_id, inlined (hot path)
+                if item.agg_id > high:
+                    high = item.agg_id
+                if item.agg_id < low:
+                    low = item.agg_id
+                if high > self._id_max.get(s, high - 1):
+                    self._id_max[s] = high
+                if low < self._id_min.get(s, low + 1):
+                    self._id_min[s] = low
             return item
         item.time_us += self._shift_t
         if isinstance(item, Order):

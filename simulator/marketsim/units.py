@@ -19,6 +19,14 @@ def fmt8(units: int) -> str:
 
 def parse8(text: str) -> int:
     """Parse a decimal string into 1e-8 units (extra digits beyond 8 decimals are truncated)."""
+    # Fast path for the plain "123.45" that archives and payloads hold (replay's hottest call).
+    whole, _, frac = text.partition(".")
+    if whole.isascii() and whole.isdigit() and (not frac or (frac.isascii() and frac.isdigit())):
+        return int(whole) * SCALE + int(frac[:DECIMALS].ljust(DECIMALS, "0"))
+    return _parse8_general(text)
+
+
+def _parse8_general(text: str) -> int:
     text = text.strip()
     neg = text.startswith("-")
     if neg or text.startswith("+"):

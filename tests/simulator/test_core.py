@@ -21,7 +21,7 @@ from marketsim.protocol import (
     parse_path,
 )
 from marketsim.symbols import parse_symbols, spec_for
-from marketsim.units import fmt8, parse8
+from marketsim.units import _parse8_general, fmt8, parse8
 
 
 @given(st.integers(min_value=-(10**20), max_value=10**20))
@@ -35,6 +35,17 @@ def test_decimal_formats() -> None:
     assert parse8("7599.00000000") == 759_900_000_000
     with pytest.raises(ValueError):
         parse8("1e5")
+
+
+@given(st.text(alphabet="0123456789.+-eE \u0663", max_size=14))
+def test_parse8_fast_path_agrees_with_the_general_parser(text: str) -> None:
+    def parsed(parse: Any) -> int | str:
+        try:
+            return int(parse(text))
+        except ValueError:
+            return "error"
+
+    assert parsed(parse8) == parsed(_parse8_general)
 
 
 def test_symbols() -> None:
