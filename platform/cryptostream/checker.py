@@ -80,11 +80,12 @@ def compare(
             )
         stats = actual.stats.get(symbol, {})
         have = int(stats.get("trades", 0))
-        if have < views.totals.trades:
-            report.lost += views.totals.trades - have
-        elif have > views.totals.trades:
-            report.duplicated += have - views.totals.trades
-        want_stats = (views.totals.trades, views.totals.base_volume, views.totals.quote_volume)
+        totals = views.totals
+        if have < totals.trades:
+            report.lost += totals.trades - have
+        elif have > totals.trades:
+            report.duplicated += have - totals.trades
+        want_stats = (totals.trades, totals.base_volume, totals.quote_volume)
         got_stats = (have, Decimal(stats.get("base_volume", "0")),
                      Decimal(stats.get("quote_volume", "0")))  # fmt: skip
         if want_stats != got_stats:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal
 
 import orjson
 import pytest
@@ -123,3 +123,27 @@ def test_lua_decimal_merge_equals_python_decimal(
         want.quote_volume,
     )
     r.close()
+
+
+_digits = st.text(alphabet="0123456789", min_size=0, max_size=30)
+_plain = st.builds(lambda i, f: f"{i or '0'}.{f}" if f else (i or "0"), _digits, _digits)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(_plain, _plain), min_size=1, max_size=20))
+def test_lua_dec_add_is_exact_and_canonical(isolated: Env, pairs: list[tuple[str, str]]) -> None:
+    """The script's chunked decimal addition, alone, against Python's Decimal: long numbers,
+    carries across its 14-digit chunks, leading and trailing zeros."""
+    helpers = APPLY_SCRIPT[APPLY_SCRIPT.index("local function split") : APPLY_SCRIPT.index("-- 1.")]
+    body = helpers + (
+        "local out = {}\n"
+        "for i = 1, #ARGV, 2 do out[#out + 1] = dec_add(ARGV[i], ARGV[i + 1]) end\n"
+        "return out\n"
+    )
+    r = redis.Redis.from_url(isolated.settings.redis_url)
+    got = [x.decode() for x in r.eval(body, 0, *[x for pair in pairs for x in pair])]
+    r.close()
+    exact = Context(prec=100)  # (the default 28 digits would round these sums)
+    assert got == [fmt(exact.add(Decimal(a), Decimal(b))) for a, b in pairs]

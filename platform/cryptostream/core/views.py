@@ -79,10 +79,10 @@ class Totals:
     base_volume: D = ZERO
     quote_volume: D = ZERO
 
-    def add(self, qty: D, notional: D) -> None:
-        self.trades += 1
-        self.base_volume = _CTX.add(self.base_volume, qty)
-        self.quote_volume = _CTX.add(self.quote_volume, notional)
+    def add(self, candle: Candle) -> None:
+        self.trades += candle.trades
+        self.base_volume = _CTX.add(self.base_volume, candle.base_volume)
+        self.quote_volume = _CTX.add(self.quote_volume, candle.quote_volume)
 
 
 @dataclass(slots=True)
@@ -91,13 +91,21 @@ class SymbolViews:
 
     latest: Trade
     candles: dict[int, Candle]
-    totals: Totals
 
     @classmethod
     def of(cls, trade: Trade) -> SymbolViews:
-        views = cls(trade, {}, Totals())
+        views = cls(trade, {})
         views.add_to_aggregates(trade)
         return views
+
+    @property
+    def totals(self) -> Totals:
+        """The sum of the candles: every trade is in exactly one (computed on demand, which is
+        once per batch, instead of two more decimal additions per trade)."""
+        totals = Totals()
+        for candle in self.candles.values():
+            totals.add(candle)
+        return totals
 
     def add(self, trade: Trade) -> bool:
         """Add a trade; True if it became the latest."""
@@ -108,7 +116,6 @@ class SymbolViews:
         return False
 
     def add_to_aggregates(self, trade: Trade) -> None:
-        # Parsed and multiplied once per trade, for the candle and the totals alike.
         price, qty = D(trade.price), D(trade.quantity)
         notional = _CTX.multiply(price, qty)
         minute = trade.trade_time - trade.trade_time % MINUTE_MS
@@ -117,7 +124,6 @@ class SymbolViews:
             self.candles[minute] = Candle.of(trade, price, qty, notional)
         else:
             candle.add(trade, price, qty, notional)
-        self.totals.add(qty, notional)
 
 
 def compute_views(trades: Iterable[Trade]) -> dict[str, SymbolViews]:

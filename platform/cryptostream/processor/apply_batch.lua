@@ -38,22 +38,33 @@ local function dec_cmp(a, b)
   return af < bf and -1 or 1
 end
 
+-- Exact sum of two plain decimal strings. The digit strings, aligned on the decimal point, are
+-- added 14 digits at a time from the right: a chunk sum stays below 2^53, so Lua's doubles add it
+-- exactly, and most volumes fit in one or two chunks (digit by digit, this was the script's
+-- biggest cost).
 local function dec_add(a, b)
-  local ai, af = split(a)
-  local bi, bf = split(b)
+  local ai, af = string.match(a, '^(%d*)%.?(%d*)$')
+  local bi, bf = string.match(b, '^(%d*)%.?(%d*)$')
   local flen = math.max(#af, #bf)
-  local x, y = ai .. pad_right(af, flen), bi .. pad_right(bf, flen)
+  local x = ai .. af .. string.rep('0', flen - #af)
+  local y = bi .. bf .. string.rep('0', flen - #bf)
   local n = math.max(#x, #y)
-  x, y = string.rep('0', n - #x) .. x, string.rep('0', n - #y) .. y
-  local digits, carry = {}, 0
-  for k = n, 1, -1 do
-    local s = string.byte(x, k) + string.byte(y, k) - 96 + carry
-    carry = s >= 10 and 1 or 0
-    digits[k] = string.char(48 + s - 10 * carry)
+  local chunks, carry, k = {}, 0, 0  -- k digits done, from the right
+  while k < n do
+    local width = math.min(14, n - k)
+    local s = (tonumber(string.sub(x, -(k + width), -(k + 1))) or 0)
+      + (tonumber(string.sub(y, -(k + width), -(k + 1))) or 0) + carry
+    local limit = 10 ^ width
+    if s >= limit then carry, s = 1, s - limit else carry = 0 end
+    chunks[#chunks + 1] = string.format('%0' .. width .. '.0f', s)
+    k = k + width
   end
-  local all = (carry == 1 and '1' or '') .. table.concat(digits)
-  local int = (string.gsub(string.sub(all, 1, #all - flen), '^0+', ''))
-  local frac = (string.gsub(string.sub(all, #all - flen + 1), '0+$', ''))
+  if carry == 1 then chunks[#chunks + 1] = '1' end
+  local ordered = {}
+  for j = #chunks, 1, -1 do ordered[#ordered + 1] = chunks[j] end
+  local all = table.concat(ordered)
+  local int = string.match(string.sub(all, 1, #all - flen), '^0*(%d-)$')
+  local frac = string.match(string.sub(all, #all - flen + 1), '^(%d-)0*$')
   if int == '' then int = '0' end
   if frac == '' then return int end
   return int .. '.' .. frac
