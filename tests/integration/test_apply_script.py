@@ -147,3 +147,40 @@ def test_lua_dec_add_is_exact_and_canonical(isolated: Env, pairs: list[tuple[str
     r.close()
     exact = Context(prec=100)  # (the default 28 digits would round these sums)
     assert got == [fmt(exact.add(Decimal(a), Decimal(b))) for a, b in pairs]
+
+
+def test_candle_history_keeps_the_newest_minutes(isolated: Env) -> None:
+    """``CSP_CANDLE_HISTORY_MINUTES``: a new minute pushes the oldest out; merging into a kept
+    minute keeps them all; a late trade for a minute already out of the history is not kept."""
+    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r.flushall()
+    script = r.register_script(APPLY_SCRIPT)
+    history = str(3 * 60_000)
+    offset = -1
+
+    def apply(trade_id: int, minute: int) -> None:
+        nonlocal offset
+        t = Trade("ETHUSDT", trade_id, "2", "1", minute * 60_000 + 5, minute * 60_000 + 5, False)
+        payload = _batch(0, offset + 1, [t]).script_payload({0: offset} if offset >= 0 else {}, 1)
+        assert script(args=["offsets:h", "1", history, payload])[0] == 1
+        offset += 1
+
+    def minutes() -> list[int]:
+        return [
+            int(s) // 60_000 for _m, s in r.zrange("candles:1m:ETHUSDT", 0, -1, withscores=True)
+        ]
+
+    for i, minute in enumerate([0, 1, 2]):
+        apply(i + 1, minute)
+    assert minutes() == [0, 1, 2]
+    apply(10, 3)
+    assert minutes() == [1, 2, 3]
+    apply(11, 1)  # merged into a kept minute: nothing moves
+    assert minutes() == [1, 2, 3]
+    assert orjson.loads(r.zrange("candles:1m:ETHUSDT", 0, 0)[0])["n"] == 2
+    apply(12, 0)  # too old for the history
+    assert minutes() == [1, 2, 3]
+    apply(13, 5)
+    assert minutes() == [3, 5]
+    assert int(r.hget("stats:ETHUSDT", "trades") or 0) == 7  # the totals keep every trade
+    r.close()

@@ -93,12 +93,13 @@ for _, sym in ipairs(batch.symbols) do
   if (not current) or tonumber(current) < tonumber(p[3]) then
     redis.call('HSET', price_key, 'price', p[1], 'quantity', p[2], 'trade_id', p[3],
       'trade_time', p[4], 'event_time', p[5], 'ingest_time_us', p[6], 'update_time', now)
-    redis.call('SADD', 'symbols', s)
+    if not current then redis.call('SADD', 'symbols', s) end  -- the symbol's first price
     published[#published + 1] = sym.u
   end
 
   -- 1-minute candles: merge each partial into the stored candle of its minute
   local candles_key = 'candles:1m:' .. s
+  local added = false
   for _, c in ipairs(sym.c) do
     local stored = redis.call('ZRANGEBYSCORE', candles_key, c.t, c.t)
     if stored[1] then
@@ -109,10 +110,12 @@ for _, sym in ipairs(batch.symbols) do
       if dec_cmp(old.l, c.l) < 0 then c.l = old.l end
       c.v, c.qv, c.n = dec_add(old.v, c.v), dec_add(old.qv, c.qv), old.n + c.n
       redis.call('ZREMRANGEBYSCORE', candles_key, c.t, c.t)
+    else
+      added = true
     end
     redis.call('ZADD', candles_key, c.t, cjson.encode(c))
   end
-  if #sym.c > 0 then
+  if added then  -- only a new minute can push the oldest one out of the history
     local newest = redis.call('ZREVRANGE', candles_key, 0, 0, 'WITHSCORES')
     redis.call('ZREMRANGEBYSCORE', candles_key, '-inf', '(' .. (tonumber(newest[2]) - history + 60000))
   end
