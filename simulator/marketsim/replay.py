@@ -18,6 +18,14 @@ name derived from it (``<symbol>@trade``, ``@aggTrade``, ``@kline_<i>``, ``@tick
 skipped (counted in ``ReplayStats``). Trade frames also feed ``/sim/stats`` and the REST history.
 Recorded frames keep their original time unit (ms) whatever ``timeUnit`` the client asks for.
 
+Timestamped frame lines (collectors' format)
+--------------------------------------------
+``<receive time> <frame JSON as received>``, one per line, optionally gzip-compressed: the format
+of hftbacktest's collector (the genuine recordings in ``shared/data/``; the time in ns or µs since
+the epoch, told apart by magnitude) and of tardis.dev's raw files (an ISO-8601 time). Lines that
+are not market frames (a REST depth snapshot, control replies) or cannot be read are skipped and
+counted by reason in ``ReplayStats``; depth and bookTicker frames are kept like any other stream.
+
 Binance archive CSVs (data.binance.vision)
 ------------------------------------------
 ``trades`` (``id,price,qty,quoteQty,time,isBuyerMaker,isBestMatch``) and ``aggTrades``
@@ -48,6 +56,7 @@ import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -172,21 +181,49 @@ def _trade_info(d: dict[str, Any]) -> TradeInfo | None:
         return None
 
 
+def epoch_us(text: str) -> int:
+    """A receive time in µs from epoch digits in ns, µs or ms (by magnitude) or ISO-8601."""
+    if text.isdigit():
+        t = int(text)
+        if t >= 10**17:  # ns (19 digits today)
+            return t // 1000
+        return to_us(t)
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1_000_000)
+
+
+def _recorded_line(line: str) -> tuple[int, str]:
+    """(receive time µs, frame text) of one line of either recorded format; ValueError if not."""
+    if line.startswith("{"):
+        try:
+            rec = orjson.loads(line)
+            text = rec["frame"]
+            t = int(rec["recv_time_us"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError("not a recv_time_us/frame record") from exc
+        if not isinstance(text, str):
+            raise ValueError("frame must be a string")
+        return t, text
+    stamp, sep, text = line.partition(" ")
+    if not sep or not text.lstrip().startswith("{"):
+        raise ValueError("not '<time> <frame>'")
+    return epoch_us(stamp), text.strip()
+
+
 def read_recorded(path: Path, stats: ReplayStats | None = None) -> Iterator[RawFrame]:
     stats = stats if stats is not None else ReplayStats()
     with open_text(path) as f:
         for line in f:
             stats.lines += 1
-            if not line.strip():
+            line = line.strip()
+            if not line:
                 stats.skip("blank")
                 continue
             try:
-                rec = orjson.loads(line)
-                t = int(rec["recv_time_us"])
-                text = rec["frame"]
-                if not isinstance(text, str):
-                    raise TypeError("frame must be a string")
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                t, text = _recorded_line(line)
+            except ValueError:
                 stats.skip("bad record")
                 continue
             split = split_frame(text)
@@ -287,12 +324,16 @@ def read_archive(
 # ---------- merging and looping ----------
 
 
+_TIMESTAMPED_RE = re.compile(r"\A(\d{13,19}|\d{4}-\d\d-\d\dT[0-9:.]+Z?) \{")
+
+
 def is_recorded(path: Path) -> bool:
-    """Recorded frames start with ``{``; archives are CSV (or zip)."""
+    """Recorded frames: a JSON record or ``<time> {...}`` per line; archives are CSV (or zip)."""
     with open_text(path) as f:
         for line in f:
             if line.strip():
-                return line.lstrip().startswith("{")
+                text = line.lstrip()
+                return text.startswith("{") or _TIMESTAMPED_RE.match(text) is not None
     return False
 
 

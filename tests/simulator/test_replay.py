@@ -246,3 +246,59 @@ def test_shared_data_files_readable(path: Path) -> None:
     while src.next_item() is not None and n < 10_000:
         n += 1
     assert n > 0
+
+
+def _collector_files() -> list[Path]:
+    return sorted(SHARED.glob("hftbacktest_spot_*")) if SHARED.is_dir() else []
+
+
+@pytest.mark.parametrize("path", _collector_files(), ids=lambda p: p.name)
+def test_shared_collector_recordings_replay_trade_by_trade(path: Path) -> None:
+    """The genuine ``<receive time> <frame>`` recordings: every @trade frame of the file, in
+    order, with its exact id, price, quantity and time (read here independently of the reader);
+    every other market frame kept; the one REST snapshot line counted as skipped."""
+    from marketsim.replay import ReplayStats, is_recorded
+    from marketsim.units import parse8
+
+    want, others, lines = [], 0, 0
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            lines += 1
+            stamp, _, text = line.rstrip("\n").partition(" ")
+            frame = json.loads(text)
+            if "stream" not in frame:
+                continue  # the REST depth snapshot
+            if frame["stream"].endswith("@trade"):
+                d = frame["data"]
+                want.append((int(stamp), d["s"], d["t"], parse8(d["p"]), parse8(d["q"]), d["T"]))
+            else:
+                others += 1
+    assert is_recorded(path)
+    stats = ReplayStats()
+    frames = list(read_recorded(path, stats))
+    got = [
+        (f.time_us, f.trade.symbol, f.trade.trade_id, f.trade.price, f.trade.qty, f.trade.time_us)
+        for f in frames
+        if f.trade is not None
+    ]
+    scale = 1000 if want and want[0][0] >= 10**17 else 1  # ns files; the 2023 file is in µs
+    assert got == [(t // scale, s, i, p, q, tt * 1000) for t, s, i, p, q, tt in want]
+    assert len(frames) - len(got) == others
+    assert stats.lines == lines and stats.skipped == lines - len(frames)
+    assert [i for _t, _s, i, *_ in want] == list(range(want[0][2], want[0][2] + len(want)))
+
+
+def test_timestamped_lines_in_ms_and_iso_8601(tmp_path: Path) -> None:
+    frame = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 2, "s": "BTCUSDT", "t": 9,
+             "p": "1.5", "q": "2", "T": 1, "m": False, "M": True}}  # fmt: skip
+    text = json.dumps(frame, separators=(",", ":"))
+    path = tmp_path / "rec.txt"
+    path.write_text(
+        f"1735689600123 {text}\n2025-01-01T00:00:00.5Z {text}\ngarbage line\n1735689600124 [1]\n"
+    )
+    from marketsim.replay import ReplayStats
+
+    stats = ReplayStats()
+    times = [f.time_us for f in read_recorded(path, stats)]
+    assert times == [1_735_689_600_123_000, 1_735_689_600_500_000]
+    assert stats.skipped == 2 and set(stats.skipped_reasons) <= {"bad record", "not a market frame"}
