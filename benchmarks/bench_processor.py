@@ -70,7 +70,9 @@ def prefill(settings: Settings, total: int, names: list[str], seed: int) -> None
                       base + i // 50, bool(i & 1))  # fmt: skip
         while True:
             try:
-                producer.produce(settings.topic, encode_trade(trade, 1), symbol.encode())
+                producer.produce(
+                    settings.topic, encode_trade(trade, trade.trade_time * 1000), symbol.encode()
+                )
                 break
             except BufferError:
                 producer.poll(0.05)

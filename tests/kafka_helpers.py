@@ -33,7 +33,9 @@ def produce(
     producer = Producer(producer_config(settings))
     count = 0
     for trade in trades:
-        producer.produce(settings.topic, encode_trade(trade, 1), encode_key(trade.symbol))
+        # the ingest receive time: when the trade happened (a trade may not lie after it)
+        value = encode_trade(trade, trade.trade_time * 1000)
+        producer.produce(settings.topic, value, encode_key(trade.symbol))
         count += 1
         if count % 10000 == 0:
             producer.poll(0)

@@ -27,7 +27,10 @@ COMBINED_FRAME = orjson.dumps({"stream": "btcusdt@trade", "data": TRADE})
 def _records(count: int, symbols: int) -> list[RawRecord]:
     names = symbol_names(symbols)
     gen = SyntheticTrades(names, symbol_sequence(count, symbols, 1.0, 7), 10_000, 7)
-    values = [encode_trade(gen.trade(i, 1_700_000_000_000 + i), 1) for i in range(count)]
+    values = [
+        encode_trade(gen.trade(i, 1_700_000_000_000 + i), (1_700_000_000_000 + i) * 1000)
+        for i in range(count)
+    ]
     return [RawRecord(i % 8, i // 8, v) for i, v in enumerate(values)]
 
 

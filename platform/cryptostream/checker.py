@@ -8,6 +8,7 @@ shows up as a count difference and is reported as duplicated or lost.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 import redis
 
+from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS
 from cryptostream.core.keys import candles_1m_key, price_key, stats_key
 from cryptostream.core.trades import Trade
 from cryptostream.core.views import MINUTE_MS, SymbolViews, compute_views
@@ -63,9 +65,13 @@ def compare(
     actual: RedisViews,
     records: int,
     candle_history_minutes: int = 1440,
+    now_ms: int | None = None,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
 ) -> CheckReport:
     report = CheckReport(records=records, symbols=len(expected))
     history_ms = candle_history_minutes * MINUTE_MS
+    # the processor's retention: relative to the newest candle, but never past its clock
+    horizon_cap = (time.time_ns() // 1_000_000 if now_ms is None else now_ms) + max_future_ms
     for symbol, views in sorted(expected.items()):
         latest = views.latest
         price = actual.prices.get(symbol, {})
@@ -91,7 +97,7 @@ def compare(
         if want_stats != got_stats:
             report.discrepancies.append(Discrepancy(symbol, "stats", want_stats, got_stats))
         stored = {c["t"]: c for c in actual.candles.get(symbol, [])}
-        oldest_kept = max(views.candles) - history_ms + MINUTE_MS  # the processor's retention
+        oldest_kept = min(max(views.candles), horizon_cap) - history_ms + MINUTE_MS
         for minute, candle in sorted(views.candles.items()):
             if minute < oldest_kept:
                 continue

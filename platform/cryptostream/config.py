@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     batch_timeout_s: float = Field(0.05, gt=0)
     candle_history_minutes: int = Field(1440, ge=1, description="1m candles kept per symbol")
     processor_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")
+    processor_max_future_s: float = Field(
+        600.0, ge=0, description="a trade timed further after its ingest time goes to the DLQ"
+    )
 
     # --- query --------------------------------------------------------------------------------
     query_host: str = "127.0.0.1"

@@ -184,3 +184,49 @@ def test_candle_history_keeps_the_newest_minutes(isolated: Env) -> None:
     assert minutes() == [3, 5]
     assert int(r.hget("stats:ETHUSDT", "trades") or 0) == 7  # the totals keep every trade
     r.close()
+
+
+def test_ids_beyond_doubles_stay_exact_through_merges(isolated: Env) -> None:
+    """19-digit ids (up to 2^63-1), each trade in its own batch and out of id order: Lua's doubles
+    cannot tell these ids apart, so open, close, the latest price and the stored ids must come
+    from digit-string comparisons."""
+    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r.flushall()
+    script = r.register_script(APPLY_SCRIPT)
+    top = 2**63 - 1
+    ids = [top - 3, top, top - 1, 2**53 + 1, 2**53, top - 2]  # arrival order
+    trades = [Trade("BTCUSDT", tid, f"{i + 1}.5", "1", 60_000, 60_001, False)
+              for i, tid in enumerate(ids)]  # fmt: skip
+    for offset, t in enumerate(trades):
+        payload = _batch(0, offset, [t]).script_payload({0: offset - 1} if offset else {}, 1)
+        assert script(args=["offsets:x", "1", str(10**9), payload])[0] == 1
+    assert r.hget("price:BTCUSDT", "trade_id") == str(top).encode()
+    assert r.hget("price:BTCUSDT", "price") == b"2.5"  # the trade with id 2^63-1
+    (member,) = r.zrange("candles:1m:BTCUSDT", 0, -1)
+    candle = orjson.loads(member)  # orjson reads 64-bit integers exactly
+    assert (candle["ft"], candle["lt"]) == (2**53, top)
+    assert (candle["o"], candle["c"], candle["n"]) == ("5.5", "2.5", 6)
+    r.close()
+
+
+def test_a_far_future_record_cannot_trim_the_real_candles(isolated: Env) -> None:
+    """A record the decoder would refuse (trade time in 2100), written by a producer that also
+    lies about its ingest time, still cannot move the candle history past the clock."""
+    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r.flushall()
+    script = r.register_script(APPLY_SCRIPT)
+    now_ms = 1_718_000_000_000
+    history, max_future = str(60 * 60_000), "600000"
+    real = [Trade("ETHUSDT", i, "2", "1", now_ms - i * 60_000, now_ms, False) for i in range(5)]
+    future = Trade("ETHUSDT", 99, "3", "1", 4_102_444_800_000, 4_102_444_800_000, False)
+    lying = Batch(max_future_ms=10**15)
+    lying.add(RawRecord(0, 5, encode_trade(future, 4_102_444_800_000_000)))
+    assert not lying.poison
+    for offset, t in enumerate(real):
+        payload = _batch(0, offset, [t]).script_payload({0: offset - 1} if offset else {}, now_ms)
+        assert script(args=["offsets:f", str(now_ms), history, payload, max_future])[0] == 1
+    payload = lying.script_payload({0: 4}, now_ms)
+    assert script(args=["offsets:f", str(now_ms), history, payload, max_future])[0] == 1
+    kept = [int(s) for _m, s in r.zrange("candles:1m:ETHUSDT", 0, -1, withscores=True)]
+    assert len(kept) == 6  # the five real minutes and the bad one: nothing trimmed
+    r.close()

@@ -1,4 +1,5 @@
 import orjson
+import pytest
 
 from cryptostream.core.codec import encode_trade
 from cryptostream.core.trades import Trade
@@ -48,3 +49,52 @@ def test_script_payload_carries_numbers_as_strings() -> None:
 
 def test_parse_conflicts() -> None:
     assert parse_conflicts([0, b"3", b"41", b"5", b"7"]) == {3: 41, 5: 7}
+
+
+def test_widest_schema_decimals_sum_exactly_in_one_batch() -> None:
+    """Two 20+20-digit trades: their notional sum needs more than 80 digits (this killed the
+    processor with decimal.Inexact before the views' precision was sized for the schema)."""
+    from decimal import Context, Decimal
+
+    widest = "9" * 20 + "." + "9" * 20
+    batch = Batch()
+    for offset in range(2):
+        trade = Trade("BTCUSDT", offset, widest, widest, 1000, 1001, False)
+        batch.add(RawRecord(0, offset, encode_trade(trade, 1_718_000_000_123_456)))
+    assert not batch.poison
+    wide = Context(prec=1000)
+    notional = wide.multiply(Decimal(widest), Decimal(widest))
+    assert batch.symbols["BTCUSDT"].totals.quote_volume == wide.add(notional, notional)
+    orjson.loads(batch.script_payload({}, 1))  # encodable
+
+
+def test_an_exception_while_folding_makes_that_record_poison_not_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cryptostream.core import views
+
+    real_add = views.SymbolViews.add
+
+    def add(self: views.SymbolViews, trade: Trade) -> bool:
+        if trade.trade_id == 6:
+            raise ArithmeticError("boom")
+        return real_add(self, trade)
+
+    monkeypatch.setattr(views.SymbolViews, "add", add)
+    batch = Batch()
+    for rec in [record(0, 1, "BTCUSDT", 5, "1"), record(0, 2, "BTCUSDT", 6, "2"),
+                record(0, 3, "BTCUSDT", 7, "3")]:  # fmt: skip
+        batch.add(rec)
+    assert [p.record.offset for p in batch.poison] == [2]
+    assert "cannot apply: ArithmeticError: boom" in batch.poison[0].reason
+    assert batch.symbols["BTCUSDT"].totals.trades == 2 and batch.parts == {0: [1, 3]}
+
+
+def test_far_future_and_lower_case_records() -> None:
+    batch = Batch(max_future_ms=600_000)
+    future = Trade("BTCUSDT", 1, "1", "1", 4_102_444_800_000, 4_102_444_800_000, False)
+    batch.add(RawRecord(0, 0, encode_trade(future, 1_718_000_000_000_000)))
+    lower = Trade("ethusdt", 2, "1", "1", 1_718_000_000_000, 1_718_000_000_000, False)
+    batch.add(RawRecord(0, 1, encode_trade(lower, 1_718_000_000_000_000)))
+    assert "after the record's ingest time" in batch.poison[0].reason
+    assert list(batch.symbols) == ["ETHUSDT"]

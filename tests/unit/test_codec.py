@@ -1,4 +1,5 @@
 import contextlib
+import json
 
 import orjson
 import pytest
@@ -6,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cryptostream.core.codec import (
+    DEFAULT_MAX_FUTURE_MS,
     DecodeError,
     TradeRecord,
     _decode_checked,
@@ -13,27 +15,38 @@ from cryptostream.core.codec import (
     encode_key,
     encode_trade,
 )
-from cryptostream.core.trades import Trade
+from cryptostream.core.trades import MAX_ID, MAX_TIME_MS, MAX_TIME_US, Trade
 
+# Schema-valid extremes included: 20+20-digit decimals, ids up to 2^63-1, times at both ends.
 decimals = st.builds(
     lambda i, f: f"{i}.{f}" if f else str(i),
-    st.integers(min_value=1, max_value=10**12),
-    st.text(alphabet="0123456789", max_size=8),
+    st.integers(min_value=1, max_value=10**20 - 1),
+    st.text(alphabet="0123456789", max_size=20),
 )
 trades = st.builds(
     Trade,
     symbol=st.from_regex(r"[A-Z0-9]{2,20}", fullmatch=True),
-    trade_id=st.integers(min_value=0, max_value=2**62),
+    trade_id=st.integers(min_value=0, max_value=MAX_ID),
     price=decimals,
     quantity=decimals,
-    trade_time=st.integers(min_value=0, max_value=2**53),
-    event_time=st.integers(min_value=0, max_value=2**53),
+    trade_time=st.integers(min_value=0, max_value=MAX_TIME_MS),
+    event_time=st.integers(min_value=0, max_value=MAX_TIME_MS),
     buyer_is_maker=st.booleans(),
 )
 
 
-@given(trades, st.integers(min_value=0, max_value=2**62))
-def test_round_trip(trade: Trade, ingest_us: int) -> None:
+def ingest_times(trade: Trade) -> st.SearchStrategy[int]:
+    """Ingest receive times a trade may have: never more than the allowed skew before it."""
+    lowest = max(0, trade.trade_time * 1000 - DEFAULT_MAX_FUTURE_MS * 1000)
+    return st.integers(min_value=lowest, max_value=MAX_TIME_US)
+
+
+trade_records = trades.flatmap(lambda t: st.tuples(st.just(t), ingest_times(t)))
+
+
+@given(trade_records)
+def test_round_trip(record: tuple[Trade, int]) -> None:
+    trade, ingest_us = record
     assert decode_trade(encode_trade(trade, ingest_us)) == TradeRecord(trade, ingest_us)
 
 
@@ -71,16 +84,51 @@ _VALID = {"v": 1, "exchange": "binance", "symbol": "BTCUSDT", "trade_id": 5, "pr
           "buyer_is_maker": True, "ingest_time_us": 1718000000001234}  # fmt: skip
 _MISSING = object()
 _NEAR = {
-    "v": [1, 1.0, True, 2, "1", None],
+    "v": [1, 1.0, True, 2, "1", None, 1.5],
     "exchange": ["binance", "", 5],
-    "symbol": ["BTCUSDT", "btcusdt", "BTCUSDT\n", "B", "BTC-USDT", "A" * 21, 7],
-    "trade_id": [0, 5, -1, 1.0, True, "5", 2**63],
-    "price": ["1", "0", "0.000", "66398.85", "1e5", " 1", "1\n", "-1", "NaN", 1.5, "1" * 21],
+    "symbol": [
+        "BTCUSDT",
+        "btcusdt",
+        "BtcUsdt",
+        "BTCUSDT\n",
+        "B",
+        "BTC-USDT",
+        "A" * 21,
+        7,
+        "\uff22\uff34\uff23",
+    ],
+    "trade_id": [0, 5, -1, 1.0, True, "5", MAX_ID, 2**63, 10**30, 10**1000],
+    "price": [
+        "1",
+        "0",
+        "0.000",
+        "66398.85",
+        "1e5",
+        " 1",
+        "1\n",
+        "-1",
+        "NaN",
+        1.5,
+        "1" * 21,
+        "9" * 20 + "." + "9" * 20,
+        "9" * 20 + "." + "9" * 21,
+        "٣",
+    ],
     "quantity": ["0.001", "0", "00.10", "1.", ".5", 2],
-    "trade_time": [0, 1718000000000, -5, False],
-    "event_time": [1718000000001, 1.5, None],
+    "trade_time": [
+        0,
+        1718000000000,
+        1718000600001,
+        1718000600002,
+        4102444800000,
+        -5,
+        False,
+        MAX_TIME_MS,
+        MAX_TIME_MS + 1,
+    ],
+    "event_time": [1718000000001, 1.5, None, MAX_TIME_MS, MAX_TIME_MS + 1],
     "buyer_is_maker": [True, False, 0, "true"],
-    "ingest_time_us": [1718000000001234, -1, 3.0],
+    "ingest_time_us": [1718000000001234, -1, 3.0, MAX_TIME_US, MAX_TIME_US + 1, 2**63],
 }
 _mutations = st.lists(st.sampled_from(sorted(_NEAR)), max_size=3, unique=True).flatmap(
     lambda keys: st.fixed_dictionaries(
@@ -105,7 +153,7 @@ def test_fast_path_agrees_on_combined_changes(mutations: dict[str, object]) -> N
 def _assert_paths_agree(mutations: dict[str, object]) -> None:
     """decode_trade (msgspec first) accepts exactly what the field-by-field checks accept."""
     doc = {k: v for k, v in {**_VALID, **mutations}.items() if v is not _MISSING}
-    value = orjson.dumps(doc)
+    value = json.dumps(doc).encode()  # (orjson refuses integers beyond 64 bits)
     try:
         expected: TradeRecord | str = _decode_checked(value)
     except DecodeError as exc:
@@ -115,3 +163,48 @@ def _assert_paths_agree(mutations: dict[str, object]) -> None:
     except DecodeError as exc:
         got = str(exc)
     assert got == expected
+
+
+def test_schema_valid_extremes_decode_and_the_limits_are_refused_with_a_reason() -> None:
+    widest = "9" * 20 + "." + "9" * 20
+    doc = {**_VALID, "trade_id": MAX_ID, "price": widest, "quantity": widest,
+           "trade_time": 0, "event_time": MAX_TIME_MS, "ingest_time_us": MAX_TIME_US}  # fmt: skip
+    record = decode_trade(json.dumps(doc).encode())
+    assert record.trade.trade_id == MAX_ID and record.trade.price == widest
+    for field, value, reason in [
+        ("trade_id", MAX_ID + 1, "trade_id must be in"),
+        ("trade_id", 10**30, "trade_id must be"),
+        ("event_time", MAX_TIME_MS + 1, "event_time must be in"),
+        ("ingest_time_us", MAX_TIME_US + 1, "ingest_time_us must be in"),
+        ("v", True, "unsupported schema version True"),
+        ("v", 1.0, "unsupported schema version 1.0"),
+    ]:
+        with pytest.raises(DecodeError, match=reason):
+            decode_trade(json.dumps({**doc, field: value}).encode())
+
+
+def test_a_trade_far_after_its_ingest_time_is_refused() -> None:
+    ingest_us = _VALID["ingest_time_us"]
+    assert isinstance(ingest_us, int)
+    at_limit = ingest_us // 1000 + DEFAULT_MAX_FUTURE_MS
+    ok = orjson.dumps({**_VALID, "trade_time": at_limit})
+    assert decode_trade(ok).trade.trade_time == at_limit
+    year_2100 = orjson.dumps({**_VALID, "trade_time": 4102444800000})
+    with pytest.raises(DecodeError, match="after the record's ingest time"):
+        decode_trade(year_2100)
+    assert decode_trade(year_2100, max_future_ms=10**14).trade.trade_time == 4102444800000
+    # the past is fine (backfills, replays)
+    assert decode_trade(orjson.dumps({**_VALID, "trade_time": 0})).trade.trade_time == 0
+
+
+def test_symbols_are_upper_cased_at_decode() -> None:
+    assert decode_trade(orjson.dumps({**_VALID, "symbol": "btcUsdt"})).trade.symbol == "BTCUSDT"
+    assert _decode_checked(orjson.dumps({**_VALID, "symbol": "btcusdt"})).trade.symbol == "BTCUSDT"
+
+
+@given(st.text(min_size=1000, max_size=5000))
+def test_reasons_are_bounded_whatever_the_value(junk: str) -> None:
+    for field in ("v", "symbol", "price", "trade_id"):
+        with pytest.raises(DecodeError) as info:
+            decode_trade(json.dumps({**_VALID, field: junk}).encode())
+        assert len(str(info.value)) < 200

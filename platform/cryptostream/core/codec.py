@@ -8,6 +8,10 @@ Schema version 1::
 
 Prices and quantities are decimal strings; times are integers (exchange times in ms, the ingest
 receive time in µs for latency measurement). The record key is the symbol in UTF-8.
+
+Every field is bounded (core/trades.py): ids in [0, 2^63-1], times before year 10000, decimals
+of at most 20+20 digits, and a trade time at most ``max_future_ms`` after the ingest time.
+Anything outside is refused here, with a bounded reason, so no value can break a later stage.
 """
 
 from __future__ import annotations
@@ -19,7 +23,16 @@ import msgspec
 import orjson
 
 from cryptostream.core.symbols import SYMBOL_PATTERN, SYMBOL_RE
-from cryptostream.core.trades import DECIMAL_PATTERN, Trade, check_int, check_positive_decimal
+from cryptostream.core.trades import (
+    DECIMAL_PATTERN,
+    MAX_ID,
+    MAX_TIME_MS,
+    MAX_TIME_US,
+    Trade,
+    check_int,
+    check_positive_decimal,
+    shown,
+)
 
 SCHEMA_VERSION = 1
 
@@ -55,8 +68,16 @@ def encode_key(symbol: str) -> bytes:
     return symbol.encode()
 
 
-_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Id = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
+_TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
+_TimeUs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_US)]
 _Decimal = Annotated[str, msgspec.Meta(pattern=DECIMAL_PATTERN)]
+
+# How far a trade's time may lie after its ingest receive time. Exchange and ingest clocks
+# differ by milliseconds; a trade hours or years ahead is a bad record, and applying it would
+# make it the newest candle, against which the processor trims the candle history (every real
+# candle would be deleted). Past times are fine: backfills and replays are old by nature.
+DEFAULT_MAX_FUTURE_MS = 600_000
 
 
 class _RecordV1(msgspec.Struct, frozen=True, gc=False):
@@ -65,24 +86,25 @@ class _RecordV1(msgspec.Struct, frozen=True, gc=False):
     v: Literal[1]
     exchange: str
     symbol: Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN)]
-    trade_id: _Count
+    trade_id: _Id
     price: _Decimal
     quantity: _Decimal
-    trade_time: _Count
-    event_time: _Count
+    trade_time: _TimeMs
+    event_time: _TimeMs
     buyer_is_maker: bool
-    ingest_time_us: _Count
+    ingest_time_us: _TimeUs
 
 
 _decode_v1 = msgspec.json.Decoder(_RecordV1).decode
 
 
-def decode_trade(value: bytes | None) -> TradeRecord:
+def decode_trade(value: bytes | None, max_future_ms: int = DEFAULT_MAX_FUTURE_MS) -> TradeRecord:
     """Decode and validate one record value; raise DecodeError with the reason.
 
     The processor's hot path: msgspec decodes and type-checks in one pass (about twice as fast as
     ``orjson.loads`` plus checks in Python). Anything it refuses goes through the field-by-field
     checks, which either accept it (the two agree: property-tested) or say exactly what is wrong.
+    Symbols are normalized to upper case (core/symbols.py), as every service does.
     """
     if value is not None:
         try:
@@ -90,29 +112,36 @@ def decode_trade(value: bytes | None) -> TradeRecord:
         except (msgspec.ValidationError, msgspec.DecodeError):
             pass
         else:
-            if float(r.price) > 0 and float(r.quantity) > 0:  # (the patterns make them finite)
-                trade = Trade(r.symbol, r.trade_id, r.price, r.quantity, r.trade_time,
+            if (
+                float(r.price) > 0  # (the patterns make them finite)
+                and float(r.quantity) > 0
+                and r.trade_time * 1000 <= r.ingest_time_us + max_future_ms * 1000
+            ):
+                trade = Trade(r.symbol.upper(), r.trade_id, r.price, r.quantity, r.trade_time,
                               r.event_time, r.buyer_is_maker, r.exchange)  # fmt: skip
                 return TradeRecord(trade, r.ingest_time_us)
-    return _decode_checked(value)
+    return _decode_checked(value, max_future_ms)
 
 
-def _decode_checked(value: bytes | None) -> TradeRecord:
+def _decode_checked(value: bytes | None, max_future_ms: int = DEFAULT_MAX_FUTURE_MS) -> TradeRecord:
     if value is None:
         raise DecodeError("record has no value")
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"not JSON: {exc}") from None
+        raise DecodeError(f"not JSON: {shown(str(exc), 200)}") from None
     if not isinstance(obj, dict):
         raise DecodeError(f"expected a JSON object, got {type(obj).__name__}")
     version = obj.get("v")
-    if version != SCHEMA_VERSION:
-        raise DecodeError(f"unsupported schema version {version!r} (expected {SCHEMA_VERSION})")
+    # Exactly the integer 1: JSON true and 1.0 compare equal to 1 in Python, but are not it.
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise DecodeError(
+            f"unsupported schema version {shown(version)} (expected the integer {SCHEMA_VERSION})"
+        )
     try:
         symbol = obj["symbol"]
         if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
-            raise ValueError(f"invalid symbol {str(symbol)[:40]!r}")
+            raise ValueError(f"invalid symbol {shown(symbol)}")
         exchange = obj["exchange"]
         if not isinstance(exchange, str):
             raise ValueError("exchange must be a string")
@@ -120,17 +149,24 @@ def _decode_checked(value: bytes | None) -> TradeRecord:
         if not isinstance(maker, bool):
             raise ValueError("buyer_is_maker must be a boolean")
         trade = Trade(
-            symbol=symbol,
+            symbol=symbol.upper(),
             trade_id=check_int(obj["trade_id"], "trade_id"),
             price=check_positive_decimal(obj["price"], "price"),
             quantity=check_positive_decimal(obj["quantity"], "quantity"),
-            trade_time=check_int(obj["trade_time"], "trade_time"),
-            event_time=check_int(obj["event_time"], "event_time"),
+            trade_time=check_int(obj["trade_time"], "trade_time", maximum=MAX_TIME_MS),
+            event_time=check_int(obj["event_time"], "event_time", maximum=MAX_TIME_MS),
             buyer_is_maker=maker,
             exchange=exchange,
         )
-        return TradeRecord(trade, check_int(obj["ingest_time_us"], "ingest_time_us"))
+        ingest_us = check_int(obj["ingest_time_us"], "ingest_time_us", maximum=MAX_TIME_US)
     except KeyError as exc:
-        raise DecodeError(f"missing field {exc.args[0]!r}") from None
+        raise DecodeError(f"missing field {shown(exc.args[0])}") from None
     except ValueError as exc:
         raise DecodeError(str(exc)) from None
+    ahead_ms = trade.trade_time - ingest_us // 1000
+    if trade.trade_time * 1000 > ingest_us + max_future_ms * 1000:
+        raise DecodeError(
+            f"trade_time {trade.trade_time} is {ahead_ms / 1000:.0f} s after the record's "
+            f"ingest time (at most {max_future_ms / 1000:g} s allowed)"
+        )
+    return TradeRecord(trade, ingest_us)

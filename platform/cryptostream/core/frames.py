@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from cryptostream.core.symbols import SYMBOL_RE
-from cryptostream.core.trades import Trade, check_int, check_positive_decimal
+from cryptostream.core.trades import MAX_TIME_MS, Trade, check_int, check_positive_decimal, shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ def _parse_trade(payload: dict[str, Any], id_field: str = "t") -> Trade | Malfor
     try:
         symbol = payload["s"]
         if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
-            raise ValueError(f"invalid symbol {str(symbol)[:40]!r}")
+            raise ValueError(f"invalid symbol {shown(symbol)}")
         maker = payload["m"]
         if not isinstance(maker, bool):
             raise ValueError("m (buyer is maker) must be a boolean")
@@ -92,12 +92,12 @@ def _parse_trade(payload: dict[str, Any], id_field: str = "t") -> Trade | Malfor
             trade_id=check_int(payload[id_field], f"{id_field} (trade id)"),
             price=check_positive_decimal(payload["p"], "p (price)"),
             quantity=check_positive_decimal(payload["q"], "q (quantity)"),
-            trade_time=check_int(payload["T"], "T (trade time)"),
-            event_time=check_int(payload["E"], "E (event time)"),
+            trade_time=check_int(payload["T"], "T (trade time)", maximum=MAX_TIME_MS),
+            event_time=check_int(payload["E"], "E (event time)", maximum=MAX_TIME_MS),
             buyer_is_maker=maker,
         )
     except KeyError as exc:
-        return Malformed(f"trade is missing field {exc.args[0]!r}")
+        return Malformed(f"trade is missing field {shown(exc.args[0])}")
     except ValueError as exc:
         return Malformed(f"invalid trade: {exc}")
 

@@ -10,21 +10,15 @@ import decimal
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cryptostream.core.decimals import EXACT as _CTX
+from cryptostream.core.decimals import fmt
 from cryptostream.core.trades import Trade
 
+__all__ = ["MINUTE_MS", "Candle", "SymbolViews", "Totals", "compute_views", "fmt"]
+
 MINUTE_MS = 60_000
-# Products of two 20+20-digit decimals need more than the default 28 digits.
-_CTX = decimal.Context(prec=80, traps=[decimal.InvalidOperation, decimal.Inexact])
 D = decimal.Decimal
 ZERO = D(0)
-
-
-def fmt(value: decimal.Decimal) -> str:
-    """Canonical decimal text: no exponent, no trailing fractional zeros."""
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
 
 
 @dataclass(slots=True)
@@ -52,17 +46,27 @@ class Candle:
         )  # fmt: skip
 
     def add(self, trade: Trade, price: D, qty: D, notional: D) -> None:
+        # The sums before any field is stored: a fold happens whole or not at all.
+        base, quote = _CTX.add(self.base_volume, qty), _CTX.add(self.quote_volume, notional)
+        self.base_volume, self.quote_volume = base, quote
         if price > self.high:
             self.high = price
         if price < self.low:
             self.low = price
-        self.base_volume = _CTX.add(self.base_volume, qty)
-        self.quote_volume = _CTX.add(self.quote_volume, notional)
         self.trades += 1
         if trade.trade_id < self.first_trade_id:
             self.first_trade_id, self.open = trade.trade_id, trade.price
         if trade.trade_id > self.last_trade_id:
             self.last_trade_id, self.close = trade.trade_id, trade.price
+
+    def as_partial(self) -> list[object]:
+        """This candle as the Lua script's batch argument takes it: ids as strings (Lua's
+        numbers are doubles, exact only below 2^53), the rest as in :meth:`as_member`."""
+        return [
+            self.open_time, fmt(D(self.open)), fmt(self.high), fmt(self.low), fmt(D(self.close)),
+            fmt(self.base_volume), fmt(self.quote_volume), self.trades,
+            str(self.first_trade_id), str(self.last_trade_id),
+        ]  # fmt: skip
 
     def as_member(self) -> dict[str, object]:
         """The JSON document stored in ``candles:1m:{SYMBOL}`` (see core/keys.py)."""

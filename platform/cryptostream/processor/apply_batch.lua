@@ -1,22 +1,39 @@
 -- Apply one processor batch atomically: every view update and the per-partition offsets together.
 --
--- ARGV[1] offsets hash key   ARGV[2] now (ms)   ARGV[3] candle history (ms)   ARGV[4] JSON batch:
+-- ARGV[1] offsets hash key   ARGV[2] now (ms)   ARGV[3] candle history (ms)
+-- ARGV[4] JSON batch:
 --   {"parts":   [[partition, expected_stored_offset, last_offset], ...],     (strings, -1 = none)
 --    "symbols": [{"s": symbol,
 --                 "p": [price, quantity, trade_id, trade_time, event_time, ingest_time_us],
 --                 "u": "<pub/sub update JSON>",
---                 "c": [{"t","o","h","l","c","v","qv","n","ft","lt"}, ...],   (1m candle partials)
+--                 "c": [[t, o, h, l, c, v, qv, n, ft, lt], ...],   (1m candle partials)
 --                 "n": trades, "v": base volume, "qv": quote volume}, ...]}
+-- ARGV[5] how far (ms) a candle may lie ahead of now and still move the history's horizon
 --
 -- Fencing (compare-and-set per partition): the batch applies only if every partition's stored
 -- offset is what the processor believes it is. Otherwise (a zombie after a rebalance, a retry
 -- after a lost reply, a Redis that lost its data) nothing is applied and {0, partition, stored,
 -- ...} comes back so the caller re-seeks. On success returns {1, number_of_price_updates}.
 --
--- Numbers that must stay exact travel as strings (Lua keeps 14 significant digits); volumes
--- and prices are decimal strings added and compared digit by digit.
+-- Numbers that must stay exact travel as strings (Lua's numbers are doubles: exact below 2^53,
+-- and cjson writes only 14 significant digits): trade ids are compared as digit strings and
+-- written into the candle members verbatim; volumes and prices are decimal strings added and
+-- compared digit by digit. Times (ms, below year 10000) and counts are exact as doubles.
 local offsets_key, now, history = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local batch = cjson.decode(ARGV[4])
+local max_future = ARGV[5] and tonumber(ARGV[5]) or math.huge  -- (optional: no cap)
+
+-- a < b for non-negative integers written without leading zeros (any length)
+local function id_less(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+
+local function member(c)
+  return '{"t":' .. string.format('%.0f', c[1]) .. ',"o":"' .. c[2] .. '","h":"' .. c[3]
+    .. '","l":"' .. c[4] .. '","c":"' .. c[5] .. '","v":"' .. c[6] .. '","qv":"' .. c[7]
+    .. '","n":' .. string.format('%.0f', c[8]) .. ',"ft":' .. c[9] .. ',"lt":' .. c[10] .. '}'
+end
 
 local function split(a)
   local i, f = string.match(a, '^(%d*)%.?(%d*)$')
@@ -90,7 +107,7 @@ for _, sym in ipairs(batch.symbols) do
   -- latest trade, monotonic by trade id: an older trade (late backfill, replay) never wins
   local price_key = 'price:' .. s
   local current = redis.call('HGET', price_key, 'trade_id')
-  if (not current) or tonumber(current) < tonumber(p[3]) then
+  if (not current) or id_less(current, p[3]) then
     redis.call('HSET', price_key, 'price', p[1], 'quantity', p[2], 'trade_id', p[3],
       'trade_time', p[4], 'event_time', p[5], 'ingest_time_us', p[6], 'update_time', now)
     if not current then redis.call('SADD', 'symbols', s) end  -- the symbol's first price
@@ -101,23 +118,29 @@ for _, sym in ipairs(batch.symbols) do
   local candles_key = 'candles:1m:' .. s
   local added = false
   for _, c in ipairs(sym.c) do
-    local stored = redis.call('ZRANGEBYSCORE', candles_key, c.t, c.t)
+    local stored = redis.call('ZRANGEBYSCORE', candles_key, c[1], c[1])
     if stored[1] then
       local old = cjson.decode(stored[1])
-      if old.ft < c.ft then c.o, c.ft = old.o, old.ft end
-      if old.lt > c.lt then c.c, c.lt = old.c, old.lt end
-      if dec_cmp(old.h, c.h) > 0 then c.h = old.h end
-      if dec_cmp(old.l, c.l) < 0 then c.l = old.l end
-      c.v, c.qv, c.n = dec_add(old.v, c.v), dec_add(old.qv, c.qv), old.n + c.n
-      redis.call('ZREMRANGEBYSCORE', candles_key, c.t, c.t)
+      local old_ft = string.match(stored[1], '"ft":(%d+)')
+      local old_lt = string.match(stored[1], '"lt":(%d+)')
+      if id_less(old_ft, c[9]) then c[2], c[9] = old.o, old_ft end
+      if id_less(c[10], old_lt) then c[5], c[10] = old.c, old_lt end
+      if dec_cmp(old.h, c[3]) > 0 then c[3] = old.h end
+      if dec_cmp(old.l, c[4]) < 0 then c[4] = old.l end
+      c[6], c[7], c[8] = dec_add(old.v, c[6]), dec_add(old.qv, c[7]), old.n + c[8]
+      redis.call('ZREMRANGEBYSCORE', candles_key, c[1], c[1])
     else
       added = true
     end
-    redis.call('ZADD', candles_key, c.t, cjson.encode(c))
+    redis.call('ZADD', candles_key, c[1], member(c))
   end
   if added then  -- only a new minute can push the oldest one out of the history
     local newest = redis.call('ZREVRANGE', candles_key, 0, 0, 'WITHSCORES')
-    redis.call('ZREMRANGEBYSCORE', candles_key, '-inf', '(' .. (tonumber(newest[2]) - history + 60000))
+    -- The horizon follows the newest candle, but never past the clock: no record, however far
+    -- in the future its time, can push the real candles out of the history.
+    local horizon = math.min(tonumber(newest[2]), tonumber(now) + max_future)
+    redis.call('ZREMRANGEBYSCORE', candles_key, '-inf',
+      '(' .. string.format('%.0f', horizon - history + 60000))
   end
 
   -- running totals since the start of the topic (deliberately not idempotent)

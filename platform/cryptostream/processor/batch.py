@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from cryptostream.core.codec import DecodeError, decode_trade
+from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS, DecodeError, decode_trade
 from cryptostream.core.views import SymbolViews, fmt
 
 NO_OFFSET = -1
@@ -34,8 +34,11 @@ class Batch:
     ingest_us: dict[str, int] = field(default_factory=dict)  # of each symbol's latest trade
     poison: list[Poison] = field(default_factory=list)
     records: int = 0
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS
 
     def add(self, record: RawRecord) -> None:
+        """Fold one record in; a record that cannot be folded becomes poison, whatever the
+        cause, so no input can kill the batch and stop its partition."""
         self.records += 1
         span = self.parts.get(record.partition)
         if span is None:
@@ -43,17 +46,18 @@ class Batch:
         else:
             span[1] = record.offset
         try:
-            decoded = decode_trade(record.value)
+            decoded = decode_trade(record.value, self.max_future_ms)
+            trade = decoded.trade
+            views = self.symbols.get(trade.symbol)
+            if views is None:
+                self.symbols[trade.symbol] = SymbolViews.of(trade)
+                self.ingest_us[trade.symbol] = decoded.ingest_time_us
+            elif views.add(trade):
+                self.ingest_us[trade.symbol] = decoded.ingest_time_us
         except DecodeError as exc:
             self.poison.append(Poison(record, str(exc)))
-            return
-        trade = decoded.trade
-        views = self.symbols.get(trade.symbol)
-        if views is None:
-            self.symbols[trade.symbol] = SymbolViews.of(trade)
-            self.ingest_us[trade.symbol] = decoded.ingest_time_us
-        elif views.add(trade):
-            self.ingest_us[trade.symbol] = decoded.ingest_time_us
+        except Exception as exc:  # a value the schema admits but the views cannot take: a bug
+            self.poison.append(Poison(record, f"cannot apply: {type(exc).__name__}: {exc}"))
 
     def script_payload(self, positions: dict[int, int], now_ms: int) -> bytes:
         """The Lua script's batch argument; ``positions`` = last applied offset we believe in."""
@@ -74,7 +78,7 @@ class Batch:
                     "p": [t.price, t.quantity, str(t.trade_id), str(t.trade_time),
                           str(t.event_time), str(self.ingest_us[symbol])],
                     "u": update,
-                    "c": [c.as_member() for c in views.candles.values()],
+                    "c": [c.as_partial() for c in views.candles.values()],
                     "n": totals.trades, "v": fmt(totals.base_volume),
                     "qv": fmt(totals.quote_volume),
                 }

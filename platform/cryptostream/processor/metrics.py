@@ -4,7 +4,9 @@ hot path pays nothing per record; histograms are observed once per batch or per 
 Exported names (all prefixed ``csp_processor_``):
 
 - ``records_total``, ``batches_total``, ``poison_total`` (sent to the DLQ), ``conflicts_total``
-  (batches refused by the offset compare-and-set), ``rebalances_total`` — counters
+  (batches refused by the offset compare-and-set), ``rebalances_total``, ``dlq_failed_total``
+  (dead letters the DLQ producer could not write), ``kafka_errors_total`` (DLQ producer client
+  errors) — counters
 - ``consumer_lag{partition}`` — gauge: high watermark minus the next offset to apply
 - ``batch_size`` — histogram of records per applied batch
 - ``redis_apply_seconds`` — histogram of the Lua apply round trip
@@ -20,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "csp_processor_"
+COUNTERS = ("records", "batches", "poison", "conflicts", "rebalances", "dlq_failed", "kafka_errors")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -29,7 +32,7 @@ class _StatsCollector(Collector):
         self.lag = lag
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        for name in ("records", "batches", "poison", "conflicts", "rebalances"):
+        for name in COUNTERS:
             yield CounterMetricFamily(PREFIX + name, f"{name} since start", value=self.stats[name])
         gauge = GaugeMetricFamily(
             PREFIX + "consumer_lag", "records not yet applied, per partition", labels=["partition"]

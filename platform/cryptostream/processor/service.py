@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-import orjson
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from cryptostream.config import Settings
+from cryptostream.core.deadletter import encode_dead_letter
 from cryptostream.core.keys import offsets_key
 from cryptostream.kafka_clients import make_producer, security_config
 from cryptostream.logs import RateLimitedLog, setup_logging
@@ -39,12 +40,13 @@ APPLY_SCRIPT = resources.files("cryptostream.processor").joinpath("apply_batch.l
 
 
 class Processor:
-    def __init__(self, settings: Settings, redis_client: redis.Redis, producer: Producer) -> None:
+    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
         self.settings = settings
         self.redis = redis_client
         self.apply_script = redis_client.register_script(APPLY_SCRIPT)
-        self.dlq = producer
+        self.dlq: Producer = make_producer(settings, error_cb=self._on_dlq_error)
         self.offsets_key = offsets_key(settings.topic)
+        self.max_future_ms = int(settings.processor_max_future_s * 1000)
         self.consumer: GroupConsumer = make_group_consumer(settings)
         self.lag: dict[int, int] = {}
         self.running = True
@@ -53,6 +55,7 @@ class Processor:
         self.warn = RateLimitedLog(log)
         self.stats: dict[str, int] = {
             "records": 0, "batches": 0, "poison": 0, "conflicts": 0, "rebalances": 0, "stale": 0,
+            "dlq_failed": 0, "kafka_errors": 0,
         }  # fmt: skip
         self.metrics = ProcessorMetrics(self.stats, lambda: self.lag)
 
@@ -111,7 +114,7 @@ class Processor:
     def process(self, records: list[RawRecord]) -> None:
         """Apply one fetched batch (natural batching: the consumer returns what it has, up to
         batch_max, so batches grow under load and a lone record is applied at once)."""
-        batch = Batch()
+        batch = Batch(max_future_ms=self.max_future_ms)
         positions = self.positions
         for record in records:
             # Never re-apply: a client that hands back records at or below what was applied
@@ -128,7 +131,9 @@ class Processor:
         history_ms = str(self.settings.candle_history_minutes * 60_000)
         started = time.perf_counter()
         reply = self._with_redis_retry(
-            lambda: self.apply_script(args=[self.offsets_key, str(now_ms), history_ms, payload])
+            lambda: self.apply_script(
+                args=[self.offsets_key, str(now_ms), history_ms, payload, str(self.max_future_ms)]
+            )
         )
         self.metrics.redis_apply.observe(time.perf_counter() - started)
         if int(reply[0]) == 0:
@@ -211,26 +216,47 @@ class Processor:
             self.positions[partition] = offset
 
     def _dead_letter(self, batch: Batch) -> None:
+        """Each poison record to the DLQ, bounded to fit the producer's limit; its partition moves
+        on either way (the record itself stays in the topic at the offset the entry names)."""
+        topic = self.settings.topic
         for poison in batch.poison:
             self.stats["poison"] += 1
             record = poison.record
-            self.warn.warning("poison", "poison record sent to the DLQ", reason=poison.reason)
-            value = orjson.dumps(
-                {
-                    "reason": poison.reason,
-                    "source": f"{self.settings.topic}/{record.partition}/{record.offset}",
-                    "topic": self.settings.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "raw": (record.value or b"")[:65536].decode(errors="replace"),
-                }
-            )
+            where = f"{topic}/{record.partition}/{record.offset}"
+            self.warn.warning("poison", "poison record sent to the DLQ",
+                              reason=poison.reason[:200], source=where)  # fmt: skip
+            value = encode_dead_letter(
+                poison.reason, "processor", where, record.value,
+                topic=topic, partition=record.partition, offset=record.offset,
+            )  # fmt: skip
             while True:
                 try:
-                    self.dlq.produce(self.settings.dlq_topic, value)
+                    self.dlq.produce(self.settings.dlq_topic, value,
+                                     on_delivery=self._on_dlq_delivery(where))  # fmt: skip
                     break
                 except BufferError:
                     self.dlq.poll(0.1)
+                except KafkaException as exc:  # refused at once (size, unknown topic, fatal)
+                    self._dlq_failed(str(exc), where)
+                    break
+
+    def _on_dlq_delivery(self, where: str) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._dlq_failed(str(err), where)
+
+        return delivered
+
+    def _dlq_failed(self, error: str, where: str) -> None:
+        self.stats["dlq_failed"] += 1
+        log.error(
+            "a dead letter could not be written; the record stays in the topic at its offset",
+            extra={"fields": {"error.message": error, "source": where}},
+        )
+
+    def _on_dlq_error(self, err: KafkaError) -> None:
+        self.stats["kafka_errors"] += 1
+        self.warn.warning("dlq-producer", "DLQ producer error", **{"error.message": str(err)})
 
     def _commit(self, batch: Batch) -> None:
         self._try_commit({p: last + 1 for p, (_f, last) in batch.parts.items()})
@@ -330,7 +356,7 @@ def rebuild(settings: Settings) -> int:
     deleted = delete_views(client, settings.topic)
     log.info("views deleted", extra={"fields": {"keys": deleted}})
     rebuild_settings = settings.model_copy(update={"group_id": f"{settings.group_id}-rebuild"})
-    processor = Processor(rebuild_settings, client, make_producer(settings))
+    processor = Processor(rebuild_settings, client)
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -359,7 +385,7 @@ def main(settings: Settings) -> int:
         return 2
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     try:
-        processor = Processor(settings, client, make_producer(settings))
+        processor = Processor(settings, client)
     except ConsumerError as exc:
         log.error(str(exc))
         return 2

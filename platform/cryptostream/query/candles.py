@@ -15,11 +15,10 @@ from typing import Any
 
 import orjson
 
+from cryptostream.core.decimals import EXACT as _EXACT
+
 MINUTE_MS = 60_000
 INTERVAL_MINUTES: dict[str, int] = {"1m": 1, "5m": 5, "15m": 15, "1h": 60}
-
-# Enough digits that no realistic sum of 8-decimal volumes is ever rounded.
-_EXACT = decimal.Context(prec=60, traps=[decimal.InvalidOperation, decimal.Inexact])
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,23 @@
+"""Exact decimal arithmetic for the views, sized so that no schema-valid input can round.
+
+A price or quantity has at most 20 integer and 20 fractional digits (core/trades.py), so a
+notional (price x quantity) has at most 80 significant digits (< 10^40, 40 fractional digits),
+and a sum of up to 2^63 of them (< 10^19 terms, ids are 63-bit) stays below 10^59 with 40
+fractional digits: at most 99 significant digits. A precision of 100 therefore never rounds;
+``Inexact`` stays trapped as the proof that it does not.
+"""
+
+from __future__ import annotations
+
+import decimal
+
+PRECISION = 100
+EXACT = decimal.Context(prec=PRECISION, traps=[decimal.InvalidOperation, decimal.Inexact])
+
+
+def fmt(value: decimal.Decimal) -> str:
+    """Canonical decimal text: no exponent, no trailing fractional zeros."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
