@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import binance_common.configuration as common_cfg  # a declared dev dependency: never skipped
+import binance_sdk_spot.spot as spot_mod
 import pytest
 
 from marketsim.server import Simulator
 
 from .conftest import cfg
-
-spot_mod = pytest.importorskip("binance_sdk_spot.spot")
-common_cfg = pytest.importorskip("binance_common.configuration")
 
 
 async def _sdk_receive(stream_url: str, use_handle: bool) -> list[Any]:

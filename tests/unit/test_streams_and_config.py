@@ -49,4 +49,5 @@ def test_live_stack_file_supplies_addresses_env_wins(
 def test_stack_file_of_a_dead_stack_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "stack.json").write_text('{"pid": 999999999, "kafka_bootstrap": "x"}')
     assert read_live_stack_file(tmp_path / "stack.json") == {}
-    assert os.getpid() > 0
+    (tmp_path / "stack.json").write_text(f'{{"pid": {os.getpid()}, "kafka_bootstrap": "x"}}')
+    assert read_live_stack_file(tmp_path / "stack.json")["kafka_bootstrap"] == "x"  # a live one

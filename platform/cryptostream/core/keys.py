@@ -6,7 +6,8 @@ key                                    type   content
 ``price:{SYMBOL}``                     hash   latest trade: price, quantity, trade_id, trade_time,
                                               event_time, ingest_time_us, update_time (ms)
 ``candles:1m:{SYMBOL}``                zset   1-minute OHLCV candles, score = open time (ms),
-                                              member = JSON {t,o,h,l,c,v,qv,n}
+                                              member = JSON {t,o,h,l,c,v,qv,n,ft,lt}
+                                              (ft/lt: first/last trade id, exact 64-bit)
 ``stats:{SYMBOL}``                     hash   running totals: trades, base_volume, quote_volume
 ``symbols``                            set    every symbol that has a price
 ``offsets:{TOPIC}``                    hash   partition -> last applied offset (exactly-once)
@@ -24,16 +25,6 @@ STATS_PREFIX = "stats:"
 SYMBOLS_KEY = "symbols"
 OFFSETS_PREFIX = "offsets:"
 PRICE_CHANNEL = "updates:price"
-
-PRICE_FIELDS = (
-    "price",
-    "quantity",
-    "trade_id",
-    "trade_time",
-    "event_time",
-    "ingest_time_us",
-    "update_time",
-)
 
 
 def price_key(symbol: str) -> str:
