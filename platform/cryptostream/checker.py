@@ -18,7 +18,7 @@ import orjson
 import redis
 
 from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS
-from cryptostream.core.keys import candles_1m_key, price_key, stats_key
+from cryptostream.core.keys import candle_member, candles_1m_key, price_key, stats_key
 from cryptostream.core.trades import Trade
 from cryptostream.core.views import MINUTE_MS, SymbolViews, compute_views
 
@@ -101,7 +101,7 @@ def compare(
         for minute, candle in sorted(views.candles.items()):
             if minute < oldest_kept:
                 continue
-            member = candle.as_member()
+            member = candle_member(candle)
             got = stored.get(minute)
             if got is None or _candle_key(got) != _candle_key(member):
                 report.discrepancies.append(Discrepancy(symbol, f"candle@{minute}", member, got))

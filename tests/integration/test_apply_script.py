@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from decimal import Context, Decimal
+from typing import Any
 
 import orjson
 import pytest
@@ -11,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryptostream.core.codec import encode_trade
+from cryptostream.core.keys import candle_member, parse_candle_member
 from cryptostream.core.trades import Trade
-from cryptostream.core.views import compute_views, fmt
+from cryptostream.core.views import Candle, compute_views, fmt
 from cryptostream.processor.batch import Batch, RawRecord, parse_conflicts
 from cryptostream.processor.service import APPLY_SCRIPT
 from tests.conftest import Env
@@ -29,6 +32,20 @@ def _batch(partition: int, first_offset: int, trades: list[Trade]) -> Batch:
     return batch
 
 
+def _run(
+    script: Any,
+    batch: Batch,
+    key: str,
+    now: int | str,
+    history: int | str,
+    positions: dict[int, int],
+    max_future: int | str = 10**15,
+) -> Any:
+    """Apply ``batch`` as the processor does (KEYS and ARGV from Batch.script_call)."""
+    topic = key.removeprefix("offsets:")
+    return script(*batch.script_call(topic, positions, int(now), int(history), int(max_future)))
+
+
 def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
     r = redis.Redis.from_url(isolated.settings.redis_url)
     script = r.register_script(APPLY_SCRIPT)
@@ -43,7 +60,7 @@ def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
     ]
     batch = _batch(2, 50, trades)
     day = str(1440 * 60_000)
-    assert script(args=[key, "999", day, batch.script_payload({}, 999)]) == [1, 1]
+    assert _run(script, batch, key, "999", day, {}) == [1, 1]
     assert r.hget(key, "2") == b"51"
     assert r.hget("price:BTCUSDT", "price") == b"1.6"
     assert r.hget("price:BTCUSDT", "ingest_time_us") == b"1718000000123456"  # 16 digits intact
@@ -57,19 +74,17 @@ def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
     # The same batch again (a zombie, or a retry after a lost reply): nothing changes.
     # The same batch again, believing nothing was applied (a zombie, or a retry after a lost
     # reply): refused whole, nothing changes.
-    reply = script(args=[key, "1000", day, batch.script_payload({}, 1000)])
+    reply = _run(script, batch, key, "1000", day, {})
     assert parse_conflicts(reply) == {2: 51}
     assert r.hget("stats:BTCUSDT", "trades") == b"2"
     # A processor that believes an older position is refused too.
     newer = _batch(2, 52, [Trade("BTCUSDT", 12, "9.9", "1", 104, 105, False)])
-    assert parse_conflicts(
-        script(args=[key, "1000", day, newer.script_payload({2: 49}, 1000)])
-    ) == {2: 51}
+    assert parse_conflicts(_run(script, newer, key, "1000", day, {2: 49})) == {2: 51}
     assert r.hget("price:BTCUSDT", "price") == b"1.6"
 
     # An older trade id never overwrites a newer one, but its offset still counts as applied.
     older = _batch(2, 52, [Trade("BTCUSDT", 5, "0.1", "1", 1, 1, False)])
-    assert script(args=[key, "1001", day, older.script_payload({2: 51}, 1001)]) == [1, 0]
+    assert _run(script, older, key, "1001", day, {2: 51}) == [1, 0]
     assert r.hget("price:BTCUSDT", "price") == b"1.6" and r.hget(key, "2") == b"52"
     # ...while candles and totals do count it, with exact decimal sums done in Lua.
     assert r.hgetall("stats:BTCUSDT") == {
@@ -109,19 +124,19 @@ def test_lua_decimal_merge_equals_python_decimal(
         for i, (p, q) in enumerate(rows, 1)
     ]
     for i, t in enumerate(trades):
-        payload = _batch(0, i, [t]).script_payload({0: i - 1} if i else {}, 1)
-        assert script(args=["offsets:t", "1", str(10**9), payload])[0] == 1
+        batch = _batch(0, i, [t])
+        assert _run(script, batch, "offsets:t", "1", str(10**9), {0: i - 1} if i else {})[0] == 1
     expected = compute_views(trades)["ETHUSDT"]
     stats = r.hgetall("stats:ETHUSDT")
     assert Decimal(stats[b"base_volume"].decode()) == expected.totals.base_volume
     assert Decimal(stats[b"quote_volume"].decode()) == expected.totals.quote_volume
-    (candle,) = [orjson.loads(m) for m in r.zrange("candles:1m:ETHUSDT", 0, -1)]
-    want = next(iter(expected.candles.values()))
-    assert (Decimal(candle["h"]), Decimal(candle["l"]), Decimal(candle["qv"])) == (
-        want.high,
-        want.low,
-        want.quote_volume,
-    )
+    (member,) = r.zrange("candles:1m:ETHUSDT", 0, -1)
+    # Candle.merge is the reference of every candle merge: the Lua script's must equal it,
+    # field for field, in the member spelling of core/keys.py.
+    singles = [compute_views([t])["ETHUSDT"].candles[0] for t in trades]
+    reference = functools.reduce(Candle.merge, singles)
+    assert candle_member(parse_candle_member(member)) == candle_member(reference)
+    assert candle_member(reference) == candle_member(next(iter(expected.candles.values())))
     r.close()
 
 
@@ -161,8 +176,11 @@ def test_candle_history_keeps_the_newest_minutes(isolated: Env) -> None:
     def apply(trade_id: int, minute: int) -> None:
         nonlocal offset
         t = Trade("ETHUSDT", trade_id, "2", "1", minute * 60_000 + 5, minute * 60_000 + 5, False)
-        payload = _batch(0, offset + 1, [t]).script_payload({0: offset} if offset >= 0 else {}, 1)
-        assert script(args=["offsets:h", "1", history, payload])[0] == 1
+        batch = _batch(0, offset + 1, [t])
+        assert (
+            _run(script, batch, "offsets:h", "1", history, {0: offset} if offset >= 0 else {})[0]
+            == 1
+        )
         offset += 1
 
     def minutes() -> list[int]:
@@ -198,8 +216,11 @@ def test_ids_beyond_doubles_stay_exact_through_merges(isolated: Env) -> None:
     trades = [Trade("BTCUSDT", tid, f"{i + 1}.5", "1", 60_000, 60_001, False)
               for i, tid in enumerate(ids)]  # fmt: skip
     for offset, t in enumerate(trades):
-        payload = _batch(0, offset, [t]).script_payload({0: offset - 1} if offset else {}, 1)
-        assert script(args=["offsets:x", "1", str(10**9), payload])[0] == 1
+        batch = _batch(0, offset, [t])
+        assert (
+            _run(script, batch, "offsets:x", "1", str(10**9), {0: offset - 1} if offset else {})[0]
+            == 1
+        )
     assert r.hget("price:BTCUSDT", "trade_id") == str(top).encode()
     assert r.hget("price:BTCUSDT", "price") == b"2.5"  # the trade with id 2^63-1
     (member,) = r.zrange("candles:1m:BTCUSDT", 0, -1)
@@ -223,10 +244,10 @@ def test_a_far_future_record_cannot_trim_the_real_candles(isolated: Env) -> None
     lying.add(RawRecord(0, 5, encode_trade(future, 4_102_444_800_000_000)))
     assert not lying.poison
     for offset, t in enumerate(real):
-        payload = _batch(0, offset, [t]).script_payload({0: offset - 1} if offset else {}, now_ms)
-        assert script(args=["offsets:f", str(now_ms), history, payload, max_future])[0] == 1
-    payload = lying.script_payload({0: 4}, now_ms)
-    assert script(args=["offsets:f", str(now_ms), history, payload, max_future])[0] == 1
+        batch = _batch(0, offset, [t])
+        positions = {0: offset - 1} if offset else {}
+        assert _run(script, batch, "offsets:f", now_ms, history, positions, max_future)[0] == 1
+    assert _run(script, lying, "offsets:f", now_ms, history, {0: 4}, max_future)[0] == 1
     kept = [int(s) for _m, s in r.zrange("candles:1m:ETHUSDT", 0, -1, withscores=True)]
     assert len(kept) == 6  # the five real minutes and the bad one: nothing trimmed
     r.close()

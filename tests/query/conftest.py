@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -23,10 +24,12 @@ from cryptostream.config import Settings
 from cryptostream.core.keys import (
     PRICE_CHANNEL,
     SYMBOLS_KEY,
+    candle_member,
     candles_1m_key,
     price_key,
     stats_key,
 )
+from cryptostream.core.views import Candle
 from cryptostream.query.app import QueryApp
 from cryptostream.query.server import uvicorn_config
 from cryptostream.stack.redis_server import RedisServer
@@ -170,8 +173,12 @@ def put_candle(
     qv: str,
     n: int,
 ) -> None:
-    member = orjson.dumps({"t": t, "o": o, "h": h, "l": low, "c": c, "v": v, "qv": qv, "n": n})
-    r.zadd(candles_1m_key(symbol), {member: t})
+    """A stored 1m candle in the processor's member spelling (core/keys.py), its trade ids
+    rising with time as an exchange's do."""
+    first_id = t // 1000
+    candle = Candle(t, o, Decimal(h), Decimal(low), c, Decimal(v), Decimal(qv), n,
+                    first_id, first_id + n - 1)  # fmt: skip
+    r.zadd(candles_1m_key(symbol), {orjson.dumps(candle_member(candle)): t})
 
 
 def put_stats(r: redis.Redis, symbol: str, trades: int, base: str, quote: str) -> None:

@@ -28,23 +28,28 @@ def test_batch_keeps_offset_spans_and_newest_trade_per_symbol() -> None:
     assert batch.records == 5
 
 
-def test_script_payload_carries_numbers_as_strings() -> None:
+def test_script_call_carries_numbers_as_strings_and_declares_every_key() -> None:
     batch = Batch()
     batch.add(record(1, 5, "BTCUSDT", 2**40, "1.5"))
-    payload = orjson.loads(batch.script_payload({1: 4}, now_ms=123))
-    assert payload["parts"] == [["1", "4", "5"]]
+    batch.add(record(1, 6, "ETHUSDT", 7, "2"))
+    keys, args = batch.script_call("raw.trades", {1: 4}, now_ms=123, history_ms=60_000,
+                                   max_future_ms=600_000)  # fmt: skip
+    assert keys == ["offsets:raw.trades", "symbols", "price:BTCUSDT", "candles:1m:BTCUSDT",
+                    "stats:BTCUSDT", "price:ETHUSDT", "candles:1m:ETHUSDT", "stats:ETHUSDT"]  # fmt: skip
+    assert args[:4] == ["123", "60000", "600000", "updates:price"]
+    payload = orjson.loads(args[4])
+    assert payload["parts"] == [["1", "4", "6"]]
     row = payload["symbols"][0]
-    assert row["p"] == [
-        "1.5",
-        "1",
-        str(2**40),
-        str(1000 + 2**40),
-        str(1001 + 2**40),
-        "1718000000123456",
-    ]
+    assert row["s"] == "BTCUSDT" and row["id"] == str(2**40)
+    assert dict(zip(row["p"][::2], row["p"][1::2], strict=True)) == {
+        "price": "1.5", "quantity": "1", "trade_id": str(2**40),
+        "trade_time": str(1000 + 2**40), "event_time": str(1001 + 2**40),
+        "ingest_time_us": "1718000000123456", "update_time": "123",
+    }  # fmt: skip
+    assert row["c"][0][-2:] == [str(2**40), str(2**40)]  # ids as strings
     assert orjson.loads(row["u"])["update_time"] == 123
     assert (row["n"], row["v"], row["qv"]) == (1, "1", "1.5")
-    assert orjson.loads(batch.script_payload({}, now_ms=1))["parts"] == [["1", "-1", "5"]]
+    assert orjson.loads(batch.script_payload({}, now_ms=1))["parts"] == [["1", "-1", "6"]]
 
 
 def test_parse_conflicts() -> None:

@@ -5,6 +5,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cryptostream.core.keys import candle_member
 from cryptostream.core.trades import Trade
 from cryptostream.core.views import MINUTE_MS, SymbolViews, compute_views, fmt
 
@@ -17,9 +18,9 @@ def test_candle_ohlcv_by_trade_id_not_arrival_order() -> None:
     views = compute_views([trade(3, "10.5", "1", 5), trade(1, "10.0", "2", 1), trade(2, "12.25", "0.5", 3),
                            trade(4, "9.00000001", "0.1", MINUTE_MS + 1)])  # fmt: skip
     first, second = views["BTCUSDT"].candles.values()
-    assert first.as_member() == {"t": 0, "o": "10", "h": "12.25", "l": "10", "c": "10.5", "v": "3.5",
+    assert candle_member(first) == {"t": 0, "o": "10", "h": "12.25", "l": "10", "c": "10.5", "v": "3.5",
                                  "qv": "36.625", "n": 3, "ft": 1, "lt": 3}  # fmt: skip
-    assert second.open_time == MINUTE_MS and second.as_member()["qv"] == "0.900000001"
+    assert second.open_time == MINUTE_MS and candle_member(second)["qv"] == "0.900000001"
     totals = views["BTCUSDT"].totals
     assert (totals.trades, fmt(totals.base_volume)) == (4, "3.6")
     assert views["BTCUSDT"].latest.trade_id == 4
@@ -61,3 +62,35 @@ def test_splitting_into_batches_changes_nothing(
         assert min(c.low for c in pieces) == candle.low
         assert min(pieces, key=lambda c: c.first_trade_id).open == candle.open
         assert max(pieces, key=lambda c: c.last_trade_id).close == candle.close
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.decimals(1, 10**6, places=8), st.decimals(1, 99, places=8)),
+        min_size=1, max_size=40,
+    ),
+    st.sampled_from([5, 15, 60]),
+)  # fmt: skip
+def test_query_roll_ups_equal_candle_merge(
+    rows: list[tuple[int, Decimal, Decimal]], minutes: int
+) -> None:
+    """The query API's roll-up of stored 1m members equals the reference Candle.merge."""
+    import functools
+
+    import orjson
+
+    from cryptostream.core.keys import parse_candle_member
+    from cryptostream.query import candles as candle_math
+
+    trades = [trade(i, fmt(p), fmt(q), m * MINUTE_MS + i) for i, (m, p, q) in enumerate(rows)]
+    stored = [orjson.dumps(candle_member(c)) for c in sorted(
+        compute_views(trades)["BTCUSDT"].candles.values(), key=lambda c: c.open_time)]  # fmt: skip
+    rolled = candle_math.aggregate((candle_math.parse_candle(m) for m in stored), minutes)
+    buckets: dict[int, list[object]] = {}
+    for member in stored:
+        c = parse_candle_member(member)
+        buckets.setdefault(c.open_time - c.open_time % (minutes * MINUTE_MS), []).append(c)
+    assert [r.open_time for r in rolled] == sorted(buckets)
+    for got, (start, group) in zip(rolled, sorted(buckets.items()), strict=True):
+        want = functools.reduce(lambda a, b: a.merge(b), group)  # type: ignore[attr-defined]
+        assert candle_member(got) == {**candle_member(want), "t": start}

@@ -14,10 +14,23 @@ key                                    type   content
 ``updates:price`` (pub/sub channel)    --     JSON array of the latest-trade updates of one batch
 =====================================  =====  =======================================================
 
-Everything here is derived from Kafka and can be rebuilt from the topic.
+Everything here is derived from Kafka and can be rebuilt from the topic. This module is the one
+place that spells the layout: key names, the price and stats hash fields, the candle member and
+the pub/sub update. The Lua apply script receives every key through ``KEYS`` (:func:`apply_keys`)
+and the price hash as field/value pairs built here; the member and stats spellings it writes are
+tested against :func:`candle_member` / :func:`parse_candle_member` and :data:`STATS_FIELDS`.
 """
 
 from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from cryptostream.core.decimals import fmt
+from cryptostream.core.trades import Trade
+from cryptostream.core.views import Candle
 
 PRICE_PREFIX = "price:"
 CANDLES_1M_PREFIX = "candles:1m:"
@@ -25,6 +38,12 @@ STATS_PREFIX = "stats:"
 SYMBOLS_KEY = "symbols"
 OFFSETS_PREFIX = "offsets:"
 PRICE_CHANNEL = "updates:price"
+VIEW_PREFIXES = (PRICE_PREFIX, CANDLES_1M_PREFIX, STATS_PREFIX)  # every per-symbol view
+
+PRICE_FIELDS = ("price", "quantity", "trade_id", "trade_time", "event_time", "ingest_time_us",
+                "update_time")  # fmt: skip
+STATS_FIELDS = ("trades", "base_volume", "quote_volume")
+CANDLE_FIELDS = ("t", "o", "h", "l", "c", "v", "qv", "n", "ft", "lt")
 
 
 def price_key(symbol: str) -> str:
@@ -41,3 +60,52 @@ def stats_key(symbol: str) -> str:
 
 def offsets_key(topic: str) -> str:
     return OFFSETS_PREFIX + topic
+
+
+def apply_keys(topic: str, symbols: list[str]) -> list[str]:
+    """``KEYS`` of the apply script: the offsets hash, the symbol set, then per symbol (in the
+    batch's order) its price hash, candle set and stats hash."""
+    keys = [offsets_key(topic), SYMBOLS_KEY]
+    for symbol in symbols:
+        keys += (price_key(symbol), candles_1m_key(symbol), stats_key(symbol))
+    return keys
+
+
+def price_fields(trade: Trade, ingest_time_us: int, update_ms: int) -> list[str]:
+    """The ``price:{SYMBOL}`` hash as field/value pairs, in :data:`PRICE_FIELDS` order."""
+    values = (trade.price, trade.quantity, str(trade.trade_id), str(trade.trade_time),
+              str(trade.event_time), str(ingest_time_us), str(update_ms))  # fmt: skip
+    return [x for pair in zip(PRICE_FIELDS, values, strict=True) for x in pair]
+
+
+def price_update(symbol: str, trade: Trade, update_ms: int) -> bytes:
+    """One element of an ``updates:price`` message (a batch publishes a JSON array of them)."""
+    return orjson.dumps(
+        {
+            "symbol": symbol, "price": trade.price, "quantity": trade.quantity,
+            "trade_id": trade.trade_id, "trade_time": trade.trade_time,
+            "event_time": trade.event_time, "update_time": update_ms,
+        }
+    )  # fmt: skip
+
+
+def candle_member(candle: Candle) -> dict[str, object]:
+    """The JSON document of one ``candles:1m:{SYMBOL}`` member (decimals canonical, via fmt)."""
+    values = (candle.open_time, fmt(Decimal(candle.open)), fmt(candle.high), fmt(candle.low),
+              fmt(Decimal(candle.close)), fmt(candle.base_volume), fmt(candle.quote_volume),
+              candle.trades, candle.first_trade_id, candle.last_trade_id)  # fmt: skip
+    return dict(zip(CANDLE_FIELDS, values, strict=True))
+
+
+def parse_candle_member(member: bytes | str) -> Candle:
+    """A stored member back as a :class:`Candle`; ValueError if it is not the processor's shape."""
+    try:
+        doc: Any = orjson.loads(member)
+        return Candle(
+            open_time=int(doc["t"]), open=fmt(Decimal(doc["o"])), high=Decimal(doc["h"]),
+            low=Decimal(doc["l"]), close=fmt(Decimal(doc["c"])), base_volume=Decimal(doc["v"]),
+            quote_volume=Decimal(doc["qv"]), trades=int(doc["n"]),
+            first_trade_id=int(doc["ft"]), last_trade_id=int(doc["lt"]),
+        )  # fmt: skip
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, InvalidOperation) as exc:
+        raise ValueError(f"malformed candle {member!r:.120}: {exc!r}") from None

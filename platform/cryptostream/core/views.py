@@ -59,22 +59,21 @@ class Candle:
         if trade.trade_id > self.last_trade_id:
             self.last_trade_id, self.close = trade.trade_id, trade.price
 
-    def as_partial(self) -> list[object]:
-        """This candle as the Lua script's batch argument takes it: ids as strings (Lua's
-        numbers are doubles, exact only below 2^53), the rest as in :meth:`as_member`."""
-        return [
-            self.open_time, fmt(D(self.open)), fmt(self.high), fmt(self.low), fmt(D(self.close)),
-            fmt(self.base_volume), fmt(self.quote_volume), self.trades,
-            str(self.first_trade_id), str(self.last_trade_id),
-        ]  # fmt: skip
-
-    def as_member(self) -> dict[str, object]:
-        """The JSON document stored in ``candles:1m:{SYMBOL}`` (see core/keys.py)."""
-        return {
-            "t": self.open_time, "o": fmt(D(self.open)), "h": fmt(self.high),
-            "l": fmt(self.low), "c": fmt(D(self.close)), "v": fmt(self.base_volume), "qv": fmt(self.quote_volume),
-            "n": self.trades, "ft": self.first_trade_id, "lt": self.last_trade_id,
-        }  # fmt: skip
+    def merge(self, other: Candle) -> Candle:
+        """The candle of both candles' trades: the reference for every merge of candles (the Lua
+        script merging a batch's partial into the stored minute, the query API's roll-ups, the
+        checker). Open and close follow the trade ids, so the order of merging does not matter;
+        the open time is the earlier one (a roll-up sets its bucket's)."""
+        first = self if self.first_trade_id <= other.first_trade_id else other
+        last = other if other.last_trade_id >= self.last_trade_id else self
+        return Candle(
+            open_time=min(self.open_time, other.open_time), open=first.open,
+            high=max(self.high, other.high), low=min(self.low, other.low), close=last.close,
+            base_volume=_CTX.add(self.base_volume, other.base_volume),
+            quote_volume=_CTX.add(self.quote_volume, other.quote_volume),
+            trades=self.trades + other.trades,
+            first_trade_id=first.first_trade_id, last_trade_id=last.last_trade_id,
+        )  # fmt: skip
 
 
 @dataclass(slots=True)

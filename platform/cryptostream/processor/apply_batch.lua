@@ -1,14 +1,15 @@
 -- Apply one processor batch atomically: every view update and the per-partition offsets together.
 --
--- ARGV[1] offsets hash key   ARGV[2] now (ms)   ARGV[3] candle history (ms)
--- ARGV[4] JSON batch:
+-- KEYS: [1] offsets hash, [2] symbol set, then per symbol of the batch (in its order) three keys:
+--       price hash, 1m candle zset, stats hash (core/keys.py apply_keys: the script builds none).
+-- ARGV: [1] now (ms)  [2] candle history (ms)  [3] how far (ms) past now the history's horizon
+--       may move  [4] pub/sub channel  [5] JSON batch:
 --   {"parts":   [[partition, expected_stored_offset, last_offset], ...],     (strings, -1 = none)
---    "symbols": [{"s": symbol,
---                 "p": [price, quantity, trade_id, trade_time, event_time, ingest_time_us],
+--    "symbols": [{"s": symbol, "id": trade id of the latest trade,
+--                 "p": [field, value, ...]   (the price hash, core/keys.py price_fields),
 --                 "u": "<pub/sub update JSON>",
 --                 "c": [[t, o, h, l, c, v, qv, n, ft, lt], ...],   (1m candle partials)
 --                 "n": trades, "v": base volume, "qv": quote volume}, ...]}
--- ARGV[5] how far (ms) a candle may lie ahead of now and still move the history's horizon
 --
 -- Fencing (compare-and-set per partition): the batch applies only if every partition's stored
 -- offset is what the processor believes it is. Otherwise (a zombie after a rebalance, a retry
@@ -19,9 +20,10 @@
 -- and cjson writes only 14 significant digits): trade ids are compared as digit strings and
 -- written into the candle members verbatim; volumes and prices are decimal strings added and
 -- compared digit by digit. Times (ms, below year 10000) and counts are exact as doubles.
-local offsets_key, now, history = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local batch = cjson.decode(ARGV[4])
-local max_future = ARGV[5] and tonumber(ARGV[5]) or math.huge  -- (optional: no cap)
+local offsets_key, symbols_key = KEYS[1], KEYS[2]
+local now, history, max_future = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local channel = ARGV[4]
+local batch = cjson.decode(ARGV[5])
 
 -- a < b for non-negative integers written without leading zeros (any length)
 local function id_less(a, b)
@@ -29,6 +31,7 @@ local function id_less(a, b)
   return a < b
 end
 
+-- the candle member, fields as core/keys.py CANDLE_FIELDS
 local function member(c)
   return '{"t":' .. string.format('%.0f', c[1]) .. ',"o":"' .. c[2] .. '","h":"' .. c[3]
     .. '","l":"' .. c[4] .. '","c":"' .. c[5] .. '","v":"' .. c[6] .. '","qv":"' .. c[7]
@@ -102,20 +105,18 @@ end
 
 -- 2. views
 local published = {}
-for _, sym in ipairs(batch.symbols) do
-  local s, p = sym.s, sym.p
+for i, sym in ipairs(batch.symbols) do
+  local price_key, candles_key, stats_key = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
   -- latest trade, monotonic by trade id: an older trade (late backfill, replay) never wins
-  local price_key = 'price:' .. s
   local current = redis.call('HGET', price_key, 'trade_id')
-  if (not current) or id_less(current, p[3]) then
-    redis.call('HSET', price_key, 'price', p[1], 'quantity', p[2], 'trade_id', p[3],
-      'trade_time', p[4], 'event_time', p[5], 'ingest_time_us', p[6], 'update_time', now)
-    if not current then redis.call('SADD', 'symbols', s) end  -- the symbol's first price
+  if (not current) or id_less(current, sym.id) then
+    redis.call('HSET', price_key, unpack(sym.p))
+    if not current then redis.call('SADD', symbols_key, sym.s) end  -- its first price
     published[#published + 1] = sym.u
   end
 
-  -- 1-minute candles: merge each partial into the stored candle of its minute
-  local candles_key = 'candles:1m:' .. s
+  -- 1-minute candles: merge each partial into the stored candle of its minute (as
+  -- core/views.py Candle.merge does: open and close by trade id)
   local added = false
   for _, c in ipairs(sym.c) do
     local stored = redis.call('ZRANGEBYSCORE', candles_key, c[1], c[1])
@@ -123,7 +124,7 @@ for _, sym in ipairs(batch.symbols) do
       local old = cjson.decode(stored[1])
       local old_ft = string.match(stored[1], '"ft":(%d+)')
       local old_lt = string.match(stored[1], '"lt":(%d+)')
-      if id_less(old_ft, c[9]) then c[2], c[9] = old.o, old_ft end
+      if not id_less(c[9], old_ft) then c[2], c[9] = old.o, old_ft end
       if id_less(c[10], old_lt) then c[5], c[10] = old.c, old_lt end
       if dec_cmp(old.h, c[3]) > 0 then c[3] = old.h end
       if dec_cmp(old.l, c[4]) < 0 then c[4] = old.l end
@@ -144,7 +145,6 @@ for _, sym in ipairs(batch.symbols) do
   end
 
   -- running totals since the start of the topic (deliberately not idempotent)
-  local stats_key = 'stats:' .. s
   local totals = redis.call('HMGET', stats_key, 'base_volume', 'quote_volume')
   redis.call('HINCRBY', stats_key, 'trades', sym.n)
   redis.call('HSET', stats_key, 'base_volume', dec_add(totals[1] or '0', sym.v),
@@ -156,6 +156,6 @@ for _, part in ipairs(batch.parts) do
   redis.call('HSET', offsets_key, part[1], part[3])
 end
 if #published > 0 then
-  redis.call('PUBLISH', 'updates:price', '[' .. table.concat(published, ',') .. ']')
+  redis.call('PUBLISH', channel, '[' .. table.concat(published, ',') .. ']')
 end
 return {1, #published}

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 import orjson
 
 from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS, DecodeError, decode_trade
-from cryptostream.core.views import SymbolViews, fmt
+from cryptostream.core.decimals import fmt
+from cryptostream.core.keys import (
+    PRICE_CHANNEL,
+    apply_keys,
+    candle_member,
+    price_fields,
+    price_update,
+)
+from cryptostream.core.views import Candle, SymbolViews
 
 NO_OFFSET = -1
 
@@ -59,26 +67,34 @@ class Batch:
         except Exception as exc:  # a value the schema admits but the views cannot take: a bug
             self.poison.append(Poison(record, f"cannot apply: {type(exc).__name__}: {exc}"))
 
+    def script_call(
+        self,
+        topic: str,
+        positions: dict[int, int],
+        now_ms: int,
+        history_ms: int,
+        max_future_ms: int,
+    ) -> tuple[list[str], list[str | bytes]]:
+        """``KEYS`` and ``ARGV`` of the apply script (see apply_batch.lua); ``positions`` = the
+        last applied offset of each partition, as this process believes."""
+        keys = apply_keys(topic, list(self.symbols))
+        args: list[str | bytes] = [str(now_ms), str(history_ms), str(max_future_ms),
+                                   PRICE_CHANNEL, self.script_payload(positions, now_ms)]  # fmt: skip
+        return keys, args
+
     def script_payload(self, positions: dict[int, int], now_ms: int) -> bytes:
-        """The Lua script's batch argument; ``positions`` = last applied offset we believe in."""
+        """The batch argument: per partition the compare-and-set, per symbol its contributions."""
         symbols = []
         for symbol, views in self.symbols.items():
             t = views.latest
-            update = orjson.dumps(
-                {
-                    "symbol": symbol, "price": t.price, "quantity": t.quantity,
-                    "trade_id": t.trade_id, "trade_time": t.trade_time,
-                    "event_time": t.event_time, "update_time": now_ms,
-                }
-            ).decode()  # fmt: skip
             totals = views.totals
             symbols.append(
                 {
                     "s": symbol,
-                    "p": [t.price, t.quantity, str(t.trade_id), str(t.trade_time),
-                          str(t.event_time), str(self.ingest_us[symbol])],
-                    "u": update,
-                    "c": [c.as_partial() for c in views.candles.values()],
+                    "id": str(t.trade_id),
+                    "p": price_fields(t, self.ingest_us[symbol], now_ms),
+                    "u": price_update(symbol, t, now_ms).decode(),
+                    "c": [_partial(c) for c in views.candles.values()],
                     "n": totals.trades, "v": fmt(totals.base_volume),
                     "qv": fmt(totals.quote_volume),
                 }
@@ -88,6 +104,15 @@ class Batch:
             for p, (_first, last) in self.parts.items()
         ]
         return orjson.dumps({"parts": parts, "symbols": symbols})
+
+
+def _partial(c: Candle) -> list[object]:
+    """A candle as the script takes it: :data:`~cryptostream.core.keys.CANDLE_FIELDS` order, ids
+    as strings (Lua's numbers are doubles, exact only below 2^53; the script writes them into the
+    member verbatim)."""
+    member = candle_member(c)
+    member["ft"], member["lt"] = str(c.first_trade_id), str(c.last_trade_id)
+    return list(member.values())
 
 
 def parse_conflicts(reply: list[object]) -> dict[int, int]:

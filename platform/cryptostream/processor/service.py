@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from cryptostream.config import Settings
 from cryptostream.core.deadletter import encode_dead_letter
-from cryptostream.core.keys import offsets_key
+from cryptostream.core.keys import SYMBOLS_KEY, VIEW_PREFIXES, offsets_key
 from cryptostream.kafka_clients import make_producer, security_config
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.processor.batch import NO_OFFSET, Batch, RawRecord, parse_conflicts
@@ -47,6 +47,7 @@ class Processor:
         self.dlq: Producer = make_producer(settings, error_cb=self._on_dlq_error)
         self.offsets_key = offsets_key(settings.topic)
         self.max_future_ms = int(settings.processor_max_future_s * 1000)
+        self.history_ms = settings.candle_history_minutes * 60_000
         self.consumer: GroupConsumer = make_group_consumer(settings)
         self.lag: dict[int, int] = {}
         self.running = True
@@ -127,14 +128,10 @@ class Processor:
             return
         self._dead_letter(batch)
         now_ms = time.time_ns() // 1_000_000
-        payload = batch.script_payload(self.positions, now_ms)
-        history_ms = str(self.settings.candle_history_minutes * 60_000)
+        keys, args = batch.script_call(self.settings.topic, self.positions, now_ms,
+                                       self.history_ms, self.max_future_ms)  # fmt: skip
         started = time.perf_counter()
-        reply = self._with_redis_retry(
-            lambda: self.apply_script(
-                args=[self.offsets_key, str(now_ms), history_ms, payload, str(self.max_future_ms)]
-            )
-        )
+        reply = self._with_redis_retry(lambda: self.apply_script(keys=keys, args=args))
         self.metrics.redis_apply.observe(time.perf_counter() - started)
         if int(reply[0]) == 0:
             self._resolve_conflicts(parse_conflicts(reply), batch)
@@ -334,7 +331,8 @@ def _next(position: int) -> int:
 def delete_views(client: redis.Redis, topic: str) -> int:
     """Remove every derived key (admin use only: SCAN over our own fixed prefixes)."""
     deleted = 0
-    for pattern in ("price:*", "candles:1m:*", "stats:*"):
+    for prefix in VIEW_PREFIXES:
+        pattern = prefix + "*"
         batch = []
         for key in client.scan_iter(match=pattern, count=1000):
             batch.append(key)
@@ -343,7 +341,7 @@ def delete_views(client: redis.Redis, topic: str) -> int:
                 batch = []
         if batch:
             deleted += int(client.unlink(*batch))
-    deleted += int(client.unlink("symbols", offsets_key(topic)))
+    deleted += int(client.unlink(SYMBOLS_KEY, offsets_key(topic)))
     return deleted
 
 
