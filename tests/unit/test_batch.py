@@ -1,9 +1,13 @@
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cryptostream.core.codec import encode_trade
+from cryptostream.core.codec import RecordFields, encode_trade
+from cryptostream.core.keys import candle_member
 from cryptostream.core.trades import Trade
-from cryptostream.processor.batch import Batch, RawRecord, parse_conflicts
+from cryptostream.core.views import compute_views
+from cryptostream.processor.batch import Batch, RawRecord, _dec, parse_conflicts
 
 
 def record(partition: int, offset: int, symbol: str, trade_id: int, price: str) -> RawRecord:
@@ -23,7 +27,7 @@ def test_batch_keeps_offset_spans_and_newest_trade_per_symbol() -> None:
         batch.add(rec)
     assert batch.parts == {0: [10, 12], 3: [99, 100]}
     assert batch.symbols["BTCUSDT"].latest.price == "3.0"
-    assert batch.symbols["BTCUSDT"].totals.trades == 3
+    assert batch.symbols["BTCUSDT"].totals()[0] == 3
     assert [p.reason[:8] for p in batch.poison] == ["not JSON"]
     assert batch.records == 5
 
@@ -48,8 +52,14 @@ def test_script_call_carries_numbers_as_strings_and_declares_every_key() -> None
     }  # fmt: skip
     assert row["c"][0][-2:] == [str(2**40), str(2**40)]  # ids as strings
     assert orjson.loads(row["u"])["update_time"] == 123
-    assert (row["n"], row["v"], row["qv"]) == (1, "1", "1.5")
+    assert "n" not in row  # one candle: the script takes the totals from it
     assert orjson.loads(batch.script_payload({}, now_ms=1))["parts"] == [["1", "-1", "6"]]
+    two_minutes = Batch()
+    for offset, t in enumerate([1_000, 61_000]):
+        trade = Trade("BTCUSDT", offset, "1.5", "2", t, t, False)
+        two_minutes.add(RawRecord(0, offset, encode_trade(trade, 1_718_000_000_123_456)))
+    (row,) = orjson.loads(two_minutes.script_payload({}, now_ms=1))["symbols"]
+    assert (row["n"], row["v"], row["qv"]) == (2, "4", "6")
 
 
 def test_parse_conflicts() -> None:
@@ -69,30 +79,71 @@ def test_widest_schema_decimals_sum_exactly_in_one_batch() -> None:
     assert not batch.poison
     wide = Context(prec=1000)
     notional = wide.multiply(Decimal(widest), Decimal(widest))
-    assert batch.symbols["BTCUSDT"].totals.quote_volume == wide.add(notional, notional)
+    (candle,) = batch.symbols["BTCUSDT"].views().values()
+    assert candle.quote_volume == wide.add(notional, notional)
     orjson.loads(batch.script_payload({}, 1))  # encodable
 
 
 def test_an_exception_while_folding_makes_that_record_poison_not_the_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from cryptostream.core import views
+    real_fold = Batch._fold
 
-    real_add = views.SymbolViews.add
-
-    def add(self: views.SymbolViews, trade: Trade) -> bool:
-        if trade.trade_id == 6:
+    def fold(self: Batch, r: RecordFields, price: int, qty: int) -> None:
+        if r.trade_id == 6:
             raise ArithmeticError("boom")
-        return real_add(self, trade)
+        real_fold(self, r, price, qty)
 
-    monkeypatch.setattr(views.SymbolViews, "add", add)
+    monkeypatch.setattr(Batch, "_fold", fold)
     batch = Batch()
     for rec in [record(0, 1, "BTCUSDT", 5, "1"), record(0, 2, "BTCUSDT", 6, "2"),
                 record(0, 3, "BTCUSDT", 7, "3")]:  # fmt: skip
         batch.add(rec)
     assert [p.record.offset for p in batch.poison] == [2]
     assert "cannot apply: ArithmeticError: boom" in batch.poison[0].reason
-    assert batch.symbols["BTCUSDT"].totals.trades == 2 and batch.parts == {0: [1, 3]}
+    assert batch.symbols["BTCUSDT"].totals()[0] == 2 and batch.parts == {0: [1, 3]}
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["BTCUSDT", "ethusdt", "A1"]),
+            st.integers(0, 2**63 - 1),
+            st.sampled_from(["1", "0.00000001", "66398.85000000", "9" * 20 + "." + "9" * 20,
+                             "12.5", "100", "0." + "0" * 19 + "1"]),
+            st.sampled_from(["1", "0.5", "3.14159265", "9" * 20, "0.00000000000000000001"]),
+            st.integers(0, 5 * 60_000),
+        ),
+        max_size=60,
+        unique_by=lambda row: (row[0].upper(), row[1]),
+    )
+)  # fmt: skip
+def test_integer_folding_equals_the_reference_views(
+    rows: list[tuple[str, int, str, str, int]],
+) -> None:
+    """The processor's scaled-integer fold gives exactly the candles, latest trades and totals
+    of the Decimal reference (core/views.py), digit for digit."""
+    batch = Batch()
+    trades = []
+    for offset, (symbol, tid, price, qty, t) in enumerate(rows):
+        trade = Trade(symbol, tid, price, qty, 1_718_000_000_000 + t, 1, False)
+        batch.add(RawRecord(0, offset, encode_trade(trade, 1_718_000_000_000_000 + t * 1000)))
+        trades.append(Trade(symbol.upper(), tid, price, qty, 1_718_000_000_000 + t, 1, False))
+    assert not batch.poison
+    want = compute_views(trades)
+    assert set(batch.symbols) == set(want)
+    for symbol, views in want.items():
+        got = batch.symbols[symbol]
+        assert got.latest.trade_id == views.latest.trade_id
+        assert {m: candle_member(c) for m, c in got.views().items()} == {
+            m: candle_member(c) for m, c in views.candles.items()
+        }
+        totals = views.totals
+        trades_n, base, quote = got.totals()
+        assert (trades_n, _dec(base), _dec(quote, 40)) == (
+            totals.trades, totals.base_volume, totals.quote_volume,
+        )  # fmt: skip
 
 
 def test_far_future_and_lower_case_records() -> None:

@@ -208,3 +208,24 @@ def test_reasons_are_bounded_whatever_the_value(junk: str) -> None:
         with pytest.raises(DecodeError) as info:
             decode_trade(json.dumps({**_VALID, field: junk}).encode())
         assert len(str(info.value)) < 200
+
+
+@given(
+    st.one_of(
+        decimals,
+        st.text(alphabet="0123456789.+-_ e\u0663\uff11", max_size=45),
+        st.text(max_size=10),
+    )
+)
+def test_scaled_is_the_exact_integer_of_exactly_the_plain_decimals(text: str) -> None:
+    """``scaled`` accepts exactly what the schema's decimal pattern does (and is positive), and
+    gives the exact value at 20 fractional digits."""
+    import re
+    from decimal import Context, Decimal
+
+    from cryptostream.core.codec import scaled
+    from cryptostream.core.trades import DECIMAL_PATTERN
+
+    plain = re.fullmatch(DECIMAL_PATTERN, text) is not None and Decimal(text) > 0
+    exact = Decimal(text).scaleb(20, context=Context(prec=100)) if plain else 0
+    assert scaled(text) == int(exact)

@@ -24,12 +24,11 @@ tested against :func:`candle_member` / :func:`parse_candle_member` and :data:`ST
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from cryptostream.core.decimals import fmt
-from cryptostream.core.trades import Trade
 from cryptostream.core.views import Candle
 
 PRICE_PREFIX = "price:"
@@ -71,14 +70,33 @@ def apply_keys(topic: str, symbols: list[str]) -> list[str]:
     return keys
 
 
-def price_fields(trade: Trade, ingest_time_us: int, update_ms: int) -> list[str]:
-    """The ``price:{SYMBOL}`` hash as field/value pairs, in :data:`PRICE_FIELDS` order."""
-    values = (trade.price, trade.quantity, str(trade.trade_id), str(trade.trade_time),
-              str(trade.event_time), str(ingest_time_us), str(update_ms))  # fmt: skip
-    return [x for pair in zip(PRICE_FIELDS, values, strict=True) for x in pair]
+class TradeFields(Protocol):
+    """What the price views need of a trade: a :class:`Trade`, or the processor's decoded
+    record fields (same names), which it writes without building a Trade per symbol."""
+
+    @property
+    def price(self) -> str: ...
+    @property
+    def quantity(self) -> str: ...
+    @property
+    def trade_id(self) -> int: ...
+    @property
+    def trade_time(self) -> int: ...
+    @property
+    def event_time(self) -> int: ...
 
 
-def price_update(symbol: str, trade: Trade, update_ms: int) -> bytes:
+def price_fields(trade: TradeFields, ingest_time_us: int, update_ms: int) -> list[str]:
+    """The ``price:{SYMBOL}`` hash as field/value pairs, in :data:`PRICE_FIELDS` order (spelled
+    out: this runs once per symbol and batch; a test holds it to PRICE_FIELDS)."""
+    return [
+        "price", trade.price, "quantity", trade.quantity, "trade_id", str(trade.trade_id),
+        "trade_time", str(trade.trade_time), "event_time", str(trade.event_time),
+        "ingest_time_us", str(ingest_time_us), "update_time", str(update_ms),
+    ]  # fmt: skip
+
+
+def price_update(symbol: str, trade: TradeFields, update_ms: int) -> bytes:
     """One element of an ``updates:price`` message (a batch publishes a JSON array of them)."""
     return orjson.dumps(
         {

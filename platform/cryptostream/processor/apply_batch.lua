@@ -9,7 +9,8 @@
 --                 "p": [field, value, ...]   (the price hash, core/keys.py price_fields),
 --                 "u": "<pub/sub update JSON>",
 --                 "c": [[t, o, h, l, c, v, qv, n, ft, lt], ...],   (1m candle partials)
---                 "n": trades, "v": base volume, "qv": quote volume}, ...]}
+--                 "n": trades, "v": base volume, "qv": quote volume   (only with several
+--                  candles: with one, its own values are the batch's totals)}, ...]}
 --
 -- Fencing (compare-and-set per partition): the batch applies only if every partition's stored
 -- offset is what the processor believes it is. Otherwise (a zombie after a rebalance, a retry
@@ -107,6 +108,9 @@ end
 local published = {}
 for i, sym in ipairs(batch.symbols) do
   local price_key, candles_key, stats_key = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
+  -- the batch's totals: given, or (one candle) that candle's own, read before it is merged
+  local n, v, qv = sym.n, sym.v, sym.qv
+  if not n then n, v, qv = sym.c[1][8], sym.c[1][6], sym.c[1][7] end
   -- latest trade, monotonic by trade id: an older trade (late backfill, replay) never wins
   local current = redis.call('HGET', price_key, 'trade_id')
   if (not current) or id_less(current, sym.id) then
@@ -146,9 +150,9 @@ for i, sym in ipairs(batch.symbols) do
 
   -- running totals since the start of the topic (deliberately not idempotent)
   local totals = redis.call('HMGET', stats_key, 'base_volume', 'quote_volume')
-  redis.call('HINCRBY', stats_key, 'trades', sym.n)
-  redis.call('HSET', stats_key, 'base_volume', dec_add(totals[1] or '0', sym.v),
-    'quote_volume', dec_add(totals[2] or '0', sym.qv))
+  redis.call('HINCRBY', stats_key, 'trades', n)
+  redis.call('HSET', stats_key, 'base_volume', dec_add(totals[1] or '0', v),
+    'quote_volume', dec_add(totals[2] or '0', qv))
 end
 
 -- 3. bookkeeping, in the same atomic step as the views

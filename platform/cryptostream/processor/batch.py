@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 import orjson
 
-from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS, DecodeError, decode_trade
-from cryptostream.core.decimals import fmt
-from cryptostream.core.keys import (
-    PRICE_CHANNEL,
-    apply_keys,
-    candle_member,
-    price_fields,
-    price_update,
+from cryptostream.core.codec import (
+    DEFAULT_MAX_FUTURE_MS,
+    SCALE,
+    DecodeError,
+    RecordFields,
+    decode_scaled,
 )
-from cryptostream.core.views import Candle, SymbolViews
+from cryptostream.core.decimals import EXACT
+from cryptostream.core.keys import PRICE_CHANNEL, apply_keys, price_fields, price_update
+from cryptostream.core.views import Candle
 
 NO_OFFSET = -1
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class RawRecord(NamedTuple):
+    """One fetched record (a named tuple: built per record, it costs a third of a frozen
+    dataclass)."""
+
     partition: int
     offset: int
     value: bytes | None
@@ -33,13 +37,87 @@ class Poison:
     reason: str
 
 
+_MINUTE_MS = 60_000
+# A candle partial while the batch folds, as a list (index access is the cheapest mutation):
+# high, low (prices), base, quote volume, trades, first id, open, last id, close, and the texts
+# of high and low. Prices and base volumes are integers at SCALE digits, quote volumes at
+# 2 * SCALE; open and close are the trades' price texts (formatting an integer costs more).
+_HIGH, _LOW, _BASE, _QUOTE, _COUNT, _FIRST, _OPEN, _LAST, _CLOSE, _HIGH_TEXT, _LOW_TEXT = range(11)
+
+
+class SymbolBatch:
+    """One symbol's contribution to a batch: its newest trade and its 1-minute partials."""
+
+    __slots__ = ("candles", "latest")
+
+    def __init__(self, latest: RecordFields) -> None:
+        self.latest = latest  # its symbol may be lower-case: the batch's key is the canonical one
+        self.candles: dict[int, list[Any]] = {}
+
+    @property
+    def ingest_us(self) -> int:
+        return self.latest.ingest_time_us
+
+    def partials(self) -> list[list[object]]:
+        """The script's candle partials: :data:`~cryptostream.core.keys.CANDLE_FIELDS` order, ids
+        as strings (Lua's numbers are doubles; the script writes them into the member as is)."""
+        return [
+            [minute, _canonical(c[_OPEN]), _canonical(c[_HIGH_TEXT]), _canonical(c[_LOW_TEXT]),
+             _canonical(c[_CLOSE]), _text(c[_BASE]), _text(c[_QUOTE], 2 * SCALE), c[_COUNT],
+             str(c[_FIRST]), str(c[_LAST])]
+            for minute, c in self.candles.items()
+        ]  # fmt: skip
+
+    def totals(self) -> tuple[int, int, int]:
+        """(trades, base volume, quote volume) of the batch, the sums of its candles."""
+        trades = base = quote = 0
+        for c in self.candles.values():
+            trades += c[_COUNT]
+            base += c[_BASE]
+            quote += c[_QUOTE]
+        return trades, base, quote
+
+    def views(self) -> dict[int, Candle]:
+        """The partials as the reference views' candles (for tests and the checker's math)."""
+        out = {}
+        for minute, c in self.candles.items():
+            out[minute] = Candle(
+                minute, _canonical(c[_OPEN]), _dec(c[_HIGH]), _dec(c[_LOW]), _canonical(c[_CLOSE]),
+                _dec(c[_BASE]), _dec(c[_QUOTE], 2 * SCALE), c[_COUNT], c[_FIRST], c[_LAST],
+            )  # fmt: skip
+        return out
+
+
+def _text(value: int, scale: int = SCALE) -> str:
+    """An integer at ``scale`` fractional digits as canonical decimal text (core/decimals fmt)."""
+    digits = str(value).rjust(scale + 1, "0")
+    whole, frac = digits[:-scale], digits[-scale:].rstrip("0")
+    return f"{whole}.{frac}" if frac else whole
+
+
+def _canonical(text: str) -> str:
+    """A plain decimal text (already validated) in the canonical form of core/decimals fmt."""
+    whole, _, frac = text.partition(".")
+    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
+    return f"{whole}.{frac}" if frac else whole
+
+
+def _dec(value: int, scale: int = SCALE) -> Decimal:
+    return Decimal(value).scaleb(-scale, EXACT)
+
+
 @dataclass
 class Batch:
-    """A batch's offset span per partition and its view contributions per symbol."""
+    """A batch's offset span per partition and its view contributions per symbol.
+
+    Folding is exact integer arithmetic (prices and quantities at 20 fractional digits, the
+    schema's most) grouped by symbol and minute: only the per-batch, per-minute results are
+    stored, so no per-trade decimal object is ever built. ``core/views.py`` is the reference
+    this must equal (property-tested).
+    """
 
     parts: dict[int, list[int]] = field(default_factory=dict)  # partition -> [first, last]
-    symbols: dict[str, SymbolViews] = field(default_factory=dict)
-    ingest_us: dict[str, int] = field(default_factory=dict)  # of each symbol's latest trade
+    symbols: dict[str, SymbolBatch] = field(default_factory=dict)
     poison: list[Poison] = field(default_factory=list)
     records: int = 0
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
@@ -54,18 +132,39 @@ class Batch:
         else:
             span[1] = record.offset
         try:
-            decoded = decode_trade(record.value, self.max_future_ms)
-            trade = decoded.trade
-            views = self.symbols.get(trade.symbol)
-            if views is None:
-                self.symbols[trade.symbol] = SymbolViews.of(trade)
-                self.ingest_us[trade.symbol] = decoded.ingest_time_us
-            elif views.add(trade):
-                self.ingest_us[trade.symbol] = decoded.ingest_time_us
+            r, price, qty = decode_scaled(record.value, self.max_future_ms)
+            self._fold(r, price, qty)
         except DecodeError as exc:
             self.poison.append(Poison(record, str(exc)))
         except Exception as exc:  # a value the schema admits but the views cannot take: a bug
             self.poison.append(Poison(record, f"cannot apply: {type(exc).__name__}: {exc}"))
+
+    def _fold(self, r: RecordFields, price: int, qty: int) -> None:
+        symbol = r.symbol.upper()
+        views = self.symbols.get(symbol)
+        if views is None:
+            views = self.symbols[symbol] = SymbolBatch(r)
+        elif r.trade_id > views.latest.trade_id:
+            views.latest = r
+        tid, t = r.trade_id, r.trade_time
+        minute = t - t % _MINUTE_MS
+        c = views.candles.get(minute)
+        if c is None:
+            text = r.price
+            views.candles[minute] = [price, price, qty, price * qty, 1, tid, text, tid, text,
+                                     text, text]  # fmt: skip
+            return
+        if price > c[_HIGH]:
+            c[_HIGH], c[_HIGH_TEXT] = price, r.price
+        elif price < c[_LOW]:
+            c[_LOW], c[_LOW_TEXT] = price, r.price
+        c[_BASE] += qty
+        c[_QUOTE] += price * qty
+        c[_COUNT] += 1
+        if tid < c[_FIRST]:
+            c[_FIRST], c[_OPEN] = tid, r.price
+        elif tid > c[_LAST]:
+            c[_LAST], c[_CLOSE] = tid, r.price
 
     def script_call(
         self,
@@ -86,33 +185,23 @@ class Batch:
         """The batch argument: per partition the compare-and-set, per symbol its contributions."""
         symbols = []
         for symbol, views in self.symbols.items():
-            t = views.latest
-            totals = views.totals
-            symbols.append(
-                {
-                    "s": symbol,
-                    "id": str(t.trade_id),
-                    "p": price_fields(t, self.ingest_us[symbol], now_ms),
-                    "u": price_update(symbol, t, now_ms).decode(),
-                    "c": [_partial(c) for c in views.candles.values()],
-                    "n": totals.trades, "v": fmt(totals.base_volume),
-                    "qv": fmt(totals.quote_volume),
-                }
-            )  # fmt: skip
+            r = views.latest
+            row: dict[str, object] = {
+                "s": symbol,
+                "id": str(r.trade_id),
+                "p": price_fields(r, r.ingest_time_us, now_ms),
+                "u": price_update(symbol, r, now_ms).decode(),
+                "c": views.partials(),
+            }
+            if len(views.candles) > 1:  # else the script takes the totals from the one candle
+                trades, base, quote = views.totals()
+                row.update(n=trades, v=_text(base), qv=_text(quote, 2 * SCALE))
+            symbols.append(row)
         parts = [
             [str(p), str(positions.get(p, NO_OFFSET)), str(last)]
             for p, (_first, last) in self.parts.items()
         ]
         return orjson.dumps({"parts": parts, "symbols": symbols})
-
-
-def _partial(c: Candle) -> list[object]:
-    """A candle as the script takes it: :data:`~cryptostream.core.keys.CANDLE_FIELDS` order, ids
-    as strings (Lua's numbers are doubles, exact only below 2^53; the script writes them into the
-    member verbatim)."""
-    member = candle_member(c)
-    member["ft"], member["lt"] = str(c.first_trade_id), str(c.last_trade_id)
-    return list(member.values())
 
 
 def parse_conflicts(reply: list[object]) -> dict[int, int]:

@@ -146,9 +146,9 @@ class Processor:
     def _observe(self, batch: Batch, now_ms: int) -> None:
         self.metrics.batch_size.observe(batch.records)
         now_us = now_ms * 1000
-        for symbol, views in batch.symbols.items():
+        for views in batch.symbols.values():
             self.metrics.event_to_visible.observe(max(0, now_ms - views.latest.event_time) / 1e3)
-            self.metrics.ingest_to_visible.observe(max(0, now_us - batch.ingest_us[symbol]) / 1e6)
+            self.metrics.ingest_to_visible.observe(max(0, now_us - views.ingest_us) / 1e6)
 
     def _update_lag(self) -> None:
         highs = self.consumer.high_watermarks(list(self.positions))
