@@ -10,6 +10,12 @@
    event time; a pub/sub subscriber to ``updates:price`` records now - event time when each update
    becomes visible (HDR histogram); per backend, alternating, ``--rounds`` times.
 4. ``--profile``: one more confluent drain under py-spy: where the processor's CPU goes.
+5. Kafka's own consumer (ConsumerPerformance) reading the same prefilled topic in the same run:
+   the drain is reported as a fraction of it.
+6. ``--baseline DIR`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/base HEAD~3``):
+   confluent drains of that tree's processor alternate with the current one's on the same topic,
+   so a code change is measured as a ratio within one run (``--backends confluent`` skips
+   aiokafka to keep that run short).
 
     nox -s bench_processor        (python benchmarks/bench_processor.py --json ...)
 """
@@ -39,8 +45,10 @@ from hdrh.histogram import HdrHistogram
 from cryptostream.config import Settings
 from cryptostream.core.codec import decode_trade, encode_trade
 from cryptostream.core.trades import Trade
+from cryptostream.harness import ceilings
 from cryptostream.kafka_clients import producer_config
 from cryptostream.processor.consumers import make_group_consumer
+from cryptostream.stack.kafka import resolve_kafka_jars
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.topics import create_topics, required_topics
@@ -100,11 +108,19 @@ def applied(client: redis.Redis, topic: str) -> int:
 
 
 def drain(
-    pipeline: Pipeline, settings: Settings, total: int, backend: str, profile: Path | None = None
+    pipeline: Pipeline,
+    settings: Settings,
+    total: int,
+    backend: str,
+    profile: Path | None = None,
+    tree: Path | None = None,
 ) -> dict[str, float]:
+    """One drain; ``tree``: run the processor of that checkout instead of this one."""
     client = redis.Redis.from_url(settings.redis_url)
     client.flushall()
     env = {"CSP_PROCESSOR_KAFKA_CLIENT": backend, "CSP_GROUP_ID": f"bench-{backend}"}
+    if tree is not None:
+        env["PYTHONPATH"] = f"{tree / 'platform'}{os.pathsep}{tree / 'simulator'}"
     if profile is None:
         pipeline.start_processor(**env)
     else:
@@ -128,7 +144,8 @@ def drain(
         time.sleep(0.25)
     elapsed = time.monotonic() - t0
     rate = (total - n0) / elapsed
-    print(f"drain ({backend}{', profiled' if profile else ''}): {total - n0:,} records in "
+    label = f"{backend}{', profiled' if profile else ''}{f', baseline {tree}' if tree else ''}"
+    print(f"drain ({label}): {total - n0:,} records in "
           f"{elapsed:.1f}s = {rate:,.0f} trades/s", flush=True)  # fmt: skip
     if profile is not None:  # stop the profiled interpreter only: py-spy writes when it exits
         (spy,) = [p for p in pipeline.group.processes if p.proc is not None]
@@ -140,6 +157,13 @@ def drain(
     pipeline.group.processes.clear()
     client.close()
     return {"records": total - n0, "seconds": elapsed, "trades_per_s": rate}
+
+
+def consumer_performance(lib: Path, bootstrap: str, topic: str, records: int) -> float:
+    """Kafka's own consumer (the ConsumerPerformance tool) reading the whole topic: records/s."""
+    argv = [*ceilings._java(lib), ceilings.CONSUMER_CLASS, "--bootstrap-server", bootstrap,
+            "--topic", topic, "--messages", str(records), "--timeout", "60000"]  # fmt: skip
+    return ceilings.parse_consumer_perf(ceilings._run(argv, 300))["records_per_s"]
 
 
 def consume_loop(settings: Settings, total: int, backend: str) -> float:
@@ -240,8 +264,8 @@ BACKENDS = ("confluent", "aiokafka")
 # Functions (py-spy frame names) grouped into parts of the processor.
 GROUPS = [
     ("Kafka fetch (GroupConsumer.poll)", ("ConfluentConsumer.poll", "AiokafkaConsumer.poll")),
-    ("record decode (core.codec.decode_trade)", ("decode_trade",)),
-    ("view aggregation (core.views)", ("SymbolViews.", "Candle.", "Totals.")),
+    ("record decode (core.codec.decode_scaled)", ("decode_scaled", "scaled")),
+    ("view aggregation (Batch._fold, integers)", ("Batch._fold", "SymbolBatch.")),
     ("Lua payload encoding (Batch.script_payload)", ("script_payload",)),
     ("Redis apply: Lua script round trip (redis-py)", ("Script.__call__", "evalsha", "execute_command",
                                                        "_with_redis_retry")),
@@ -260,7 +284,11 @@ def main() -> int:
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                         help="one more confluent drain under py-spy")  # fmt: skip
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--baseline", type=Path, help="an earlier checkout to drain against")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="comma-separated: confluent,aiokafka")  # fmt: skip
     args = parser.parse_args()
+    backends = tuple(b for b in args.backends.split(",") if b)
     names = symbols(args.symbols)
     workdir = Path(tempfile.mkdtemp(prefix="bench-processor-"))
     base = Settings(run_dir=workdir)
@@ -275,20 +303,42 @@ def main() -> int:
         prefill(settings, args.trades, names, seed=1)
         pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, names[:3],
                             extra_env={"CSP_BATCH_MAX": os.environ.get("CSP_BATCH_MAX", "20000")})  # fmt: skip
-        runs: dict[str, list[dict[str, float]]] = {b: [] for b in BACKENDS}
-        for _round in range(args.rounds):
-            for backend in BACKENDS:
-                runs[backend].append(drain(pipeline, settings, args.trades, backend))
-        results["drain"] = {
-            b: {"median_trades_per_s": statistics.median(r["trades_per_s"] for r in runs[b]),
-                "runs": runs[b]} for b in BACKENDS
-        }  # fmt: skip
-        rates = {b: results["drain"][b]["median_trades_per_s"] for b in BACKENDS}
-        results["drain_ratio_confluent_to_aiokafka"] = round(
-            rates["confluent"] / rates["aiokafka"], 3
+        lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
+        kafka_consumer = consumer_performance(
+            lib, stack.kafka_bootstrap, settings.topic, args.trades
         )
+        print(f"Kafka ConsumerPerformance on the same topic: {kafka_consumer:,.0f} records/s",
+              flush=True)  # fmt: skip
+        runs: dict[str, list[dict[str, float]]] = {b: [] for b in backends}
+        if args.baseline:
+            runs["confluent@baseline"] = []
+        for _round in range(args.rounds):
+            for backend in backends:
+                runs[backend].append(drain(pipeline, settings, args.trades, backend))
+                if args.baseline and backend == "confluent":
+                    runs["confluent@baseline"].append(
+                        drain(pipeline, settings, args.trades, backend, tree=args.baseline)
+                    )
+        results["drain"] = {
+            b: {"median_trades_per_s": statistics.median(r["trades_per_s"] for r in runs_),
+                "runs": runs_} for b, runs_ in runs.items()
+        }  # fmt: skip
+        rates = {b: results["drain"][b]["median_trades_per_s"] for b in runs}
+        results["kafka_consumer_performance_records_per_s"] = kafka_consumer
+        results["drain_fraction_of_kafka_consumer"] = {
+            b: round(rate / kafka_consumer, 3) for b, rate in rates.items()
+        }
+        if "aiokafka" in rates and "confluent" in rates:
+            results["drain_ratio_confluent_to_aiokafka"] = round(
+                rates["confluent"] / rates["aiokafka"], 3
+            )
+        if args.baseline:
+            results["baseline"] = str(args.baseline)
+            results["drain_ratio_to_baseline"] = round(
+                rates["confluent"] / rates["confluent@baseline"], 3
+            )
         results["consume_loop_trades_per_s"] = {
-            b: consume_loop(settings, args.trades, b) for b in BACKENDS
+            b: consume_loop(settings, args.trades, b) for b in backends
         }
         print(f"consume loop (fetch + decode): {results['consume_loop_trades_per_s']}", flush=True)
         if args.profile:
@@ -299,9 +349,9 @@ def main() -> int:
         # Alternating rounds here too: whichever backend runs first after the drains inherits
         # their after-effects (broker page cache, JVM), which an earlier version mistook for a
         # difference between the clients.
-        latency_runs: dict[str, list[dict[str, Any]]] = {b: [] for b in BACKENDS}
+        latency_runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
         for round_ in range(args.rounds):
-            for backend in BACKENDS:
+            for backend in backends:
                 topic = f"latency.{backend}.{round_}"
                 latency_settings = settings.model_copy(
                     update={"topic": topic, "dlq_topic": f"{topic}.dlq"}
