@@ -111,3 +111,53 @@ def test_agg_trade_mode() -> None:
     assert parse_frame(orjson.dumps(TRADE), trade_event="aggTrade") == Ignored("trade")
     bad = parse_frame(orjson.dumps({**AGG, "a": "x"}), trade_event="aggTrade")
     assert isinstance(bad, Malformed) and "a (trade id)" in bad.reason
+
+
+# Each field valid, at a limit, or wrong in the ways frames go wrong; plus the keys that make a
+# frame something else (a control reply, a combined wrapper).
+_FRAME_NEAR: dict[str, list[object]] = {
+    "e": ["trade", "aggTrade", "depthUpdate", 5, None],
+    "E": [1718000000001, 0, 253402300799999, 253402300800000, -1, 1.5, True, "1"],
+    "s": ["BTCUSDT", "btcusdt", "B", "A" * 21, "BTC-USDT", "\uff22\uff34", 7],
+    "t": [42, 0, 2**63 - 1, 2**63, -1, 1.0, False, "42"],
+    "a": [42, -1, "x"],
+    "p": ["66398.85000000", "0", "0.0", "1.", ".5", "1e5", " 1", "9" * 20 + "." + "9" * 20,
+          "9" * 21, "\u0663", 1.5],
+    "q": ["0.00120000", "00.10", "-1", "NaN", 2],
+    "T": [1718000000000, -5, 2**70, None],
+    "m": [True, False, 0, "true"],
+    "result": [None, 1],
+    "code": [2],
+    "msg": ["x"],
+    "stream": ["btcusdt@trade", 3],
+    "data": [{"e": "trade"}, [1], "x"],
+}  # fmt: skip
+_MISSING = object()
+_frame_mutations = st.lists(st.sampled_from(sorted(_FRAME_NEAR)), max_size=3, unique=True).flatmap(
+    lambda keys: st.fixed_dictionaries(
+        {k: st.sampled_from([*_FRAME_NEAR[k], _MISSING]) for k in keys}
+    )
+)
+
+
+@given(
+    _frame_mutations,
+    st.booleans(),
+    st.sampled_from(["trade", "aggTrade"]),
+    st.booleans(),
+)
+def test_fast_path_agrees_with_the_checked_path(
+    mutations: dict[str, object], combined: bool, kind: str, as_text: bool
+) -> None:
+    """parse_frame (msgspec first) gives exactly what the field-by-field path gives."""
+    import json
+
+    from cryptostream.core.frames import parse_frame_checked
+
+    base = {**TRADE, "a": 42} if kind == "aggTrade" else TRADE
+    payload = {k: v for k, v in {**base, "e": kind, **mutations}.items() if v is not _MISSING}
+    frame: object = {"stream": "btcusdt@trade", "data": payload} if combined else payload
+    raw: bytes | str = json.dumps(frame)
+    if not as_text:
+        raw = raw.encode()
+    assert parse_frame(raw, trade_event=kind) == parse_frame_checked(raw, trade_event=kind)
