@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import hiredis
 
-from cryptostream.query.store import StoreUnavailable
+from cryptostream.query.errors import StoreUnavailable
 
 
 def _command(*parts: bytes) -> bytes:

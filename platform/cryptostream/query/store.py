@@ -19,12 +19,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cryptostream.core.keys import SYMBOLS_KEY, candles_1m_key, price_key, stats_key
+from cryptostream.query.errors import StoreUnavailable
+from cryptostream.query.fastredis import PipelinedReader
+
+__all__ = ["RedisStore", "StoreUnavailable", "make_client"]
 
 T = TypeVar("T")
-
-
-class StoreUnavailable(RuntimeError):
-    """Redis could not answer (down, restarting, timed out)."""
 
 
 def make_client(url: str, *, timeout: float = 1.0, pool_size: int = 64) -> Any:
@@ -52,8 +52,6 @@ class RedisStore:
     def __init__(self, url: str, *, timeout: float = 1.0) -> None:
         self.url = url
         self.client: Any = make_client(url, timeout=timeout)
-        from cryptostream.query.fastredis import PipelinedReader
-
         self.hot = PipelinedReader(url, timeout=timeout)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
