@@ -103,3 +103,12 @@ def isolated(stack: LocalStack | ContainerStack, tmp_path: Path) -> Iterator[Env
         yield Env(settings, env, client, tmp_path)
     finally:
         client.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that gets the real Kafka and Redis (the ``stack`` fixture, directly or through
+    another fixture) is an integration test whatever its module says, so that
+    ``-m "not integration"`` runs exactly the tests that need no server."""
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
