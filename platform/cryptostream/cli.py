@@ -8,13 +8,20 @@ from typing import Annotated
 
 import typer
 
-from cryptostream.config import Settings
+from cryptostream.config import (
+    ConfigError,
+    Settings,
+    describe_settings,
+    load_settings,
+    unknown_variables,
+)
 
 app = typer.Typer(
     help="Crypto Streaming Platform: Binance -> Kafka -> Redis -> HTTP, and its harness.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 stack_app = typer.Typer(help="The local embedded stack (real Kafka + Redis child processes).")
 topics_app = typer.Typer(help="Kafka topics, created explicitly (auto-creation is off).")
@@ -27,7 +34,27 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-@stack_app.command("up")
+def _settings(service: str | None = None) -> Settings:
+    """The settings a command reads: one line per mistake (variable, value, what is expected)
+    and exit 2 instead of a traceback; a warning per ``CSP_*`` variable no setting reads."""
+    for warning in unknown_variables():
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    try:
+        return load_settings(service)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.secho(f"error: {problem}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
+
+
+def _variables(service: str) -> str:
+    """The --help epilog: the variables the command reads, with default and meaning."""
+    lines = [f"- `{name}` = `{default}`: {meaning}" if default else f"- `{name}` (empty): {meaning}"
+             for name, default, meaning in describe_settings(service)]  # fmt: skip
+    return "**Environment variables** (default: meaning)\n\n" + "\n".join(lines)
+
+
+@stack_app.command("up", epilog=_variables("stack"))
 def stack_up(
     kafka_port: Annotated[int, typer.Option(help="Kafka port (0 = a free one)")] = 0,
     redis_port: Annotated[int, typer.Option(help="Redis port (0 = a free one)")] = 0,
@@ -40,7 +67,7 @@ def stack_up(
     from cryptostream.topics import TopicError, required_topics
     from cryptostream.topics import create_topics as make_topics
 
-    settings = Settings()
+    settings = _settings("stack")
     workdir = settings.run_dir / time.strftime("stack-%Y%m%d-%H%M%S")
     stack = LocalStack(settings, workdir, kafka_port=kafka_port, redis_port=redis_port)
     with sigterm_as_keyboard_interrupt():
@@ -82,7 +109,7 @@ def stack_fetch() -> None:
     from cryptostream.stack.kafka import check_java, resolve_kafka_jars
     from cryptostream.stack.supervisor import StackError
 
-    settings = Settings()
+    settings = _settings("stack")
     try:
         check_java()
         t0 = time.monotonic()
@@ -94,13 +121,13 @@ def stack_fetch() -> None:
     )
 
 
-@topics_app.command("create")
+@topics_app.command("create", epilog=_variables("topics"))
 def topics_create() -> None:
     """Create raw.trades (CSP_PARTITIONS partitions) and the DLQ topic; safe to run twice."""
     from cryptostream.kafka_clients import security_config
     from cryptostream.topics import TopicError, create_topics, required_topics
 
-    settings = Settings()
+    settings = _settings("topics")
     try:
         specs = required_topics(settings)
         config = security_config(settings)
@@ -122,23 +149,23 @@ def simulator(ctx: typer.Context) -> None:
     raise typer.Exit(simulator_main(list(ctx.args)))
 
 
-@app.command()
+@app.command(epilog=_variables("ingest"))
 def ingest() -> None:
     """Binance WebSocket trades -> Kafka raw.trades."""
     from cryptostream.ingest.service import main as ingest_main
 
-    raise typer.Exit(ingest_main(Settings()))
+    raise typer.Exit(ingest_main(_settings("ingest")))
 
 
-@app.command()
+@app.command(epilog=_variables("processor"))
 def processor() -> None:
     """Consumer group member: raw.trades -> Redis views, exactly once."""
     from cryptostream.processor.service import main as processor_main
 
-    raise typer.Exit(processor_main(Settings()))
+    raise typer.Exit(processor_main(_settings("processor")))
 
 
-@app.command()
+@app.command(epilog=_variables("rebuild"))
 def rebuild(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm deleting the current views")] = False,
 ) -> None:
@@ -149,20 +176,20 @@ def rebuild(
     if not yes:
         raise _fail("rebuild deletes every view in Redis first; run again with --yes")
     try:
-        records = run_rebuild(Settings())
+        records = run_rebuild(_settings("rebuild"))
     except TopicError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"rebuilt the views from {records} records")
 
 
-@app.command()
+@app.command(epilog=_variables("query"))
 def query(
     workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
 ) -> None:
     """The HTTP query API over Redis."""
     from cryptostream.query.server import main as query_main
 
-    raise typer.Exit(query_main(Settings(), workers=workers))
+    raise typer.Exit(query_main(_settings("query"), workers=workers))
 
 
 @app.command()
@@ -176,7 +203,7 @@ def demo(
     from cryptostream.demo import run_demo
 
     raise typer.Exit(
-        run_demo(Settings(), duration=duration, processors=processors, rate=rate, live=live)
+        run_demo(_settings(), duration=duration, processors=processors, rate=rate, live=live)
     )
 
 
