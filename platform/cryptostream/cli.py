@@ -131,7 +131,8 @@ def topics_create() -> None:
     try:
         specs = required_topics(settings)
         config = security_config(settings)
-        for line in create_topics(settings.kafka_bootstrap, specs, client_config=config):
+        for line in create_topics(settings.kafka_bootstrap, specs, client_config=config,
+                                  connect_timeout=settings.kafka_connect_timeout_s):  # fmt: skip
             typer.echo(line)
     except TopicError as exc:
         raise _fail(str(exc)) from None

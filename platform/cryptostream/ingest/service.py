@@ -654,7 +654,7 @@ async def discover_symbols(settings: Settings, rest_url: str) -> list[str]:
 async def run(settings: Settings) -> int:
     for name, partitions in ((settings.topic, settings.partitions), (settings.dlq_topic, None),
                              (settings.gap_topic, None)):  # fmt: skip
-        require_topic(settings.kafka_bootstrap, name, partitions,
+        require_topic(settings.kafka_bootstrap, name, partitions, settings.kafka_connect_timeout_s,
                       client_config=security_config(settings))  # fmt: skip
     rest_url = settings.binance_rest_url.rstrip("/") or rest_base_url(settings.binance_ws_url)
     symbols = settings.symbols

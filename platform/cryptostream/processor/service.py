@@ -325,7 +325,7 @@ def rebuild(settings: Settings) -> int:
     """``csp rebuild``: empty the views, then replay the topic from its start."""
     setup_logging("rebuild", settings.log_level)
     require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
-                  client_config=security_config(settings))  # fmt: skip
+                  settings.kafka_connect_timeout_s, client_config=security_config(settings))  # fmt: skip
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     deleted = delete_views(client, settings.topic)
     log.info("views deleted", extra={"fields": {"keys": deleted}})
@@ -347,9 +347,11 @@ def main(settings: Settings) -> int:
     setup_logging("processor", settings.log_level)
     try:
         security = security_config(settings)
-        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
+        timeout = settings.kafka_connect_timeout_s
+        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions, timeout,
                       client_config=security)  # fmt: skip
-        require_topic(settings.kafka_bootstrap, settings.dlq_topic, None, client_config=security)
+        require_topic(settings.kafka_bootstrap, settings.dlq_topic, None, timeout,
+                      client_config=security)  # fmt: skip
     except TopicError as exc:
         log.error(str(exc))
         return 2
