@@ -373,5 +373,13 @@ def main(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    processor.run()
+    try:
+        processor.run()
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+        if processor.running:  # not a stop request: the retry loop gave up on its own
+            raise
+        # Asked to stop while waiting for Redis: nothing was applied that is not recorded
+        # (offsets live in Redis with the views), so this is a clean stop, not a crash.
+        log.warning("stopped while Redis was unavailable",
+                    extra={"fields": {"error.message": str(exc)}})  # fmt: skip
     return 0
