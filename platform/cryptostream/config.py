@@ -162,16 +162,14 @@ class Settings(BaseSettings):
     @field_validator("binance_ws_url")
     @classmethod
     def _check_ws_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        if not _has_host(value, ("ws", "wss")):
             raise ValueError("expected a ws:// or wss:// URL with a host")
         return value
 
     @field_validator("binance_rest_url")
     @classmethod
     def _check_rest_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+        if value and not _has_host(value, ("http", "https")):
             raise ValueError("expected empty or an http:// or https:// URL with a host")
         return value
 
@@ -201,6 +199,18 @@ class Settings(BaseSettings):
     @property
     def stack_file(self) -> Path:
         return self.run_dir / "stack.json"
+
+
+def _has_host(url: str, schemes: tuple[str, ...]) -> bool:
+    """A URL of one of ``schemes`` with a host name that DNS can encode and a valid port."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises for a port out of range or not a number
+        if parts.hostname is not None:
+            parts.hostname.encode("idna")  # label too long, empty label...
+    except (ValueError, UnicodeError):
+        return False
+    return parts.scheme in schemes and bool(parts.hostname)
 
 
 class _StackFileSource(PydanticBaseSettingsSource):

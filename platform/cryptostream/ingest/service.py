@@ -682,15 +682,15 @@ async def run(settings: Settings) -> int:
     supervisors = [asyncio.create_task(ingest.supervise(plan)) for plan in plans]
     workers = [asyncio.create_task(coro) for coro in (ingest.flow_loop(), ingest.gap_loop(),
                ingest.backfill_loop(), ingest.tail_loop(), ingest.progress_loop())]  # fmt: skip
-    await ingest.stopping.wait()
+    failed = await _until_stopped_or_failed(ingest.stopping, supervisors + workers)
     await asyncio.wait(supervisors, timeout=5)
     for conn in list(ingest.connections):
         conn.close()
     for task in supervisors + workers:
         task.cancel()
-    for task in supervisors + workers:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for result in await asyncio.gather(*supervisors, *workers, return_exceptions=True):
+        if isinstance(result, Exception) and result is not failed:
+            log.error(f"ingest task failed: {result!r}", exc_info=result)
     ingest.shutdown_gaps()
     left = await asyncio.to_thread(ingest.producer.flush, 15.0)
     if ingest.recorder is not None:
@@ -698,7 +698,26 @@ async def run(settings: Settings) -> int:
     if metrics is not None:
         await metrics.stop()
     log.info("stopped", extra={"fields": {"ingest": ingest.stats.summary(), "unflushed": left}})
-    return 0 if left == 0 else 1
+    return 1 if failed is not None or left else 0
+
+
+async def _until_stopped_or_failed(
+    stopping: asyncio.Event, tasks: list[asyncio.Task[Any]]
+) -> BaseException | None:
+    """Wait for a stop request, or for a task to die of an exception: then log it once and stop
+    (a dead connection supervisor must not leave a process that looks alive). Returns that."""
+    stop = asyncio.create_task(stopping.wait())
+    pending: set[asyncio.Task[Any]] = {stop, *tasks}
+    while not stopping.is_set():
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stop and not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                log.error(f"ingest failed, stopping: {exc!r}", exc_info=exc)
+                stopping.set()
+                return exc
+    stop.cancel()
+    return None
 
 
 def main(settings: Settings) -> int:
