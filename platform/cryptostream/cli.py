@@ -9,15 +9,17 @@ from typing import Annotated
 import typer
 
 from cryptostream.config import (
+    SERVICE_FIELDS,
     ConfigError,
     Settings,
     describe_settings,
+    effective_settings,
+    env_value,
     load_settings,
     unknown_variables,
 )
 
 app = typer.Typer(
-    help="Crypto Streaming Platform: Binance -> Kafka -> Redis -> HTTP, and its harness.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,6 +54,45 @@ def _variables(service: str) -> str:
     lines = [f"- `{name}` = `{default}`: {meaning}" if default else f"- `{name}` (empty): {meaning}"
              for name, default, meaning in describe_settings(service)]  # fmt: skip
     return "**Environment variables** (default: meaning)\n\n" + "\n".join(lines)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"csp {version('crypto-streaming-platform')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version"),
+    ] = False,
+) -> None:
+    """Crypto Streaming Platform: Binance -> Kafka -> Redis -> HTTP, and its harness."""
+
+
+@app.command("config")
+def config_cmd(
+    service: Annotated[
+        str | None,
+        typer.Option(help="Only what this command reads: " + ", ".join(sorted(SERVICE_FIELDS))),
+    ] = None,
+) -> None:
+    """Print the effective configuration (secrets masked) and where each value comes from."""
+    if service is not None and service not in SERVICE_FIELDS:
+        raise _fail(f"--service {service!r}: expected one of {', '.join(sorted(SERVICE_FIELDS))}")
+    settings = _settings(service)
+    defaults = {name: default for name, default, _ in describe_settings()}
+    used = SERVICE_FIELDS.get(service or "", None)
+    for name, value in effective_settings(settings):
+        if used is not None and name.removeprefix("CSP_").lower() not in used:
+            continue
+        origin = ("environment" if env_value(name) is not None
+                  else "default" if value == defaults[name] else "csp stack up")  # fmt: skip
+        typer.echo(f"{name}={value}  # {origin}")
 
 
 @stack_app.command("up", epilog=_variables("stack"))
@@ -103,6 +144,82 @@ def stack_up(
             stack.stop()
 
 
+@stack_app.command("status")
+def stack_status() -> None:
+    """Is a `csp stack up` running here, and do its Kafka and Redis answer? (exit 1 if not)"""
+    from cryptostream.stack.stackfile import live_stack_pid, read_live_stack_file
+
+    settings = _settings("stack")
+    pid = live_stack_pid(settings.stack_file)
+    if pid is None:
+        typer.echo(f"no stack running (no live {settings.stack_file}); `csp stack up` starts one")
+        raise typer.Exit(1)
+    addresses = read_live_stack_file(settings.stack_file)
+    kafka, redis_url = addresses.get("kafka_bootstrap", "?"), addresses.get("redis_url", "?")
+    kafka_ok, redis_ok = _kafka_answers(kafka, settings), _redis_answers(redis_url)
+    typer.echo(f"stack up (pid {pid}): Kafka {kafka} {'answers' if kafka_ok else 'DOES NOT ANSWER'}"
+               f", Redis {redis_url} {'answers' if redis_ok else 'DOES NOT ANSWER'}")  # fmt: skip
+    if not (kafka_ok and redis_ok):
+        raise typer.Exit(1)
+
+
+def _kafka_answers(bootstrap: str, settings: Settings) -> bool:
+    from cryptostream.kafka_clients import make_admin
+
+    admin = make_admin(settings.model_copy(update={"kafka_bootstrap": bootstrap}))
+    try:
+        admin.list_topics(timeout=settings.kafka_connect_timeout_s)
+    except Exception:  # any failure means "does not answer"
+        return False
+    return True
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+@stack_app.command("down")
+def stack_down(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to stop")] = 60.0,
+) -> None:
+    """Stop the `csp stack up` running here (SIGTERM, then wait until it has stopped)."""
+    import os
+    import signal
+
+    from cryptostream.stack.stackfile import live_stack_pid
+
+    settings = _settings("stack")
+    pid = live_stack_pid(settings.stack_file)
+    if pid is None:
+        typer.echo(f"no stack running (no live {settings.stack_file})")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise _fail(f"the stack (pid {pid}) is still running after {timeout:g} s")
+        time.sleep(0.2)
+    typer.echo(f"stack stopped (pid {pid})")
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it has stopped)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 @stack_app.command("fetch")
 def stack_fetch() -> None:
     """Resolve the Kafka jars from Maven Central into the cache folder (done once)."""
@@ -147,7 +264,7 @@ def simulator(ctx: typer.Context) -> None:
     """The Binance-compatible market simulator (`csp simulator --help` for its options)."""
     from marketsim.cli import main as simulator_main
 
-    raise typer.Exit(simulator_main(list(ctx.args)))
+    raise typer.Exit(simulator_main(list(ctx.args), prog="csp simulator"))
 
 
 @app.command(epilog=_variables("ingest"))
@@ -208,9 +325,28 @@ def demo(
     )
 
 
-@app.command()
+def _experiments() -> str:
+    """The --help epilog of ``csp experiment``: the experiments of benchmarks/experiments/."""
+    import tomllib
+
+    from cryptostream.harness.model import EXPERIMENTS_DIR
+
+    folder = Path.cwd() / EXPERIMENTS_DIR
+    lines = []
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            description = str(tomllib.loads(path.read_text()).get("description", ""))
+        except (OSError, tomllib.TOMLDecodeError):
+            description = "(unreadable)"
+        lines.append(f"- `{path.stem}`: {description}")
+    if not lines:
+        return f"No experiments in `{folder}` (run from the project's root folder)."
+    return f"**Experiments** (`{EXPERIMENTS_DIR}/`)\n\n" + "\n".join(lines)
+
+
+@app.command(epilog=_experiments())
 def experiment(
-    name: Annotated[str, typer.Argument(help="benchmarks/experiments/<name>.toml, or a file")],
+    name: Annotated[str, typer.Argument(help="An experiment (listed below), or a TOML file")],
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default reports/<date>-<name>)")
     ] = None,
@@ -224,7 +360,7 @@ def experiment(
     progress: Annotated[bool, typer.Option(help="Show the progress bar")] = True,
     report: Annotated[bool, typer.Option(help="Write plots and report.md/html afterwards")] = True,
 ) -> None:
-    """Run an experiment on the local stack; write reports/<date>-<name>/results.json + report."""
+    """Run an experiment on the local stack; write `reports/<date>-<name>/results.json` + report."""
     from cryptostream.harness.model import load_experiment
     from cryptostream.harness.report import write_report
     from cryptostream.harness.runner import RunOptions, run_experiment

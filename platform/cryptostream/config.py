@@ -309,7 +309,7 @@ def load_settings(service: str | None = None, **overrides: Any) -> Settings:
 def _describe(field: str, error: Any) -> str:
     """``CSP_PARTITIONS='abc': expected an integer >= 1 (partitions of the trades topic)``."""
     name = env_name(field) if field else "CSP_*"
-    raw = _env_value(name)
+    raw = env_value(name)
     value = raw if raw is not None else error.get("input")
     if field == "kafka_sasl_password":
         shown = "'***'"
@@ -326,7 +326,8 @@ def _describe(field: str, error: Any) -> str:
     return f"{name}={shown}: {expected}{meaning}"
 
 
-def _env_value(name: str) -> str | None:
+def env_value(name: str) -> str | None:
+    """The environment's value of a variable, matched case-insensitively as pydantic does."""
     for key, value in os.environ.items():
         if key.upper() == name:
             return value

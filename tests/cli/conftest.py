@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 CSP = str(Path(sys.executable).with_name("csp"))
+ROOT = Path(__file__).resolve().parents[2]
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -23,7 +24,13 @@ def csp(tmp_path: Path) -> Run:
         base = {k: v for k, v in os.environ.items() if not k.upper().startswith("CSP_")}
         base.update({"CSP_RUN_DIR": str(tmp_path), "COLUMNS": "200", **env})
         return subprocess.run(
-            [CSP, *args], env=base, capture_output=True, text=True, timeout=timeout, check=False
+            [CSP, *args],
+            env=base,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     return run
