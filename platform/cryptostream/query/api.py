@@ -12,15 +12,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, Path, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 
 from cryptostream.config import Settings
 from cryptostream.core.symbols import InvalidSymbol, normalize_symbol
@@ -261,6 +264,35 @@ def _int_field(fields: dict[bytes, bytes], name: bytes) -> int | None:
     return int(value) if value is not None else None
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their JavaScript, CSS and icon served by this process
+    from the ``fastapi-offline`` package (MIT; it ships the upstream builds), so the pages work
+    on a machine without internet access; FastAPI's defaults load them from a public CDN."""
+    assets = resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    favicon = f"{DOCS_ASSETS}/favicon.png"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=str(app.openapi_url), title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=favicon,
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
+        )  # fmt: skip
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=str(app.openapi_url), title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js", redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )  # fmt: skip
+
+
 def build_api(state: QueryState) -> FastAPI:
     settings = state.settings
     max_symbols = settings.query_max_symbols
@@ -285,9 +317,13 @@ def build_api(state: QueryState) -> FastAPI:
         ),
         lifespan=lifespan,
         default_response_class=JSONBytes,
+        docs_url=None,  # served below from packaged assets, not a public CDN
+        redoc_url=None,
         # No 307 to the slash-less path: `/price/..%2F` and friends get a JSON 4xx, not a redirect.
         redirect_slashes=False,
     )
+
+    _offline_docs(app)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
