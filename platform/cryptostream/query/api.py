@@ -266,6 +266,44 @@ def _int_field(fields: dict[bytes, bytes], name: bytes) -> int | None:
 
 DOCS_ASSETS = "/docs-assets"
 
+# WebSocket routes have no place in OpenAPI's paths, so the protocol is told here.
+WS_PROTOCOL_DOC = """\
+## Live push over WebSocket: `/ws/prices`
+
+JSON text frames both ways. Connect to `ws://HOST:PORT/ws/prices`, optionally with
+`?symbols=BTCUSDT,ETHUSDT`; the server answers `{"type": "subscribed", "symbols": [...]}`.
+
+* send `{"op": "subscribe", "symbols": ["SOLUSDT"]}` or `{"op": "unsubscribe", "symbols": [...]}`
+  at any time; each is acknowledged with `{"type": "subscribed", "symbols": [...]}` (the whole
+  current set); a bad one gets `{"type": "error", "error": "..."}` and the connection stays open
+  (a bad `?symbols=` closes it with code 1008);
+* updates arrive as `{"type": "prices", "updates": [{"symbol": "BTCUSDT", "price": "66398.85",
+  "quantity": "0.012", "trade_id": 3141592, "trade_time": ..., "event_time": ...,
+  "update_time": ...}]}`, at most one per symbol per frame; a client that reads slowly skips to
+  the latest value per symbol; one that blocks a frame for `CSP_QUERY_PUSH_SEND_TIMEOUT_S` is
+  dropped (code 1008).
+
+Example (Python, `pip install websockets`):
+
+```python
+import asyncio, json, websockets
+
+
+async def main():
+    async with websockets.connect("ws://127.0.0.1:3000/ws/prices?symbols=BTCUSDT") as ws:
+        print(await ws.recv())  # {"type":"subscribed","symbols":["BTCUSDT"]}
+        await ws.send(json.dumps({"op": "subscribe", "symbols": ["ETHUSDT"]}))
+        async for frame in ws:
+            print(frame)
+
+
+asyncio.run(main())
+```
+
+The same updates as Server-Sent Events: `curl -N 'http://127.0.0.1:3000/stream/prices'` (every
+symbol) or `.../stream/prices?symbols=BTCUSDT,ETHUSDT`.
+"""
+
 
 def _offline_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc with their JavaScript, CSS and icon served by this process
@@ -313,7 +351,7 @@ def build_api(state: QueryState) -> FastAPI:
         version="1.0",
         description=(
             "Stateless reads over the processor's Redis views, and live price push. "
-            'Errors are always JSON `{"error": ...}`.'
+            'Errors are always JSON `{"error": ...}`.\n\n' + WS_PROTOCOL_DOC
         ),
         lifespan=lifespan,
         default_response_class=JSONBytes,
@@ -566,21 +604,25 @@ def build_api(state: QueryState) -> FastAPI:
     )
     async def stream_prices(
         symbols: Annotated[
-            str,
+            str | None,
             Query(
                 max_length=max_stream_symbols * 21,
                 json_schema_extra={"pattern": inputs.symbol_list_pattern(max_stream_symbols)},
-                description=f"Comma-separated symbols (at most {max_stream_symbols})",
+                description=f"Comma-separated symbols (at most {max_stream_symbols}); without "
+                f"it, every symbol (the first {max_stream_symbols} seen)",
                 examples=["BTCUSDT,ETHUSDT"],
             ),
-        ],
+        ] = None,
     ) -> StreamingResponse:
-        wanted = inputs.parse_symbol_list(symbols, max_stream_symbols)
+        wanted = None if symbols is None else inputs.parse_symbol_list(symbols, max_stream_symbols)
 
         async def events() -> AsyncIterator[bytes]:
             # Registered here, not before: the generator's finally is the only cleanup hook.
             feed = ClientFeed(state.metrics)
-            state.hub.register(feed, wanted)
+            if wanted is None:
+                state.hub.register_all(feed, max_stream_symbols)
+            else:
+                state.hub.register(feed, wanted)
             state.metrics.stream_clients.inc()
             try:
                 yield b": subscribed\n\n"
