@@ -721,7 +721,7 @@ async def _until_stopped_or_failed(
 
 
 def main(settings: Settings) -> int:
-    setup_logging("ingest", settings.log_level)
+    setup_logging("ingest", settings.log_level, settings.log_format)
     try:
         return asyncio.run(run(settings))
     except (TopicError, ConfigError) as exc:

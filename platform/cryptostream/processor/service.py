@@ -323,7 +323,7 @@ def delete_views(client: redis.Redis, topic: str) -> int:
 
 def rebuild(settings: Settings) -> int:
     """``csp rebuild``: empty the views, then replay the topic from its start."""
-    setup_logging("rebuild", settings.log_level)
+    setup_logging("rebuild", settings.log_level, settings.log_format)
     require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
                   settings.kafka_connect_timeout_s, client_config=security_config(settings))  # fmt: skip
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
@@ -344,7 +344,7 @@ def rebuild(settings: Settings) -> int:
 
 
 def main(settings: Settings) -> int:
-    setup_logging("processor", settings.log_level)
+    setup_logging("processor", settings.log_level, settings.log_format)
     try:
         security = security_config(settings)
         timeout = settings.kafka_connect_timeout_s
