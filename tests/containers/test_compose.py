@@ -113,7 +113,7 @@ def test_addresses_and_ports_agree(compose: dict[str, Any]) -> None:
     assert internal is not None
     query = _settings(services["query"])
     assert query.query_port == DEFAULTS["query_port"].default == 3000
-    assert f"{query.query_port}:{query.query_port}" in services["query"]["ports"]
+    assert f"127.0.0.1:{query.query_port}:{query.query_port}" in services["query"]["ports"]
     for name, service in app_services(compose).items():
         env = environment(service)
         if "CSP_KAFKA_BOOTSTRAP" in env:
