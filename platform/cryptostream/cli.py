@@ -361,9 +361,12 @@ def experiment(
     report: Annotated[bool, typer.Option(help="Write plots and report.md/html afterwards")] = True,
 ) -> None:
     """Run an experiment on the local stack; write `reports/<date>-<name>/results.json` + report."""
-    from cryptostream.harness.model import load_experiment
-    from cryptostream.harness.report import write_report
-    from cryptostream.harness.runner import RunOptions, run_experiment
+    try:
+        from cryptostream.harness.model import load_experiment
+        from cryptostream.harness.report import write_report
+        from cryptostream.harness.runner import RunOptions, run_experiment
+    except ImportError as exc:
+        raise _fail(_harness_missing("experiment", exc)) from None
 
     try:
         model, text = load_experiment(name)
@@ -394,12 +397,22 @@ def report_cmd(
     folder: Annotated[Path, typer.Argument(help="A report folder holding results.json")],
 ) -> None:
     """(Re)generate the plots, report.md and report.html of an experiment from results.json."""
-    from cryptostream.harness.report import write_report
+    try:
+        from cryptostream.harness.report import write_report
+    except ImportError as exc:
+        raise _fail(_harness_missing("report", exc)) from None
 
     if not (folder / "results.json").exists():
         raise _fail(f"{folder / 'results.json'} does not exist")
     for line in write_report(folder):
         typer.echo(line)
+
+
+def _harness_missing(command: str, exc: ImportError) -> str:
+    return (
+        f"csp {command} needs the harness extra ({exc.name or exc} is not installed): "
+        "pip install 'crypto-streaming-platform[harness]'"
+    )
 
 
 def main() -> None:
