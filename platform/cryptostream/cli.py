@@ -386,10 +386,11 @@ def experiment(
         folder = run_experiment(options)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    typer.echo(f"results: {folder / 'results.json'}")
+    typer.echo(f"results: {(folder / 'results.json').resolve().as_uri()}")
     if report:
         for line in write_report(folder):
             typer.echo(line)
+        typer.echo(f"open: {(folder / 'report.html').resolve().as_uri()}")
 
 
 @app.command("report")
@@ -406,6 +407,7 @@ def report_cmd(
         raise _fail(f"{folder / 'results.json'} does not exist")
     for line in write_report(folder):
         typer.echo(line)
+    typer.echo(f"open: {(folder / 'report.html').resolve().as_uri()}")  # clickable in a terminal
 
 
 def _harness_missing(command: str, exc: ImportError) -> str:
