@@ -287,10 +287,30 @@ async def _serve(cfg: SimConfig, ready_file: Path | None) -> int:
     log.info("marketsim listening on %s (REST %s)", sim.ws_url, sim.rest_url)
     if ready_file is not None:
         write_ready_file(ready_file, sim)
+    market = sim.market
     try:
-        await stop.wait()
+        return await _until_stopped(stop, sim)
     finally:
-        await sim.stop()
+        try:
+            await sim.stop()
+        except Exception:
+            # stop() re-raises the market's error, which _until_stopped already reported
+            if market is None or not market.done() or market.cancelled() or not market.exception():
+                raise
+
+
+async def _until_stopped(stop: asyncio.Event, sim: Simulator) -> int:
+    """Serve until asked to stop; a market that dies of an error (an unreadable replay file)
+    ends the process at once with that error, instead of serving nothing until SIGTERM."""
+    stopped = asyncio.create_task(stop.wait())
+    market = sim.market
+    if market is not None:
+        await asyncio.wait({stopped, market}, return_when=asyncio.FIRST_COMPLETED)
+        if market.done() and not market.cancelled() and market.exception() is not None:
+            stopped.cancel()
+            print(f"marketsim: the market stopped: {market.exception()}", file=sys.stderr)
+            return 1
+    await stopped  # the source ran out (or --max-trades): keep serving what was sent
     return 0
 
 
