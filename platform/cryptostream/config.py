@@ -249,13 +249,16 @@ class ConfigError(ValueError):
 
 
 # What each command reads, so that it validates (and documents in --help) only those variables:
-# a typo in a processor setting must not stop the query API.
+# a typo in a processor setting must not stop the query API. A new ingest_/processor_/query_
+# setting belongs to its service by its prefix; tests/unit/test_service_settings.py checks that
+# every `settings.<field>` a service's code reads is in its set.
 _COMMON = frozenset({"run_dir", "log_level", "log_format"})
 _KAFKA = frozenset({
     "kafka_bootstrap", "kafka_connect_timeout_s", "kafka_security_protocol",
     "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_file",
+    "group_id",
 })  # fmt: skip
-_TOPICS = frozenset({"topic", "dlq_topic", "gap_topic", "partitions"})
+_TOPICS = frozenset({"topic", "dlq_topic", "gap_topic", "partitions", "replication_factor"})
 SERVICE_FIELDS: dict[str, frozenset[str]] = {
     "ingest": _COMMON | _KAFKA | _TOPICS | {
         "binance_ws_url", "binance_rest_url", "symbols", "quote_asset", "stream_kind",
@@ -263,8 +266,8 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
         "record_rotate_s", *(name for name in Settings.model_fields if name.startswith("ingest_")),
     },
     "processor": _COMMON | _KAFKA | _TOPICS | {
-        "redis_url", "group_id", "processor_kafka_client", "batch_max", "batch_timeout_s",
-        "candle_history_minutes", "processor_metrics_port", "metrics_host",
+        "redis_url", "group_id", "batch_max", "batch_timeout_s", "candle_history_minutes",
+        "metrics_host", *(name for name in Settings.model_fields if name.startswith("processor_")),
     },
     "query": _COMMON | {"redis_url", *(n for n in Settings.model_fields if n.startswith("query_"))},
     "topics": _COMMON | _KAFKA | _TOPICS | {"replication_factor"},
