@@ -11,8 +11,9 @@ WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone: this layer is rebuilt only when they change,
 # not on every source edit.
+# The harness extra too, so that `csp experiment` and `csp report` run in the image.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['harness']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
@@ -27,6 +28,8 @@ RUN pip install --no-deps . && rm -rf build
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin csp
 USER csp
 WORKDIR /home/csp
+# The experiment definitions, where `csp experiment` looks for them (relative to the cwd).
+COPY --chown=csp benchmarks/experiments ./benchmarks/experiments
 
 # Containers are reached from other containers: listen on every interface inside them.
 ENV CSP_QUERY_HOST=0.0.0.0 \

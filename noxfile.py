@@ -11,7 +11,20 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "tests"]
 
-PYTHON = "3.11"
+SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")  # pyproject.toml: requires-python >= 3.11
+
+
+def _python() -> str:
+    """The oldest supported interpreter installed here, so sessions run on 3.11, 3.12 or 3.13,
+    whichever the machine has; `nox --force-python 3.13 -s tests` picks another."""
+    for version in SUPPORTED_PYTHONS:
+        if shutil.which(f"python{version}"):
+            return version
+    return SUPPORTED_PYTHONS[0]  # nox then says that it is missing
+
+
+PYTHON = _python()
+LOCK = "uv.lock"  # the versions every session installs; `nox -s lock` refreshes it
 
 
 def _ensure_system_packages(session: nox.Session) -> None:
@@ -30,7 +43,23 @@ def _ensure_system_packages(session: nox.Session) -> None:
 
 
 def _install(session: nox.Session, extras: str = "dev") -> None:
-    session.install("-e", f".[{extras}]")
+    """The project with the locked versions of its dependencies (uv.lock as constraints), so a
+    benchmark rerun months later runs on the versions its results.json records."""
+    if not os.path.exists(LOCK) or not shutil.which("uv"):
+        session.warn(f"{LOCK} or uv missing: installing the newest matching versions")
+        session.install("-e", f".[{extras}]")
+        return
+    constraints = os.path.join(session.virtualenv.location, "constraints.txt")
+    session.run_install("uv", "export", "--frozen", "--all-extras", "--no-hashes", "--no-emit-project",
+                "--format", "requirements-txt", "--quiet", "-o", constraints,
+                external=True, silent=True)  # fmt: skip
+    session.install("-c", constraints, "-e", f".[{extras}]")
+
+
+@nox.session(python=PYTHON, venv_backend="none")
+def lock(session: nox.Session) -> None:
+    """Refresh uv.lock to the newest versions pyproject.toml allows (then run the tests)."""
+    session.run("uv", "lock", "--upgrade", *session.posargs, external=True)
 
 
 @nox.session(python=PYTHON)

@@ -8,13 +8,22 @@ from typing import Annotated
 
 import typer
 
-from cryptostream.config import Settings
+from cryptostream.config import (
+    SERVICE_FIELDS,
+    ConfigError,
+    Settings,
+    describe_settings,
+    effective_settings,
+    env_value,
+    load_settings,
+    unknown_variables,
+)
 
 app = typer.Typer(
-    help="Crypto Streaming Platform: Binance -> Kafka -> Redis -> HTTP, and its harness.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 stack_app = typer.Typer(help="The local embedded stack (real Kafka + Redis child processes).")
 topics_app = typer.Typer(help="Kafka topics, created explicitly (auto-creation is off).")
@@ -27,7 +36,66 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-@stack_app.command("up")
+def _settings(service: str | None = None) -> Settings:
+    """The settings a command reads: one line per mistake (variable, value, what is expected)
+    and exit 2 instead of a traceback; a warning per ``CSP_*`` variable no setting reads."""
+    for warning in unknown_variables():
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    try:
+        return load_settings(service)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.secho(f"error: {problem}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
+
+
+def _variables(service: str) -> str:
+    """The --help epilog: the variables the command reads, with default and meaning."""
+    lines = [f"- `{name}` = `{default}`: {meaning}" if default else f"- `{name}` (empty): {meaning}"
+             for name, default, meaning in describe_settings(service)]  # fmt: skip
+    return "**Environment variables** (default: meaning)\n\n" + "\n".join(lines)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"csp {version('crypto-streaming-platform')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version"),
+    ] = False,
+) -> None:
+    """Crypto Streaming Platform: Binance -> Kafka -> Redis -> HTTP, and its harness."""
+
+
+@app.command("config")
+def config_cmd(
+    service: Annotated[
+        str | None,
+        typer.Option(help="Only what this command reads: " + ", ".join(sorted(SERVICE_FIELDS))),
+    ] = None,
+) -> None:
+    """Print the effective configuration (secrets masked) and where each value comes from."""
+    if service is not None and service not in SERVICE_FIELDS:
+        raise _fail(f"--service {service!r}: expected one of {', '.join(sorted(SERVICE_FIELDS))}")
+    settings = _settings(service)
+    defaults = {name: default for name, default, _ in describe_settings()}
+    used = SERVICE_FIELDS.get(service or "", None)
+    for name, value in effective_settings(settings):
+        if used is not None and name.removeprefix("CSP_").lower() not in used:
+            continue
+        origin = ("environment" if env_value(name) is not None
+                  else "default" if value == defaults[name] else "csp stack up")  # fmt: skip
+        typer.echo(f"{name}={value}  # {origin}")
+
+
+@stack_app.command("up", epilog=_variables("stack"))
 def stack_up(
     kafka_port: Annotated[int, typer.Option(help="Kafka port (0 = a free one)")] = 0,
     redis_port: Annotated[int, typer.Option(help="Redis port (0 = a free one)")] = 0,
@@ -40,7 +108,7 @@ def stack_up(
     from cryptostream.topics import TopicError, required_topics
     from cryptostream.topics import create_topics as make_topics
 
-    settings = Settings()
+    settings = _settings("stack")
     workdir = settings.run_dir / time.strftime("stack-%Y%m%d-%H%M%S")
     stack = LocalStack(settings, workdir, kafka_port=kafka_port, redis_port=redis_port)
     with sigterm_as_keyboard_interrupt():
@@ -76,13 +144,89 @@ def stack_up(
             stack.stop()
 
 
+@stack_app.command("status")
+def stack_status() -> None:
+    """Is a `csp stack up` running here, and do its Kafka and Redis answer? (exit 1 if not)"""
+    from cryptostream.stack.stackfile import live_stack_pid, read_live_stack_file
+
+    settings = _settings("stack")
+    pid = live_stack_pid(settings.stack_file)
+    if pid is None:
+        typer.echo(f"no stack running (no live {settings.stack_file}); `csp stack up` starts one")
+        raise typer.Exit(1)
+    addresses = read_live_stack_file(settings.stack_file)
+    kafka, redis_url = addresses.get("kafka_bootstrap", "?"), addresses.get("redis_url", "?")
+    kafka_ok, redis_ok = _kafka_answers(kafka, settings), _redis_answers(redis_url)
+    typer.echo(f"stack up (pid {pid}): Kafka {kafka} {'answers' if kafka_ok else 'DOES NOT ANSWER'}"
+               f", Redis {redis_url} {'answers' if redis_ok else 'DOES NOT ANSWER'}")  # fmt: skip
+    if not (kafka_ok and redis_ok):
+        raise typer.Exit(1)
+
+
+def _kafka_answers(bootstrap: str, settings: Settings) -> bool:
+    from cryptostream.kafka_clients import make_admin
+
+    admin = make_admin(settings.model_copy(update={"kafka_bootstrap": bootstrap}))
+    try:
+        admin.list_topics(timeout=settings.kafka_connect_timeout_s)
+    except Exception:  # any failure means "does not answer"
+        return False
+    return True
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+@stack_app.command("down")
+def stack_down(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to stop")] = 60.0,
+) -> None:
+    """Stop the `csp stack up` running here (SIGTERM, then wait until it has stopped)."""
+    import os
+    import signal
+
+    from cryptostream.stack.stackfile import live_stack_pid
+
+    settings = _settings("stack")
+    pid = live_stack_pid(settings.stack_file)
+    if pid is None:
+        typer.echo(f"no stack running (no live {settings.stack_file})")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise _fail(f"the stack (pid {pid}) is still running after {timeout:g} s")
+        time.sleep(0.2)
+    typer.echo(f"stack stopped (pid {pid})")
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it has stopped)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 @stack_app.command("fetch")
 def stack_fetch() -> None:
     """Resolve the Kafka jars from Maven Central into the cache folder (done once)."""
     from cryptostream.stack.kafka import check_java, resolve_kafka_jars
     from cryptostream.stack.supervisor import StackError
 
-    settings = Settings()
+    settings = _settings("stack")
     try:
         check_java()
         t0 = time.monotonic()
@@ -94,17 +238,18 @@ def stack_fetch() -> None:
     )
 
 
-@topics_app.command("create")
+@topics_app.command("create", epilog=_variables("topics"))
 def topics_create() -> None:
     """Create raw.trades (CSP_PARTITIONS partitions) and the DLQ topic; safe to run twice."""
     from cryptostream.kafka_clients import security_config
     from cryptostream.topics import TopicError, create_topics, required_topics
 
-    settings = Settings()
+    settings = _settings("topics")
     try:
         specs = required_topics(settings)
         config = security_config(settings)
-        for line in create_topics(settings.kafka_bootstrap, specs, client_config=config):
+        for line in create_topics(settings.kafka_bootstrap, specs, client_config=config,
+                                  connect_timeout=settings.kafka_connect_timeout_s):  # fmt: skip
             typer.echo(line)
     except TopicError as exc:
         raise _fail(str(exc)) from None
@@ -119,26 +264,26 @@ def simulator(ctx: typer.Context) -> None:
     """The Binance-compatible market simulator (`csp simulator --help` for its options)."""
     from marketsim.cli import main as simulator_main
 
-    raise typer.Exit(simulator_main(list(ctx.args)))
+    raise typer.Exit(simulator_main(list(ctx.args), prog="csp simulator"))
 
 
-@app.command()
+@app.command(epilog=_variables("ingest"))
 def ingest() -> None:
     """Binance WebSocket trades -> Kafka raw.trades."""
     from cryptostream.ingest.service import main as ingest_main
 
-    raise typer.Exit(ingest_main(Settings()))
+    raise typer.Exit(ingest_main(_settings("ingest")))
 
 
-@app.command()
+@app.command(epilog=_variables("processor"))
 def processor() -> None:
     """Consumer group member: raw.trades -> Redis views, exactly once."""
     from cryptostream.processor.service import main as processor_main
 
-    raise typer.Exit(processor_main(Settings()))
+    raise typer.Exit(processor_main(_settings("processor")))
 
 
-@app.command()
+@app.command(epilog=_variables("rebuild"))
 def rebuild(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm deleting the current views")] = False,
 ) -> None:
@@ -149,20 +294,20 @@ def rebuild(
     if not yes:
         raise _fail("rebuild deletes every view in Redis first; run again with --yes")
     try:
-        records = run_rebuild(Settings())
+        records = run_rebuild(_settings("rebuild"))
     except TopicError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"rebuilt the views from {records} records")
 
 
-@app.command()
+@app.command(epilog=_variables("query"))
 def query(
     workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
 ) -> None:
     """The HTTP query API over Redis."""
     from cryptostream.query.server import main as query_main
 
-    raise typer.Exit(query_main(Settings(), workers=workers))
+    raise typer.Exit(query_main(_settings("query"), workers=workers))
 
 
 @app.command()
@@ -176,13 +321,32 @@ def demo(
     from cryptostream.demo import run_demo
 
     raise typer.Exit(
-        run_demo(Settings(), duration=duration, processors=processors, rate=rate, live=live)
+        run_demo(_settings(), duration=duration, processors=processors, rate=rate, live=live)
     )
 
 
-@app.command()
+def _experiments() -> str:
+    """The --help epilog of ``csp experiment``: the experiments of benchmarks/experiments/."""
+    import tomllib
+
+    from cryptostream.harness.model import EXPERIMENTS_DIR
+
+    folder = Path.cwd() / EXPERIMENTS_DIR
+    lines = []
+    for path in sorted(folder.glob("*.toml")):
+        try:
+            description = str(tomllib.loads(path.read_text()).get("description", ""))
+        except (OSError, tomllib.TOMLDecodeError):
+            description = "(unreadable)"
+        lines.append(f"- `{path.stem}`: {description}")
+    if not lines:
+        return f"No experiments in `{folder}` (run from the project's root folder)."
+    return f"**Experiments** (`{EXPERIMENTS_DIR}/`)\n\n" + "\n".join(lines)
+
+
+@app.command(epilog=_experiments())
 def experiment(
-    name: Annotated[str, typer.Argument(help="benchmarks/experiments/<name>.toml, or a file")],
+    name: Annotated[str, typer.Argument(help="An experiment (listed below), or a TOML file")],
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default reports/<date>-<name>)")
     ] = None,
@@ -196,10 +360,13 @@ def experiment(
     progress: Annotated[bool, typer.Option(help="Show the progress bar")] = True,
     report: Annotated[bool, typer.Option(help="Write plots and report.md/html afterwards")] = True,
 ) -> None:
-    """Run an experiment on the local stack; write reports/<date>-<name>/results.json + report."""
-    from cryptostream.harness.model import load_experiment
-    from cryptostream.harness.report import write_report
-    from cryptostream.harness.runner import RunOptions, run_experiment
+    """Run an experiment on the local stack; write `reports/<date>-<name>/results.json` + report."""
+    try:
+        from cryptostream.harness.model import load_experiment
+        from cryptostream.harness.report import write_report
+        from cryptostream.harness.runner import RunOptions, run_experiment
+    except ImportError as exc:
+        raise _fail(_harness_missing("experiment", exc)) from None
 
     try:
         model, text = load_experiment(name)
@@ -219,10 +386,11 @@ def experiment(
         folder = run_experiment(options)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    typer.echo(f"results: {folder / 'results.json'}")
+    typer.echo(f"results: {(folder / 'results.json').resolve().as_uri()}")
     if report:
         for line in write_report(folder):
             typer.echo(line)
+        typer.echo(f"open: {(folder / 'report.html').resolve().as_uri()}")
 
 
 @app.command("report")
@@ -230,12 +398,23 @@ def report_cmd(
     folder: Annotated[Path, typer.Argument(help="A report folder holding results.json")],
 ) -> None:
     """(Re)generate the plots, report.md and report.html of an experiment from results.json."""
-    from cryptostream.harness.report import write_report
+    try:
+        from cryptostream.harness.report import write_report
+    except ImportError as exc:
+        raise _fail(_harness_missing("report", exc)) from None
 
     if not (folder / "results.json").exists():
         raise _fail(f"{folder / 'results.json'} does not exist")
     for line in write_report(folder):
         typer.echo(line)
+    typer.echo(f"open: {(folder / 'report.html').resolve().as_uri()}")  # clickable in a terminal
+
+
+def _harness_missing(command: str, exc: ImportError) -> str:
+    return (
+        f"csp {command} needs the harness extra ({exc.name or exc} is not installed): "
+        "pip install 'crypto-streaming-platform[harness]'"
+    )
 
 
 def main() -> None:

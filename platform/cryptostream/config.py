@@ -7,21 +7,28 @@ Explicit environment variables always win, which is how real clusters are config
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from cryptostream.core.symbols import normalize_symbol
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# host:port, optionally with a listener scheme (PLAINTEXT://...), an IPv6 host in brackets.
+_BOOTSTRAP_RE = re.compile(r"(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}")
 
 
 class Settings(BaseSettings):
@@ -32,13 +39,16 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
     run_dir: Path = Field(Path(".run"), description="Local stack state: data, logs, stack.json")
     cache_dir: Path = Field(Path(".cache"), description="Resolved Kafka jars (git-ignored)")
+    kafka_connect_timeout_s: float = Field(
+        5.0, gt=0, description="how long a command waits for Kafka's first answer before failing"
+    )
 
     # --- topics -------------------------------------------------------------------------------
-    topic: str = "raw.trades"
-    dlq_topic: str = "raw.trades.dlq"
+    topic: str = Field("raw.trades", description="the trades topic")
+    dlq_topic: str = Field("raw.trades.dlq", description="undecodable input, with the reason")
     gap_topic: str = Field("raw.trades.gaps", description="ingest's gap records (1 partition)")
-    partitions: int = Field(8, ge=1)
-    replication_factor: int = Field(1, ge=1)
+    partitions: int = Field(8, ge=1, description="partitions of the trades topic")
+    replication_factor: int = Field(1, ge=1, description="replication factor of created topics")
 
     # --- ingest -------------------------------------------------------------------------------
     binance_ws_url: str = Field(
@@ -46,18 +56,19 @@ class Settings(BaseSettings):
     )
     # Comma-separated in the environment (CSP_SYMBOLS=BTCUSDT,ETHUSDT), not JSON.
     symbols: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
+        default_factory=lambda: ["BTCUSDT", "ETHUSDT", "BNBUSDT"],
+        description="symbols to ingest, comma-separated",
     )
-    max_frame_bytes: int = Field(65536, ge=1024)
+    max_frame_bytes: int = Field(65536, ge=1024, description="larger frames go to the DLQ")
     binance_rest_url: str = Field("", description="REST base for backfill; empty = derived")
     quote_asset: str = Field("", description="ingest every TRADING symbol with this quote asset")
-    stream_kind: Literal["trade", "aggTrade"] = "trade"
+    stream_kind: Literal["trade", "aggTrade"] = Field("trade", description="stream kind")
     ingest_silence_s: float = Field(60.0, gt=0, description="a silent connection is dead")
     ingest_lifetime_s: float = Field(
         23.5 * 3600, gt=0, description="proactive reconnect age (Binance closes at 24 h)"
     )
     ingest_gap_grace_s: float = Field(1.0, ge=0, description="wait for reordered ids")
-    ingest_backfill: bool = True
+    ingest_backfill: bool = Field(True, description="backfill gaps from the REST API")
     ingest_tail_check_s: float = Field(
         30.0, ge=0, description="check a symbol quiet this long against REST's newest id (0 = off)"
     )
@@ -68,16 +79,16 @@ class Settings(BaseSettings):
         20_000, ge=0, description="records per partition read back at start to resume ids"
     )
     record_dir: Path | None = Field(None, description="record raw frames here (gzip JSON lines)")
-    record_rotate_mb: float = Field(256.0, gt=0)
-    record_rotate_s: float = Field(3600.0, gt=0)
+    record_rotate_mb: float = Field(256.0, gt=0, description="new recording file after MB")
+    record_rotate_s: float = Field(3600.0, gt=0, description="... or after seconds")
 
     # --- processor ----------------------------------------------------------------------------
-    group_id: str = "stream-processor"
+    group_id: str = Field("stream-processor", description="the processors' consumer group")
     processor_kafka_client: Literal["confluent", "aiokafka"] = Field(
         "confluent", description="Kafka client library of the processor's consumer"
     )
     batch_max: int = Field(5000, ge=1, description="Records applied to Redis per round trip")
-    batch_timeout_s: float = Field(0.05, gt=0)
+    batch_timeout_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
     candle_history_minutes: int = Field(1440, ge=1, description="1m candles kept per symbol")
     processor_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")
     processor_max_future_s: float = Field(
@@ -85,8 +96,8 @@ class Settings(BaseSettings):
     )
 
     # --- query --------------------------------------------------------------------------------
-    query_host: str = "127.0.0.1"
-    query_port: int = Field(3000, ge=0, le=65535)
+    query_host: str = Field("127.0.0.1", description="query API bind address")
+    query_port: int = Field(3000, ge=0, le=65535, description="query API port")
     query_redis_timeout_s: float = Field(1.0, gt=0, description="Slower Redis calls answer 503")
     query_max_symbols: int = Field(100, ge=1, description="Symbols in one GET /prices call")
     query_max_candles: int = Field(500, ge=1, description="Candles in one GET /candles answer")
@@ -96,9 +107,9 @@ class Settings(BaseSettings):
     )
 
     # --- stack --------------------------------------------------------------------------------
-    kafka_version: str = "4.3.1"
-    kafka_heap: str = "512m"
-    start_timeout_s: float = Field(90.0, gt=0)
+    kafka_version: str = Field("4.3.1", description="Apache Kafka version of the local broker")
+    kafka_heap: str = Field("512m", description="local broker heap")
+    start_timeout_s: float = Field(90.0, gt=0, description="local broker start deadline")
     test_backend: Literal["auto", "local", "docker"] = Field(
         "auto", description="Kafka/Redis of the tests: local processes, containers, or auto"
     )
@@ -108,18 +119,62 @@ class Settings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security.protocol of every client"
     )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    kafka_sasl_username: str = ""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (with a SASL_* protocol)"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name")
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="never logged")
     kafka_ssl_ca_file: Path | None = Field(None, description="CA bundle (PEM) for SSL/SASL_SSL")
 
     metrics_host: str = Field("127.0.0.1", description="bind address of metrics servers")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="log level")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="json (ECS lines), text (human lines), auto: text on a terminal"
+    )
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """repr()/str() never show the Redis password (SecretStr fields mask themselves)."""
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name == "redis_url" else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix") or (
+            parts.scheme != "unix" and not parts.hostname
+        ):
+            raise ValueError("expected redis://host:port/db, rediss://... or unix:///path")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        servers = [part.strip() for part in value.split(",")]
+        if not all(_BOOTSTRAP_RE.fullmatch(server) for server in servers):
+            raise ValueError("expected host:port[,host:port...]")
+        return ",".join(servers)
+
+    @field_validator("binance_ws_url")
+    @classmethod
+    def _check_ws_url(cls, value: str) -> str:
+        if not _has_host(value, ("ws", "wss")):
+            raise ValueError("expected a ws:// or wss:// URL with a host")
+        return value
+
+    @field_validator("binance_rest_url")
+    @classmethod
+    def _check_rest_url(cls, value: str) -> str:
+        if value and not _has_host(value, ("http", "https")):
+            raise ValueError("expected empty or an http:// or https:// URL with a host")
+        return value
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -149,6 +204,18 @@ class Settings(BaseSettings):
         return self.run_dir / "stack.json"
 
 
+def _has_host(url: str, schemes: tuple[str, ...]) -> bool:
+    """A URL of one of ``schemes`` with a host name that DNS can encode and a valid port."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises for a port out of range or not a number
+        if parts.hostname is not None:
+            parts.hostname.encode("idna")  # label too long, empty label...
+    except (ValueError, UnicodeError):
+        return False
+    return parts.scheme in schemes and bool(parts.hostname)
+
+
 class _StackFileSource(PydanticBaseSettingsSource):
     """Addresses published by a live ``csp stack up`` (lowest priority)."""
 
@@ -175,5 +242,165 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
+class ConfigError(ValueError):
+    """Invalid settings: one line per problem, each naming the variable, its value and what is
+    expected (a traceback would name pydantic's internals, not the user's mistake)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# What each command reads, so that it validates (and documents in --help) only those variables:
+# a typo in a processor setting must not stop the query API. A new ingest_/processor_/query_
+# setting belongs to its service by its prefix; tests/unit/test_service_settings.py checks that
+# every `settings.<field>` a service's code reads is in its set.
+_COMMON = frozenset({"run_dir", "log_level", "log_format"})
+_KAFKA = frozenset({
+    "kafka_bootstrap", "kafka_connect_timeout_s", "kafka_security_protocol",
+    "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_file",
+    "group_id",
+})  # fmt: skip
+_TOPICS = frozenset({"topic", "dlq_topic", "gap_topic", "partitions", "replication_factor"})
+SERVICE_FIELDS: dict[str, frozenset[str]] = {
+    "ingest": _COMMON | _KAFKA | _TOPICS | {
+        "binance_ws_url", "binance_rest_url", "symbols", "quote_asset", "stream_kind",
+        "max_frame_bytes", "group_id", "metrics_host", "record_dir", "record_rotate_mb",
+        "record_rotate_s", *(name for name in Settings.model_fields if name.startswith("ingest_")),
+    },
+    "processor": _COMMON | _KAFKA | _TOPICS | {
+        "redis_url", "group_id", "batch_max", "batch_timeout_s", "candle_history_minutes",
+        "metrics_host", *(name for name in Settings.model_fields if name.startswith("processor_")),
+    },
+    "query": _COMMON | {"redis_url", *(n for n in Settings.model_fields if n.startswith("query_"))},
+    "topics": _COMMON | _KAFKA | _TOPICS | {"replication_factor"},
+    "stack": _COMMON | _TOPICS | {
+        "replication_factor", "cache_dir", "kafka_version", "kafka_heap", "start_timeout_s",
+        "kafka_connect_timeout_s",
+    },
+}  # fmt: skip
+SERVICE_FIELDS["rebuild"] = SERVICE_FIELDS["processor"]
+
+# CSP_* variables that are not settings but are read on purpose (internal hand-overs).
+_NOT_SETTINGS = frozenset({"CSP_QUERY_SETTINGS_JSON"})
+
+
+def env_name(field: str) -> str:
+    return f"CSP_{field.upper()}"
+
+
+def load_settings(service: str | None = None, **overrides: Any) -> Settings:
+    """The settings, or :class:`ConfigError`. With ``service``, an invalid variable that service
+    does not read is left at its default instead of failing the start."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        errors = exc.errors()
+    except SettingsError as exc:  # a value the environment source could not even decode
+        raise ConfigError([str(exc)]) from None
+    used = SERVICE_FIELDS.get(service or "", frozenset(Settings.model_fields))
+    problems: list[str] = []
+    defaults: dict[str, Any] = {}
+    for error in errors:
+        field = str(error["loc"][0]) if error["loc"] else ""
+        if field in Settings.model_fields and field not in used:
+            defaults[field] = Settings.model_fields[field].get_default(call_default_factory=True)
+        else:
+            problems.append(_describe(field, error))
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    return Settings(**{**defaults, **overrides})
+
+
+def _describe(field: str, error: Any) -> str:
+    """``CSP_PARTITIONS='abc': expected an integer >= 1 (partitions of the trades topic)``."""
+    name = env_name(field) if field else "CSP_*"
+    raw = env_value(name)
+    value = raw if raw is not None else error.get("input")
+    if field == "kafka_sasl_password":
+        shown = "'***'"
+    elif field == "redis_url" and isinstance(value, str):
+        shown = repr(redact_url(value))
+    else:
+        shown = repr(value if not isinstance(value, str) or len(value) <= 60 else value[:60] + "…")
+    info = Settings.model_fields.get(field)
+    if error["type"] == "value_error":  # our validators: their message says what is expected
+        expected = str(error["msg"]).removeprefix("Value error, ")
+    else:
+        expected = f"expected {_expected(field)}"
+    meaning = f" ({info.description})" if info is not None and info.description else ""
+    return f"{name}={shown}: {expected}{meaning}"
+
+
+def env_value(name: str) -> str | None:
+    """The environment's value of a variable, matched case-insensitively as pydantic does."""
+    for key, value in os.environ.items():
+        if key.upper() == name:
+            return value
+    return None
+
+
+def _expected(field: str) -> str:
+    """What a field accepts, in words, from its type and constraints."""
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return "a valid value"
+    annotation = info.annotation
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(annotation))
+    kind = annotation if not args or get_origin(annotation) is list else args[0]
+    words = {int: "an integer", float: "a number", bool: "true or false", Path: "a path"}
+    text = words.get(kind, "a string") if isinstance(kind, type) else "a valid value"
+    bounds = []
+    for item in info.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(item, attr, None) is not None:
+                bounds.append(f"{sign} {getattr(item, attr)}")
+    return text + (" " + " and ".join(bounds) if bounds else "")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per ``CSP_*`` variable that no setting reads (a typo is otherwise silent)."""
+    known = {env_name(name) for name in Settings.model_fields} | _NOT_SETTINGS
+    warnings = []
+    for key in sorted(os.environ if environ is None else environ):
+        upper = key.upper()
+        if upper.startswith("CSP_") and upper not in known:
+            close = difflib.get_close_matches(upper, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"{key} is not a setting{hint}; ignored")
+    return warnings
+
+
+def describe_settings(service: str | None = None) -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) of what ``service`` reads (every setting when None)."""
+    used = SERVICE_FIELDS.get(service or "", frozenset(Settings.model_fields))
+    rows = []
+    for name, info in Settings.model_fields.items():
+        if name in used:
+            default = info.get_default(call_default_factory=True)
+            rows.append((env_name(name), _format_value(default), info.description or ""))
+    return rows
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return "***" if value.get_secret_value() else ""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def effective_settings(settings: Settings) -> list[tuple[str, str]]:
+    """(variable, value) of every setting, secrets masked: what ``csp config`` prints."""
+    rows = []
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        shown = redact_url(value) if name == "redis_url" else _format_value(value)
+        rows.append((env_name(name), shown))
+    return rows

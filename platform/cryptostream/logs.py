@@ -52,9 +52,51 @@ def _put(doc: dict[str, Any], path: list[str], value: Any) -> None:
 _RESERVED = frozenset({"@timestamp", "message", "ecs.version", "log.level", "service.name"})
 
 
-def setup_logging(service: str, level: str = "INFO") -> logging.Logger:
+class TextFormatter(logging.Formatter):
+    """One readable line per event for a person at a terminal: time, level, service, message,
+    then the structured fields as ``key=value`` (and a traceback, if any, below)."""
+
+    def __init__(self, service: str, color: bool = False) -> None:
+        super().__init__()
+        self.service = service
+        self.color = color
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        level = record.levelname
+        if self.color and level in _COLORS:
+            level = f"{_COLORS[level]}{level}\x1b[0m"
+        line = f"{stamp}.{int(record.msecs):03d} {level:<7} {self.service}: {record.getMessage()}"
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            line += "  " + " ".join(f"{key}={_short(value)}" for key, value in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+_COLORS = {"WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def wants_text(log_format: str, stream: Any = None) -> bool:
+    """``auto``: readable lines on a terminal, ECS JSON everywhere else (containers, files)."""
+    if log_format != "auto":
+        return log_format == "text"
+    stream = sys.stdout if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def setup_logging(service: str, level: str = "INFO", log_format: str = "auto") -> logging.Logger:
+    """Logging of one service on stdout: ``log_format`` is ``CSP_LOG_FORMAT`` (json/text/auto)."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
+    text = wants_text(log_format)
+    color = text and wants_text("auto")  # colours only for a terminal, not a file
+    handler.setFormatter(TextFormatter(service, color) if text else JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

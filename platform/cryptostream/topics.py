@@ -46,12 +46,22 @@ def _admin(bootstrap: str, client_config: Mapping[str, Any] | None = None) -> Ad
     return AdminClient(config)
 
 
-def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
+def _partition_counts(admin: AdminClient, timeout: float, bootstrap: str) -> dict[str, int]:
     try:
         meta = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise TopicError(f"cannot reach Kafka to read topic metadata: {exc}") from None
+        raise TopicError(unreachable(bootstrap, timeout, exc)) from None
     return {name: len(t.partitions) for name, t in meta.topics.items() if t.error is None}
+
+
+def unreachable(bootstrap: str, timeout: float, exc: BaseException) -> str:
+    """What to say when no broker answered: the address tried, and how to get one."""
+    reason = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else str(exc)
+    return (
+        f"cannot reach Kafka at {bootstrap} (CSP_KAFKA_BOOTSTRAP) within {timeout:g} s "
+        f"(CSP_KAFKA_CONNECT_TIMEOUT_S): {reason}; is a broker running there? "
+        "`csp stack up` starts a local one"
+    )
 
 
 def create_topics(
@@ -60,10 +70,14 @@ def create_topics(
     timeout: float = 30.0,
     *,
     client_config: Mapping[str, Any] | None = None,
+    connect_timeout: float = 5.0,
 ) -> list[str]:
-    """Create what is missing; idempotent. Returns one human-readable line per topic."""
+    """Create what is missing; idempotent. Returns one human-readable line per topic.
+
+    ``connect_timeout`` bounds the first metadata request, so an unreachable broker fails fast;
+    ``timeout`` bounds the creation itself."""
     admin = _admin(bootstrap, client_config)
-    existing = _partition_counts(admin, timeout)
+    existing = _partition_counts(admin, connect_timeout, bootstrap)
     report: list[str] = []
     missing = [spec for spec in specs if spec.name not in existing]
     if missing:
@@ -80,10 +94,10 @@ def create_topics(
                     raise TopicError(f"creating topic {name!r} failed: {exc}") from None
         # Created topics show up in metadata a moment after the create call returns.
         deadline = time.monotonic() + timeout
-        existing = _partition_counts(admin, timeout)
+        existing = _partition_counts(admin, timeout, bootstrap)
         while any(s.name not in existing for s in specs) and time.monotonic() < deadline:
             time.sleep(0.1)
-            existing = _partition_counts(admin, timeout)
+            existing = _partition_counts(admin, timeout, bootstrap)
     for spec in specs:
         have = existing.get(spec.name)
         if have is None:
@@ -103,12 +117,12 @@ def require_topic(
     bootstrap: str,
     name: str,
     partitions: int | None,
-    timeout: float = 15.0,
+    timeout: float = 5.0,
     *,
     client_config: Mapping[str, Any] | None = None,
 ) -> int:
     """Check at service start that a topic exists (with the configured partitions)."""
-    existing = _partition_counts(_admin(bootstrap, client_config), timeout)
+    existing = _partition_counts(_admin(bootstrap, client_config), timeout, bootstrap)
     if name not in existing:
         raise TopicError(
             f"topic {name!r} does not exist on {bootstrap}; topics are created explicitly: "

@@ -49,15 +49,35 @@ def _opt_float(text: str) -> float | None:
     return None if text.lower() in ("none", "off", "0") else float(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's default as one would type it (``BTCUSDT,ETHUSDT``, not a Python tuple)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == [] or "(default" in text:
+            return text
+        if default is argparse.SUPPRESS:
+            return text
+        if isinstance(default, tuple):
+            shown = ",".join(str(v) for v in default)
+        elif action.dest == "start_time" and isinstance(default, int):
+            shown = datetime.fromtimestamp(default / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        else:
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+        return f"{text} (default: {shown})"
+
+
+def build_parser(prog: str = "marketsim") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="marketsim",
+        prog=prog,
+        formatter_class=_HelpFormatter,
         description="Binance-compatible market simulator: WebSocket streams (/ws, /stream) and a "
         "REST subset (/api/v3/...) plus /sim/stats, all on one port.",
     )
     g = p.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    g.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = a free port)")
+    g.add_argument("--host", default="127.0.0.1", help="bind address")
+    g.add_argument("--port", type=int, default=8765, help="port; 0 = a free port")
     g.add_argument(
         "--ready-file",
         type=Path,
@@ -71,20 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--tls-cert", type=Path, help="PEM certificate (implies --tls)")
     g.add_argument("--tls-key", type=Path, help="PEM private key (implies --tls)")
-    g.add_argument("--log-level", default="INFO")
+    g.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
     g = p.add_argument_group("synthetic market")
     g.add_argument(
         "--symbols",
         type=_symbols,
         default=DEFAULT_SYMBOLS,
-        help="comma-separated symbols, busiest first (default %(default)s)",
+        help="comma-separated symbols, busiest first",
     )
     g.add_argument(
         "--rate",
         type=float,
         default=100.0,
-        help="total simulated trades/s across symbols (default 100); 0 = as fast as "
+        help="total simulated trades/s across symbols; 0 = as fast as "
         "possible (event times then follow a nominal 1000 trades/s)",
     )
     g.add_argument(
@@ -98,14 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="simulated seconds per wall second when paced (synthetic and replay)",
     )
-    g.add_argument("--seed", type=int, default=1, help="RNG seed (default 1)")
+    g.add_argument("--seed", type=int, default=1, help="RNG seed")
     g.add_argument("--max-trades", type=int, help="stop generating after N trades (keep serving)")
     g.add_argument(
         "--start-time",
         type=parse_start_time,
         default=DEFAULT_START_TIME_US,
-        help="simulated clock start: 'now', epoch ms/µs or ISO-8601; default "
-        "2025-01-01T00:00:00Z so the same seed gives the same bytes",
+        help="simulated clock start: 'now', epoch ms/µs or ISO-8601; a fixed default so the "
+        "same seed gives the same bytes",
     )
     g.add_argument("--zipf", type=float, default=1.0, help="per-symbol rate skew exponent")
     g.add_argument(
@@ -135,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("connection rules (Binance defaults)")
     g.add_argument("--ping-interval", type=_opt_float, default=20.0, help="seconds; 0/off disables")
     g.add_argument("--pong-timeout", type=_opt_float, default=60.0, help="seconds; 0/off disables")
-    g.add_argument("--max-streams", type=int, default=1024)
+    g.add_argument("--max-streams", type=int, default=1024, help="streams per connection")
     g.add_argument(
         "--msg-rate-limit",
         type=int,
@@ -148,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=300,
         help="WebSocket connection attempts per IP per --connection-attempt-window (0 = unlimited)",
     )
-    g.add_argument("--connection-attempt-window", type=float, default=300.0, help="seconds")
+    g.add_argument(
+        "--connection-attempt-window", type=float, default=300.0, help="seconds of that window"
+    )
     g.add_argument(
         "--lifetime",
         type=_opt_float,
@@ -161,19 +183,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         help="orders (aggTrades) kept per symbol for the REST endpoints",
     )
-    g.add_argument("--kline-update-ms", type=int, default=2000)
+    g.add_argument("--kline-update-ms", type=int, default=2000, help="kline stream update period")
 
     g = p.add_argument_group("faults")
-    g.add_argument("--fault-drop-after-messages", type=int)
-    g.add_argument("--fault-drop-after-seconds", type=float)
-    g.add_argument("--fault-drop-mode", choices=("abort", "close"), default="abort")
-    g.add_argument("--fault-stall-after-messages", type=int)
-    g.add_argument("--fault-stall-after-seconds", type=float)
+    g.add_argument(
+        "--fault-drop-after-messages", type=int, help="drop a connection after N messages"
+    )
+    g.add_argument("--fault-drop-after-seconds", type=float, help="... or after N seconds")
+    g.add_argument("--fault-drop-mode", choices=("abort", "close"), default="abort",
+                   help="abort: reset the TCP connection; close: a WebSocket close frame")  # fmt: skip
+    g.add_argument("--fault-stall-after-messages", type=int, help="stop sending after N messages")
+    g.add_argument("--fault-stall-after-seconds", type=float, help="... or after N seconds")
     g.add_argument("--fault-stall-seconds", type=float, help="stall duration (default: forever)")
-    g.add_argument("--fault-malformed-rate", type=float, default=0.0)
-    g.add_argument("--fault-duplicate-rate", type=float, default=0.0)
-    g.add_argument("--fault-reorder-rate", type=float, default=0.0)
-    g.add_argument("--fault-gap-rate", type=float, default=0.0)
+    g.add_argument(
+        "--fault-malformed-rate", type=float, default=0.0, help="fraction of frames corrupted"
+    )
+    g.add_argument(
+        "--fault-duplicate-rate", type=float, default=0.0, help="fraction of trades sent twice"
+    )
+    g.add_argument(
+        "--fault-reorder-rate",
+        type=float,
+        default=0.0,
+        help="fraction of trades swapped with the next",
+    )
+    g.add_argument(
+        "--fault-gap-rate", type=float, default=0.0, help="fraction of trades never sent"
+    )
     g.add_argument(
         "--fault-slow-start", type=float, default=0.0, help="seconds to wait before listening"
     )
@@ -182,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="faults only on the first N connections (default: all)",
     )
-    g.add_argument("--fault-seed", type=int, default=0)
+    g.add_argument("--fault-seed", type=int, default=0, help="RNG seed of the faults")
     return p
 
 
@@ -251,10 +287,30 @@ async def _serve(cfg: SimConfig, ready_file: Path | None) -> int:
     log.info("marketsim listening on %s (REST %s)", sim.ws_url, sim.rest_url)
     if ready_file is not None:
         write_ready_file(ready_file, sim)
+    market = sim.market
     try:
-        await stop.wait()
+        return await _until_stopped(stop, sim)
     finally:
-        await sim.stop()
+        try:
+            await sim.stop()
+        except Exception:
+            # stop() re-raises the market's error, which _until_stopped already reported
+            if market is None or not market.done() or market.cancelled() or not market.exception():
+                raise
+
+
+async def _until_stopped(stop: asyncio.Event, sim: Simulator) -> int:
+    """Serve until asked to stop; a market that dies of an error (an unreadable replay file)
+    ends the process at once with that error, instead of serving nothing until SIGTERM."""
+    stopped = asyncio.create_task(stop.wait())
+    market = sim.market
+    if market is not None:
+        await asyncio.wait({stopped, market}, return_when=asyncio.FIRST_COMPLETED)
+        if market.done() and not market.cancelled() and market.exception() is not None:
+            stopped.cancel()
+            print(f"marketsim: the market stopped: {market.exception()}", file=sys.stderr)
+            return 1
+    await stopped  # the source ran out (or --max-trades): keep serving what was sent
     return 0
 
 
@@ -267,8 +323,8 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "marketsim") -> int:
+    parser = build_parser(prog)
     ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging(ns.log_level)
     try:

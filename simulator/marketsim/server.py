@@ -349,6 +349,11 @@ class Simulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    @property
+    def market(self) -> asyncio.Task[None] | None:
+        """The task feeding trades to the clients (None before start and after stop)."""
+        return self._market
+
     async def wait_done(self, within: float | None = None) -> None:
         """Wait until the source is exhausted (max trades reached, or replay ended)."""
         async with asyncio.timeout(within):

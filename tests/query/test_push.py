@@ -87,8 +87,42 @@ def test_server_sent_events(service: RunningService, r: redis.Redis, http: httpx
         publish(r, [update])
         data = next(line for line in lines if line.startswith("data: "))
         assert orjson.loads(data[len("data: ") :]) == [update]
-    assert http.get("/stream/prices").status_code == 400  # symbols are required
     assert http.get("/stream/prices?symbols=A").status_code == 400
+
+
+def test_server_sent_events_without_symbols_follow_every_symbol(
+    service: RunningService, r: redis.Redis, http: httpx.Client
+) -> None:
+    _wait_subscribed(r)
+    with http.stream("GET", "/stream/prices") as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        assert next(lines) == ": subscribed"
+        received: dict[str, Any] = {}
+        for i, symbol in enumerate(["BTCUSDT", "ETHUSDT", "SOLUSDT"]):
+            update = trade_update(symbol, f"{i + 1}.5", trade_id=i + 1)
+            publish(r, [update])
+            data = next(line for line in lines if line.startswith("data: "))
+            for got in orjson.loads(data[len("data: ") :]):
+                received[got["symbol"]] = got
+            assert received[symbol] == update
+
+
+def test_following_every_symbol_stops_at_the_per_client_limit() -> None:
+    """A follow-all client takes symbols as they appear, up to the limit, then no more."""
+    from cryptostream.query.metrics import QueryMetrics
+    from cryptostream.query.push import ClientFeed, PriceHub
+
+    metrics = QueryMetrics()
+    hub = PriceHub("redis://127.0.0.1:1/0", metrics)
+    feed = ClientFeed(metrics)
+    hub.register_all(feed, limit=2)
+    for i, symbol in enumerate(["AAAUSDT", "BBBUSDT", "CCCUSDT", "AAAUSDT"]):
+        hub.dispatch(orjson.dumps(trade_update(symbol, "1", trade_id=i + 1)))
+    assert feed.symbols == {"AAAUSDT", "BBBUSDT"}
+    assert set(feed.pending) == {"AAAUSDT", "BBBUSDT"}
+    hub.unregister(feed)
+    assert hub.by_symbol == {} and hub.followers_of_all == {}
 
 
 # --- slow clients ------------------------------------------------------------------------------

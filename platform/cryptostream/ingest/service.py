@@ -654,7 +654,7 @@ async def discover_symbols(settings: Settings, rest_url: str) -> list[str]:
 async def run(settings: Settings) -> int:
     for name, partitions in ((settings.topic, settings.partitions), (settings.dlq_topic, None),
                              (settings.gap_topic, None)):  # fmt: skip
-        require_topic(settings.kafka_bootstrap, name, partitions,
+        require_topic(settings.kafka_bootstrap, name, partitions, settings.kafka_connect_timeout_s,
                       client_config=security_config(settings))  # fmt: skip
     rest_url = settings.binance_rest_url.rstrip("/") or rest_base_url(settings.binance_ws_url)
     symbols = settings.symbols
@@ -682,15 +682,15 @@ async def run(settings: Settings) -> int:
     supervisors = [asyncio.create_task(ingest.supervise(plan)) for plan in plans]
     workers = [asyncio.create_task(coro) for coro in (ingest.flow_loop(), ingest.gap_loop(),
                ingest.backfill_loop(), ingest.tail_loop(), ingest.progress_loop())]  # fmt: skip
-    await ingest.stopping.wait()
+    failed = await _until_stopped_or_failed(ingest.stopping, supervisors + workers)
     await asyncio.wait(supervisors, timeout=5)
     for conn in list(ingest.connections):
         conn.close()
     for task in supervisors + workers:
         task.cancel()
-    for task in supervisors + workers:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for result in await asyncio.gather(*supervisors, *workers, return_exceptions=True):
+        if isinstance(result, Exception) and result is not failed:
+            log.error(f"ingest task failed: {result!r}", exc_info=result)
     ingest.shutdown_gaps()
     left = await asyncio.to_thread(ingest.producer.flush, 15.0)
     if ingest.recorder is not None:
@@ -698,11 +698,30 @@ async def run(settings: Settings) -> int:
     if metrics is not None:
         await metrics.stop()
     log.info("stopped", extra={"fields": {"ingest": ingest.stats.summary(), "unflushed": left}})
-    return 0 if left == 0 else 1
+    return 1 if failed is not None or left else 0
+
+
+async def _until_stopped_or_failed(
+    stopping: asyncio.Event, tasks: list[asyncio.Task[Any]]
+) -> BaseException | None:
+    """Wait for a stop request, or for a task to die of an exception: then log it once and stop
+    (a dead connection supervisor must not leave a process that looks alive). Returns that."""
+    stop = asyncio.create_task(stopping.wait())
+    pending: set[asyncio.Task[Any]] = {stop, *tasks}
+    while not stopping.is_set():
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stop and not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                log.error(f"ingest failed, stopping: {exc!r}", exc_info=exc)
+                stopping.set()
+                return exc
+    stop.cancel()
+    return None
 
 
 def main(settings: Settings) -> int:
-    setup_logging("ingest", settings.log_level)
+    setup_logging("ingest", settings.log_level, settings.log_format)
     try:
         return asyncio.run(run(settings))
     except (TopicError, ConfigError) as exc:

@@ -347,9 +347,9 @@ def delete_views(client: redis.Redis, topic: str) -> int:
 
 def rebuild(settings: Settings) -> int:
     """``csp rebuild``: empty the views, then replay the topic from its start."""
-    setup_logging("rebuild", settings.log_level)
+    setup_logging("rebuild", settings.log_level, settings.log_format)
     require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
-                  client_config=security_config(settings))  # fmt: skip
+                  settings.kafka_connect_timeout_s, client_config=security_config(settings))  # fmt: skip
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     deleted = delete_views(client, settings.topic)
     log.info("views deleted", extra={"fields": {"keys": deleted}})
@@ -368,12 +368,14 @@ def rebuild(settings: Settings) -> int:
 
 
 def main(settings: Settings) -> int:
-    setup_logging("processor", settings.log_level)
+    setup_logging("processor", settings.log_level, settings.log_format)
     try:
         security = security_config(settings)
-        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
+        timeout = settings.kafka_connect_timeout_s
+        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions, timeout,
                       client_config=security)  # fmt: skip
-        require_topic(settings.kafka_bootstrap, settings.dlq_topic, None, client_config=security)
+        require_topic(settings.kafka_bootstrap, settings.dlq_topic, None, timeout,
+                      client_config=security)  # fmt: skip
     except TopicError as exc:
         log.error(str(exc))
         return 2
@@ -395,5 +397,13 @@ def main(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    processor.run()
+    try:
+        processor.run()
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+        if processor.running:  # not a stop request: the retry loop gave up on its own
+            raise
+        # Asked to stop while waiting for Redis: nothing was applied that is not recorded
+        # (offsets live in Redis with the views), so this is a clean stop, not a crash.
+        log.warning("stopped while Redis was unavailable",
+                    extra={"fields": {"error.message": str(exc)}})  # fmt: skip
     return 0

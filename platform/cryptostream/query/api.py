@@ -12,15 +12,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, Path, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 
 from cryptostream.config import Settings
 from cryptostream.core.symbols import InvalidSymbol, normalize_symbol
@@ -261,6 +264,73 @@ def _int_field(fields: dict[bytes, bytes], name: bytes) -> int | None:
     return int(value) if value is not None else None
 
 
+DOCS_ASSETS = "/docs-assets"
+
+# WebSocket routes have no place in OpenAPI's paths, so the protocol is told here.
+WS_PROTOCOL_DOC = """\
+## Live push over WebSocket: `/ws/prices`
+
+JSON text frames both ways. Connect to `ws://HOST:PORT/ws/prices`, optionally with
+`?symbols=BTCUSDT,ETHUSDT`; the server answers `{"type": "subscribed", "symbols": [...]}`.
+
+* send `{"op": "subscribe", "symbols": ["SOLUSDT"]}` or `{"op": "unsubscribe", "symbols": [...]}`
+  at any time; each is acknowledged with `{"type": "subscribed", "symbols": [...]}` (the whole
+  current set); a bad one gets `{"type": "error", "error": "..."}` and the connection stays open
+  (a bad `?symbols=` closes it with code 1008);
+* updates arrive as `{"type": "prices", "updates": [{"symbol": "BTCUSDT", "price": "66398.85",
+  "quantity": "0.012", "trade_id": 3141592, "trade_time": ..., "event_time": ...,
+  "update_time": ...}]}`, at most one per symbol per frame; a client that reads slowly skips to
+  the latest value per symbol; one that blocks a frame for `CSP_QUERY_PUSH_SEND_TIMEOUT_S` is
+  dropped (code 1008).
+
+Example (Python, `pip install websockets`):
+
+```python
+import asyncio, json, websockets
+
+
+async def main():
+    async with websockets.connect("ws://127.0.0.1:3000/ws/prices?symbols=BTCUSDT") as ws:
+        print(await ws.recv())  # {"type":"subscribed","symbols":["BTCUSDT"]}
+        await ws.send(json.dumps({"op": "subscribe", "symbols": ["ETHUSDT"]}))
+        async for frame in ws:
+            print(frame)
+
+
+asyncio.run(main())
+```
+
+The same updates as Server-Sent Events: `curl -N 'http://127.0.0.1:3000/stream/prices'` (every
+symbol) or `.../stream/prices?symbols=BTCUSDT,ETHUSDT`.
+"""
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their JavaScript, CSS and icon served by this process
+    from the ``fastapi-offline`` package (MIT; it ships the upstream builds), so the pages work
+    on a machine without internet access; FastAPI's defaults load them from a public CDN."""
+    assets = resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    favicon = f"{DOCS_ASSETS}/favicon.png"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=str(app.openapi_url), title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=favicon,
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
+        )  # fmt: skip
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=str(app.openapi_url), title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js", redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )  # fmt: skip
+
+
 def build_api(state: QueryState) -> FastAPI:
     settings = state.settings
     max_symbols = settings.query_max_symbols
@@ -281,13 +351,17 @@ def build_api(state: QueryState) -> FastAPI:
         version="1.0",
         description=(
             "Stateless reads over the processor's Redis views, and live price push. "
-            'Errors are always JSON `{"error": ...}`.'
+            'Errors are always JSON `{"error": ...}`.\n\n' + WS_PROTOCOL_DOC
         ),
         lifespan=lifespan,
         default_response_class=JSONBytes,
+        docs_url=None,  # served below from packaged assets, not a public CDN
+        redoc_url=None,
         # No 307 to the slash-less path: `/price/..%2F` and friends get a JSON 4xx, not a redirect.
         redirect_slashes=False,
     )
+
+    _offline_docs(app)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
@@ -530,21 +604,25 @@ def build_api(state: QueryState) -> FastAPI:
     )
     async def stream_prices(
         symbols: Annotated[
-            str,
+            str | None,
             Query(
                 max_length=max_stream_symbols * 21,
                 json_schema_extra={"pattern": inputs.symbol_list_pattern(max_stream_symbols)},
-                description=f"Comma-separated symbols (at most {max_stream_symbols})",
+                description=f"Comma-separated symbols (at most {max_stream_symbols}); without "
+                f"it, every symbol (the first {max_stream_symbols} seen)",
                 examples=["BTCUSDT,ETHUSDT"],
             ),
-        ],
+        ] = None,
     ) -> StreamingResponse:
-        wanted = inputs.parse_symbol_list(symbols, max_stream_symbols)
+        wanted = None if symbols is None else inputs.parse_symbol_list(symbols, max_stream_symbols)
 
         async def events() -> AsyncIterator[bytes]:
             # Registered here, not before: the generator's finally is the only cleanup hook.
             feed = ClientFeed(state.metrics)
-            state.hub.register(feed, wanted)
+            if wanted is None:
+                state.hub.register_all(feed, max_stream_symbols)
+            else:
+                state.hub.register(feed, wanted)
             state.metrics.stream_clients.inc()
             try:
                 yield b": subscribed\n\n"

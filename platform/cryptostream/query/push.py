@@ -80,6 +80,8 @@ class PriceHub:
         self.metrics = metrics
         self.by_symbol: dict[str, set[ClientFeed]] = {}
         self.feeds: set[ClientFeed] = set()
+        # Clients following every symbol: feed -> how many symbols it may follow at most.
+        self.followers_of_all: dict[ClientFeed, int] = {}
         self.subscribed = asyncio.Event()
         metrics.stream_pending.set_function(self.pending_total)
         self._task: asyncio.Task[None] | None = None
@@ -95,10 +97,17 @@ class PriceHub:
                 feed.symbols.add(symbol)
                 self.by_symbol.setdefault(symbol, set()).add(feed)
 
+    def register_all(self, feed: ClientFeed, limit: int) -> None:
+        """Follow every symbol, each from its first update on, up to ``limit`` symbols (the
+        per-client bound that keeps a slow client's pending updates bounded)."""
+        self.feeds.add(feed)
+        self.followers_of_all[feed] = limit
+
     def unregister(self, feed: ClientFeed, symbols: Iterable[str] | None = None) -> None:
         """Drop some of ``feed``'s symbols, or (``symbols=None``) the whole client."""
         if symbols is None:
             self.feeds.discard(feed)
+            self.followers_of_all.pop(feed, None)
         for symbol in list(feed.symbols if symbols is None else symbols):
             feed.symbols.discard(symbol)
             feed.pending.pop(symbol, None)
@@ -124,12 +133,21 @@ class PriceHub:
             if not isinstance(update, dict):
                 continue
             self.metrics.stream_updates.inc()
+            if self.followers_of_all:
+                self._follow_new_symbol(update.get("symbol"))
             feeds = self.by_symbol.get(update.get("symbol"))  # type: ignore[arg-type]
             if feeds:
                 for feed in feeds:
                     feed.offer(update["symbol"], update)
                     routed += 1
         return routed
+
+    def _follow_new_symbol(self, symbol: Any) -> None:
+        if not isinstance(symbol, str):
+            return
+        for feed, limit in self.followers_of_all.items():
+            if symbol not in feed.symbols and len(feed.symbols) < limit:
+                self.register(feed, [symbol])
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="price-hub")

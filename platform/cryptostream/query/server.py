@@ -11,6 +11,7 @@ import contextlib
 import gc
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def app_from_env() -> QueryApp:
 
     raw = os.environ.get(SETTINGS_ENV)
     settings = Settings.model_validate_json(raw) if raw else load_settings()
-    setup_logging("query", settings.log_level)
+    setup_logging("query", settings.log_level, settings.log_format)
     app = create_app(settings)
     tune_gc()
     return app
@@ -85,16 +86,33 @@ def shared_metrics_dir(settings: Settings) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def port_error(settings: Settings) -> str | None:
+    """Say so before start-up when the address is taken: uvicorn's own message would come
+    amid its start-up and shutdown lines instead of last."""
+    host, port = settings.query_host, settings.query_port
+    if port == 0:
+        return None
+    try:
+        with socket.create_server((host, port), reuse_port=False):
+            return None
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        return (
+            f"cannot listen on {host}:{port} (CSP_QUERY_HOST, CSP_QUERY_PORT): {reason}; "
+            "is another query API running? Set CSP_QUERY_PORT to a free port"
+        )
+
+
 def main(settings: Settings, workers: int = 1) -> int:
     """Serve until SIGINT/SIGTERM; returns the process exit code (1 if it never started)."""
     from cryptostream.logs import setup_logging
     from cryptostream.redis_check import credentials_error
 
-    log = setup_logging("query", settings.log_level)
+    log = setup_logging("query", settings.log_level, settings.log_format)
     if workers < 1:
         log.error("workers must be >= 1", extra={"fields": {"workers": workers}})
         return 2
-    auth_error = credentials_error(settings.redis_url)
+    auth_error = credentials_error(settings.redis_url) or port_error(settings)
     if auth_error is not None:
         log.error(auth_error)
         return 2

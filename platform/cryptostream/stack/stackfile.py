@@ -24,6 +24,16 @@ def remove_stack_file(path: Path) -> None:
             path.unlink()
 
 
+def live_stack_pid(path: Path) -> int | None:
+    """The pid of the ``csp stack up`` that wrote the file, if it is still running."""
+    try:
+        pid = int(orjson.loads(path.read_bytes())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return None
+    return pid
+
+
 def read_live_stack_file(path: Path) -> dict[str, Any]:
     """The published addresses, or nothing if the file is absent or its stack has died."""
     try:

@@ -1,0 +1,42 @@
+"""Each command validates and documents the settings its code reads: none may be missing from
+its set in config.SERVICE_FIELDS (else a bad value would be silently replaced by the default)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cryptostream.config import SERVICE_FIELDS, Settings
+
+PLATFORM = Path(__file__).resolve().parents[2] / "platform" / "cryptostream"
+# Modules whose settings reads happen inside the command (shared helpers included).
+CODE = {
+    "ingest": ["ingest", "kafka_clients.py", "topics.py"],
+    "processor": ["processor", "kafka_clients.py", "topics.py", "redis_check.py", "core"],
+    "query": ["query", "redis_check.py"],
+    "topics": ["topics.py", "kafka_clients.py"],
+    "stack": ["stack"],
+}
+TEST_ONLY = {"test_backend"}  # read by the tests' fixtures (stack/backends.py), not a command
+
+
+def _fields_read(parts: list[str]) -> set[str]:
+    found: set[str] = set()
+    for part in parts:
+        path = PLATFORM / part
+        for file in [path] if path.is_file() else sorted(path.rglob("*.py")):
+            found |= set(re.findall(r"\bsettings\.([a-z_]+)\b", file.read_text()))
+    return found & set(Settings.model_fields)
+
+
+@pytest.mark.parametrize("service", sorted(CODE))
+def test_a_service_validates_every_setting_its_code_reads(service: str) -> None:
+    missing = _fields_read(CODE[service]) - SERVICE_FIELDS[service] - TEST_ONLY
+    assert missing == set(), f"{service} reads {missing} but does not validate them"
+
+
+def test_every_setting_belongs_to_some_command() -> None:
+    owned = set().union(*SERVICE_FIELDS.values()) | TEST_ONLY
+    assert set(Settings.model_fields) - owned == set()
