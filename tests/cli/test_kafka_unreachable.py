@@ -28,7 +28,8 @@ def test_unreachable_kafka_is_named_and_fails_fast(csp: Run, command: list[str])
     assert result.returncode == 2, output
     assert "Traceback" not in output
     assert f"cannot reach Kafka at {address}" in output and "csp stack up" in output
-    assert elapsed < 10, f"took {elapsed:.1f} s with a 1 s connect timeout"
+    # (generous for a loaded machine: interpreter start-up alone can take seconds there)
+    assert elapsed < 15, f"took {elapsed:.1f} s with a 1 s connect timeout"
 
 
 def test_topics_create_default_timeout_is_seconds_not_half_a_minute(csp: Run) -> None:
