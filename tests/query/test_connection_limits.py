@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import select
 import socket
 import sys
@@ -133,6 +134,13 @@ def _read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, b
     return lines[0], body
 
 
+def _refused(server: QueryProcess, reason: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=5).text
+    pattern = rf'^csp_query_connections_refused_total\{{reason="{reason}"\}} (\S+)$'
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
 def _rss(server: QueryProcess) -> int:
     assert server.process.pid is not None
     return int(psutil.Process(server.process.pid).memory_info().rss)
@@ -187,6 +195,7 @@ def test_the_limit_is_on_the_head_not_on_requests_below_it(
     """A head just below the limit is served; one just above answers 431 and is closed; a
     connection may carry many small requests whose heads add up to far more than the limit."""
     put_price(r, "BTCUSDT", "66398.85000000")
+    refused_before = _refused(server, "header_too_large")
     below = _get("/price/BTCUSDT")
     cookie = b"cookie: " + b"c" * (MAX_HEAD - len(below) - len(b"cookie: \r\n")) + b"\r\n"
     assert len(_get("/price/BTCUSDT", cookie)) == MAX_HEAD
@@ -206,6 +215,7 @@ def test_the_limit_is_on_the_head_not_on_requests_below_it(
     assert orjson.loads(reply.partition(b"\r\n\r\n")[2]) == {
         "error": "request header fields too large"
     }
+    assert _refused(server, "header_too_large") == refused_before + 1
 
 
 # --- time -----------------------------------------------------------------------------------
@@ -214,12 +224,14 @@ def test_the_limit_is_on_the_head_not_on_requests_below_it(
 def test_a_connection_that_sends_nothing_is_closed_at_the_header_timeout(
     server: QueryProcess,
 ) -> None:
+    refused_before = _refused(server, "header_timeout")
     with server.connect() as sock:
         opened = time.monotonic()
         closed_at, reply = _wait_closed(sock, opened + HEAD_TIMEOUT_S + SLACK_S)
     assert closed_at is not None, "still open after the header timeout"
     assert closed_at - opened >= HEAD_TIMEOUT_S - 0.1, closed_at - opened
     assert reply == b""  # nothing was asked: closed without an answer
+    assert _refused(server, "header_timeout") == refused_before + 1
 
 
 def test_slowloris_is_closed_at_the_header_deadline_although_it_keeps_sending(
