@@ -206,6 +206,10 @@ def test_the_limit_is_on_the_head_not_on_requests_below_it(
         for _ in range(3 * MAX_HEAD // len(below) + 1):  # one keep-alive connection
             sock.sendall(below)
             assert _read_response(sock)[0] == b"HTTP/1.1 200 OK"
+        # Pipelined in one write: a head of exactly the limit, then another request.
+        sock.sendall(_get("/price/BTCUSDT", cookie) + below)
+        assert _read_response(sock)[0] == b"HTTP/1.1 200 OK"
+        assert _read_response(sock)[0] == b"HTTP/1.1 200 OK"
     with server.connect() as sock:
         sock.sendall(_get("/price/BTCUSDT", cookie + b"x: y\r\n"))
         closed_at, reply = _wait_closed(sock, time.monotonic() + 10)

@@ -8,7 +8,9 @@ few seconds) stayed open for ever.
 
 - **Size**: bytes received while a head is incomplete are counted; a head that does not end
   within ``max_head_bytes`` answers 431 (JSON ``{"error": ...}``) and the connection is closed.
-  The parser is fed at most up to the limit, so a worker holds about the limit per connection.
+  The parser is fed only up to the limit, so a connection costs a worker at most about twice
+  the limit (the part of a pipelined head that shares a read with the previous request is
+  not counted).
 - **Head deadline**: from the connection's start, or from the first byte of a later request, the
   whole head must arrive within ``head_timeout_s`` (one deadline per head, not reset by each
   line). Then the connection is closed, with a 408 if part of a head had arrived.
