@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     query_push_send_timeout_s: float = Field(
         10.0, gt=0, description="A live client that blocks a push this long is dropped"
     )
+    query_max_header_bytes: int = Field(
+        16384, ge=1024, description="A longer request head answers 431 and closes the connection"
+    )
+    query_header_timeout_s: float = Field(
+        10.0, gt=0, description="A request head not complete this long after it began is closed"
+    )
+    query_idle_timeout_s: float = Field(
+        5.0, gt=0, description="A keep-alive connection without a new request this long is closed"
+    )
 
     # --- stack --------------------------------------------------------------------------------
     kafka_version: str = Field("4.3.1", description="Apache Kafka version of the local broker")

@@ -31,6 +31,24 @@ def test_invalid_symbol_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
         Settings()
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CSP_QUERY_MAX_HEADER_BYTES", "0"),
+        ("CSP_QUERY_MAX_HEADER_BYTES", "100"),
+        ("CSP_QUERY_HEADER_TIMEOUT_S", "0"),
+        ("CSP_QUERY_HEADER_TIMEOUT_S", "-1"),
+        ("CSP_QUERY_IDLE_TIMEOUT_S", "0"),
+    ],
+)
+def test_query_connection_limits_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name.removeprefix("CSP_").lower()):
+        Settings()
+
+
 def test_live_stack_file_supplies_addresses_env_wins(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ from cryptostream.core.symbols import InvalidSymbol, normalize_symbol
 from cryptostream.query import candles as candle_math
 from cryptostream.query import inputs
 from cryptostream.query.metrics import QueryMetrics
+from cryptostream.query.protocol import REFUSED_STATE_KEY
 from cryptostream.query.push import ClientFeed, PriceHub, serve_websocket
 from cryptostream.query.responses import (
     PRICE_NOT_AVAILABLE,
@@ -230,6 +231,19 @@ def _error_doc(description: str, example: str) -> dict[str, Any]:
     }
 
 
+def _schema_error_doc(description: str, example: str) -> dict[str, Any]:
+    """An error response written straight into the OpenAPI document (after FastAPI built it)."""
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/ErrorOut"},
+                "example": {"error": example},
+            }
+        },
+    }
+
+
 BAD_INPUT = _error_doc(
     "Malformed input", "invalid symbol 'BTC-USDT': expected 2-20 ASCII letters or digits"
 )
@@ -339,10 +353,11 @@ def build_api(state: QueryState) -> FastAPI:
     default_candles = min(100, max_candles)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await state.start()
         try:
-            yield
+            # Lifespan state reaches uvicorn's connection protocol, which counts refusals.
+            yield {REFUSED_STATE_KEY: state.metrics.connection_refused}
         finally:
             await state.stop()
 
@@ -655,7 +670,8 @@ def build_api(state: QueryState) -> FastAPI:
         )
 
     def openapi() -> dict[str, Any]:
-        """FastAPI's schema, minus the 422 it documents by default: validation errors are 400."""
+        """FastAPI's schema, minus the 422 it documents by default: validation errors are 400.
+        Every operation may answer 431 (the server's head limit, before any route runs)."""
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title,
@@ -673,16 +689,15 @@ def build_api(state: QueryState) -> FastAPI:
                             body = media.get("schema", {})
                             if "$ref" in body:
                                 media["schema"] = {"$ref": body["$ref"]}
+                    responses["431"] = _schema_error_doc(
+                        "Request line and headers longer than CSP_QUERY_MAX_HEADER_BYTES; "
+                        "the connection is closed",
+                        "request header fields too large",
+                    )
                     if responses.pop("422", None) is not None and "400" not in responses:
-                        responses["400"] = {
-                            "description": "Malformed input",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/ErrorOut"},
-                                    "example": {"error": "invalid request: query.limit: ..."},
-                                }
-                            },
-                        }
+                        responses["400"] = _schema_error_doc(
+                            "Malformed input", "invalid request: query.limit: ..."
+                        )
             components = schema.get("components", {}).get("schemas", {})
             components.pop("HTTPValidationError", None)
             components.pop("ValidationError", None)

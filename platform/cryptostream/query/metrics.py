@@ -71,6 +71,12 @@ class QueryMetrics:
             "Times the shared pub/sub subscription was re-established",
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "csp_query_connections_refused",
+            "Connections closed before a request: header too large (431) or header timeout",
+            ["reason"],
+            registry=self.registry,
+        )
         self.price_route = self.latency.labels("/price/{symbol}")
         self._price_status = {
             status: self.requests.labels("/price/{symbol}", str(status))
@@ -81,6 +87,9 @@ class QueryMetrics:
         """Hot path: pre-bound children, no label lookup per request."""
         self._price_status[status].inc()
         self.price_route.observe(seconds)
+
+    def connection_refused(self, reason: str) -> None:
+        self.connections_refused.labels(reason).inc()
 
     def exposition(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):  # several workers: the sum over all of them

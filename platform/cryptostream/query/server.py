@@ -21,6 +21,11 @@ from uvicorn.supervisors import Multiprocess
 from cryptostream.config import Settings, load_settings
 from cryptostream.query.app import QueryApp, create_app
 from cryptostream.query.metrics import MULTIPROC_ENV
+from cryptostream.query.protocol import (
+    ConnectionLimits,
+    GuardedHttpToolsProtocol,
+    QueryServerConfig,
+)
 
 SETTINGS_ENV = "CSP_QUERY_SETTINGS_JSON"
 
@@ -49,19 +54,26 @@ def tune_gc() -> None:
 
 
 def uvicorn_config(settings: Settings, workers: int = 1) -> uvicorn.Config:
-    """uvloop + httptools, no access log (a line per request would cost more than serving it)."""
+    """uvloop + httptools with head limits (query.protocol), no access log (a line per request
+    would cost more than serving it)."""
     app: QueryApp | str
     if workers > 1:
         os.environ[SETTINGS_ENV] = settings.model_dump_json()
         app = "cryptostream.query.server:app_from_env"
     else:
         app = create_app(settings)
-    return uvicorn.Config(
+    limits = ConnectionLimits(
+        max_head_bytes=settings.query_max_header_bytes,
+        head_timeout_s=settings.query_header_timeout_s,
+        idle_timeout_s=settings.query_idle_timeout_s,
+    )
+    return QueryServerConfig(
         app,
+        limits=limits,
         host=settings.query_host,
         port=settings.query_port,
         loop="uvloop",
-        http="httptools",
+        http=GuardedHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,
