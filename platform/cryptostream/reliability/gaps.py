@@ -2,8 +2,9 @@
 
 Record: ``{"v": 1, "symbol", "first_id", "last_id", "count", "status": "detected" | "backfilled"
 | "unrecoverable", "cause", "detected_at_us", "reported_at_us"}``. A "detected" record is followed
-by final records ("backfilled"/"unrecoverable") covering the same range, possibly split. Only
-the unrecoverable trades are excused: the checker expects everything the exchange sent minus them.
+by final records ("backfilled"/"unrecoverable") with its symbol and ``detected_at_us`` covering
+the same range exactly, possibly split. Only the unrecoverable trades are excused: the checker
+expects everything the exchange sent minus them.
 """
 
 from __future__ import annotations
