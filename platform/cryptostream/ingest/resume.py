@@ -253,7 +253,9 @@ def _read_tails(consumer: Consumer, topic: str, scan: int, deadline: float) -> d
     while pending and time.monotonic() < deadline:
         for msg in consumer.consume(10_000, timeout=0.5):
             partition, offset = msg.partition(), msg.offset()
-            if partition is None or offset is None or partition not in tails:
+            if msg.topic() != topic or partition is None or offset is None:
+                continue  # (a record of the previous assignment, still in the fetch queue)
+            if partition not in tails:
                 continue
             if msg.error() is None:
                 tails[partition].messages.append((msg.value(), msg.timestamp()[1]))
