@@ -319,7 +319,7 @@ def test_sigkill_at_random_moments_with_stream_faults_loses_nothing_silently(
     rng = random.Random(kills)
     for i in range(kills):
         if i % 4 != 1:  # mostly while it publishes, now and then while it starts up
-            wait_for(lambda: metrics(port).get("csp_ingest_acked_total", 0) > 0, 30,
+            wait_for(lambda p=port: metrics(p).get("csp_ingest_acked_total", 0) > 0, 30,
                      "trades flowing")  # fmt: skip
         time.sleep(rng.uniform(0.1, 2.0))
         assert sim.stats()["trades_generated"] < total, "the kills must fall inside the stream"

@@ -61,6 +61,14 @@ def test_an_unfinished_detection_is_continued_under_its_own_detection() -> None:
     assert seed.reopen == [Reopen(12, 15, "stream", 70, ((12, 15),))] and seed.last == 15
 
 
+def test_overlapping_unfinished_detections_backfill_each_id_once() -> None:
+    ids = [("BTCUSDT", i) for i in (1, 2, 9)]
+    gaps = [gap(3, 6, "detected", at=50), gap(5, 8, "detected", at=60)]
+    (seed,) = resume_plan([tail(ids)], gaps, SYMBOLS, SETTLE).values()
+    assert seed.reopen == [Reopen(3, 6, "stream", 50, ((3, 6),)),
+                           Reopen(5, 8, "stream", 60, ((7, 8),))]  # fmt: skip
+
+
 def test_a_cut_window_trusts_only_ids_past_the_settle_time_outside_detected_ranges() -> None:
     # The window starts in the middle of a backfill (ids 50-52, detected 50-60) and with a
     # reordered frame (80): ids 53-60 and 81 may sit before the window. The floor is the lowest

@@ -209,6 +209,7 @@ def resume_plan(
         holes = _absent(seen, floor, seed.last)
         for cut in unrecoverable.get(symbol, ()):
             holes = _subtract(holes, cut)
+        claimed = set(seen)  # published, or to be backfilled by an earlier reopened range
         for (lo, hi), origin in opened.get(symbol, ()):
             if hi < floor:
                 seed.unknown.append((lo, hi))
@@ -217,7 +218,8 @@ def resume_plan(
                 seed.unknown.append((lo, floor - 1))
                 lo = floor
             holes = _subtract(holes, (lo, hi))
-            missing = tuple(_absent(seen, lo, hi))
+            missing = tuple(_absent(claimed, lo, hi))
+            claimed.update(i for a, b in missing for i in range(a, b + 1))
             seed.reopen.append(Reopen(lo, hi, origin.cause, origin.detected_at_us, missing))
             seed.last = max(seed.last, hi)
         seed.holes = holes
