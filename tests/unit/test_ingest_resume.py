@@ -92,9 +92,25 @@ def test_unfinished_detections_below_the_floor_are_left_unknown() -> None:
     gaps = [gap(10, 20, "detected"), gap(100, 106, "detected", at=8)]  # floor: 107
     (seed,) = resume_plan([window], gaps, SYMBOLS, SETTLE).values()
     assert seed.unknown == [(10, 20), (100, 106)] and not seed.reopen
-    # in a whole partition the floor is the lowest id: a detection across it is split
+    # in a whole partition every detection is judged, also below the lowest id
     (seed,) = resume_plan([tail(ids)], [gap(95, 102, "detected")], SYMBOLS, SETTLE).values()
-    assert seed.unknown == [(95, 99)] and seed.reopen == [Reopen(100, 102, "stream", 7, ())]
+    assert not seed.unknown and seed.reopen == [Reopen(95, 102, "stream", 7, ((95, 99),))]
+
+
+def test_a_detection_younger_than_the_window_is_judged_below_the_floor() -> None:
+    # A reconnect gap detected 9 s into the window, half backfilled when the process died: its
+    # backfilled records are late fills, the floor (the first live id past the settle time
+    # outside every detection) lies above it, yet none of its ids can predate the window.
+    ids = [("BTCUSDT", i) for i in (1, 2, 3, 4, 5, 20, 21, 22, 23, 24, 25, 6, 7)]
+    window = tail(ids, whole=False, step_ms=1000)
+    gaps = [gap(6, 19, "detected", at=9_000_000, cause="reconnect")]
+    (seed,) = resume_plan([window], gaps, SYMBOLS, SETTLE).values()
+    assert seed.reopen == [Reopen(6, 19, "reconnect", 9_000_000, ((8, 19),))]
+    assert not seed.unknown and not seed.holes and seed.last == 25
+    # detected before the window's start + the settle time: left unknown
+    gaps = [gap(6, 19, "detected", at=4_000_000)]
+    (seed,) = resume_plan([window], gaps, SYMBOLS, SETTLE).values()
+    assert seed.unknown == [(6, 19)] and not seed.reopen
 
 
 @given(

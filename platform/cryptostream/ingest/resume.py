@@ -15,7 +15,8 @@ visible in the tail of the partitions, so :func:`resume_plan` (pure) works out p
   ``unrecoverable``: opened again as gaps with cause ``restart``;
 * ``reopen``: ranges of ``detected`` records that no final record covers: continued as the same
   detection (its ``detected_at_us``), so its final records still cover it exactly;
-* ``unknown``: open detections below the floor, which the scan cannot judge (left as they are).
+* ``unknown``: older open detections below the floor, which the scan cannot judge (left as
+  they are).
 
 The floor is the lowest id above which the window is known to hold *every* published id of the
 symbol. If the window starts at the partition's first record, that is the lowest id in it. If it
@@ -25,7 +26,10 @@ or live fill of a detected gap (its range is on the gap topic), or a reordered f
 within the grace period of a gap opened before it. So the floor is the lowest id of a record that
 lies in no detected range and was published at least ``settle_ms`` (the grace and the detection
 delay, with margin) after the window's first record: it filled no gap opened before the window,
-so every id published before the window is below it.
+so every id published before the window is below it. A detection needs no floor when it is
+younger than the window's first record plus ``settle_ms``: its ids were not in the topic when its
+gap opened, so those that are anywhere are in the window (this covers a backfill cut short by a
+kill, whose late records would otherwise keep the floor above it).
 
 Only the tail of each partition is read (``CSP_INGEST_RESUME_SCAN`` records, the same number of
 gap records): a symbol with no trade in that window starts fresh, holes below the floor are not
@@ -174,6 +178,9 @@ def resume_plan(
     merged = {symbol: _merged(ranges) for symbol, ranges in detected.items()}
     ids: dict[str, set[int]] = {}
     floors: dict[str, int | None] = {}
+    # per symbol, from when (ms) a detection's ids cannot lie before the window; -1: never
+    # (an incomplete read, or the symbol in two partitions); 0: always (a whole partition)
+    known_after: dict[str, int] = {}
     for tail in tails:
         if not tail.records:
             continue
@@ -192,31 +199,35 @@ def resume_plan(
                 floor = min(wanted, default=None) if tail.whole else (
                     _first_outside(wanted, merged.get(symbol, []))
                 )  # fmt: skip
+            after = (0 if tail.whole else settled_ms) if tail.complete else -1
             if symbol in floors:  # in two partitions (repartitioned topic): be conservative
                 prev = floors[symbol]
                 floor = None if prev is None or floor is None else max(prev, floor)
+                after = -1
             floors[symbol] = floor
+            known_after[symbol] = after
 
     opened = open_detections(gaps)
     plan: dict[str, Seed] = {}
     for symbol, seen in ids.items():
         seed = Seed(max(seen))
         floor = floors.get(symbol)
-        if floor is None:
-            seed.unknown = [rng for rng, _ in opened.get(symbol, ())]
-            plan[symbol] = seed
-            continue
-        holes = _absent(seen, floor, seed.last)
+        after = known_after.get(symbol, -1)
+        holes = [] if floor is None else _absent(seen, floor, seed.last)
         for cut in unrecoverable.get(symbol, ()):
             holes = _subtract(holes, cut)
         claimed = set(seen)  # published, or to be backfilled by an earlier reopened range
         for (lo, hi), origin in opened.get(symbol, ()):
-            if hi < floor:
-                seed.unknown.append((lo, hi))
-                continue
-            if lo < floor:
-                seed.unknown.append((lo, floor - 1))
-                lo = floor
+            # A detection's ids were not in the topic when its gap opened (at most the settle
+            # time before it was detected): one younger than that is judged from the window.
+            young = after >= 0 and origin.detected_at_us // 1000 >= after
+            if not young:
+                if floor is None or hi < floor:
+                    seed.unknown.append((lo, hi))
+                    continue
+                if lo < floor:
+                    seed.unknown.append((lo, floor - 1))
+                    lo = floor
             holes = _subtract(holes, (lo, hi))
             missing = tuple(_absent(claimed, lo, hi))
             claimed.update(i for a, b in missing for i in range(a, b + 1))
