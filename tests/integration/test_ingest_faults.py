@@ -7,7 +7,9 @@ record — never both, never missing silently.
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -291,6 +293,58 @@ def test_a_restarted_ingest_backfills_what_it_missed_while_down(
     assert not o.unrecoverable, "the simulator's REST history covers the downtime"
     backfilled = [g for g in o.gaps if g.cause == "reconnect" and g.status == "backfilled"]
     assert sum(g.count for g in backfilled) >= 1000, o.gaps
+
+
+@pytest.mark.parametrize(
+    ("kills", "least", "seconds"),
+    [pytest.param(4, 2, 30, id="fast"),
+     pytest.param(15, 8, 150, id="full", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_sigkill_at_random_moments_with_stream_faults_loses_nothing_silently(
+    isolated: Env, pipeline: Pipeline, kills: int, least: int, seconds: int
+) -> None:
+    """Every connection skips, repeats, reorders and corrupts frames and is dropped now and
+    then, and ingest is SIGKILLed at random moments (mostly while it publishes, now and then
+    while it starts up) and started again. Each time the dead process leaves holes still inside
+    the reorder grace and backfills half done; the next one finds them in the tail of raw.trades
+    and raw.trades.gaps and backfills them: every trade exactly once, every detected gap closed.
+
+    Up to ``kills`` SIGKILLs while the stream lasts (the start-up of each process takes a few
+    seconds on a loaded machine), at least ``least`` of them while the victim was publishing."""
+    rate = 1000
+    total = rate * seconds
+    faults = ["--fault-gap-rate", "0.01", "--fault-duplicate-rate", "0.01",
+              "--fault-reorder-rate", "0.02", "--fault-malformed-rate", "0.005",
+              "--fault-drop-after-messages", "4000", "--fault-seed", "13"]  # fmt: skip
+    sim, ingest, port = start(
+        pipeline, ["--rate", str(rate), "--max-trades", str(total), "--history", "1000000",
+                   *faults], CSP_INGEST_GAP_GRACE_S="1",
+    )  # fmt: skip
+    rng = random.Random(kills)
+    publishing = 0
+    for i in range(kills):
+        live = i % 4 != 1  # mostly while it publishes, now and then while it starts up
+        if live:
+            wait_for(lambda p=port: metrics(p).get("csp_ingest_acked_total", 0) > 0, 30,
+                     "trades flowing")  # fmt: skip
+        time.sleep(rng.uniform(0.1, 2.0))
+        if sim.stats()["trades_generated"] >= total:
+            break  # the stream is over: later kills would test less
+        ingest.kill()
+        publishing += live
+        port = free_port()
+        ingest = pipeline.start_ingest(
+            sim.ws_url, CSP_INGEST_METRICS_PORT=str(port), CSP_INGEST_GAP_GRACE_S="1",
+            CSP_INGEST_TAIL_CHECK_S="1",
+        )  # fmt: skip
+    assert publishing >= least, f"only {publishing} SIGKILLs while ingest published"
+    try:
+        o = wait_settled(isolated, sim, ingest, port, total, timeout=90)
+    except TimeoutError:
+        assert_exactly_once_or_reported(outcome(isolated, sim))  # says what is missing
+        raise
+    assert_exactly_once_or_reported(o)
+    assert not o.unrecoverable, "the simulator's REST history covers every gap"
 
 
 def _agg_ids(sim: SimulatorHandle, symbol: str) -> set[int]:

@@ -352,8 +352,15 @@ class FaultRun:
         expected = expected_trades(truth, gaps) if gaps is not None else truth
         if gaps is not None:
             self.result.gaps_reported = gaps.unrecoverable_count
+            self.result.gaps_unresolved = len(gaps.unresolved)
+            self.result.gaps_invalid = gaps.invalid
             if gaps.unresolved:
-                self.result.notes += f" {len(gaps.unresolved)} gaps detected but never resolved."
+                self.result.notes += (
+                    f" {len(gaps.unresolved)} gaps detected but never resolved, e.g. "
+                    f"{gaps.unresolved[:3]}."
+                )
+            if gaps.invalid:
+                self.result.notes += f" {gaps.invalid} invalid gap records: {gaps.problems[:3]}."
         report = check(self.probe.redis, expected, self.settings.candle_history_minutes)
         self.result.records_checked = report.records
         self.result.lost = report.lost
@@ -366,15 +373,20 @@ class FaultRun:
             for trade in expected:
                 wanted.setdefault(trade.symbol, []).append(trade.trade_id)
             missing, doubled, unexpected = id_audit(wanted, topic_ids)
+            self.result.topic_missing = missing
+            self.result.topic_duplicated = doubled
+            self.result.topic_unexpected = unexpected
             if missing or doubled or unexpected:
                 self.result.notes += (
                     f" raw.trades vs truth: {missing} missing, {doubled} duplicated, "
                     f"{unexpected} unexpected."
                 )
+        self.observe()
         self.stop_all()
         self.result.duration_s = round(time.monotonic() - self.started, 1)
         self.result.recovery_s = [round(d, 2) for d in self.timer.durations]
         if self.timer.pending:
+            self.result.unrecovered = True
             self.result.notes += " the last fault episode never recovered."
         self.result.notes = self.result.notes.strip()
         self.recorded = True
@@ -425,6 +437,7 @@ def settle_and_finish(run: FaultRun, sim: SimulatorHandle, settings: Settings) -
     try:
         wait_for(settled, 120, "gaps resolved and the views up to the last trade", 0.5)
     except TimeoutError as exc:
+        run.result.settle_timeout = True
         run.result.notes += f" {exc}."
     run.result.notes += f" views complete {time.monotonic() - done_at:.1f}s after the last trade."
     seen: list[dict[int, int]] = []

@@ -142,10 +142,16 @@ def test_websocket_stall(isolated: Env, pipeline: Pipeline, profile: Profile) ->
 
 @pytest.mark.parametrize("profile", FULL_ONLY)
 def test_sigkill_ingest(isolated: Env, pipeline: Pipeline, profile: Profile) -> None:
-    """Ingest is SIGKILLed at random moments and started again: it resumes from each symbol's
-    last trade id in raw.trades, so its downtime becomes a backfilled (or reported) gap."""
+    """Ingest is SIGKILLed at random moments and started again, with stream faults on every
+    connection: it resumes from what raw.trades and raw.trades.gaps hold, so its downtime, the
+    holes it had not reported yet and its unfinished backfills become backfilled (or reported)
+    gaps."""
     seconds = 25 if profile is FAST else 90
-    sim = _start(pipeline, profile, seconds, [], seed=23)
+    sim = _start(pipeline, profile, seconds, [
+        "--fault-drop-after-messages", str(int(profile.rate * seconds / 8)),
+        "--fault-malformed-rate", "0.01", "--fault-duplicate-rate", "0.02",
+        "--fault-gap-rate", "0.01", "--fault-reorder-rate", "0.01", "--fault-seed", "6",
+    ], seed=23)  # fmt: skip
     run = FaultRun("sigkill-ingest", profile, pipeline, isolated.settings)
     run.progress = lambda: run.probe.latest_ids(SYMBOLS)
     ingest = pipeline.group.processes[-1]
@@ -159,7 +165,7 @@ def test_sigkill_ingest(isolated: Env, pipeline: Pipeline, profile: Profile) -> 
         def kill_and_restart() -> None:
             nonlocal ingest
             run.kill(ingest)
-            ingest = pipeline.start_ingest(sim.ws_url)
+            ingest = pipeline.start_ingest(sim.ws_url, CSP_INGEST_TAIL_CHECK_S="2")
 
         run.inject("SIGKILL ingest", kill_and_restart, goal_after=lambda: sim_last_ids(sim))
         run.wait_recovered()

@@ -9,6 +9,7 @@ import orjson
 
 from cryptostream.config import Settings
 from cryptostream.ingest.gaps import decode_gap
+from cryptostream.ingest.resume import Reopen, Seed
 from cryptostream.ingest.service import Ingest
 
 
@@ -140,3 +141,40 @@ async def test_stream_gap_and_malformed_frame() -> None:
     assert dead[0]["raw"] == "{bad" and "not JSON" in dead[0]["reason"]
     ingest.shutdown_gaps()  # at exit, every detected gap gets its final record
     assert [r[2] for r in gap_records(fake, ingest)][2:] == ["unrecoverable", "unrecoverable"]
+
+
+async def test_a_resume_plan_reopens_holes_and_continues_unfinished_detections() -> None:
+    ingest, fake = make()
+    reopen = Reopen(60, 70, "reconnect", 123, ((61, 62),))
+    ingest.resume_from({"BTCUSDT": Seed(70, holes=[(40, 41)], reopen=[reopen])})
+    continued = ingest.backfill_queue.get_nowait()  # queued at once, no new detected record
+    assert (continued.first, continued.last, continued.missing) == (60, 70, [[61, 62]])
+    ingest.gap_step()  # the grace (0 here) is over: the hole is a detected restart gap
+    assert gap_records(fake, ingest) == [(40, 41, "detected", "restart")]
+    conn = FakeConnection()
+    ingest.on_frames([frame("BTCUSDT", 70), frame("BTCUSDT", 75)], 1, conn)  # type: ignore[arg-type]
+    assert ingest.stats.duplicates == 1  # 70 was published before the restart
+    assert continued.fill(61)
+    ingest.finish_gap(continued)
+    records = [
+        decode_gap(m.value()) for m, _ in fake.pending if m.topic() == ingest.settings.gap_topic
+    ]
+    finals = [(g.first_id, g.last_id, g.status, g.detected_at_us) for g in records
+              if g.cause == "reconnect" and g.status != "detected"]  # fmt: skip
+    assert finals == [(60, 61, "backfilled", 123), (62, 62, "unrecoverable", 123),
+                      (63, 70, "backfilled", 123)]  # fmt: skip
+
+
+async def test_a_gap_evicted_while_queued_for_backfill_is_closed_once() -> None:
+    ingest, fake = make()
+    tracker = ingest.trackers["BTCUSDT"]
+    tracker.max_open = 1
+    conn = FakeConnection()
+    ingest.on_frames([frame("BTCUSDT", i) for i in (1, 3)], 1, conn)  # type: ignore[arg-type]
+    ingest.gap_step()
+    queued = ingest.backfill_queue.get_nowait()
+    ingest.on_frames([frame("BTCUSDT", 5)], 2, conn)  # type: ignore[arg-type]
+    ingest.gap_step()  # the second gap evicts the first, which is closed as unrecoverable
+    ingest.finish_gap(queued)  # the backfill worker reaching it later writes nothing more
+    statuses = [(a, b, s) for a, b, s, _ in gap_records(fake, ingest) if a == 2]
+    assert statuses == [(2, 2, "detected"), (2, 2, "unrecoverable")]

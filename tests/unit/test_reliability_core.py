@@ -21,10 +21,10 @@ from cryptostream.reliability.report import (
 )
 
 
-def _gap(symbol: str, first: int, last: int, status: str) -> bytes:
+def _gap(symbol: str, first: int, last: int, status: str, detected_at_us: int = 1) -> bytes:
     return orjson.dumps({"v": 1, "symbol": symbol, "first_id": first, "last_id": last,
                          "count": last - first + 1, "status": status, "cause": "stream",
-                         "detected_at_us": 1, "reported_at_us": 2})  # fmt: skip
+                         "detected_at_us": detected_at_us, "reported_at_us": 2})  # fmt: skip
 
 
 def test_result_verdict_and_json_round_trip(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_result_verdict_and_json_round_trip(tmp_path: Path) -> None:
 def test_markdown_table_has_one_row_per_result() -> None:
     text = render_markdown([ScenarioResult(f"s{i}") for i in range(3)])
     rows = [line for line in text.splitlines() if line.startswith("| s") and "scenario" not in line]
-    assert len(rows) == 3 and all(r.count("|") == 13 for r in rows)
+    assert len(rows) == 3 and all(r.count("|") == 14 for r in rows)
 
 
 def test_caught_up_and_lag() -> None:
@@ -93,6 +93,39 @@ def test_gap_records_contract() -> None:
     assert [(g.symbol, g.first_id) for g in summary.unresolved] == [("ETHUSDT", 5)]
     assert summary.excused("BTCUSDT", 115) and not summary.excused("BTCUSDT", 110)
     assert parse_gap_record(_gap("A", 1, 1, "lost")) is None
+
+
+def test_final_records_must_cover_their_own_detection_exactly_once() -> None:
+    values = [
+        _gap("A", 10, 19, "detected", detected_at_us=5),
+        _gap("A", 10, 14, "backfilled", detected_at_us=5),
+        _gap("A", 12, 12, "unrecoverable", detected_at_us=5),  # covered twice
+        _gap("A", 20, 21, "backfilled", detected_at_us=5),  # outside the detected range
+        _gap("A", 15, 19, "backfilled", detected_at_us=6),  # another detection's finals
+        _gap("B", 1, 2, "detected", detected_at_us=7),
+        _gap("B", 1, 1, "backfilled", detected_at_us=7),
+        _gap("B", 2, 2, "unrecoverable", detected_at_us=7),
+    ]
+    summary = summarize(values)
+    assert summary.invalid == 3 and len(summary.problems) == 3
+    assert [(g.symbol, g.first_id) for g in summary.unresolved] == [("A", 10)]
+    # missing fields, a wrong count, an unknown cause: all break the contract
+    good = orjson.loads(_gap("C", 1, 2, "detected"))
+    for broken in ({**good, "count": 3}, {**good, "cause": "gremlins"},
+                   {k: v for k, v in good.items() if k != "reported_at_us"}):  # fmt: skip
+        assert parse_gap_record(orjson.dumps(broken)) is None
+
+
+def test_every_upstream_problem_fails_the_scenario() -> None:
+    base = {"records_checked": 10, "lag_zero": True}
+    assert ScenarioResult("s", **base).ok  # type: ignore[arg-type]
+    for name, value in (("topic_missing", 1), ("topic_duplicated", 1), ("topic_unexpected", 1),
+                        ("gaps_unresolved", 1), ("gaps_invalid", 1), ("unrecovered", True),
+                        ("settle_timeout", True)):  # fmt: skip
+        result = ScenarioResult("s", **base, **{name: value})  # type: ignore[arg-type]
+        assert not result.ok, name
+        assert "FAILED" in result.verdict() and result.upstream_problems(), name
+        assert "FAILED" in render_markdown([result])
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,13 @@ Schema version 1, key = the symbol (UTF-8)::
 
     {"v": 1, "symbol": "BTCUSDT", "first_id": 101, "last_id": 120, "count": 20,
      "status": "detected" | "backfilled" | "unrecoverable",
-     "cause": "stream" | "reconnect" | "buffer_overflow" | "tail",
+     "cause": "stream" | "reconnect" | "buffer_overflow" | "tail" | "restart",
      "detected_at_us": 1718000000000000, "reported_at_us": 1718000000100000}
 
-A ``detected`` record is followed by final records (``backfilled`` / ``unrecoverable``) whose
-ranges exactly cover the detected range: one record, or several sub-ranges when only part could
-be backfilled. Consumers count what was lost as the sum of ``unrecoverable`` counts.
+A ``detected`` record is followed by final records (``backfilled`` / ``unrecoverable``), with
+its symbol and ``detected_at_us``, whose ranges exactly cover the detected range: one record, or
+several sub-ranges when only part could be backfilled (also by a later process, when the one that
+detected it died first: see :mod:`.resume`). Consumers count what was lost as the sum of ``unrecoverable`` counts.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from cryptostream.ingest.backfill import (
 from cryptostream.ingest.gaps import detected_record, final_records
 from cryptostream.ingest.metrics import IngestStats, MetricsServer
 from cryptostream.ingest.recorder import Recorder
-from cryptostream.ingest.resume import read_last_trade_ids
+from cryptostream.ingest.resume import Seed, read_resume_plan
 from cryptostream.ingest.streams import (
     SUBSCRIBE_INTERVAL_S,
     AttemptLimiter,
@@ -198,13 +198,23 @@ class Ingest:
 
     # ----- hot path ------------------------------------------------------------------------
 
-    def resume_from(self, last_ids: dict[str, int]) -> None:
-        """Continue after the ids a previous process published: the first live trade of each
-        symbol then opens a ``reconnect`` gap over whatever was missed while nobody listened."""
-        for symbol, tid in last_ids.items():
+    def resume_from(self, plan: dict[str, Seed]) -> None:
+        """Continue after what a previous process published (see :mod:`.resume`): the first live
+        trade of each symbol then opens a ``reconnect`` gap over whatever was missed while nobody
+        listened; the holes it left below its last id are pending ``restart`` gaps again, and its
+        unfinished backfills are queued again under their own detection."""
+        now = time.monotonic()
+        for symbol, seed in plan.items():
             tracker = self._tracker(symbol)
-            tracker.last = tid
+            tracker.last = seed.last
             tracker.after_reconnect = True
+            for lo, hi in seed.holes:
+                tracker.open_gap(lo, hi, "restart", now)
+            for again in seed.reopen:
+                gap = tracker.open_gap(again.first, again.last, again.cause, now,
+                                       detected_at_us=again.detected_at_us)  # fmt: skip
+                gap.missing = [[lo, hi] for lo, hi in again.missing]
+                self.backfill_queue.put_nowait(gap)
 
     def _tracker(self, symbol: str) -> SymbolTracker:
         tracker = self.trackers.get(symbol)
@@ -390,6 +400,9 @@ class Ingest:
             self.backfill_queue.put_nowait(gap)
 
     def _close(self, gap: Gap, ranges: list[tuple[int, int, Any]]) -> None:
+        if gap.closed:  # evicted while queued for backfill: its final records exist
+            return
+        gap.closed = True
         for record in final_records(gap, ranges, _now_us()):
             self.stats.gap(record.status, record.count)
             self._produce_control(self.settings.gap_topic, gap.symbol.encode(), record.encode())
@@ -444,6 +457,8 @@ class Ingest:
         async with httpx.AsyncClient(timeout=10.0) as client:
             while True:
                 gap = await self.backfill_queue.get()
+                if gap.closed:
+                    continue
                 self.in_backfill = gap
                 try:
                     if self.settings.ingest_backfill:
@@ -667,7 +682,7 @@ async def run(settings: Settings) -> int:
     if not symbols:
         raise ConfigError("no symbols to ingest: set CSP_SYMBOLS or CSP_QUOTE_ASSET")
     ingest = Ingest(settings, symbols, rest_url)
-    ingest.resume_from(await asyncio.to_thread(read_last_trade_ids, settings, symbols))
+    ingest.resume_from(await asyncio.to_thread(read_resume_plan, settings, symbols))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, ingest.stopping.set)

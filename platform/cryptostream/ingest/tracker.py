@@ -28,7 +28,7 @@ from typing import Literal
 
 BASELINE_WINDOW = 64
 
-Cause = Literal["stream", "reconnect", "buffer_overflow", "tail"]
+Cause = Literal["stream", "reconnect", "buffer_overflow", "tail", "restart"]
 Status = Literal["detected", "backfilled", "unrecoverable"]
 
 
@@ -44,6 +44,7 @@ class Gap:
     missing: list[list[int]] = field(default_factory=list)
     detected_at_us: int = 0  # wall clock, set when detected
     silent: bool = False  # the window below the first id seen: filled if late, never reported
+    closed: bool = False  # its final records were written (e.g. evicted while queued for backfill)
 
     def __post_init__(self) -> None:
         if not self.missing:

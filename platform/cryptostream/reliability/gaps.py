@@ -2,8 +2,9 @@
 
 Record: ``{"v": 1, "symbol", "first_id", "last_id", "count", "status": "detected" | "backfilled"
 | "unrecoverable", "cause", "detected_at_us", "reported_at_us"}``. A "detected" record is followed
-by final records ("backfilled"/"unrecoverable") covering the same range, possibly split. Only
-the unrecoverable trades are excused: the checker expects everything the exchange sent minus them.
+by final records ("backfilled"/"unrecoverable") with its symbol and ``detected_at_us`` covering
+the same range exactly, possibly split. Only the unrecoverable trades are excused: the checker
+expects everything the exchange sent minus them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class GapRecord:
     last_id: int
     status: str
     cause: str = ""
+    detected_at_us: int = 0  # with the symbol, ties final records to their detected record(s)
 
     @property
     def count(self) -> int:
@@ -47,41 +49,75 @@ class GapSummary:
     unrecoverable_count: int = 0
     unresolved: list[GapRecord] = field(default_factory=list)  # detected, never finalised
     invalid: int = 0  # records that do not follow the contract
+    problems: list[str] = field(default_factory=list)  # why, for the first few invalid ones
 
     def excused(self, symbol: str, trade_id: int) -> bool:
         return any(a <= trade_id <= b for a, b in self.unrecoverable.get(symbol, ()))
 
 
+STATUSES = ("detected", "backfilled", "unrecoverable")
+CAUSES = ("stream", "reconnect", "buffer_overflow", "tail", "restart")
+
+
 def parse_gap_record(value: bytes) -> GapRecord | None:
+    """A record as the contract has it (every field present and typed, ``count`` consistent),
+    or None."""
     try:
         doc: Any = orjson.loads(value)
         if not isinstance(doc, dict) or doc.get("v") != 1:
             return None
-        first, last = doc["first_id"], doc["last_id"]
-        if not (isinstance(first, int) and isinstance(last, int)) or last < first:
+        first, last, count = doc["first_id"], doc["last_id"], doc["count"]
+        detected_at, reported_at = doc["detected_at_us"], doc["reported_at_us"]
+        if not all(type(x) is int for x in (first, last, count, detected_at, reported_at)):
             return None
-        status = doc["status"]
-        if status not in ("detected", "backfilled", "unrecoverable"):
+        if last < first or count != last - first + 1 or detected_at <= 0:
             return None
-        return GapRecord(str(doc["symbol"]), first, last, status, str(doc.get("cause", "")))
+        status, cause, symbol = doc["status"], doc["cause"], doc["symbol"]
+        if status not in STATUSES or cause not in CAUSES or not isinstance(symbol, str):
+            return None
+        return GapRecord(symbol, first, last, status, cause, detected_at)
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
 
 
+def _subtract(ranges: list[tuple[int, int]], cut: tuple[int, int]) -> list[tuple[int, int]]:
+    lo, hi = cut
+    out: list[tuple[int, int]] = []
+    for a, b in ranges:
+        if b < lo or a > hi:
+            out.append((a, b))
+            continue
+        if a < lo:
+            out.append((a, lo - 1))
+        if b > hi:
+            out.append((hi + 1, b))
+    return out
+
+
 def summarize(values: Iterable[bytes]) -> GapSummary:
+    """Totals, the unrecoverable ranges, and the contract: the final records of a detection
+    (same symbol and ``detected_at_us``) cover exactly its detected ranges, each id once.
+    Detected ids never covered are unresolved; a final record outside its detection, or
+    covering an id twice, or with no detection at all, is invalid."""
     summary = GapSummary()
-    finals: dict[str, list[tuple[int, int]]] = {}
-    detected: list[GapRecord] = []
+    detected: dict[tuple[str, int], list[GapRecord]] = {}
+    finals: list[GapRecord] = []
+
+    def invalid(why: str) -> None:
+        summary.invalid += 1
+        if len(summary.problems) < 5:
+            summary.problems.append(why)
+
     for value in values:
         record = parse_gap_record(value)
         if record is None:
-            summary.invalid += 1
+            invalid(f"not a valid gap record: {value[:120]!r}")
             continue
         if record.status == "detected":
             summary.detected += record.count
-            detected.append(record)
+            detected.setdefault((record.symbol, record.detected_at_us), []).append(record)
             continue
-        finals.setdefault(record.symbol, []).append((record.first_id, record.last_id))
+        finals.append(record)
         if record.status == "backfilled":
             summary.backfilled += record.count
         else:
@@ -89,14 +125,25 @@ def summarize(values: Iterable[bytes]) -> GapSummary:
             summary.unrecoverable.setdefault(record.symbol, []).append(
                 (record.first_id, record.last_id)
             )
-    for record in detected:
-        covered = sum(
-            min(b, record.last_id) - max(a, record.first_id) + 1
-            for a, b in finals.get(record.symbol, ())
-            if a <= record.last_id and b >= record.first_id
-        )
-        if covered < record.count:
-            summary.unresolved.append(record)
+    open_ids = {key: [(r.first_id, r.last_id) for r in records]
+                for key, records in detected.items()}  # fmt: skip
+    for record in finals:
+        key = (record.symbol, record.detected_at_us)
+        if key not in open_ids:
+            invalid(f"final record without a detected one: {record}")
+            continue
+        before = open_ids[key]
+        after = _subtract(before, (record.first_id, record.last_id))
+        removed = sum(b - a + 1 for a, b in before) - sum(b - a + 1 for a, b in after)
+        if removed != record.count:
+            invalid(f"final record outside its detection or repeated: {record}")
+        open_ids[key] = after
+    for key, records in detected.items():
+        left = open_ids[key]
+        summary.unresolved += [
+            r for r in records
+            if any(a <= r.last_id and b >= r.first_id for a, b in left)
+        ]  # fmt: skip
     return summary
 
 

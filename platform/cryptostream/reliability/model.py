@@ -21,6 +21,14 @@ class ScenarioResult:
     recovery_s: list[float] = field(default_factory=list)  # one per fault episode
     lag_zero: bool = False
     unexpected_exits: list[str] = field(default_factory=list)  # "name: rc"
+    # upstream of Kafka (scenarios with ingest): raw.trades against the simulator's truth
+    topic_missing: int = 0  # sent, not excused by an unrecoverable gap, never in the topic
+    topic_duplicated: int = 0  # extra copies in the topic
+    topic_unexpected: int = 0  # in the topic, but never sent or reported unrecoverable
+    gaps_unresolved: int = 0  # detected gap records without final records covering them
+    gaps_invalid: int = 0  # gap records that break the contract (see reliability.gaps)
+    unrecovered: bool = False  # the last fault episode never recovered
+    settle_timeout: bool = False  # gaps / views did not settle after the load ended
     duration_s: float = 0.0
     notes: str = ""
 
@@ -29,25 +37,28 @@ class ScenarioResult:
 
     @property
     def ok(self) -> bool:
-        return (
-            self.records_checked > 0
-            and self.lost == 0
-            and self.duplicated == 0
-            and self.wrong == 0
-            and self.lag_zero
-            and not self.unexpected_exits
-        )
+        return not self.problems()
 
-    @property
-    def recovery_max_s(self) -> float | None:
-        return max(self.recovery_s) if self.recovery_s else None
+    def upstream_problems(self) -> list[str]:
+        """What the topic audit, the gap records and the recovery timing found (upstream)."""
+        problems = []
+        if self.topic_missing:
+            problems.append(f"{self.topic_missing} missing from raw.trades")
+        if self.topic_duplicated:
+            problems.append(f"{self.topic_duplicated} duplicated in raw.trades")
+        if self.topic_unexpected:
+            problems.append(f"{self.topic_unexpected} unexpected in raw.trades")
+        if self.gaps_unresolved:
+            problems.append(f"{self.gaps_unresolved} gaps detected but never resolved")
+        if self.gaps_invalid:
+            problems.append(f"{self.gaps_invalid} gap records break the contract")
+        if self.unrecovered:
+            problems.append("the last fault episode never recovered")
+        if self.settle_timeout:
+            problems.append("gaps and views did not settle")
+        return problems
 
-    @property
-    def recovery_median_s(self) -> float | None:
-        return statistics.median(self.recovery_s) if self.recovery_s else None
-
-    def verdict(self) -> str:
-        """One line for assertion messages."""
+    def problems(self) -> list[str]:
         problems = []
         if self.records_checked == 0:
             problems.append("no records checked")
@@ -61,6 +72,19 @@ class ScenarioResult:
             problems.append("consumer lag did not return to zero")
         if self.unexpected_exits:
             problems.append(f"unexpected exits: {', '.join(self.unexpected_exits)}")
+        return problems + self.upstream_problems()
+
+    @property
+    def recovery_max_s(self) -> float | None:
+        return max(self.recovery_s) if self.recovery_s else None
+
+    @property
+    def recovery_median_s(self) -> float | None:
+        return statistics.median(self.recovery_s) if self.recovery_s else None
+
+    def verdict(self) -> str:
+        """One line for assertion messages."""
+        problems = self.problems()
         state = "OK" if not problems else "FAILED: " + "; ".join(problems)
         return f"{self.scenario}[{self.variant}] {state} ({self.records_checked} records)"
 

@@ -18,7 +18,7 @@ from cryptostream.reliability.model import ScenarioResult
 COLUMNS = (
     "scenario", "variant", "faults injected", "records checked", "lost", "duplicated",
     "wrong", "gaps (unrecoverable)", "recovery max / median (s)", "lag 0", "other exits",
-    "verdict",
+    "upstream checks", "verdict",
 )  # fmt: skip
 
 
@@ -43,6 +43,7 @@ def row(result: ScenarioResult) -> list[str]:
         f"{_seconds(result.recovery_max_s)} / {_seconds(result.recovery_median_s)}",
         "yes" if result.lag_zero else "no",
         ", ".join(result.unexpected_exits) or "none",
+        "; ".join(result.upstream_problems()) or "-",
         "OK" if result.ok else "FAILED",
     ]
 
@@ -68,7 +69,9 @@ def render_markdown(results: Iterable[ScenarioResult], title: str = "Reliability
         "totals are not idempotent, so each shows up as a count difference); wrong: view entries "
         "(latest price, totals, 1m candles) that differ from the ones recomputed from the truth; "
         "recovery: from fault injection until every record that was in Kafka at that moment was "
-        "applied to Redis.",
+        "applied to Redis; upstream checks (scenarios with ingest): raw.trades against the "
+        "simulator's truth (missing, duplicated, unexpected ids), gap records never resolved or "
+        "breaking the contract, a fault episode that never recovered, views that never settled.",
     ]
     return "\n".join(lines) + "\n"
 
