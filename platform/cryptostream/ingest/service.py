@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from cryptostream.config import Settings
 from cryptostream.core.codec import encode_trade
+from cryptostream.core.deadletter import encode_dead_letter
 from cryptostream.core.frames import ControlReply, Ignored, Malformed, parse_frame
 from cryptostream.core.trades import Trade
 from cryptostream.ingest.backfill import (
@@ -286,15 +287,8 @@ class Ingest:
             stats.error("malformed")
             stats.dead_letters += 1
             self.warn.warning("malformed", "malformed frame sent to the DLQ", reason=outcome.reason)
-            value = orjson.dumps(
-                {
-                    "reason": outcome.reason,
-                    "source": conn.url,
-                    "received_at_us": _now_us(),
-                    "raw": raw[:65536].decode(errors="replace"),
-                    "raw_bytes": len(raw),
-                }
-            )
+            value = encode_dead_letter(outcome.reason, "ingest", conn.url, raw,
+                                       received_at_us=_now_us())  # fmt: skip
             self._produce_control(self.settings.dlq_topic, None, value)
         elif isinstance(outcome, Ignored):
             stats.ignored[outcome.event_type] = stats.ignored.get(outcome.event_type, 0) + 1
