@@ -165,7 +165,3 @@ class SymbolTracker:
         """Close a detected gap; returns its final sub-ranges (see :meth:`Gap.outcome`)."""
         self.gaps = [g for g in self.gaps if g is not gap]
         return gap.outcome()
-
-    @property
-    def open_ids(self) -> int:
-        return sum(g.missing_count for g in self.gaps)

@@ -94,7 +94,6 @@ class FrameParser:
         self._frag_size = 0
         self.max_size = max_size
         self.pings: list[bytes] = []
-        self.pongs = 0
         self.close: tuple[int, str] | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -151,7 +150,7 @@ class FrameParser:
             elif opcode == OP_PING:
                 self.pings.append(payload)
             elif opcode == OP_PONG:
-                self.pongs += 1
+                pass  # (we never ping: a pong is unsolicited and needs no answer)
             elif opcode == OP_CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 self.close = (code, payload[2:].decode(errors="replace"))
