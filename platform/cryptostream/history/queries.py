@@ -1,0 +1,183 @@
+"""Questions to the archive, answered by embedded DuckDB over the checked file list.
+
+Every query reads exactly the files :class:`~cryptostream.history.files.ArchiveFiles` lists for
+its range (intact, uncovered), so a corrupt or duplicate file is never served. When DuckDB still
+fails on a file (a damaged page behind a valid footer), each file is read once in full, the bad
+ones are condemned (logged with their path) and the query runs again without them. No data in a
+range is an empty answer, never an error.
+
+Decimals stay exact: the archive's decimal128 columns sum as DuckDB DECIMALs and arrive here as
+:class:`~decimal.Decimal`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+
+from cryptostream.core.decimals import fmt
+from cryptostream.history.files import ArchiveFiles, Listing
+from cryptostream.query.candles import MINUTE_MS, Candle
+
+T = TypeVar("T")
+
+
+@dataclass
+class Page:
+    trades: list[dict[str, Any]]
+    next_after: int | None  # the trade id to continue after, None when this is the last page
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class SqlResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+_CANDLES_SQL = """
+SELECT trade_time - trade_time % $width AS t,
+       arg_min(price, trade_id) AS o, max(price) AS h, min(price) AS l,
+       arg_max(price, trade_id) AS c, sum(quantity) AS v, sum(price * quantity) AS qv,
+       count(*) AS n
+FROM read_parquet($files, hive_partitioning = false)
+WHERE trade_time >= $from AND trade_time < $to
+GROUP BY 1 ORDER BY 1
+"""
+
+_TRADES_SQL = """
+SELECT trade_id, price, quantity, trade_time, event_time, buyer_is_maker
+FROM read_parquet($files, hive_partitioning = false)
+WHERE trade_time >= $from AND trade_time < $to AND trade_id > $after
+ORDER BY trade_id LIMIT $limit
+"""
+
+
+def _canonical(value: Decimal) -> Decimal:
+    return Decimal(fmt(value))
+
+
+class History:
+    """One per process; each call may run in its own thread (one DuckDB cursor per call)."""
+
+    def __init__(self, root: Path, *, threads: int = 2) -> None:
+        self.files = ArchiveFiles(root)
+        self._db = duckdb.connect(":memory:", config={"threads": threads})
+        self._lock = threading.Lock()
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            return self._db.cursor()
+
+    def _run(self, listing: Listing, query: Callable[[list[str]], T], empty: T) -> T:
+        files = list(listing.files)
+        while files:
+            try:
+                return query(files)
+            except duckdb.Error:
+                bad = [(f, r) for f in files if (r := self.files.verify(f)) is not None]
+                if not bad:
+                    raise
+                for path, reason in bad:
+                    self.files.condemn(path, reason)
+                    listing.bad.append((path, reason))
+                    files.remove(path)
+        return empty
+
+    def candles(
+        self, symbol: str, from_ms: int, to_ms: int, minutes: int = 1
+    ) -> tuple[list[Candle], list[tuple[str, str]]]:
+        """Candles of ``minutes`` width opening in [from, to) (aligned to the epoch)."""
+        listing = self.files.list(symbol, from_ms, to_ms)
+        width = minutes * MINUTE_MS
+
+        def query(files: list[str]) -> list[Candle]:
+            params = {"files": files, "width": width, "from": from_ms, "to": to_ms}
+            rows = self._cursor().execute(_CANDLES_SQL, params).fetchall()
+            return [
+                Candle(
+                    int(t),
+                    _canonical(o),
+                    _canonical(h),
+                    _canonical(lo),
+                    _canonical(c),
+                    _canonical(v),
+                    _canonical(qv),
+                    int(n),
+                )
+                for t, o, h, lo, c, v, qv, n in rows
+            ]
+
+        none: list[Candle] = []
+        out = self._run(listing, query, none)
+        return out, listing.bad
+
+    def trades(self, symbol: str, from_ms: int, to_ms: int, after_id: int, limit: int) -> Page:
+        """Trades in [from, to) with ids above ``after_id``, in id order, ``limit`` at most."""
+        listing = self.files.list(symbol, from_ms, to_ms)
+
+        def query(files: list[str]) -> list[tuple[Any, ...]]:
+            params = {"files": files, "from": from_ms, "to": to_ms, "after": after_id,
+                      "limit": limit + 1}  # fmt: skip
+            return self._cursor().execute(_TRADES_SQL, params).fetchall()
+
+        no_rows: list[tuple[Any, ...]] = []
+        rows = self._run(listing, query, no_rows)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        trades = [
+            {
+                "trade_id": tid,
+                "price": fmt(p),
+                "quantity": fmt(q),
+                "trade_time": tt,
+                "event_time": et,
+                "buyer_is_maker": m,
+            }
+            for tid, p, q, tt, et, m in rows
+        ]
+        return Page(trades, rows[-1][0] if more and rows else None, listing.bad)
+
+    def sql(self, statement: str, params: Sequence[Any] = ()) -> SqlResult:
+        """An ad-hoc query; the view ``trades`` holds every intact trade (with ``date`` and
+        ``symbol`` columns from the folder names)."""
+        listing = self.files.list()
+
+        def query(files: list[str]) -> SqlResult:
+            cur = self._cursor()
+            cur.execute(
+                "CREATE OR REPLACE TEMP VIEW trades AS SELECT * FROM read_parquet("
+                + _sql_list(files)
+                + ", hive_partitioning = true)"
+            )
+            cur.execute(statement, list(params))
+            columns = [d[0] for d in cur.description or []]
+            return SqlResult(columns, cur.fetchall())
+
+        if not listing.files:
+            cur = self._cursor()
+            cur.execute(
+                "CREATE OR REPLACE TEMP VIEW trades AS SELECT * FROM (VALUES "
+                "(NULL::BIGINT, NULL::DECIMAL(38,8), NULL::DECIMAL(38,8), NULL::BIGINT, "
+                "NULL::BIGINT, NULL::BOOLEAN, NULL::BIGINT, NULL::VARCHAR, NULL::BIGINT, "
+                "NULL::DATE, NULL::VARCHAR)) t(trade_id, price, quantity, trade_time, "
+                "event_time, buyer_is_maker, ingest_time_us, exchange, kafka_offset, date, "
+                "symbol) WHERE false"
+            )
+            cur.execute(statement, list(params))
+            return SqlResult([d[0] for d in cur.description or []], cur.fetchall())
+        result = self._run(listing, query, SqlResult([], []))
+        result.skipped = listing.bad
+        return result
+
+
+def _sql_list(files: list[str]) -> str:
+    """A SQL list literal of paths (a view's definition cannot hold parameters)."""
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"

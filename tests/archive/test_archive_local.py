@@ -1,0 +1,236 @@
+"""The sink's core and store and the history queries on a real local folder (no Kafka)."""
+
+from __future__ import annotations
+
+import os
+import random
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cryptostream.archive import layout, store
+from cryptostream.archive.core import SinkCore, day_of
+from cryptostream.archive.store import ArchiveStore
+from cryptostream.core.codec import encode_trade
+from cryptostream.core.trades import Trade
+from cryptostream.core.views import compute_views
+from cryptostream.history.queries import History
+
+DAY = 86_400_000
+T0 = 1_718_000_000_000 - 1_718_000_000_000 % DAY  # a midnight
+
+
+def trades(symbols: list[str], count: int, seed: int = 1, span_ms: int = 2 * DAY) -> list[Trade]:
+    rng = random.Random(seed)
+    ids = dict.fromkeys(symbols, 100)
+    out = []
+    for i in range(count):
+        sym = rng.choice(symbols)
+        ids[sym] += 1
+        out.append(
+            Trade(
+                sym,
+                ids[sym],
+                f"{rng.uniform(1, 70000):.8f}",
+                f"{rng.uniform(0.001, 5):.8f}",
+                T0 + i * span_ms // count,
+                T0 + i * span_ms // count,
+                rng.random() < 0.5,
+            )
+        )
+    return out
+
+
+def sink_all(
+    root: Path, records: list[tuple[int, bytes | None]], flush_rows: int = 10**9
+) -> SinkCore:
+    """Feed (partition, value) records with consecutive offsets per partition, flush everything."""
+    core = SinkCore(flush_rows, 3600.0)
+    st = ArchiveStore(root, "raw.trades", 8, 1024)
+    offsets: dict[int, int] = {}
+    for partition, value in records:
+        offset = offsets.get(partition, 0)
+        offsets[partition] = offset + 1
+        core.add(partition, offset, value, 0.0)
+        for p in core.due(0.0):
+            st.commit(core.take(p))
+    for p in core.due(0.0, everything=True):
+        st.commit(core.take(p))
+    return core
+
+
+def values(ts: list[Trade]) -> list[tuple[int, bytes | None]]:
+    return [(hash(t.symbol) % 4, encode_trade(t, t.trade_time * 1000)) for t in ts]
+
+
+def test_core_groups_by_day_symbol_and_partition_and_counts_bad_records() -> None:
+    core = SinkCore(flush_rows=100, flush_s=5.0)
+    a = Trade("BTCUSDT", 1, "1.5", "2", T0 + 10, T0 + 10, False)
+    b = Trade("BTCUSDT", 2, "1.6", "1", T0 + DAY + 10, T0 + DAY + 10, True)
+    core.add(3, 7, encode_trade(a, a.trade_time * 1000), now=0.0)
+    core.add(3, 8, b"not json", now=0.0)
+    core.add(3, 9, encode_trade(b, b.trade_time * 1000), now=1.0)
+    core.add(3, 9, encode_trade(b, b.trade_time * 1000), now=1.0)  # a fetch racing a seek
+    assert core.undecodable == 1 and core.stale == 1
+    assert core.due(4.9) == [] and core.due(5.0) == [3]
+    flush = core.take(3)
+    assert (flush.first, flush.last, flush.rows) == (7, 9, 2)
+    assert sorted(flush.groups) == [(day_of(T0), "BTCUSDT"), (day_of(T0 + DAY), "BTCUSDT")]
+    assert core.buffered == 0
+
+
+def test_flush_by_row_count_and_revocation_drops_the_buffer() -> None:
+    core = SinkCore(flush_rows=2, flush_s=3600.0)
+    t = Trade("ETHUSDT", 1, "1", "1", T0, T0, False)
+    core.add(0, 0, encode_trade(t, T0 * 1000), 0.0)
+    core.add(1, 0, encode_trade(t, T0 * 1000), 0.0)
+    assert core.due(0.0) == [0, 1]
+    core.drop(1)
+    assert core.buffered == 1 and core.due(0.0) == []
+
+
+def test_archive_equals_the_views_math_and_pages_cover_every_trade(tmp_path: Path) -> None:
+    ts = trades(["BTCUSDT", "ETHUSDT", "SOLUSDT"], 6000)
+    sink_all(tmp_path, values(ts), flush_rows=700)
+    history = History(tmp_path)
+    views = compute_views(ts)
+    for sym, view in views.items():
+        candles, bad = history.candles(sym, T0, T0 + 2 * DAY)
+        assert not bad
+        expected = sorted(view.candles.values(), key=lambda c: c.open_time)
+        assert [c.t for c in candles] == [c.open_time for c in expected]
+        for got, want in zip(candles, expected, strict=True):
+            assert (got.o, got.h, got.l, got.c) == (
+                Decimal(want.open),
+                want.high,
+                want.low,
+                Decimal(want.close),
+            )
+            assert (got.v, got.qv, got.n) == (want.base_volume, want.quote_volume, want.trades)
+        # every trade once, across pages
+        seen: list[int] = []
+        after = -1
+        while True:
+            page = history.trades(sym, T0, T0 + 2 * DAY, after, 333)
+            seen += [t["trade_id"] for t in page.trades]
+            if page.next_after is None:
+                break
+            after = page.next_after
+        assert seen == sorted(t.trade_id for t in ts if t.symbol == sym)
+        first = next(t for t in ts if t.symbol == sym)
+        page = history.trades(sym, T0, T0 + 2 * DAY, -1, 1)
+        assert page.trades[0]["price"] == first.price.rstrip("0").rstrip(".")
+
+
+def test_empty_ranges_and_missing_archive_answer_empty(tmp_path: Path) -> None:
+    history = History(tmp_path / "nothing-here")
+    assert history.candles("BTCUSDT", T0, T0 + DAY) == ([], [])
+    assert history.trades("BTCUSDT", T0, T0 + DAY, -1, 10).trades == []
+    assert history.sql("SELECT count(*) FROM trades").rows == [(0,)]
+    sink_all(tmp_path, values(trades(["BTCUSDT"], 100)))
+    history = History(tmp_path)
+    assert history.candles("BTCUSDT", T0 - 10 * DAY, T0 - 9 * DAY) == ([], [])
+    assert history.candles("NOSUCHSYM", T0, T0 + DAY) == ([], [])
+    assert history.trades("BTCUSDT", T0 + DAY, T0, -1, 10).trades == []
+
+
+def _data_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("date=*/symbol=*/*.parquet"))
+
+
+def test_truncated_and_damaged_files_are_reported_and_skipped(tmp_path: Path) -> None:
+    ts = trades(["BTCUSDT"], 3000, span_ms=DAY // 2)
+    sink_all(tmp_path, values(ts), flush_rows=1000)
+    files = _data_files(tmp_path)
+    assert len(files) == 3
+    rows = [pq.read_metadata(f).num_rows for f in files]
+    # a crash mid-write / a truncated upload: half the bytes, no footer
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) // 2])
+    # a damaged page behind an intact footer
+    data = bytearray(files[1].read_bytes())
+    for i in range(8, min(len(data) - 200, 600)):
+        data[i] ^= 0xFF
+    files[1].write_bytes(bytes(data))
+    history = History(tmp_path)
+    candles, bad = history.candles("BTCUSDT", T0, T0 + DAY)
+    assert sorted(p for p, _ in bad) == sorted([str(files[0]), str(files[1])])
+    assert sum(c.n for c in candles) == rows[2]
+    page = history.trades("BTCUSDT", T0, T0 + DAY, -1, 10_000)
+    assert len(page.trades) == rows[2]
+    assert {p for p, _ in page.skipped} == {str(files[0]), str(files[1])}
+    result = history.sql("SELECT count(*) FROM trades")
+    assert result.rows == [(rows[2],)] and len(result.skipped) == 2
+
+
+def test_a_file_covered_by_a_compacted_one_is_never_read(tmp_path: Path) -> None:
+    ts = trades(["BTCUSDT"], 2000, span_ms=DAY // 2)
+    sink_all(tmp_path, values(ts), flush_rows=1000)
+    files = _data_files(tmp_path)
+    ranges = [layout.parse_name(f.name) for f in files]
+    assert all(r is not None for r in ranges) and len(files) == 2
+    first, last = min(r.first for r in ranges if r), max(r.last for r in ranges if r)
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    name = layout.data_name("raw.trades", ranges[0].partition if ranges[0] else 0, first, last)
+    pq.write_table(table, files[0].parent / name)  # a compaction that crashed before deleting
+    assert History(tmp_path).sql("SELECT count(*) FROM trades").rows == [(2000,)]
+
+
+def test_resume_rolls_a_committed_flush_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ts = trades(["BTCUSDT", "ETHUSDT"], 500)
+    st = ArchiveStore(tmp_path, "raw.trades", 8, 1024)
+    core = SinkCore(10**9, 3600.0)
+    for i, t in enumerate(ts):
+        core.add(0, i, encode_trade(t, t.trade_time * 1000), 0.0)
+    monkeypatch.setattr(ArchiveStore, "_place", lambda self, staging, files: 0)  # killed here
+    st.commit(core.take(0))
+    assert _data_files(tmp_path) == []
+    monkeypatch.undo()
+    assert ArchiveStore(tmp_path, "raw.trades", 8, 1024).resume(0) == 500
+    assert History(tmp_path).sql("SELECT count(*) FROM trades").rows == [(500,)]
+
+
+def test_resume_discards_a_flush_that_did_not_reach_its_commit_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ts = trades(["BTCUSDT"], 300)
+    st = ArchiveStore(tmp_path, "raw.trades", 8, 1024)
+    core = SinkCore(10**9, 3600.0)
+    for i, t in enumerate(ts[:100]):
+        core.add(0, i, encode_trade(t, t.trade_time * 1000), 0.0)
+    st.commit(core.take(0))
+    for i, t in enumerate(ts[100:], start=100):
+        core.add(0, i, encode_trade(t, t.trade_time * 1000), 0.0)
+
+    def killed(path: Path, data: bytes) -> None:
+        raise SystemExit("SIGKILL before the marker")
+
+    monkeypatch.setattr(store, "write_atomic", killed)
+    with pytest.raises(SystemExit):
+        st.commit(core.take(0))
+    monkeypatch.undo()
+    staging = st.partition_dir(0) / "staging"
+    assert any(staging.iterdir())  # the staged file of the lost flush
+    assert ArchiveStore(tmp_path, "raw.trades", 8, 1024).resume(0) == 100
+    assert not any(staging.iterdir())
+    assert History(tmp_path).sql("SELECT count(*) FROM trades").rows == [(100,)]
+
+
+def test_more_fractional_digits_than_the_scale_are_refused_not_rounded(tmp_path: Path) -> None:
+    fine = Trade("BTCUSDT", 1, "1.10000000000", "2", T0, T0, False)  # trailing zeros fit
+    fine2 = Trade("BTCUSDT", 3, "1.2", "2", T0, T0, False)
+    tiny = Trade("BTCUSDT", 2, "1.000000001", "2", T0, T0, False)
+    st = ArchiveStore(tmp_path, "raw.trades", 8, 1024)
+    core = SinkCore(10**9, 3600.0)
+    for i, t in enumerate([fine, tiny, fine2]):
+        core.add(0, i, encode_trade(t, T0 * 1000), 0.0)
+    st.commit(core.take(0))
+    assert st.unrepresentable == 1
+    rows = History(tmp_path).sql("SELECT trade_id, price FROM trades ORDER BY 1").rows
+    assert rows == [(1, Decimal("1.10000000")), (3, Decimal("1.20000000"))]
+    assert os.listdir(st.partition_dir(0) / "staging") == []
