@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     archive_flush_s: float = Field(30.0, gt=0, description="longest a trade waits for its file")
     archive_row_group_rows: int = Field(262_144, ge=1024, description="rows per Parquet row group")
     archive_retention_days: int = Field(0, ge=0, description="days of partitions kept (0 = all)")
+    archive_compact_min_files: int = Field(4, ge=2, description="files per folder to compact")
     history_max_rows: int = Field(10_000, ge=1, description="trades in one /history page")
     history_max_candles: int = Field(5000, ge=1, description="candles in one ranged answer")
 

@@ -188,3 +188,62 @@ def test_more_fractional_digits_than_the_scale_are_refused_not_rounded(tmp_path:
     rows = History(tmp_path).sql("SELECT trade_id, price FROM trades ORDER BY 1").rows
     assert rows == [(1, Decimal("1.10000000")), (3, Decimal("1.20000000"))]
     assert os.listdir(st.partition_dir(0) / "staging") == []
+
+
+def test_compaction_merges_small_files_and_a_crash_midway_never_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptostream.archive import maintain
+
+    ts = trades(["BTCUSDT", "ETHUSDT"], 5000, span_ms=DAY // 2)
+    sink_all(tmp_path, values(ts), flush_rows=400)
+    before = (
+        History(tmp_path)
+        .sql("SELECT symbol, count(*), sum(quantity), sum(price) FROM trades GROUP BY 1 ORDER BY 1")
+        .rows
+    )
+    n_files = len(_data_files(tmp_path))
+    assert n_files > 10
+
+    def killed(self: Path, missing_ok: bool = False) -> None:
+        raise SystemExit("SIGKILL after the merged file, before deleting its sources")
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(SystemExit):
+        maintain.compact(tmp_path, 2, 1024)
+    monkeypatch.undo()
+    assert len(_data_files(tmp_path)) == n_files + 1  # merged file + every source
+    query = "SELECT symbol, count(*), sum(quantity), sum(price) FROM trades GROUP BY 1 ORDER BY 1"
+    assert History(tmp_path).sql(query).rows == before
+    report = maintain.compact(tmp_path, 2, 1024)
+    assert report.removed_covered > 0 and not report.bad
+    assert len(_data_files(tmp_path)) == 2  # one file per symbol folder
+    assert History(tmp_path).sql(query).rows == before
+    ids = History(tmp_path).sql("SELECT trade_id FROM trades WHERE symbol = 'BTCUSDT'").rows
+    assert [i for (i,) in ids] == sorted(t.trade_id for t in ts if t.symbol == "BTCUSDT")
+
+
+def test_compaction_leaves_a_folder_with_a_corrupt_file_alone(tmp_path: Path) -> None:
+    from cryptostream.archive import maintain
+
+    sink_all(tmp_path, values(trades(["BTCUSDT"], 3000, span_ms=DAY // 2)), flush_rows=1000)
+    files = _data_files(tmp_path)
+    files[1].write_bytes(files[1].read_bytes()[:100])
+    report = maintain.compact(tmp_path, 2, 1024)
+    assert report.written == 0 and [p for p, _ in report.bad] == [str(files[1])]
+    assert _data_files(tmp_path) == files
+
+
+def test_retention_removes_whole_old_days(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from cryptostream.archive import maintain
+
+    sink_all(tmp_path, values(trades(["BTCUSDT"], 3000, span_ms=3 * DAY)))
+    days = sorted(p.name for p in tmp_path.glob("date=*"))
+    assert len(days) == 3
+    last = dt.date.fromisoformat(days[-1].removeprefix("date="))
+    assert maintain.retain(tmp_path, 0, today=last) == []
+    removed = maintain.retain(tmp_path, 2, today=last)
+    assert [p.name for p in removed] == days[:1]
+    assert sorted(p.name for p in tmp_path.glob("date=*")) == days[1:]

@@ -39,6 +39,46 @@ def archive_check() -> None:
     raise typer.Exit(0 if report.ok else 1)
 
 
+@archive_app.command("compact")
+def archive_compact(
+    min_files: Annotated[
+        int | None,
+        typer.Option(help="Merge a folder's files of one Kafka partition from this many"),
+    ] = None,
+) -> None:
+    """Merge small files (atomically; a crash midway never duplicates a row)."""
+    from cryptostream.archive.maintain import compact
+
+    settings = Settings()
+    report = compact(settings.archive_dir, min_files or settings.archive_compact_min_files,
+                     settings.archive_row_group_rows)  # fmt: skip
+    typer.echo(
+        f"merged {report.merged} files into {report.written}; removed "
+        f"{report.removed_covered} covered leftovers"
+    )
+    for path, reason in report.bad:
+        typer.secho(f"not compacted, unreadable: {path}: {reason}", err=True, fg="yellow")
+    raise typer.Exit(1 if report.bad else 0)
+
+
+@archive_app.command("retain")
+def archive_retain(
+    days: Annotated[
+        int | None, typer.Option(help="Keep this many days (default CSP_ARCHIVE_RETENTION_DAYS)")
+    ] = None,
+) -> None:
+    """Delete the date partitions older than the retention (0 days = keep everything)."""
+    from cryptostream.archive.maintain import retain
+
+    settings = Settings()
+    removed = retain(
+        settings.archive_dir, settings.archive_retention_days if days is None else days
+    )
+    for folder in removed:
+        typer.echo(f"removed {folder}")
+    typer.echo(f"{len(removed)} date folders removed")
+
+
 @history_app.command("sql")
 def history_sql(
     statement: Annotated[str, typer.Argument(help="SQL over the view `trades`")],
