@@ -247,3 +247,30 @@ def test_retention_removes_whole_old_days(tmp_path: Path) -> None:
     removed = maintain.retain(tmp_path, 2, today=last)
     assert [p.name for p in removed] == days[:1]
     assert sorted(p.name for p in tmp_path.glob("date=*")) == days[1:]
+
+
+def test_export_writes_binance_archive_csv_that_the_simulator_replays(tmp_path: Path) -> None:
+    from cryptostream.history.queries import export_day
+    from marketsim.replay import read_archive
+    from marketsim.units import fmt8
+
+    ts = trades(["BTCUSDT", "ETHUSDT"], 4000, span_ms=2 * DAY)
+    sink_all(tmp_path / "archive", values(ts), flush_rows=900)
+    history = History(tmp_path / "archive")
+    day = day_of(T0 + DAY)
+    out = tmp_path / "out" / f"BTCUSDT-trades-{day}.csv"
+    rows, bad = export_day(history, "BTCUSDT", day, out)
+    want = [t for t in ts if t.symbol == "BTCUSDT" and T0 + DAY <= t.trade_time < T0 + 2 * DAY]
+    assert rows == len(want) and not bad
+    first = out.read_text().splitlines()[0].split(",")
+    assert first[0] == str(want[0].trade_id) and first[5] in ("True", "False")
+    assert Decimal(first[3]) == Decimal(want[0].price) * Decimal(want[0].quantity)
+    orders = list(read_archive(out))
+    assert [o.first_id for o in orders] == [t.trade_id for t in want]
+    assert [fmt8(o.price) for o in orders] == [t.price for t in want]
+    assert [fmt8(o.qtys[0]) for o in orders] == [t.quantity for t in want]
+    assert [o.time_us for o in orders] == [t.trade_time * 1000 for t in want]
+    assert [o.buyer_maker for o in orders] == [t.buyer_is_maker for t in want]
+    empty = tmp_path / "out" / "BTCUSDT-trades-2001-01-01.csv"
+    assert export_day(history, "BTCUSDT", "2001-01-01", empty) == (0, [])
+    assert empty.read_text() == ""

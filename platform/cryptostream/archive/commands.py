@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -99,3 +100,27 @@ def history_sql(
     typer.echo(sep.join(result.columns))
     for row in result.rows:
         typer.echo(sep.join("" if v is None else str(v) for v in row))
+
+
+@history_app.command("export")
+def history_export(
+    symbol: Annotated[str, typer.Argument(help="Trading pair, e.g. BTCUSDT")],
+    day: Annotated[str, typer.Argument(help="UTC day, YYYY-MM-DD")],
+    out: Annotated[Path, typer.Option(help="Folder for SYMBOL-trades-YYYY-MM-DD.csv")] = Path("."),
+) -> None:
+    """One day of a symbol as Binance's archive CSV (replay it: csp simulator --replay FILE)."""
+    import datetime as dt
+
+    from cryptostream.core.symbols import InvalidSymbol, normalize_symbol
+    from cryptostream.history.queries import History, export_day
+
+    try:
+        sym = normalize_symbol(symbol)
+        dt.date.fromisoformat(day)
+    except (InvalidSymbol, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    path = out / f"{sym}-trades-{day}.csv"
+    rows, skipped = export_day(History(Settings().archive_dir), sym, day, path)
+    for bad, reason in skipped:
+        typer.secho(f"skipped {bad}: {reason}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"{rows} trades -> {path}")

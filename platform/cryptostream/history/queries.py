@@ -12,6 +12,8 @@ Decimals stay exact: the archive's decimal128 columns sum as DuckDB DECIMALs and
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -176,6 +178,45 @@ class History:
         result = self._run(listing, query, SqlResult([], []))
         result.skipped = listing.bad
         return result
+
+
+_EXPORT_SQL = """
+COPY (
+  SELECT trade_id, CAST(price AS VARCHAR), CAST(quantity AS VARCHAR),
+         CAST(price * quantity AS VARCHAR), trade_time,
+         CASE WHEN buyer_is_maker THEN 'True' ELSE 'False' END, 'True'
+  FROM read_parquet({files}, hive_partitioning = false)
+  WHERE trade_time >= {start} AND trade_time < {end}
+  ORDER BY trade_id
+) TO {out} (FORMAT csv, HEADER false, QUOTE '')
+"""
+
+
+def export_day(
+    history: History, symbol: str, day: str, out: Path
+) -> tuple[int, list[tuple[str, str]]]:
+    """One UTC day of a symbol as Binance's archive CSV (``id,price,qty,quoteQty,time,
+    isBuyerMaker,isBestMatch``, no header, times in ms): the format data.binance.vision serves
+    and ``csp simulator --replay`` reads. The archive does not keep isBestMatch: always True,
+    as on every Binance spot trade. Returns the rows written and the files skipped."""
+    start = int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp() * 1000)
+    end = start + 86_400_000
+    listing = history.files.list(symbol, start, end)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+
+    def query(files: list[str]) -> int:
+        cur = history._cursor()
+        cur.execute(_EXPORT_SQL.format(files=_sql_list(files), start=start, end=end,
+                                       out=_sql_list([str(tmp)])[1:-1]))  # fmt: skip
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    rows = history._run(listing, query, 0)
+    if not tmp.exists():  # no data that day: an empty file, not an error
+        tmp.write_bytes(b"")
+    os.replace(tmp, out)
+    return rows, listing.bad
 
 
 def _sql_list(files: list[str]) -> str:
