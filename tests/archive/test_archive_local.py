@@ -274,3 +274,27 @@ def test_export_writes_binance_archive_csv_that_the_simulator_replays(tmp_path: 
     empty = tmp_path / "out" / "BTCUSDT-trades-2001-01-01.csv"
     assert export_day(history, "BTCUSDT", "2001-01-01", empty) == (0, [])
     assert empty.read_text() == ""
+
+
+def test_csp_history_sql_and_archive_commands(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sink_all(tmp_path, values(trades(["BTCUSDT", "ETHUSDT"], 1000)), flush_rows=100)
+    env = {**os.environ, "CSP_ARCHIVE_DIR": str(tmp_path), "CSP_RUN_DIR": str(tmp_path)}
+
+    def csp(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cryptostream", *args], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    out = csp("history", "sql", "SELECT symbol, count(*) AS n FROM trades GROUP BY 1 ORDER BY 1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "symbol\tn" and len(lines) == 3
+    assert sum(int(line.split("\t")[1]) for line in lines[1:]) == 1000
+    bad = csp("history", "sql", "SELECT nope FROM trades")
+    assert bad.returncode == 2 and "error" in bad.stderr
+    assert csp("archive", "compact", "--min-files", "2").returncode == 0
+    again = csp("history", "sql", "SELECT count(*) FROM trades", "--csv")
+    assert again.stdout.splitlines()[1] == "1000"
+    assert len(_data_files(tmp_path)) == 4  # one per day and symbol
