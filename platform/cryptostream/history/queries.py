@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from cryptostream.core.decimals import fmt
+from cryptostream.core.decimals import EXACT, fmt
 from cryptostream.history.files import ArchiveFiles, Listing
 from cryptostream.query.candles import MINUTE_MS, Candle
 
@@ -63,7 +63,8 @@ ORDER BY trade_id LIMIT $limit
 
 
 def _canonical(value: Decimal) -> Decimal:
-    return Decimal(fmt(value))
+    """Without trailing zeros, as Redis's candles are (the exact context: 38 digits never round)."""
+    return value.normalize(EXACT)
 
 
 class History:
