@@ -130,6 +130,18 @@ def bench_query(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_archive(session: nox.Session) -> None:
+    """Archive: one sink's drain rate (1M trades), the one-day 1m candle query over 1M trades
+    (DuckDB and HTTP), decimal128 vs decimal strings (DuckDB, pandas, Polars)."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.install("polars", "pandas")  # only for the column-type comparison
+    session.run("csp", "stack", "fetch")
+    session.run("python", "benchmarks/bench_archive.py", "--json",
+                "reports/bench-archive.json", *session.posargs)  # fmt: skip
+
+
+@nox.session(python=PYTHON)
 def reliability(session: nox.Session) -> None:
     """Every fault scenario in its full variant (< 20 min) -> reports/reliability/report.md+json."""
     _ensure_system_packages(session)

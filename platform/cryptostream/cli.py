@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from cryptostream.archive.commands import archive_app, history_app
 from cryptostream.config import (
     SERVICE_FIELDS,
     ConfigError,
@@ -29,6 +30,8 @@ stack_app = typer.Typer(help="The local embedded stack (real Kafka + Redis child
 topics_app = typer.Typer(help="Kafka topics, created explicitly (auto-creation is off).")
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
+app.add_typer(archive_app, name="archive")  # issue 21: the Parquet archive
+app.add_typer(history_app, name="history")
 
 
 def _fail(message: str) -> typer.Exit:

@@ -115,6 +115,18 @@ class Settings(BaseSettings):
         5.0, gt=0, description="A keep-alive connection without a new request this long is closed"
     )
 
+    # --- archive sink and history queries (archive/, history/) -------------------------------
+    archive_dir: Path = Field(Path("archive"), description="root of the Parquet trade archive")
+    archive_group_id: str = Field("archive-sink", description="the archive sinks' consumer group")
+    archive_scale: int = Field(8, ge=0, le=18, description="fractional digits of price/quantity")
+    archive_flush_rows: int = Field(200_000, ge=1, description="buffered trades that force a flush")
+    archive_flush_s: float = Field(30.0, gt=0, description="longest a trade waits for its file")
+    archive_row_group_rows: int = Field(262_144, ge=1024, description="rows per Parquet row group")
+    archive_retention_days: int = Field(0, ge=0, description="days of partitions kept (0 = all)")
+    archive_compact_min_files: int = Field(4, ge=2, description="files per folder to compact")
+    history_max_rows: int = Field(10_000, ge=1, description="trades in one /history page")
+    history_max_candles: int = Field(5000, ge=1, description="candles in one ranged answer")
+
     # --- stack --------------------------------------------------------------------------------
     kafka_version: str = Field("4.3.1", description="Apache Kafka version of the local broker")
     kafka_heap: str = Field("512m", description="local broker heap")

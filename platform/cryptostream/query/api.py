@@ -29,6 +29,7 @@ from cryptostream.config import Settings
 from cryptostream.core.symbols import InvalidSymbol, normalize_symbol
 from cryptostream.query import candles as candle_math
 from cryptostream.query import inputs
+from cryptostream.query.history import TIME_DOC, TIME_SCHEMA, HistoryRoutes
 from cryptostream.query.metrics import QueryMetrics
 from cryptostream.query.protocol import REFUSED_STATE_KEY
 from cryptostream.query.push import ClientFeed, PriceHub, serve_websocket
@@ -377,6 +378,8 @@ def build_api(state: QueryState) -> FastAPI:
     )
 
     _offline_docs(app)
+    history = HistoryRoutes(state)  # issue 21: the Parquet archive (query/history.py)
+    history.register(app)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
@@ -525,7 +528,10 @@ def build_api(state: QueryState) -> FastAPI:
         description=(
             "1-minute candles as the processor keeps them; 5m, 15m and 1h are rolled up from "
             "them with exact decimal arithmetic, aligned to the epoch. Minutes without trades "
-            "have no candle."
+            "have no candle. With `from` and/or `to`, the candles opening in [from, to): "
+            "minutes older than Redis's day come from the Parquet archive, a range without "
+            "data is an empty list, and at most CSP_HISTORY_MAX_CANDLES candles come back, "
+            "with `next` for the rest (`limit` does not apply)."
         ),
         responses={
             200: {"model": CandlesOut},
@@ -542,8 +548,20 @@ def build_api(state: QueryState) -> FastAPI:
         limit: Annotated[
             int, Query(ge=1, le=max_candles, description="Number of candles")
         ] = default_candles,
+        from_: Annotated[
+            str | None,
+            Query(
+                alias="from", description="Range start: " + TIME_DOC, json_schema_extra=TIME_SCHEMA
+            ),
+        ] = None,
+        to: Annotated[
+            str | None,
+            Query(description="Range end (exclusive): " + TIME_DOC, json_schema_extra=TIME_SCHEMA),
+        ] = None,
     ) -> Response:
         sym = normalize_symbol(symbol)
+        if from_ is not None or to is not None:  # a range: Redis's day, and the archive before it
+            return await history.ranged_candles(sym, interval, from_, to)
         minutes = candle_math.INTERVAL_MINUTES[interval]
         latest = await state.store.latest_candle_time(sym)
         if latest is None:

@@ -1,0 +1,309 @@
+"""Archive benchmark: one sink's drain rate, the one-day candle query, decimal128 vs strings.
+
+1. **Sink**: ``--trades`` (1,000,000) trades pre-filled over 8 partitions and ``--symbols``
+   Zipf-weighted symbols on the local broker; one :class:`ArchiveSink` (the code ``csp archive``
+   runs, in this process) drains them into an empty archive folder with the default settings.
+   Rate = trades / (last flush durable - first record fetched); the time inside
+   ``ArchiveStore.commit`` (Arrow, Parquet, fsync) is reported apart.
+2. **Query**: ``--query-trades`` (1,000,000) trades of one symbol in one UTC day, archived by the
+   sink's own core and store; the day's 1440 one-minute candles through ``History.candles``
+   (first call on a fresh object, then the median of repeats) and through the real query API
+   (``GET /candles/{symbol}?interval=1m&from=&to=``, uvicorn, Redis of the local stack).
+3. **Column types**: the same 1M rows with price/quantity as decimal128(38, 8) and as decimal
+   strings: file size, DuckDB's candle query, pandas (pyarrow ``to_pandas``) and Polars reads,
+   each with an exactness check of the quantity sum.
+
+Run it as ``flock /tmp/csp-heavy.lock nox -s bench_archive`` (writes reports/bench-archive.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import uvicorn
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from cryptostream.archive.core import DAY_MS, SinkCore
+from cryptostream.archive.service import ArchiveSink
+from cryptostream.archive.store import ArchiveStore
+from cryptostream.config import Settings
+from cryptostream.core.codec import encode_trade
+from cryptostream.core.decimals import EXACT
+from cryptostream.core.trades import Trade
+from cryptostream.history.queries import History
+from cryptostream.kafka_clients import producer_config
+from cryptostream.query.app import QueryApp
+from cryptostream.query.server import uvicorn_config
+from cryptostream.stack.local import LocalStack
+from cryptostream.stack.supervisor import free_port
+from cryptostream.topics import create_topics, required_topics
+
+BASE = 1_718_000_000_000 - 1_718_000_000_000 % DAY_MS  # a UTC midnight
+
+
+def pools(seed: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    return (
+        [f"{rng.uniform(1, 70000):.8f}" for _ in range(997)],
+        [f"{rng.uniform(0.001, 5):.8f}" for _ in range(1009)],
+    )
+
+
+def prefill(settings: Settings, total: int, names: list[str]) -> None:
+    rng = random.Random(1)
+    prices, qtys = pools(1)
+    producer = Producer(producer_config(settings, **{"linger.ms": 20}))
+    ids = dict.fromkeys(names, 0)
+    chosen = rng.choices(names, [1 / (i + 1) for i in range(len(names))], k=total)
+    t0 = time.monotonic()
+    for i, symbol in enumerate(chosen):
+        ids[symbol] += 1
+        t = BASE + i * (DAY_MS // total)
+        trade = Trade(symbol, ids[symbol], prices[i % 997], qtys[i % 1009], t, t, bool(i & 1))
+        while True:
+            try:
+                producer.produce(settings.topic, encode_trade(trade, t * 1000), symbol.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 20000 == 0:
+            producer.poll(0)
+    assert producer.flush(120) == 0
+    print(f"prefilled {total:,} trades in {time.monotonic() - t0:.1f}s", flush=True)
+
+
+def end_offsets(settings: Settings) -> int:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    try:
+        parts = consumer.list_topics(settings.topic, timeout=10).topics[settings.topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(settings.topic, p), timeout=10)[1]
+            for p in parts
+        )
+    finally:
+        consumer.close()
+
+
+def drain(settings: Settings, total: int) -> dict[str, float]:
+    sink = ArchiveSink(settings)
+    commit_s = 0.0
+    original = sink.store.commit
+
+    def timed_commit(flush: Any) -> Any:
+        nonlocal commit_s
+        t = time.perf_counter()
+        try:
+            return original(flush)
+        finally:
+            commit_s += time.perf_counter() - t
+
+    sink.store.commit = timed_commit  # type: ignore[method-assign]
+    sink.consumer.subscribe([settings.topic], on_assign=sink._on_assign,
+                            on_revoke=sink._on_revoke, on_lost=sink._on_lost)  # fmt: skip
+    started: float | None = None
+    deadline = time.monotonic() + 600
+    while sink.stats["records"] < total and time.monotonic() < deadline:
+        sink.step(0.5)
+        if started is None and sink.stats["records"]:
+            started = time.perf_counter()
+    for partition in sink.core.due(time.monotonic(), everything=True):
+        sink._flush(partition)
+    ended = time.perf_counter()
+    sink.consumer.close()
+    assert started is not None and sink.stats["archived"] == total, sink.stats
+    elapsed = ended - started
+    out = {
+        "trades": total,
+        "seconds": round(elapsed, 3),
+        "trades_per_s": round(total / elapsed),
+        "commit_seconds": round(commit_s, 3),
+        "files": sink.stats["files"],
+        "flushes": sink.stats["flushes"],
+    }
+    print(f"sink drain: {out}", flush=True)
+    return out
+
+
+def one_day_archive(root: Path, total: int, symbol: str) -> None:
+    prices, qtys = pools(2)
+    core = SinkCore(200_000, 3600.0)  # the default CSP_ARCHIVE_FLUSH_ROWS
+    store = ArchiveStore(root, "raw.trades", 8, 262_144)
+    step = DAY_MS / total
+    for i in range(total):
+        t = BASE + int(i * step)
+        trade = Trade(symbol, i + 1, prices[i % 997], qtys[i % 1009], t, t, bool(i & 1))
+        core.add(0, i, encode_trade(trade, t * 1000), 0.0)
+        for p in core.due(0.0):
+            store.commit(core.take(p))
+    for p in core.due(0.0, everything=True):
+        store.commit(core.take(p))
+
+
+def time_query(root: Path, symbol: str, repeats: int) -> dict[str, Any]:
+    t = time.perf_counter()
+    history = History(root)
+    candles, bad = history.candles(symbol, BASE, BASE + DAY_MS)
+    first_ms = (time.perf_counter() - t) * 1000
+    assert len(candles) == 1440 and not bad and sum(c.n for c in candles)
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        history.candles(symbol, BASE, BASE + DAY_MS)
+        runs.append((time.perf_counter() - t) * 1000)
+    out = {"first_ms": round(first_ms, 1), "median_ms": round(statistics.median(runs), 1),
+           "max_ms": round(max(runs), 1), "candles": len(candles),
+           "trades": sum(c.n for c in candles)}  # fmt: skip
+    print(f"History.candles, one day of 1m: {out}", flush=True)
+    return out
+
+
+def time_http(settings: Settings, symbol: str, repeats: int) -> dict[str, Any]:
+    config = uvicorn_config(settings, workers=1)
+    assert isinstance(config.app, QueryApp)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{settings.query_port}/candles/{symbol}"
+    params = {"interval": "1m", "from": BASE, "to": BASE + DAY_MS}
+    runs = []
+    try:
+        with httpx.Client(timeout=30) as client:
+            for i in range(repeats + 1):
+                t = time.perf_counter()
+                reply = client.get(url, params=params)
+                elapsed = (time.perf_counter() - t) * 1000
+                assert reply.status_code == 200 and len(reply.json()["candles"]) == 1440
+                if i:
+                    runs.append(elapsed)
+                else:
+                    first = elapsed
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    out = {"first_ms": round(first, 1), "median_ms": round(statistics.median(runs), 1),
+           "max_ms": round(max(runs), 1)}  # fmt: skip
+    print(f"GET /candles one day of 1m over HTTP: {out}", flush=True)
+    return out
+
+
+def column_types(root: Path, workdir: Path) -> dict[str, Any]:
+    """decimal128(38, 8) against decimal strings, on the same rows."""
+    files = sorted(str(p) for p in root.glob("date=*/symbol=*/*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    truth = Decimal(0)
+    for q in table.column("quantity").to_pylist():
+        truth = EXACT.add(truth, q)
+    as_text = table.set_column(1, "price", table.column("price").cast(pa.string())).set_column(
+        2, "quantity", table.column("quantity").cast(pa.string())
+    )
+    out: dict[str, Any] = {"rows": table.num_rows}
+    for name, t, dec in (("decimal128", table, "price"), ("string", as_text, None)):
+        path = workdir / f"types-{name}.parquet"
+        pq.write_table(t, path, compression="zstd", row_group_size=262_144)
+        res: dict[str, Any] = {"bytes": path.stat().st_size}
+        p, q = (
+            ("price", "quantity")
+            if dec
+            else ("CAST(price AS DECIMAL(38,8))", "CAST(quantity AS DECIMAL(38,8))")
+        )
+        sql = (
+            f"SELECT trade_time - trade_time % 60000 AS t, arg_min({p}, trade_id), max({p}), "
+            f"min({p}), arg_max({p}, trade_id), sum({q}), sum({p} * {q}), count(*) "
+            f"FROM read_parquet('{path}') GROUP BY 1"
+        )
+        con = duckdb.connect()
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            con.execute(sql).fetchall()
+            runs.append((time.perf_counter() - t0) * 1000)
+        res["duckdb_candles_ms"] = round(statistics.median(runs), 1)
+        total = con.execute(f"SELECT sum({q}) FROM read_parquet('{path}')").fetchone()
+        res["duckdb_sum_exact"] = total is not None and Decimal(total[0]) == truth
+        t0 = time.perf_counter()
+        frame = pq.read_table(path).to_pandas()
+        res["pandas_read_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        res["pandas_dtype"] = str(frame["quantity"].dtype)
+        t0 = time.perf_counter()
+        acc = Decimal(0)
+        for v in frame["quantity"]:
+            acc = EXACT.add(acc, v if isinstance(v, Decimal) else Decimal(v))
+        res["pandas_exact_sum_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        res["pandas_sum_exact"] = acc == truth
+        try:
+            import polars as pl
+        except ImportError:
+            res["polars"] = "not installed"
+        else:
+            t0 = time.perf_counter()
+            df = pl.read_parquet(path)
+            col = df["quantity"] if dec else df["quantity"].cast(pl.Decimal(38, 8))
+            s = col.sum()
+            res["polars_read_sum_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+            res["polars_dtype"] = str(df["quantity"].dtype)
+            res["polars_sum_exact"] = Decimal(str(s)) == truth
+        out[name] = res
+        print(f"columns as {name}: {res}", flush=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trades", type=int, default=1_000_000)
+    parser.add_argument("--symbols", type=int, default=100)
+    parser.add_argument("--query-trades", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-archive-"))
+    base = Settings(run_dir=workdir, archive_dir=workdir / "archive")
+    results: dict[str, Any] = {
+        "command": "flock /tmp/csp-heavy.lock nox -s bench_archive",
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "platform": platform.platform()},
+    }  # fmt: skip
+    with LocalStack(base, workdir / "stack") as stack:
+        settings = base.model_copy(update={"kafka_bootstrap": stack.kafka_bootstrap,
+                                           "redis_url": stack.redis_url,
+                                           "query_port": free_port()})  # fmt: skip
+        create_topics(stack.kafka_bootstrap, required_topics(settings))
+        prefill(settings, args.trades, [f"S{i:04d}USDT" for i in range(args.symbols)])
+        assert end_offsets(settings) == args.trades
+        results["sink"] = drain(settings, args.trades)
+        qroot = workdir / "query-archive"
+        t0 = time.perf_counter()
+        one_day_archive(qroot, args.query_trades, "BTCUSDT")
+        print(f"one-day archive written in {time.perf_counter() - t0:.1f}s", flush=True)
+        results["query"] = time_query(qroot, "BTCUSDT", args.repeats)
+        results["query_http"] = time_http(
+            settings.model_copy(update={"archive_dir": qroot}), "BTCUSDT", args.repeats
+        )
+        results["column_types"] = column_types(qroot, workdir)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    ok = results["sink"]["trades_per_s"] >= 100_000 and results["query"]["median_ms"] <= 200
+    print("targets met" if ok else "TARGETS MISSED (>= 100,000 trades/s, <= 200 ms)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The archive sink: raw.trades -> Parquet, atomically, exactly once (issue 21)."""

@@ -1,0 +1,154 @@
+"""``csp archive``: a consumer-group member writing ``raw.trades`` to the Parquet archive.
+
+A thin shell around :class:`~cryptostream.archive.core.SinkCore` (what to write, when) and
+:class:`~cryptostream.archive.store.ArchiveStore` (how, durably). Run as many as you like in
+the group ``CSP_ARCHIVE_GROUP_ID``: each owns some partitions, resumes each from the archive's
+own commit marker (never from Kafka's committed offset), and flushes a partition before giving
+it up in a rebalance. Kafka offsets are committed after a flush is durable, for lag tooling.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from cryptostream.archive.core import SinkCore
+from cryptostream.archive.store import ArchiveStore
+from cryptostream.config import Settings
+from cryptostream.kafka_clients import make_consumer, security_config
+from cryptostream.logs import RateLimitedLog, setup_logging
+from cryptostream.topics import TopicError, require_topic
+
+log = logging.getLogger("cryptostream.archive")
+
+POLL_MAX = 20_000
+
+
+class ArchiveSink:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topic
+        self.core = SinkCore(
+            settings.archive_flush_rows,
+            settings.archive_flush_s,
+            int(settings.processor_max_future_s * 1000),
+        )
+        self.store = ArchiveStore(
+            settings.archive_dir, settings.topic, settings.archive_scale,
+            settings.archive_row_group_rows,
+        )  # fmt: skip
+        self.consumer: Consumer = make_consumer(
+            settings,
+            **{"group.id": settings.archive_group_id, "enable.partition.eof": False},
+        )
+        self.running = True
+        self.warn = RateLimitedLog(log)
+        self.stats = {"records": 0, "archived": 0, "files": 0, "flushes": 0}
+        self._last_report = time.monotonic()
+
+    # librdkafka runs these inside poll()/consume()/close(), in this thread, between batches.
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        starts: dict[int, int | None] = {}
+        for tp in partitions:
+            start = self.store.resume(tp.partition)
+            starts[tp.partition] = start
+            self.core.start(tp.partition, 0 if start is None else start)
+            tp.offset = OFFSET_BEGINNING if start is None else start
+        consumer.incremental_assign(partitions)
+        log.info("partitions assigned", extra={"fields": {"partitions": starts}})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        owned = {tp.partition for tp in partitions}
+        for partition in self.core.due(time.monotonic(), everything=True):
+            if partition in owned:
+                self._flush(partition)
+        for partition in owned:
+            self.core.drop(partition)
+        consumer.incremental_unassign(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Someone else may own them already: what is buffered is theirs to write.
+        for tp in partitions:
+            self.core.drop(tp.partition)
+        consumer.incremental_unassign(partitions)
+
+    def _flush(self, partition: int) -> None:
+        flush = self.core.take(partition)
+        paths = self.store.commit(flush)
+        self.stats["archived"] += flush.rows
+        self.stats["files"] += len(paths)
+        self.stats["flushes"] += 1
+        try:  # after the commit point: for lag tooling only
+            self.consumer.commit(
+                offsets=[TopicPartition(self.topic, partition, flush.last + 1)],
+                asynchronous=True,
+            )
+        except KafkaException as exc:
+            self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
+
+    def run(self) -> None:
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)  # fmt: skip
+        try:
+            while self.running:
+                self.step(self.settings.batch_timeout_s)
+            for partition in self.core.due(time.monotonic(), everything=True):
+                self._flush(partition)
+        finally:
+            self.consumer.close()  # runs the revoke callback (nothing left to flush)
+            self._report()
+
+    def step(self, timeout_s: float) -> None:
+        first = self.consumer.poll(timeout_s)
+        now = time.monotonic()
+        if first is not None:
+            messages: list[Any] = [first, *self.consumer.consume(POLL_MAX - 1, timeout=0)]
+            add = self.core.add
+            for msg in messages:
+                err = msg.error()
+                if err is None:
+                    add(msg.partition(), msg.offset(), msg.value(), now)
+                elif err.code() != KafkaError._PARTITION_EOF:
+                    self.warn.warning("consume", "consumer error", **{"error.message": str(err)})
+            self.stats["records"] += len(messages)
+        for partition in self.core.due(now):
+            self._flush(partition)
+        if now - self._last_report >= 10:
+            self._report()
+
+    def _report(self) -> None:
+        self._last_report = time.monotonic()
+        log.info(
+            "archive progress",
+            extra={"fields": {**self.stats, "buffered": self.core.buffered,
+                              "undecodable": self.core.undecodable, "stale": self.core.stale,
+                              "unrepresentable": self.store.unrepresentable}},
+        )  # fmt: skip
+
+
+def main(settings: Settings) -> int:
+    setup_logging("archive", settings.log_level)
+    try:
+        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
+                      client_config=security_config(settings))  # fmt: skip
+    except TopicError as exc:
+        log.error(str(exc))
+        return 2
+    try:
+        settings.archive_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error(f"cannot create the archive folder {settings.archive_dir}: {exc}")
+        return 2
+    sink = ArchiveSink(settings)
+
+    def _stop(signum: int, frame: object) -> None:
+        sink.running = False
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    sink.run()
+    return 0

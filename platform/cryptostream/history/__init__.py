@@ -1,0 +1,1 @@
+"""Queries over the Parquet archive with embedded DuckDB (issue 21)."""

@@ -1,0 +1,169 @@
+"""The query API's history routes on a real uvicorn server, a real Redis and a real archive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from cryptostream.config import Settings
+from cryptostream.core.keys import candle_member, candles_1m_key
+from cryptostream.core.trades import Trade
+from cryptostream.core.views import compute_views
+from cryptostream.query import candles as candle_math
+from cryptostream.stack.redis_server import RedisServer
+from cryptostream.stack.supervisor import free_port
+from tests.archive.helpers import DAY, T0, sink_all, trades, values
+from tests.query.conftest import redis_server, start_service, stop_service
+
+__all__ = ["redis_server"]
+
+MIN = 60_000
+CUTOFF = T0 + 3 * DAY // 2 + 7 * MIN  # Redis holds the minutes from here on (its "day")
+LAG = T0 + 2 * DAY - 2 * 3_600_000  # the archive holds the trades before this (flush lag)
+
+
+@pytest.fixture
+def world(
+    redis_server: RedisServer, tmp_path: Path
+) -> Iterator[tuple[httpx.Client, list[Trade], Path]]:
+    ts = trades(["BTCUSDT", "ETHUSDT"], 20_000)
+    archive = tmp_path / "archive"
+    sink_all(archive, values([t for t in ts if t.trade_time < LAG]), flush_rows=3000)
+    r = redis.Redis.from_url(redis_server.url)
+    r.flushall()
+    for sym, view in compute_views(ts).items():  # the processor's candles, trimmed to a "day"
+        members = {
+            orjson.dumps(candle_member(c)): c.open_time
+            for c in view.candles.values()
+            if c.open_time >= CUTOFF
+        }
+        r.zadd(candles_1m_key(sym), members)
+    settings = Settings(redis_url=redis_server.url, query_port=free_port(), run_dir=tmp_path,
+                        archive_dir=archive)  # fmt: skip
+    service = start_service(settings)
+    try:
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            yield client, ts, archive
+    finally:
+        stop_service(service)
+        r.close()
+
+
+def expected(
+    ts: list[Trade], sym: str, start: int, end: int, minutes: int
+) -> list[dict[str, object]]:
+    """Buckets opening in [start, end), whole, from the views math over every trade."""
+    width = minutes * MIN
+    start, end = -(-start // width) * width, -(-end // width) * width
+    view = compute_views(t for t in ts if t.symbol == sym)[sym]
+    ones = [
+        candle_math.parse_candle(orjson.dumps(candle_member(c)))
+        for t, c in sorted(view.candles.items())
+        if start <= t < end
+    ]
+    return [candle_math.candle_json(c, minutes) for c in candle_math.aggregate(ones, minutes)]
+
+
+def test_ranged_candles_join_the_archive_and_redis_exactly(
+    world: tuple[httpx.Client, list[Trade], Path],
+) -> None:
+    http, ts, _ = world
+    for interval, minutes, start, end in [
+        ("1m", 1, CUTOFF - 90 * MIN, CUTOFF + 90 * MIN),  # across the Redis boundary
+        ("1h", 60, T0, T0 + 2 * DAY),  # both days; the boundary inside an hour
+        ("5m", 5, T0 + 10 * MIN, T0 + DAY),  # only the archive
+        ("15m", 15, CUTOFF, T0 + 2 * DAY),  # only Redis (the archive lags)
+        ("1h", 60, T0 + 7 * MIN, T0 + DAY + 7 * MIN),  # unaligned: whole buckets opening in it
+    ]:
+        body = http.get(
+            "/candles/BTCUSDT", params={"interval": interval, "from": start, "to": end}
+        ).json()
+        want = expected(ts, "BTCUSDT", start, end, minutes)
+        assert body["candles"] == want, interval
+        assert len(want) > 2
+    # ISO-8601 times work too, and agree with the ms ones
+    iso = http.get(
+        "/candles/ETHUSDT",
+        params={"interval": "1h", "from": "2024-06-10", "to": "2024-06-10T06:00:00Z"},
+    ).json()
+    start = 1717977600000
+    assert iso["candles"] == expected(ts, "ETHUSDT", start, start + 6 * 3_600_000, 60)
+
+
+def test_the_current_candles_behaviour_is_unchanged(
+    world: tuple[httpx.Client, list[Trade], Path],
+) -> None:
+    http, ts, _ = world
+    body = http.get("/candles/BTCUSDT", params={"limit": 3}).json()
+    newest = max(t.trade_time for t in ts if t.symbol == "BTCUSDT")
+    last_minute = newest - newest % MIN
+    assert [c["open_time"] for c in body["candles"]][-1] == last_minute
+    assert len(body["candles"]) == 3
+    assert http.get("/candles/NOSUCH").status_code == 404  # still 404 without a range
+
+
+def test_empty_and_bad_ranges(world: tuple[httpx.Client, list[Trade], Path]) -> None:
+    http, ts, _ = world
+    empty = http.get("/candles/BTCUSDT", params={"from": T0 - 3 * DAY, "to": T0 - 2 * DAY})
+    assert empty.status_code == 200 and empty.json()["candles"] == []
+    assert http.get("/candles/NOSUCH", params={"from": T0, "to": T0 + DAY}).json()["candles"] == []
+    assert http.get("/candles/BTCUSDT", params={"from": T0 + DAY, "to": T0}).json()["candles"] == []
+    page = http.get("/history/trades/BTCUSDT", params={"from": T0 - 3 * DAY, "to": T0 - 2 * DAY})
+    assert page.status_code == 200 and page.json()["trades"] == [] and page.json()["next"] is None
+    for params in [{"from": "yesterday"}, {"to": "2024-13-01"}]:
+        resp = http.get("/candles/BTCUSDT", params=params)
+        assert resp.status_code == 400 and "error" in resp.json(), params
+    # more candles than one answer holds: the first CSP_HISTORY_MAX_CANDLES, then `next`
+    got, url, pages = [], f"/candles/BTCUSDT?interval=1m&from={T0}&to={T0 + 4 * DAY}", 0
+    while url:
+        body = http.get(url).json()
+        got += body["candles"]
+        url = body.get("next")
+        pages += 1
+    assert pages == 2 and got == expected(ts, "BTCUSDT", T0, T0 + 4 * DAY, 1)
+    assert http.get("/history/trades/BTCUSDT", params={"to": "12:xx"}).status_code == 400
+    assert http.get("/history/trades/B!").status_code == 400
+    assert http.get("/history/trades/BTCUSDT", params={"limit": 10**9}).status_code == 400
+
+
+def test_history_trades_pages_cover_the_range_once(
+    world: tuple[httpx.Client, list[Trade], Path],
+) -> None:
+    http, ts, _ = world
+    start, end = T0 + DAY // 3, T0 + DAY
+    url: str | None = f"/history/trades/ETHUSDT?from={start}&to={end}&limit=700"
+    got: list[dict[str, object]] = []
+    pages = 0
+    while url:
+        body = http.get(url).json()
+        got += body["trades"]
+        url = body["next"]
+        pages += 1
+    want = [t for t in ts if t.symbol == "ETHUSDT" and start <= t.trade_time < end]
+    assert pages > 2
+    assert [g["trade_id"] for g in got] == [t.trade_id for t in want]
+    assert all(Decimal(str(g["price"])) == Decimal(t.price) for g, t in zip(got, want, strict=True))
+    assert all(
+        Decimal(str(g["quantity"])) == Decimal(t.quantity) for g, t in zip(got, want, strict=True)
+    )
+
+
+def test_a_truncated_file_is_named_and_skipped_not_served(
+    world: tuple[httpx.Client, list[Trade], Path],
+) -> None:
+    http, _, archive = world
+    victim = sorted(archive.glob("date=*/symbol=BTCUSDT/*.parquet"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3])
+    body = http.get("/candles/BTCUSDT", params={"interval": "1h", "from": T0, "to": T0 + DAY})
+    assert body.status_code == 200
+    assert body.json()["skipped_files"] == [str(victim)]
+    page = http.get("/history/trades/BTCUSDT", params={"from": T0, "to": T0 + DAY, "limit": 10})
+    assert page.status_code == 200 and page.json()["skipped_files"] == [str(victim)]
+    assert len(page.json()["trades"]) == 10

@@ -1,0 +1,104 @@
+"""`csp archive` as real processes on the real broker, SIGKILLed while trades flow: the checker
+finds every symbol's count, volume and last trade in the archive equal to the topic's."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cryptostream.archive.check import check
+from cryptostream.core.trades import Trade
+from cryptostream.stack.supervisor import ManagedProcess, ProcessGroup
+from tests.conftest import Env
+from tests.kafka_helpers import produce, synthetic_trades
+
+pytestmark = [pytest.mark.integration]
+
+
+def _sink(env: dict[str, str], logs: Path, n: int) -> ManagedProcess:
+    argv = [sys.executable, "-m", "cryptostream", "archive"]
+    return ManagedProcess(f"archive-{n}", argv, log_path=logs / f"archive-{n}.log", env=env)
+
+
+def _markers(root: Path) -> set[str]:
+    return {str(p) for p in root.glob("_sink/*/p*/*.json")}
+
+
+def _staged(root: Path) -> bool:
+    return any(root.glob("_sink/*/p*/staging/*"))
+
+
+def test_sigkilled_sinks_archive_every_record_exactly_once(isolated: Env) -> None:
+    archive = isolated.workdir / "archive"
+    settings = isolated.settings.model_copy(
+        update={"archive_dir": archive, "archive_group_id": f"archive-{uuid.uuid4().hex[:8]}"}
+    )
+    env = {
+        **os.environ,
+        **isolated.env,
+        "CSP_ARCHIVE_DIR": str(archive),
+        "CSP_ARCHIVE_GROUP_ID": settings.archive_group_id,
+        "CSP_ARCHIVE_FLUSH_ROWS": "700",  # many flushes: a kill often lands inside one
+        "CSP_ARCHIVE_FLUSH_S": "0.2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    trades = synthetic_trades(["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"], 40_000)
+    bad = [(b"BTCUSDT", b"{not json"), (b"ETHUSDT", b'{"v": 2}')]
+
+    chunks = [trades[i : i + 10_000] for i in range(0, len(trades), 10_000)]
+
+    def producer(chunk: list[Trade], raw: list[tuple[bytes, bytes]]) -> None:
+        for i in range(0, len(chunk), 1000):  # trades keep arriving through the kill
+            produce(settings, chunk[i : i + 1000], raw if i == 0 else ())
+            time.sleep(0.1)
+
+    rng = random.Random(21)
+    kills = mid_flush = 0
+    progress = []
+    with ProcessGroup() as group:
+        for round_no in range(4):
+            feeder = threading.Thread(
+                target=producer, args=(chunks[round_no], bad if round_no == 2 else []), daemon=True
+            )
+            feeder.start()
+            sinks = [group.add(_sink(env, isolated.workdir, round_no * 2 + k).start())
+                     for k in range(1 + round_no % 2)]  # fmt: skip
+            before = _markers(archive)
+            deadline = time.monotonic() + 60
+            while _markers(archive) == before and time.monotonic() < deadline:
+                time.sleep(0.05)  # wait until this round has committed something
+            if round_no % 2 == 0:  # the moment a flush is under way: staged, not yet placed
+                until = time.monotonic() + 10
+                while not _staged(archive) and time.monotonic() < until:
+                    time.sleep(0.0005)
+                mid_flush += bool(_staged(archive))
+            else:
+                time.sleep(rng.uniform(0.05, 1.0))
+            for sink in sinks:
+                assert sink.alive(), sink.log_tail()
+                sink.signal(signal.SIGKILL)
+                sink.wait(10)
+                kills += 1
+            progress.append(len(_markers(archive) - before) > 0)
+            feeder.join(120)
+        final = group.add(_sink(env, isolated.workdir, 99).start())
+        deadline = time.monotonic() + 90
+        report = check(settings)
+        while not report.ok and time.monotonic() < deadline:
+            time.sleep(1)
+            report = check(settings)
+        final.stop()
+    assert all(progress) and kills == 6 and mid_flush >= 1, (progress, mid_flush)
+    assert report.records == len(trades) + len(bad)
+    assert report.undecodable == len(bad)
+    assert report.ok, report.summary()
+    assert report.lost == 0 and report.duplicated == 0
+    assert not list(archive.glob("_sink/*/p*/staging/*")), "uncommitted files left behind"
