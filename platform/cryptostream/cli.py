@@ -197,6 +197,7 @@ def experiment(
     report: Annotated[bool, typer.Option(help="Write plots and report.md/html afterwards")] = True,
 ) -> None:
     """Run an experiment on the local stack; write reports/<date>-<name>/results.json + report."""
+    from cryptostream.harness.cgroups import BudgetError
     from cryptostream.harness.model import load_experiment
     from cryptostream.harness.report import write_report
     from cryptostream.harness.runner import RunOptions, run_experiment
@@ -219,6 +220,8 @@ def experiment(
         folder = run_experiment(options)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except BudgetError as exc:
+        raise _fail(str(exc)) from None
     typer.echo(f"results: {folder / 'results.json'}")
     if report:
         for line in write_report(folder):
@@ -227,15 +230,30 @@ def experiment(
 
 @app.command("report")
 def report_cmd(
-    folder: Annotated[Path, typer.Argument(help="A report folder holding results.json")],
+    folders: Annotated[
+        list[Path], typer.Argument(help="A report folder holding results.json (--compare: A B)")
+    ],
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Set two runs A B side by side (B/compare-A.md)")
+    ] = False,
 ) -> None:
     """(Re)generate the plots, report.md and report.html of an experiment from results.json."""
-    from cryptostream.harness.report import write_report
+    from cryptostream.harness.report import write_comparison, write_report
 
-    if not (folder / "results.json").exists():
-        raise _fail(f"{folder / 'results.json'} does not exist")
-    for line in write_report(folder):
-        typer.echo(line)
+    for folder in folders:
+        if not (folder / "results.json").exists():
+            raise _fail(f"{folder / 'results.json'} does not exist")
+    if compare:
+        if len(folders) != 2:
+            raise _fail("--compare takes two report folders: A B")
+        try:
+            typer.echo(write_comparison(folders[0], folders[1]))
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        return
+    for folder in folders:
+        for line in write_report(folder):
+            typer.echo(line)
 
 
 def main() -> None:

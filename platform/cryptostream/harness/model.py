@@ -72,14 +72,36 @@ class Search(_Strict):
     start_rate: float = Field(2000.0, gt=0)
     max_rate: float = Field(100_000.0, gt=0)
     trial_s: float = Field(12.0, gt=0)
-    max_trials: int = Field(5, ge=1)
-    resolution: float = Field(0.1, gt=0, lt=1, description="stop when high/low - 1 < this")
+    max_trials: int = Field(8, ge=1, description="search trials per processor count")
+    max_confirmations: int = Field(2, ge=1, description="confirmation trials per processor count")
+    resolution: float = Field(0.1, gt=0, lt=1, description="bisect until high/low - 1 <= this")
+    start_per_processor: bool = Field(
+        False, description="start at start_rate x processors (capacity grows with the count)"
+    )
     slope_tolerance: float = Field(
         0.05, gt=0, description="sustained if lag grows slower than this fraction of the rate"
     )
     capacity_trial: bool = Field(
-        True, description="then measure latency at the highest sustained rate"
+        True, description="confirm the highest sustained rate (and its latency) in a longer trial"
     )
+
+
+class Budgets(_Strict):
+    """CPU quotas in cores per process (a cgroup each, like Kubernetes CPU limits); None = none.
+
+    A budgeted experiment needs a writable cgroup CPU controller (root on Linux) and stops with
+    a clear message where there is none.
+    """
+
+    processor_cpu: float | None = Field(None, gt=0, le=64, description="cores per processor")
+    loadgen_cpu: float | None = Field(None, gt=0, le=64, description="the Kafka load generator")
+    kafka_cpu: float | None = Field(None, gt=0, le=64, description="the local Kafka broker")
+    redis_cpu: float | None = Field(None, gt=0, le=64, description="the local Redis server")
+    query_cpu: float | None = Field(None, gt=0, le=64, description="the query API (all workers)")
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in self.model_dump().values())
 
 
 class QueryLoad(_Strict):
@@ -105,6 +127,7 @@ class Experiment(_Strict):
     workload: Workload
     topology: Topology = Field(default_factory=Topology)
     search: Search = Field(default_factory=Search)
+    budgets: Budgets = Field(default_factory=Budgets)
     measurements: Measurements = Field(default_factory=Measurements)
 
 
