@@ -180,9 +180,21 @@ def demo(
     )
 
 
+def _shipped_experiments() -> str:
+    """The experiments shipped in the package, for ``csp experiment --help``."""
+    from cryptostream.harness.model import shipped_experiments
+
+    try:
+        return "; ".join(f"{name}: {text}" for name, text in shipped_experiments().items())
+    except (OSError, ValueError) as exc:  # a broken install must not break the whole CLI
+        return f"(cannot list them: {exc})"
+
+
 @app.command()
 def experiment(
-    name: Annotated[str, typer.Argument(help="benchmarks/experiments/<name>.toml, or a file")],
+    name: Annotated[
+        str, typer.Argument(help=f"A shipped experiment or a TOML file. {_shipped_experiments()}")
+    ],
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default reports/<date>-<name>)")
     ] = None,

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(stack: LocalStack | ContainerStack, out: Path, seed: int | None = None) -> dict[str, Any]:
-    experiment, text = load_experiment("tiny", root=ROOT)
+    experiment, text = load_experiment("tiny")
     if seed is not None:
         experiment = experiment.model_copy(
             update={"workload": experiment.workload.model_copy(update={"seed": seed})}

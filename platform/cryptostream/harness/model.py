@@ -3,18 +3,19 @@
 An experiment names a workload, a topology, what to measure and how often to repeat it. The
 runner expands it into *trials*: every processor count x symbol count x rate, each at a fixed
 open-model arrival rate, then (optionally) a sustainable-rate search per processor count.
-See ``benchmarks/experiments/*.toml`` for the shipped ones.
+See ``experiments/*.toml`` next to this module for the shipped ones (package data).
 """
 
 from __future__ import annotations
 
 import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-EXPERIMENTS_DIR = Path("benchmarks") / "experiments"
+EXPERIMENTS_DIR = resources.files("cryptostream.harness") / "experiments"  # package data
 
 
 class _Strict(BaseModel):
@@ -160,21 +161,32 @@ def plan_fixed(experiment: Experiment, repetition: int, processors: int) -> list
     ]  # fmt: skip
 
 
-def load_experiment(name_or_path: str | Path, root: Path | None = None) -> tuple[Experiment, str]:
-    """An experiment by file path or by name (``benchmarks/experiments/<name>.toml``).
+def shipped_experiments() -> dict[str, str]:
+    """The experiments shipped as package data (name -> one-line description), any install."""
+    out = {}
+    for entry in sorted(EXPERIMENTS_DIR.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            data = tomllib.loads(entry.read_text())
+            out[entry.name.removesuffix(".toml")] = str(data.get("description", ""))
+    return out
+
+
+def load_experiment(name_or_path: str | Path) -> tuple[Experiment, str]:
+    """An experiment by file path or by the name of a shipped one (``experiments/<name>.toml``
+    in this package, found from any directory and any install).
 
     Returns the model and the file's text (kept verbatim in results.json).
     """
     path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = (root or Path.cwd()) / EXPERIMENTS_DIR / f"{name_or_path}.toml"
-    if not path.exists():
-        available = sorted(p.stem for p in ((root or Path.cwd()) / EXPERIMENTS_DIR).glob("*.toml"))
-        raise FileNotFoundError(
-            f"no experiment {str(name_or_path)!r}; available: {', '.join(available) or 'none'}"
-        )
-    text = path.read_text()
-    return parse_experiment(text, default_name=path.stem), text
+    if path.exists():
+        text = path.read_text()
+        return parse_experiment(text, default_name=path.stem), text
+    shipped = EXPERIMENTS_DIR / f"{name_or_path}.toml"
+    if path.suffix or not shipped.is_file():
+        available = ", ".join(shipped_experiments()) or "none"
+        raise FileNotFoundError(f"no experiment {str(name_or_path)!r}; available: {available}")
+    text = shipped.read_text()
+    return parse_experiment(text, default_name=str(name_or_path)), text
 
 
 def parse_experiment(text: str, default_name: str = "experiment") -> Experiment:

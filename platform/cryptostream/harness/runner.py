@@ -577,7 +577,7 @@ class Runner:
         q = self.x.measurements.query_load
         assert q is not None
         prefix = pipeline.workdir / "locust"
-        locustfile = Path(__file__).resolve().parents[3] / "loadtests" / "locustfile.py"
+        locustfile = Path(__file__).resolve().with_name("locustfile.py")  # shipped in the package
         argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--host", url,
                 "--headless", "-u", str(q.users), "-r", str(q.spawn_rate),
                 "-t", f"{q.duration_s:g}s", "--csv", str(prefix), "--csv-full-history",
