@@ -131,6 +131,8 @@ def test_a_busy_loop_under_a_fifth_of_a_core_gets_about_that() -> None:
         group = budgets.budget("test-busy", 0.2, child.pid)
         assert group is not None
         assert str(child.pid) in (group.path / "cgroup.procs").read_text().split()
+        if group.version == 1:  # the budget is also a guarantee: a high CFS weight
+            assert int((group.path / "cpu.shares").read_text()) == cgroups.SHARES_V1
         proc = psutil.Process(child.pid)
         time.sleep(0.5)  # settle into the quota
         cpu0, wall0, stat0 = sum(proc.cpu_times()[:2]), time.monotonic(), group.cpu_stat()

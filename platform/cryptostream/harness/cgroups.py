@@ -1,7 +1,9 @@
 """CPU budgets per process, as Kubernetes CPU limits do it: one cgroup per process, a CFS quota.
 
 A budget of ``c`` cores is a quota of ``c x period`` microseconds of CPU per period (100 ms), for
-all threads and children of the process together. cgroup v1 (``cpu.cfs_quota_us`` and
+all threads and children of the process together, with a high CFS weight so that the budget is
+also a guarantee on a machine shared with other work (a Kubernetes "Guaranteed" pod: request =
+limit). cgroup v1 (``cpu.cfs_quota_us`` and
 ``cpu.cfs_period_us`` under the ``cpu`` hierarchy) and v2 (``cpu.max``) are both handled.
 
 The harness creates the cgroups (named ``csp-harness-<owner pid>-<role>``), moves a process (and
@@ -28,6 +30,11 @@ import psutil
 
 PREFIX = "csp-harness"
 PERIOD_US = 100_000
+# Kubernetes' "Guaranteed" class: the limit is also a request. A high CFS weight lets a budgeted
+# process run whenever it is under its quota, even on a machine busy with other work; the quota
+# still caps it, so it can never take more than its budget from anyone.
+SHARES_V1 = 16 * 1024  # cpu.shares (default 1024, one ordinary process)
+WEIGHT_V2 = 10_000  # cpu.weight (default 100, maximum 10000)
 MIN_QUOTA_US = 1_000  # the kernel refuses quotas below 1 ms
 _NAME = re.compile(rf"^{PREFIX}-(\d+)-[A-Za-z0-9_.-]+$")
 
@@ -188,8 +195,10 @@ class CpuBudgets:
             if self.hierarchy.version == 1:
                 (path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
                 (path / "cpu.cfs_quota_us").write_text(str(quota_us(cores)))
+                (path / "cpu.shares").write_text(str(SHARES_V1))
             else:
                 (path / "cpu.max").write_text(cpu_max_line(cores))
+                (path / "cpu.weight").write_text(str(WEIGHT_V2))
         except OSError as exc:
             with contextlib.suppress(OSError):
                 path.rmdir()

@@ -181,11 +181,34 @@ def build(results: dict[str, Any]) -> Report:
         table.note = "Failures: " + ("; ".join(
             f"{f['Name']}: {f['Error']} x{f['Occurrences']}" for f in failures) or "none") + (
             ". Unknown symbols answered 404 with the contract's body count as successes.")  # fmt: skip
+        table.note += " " + _query_accounting(query[0])
         report.tables.append(table)
     if results.get("ceilings"):
         report.tables.append(_ceiling_table(results["ceilings"]))
     report.tables.append(_checksum_table(results))
     return report
+
+
+def _query_accounting(trial: dict[str, Any]) -> str:
+    """Server-side req/s beside Locust's, the CPU of both, and which one was the bottleneck."""
+    q = trial["query_load"]
+    agg = next((row for row in q.get("stats", []) if row["Name"] == "Aggregated"), None)
+    parts = []
+    locust_rps = float(agg["Requests/s"]) if agg else None
+    if q.get("server_requests") is not None and q.get("server_seconds"):
+        server_rps = q["server_requests"] / q["server_seconds"]
+        parts.append(f"The query API counted {server_rps:,.0f} req/s itself (its /metrics, all "
+                     f"workers) against Locust's {fmt_rate(locust_rps)} req/s.")  # fmt: skip
+    cpu = trial.get("cpu_percent_mean", {})
+    server = sum(v for k, v in cpu.items() if k.startswith("query"))
+    locust = cpu.get("locust")
+    if cpu:
+        parts.append(f"Mean CPU over the trial: query API {server:.0f} % (workers included), "
+                     f"Locust {'-' if locust is None else f'{locust:.0f}'} % (100 = one core).")  # fmt: skip
+    if locust is not None and locust >= 85:
+        parts.append("Locust used a whole core: the load generator was the bottleneck, the API "
+                     "may serve more.")  # fmt: skip
+    return " ".join(parts)
 
 
 def _median_text(values: Iterable[float | None]) -> str:

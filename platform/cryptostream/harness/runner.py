@@ -374,7 +374,9 @@ class Runner:
             if tracker is not None
             else None
         )
-        sampler = Sampler(probe, m.sample_interval_s, lambda: self._pids(ctx, pipeline, loadgen),
+        extra_pids: dict[str, int] = {}  # load generators started during the trial (Locust)
+        sampler = Sampler(probe, m.sample_interval_s,
+                          lambda: {**self._pids(ctx, pipeline, loadgen), **extra_pids},
                           resources=m.resources)  # fmt: skip
         sampler.t0 = time.monotonic() + (start_wall - time.time())
         baseline = sum(probe.produced().values())
@@ -391,6 +393,7 @@ class Runner:
         locust: dict[str, Any] | None = None
         try:
             locust_proc = None
+            served_before: tuple[float, float | None] = (0.0, None)
             wants_locust = bool(query_url and m.query_load is not None)
             while loadgen.alive():
                 pipeline.check_alive()
@@ -404,7 +407,10 @@ class Runner:
                     and (elapsed >= trial.duration_s / 2 or prices_present(probe.redis, names))
                 ):
                     assert query_url is not None
+                    served_before = (time.monotonic(), server_requests(query_url))
                     locust_proc = self._start_locust(ctx, pipeline, query_url, trial.symbols)
+                    if locust_proc[0].pid is not None:
+                        extra_pids["locust"] = locust_proc[0].pid
                 ctx.progress.update(task, completed=max(0.0, min(elapsed, trial.duration_s)))
                 time.sleep(0.2)
             load_end = time.monotonic()
@@ -417,6 +423,13 @@ class Runner:
                 drained_s = round(time.monotonic() - load_end, 2)
             if locust_proc is not None:
                 locust = self._finish_locust(locust_proc)
+                assert query_url is not None
+                # What the server itself counted, beside what Locust says it sent.
+                t_end, after = time.monotonic(), server_requests(query_url)
+                t_start, before = served_before
+                if before is not None and after is not None and t_end > t_start:
+                    locust["server_requests"] = after - before
+                    locust["server_seconds"] = round(t_end - t_start, 2)
         finally:
             series = sampler.stop()
             cpu_after = ctx.cpu_stats()
@@ -502,7 +515,8 @@ class Runner:
             trial_no += 1
             outcome = trial_outcome(record)
             record["outcome"] = outcome
-            search.record(step.rate, outcome, confirm=step.confirm)
+            search.record(step.rate, outcome, confirm=step.confirm,
+                          processed=record["processed_rate"])  # fmt: skip
         skipped = s.max_trials + search.max_confirmations - len(trials) - len(confirmations)
         if skipped > 0:
             ctx.progress.advance(overall, skipped)
@@ -668,6 +682,21 @@ def trial_outcome(record: dict[str, Any], delivered_share: float = 0.9) -> Outco
         record["generator_limited"] = True
         return "limited"
     return "sustained"
+
+
+def server_requests(base_url: str) -> float | None:
+    """Requests the query API has answered (``csp_query_requests_total``, all workers summed)."""
+    import httpx
+
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("csp_query_requests_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def prices_present(client: redis.Redis, symbols: list[str]) -> bool:

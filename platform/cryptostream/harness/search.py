@@ -71,8 +71,8 @@ class RateSearch:
     ``max_trials`` bounds the short search trials, ``max_confirmations`` the long confirmation
     trials. Only a sustained confirmation is a capacity. A failed confirmation proves the short
     trials optimistic at that rate, so the search goes on below it with confirmation trials
-    only: first at the rate the failed trial actually processed (capped at
-    ``failed / (1 + resolution)``), then bisecting between the highest confirmed and the lowest
+    only: first at the rate the failed trial actually processed (kept within one to three
+    resolutions below the failed rate), then bisecting between the highest confirmed and the lowest
     failed rate until they are within the resolution or the budget is spent.
 
     A ``limited`` trial (the load generator could not deliver the rate, and the lag stayed flat
@@ -175,10 +175,12 @@ class RateSearch:
             if upper / capacity - 1 <= self.resolution:
                 return None
             return self._confirm(round((capacity + upper) / 2, 1))
+        # What the failed trial processed estimates the capacity, but a lagging group processes
+        # less than it can: step down by one to three resolutions, as the hint says.
         guess = upper / (1 + self.resolution)
         hint = self.processed.get(upper)
         if hint is not None and hint > 0:
-            guess = min(guess, hint)
+            guess = max(min(guess, hint), upper / (1 + self.resolution) ** 3)
         return self._confirm(round(guess, 1)) if guess >= 1 else None
 
     def _confirm(self, rate: float) -> Step | None:

@@ -154,15 +154,22 @@ def name_limit(trial: dict[str, Any], processors: int, budgets: dict[str, Any], 
     throttled = trial.get("throttled_share") or {}
     procs = [v for k, v in throttled.items() if "processor" in k]
     budget = budgets.get("processor_cpu")
+    if not _delivered(trial):
+        held = throttled.get("loadgen", 0) >= THROTTLED
+        return "load generator" + (f" CPU budget ({budgets.get('loadgen_cpu'):g} core)" if held
+                                   else " (could not deliver the rate)")  # fmt: skip
     if budget and procs and statistics.median(procs) >= THROTTLED:
         return f"processor CPU budget ({processors} x {budget:g} core)"
+    for other in ("loadgen", "kafka", "redis"):
+        if throttled.get(other, 0) >= THROTTLED:
+            return f"{other} CPU budget ({budgets.get(f'{other}_cpu'):g} core)"
     total = sum(v for k, v in cpu.items() if k != "machine")
     machine = (trial.get("machine_cpu_percent") or {}).get("mean")
     if machine is not None and machine >= BUSY * 100 * cores:
         return f"machine's {cores} cores ({machine:.0f} % of {100 * cores} % in use)"
     if total >= BUSY * 100 * cores:
         return f"machine's {cores} cores (run's processes {total:.0f} % of {100 * cores} %)"
-    if not _delivered(trial) or cpu.get("loadgen", 0) >= BUSY * 100:
+    if cpu.get("loadgen", 0) >= BUSY * 100:
         return "load generator (one core)"
     if cpu.get("redis", 0) >= BUSY * 100:
         return "Redis (one thread)"
