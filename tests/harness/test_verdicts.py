@@ -39,6 +39,11 @@ def number(text: str) -> float:
     return float(match.group().replace(",", ""))
 
 
+def same(shown: float, value: float) -> bool:
+    """Equal at the report's precision (rates are shown as whole numbers)."""
+    return f"{shown:,.0f}" == f"{value:,.0f}"
+
+
 def numbers(text: str) -> list[float]:
     return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*(?:\.\d+)?", text)]
 
@@ -109,9 +114,9 @@ def check(md: str, results: dict[str, Any]) -> None:
             claimed = number(cap_cell.replace("≥", "").replace(">=", ""))
             if not confirmed:
                 raise Disagreement(f"{n}: claims {claimed:,.0f}/s, no confirmation sustained")
-            if claimed != statistics.median(confirmed):
+            if not same(claimed, statistics.median(confirmed)):
                 raise Disagreement(f"{n}: claims {claimed:,.0f}/s, confirmed {confirmed}")
-            if len(confirmed) == 1 and not any(claimed in r["tried"] for r in reps):
+            if len(confirmed) == 1 and not any(same(claimed, t) for r in reps for t in r["tried"]):
                 raise Disagreement(f"{n}: {claimed:,.0f}/s was never tried")
             lower = "≥" in cap_cell or ">=" in cap_cell
             # '>=' when some confirmed repetition had no failure above its capacity.
@@ -129,11 +134,11 @@ def check(md: str, results: dict[str, Any]) -> None:
             shown = numbers(failed_cell)
             if not lowest:
                 raise Disagreement(f"{n}: shows lowest failed {shown}, nothing failed")
-            if shown[0] != statistics.median(lowest):
+            if not same(shown[0], statistics.median(lowest)):
                 raise Disagreement(f"{n}: lowest failed {shown[0]:,.0f} is not the median of "
                                    f"the tried rates {lowest}")  # fmt: skip
             for value in shown[1:]:
-                if value not in lowest:
+                if not any(same(value, x) for x in lowest):
                     raise Disagreement(f"{n}: {value:,.0f} is not a tried failed rate")
     if summary:
         one = capacities.get(1)
@@ -154,11 +159,13 @@ def check(md: str, results: dict[str, Any]) -> None:
         r = truth[n][rep]
         cell = row["capacity /s"]
         got = None if "not confirmed" in cell else number(cell.replace("≥", ""))
-        if got != r["capacity"]:
+        if (got is None) != (r["capacity"] is None) or (
+            got is not None and not same(got, r["capacity"])
+        ):
             raise Disagreement(f"{n} rep {rep + 1}: capacity {cell}, data {r['capacity']}")
         marks = re.findall(r"([\d,.]+) ([✓✗])", row["confirmations"])
-        if [(float(a.replace(",", "")), b == "✓") for a, b in marks] != [
-            (float(f"{rate:.0f}"), ok) for rate, ok in r["confirmations"]
+        if [(a, b == "✓") for a, b in marks] != [
+            (f"{rate:,.0f}", ok) for rate, ok in r["confirmations"]
         ]:
             raise Disagreement(f"{n} rep {rep + 1}: confirmations {row['confirmations']}")
 
