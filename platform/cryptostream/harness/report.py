@@ -810,6 +810,10 @@ def plot_resources(r: dict[str, Any], folder: Path) -> str | None:
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         mem = [sum(v for n, v in t["rss_mb_max"].items() if _role(n) == role) for _, t in groups]
         mem_ax.plot(labels, mem, marker="o", label=role, color=color)
+    machine = [(t.get("machine_cpu_percent") or {}).get("mean") for _, t in groups]
+    if any(m is not None for m in machine):  # everything on the machine, other users included
+        cpu_ax.plot(labels, [math.nan if m is None else m for m in machine], "k_", markersize=28,
+                    markeredgewidth=2, label="whole machine")  # fmt: skip
     cores = r.get("environment", {}).get("cores") or 1
     cpu_ax.axhline(100 * cores, color="grey", linestyle="--", linewidth=1)
     cpu_ax.annotate(f"{cores} cores", (len(groups) - 0.5, 100 * cores), fontsize=8,
