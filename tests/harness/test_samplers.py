@@ -34,7 +34,9 @@ def test_cpu_of_a_process_counts_its_children() -> None:
             sampler.sample()
             time.sleep(0.5)
         cpu = sampler.series.cpu["query"]
-        assert max(cpu[1:]) > 50, cpu  # the busy child's core, although the parent idles
+        # The busy child's CPU (a whole core when the machine is idle, less on a busy one),
+        # although the parent itself only sleeps (~0 %).
+        assert max(cpu[1:]) > 10, cpu
         assert max(sampler.series.rss_mb["query"]) > 10  # both processes' memory
         assert len(sampler.series.machine_cpu) == 4
     finally:

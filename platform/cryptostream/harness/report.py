@@ -225,7 +225,7 @@ def _fraction(value: stats.Summary | None, ceiling_rate: float | None) -> str:
 def capacity_text(v: CountVerdict) -> str:
     """The capacity cell: median (±spread), '>=' for lower bounds, or why there is none."""
     if v.capacity is None:
-        return "not confirmed"
+        return "not confirmed" + (" (generator-limited)" if v.generator_limited else "")
     text = ("≥ " if v.lower_bound else "") + fmt_rate(v.capacity)
     caps = v.capacities
     if len(caps) > 1:
@@ -261,6 +261,14 @@ def _cpu_cell(cpu: dict[str, float], cores: int) -> str:
     return ", ".join(parts) + f"; all {total:.0f} of {100 * cores}"
 
 
+def _us_per_trade(v: CountVerdict) -> str:
+    """The processors' CPU per trade at capacity: what one more processor adds depends on it."""
+    cpu = v.cpu_at_capacity().get("processor")
+    if not cpu or not v.capacity:
+        return "-"
+    return f"{cpu / 100 / v.capacity * 1e6:.1f}"
+
+
 def _summary_table(results: dict[str, Any], verdicts: dict[int, CountVerdict],
                    report: Report) -> Table:  # fmt: skip
     env = results.get("environment", {})
@@ -269,7 +277,8 @@ def _summary_table(results: dict[str, Any], verdicts: dict[int, CountVerdict],
     table = Table(
         "Summary",
         ["processors", "capacity /s", "x 1 processor", "efficiency", "lowest failed /s (tried)",
-         "p99 at capacity ms", "CPU at capacity (% of a core)", "limit just above capacity"],
+         "p99 at capacity ms", "processor CPU µs per trade", "CPU at capacity (% of a core)",
+         "limit just above capacity"],
     )  # fmt: skip
     for n, v in verdicts.items():
         e = eff.get(n)
@@ -277,7 +286,7 @@ def _summary_table(results: dict[str, Any], verdicts: dict[int, CountVerdict],
         table.rows.append([
             str(n), capacity_text(v), "-" if e is None else f"{e[0]:.2f}",
             "-" if e is None else f"{e[1]:.2f}", tried_text(v.lowest_failed),
-            fmt_ms(statistics.median(p99)) if p99 else "-",
+            fmt_ms(statistics.median(p99)) if p99 else "-", _us_per_trade(v),
             _cpu_cell(v.cpu_at_capacity(), cores), v.limit or "-",
         ])  # fmt: skip
     table.note = ("Capacity: the highest rate that was tried, kept the consumer lag flat, and did "
@@ -298,7 +307,11 @@ def _story(
     for n, v in verdicts.items():
         cap = v.capacity
         if cap is None:
-            parts.append(f"no confirmed capacity with {n}")
+            searched = [g.best_search for g in v.groups if g.best_search is not None]
+            parts.append(f"no confirmed capacity with {n}" + (
+                f" (short search trials sustained up to {max(searched):,.0f}/s, unconfirmed"
+                + ("; the load generator could not deliver more" if v.generator_limited else "")
+                + ")" if searched else ""))  # fmt: skip
             continue
         text = f"{'at least ' if v.lower_bound else ''}{cap:,.0f}/s with {n}"
         e = eff.get(n)
@@ -317,6 +330,17 @@ def _story(
                 f"Capacity stops rising at {stops[0]} processors: "
                 f"{verdicts[stops[0]].limit or 'limit not identified'}."
             )
+    superlinear = [n for n, e in eff.items() if e is not None and e[1] > 1.1]
+    base = verdicts.get(1)
+    if superlinear and base is not None:
+        per_trade = {n: _us_per_trade(verdicts[n]) for n in (1, *superlinear)}
+        lines.append(
+            "Efficiency above 1 means each processor did more at N than one processor alone: "
+            "the processors' CPU per trade at capacity fell ("
+            + ", ".join(f"{t} µs at {n}" for n, t in per_trade.items())
+            + "), consistent with each processor folding fewer symbols, with more trades per "
+            "symbol, per batch (batch composition is not measured here)."
+        )
     limits = [f"{n}: {v.limit}" for n, v in verdicts.items() if v.limit]
     if limits:
         lines.append("What ran out just above each capacity — " + "; ".join(limits) + ".")

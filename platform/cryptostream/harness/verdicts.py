@@ -41,6 +41,7 @@ class GroupVerdict:
     cpu_at_capacity: dict[str, float]  # mean CPU % by role during the confirmation trial
     limit: str  # what ran out just above the capacity
     p99_ms: float | None
+    best_search: float | None = None  # highest sustained search rate (NOT a capacity by itself)
 
 
 @dataclass
@@ -137,6 +138,8 @@ def group_verdict(group: dict[str, Any], budgets: dict[str, Any], cores: int) ->
         limit = name_limit(limit_trial, group["processors"], budgets, cores)
     else:
         limit = "none reached (search maximum)"
+    searched = [t["rate"] for t in trials if t["sustained"] and _delivered(t)
+                and (upper is None or t["rate"] < upper)]  # fmt: skip
     lat = (best or {}).get("latency_ms") or {}
     return GroupVerdict(
         repetition=group["repetition"], processors=group["processors"], capacity=capacity,
@@ -145,6 +148,7 @@ def group_verdict(group: dict[str, Any], budgets: dict[str, Any], cores: int) ->
         confirmations=[(float(t["rate"]), bool(t["sustained"])) for t in confirmations],
         generator_limited=bool(limited), cpu_at_capacity=cpu_by_role(best) if best else {},
         limit=limit, p99_ms=lat.get("p99") if lat.get("count") else None,
+        best_search=max(searched) if searched else None,
     )  # fmt: skip
 
 
