@@ -144,8 +144,23 @@ def find_hierarchy(root: Path = Path("/sys/fs/cgroup")) -> Hierarchy | BudgetErr
         if not os.access(base, os.W_OK):
             reasons.append(f"{base} is not writable (CPU budgets need root or a delegated cgroup)")
             continue
+        if version == 2 and not _enable_cpu_v2(base):
+            reasons.append(f"cannot enable the cpu controller in {base}/cgroup.subtree_control")
+            continue
         return Hierarchy(base, version)
     return BudgetError("CPU budgets cannot be enforced here: " + "; ".join(reasons))
+
+
+def _enable_cpu_v2(base: Path) -> bool:
+    """v2: children get the cpu controller only if their parent's subtree_control names it."""
+    control = base / "cgroup.subtree_control"
+    try:
+        if "cpu" in control.read_text().split():
+            return True
+        control.write_text("+cpu")
+        return "cpu" in control.read_text().split()
+    except OSError:
+        return False
 
 
 @dataclass
