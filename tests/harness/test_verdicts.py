@@ -25,7 +25,7 @@ from cryptostream.harness import report
 DATA = Path(__file__).parent / "data"
 OLD_RESULTS = DATA / "scaling-3-results.json"  # reports/2026-11-25-scaling-3, series trimmed
 OLD_REPORT = DATA / "scaling-3-report.md"  # what the first report generator made of it
-NEW_RESULTS = DATA / "scaling-budgeted-results.json"  # a budgeted run of the current search
+NEW_RESULTS = DATA / "scaling-budgeted-results.json"  # reports/2026-12-01-scaling, trimmed
 
 
 class Disagreement(AssertionError):
@@ -216,3 +216,16 @@ def test_the_report_follows_the_data_when_a_verdict_flips() -> None:
     row = rows[(str(group["processors"]), str(group["repetition"] + 1))]
     assert f"{capacity['rate']:,.0f} ✗" in row["confirmations"]
     assert row["capacity /s"] != f"{capacity['rate']:,.0f}"
+
+
+REFERENCE = sorted(
+    p.parent
+    for p in (Path(__file__).resolve().parents[2] / "reports").glob("*/report.md")
+    if (p.parent / "results.json").exists()
+)
+
+
+@pytest.mark.parametrize("folder", REFERENCE, ids=[p.name for p in REFERENCE])
+def test_the_kept_reports_agree_with_their_results(folder: Path) -> None:
+    """The report.md files as they are in reports/ (the reference report), not regenerated."""
+    check((folder / "report.md").read_text(), _results(folder / "results.json"))

@@ -116,7 +116,9 @@ def _delivered(t: dict[str, Any]) -> bool:
     return bool(t.get("produced_rate", 0) >= 0.9 * t["rate"])
 
 
-def group_verdict(group: dict[str, Any], budgets: dict[str, Any], cores: int) -> GroupVerdict:
+def group_verdict(
+    group: dict[str, Any], budgets: dict[str, Any], cores: int, produce: float | None = None
+) -> GroupVerdict:
     search = group["search"]
     trials, confirmations = _search_trials(search), _confirmations(search)
     everything = trials + confirmations
@@ -135,7 +137,7 @@ def group_verdict(group: dict[str, Any], budgets: dict[str, Any], cores: int) ->
     if limit_trial is None and limited:
         limit = "load generator (could not deliver the next rate)"
     elif limit_trial is not None:
-        limit = name_limit(limit_trial, group["processors"], budgets, cores)
+        limit = name_limit(limit_trial, group["processors"], budgets, cores, produce)
     else:
         limit = "none reached (search maximum)"
     searched = [t["rate"] for t in trials if t["sustained"] and _delivered(t)
@@ -152,16 +154,42 @@ def group_verdict(group: dict[str, Any], budgets: dict[str, Any], cores: int) ->
     )  # fmt: skip
 
 
-def name_limit(trial: dict[str, Any], processors: int, budgets: dict[str, Any], cores: int) -> str:
-    """Which ceiling the measurements of a failed trial point at, most specific first."""
+def name_limit(
+    trial: dict[str, Any],
+    processors: int,
+    budgets: dict[str, Any],
+    cores: int,
+    produce_ceiling: float | None = None,
+) -> str:
+    """Which ceiling the measurements of a failed trial point at, most specific first; other
+    budgets that were throttled too are named after it."""
+    primary = _primary_limit(trial, processors, budgets, cores, produce_ceiling)
+    throttled = trial.get("throttled_share") or {}
+    also = [f"{role} budget throttled {share * 100:.0f} % of periods"
+            for role, share in sorted(throttled.items())
+            if share >= THROTTLED and "processor" not in role and role not in primary]  # fmt: skip
+    return primary + (f"; also {', '.join(also)}" if also else "")
+
+
+def _primary_limit(
+    trial: dict[str, Any],
+    processors: int,
+    budgets: dict[str, Any],
+    cores: int,
+    produce_ceiling: float | None,
+) -> str:
     cpu = cpu_by_role(trial)
     throttled = trial.get("throttled_share") or {}
     procs = [v for k, v in throttled.items() if "processor" in k]
     budget = budgets.get("processor_cpu")
     if not _delivered(trial):
-        held = throttled.get("loadgen", 0) >= THROTTLED
-        return "load generator" + (f" CPU budget ({budgets.get('loadgen_cpu'):g} core)" if held
-                                   else " (could not deliver the rate)")  # fmt: skip
+        delivered = trial.get("produced_rate", 0.0)
+        if throttled.get("loadgen", 0) >= THROTTLED:
+            return f"load generator CPU budget ({budgets.get('loadgen_cpu'):g} core)"
+        if produce_ceiling and delivered >= BUSY * produce_ceiling:
+            return (f"Kafka produce ceiling (delivered {delivered:,.0f}/s; ProducerPerformance "
+                    f"{produce_ceiling:,.0f}/s in this run)")  # fmt: skip
+        return f"load generator (delivered {delivered:,.0f}/s of {trial['rate']:,.0f}/s)"
     if budget and procs and statistics.median(procs) >= THROTTLED:
         return f"processor CPU budget ({processors} x {budget:g} core)"
     for other in ("loadgen", "kafka", "redis"):
@@ -192,11 +220,13 @@ def scaling_verdicts(results: dict[str, Any]) -> dict[int, CountVerdict]:
     """Per processor count, in order; only groups that ran a search."""
     budgets = results.get("budgets") or results.get("experiment", {}).get("budgets") or {}
     cores = int(results.get("environment", {}).get("cores") or 1)
+    kafka = (results.get("ceilings") or {}).get("kafka") or {}
+    produce = kafka.get("produce", {}).get("records_per_s")
     out: dict[int, CountVerdict] = {}
     for g in results["groups"]:
         if g.get("search"):
             count = out.setdefault(g["processors"], CountVerdict(g["processors"]))
-            count.groups.append(group_verdict(g, budgets, cores))
+            count.groups.append(group_verdict(g, budgets, cores, produce))
     return dict(sorted(out.items()))
 
 
