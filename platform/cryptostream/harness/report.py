@@ -367,12 +367,16 @@ def _caveats(results: dict[str, Any], verdicts: dict[int, CountVerdict]) -> list
             "No CPU budgets: every processor competes for the same cores, so beyond the "
             "machine's cores more processors measure the machine, not the design."
         )
-    limited = [str(n) for n, v in verdicts.items() if v.generator_limited]
+    limited = [n for n, v in verdicts.items() if v.generator_limited]
     if limited:
+        bounds = [str(n) for n in limited if verdicts[n].lower_bound]
         out.append(
-            f"Generator-limited at {', '.join(limited)} processor(s): the load generator "
-            "could not deliver the next rate here, so the capacity is a lower bound."
-        )
+            f"Generator-limited at {', '.join(map(str, limited))} processor(s): the load "
+            "generator could not deliver some tried rates here (under 90 % of them)"
+            + (f"; nothing failed above the capacity at {', '.join(bounds)}, so it is a lower "
+               "bound there." if bounds else "; tried rates above the capacity still failed "
+               "with growing lag, so the capacity is not a lower bound.")
+        )  # fmt: skip
     unconfirmed = [f"{n} processor(s) repetition {g.repetition + 1} (confirmation failed at "
                    f"{', '.join(fmt_rate(r) for r, ok in g.confirmations if not ok) or '-'}/s)"
                    for n, v in verdicts.items() for g in v.groups if g.capacity is None]  # fmt: skip
