@@ -58,3 +58,18 @@ def test_query_report_sets_server_rps_beside_locust_and_names_a_saturated_genera
     assert "load generator was the bottleneck" in text
     trial["cpu_percent_mean"]["locust"] = 40.0
     assert "bottleneck" not in report._query_accounting(trial)
+
+
+def test_query_cpu_is_averaged_over_locusts_own_run() -> None:
+    # Locust ran from 0.5 s to 2.5 s of a 4-sample trial: the trial mean (46 %) hides that it
+    # used a whole core while it ran.
+    trial: dict[str, Any] = {
+        "cpu_percent_mean": {"query-1": 30.0, "locust": 46.0},
+        "series": {"t": [0.0, 1.0, 2.0, 3.0],
+                   "cpu_percent": {"query-1": [5.0, 55.0, 60.0, 0.0],
+                                   "locust": [0.0, 90.0, 94.0, 0.0]}},
+        "query_load": {"stats": [], "window_s": [0.5, 2.5]},
+    }  # fmt: skip
+    text = report._query_accounting(trial)
+    assert "over Locust's run: query API 58 %" in text and "Locust 92 %" in text
+    assert "load generator was the bottleneck" in text

@@ -7,8 +7,8 @@ named like ``benchmarks/bench_query.py`` fills them: ``SYM0000USDT``...), and a 
 404 ``{"error": "price not available"}``; both outcomes count as successes, anything else fails.
 Every read route is loaded: ``/prices`` with a handful of symbols, ``/candles`` (1m and rolled-up
 intervals), ``/stats``, ``/trades/latest`` and ``/symbols``, and ``LOCUST_LIVE_CLIENTS`` live-push
-clients (default 2) each hold an SSE stream (``/stream/prices``) for a few seconds at a time and
-count the updates they receive.
+clients (default 2) each hold an SSE stream (``/stream/prices``) for ``LOCUST_LIVE_HOLD_S``
+(5 s) at a time; a stream that broke or brought no update counts as a failure.
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000 --headless -u 64 -r 16 -t 60s
 """
@@ -115,19 +115,23 @@ class LiveClient(HttpUser):
         symbols = ",".join({zipf_symbol(self.rng) for _ in range(20)})
         started = time.perf_counter()
         updates = 0
-        error: Exception | None = None
-        try:
-            with self.client.get(f"/stream/prices?symbols={symbols}", name="/stream/prices",
-                                 stream=True, timeout=LIVE_HOLD_S + 10) as resp:  # fmt: skip
-                resp.raise_for_status()
+        with self.client.get(f"/stream/prices?symbols={symbols}", name="/stream/prices",
+                             stream=True, catch_response=True,
+                             timeout=LIVE_HOLD_S + 10) as resp:  # fmt: skip
+            if resp.status_code != 200:
+                resp.failure(f"got {resp.status_code}")
+                return
+            try:
                 for line in resp.iter_lines():
                     if line.startswith(b"data:"):
                         updates += 1
                     if time.perf_counter() - started >= LIVE_HOLD_S:
                         break
-        except Exception as exc:  # counted as a failed stream, never crashes the user
-            error = exc
-        self.environment.events.request.fire(
-            request_type="SSE", name="/stream/prices updates", response_length=updates,
-            response_time=(time.perf_counter() - started) * 1000, exception=error, context={},
-        )  # fmt: skip
+            except Exception as exc:  # a broken stream is a failed request, never a crash
+                resp.failure(f"stream broke after {updates} updates: {exc!r}")
+                return
+            # Updates flow whenever trades do; a stream that stays silent is a failure.
+            if updates:
+                resp.success()
+            else:
+                resp.failure(f"no update within {LIVE_HOLD_S:g} s")

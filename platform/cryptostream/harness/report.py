@@ -200,10 +200,18 @@ def _query_accounting(trial: dict[str, Any]) -> str:
         parts.append(f"The query API counted {server_rps:,.0f} req/s itself (its /metrics, all "
                      f"workers) against Locust's {fmt_rate(locust_rps)} req/s.")  # fmt: skip
     cpu = trial.get("cpu_percent_mean", {})
+    what = "the trial"
+    series, window = trial.get("series") or {}, q.get("window_s")
+    if window and series.get("t"):  # over Locust's own run: the load it generated
+        inside = [i for i, t in enumerate(series["t"]) if window[0] < t <= window[1]]
+        if inside:
+            cpu = {name: sum(values[i] for i in inside if i < len(values)) / len(inside)
+                   for name, values in series["cpu_percent"].items()}  # fmt: skip
+            what = "Locust's run"
     server = sum(v for k, v in cpu.items() if k.startswith("query"))
     locust = cpu.get("locust")
     if cpu:
-        parts.append(f"Mean CPU over the trial: query API {server:.0f} % (workers included), "
+        parts.append(f"Mean CPU over {what}: query API {server:.0f} % (workers included), "
                      f"Locust {'-' if locust is None else f'{locust:.0f}'} % (100 = one core).")  # fmt: skip
     if locust is not None and locust >= 85:
         parts.append("Locust used a whole core: the load generator was the bottleneck, the API "

@@ -394,6 +394,7 @@ class Runner:
         try:
             locust_proc = None
             served_before: tuple[float, float | None] = (0.0, None)
+            locust_from = 0.0
             wants_locust = bool(query_url and m.query_load is not None)
             while loadgen.alive():
                 pipeline.check_alive()
@@ -408,6 +409,7 @@ class Runner:
                 ):
                     assert query_url is not None
                     served_before = (time.monotonic(), server_requests(query_url))
+                    locust_from = served_before[0] - sampler.t0  # on the series' clock
                     locust_proc = self._start_locust(ctx, pipeline, query_url, trial.symbols)
                     if locust_proc[0].pid is not None:
                         extra_pids["locust"] = locust_proc[0].pid
@@ -430,6 +432,8 @@ class Runner:
                 if before is not None and after is not None and t_end > t_start:
                     locust["server_requests"] = after - before
                     locust["server_seconds"] = round(t_end - t_start, 2)
+                # CPU is compared over Locust's own run, not the whole trial.
+                locust["window_s"] = [round(locust_from, 2), round(t_end - sampler.t0, 2)]
         finally:
             series = sampler.stop()
             cpu_after = ctx.cpu_stats()
