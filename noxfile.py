@@ -212,6 +212,15 @@ def report(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def compare(session: nox.Session) -> None:
+    """`nox -s compare -- reports/A reports/B`: two runs of one experiment side by side."""
+    if len(session.posargs) != 2:
+        session.error("name two report folders: nox -s compare -- reports/A reports/B")
+    _install(session)
+    session.run("csp", "report", "--compare", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench_ingest(session: nox.Session) -> None:
     """Simulator at full speed -> one ingest -> Kafka: trades/s acked, latency, CPU profile."""
     _ensure_system_packages(session)

@@ -328,28 +328,22 @@ def demo(
     )
 
 
-def _experiments() -> str:
-    """The --help epilog of ``csp experiment``: the experiments of benchmarks/experiments/."""
-    import tomllib
+def _shipped_experiments() -> str:
+    """The --help epilog of ``csp experiment``: the experiments shipped in the package (found
+    from any directory and any install)."""
+    try:
+        from cryptostream.harness.model import shipped_experiments
 
-    from cryptostream.harness.model import EXPERIMENTS_DIR
-
-    folder = Path.cwd() / EXPERIMENTS_DIR
-    lines = []
-    for path in sorted(folder.glob("*.toml")):
-        try:
-            description = str(tomllib.loads(path.read_text()).get("description", ""))
-        except (OSError, tomllib.TOMLDecodeError):
-            description = "(unreadable)"
-        lines.append(f"- `{path.stem}`: {description}")
-    if not lines:
-        return f"No experiments in `{folder}` (run from the project's root folder)."
-    return f"**Experiments** (`{EXPERIMENTS_DIR}/`)\n\n" + "\n".join(lines)
+        shipped = shipped_experiments()
+    except (ImportError, OSError, ValueError) as exc:  # a broken install must not break the CLI
+        return f"(cannot list the experiments: {exc})"
+    lines = [f"- `{name}`: {text}" for name, text in shipped.items()]
+    return "**Experiments**\n\n" + "\n".join(lines)
 
 
-@app.command(epilog=_experiments())
+@app.command(epilog=_shipped_experiments())
 def experiment(
-    name: Annotated[str, typer.Argument(help="An experiment (listed below), or a TOML file")],
+    name: Annotated[str, typer.Argument(help="A shipped experiment (listed below) or a TOML file")],
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default reports/<date>-<name>)")
     ] = None,
@@ -365,6 +359,7 @@ def experiment(
 ) -> None:
     """Run an experiment on the local stack; write `reports/<date>-<name>/results.json` + report."""
     try:
+        from cryptostream.harness.cgroups import BudgetError
         from cryptostream.harness.model import load_experiment
         from cryptostream.harness.report import write_report
         from cryptostream.harness.runner import RunOptions, run_experiment
@@ -389,6 +384,8 @@ def experiment(
         folder = run_experiment(options)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except BudgetError as exc:
+        raise _fail(str(exc)) from None
     typer.echo(f"results: {(folder / 'results.json').resolve().as_uri()}")
     if report:
         for line in write_report(folder):
@@ -398,19 +395,36 @@ def experiment(
 
 @app.command("report")
 def report_cmd(
-    folder: Annotated[Path, typer.Argument(help="A report folder holding results.json")],
+    folders: Annotated[
+        list[Path], typer.Argument(help="A report folder holding results.json (--compare: A B)")
+    ],
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Set two runs A B side by side (B/compare-A.md)")
+    ] = False,
 ) -> None:
     """(Re)generate the plots, report.md and report.html of an experiment from results.json."""
     try:
-        from cryptostream.harness.report import write_report
+        from cryptostream.harness.report import write_comparison, write_report
     except ImportError as exc:
         raise _fail(_harness_missing("report", exc)) from None
 
-    if not (folder / "results.json").exists():
-        raise _fail(f"{folder / 'results.json'} does not exist")
-    for line in write_report(folder):
-        typer.echo(line)
-    typer.echo(f"open: {(folder / 'report.html').resolve().as_uri()}")  # clickable in a terminal
+    for folder in folders:
+        if not (folder / "results.json").exists():
+            raise _fail(f"{folder / 'results.json'} does not exist")
+    if compare:
+        if len(folders) != 2:
+            raise _fail("--compare takes two report folders: A B")
+        try:
+            typer.echo(write_comparison(folders[0], folders[1]))
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        return
+    for folder in folders:
+        for line in write_report(folder):
+            typer.echo(line)
+        typer.echo(
+            f"open: {(folder / 'report.html').resolve().as_uri()}"
+        )  # clickable in a terminal
 
 
 def _harness_missing(command: str, exc: ImportError) -> str:

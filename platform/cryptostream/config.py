@@ -293,7 +293,13 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
         "redis_url", "group_id", "batch_max", "batch_timeout_s", "candle_history_minutes",
         "metrics_host", *(name for name in Settings.model_fields if name.startswith("processor_")),
     },
-    "query": _COMMON | {"redis_url", *(n for n in Settings.model_fields if n.startswith("query_"))},
+    "query": _COMMON | {"redis_url", "archive_dir",
+                        *(n for n in Settings.model_fields if n.startswith(("query_", "history_")))},
+    "archive": _COMMON | _KAFKA | _TOPICS | {
+        *(name for name in Settings.model_fields if name.startswith("archive_")),
+    },
+    "history": _COMMON | {"archive_dir", "archive_scale",
+                          *(n for n in Settings.model_fields if n.startswith("history_"))},
     "topics": _COMMON | _KAFKA | _TOPICS | {"replication_factor"},
     "stack": _COMMON | _TOPICS | {
         "replication_factor", "cache_dir", "kafka_version", "kafka_heap", "start_timeout_s",

@@ -19,7 +19,7 @@ from cryptostream.harness.schedule import (
     symbol_names,
     symbol_sequence,
 )
-from cryptostream.harness.search import RateSearch, lag_verdict, slope
+from cryptostream.harness.search import lag_verdict, slope
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ class FakeClock:
 
 
 def test_every_shipped_experiment_parses() -> None:
-    files = sorted((ROOT / "benchmarks" / "experiments").glob("*.toml"))
+    files = sorted((ROOT / "platform" / "cryptostream" / "harness" / "experiments").glob("*.toml"))
     assert {f.stem for f in files} >= {"scaling", "rate-sweep", "symbols-sweep", "query-load",
                                        "replay", "tiny"}  # fmt: skip
     for path in files:
@@ -49,10 +49,10 @@ def test_every_shipped_experiment_parses() -> None:
 
 
 def test_experiment_by_name_and_unknown_name() -> None:
-    experiment, _ = load_experiment("tiny", root=ROOT)
+    experiment, _ = load_experiment("tiny")
     assert experiment.name == "tiny"
     with pytest.raises(FileNotFoundError, match=r"available: .*scaling"):
-        load_experiment("no-such-experiment", root=ROOT)
+        load_experiment("no-such-experiment")
 
 
 def test_trials_expand_symbols_times_rates() -> None:
@@ -211,31 +211,8 @@ def test_slope_and_lag_verdict() -> None:
     assert slope([(1, 5)]) == 0
 
 
-def test_rate_search_climbs_then_bisects() -> None:
-    capacity = 11_000
-    search = RateSearch(start=2000, maximum=100_000, max_trials=8, resolution=0.1)
-    while (rate := search.next_rate()) is not None:
-        search.record(rate, rate <= capacity)
-    rates = [r for r, _ in search.trials]
-    assert rates[:4] == [2000, 4000, 8000, 16000]
-    assert rates[4] == 12000  # midpoint of 8000 and 16000
-    assert search.best is not None and search.failed is not None
-    assert search.best <= capacity < search.failed
-    assert search.failed / search.best - 1 < 0.1 or len(rates) == 8
-
-
-def test_rate_search_halves_when_the_start_fails_and_stops_at_max() -> None:
-    search = RateSearch(start=8000, maximum=100_000, max_trials=3)
-    for _ in range(3):
-        rate = search.next_rate()
-        assert rate is not None
-        search.record(rate, rate <= 1000)
-    assert [r for r, _ in search.trials] == [8000, 4000, 2000]
-    assert search.next_rate() is None
-    capped = RateSearch(start=3000, maximum=5000, max_trials=9)
-    while (rate := capped.next_rate()) is not None:
-        capped.record(rate, True)
-    assert [r for r, _ in capped.trials] == [3000, 5000]
+# The search itself (doubling, bisection, confirmation) is tested on a synthetic lag model in
+# test_search.py.
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -266,3 +243,24 @@ def test_histogram_percentiles_and_round_trip() -> None:
     cdf = stats.cdf_points(histogram)
     assert cdf[-1][1] == 1.0
     assert all(a[0] < b[0] and a[1] <= b[1] for a, b in itertools.pairwise(cdf))
+
+
+def test_experiments_and_the_locust_file_ship_in_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from any directory (no checkout needed) and listed as package data in pyproject."""
+    import tomllib
+
+    from cryptostream.harness import model, runner
+
+    monkeypatch.chdir(tmp_path)
+    shipped = model.shipped_experiments()
+    assert {"scaling", "query-load", "tiny"} <= set(shipped)
+    assert "0.1-core CPU budgets" in shipped["scaling"]
+    experiment, text = load_experiment("scaling")
+    assert experiment.budgets.processor_cpu == 0.1 and "[budgets]" in text
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["cryptostream"]
+    assert "harness/experiments/*.toml" in package_data
+    assert (Path(runner.__file__).with_name("locustfile.py")).is_file()

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(stack: LocalStack | ContainerStack, out: Path, seed: int | None = None) -> dict[str, Any]:
-    experiment, text = load_experiment("tiny", root=ROOT)
+    experiment, text = load_experiment("tiny")
     if seed is not None:
         experiment = experiment.model_copy(
             update={"workload": experiment.workload.model_copy(update={"seed": seed})}
@@ -84,9 +84,22 @@ def test_report_dirs_never_overwrite(tmp_path: Path) -> None:
     assert report_dir(tmp_path, "scaling", day).name == "2026-01-02-scaling-2"
 
 
-def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(tmp_path: Path) -> None:
+BUDGETED = """
+[budgets]
+processor_cpu = 0.5
+loadgen_cpu = 0.5
+kafka_cpu = 1.0
+redis_cpu = 0.5
+"""
+
+
+@pytest.mark.parametrize("budgeted", [False, True], ids=["unbudgeted", "budgeted"])
+def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(
+    tmp_path: Path, budgeted: bool
+) -> None:
     """SIGINT mid-run (as Ctrl-C): the CLI exits 130, no child outlives it, results.json says
-    the run was interrupted."""
+    the run was interrupted; with CPU budgets, every cgroup existed during the run and none is
+    left afterwards."""
     import os
     import signal
     import subprocess
@@ -95,9 +108,21 @@ def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(tmp_path: Path
 
     import psutil
 
+    from cryptostream.harness import cgroups
+
+    name = "tiny"
+    base: Path | None = None
+    if budgeted:
+        found = cgroups.find_hierarchy()
+        if isinstance(found, cgroups.BudgetError):
+            pytest.skip(str(found))
+        base = found.base
+        tiny = Path(cgroups.__file__).with_name("experiments") / "tiny.toml"
+        name = str(tmp_path / "tiny-budgeted.toml")
+        Path(name).write_text(tiny.read_text() + BUDGETED)
     out = tmp_path / "report"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cryptostream", "experiment", "tiny", "--out", str(out),
+        [sys.executable, "-m", "cryptostream", "experiment", name, "--out", str(out),
          "--no-progress", "--no-report"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "CSP_RUN_DIR": str(tmp_path)},
@@ -112,6 +137,14 @@ def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(tmp_path: Path
             time.sleep(0.05)
         children = {c.pid for c in _children(proc.pid)}
         assert len(children) >= 4
+        if base is not None:  # the loadgen's cgroup follows its start by a moment
+            want, roles = {"kafka", "redis", "g0-processor-1", "loadgen"}, set()
+            until = time.monotonic() + 2
+            while not want <= roles and time.monotonic() < until:
+                roles = {p.name.split("-", 3)[3] for p in base.iterdir()
+                         if cgroups.owner_of(p.name) == proc.pid}  # fmt: skip
+                time.sleep(0.02)
+            assert want <= roles, roles
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 130
     finally:
@@ -122,6 +155,10 @@ def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(tmp_path: Path
     assert alive == []
     results = orjson.loads((out / "results.json").read_bytes())
     assert results["complete"] is False and results["interrupted"] is True
+    if base is not None:
+        left = [p.name for p in base.iterdir() if cgroups.owner_of(p.name) == proc.pid]
+        assert left == [], f"cgroups left after Ctrl-C: {left}"
+        assert results["budgets"]["processor_cpu"] == 0.5
 
 
 def _children(pid: int) -> list[Any]:

@@ -3,18 +3,19 @@
 An experiment names a workload, a topology, what to measure and how often to repeat it. The
 runner expands it into *trials*: every processor count x symbol count x rate, each at a fixed
 open-model arrival rate, then (optionally) a sustainable-rate search per processor count.
-See ``benchmarks/experiments/*.toml`` for the shipped ones.
+See ``experiments/*.toml`` next to this module for the shipped ones (package data).
 """
 
 from __future__ import annotations
 
 import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-EXPERIMENTS_DIR = Path("benchmarks") / "experiments"
+EXPERIMENTS_DIR = resources.files("cryptostream.harness") / "experiments"  # package data
 
 
 class _Strict(BaseModel):
@@ -72,14 +73,36 @@ class Search(_Strict):
     start_rate: float = Field(2000.0, gt=0)
     max_rate: float = Field(100_000.0, gt=0)
     trial_s: float = Field(12.0, gt=0)
-    max_trials: int = Field(5, ge=1)
-    resolution: float = Field(0.1, gt=0, lt=1, description="stop when high/low - 1 < this")
+    max_trials: int = Field(8, ge=1, description="search trials per processor count")
+    max_confirmations: int = Field(2, ge=1, description="confirmation trials per processor count")
+    resolution: float = Field(0.1, gt=0, lt=1, description="bisect until high/low - 1 <= this")
+    start_per_processor: bool = Field(
+        False, description="start at start_rate x processors (capacity grows with the count)"
+    )
     slope_tolerance: float = Field(
         0.05, gt=0, description="sustained if lag grows slower than this fraction of the rate"
     )
     capacity_trial: bool = Field(
-        True, description="then measure latency at the highest sustained rate"
+        True, description="confirm the highest sustained rate (and its latency) in a longer trial"
     )
+
+
+class Budgets(_Strict):
+    """CPU quotas in cores per process (a cgroup each, like Kubernetes CPU limits); None = none.
+
+    A budgeted experiment needs a writable cgroup CPU controller (root on Linux) and stops with
+    a clear message where there is none.
+    """
+
+    processor_cpu: float | None = Field(None, gt=0, le=64, description="cores per processor")
+    loadgen_cpu: float | None = Field(None, gt=0, le=64, description="the Kafka load generator")
+    kafka_cpu: float | None = Field(None, gt=0, le=64, description="the local Kafka broker")
+    redis_cpu: float | None = Field(None, gt=0, le=64, description="the local Redis server")
+    query_cpu: float | None = Field(None, gt=0, le=64, description="the query API (all workers)")
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in self.model_dump().values())
 
 
 class QueryLoad(_Strict):
@@ -105,6 +128,7 @@ class Experiment(_Strict):
     workload: Workload
     topology: Topology = Field(default_factory=Topology)
     search: Search = Field(default_factory=Search)
+    budgets: Budgets = Field(default_factory=Budgets)
     measurements: Measurements = Field(default_factory=Measurements)
 
 
@@ -137,21 +161,32 @@ def plan_fixed(experiment: Experiment, repetition: int, processors: int) -> list
     ]  # fmt: skip
 
 
-def load_experiment(name_or_path: str | Path, root: Path | None = None) -> tuple[Experiment, str]:
-    """An experiment by file path or by name (``benchmarks/experiments/<name>.toml``).
+def shipped_experiments() -> dict[str, str]:
+    """The experiments shipped as package data (name -> one-line description), any install."""
+    out = {}
+    for entry in sorted(EXPERIMENTS_DIR.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            data = tomllib.loads(entry.read_text())
+            out[entry.name.removesuffix(".toml")] = str(data.get("description", ""))
+    return out
+
+
+def load_experiment(name_or_path: str | Path) -> tuple[Experiment, str]:
+    """An experiment by file path or by the name of a shipped one (``experiments/<name>.toml``
+    in this package, found from any directory and any install).
 
     Returns the model and the file's text (kept verbatim in results.json).
     """
     path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = (root or Path.cwd()) / EXPERIMENTS_DIR / f"{name_or_path}.toml"
-    if not path.exists():
-        available = sorted(p.stem for p in ((root or Path.cwd()) / EXPERIMENTS_DIR).glob("*.toml"))
-        raise FileNotFoundError(
-            f"no experiment {str(name_or_path)!r}; available: {', '.join(available) or 'none'}"
-        )
-    text = path.read_text()
-    return parse_experiment(text, default_name=path.stem), text
+    if path.exists():
+        text = path.read_text()
+        return parse_experiment(text, default_name=path.stem), text
+    shipped = EXPERIMENTS_DIR / f"{name_or_path}.toml"
+    if path.suffix or not shipped.is_file():
+        available = ", ".join(shipped_experiments()) or "none"
+        raise FileNotFoundError(f"no experiment {str(name_or_path)!r}; available: {available}")
+    text = shipped.read_text()
+    return parse_experiment(text, default_name=str(name_or_path)), text
 
 
 def parse_experiment(text: str, default_name: str = "experiment") -> Experiment:

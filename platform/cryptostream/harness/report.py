@@ -8,7 +8,9 @@ restyled) without re-running anything. Repeated figures show median and spread; 
 from __future__ import annotations
 
 import html
+import itertools
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ import orjson
 from matplotlib.figure import Figure
 
 from cryptostream.harness import stats
+from cryptostream.harness.verdicts import CountVerdict, efficiency, scaling_verdicts
 
 FLAG = "⚠"
 COLORS: list[Any] = [plt.get_cmap("tab10")(i) for i in range(10)]
@@ -42,6 +45,8 @@ class Report:
     tables: list[Table] = field(default_factory=list)
     flagged: list[str] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file, caption)
+    summary: list[str] = field(default_factory=list)  # sentences, then caveats (markdown)
+    caveats: list[str] = field(default_factory=list)
 
 
 # --- numbers ------------------------------------------------------------------------------------
@@ -141,44 +146,10 @@ def build(results: dict[str, Any]) -> Report:
                 f"{sum(processor_cpu(t) for t in trials) / len(trials):.0f}",
             ])  # fmt: skip
         report.tables.append(table)
-    search = _search_rows(results)
-    if search:
-        table = Table(
-            "Sustainable rate per processor count (Theodolite load capacity: the highest rate "
-            "whose consumer lag does not keep growing)",
-            ["processors", "max sustained /s", "lowest failed /s", "of Kafka produce ceiling",
-             "of Kafka consume ceiling", "p99 ms at capacity", "trials (rate: lag slope /s)"],
-        )  # fmt: skip
-        for procs, groups in search.items():
-            best = _summary(g["search"]["max_sustained_rate"] for g in groups)
-            failed = _summary(g["search"]["lowest_failed_rate"] for g in groups)
-            cap = [g["search"]["capacity"] for g in groups if g["search"].get("capacity")]
-            p99 = _summary(
-                t["latency_ms"]["p99"] for t in cap if t.get("latency_ms", {}).get("count")
-            )
-            limited = any(g["search"]["generator_limited"] for g in groups)
-            listed = "; ".join(
-                f"{t['rate']:,.0f}: generator-limited ({t['produced_rate']:,.0f}/s delivered"
-                f"{'' if t['sustained'] else ', lag grows ✗'})"
-                if t.get("generator_limited")
-                else f"{t['rate']:,.0f}: {t['lag_slope']:+,.0f}{'' if t['sustained'] else ' ✗'}"
-                for t in groups[0]["search"]["trials"]
-            )
-            table.rows.append([
-                str(procs),
-                ("" if failed else ">= ")
-                + cell(best, fmt_rate, f"{procs} processor(s): max sustained rate", flagged)
-                + (" (generator-limited)" if limited else ""),
-                fmt_rate(failed.median if failed else None),
-                _fraction(best, produce_ceiling), _fraction(best, consume_ceiling),
-                cell(p99, fmt_ms, f"{procs} processor(s): p99 at capacity", flagged), listed,
-            ])  # fmt: skip
-        table.note = ("A trial is sustained when the least-squares slope of the total lag after "
-                      "warm-up stays below 5 % of its rate (✗ = lag growing). Repetition 1's "
-                      "trials are listed. '>=': no tried rate failed, the capacity is higher. "
-                      "'generator-limited': the load generator could not deliver the next rate "
-                      "on this machine.")  # fmt: skip
-        report.tables.append(table)
+    verdicts = scaling_verdicts(results)
+    if verdicts:
+        report.tables.insert(0, _summary_table(results, verdicts, report))
+        report.tables.append(_search_table(verdicts, results, produce_ceiling, consume_ceiling))
     replays = trials_of(results, ("replay",))
     if replays:
         table = Table("Replay through the full path (simulator -> ingest -> Kafka -> processors "
@@ -210,11 +181,42 @@ def build(results: dict[str, Any]) -> Report:
         table.note = "Failures: " + ("; ".join(
             f"{f['Name']}: {f['Error']} x{f['Occurrences']}" for f in failures) or "none") + (
             ". Unknown symbols answered 404 with the contract's body count as successes.")  # fmt: skip
+        table.note += " " + _query_accounting(query[0])
         report.tables.append(table)
     if results.get("ceilings"):
         report.tables.append(_ceiling_table(results["ceilings"]))
     report.tables.append(_checksum_table(results))
     return report
+
+
+def _query_accounting(trial: dict[str, Any]) -> str:
+    """Server-side req/s beside Locust's, the CPU of both, and which one was the bottleneck."""
+    q = trial["query_load"]
+    agg = next((row for row in q.get("stats", []) if row["Name"] == "Aggregated"), None)
+    parts = []
+    locust_rps = float(agg["Requests/s"]) if agg else None
+    if q.get("server_requests") is not None and q.get("server_seconds"):
+        server_rps = q["server_requests"] / q["server_seconds"]
+        parts.append(f"The query API counted {server_rps:,.0f} req/s itself (its /metrics, all "
+                     f"workers) against Locust's {fmt_rate(locust_rps)} req/s.")  # fmt: skip
+    cpu = trial.get("cpu_percent_mean", {})
+    what = "the trial"
+    series, window = trial.get("series") or {}, q.get("window_s")
+    if window and series.get("t"):  # over Locust's own run: the load it generated
+        inside = [i for i, t in enumerate(series["t"]) if window[0] < t <= window[1]]
+        if inside:
+            cpu = {name: sum(values[i] for i in inside if i < len(values)) / len(inside)
+                   for name, values in series["cpu_percent"].items()}  # fmt: skip
+            what = "Locust's run"
+    server = sum(v for k, v in cpu.items() if k.startswith("query"))
+    locust = cpu.get("locust")
+    if cpu:
+        parts.append(f"Mean CPU over {what}: query API {server:.0f} % (workers included), "
+                     f"Locust {'-' if locust is None else f'{locust:.0f}'} % (100 = one core).")  # fmt: skip
+    if locust is not None and locust >= 85:
+        parts.append("Locust used a whole core: the load generator was the bottleneck, the API "
+                     "may serve more.")  # fmt: skip
+    return " ".join(parts)
 
 
 def _median_text(values: Iterable[float | None]) -> str:
@@ -228,12 +230,224 @@ def _fraction(value: stats.Summary | None, ceiling_rate: float | None) -> str:
     return f"{value.median / ceiling_rate * 100:.0f} %"
 
 
-def _search_rows(results: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
-    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for g in results["groups"]:
-        if "search" in g:
-            out[g["processors"]].append(g)
-    return dict(sorted(out.items()))
+def capacity_text(v: CountVerdict) -> str:
+    """The capacity cell: median (±spread), '>=' for lower bounds, or why there is none."""
+    if v.capacity is None:
+        return "not confirmed" + (" (generator-limited)" if v.generator_limited else "")
+    text = ("≥ " if v.lower_bound else "") + fmt_rate(v.capacity)
+    caps = v.capacities
+    if len(caps) > 1:
+        spread = stats.summarize(caps).spread
+        text += f" ±{spread * 100:.0f}%"
+    if v.unconfirmed:
+        text += f" ({len(caps)} of {len(v.groups)} confirmed)"
+    if v.generator_limited:
+        text += " (generator-limited)"
+    return text
+
+
+def tried_text(values: list[float]) -> str:
+    """Tried rates across repetitions: the median and range of rates that were actually run."""
+    if not values:
+        return "none failed"
+    if len(values) == 1:
+        return fmt_rate(values[0])
+    lo, hi = min(values), max(values)
+    med = statistics.median(values)
+    if lo == hi:
+        return fmt_rate(lo)
+    return f"{fmt_rate(med)} ({fmt_rate(lo)} to {fmt_rate(hi)})"
+
+
+def _cpu_cell(cpu: dict[str, float], cores: int) -> str:
+    if not cpu:
+        return "-"
+    parts = [f"{name} {cpu[key]:.0f}" for key, name in (
+        ("processor", "processors"), ("kafka", "Kafka"), ("redis", "Redis"),
+        ("loadgen", "generator")) if key in cpu]  # fmt: skip
+    total = sum(v for k, v in cpu.items())
+    return ", ".join(parts) + f"; all {total:.0f} of {100 * cores}"
+
+
+def _us_per_trade(v: CountVerdict) -> str:
+    """The processors' CPU per trade at capacity: what one more processor adds depends on it."""
+    cpu = v.cpu_at_capacity().get("processor")
+    if not cpu or not v.capacity:
+        return "-"
+    return f"{cpu / 100 / v.capacity * 1e6:.1f}"
+
+
+def _summary_table(results: dict[str, Any], verdicts: dict[int, CountVerdict],
+                   report: Report) -> Table:  # fmt: skip
+    env = results.get("environment", {})
+    cores = int(env.get("cores") or 1)
+    eff = efficiency(verdicts)
+    table = Table(
+        "Summary",
+        ["processors", "capacity /s", "x 1 processor", "efficiency", "lowest failed /s (tried)",
+         "p99 at capacity ms", "processor CPU µs per trade", "CPU at capacity (% of a core)",
+         "limit just above capacity"],
+    )  # fmt: skip
+    for n, v in verdicts.items():
+        e = eff.get(n)
+        p99 = [g.p99_ms for g in v.groups if g.p99_ms is not None]
+        table.rows.append([
+            str(n), capacity_text(v), "-" if e is None else f"{e[0]:.2f}",
+            "-" if e is None else f"{e[1]:.2f}", tried_text(v.lowest_failed),
+            fmt_ms(statistics.median(p99)) if p99 else "-", _us_per_trade(v),
+            _cpu_cell(v.cpu_at_capacity(), cores), v.limit or "-",
+        ])  # fmt: skip
+    table.note = ("Capacity: the highest rate that was tried, kept the consumer lag flat, and did "
+                  "so again in a longer confirmation trial (median over repetitions, ±: spread); "
+                  "'≥': nothing above it failed, the true capacity is higher. Lowest failed: the "
+                  "lowest tried rate whose lag grew. Efficiency = capacity(N) / (N x "
+                  "capacity(1)).")  # fmt: skip
+    report.summary = _story(verdicts, eff)
+    report.caveats = _caveats(results, verdicts)
+    return table
+
+
+def _story(
+    verdicts: dict[int, CountVerdict], eff: dict[int, tuple[float, float] | None]
+) -> list[str]:
+    """The summary in words, from the same verdicts as the table."""
+    parts = []
+    for n, v in verdicts.items():
+        cap = v.capacity
+        if cap is None:
+            searched = [g.best_search for g in v.groups if g.best_search is not None]
+            parts.append(f"no confirmed capacity with {n}" + (
+                f" (short search trials sustained up to {max(searched):,.0f}/s, unconfirmed"
+                + ("; the load generator could not deliver more" if v.generator_limited else "")
+                + ")" if searched else ""))  # fmt: skip
+            continue
+        text = f"{'at least ' if v.lower_bound else ''}{cap:,.0f}/s with {n}"
+        e = eff.get(n)
+        if e is not None and n != 1:
+            text += f" (x{e[0]:.2f}, efficiency {e[1]:.2f})"
+        parts.append(text)
+    lines = ["Capacity (the highest confirmed sustainable rate): " + "; ".join(parts) + "."]
+    known = [(n, v.capacity) for n, v in verdicts.items() if v.capacity is not None]
+    if len(known) > 1:
+        stops = [b for (_, x), (b, y) in itertools.pairwise(known) if y <= x]
+        if not stops:
+            lines.append(f"Capacity rises at every step from {known[0][0]} to {known[-1][0]} "
+                         "processors.")  # fmt: skip
+        else:
+            lines.append(
+                f"Capacity stops rising at {stops[0]} processors: "
+                f"{verdicts[stops[0]].limit or 'limit not identified'}."
+            )
+    superlinear = [n for n, e in eff.items() if e is not None and e[1] > 1.1]
+    base = verdicts.get(1)
+    if superlinear and base is not None:
+        per_trade = {n: _us_per_trade(verdicts[n]) for n in (1, *superlinear)}
+        lines.append(
+            "Efficiency above 1 means each processor did more at N than one processor alone: "
+            "the processors' CPU per trade at capacity fell ("
+            + ", ".join(f"{t} µs at {n}" for n, t in per_trade.items())
+            + "), consistent with each processor folding fewer symbols, with more trades per "
+            "symbol, per batch (batch composition is not measured here)."
+        )
+    limits = [f"{n}: {v.limit}" for n, v in verdicts.items() if v.limit]
+    if limits:
+        lines.append("What ran out just above each capacity — " + "; ".join(limits) + ".")
+    return lines
+
+
+def _caveats(results: dict[str, Any], verdicts: dict[int, CountVerdict]) -> list[str]:
+    env = results.get("environment", {})
+    out = []
+    cores = env.get("cores")
+    load = env.get("load_average") or []
+    out.append(f"{cores} cores for everything: Kafka, Redis, the processors, the load generator "
+               "and the harness share them"
+               + (f" (load average {load[0]:.2f} at the start, other jobs included)" if load
+                  else "") + ".")  # fmt: skip
+    budgets = results.get("budgets") or {}
+    named = {k: v for k, v in budgets.items() if k.endswith("_cpu") and v}
+    if named:
+        what = ", ".join(f"{k.removesuffix('_cpu')} {v:g} core" for k, v in named.items())
+        out.append(f"CPU budgets (a cgroup v{budgets.get('cgroup_version')} CFS quota per "
+                   f"process, like Kubernetes CPU limits): {what}; the rest unbudgeted.")  # fmt: skip
+    else:
+        out.append(
+            "No CPU budgets: every processor competes for the same cores, so beyond the "
+            "machine's cores more processors measure the machine, not the design."
+        )
+    limited = [n for n, v in verdicts.items() if v.generator_limited]
+    if limited:
+        bounds = [str(n) for n in limited if verdicts[n].lower_bound]
+        out.append(
+            f"Generator-limited at {', '.join(map(str, limited))} processor(s): the load "
+            "generator could not deliver some tried rates here (under 90 % of them)"
+            + (f"; nothing failed above the capacity at {', '.join(bounds)}, so it is a lower "
+               "bound there." if bounds else "; tried rates above the capacity still failed "
+               "with growing lag, so the capacity is not a lower bound.")
+        )  # fmt: skip
+    unconfirmed = [f"{n} processor(s) repetition {g.repetition + 1} (confirmation failed at "
+                   f"{', '.join(fmt_rate(r) for r, ok in g.confirmations if not ok) or '-'}/s)"
+                   for n, v in verdicts.items() for g in v.groups if g.capacity is None]  # fmt: skip
+    if unconfirmed:
+        out.append("No confirmed capacity: " + "; ".join(unconfirmed) + ".")
+    refuted = [f"{n}: {fmt_rate(r)}/s" for n, v in verdicts.items() for g in v.groups
+               for r, ok in g.confirmations if not ok and g.capacity is not None]  # fmt: skip
+    if refuted:
+        out.append(
+            "Confirmations that failed and sent the search lower: " + "; ".join(refuted) + "."
+        )
+    resolution = results.get("experiment", {}).get("search", {}).get("resolution")
+    unresolved = [f"{n} processor(s) repetition {g.repetition + 1}: in "
+                  f"[{fmt_rate(g.capacity)}, {fmt_rate(g.upper)})"
+                  for n, v in verdicts.items() for g in v.groups
+                  if g.capacity and g.upper and resolution and g.upper / g.capacity - 1
+                  > resolution + 1e-9]  # fmt: skip
+    if unresolved:
+        out.append(
+            f"Not resolved to {resolution * 100:.0f} % within the trial budget: "
+            + "; ".join(unresolved)
+            + "."
+        )
+    commit = env.get("git_commit")
+    if env.get("git_dirty"):
+        out.append(f"Run from a tree with uncommitted changes (commit {commit}).")
+    return out
+
+
+def _search_table(verdicts: dict[int, CountVerdict], results: dict[str, Any],
+                  produce: float | None, consume: float | None) -> Table:  # fmt: skip
+    table = Table(
+        "Sustainable-rate search per repetition (Theodolite load capacity: doubling, bisection, "
+        "confirmation)",
+        ["processors", "repetition", "capacity /s", "confirmations", "lowest failed /s",
+         "of Kafka produce ceiling", "of Kafka consume ceiling", "search trials (rate: lag slope /s)"],
+    )  # fmt: skip
+    by_group = {(g["processors"], g["repetition"]): g for g in results["groups"] if g.get("search")}
+    for n, v in verdicts.items():
+        for gv in v.groups:
+            g = by_group[(n, gv.repetition)]
+            listed = "; ".join(
+                f"{t['rate']:,.0f}: generator delivered {t['produced_rate']:,.0f}/s"
+                f"{'' if t['sustained'] else ', lag grows ✗'}"
+                if t.get("generator_limited")
+                else f"{t['rate']:,.0f}: {t['lag_slope']:+,.0f}{'' if t['sustained'] else ' ✗'}"
+                for t in g["search"]["trials"]
+            )
+            confirmations = "; ".join(f"{fmt_rate(r)} {'✓' if ok else '✗'}"
+                                      for r, ok in gv.confirmations) or "-"  # fmt: skip
+            cap = gv.capacity
+            table.rows.append([
+                str(n), str(gv.repetition + 1),
+                "not confirmed" if cap is None else ("≥ " if gv.lower_bound else "") + fmt_rate(cap),
+                confirmations, fmt_rate(gv.lowest_failed),
+                f"{cap / produce * 100:.0f} %" if cap and produce else "-",
+                f"{cap / consume * 100:.0f} %" if cap and consume else "-", listed,
+            ])  # fmt: skip
+    table.note = ("A trial is sustained when the least-squares slope of the total lag after "
+                  "warm-up stays below 5 % of its rate (✗ = lag growing). Confirmations are "
+                  "longer trials at the best rate (✓ sustained, ✗ failed: the search went on "
+                  "below it).")  # fmt: skip
+    return table
 
 
 def _ceiling_table(c: dict[str, Any]) -> Table:
@@ -307,7 +521,8 @@ def plot_all(report: Report, folder: Path) -> None:
          "growing line is an unsustained rate."),
         (plot_throughput_over_time, "Produced and applied records per second over time "
          "(fixed-rate and at-capacity trials of repetition 1)."),
-        (plot_resources, "Mean CPU and peak memory per process during the fixed-rate trials."),
+        (plot_resources, "Mean CPU and peak memory per process (children included) during the "
+         "fixed-rate trials and, per processor count, the confirmed capacity trial."),
         (plot_query, "Query API latency and throughput under Locust."),
     ]  # fmt: skip
     for plot, caption in plots:
@@ -316,54 +531,85 @@ def plot_all(report: Report, folder: Path) -> None:
             report.figures.append((name, caption))
 
 
+def _plain(ax: Any, axis: str = "y") -> None:
+    """Plain numbers (1,000 / 20,000) on a log axis instead of 10^3 powers."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    target.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def plot_throughput_vs_processors(r: dict[str, Any], folder: Path) -> str | None:
-    counts = sorted({g["processors"] for g in r["groups"]})
+    verdicts = scaling_verdicts(r)
+    counts = list(verdicts)
     if len(counts) < 2:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    xs = list(range(len(counts)))
-
-    def series(values_by_count: dict[int, list[float]], label: str, color: Any) -> None:
-        med, lo, hi, x_ok = [], [], [], []
-        for x, c in zip(xs, counts, strict=True):
-            vals = values_by_count.get(c)
-            if vals:
-                s = stats.summarize(vals)
-                med.append(s.median)
-                lo.append(s.median - s.low)
-                hi.append(s.high - s.median)
-                x_ok.append(x)
-        if med:
-            ax.errorbar(x_ok, med, yerr=[lo, hi], marker="o", capsize=4, label=label,
-                        color=color, linewidth=2)  # fmt: skip
-            for x, m in zip(x_ok, med, strict=True):
-                ax.annotate(f"{m:,.0f}", (x, m), textcoords="offset points", xytext=(0, 8),
-                            ha="center", fontsize=8, color=color)  # fmt: skip
-
-    fixed: dict[int, list[float]] = defaultdict(list)
-    for t in trials_of(r, ("fixed",)):
-        fixed[t["processors"]].append(t["processed_rate"])
-    best: dict[int, list[float]] = defaultdict(list)
-    for g in r["groups"]:
-        if g.get("search", {}).get("max_sustained_rate"):
-            best[g["processors"]].append(g["search"]["max_sustained_rate"])
-    series(best, "highest sustained rate", COLORS[0])
-    series(fixed, "processed at the fixed rate", COLORS[1])
-    for which, style in (("produce", "--"), ("consume", ":")):
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    one = verdicts[counts[0]].capacity
+    if one:  # perfect scaling from the smallest count: N / N0 x capacity(N0)
+        ideal = [one * n / counts[0] for n in counts]
+        ax.plot(counts, ideal, color="grey", linestyle="--", linewidth=1,
+                label=f"linear: N x capacity({counts[0]})")  # fmt: skip
+    xs, meds, lo, hi = [], [], [], []
+    for n, v in verdicts.items():
+        caps = v.capacities
+        if not caps:
+            ax.annotate("not confirmed", (n, ax.get_ylim()[0] or 1), fontsize=8, ha="center",
+                        color="firebrick")  # fmt: skip
+            continue
+        summary = stats.summarize(caps)
+        xs.append(n)
+        meds.append(summary.median)
+        lo.append(summary.median - summary.low)
+        hi.append(summary.high - summary.median)
+    ax.errorbar(xs, meds, yerr=[lo, hi], color=COLORS[0], linewidth=2, capsize=4, zorder=3,
+                label="capacity (confirmed; bars: min-max over repetitions)")  # fmt: skip
+    for n, m in zip(xs, meds, strict=True):
+        v = verdicts[n]
+        marker, face = ("^", "white") if v.lower_bound else ("o", COLORS[0])
+        if v.generator_limited:
+            marker = "X"
+        ax.plot([n], [m], marker=marker, markersize=9, markerfacecolor=face, color=COLORS[0],
+                zorder=4)  # fmt: skip
+        text = ("≥ " if v.lower_bound else "") + f"{m:,.0f}"
+        if v.generator_limited:
+            text += "\n(generator-limited)"
+        ax.annotate(text, (n, m), textcoords="offset points", xytext=(0, 9), ha="center",
+                    fontsize=8, color=COLORS[0])  # fmt: skip
+    failed = [(n, f) for n, v in verdicts.items() for f in v.lowest_failed]
+    if failed:
+        ax.scatter([n for n, _ in failed], [f for _, f in failed], marker="v", color="firebrick",
+                   s=30, alpha=0.7, label="lowest failed (tried rate, each repetition)",
+                   zorder=2)  # fmt: skip
+    top = max([*meds, *(f for _, f in failed)], default=0)
+    off_chart = []
+    for which, style in (("produce", "-."), ("consume", ":")):
         value = ceiling(r, which)
-        if value:
-            ax.axhline(value, color="grey", linestyle=style, linewidth=1.2)
-            ax.annotate(f"Kafka {which} ceiling {value:,.0f}/s", (len(xs) - 1, value),
+        if value and value <= 3 * top:
+            ax.axhline(value, color="dimgrey", linestyle=style, linewidth=1.2)
+            ax.annotate(f"Kafka {which} ceiling {value:,.0f}/s", (counts[-1], value),
                         textcoords="offset points", xytext=(0, 4), ha="right", fontsize=8,
                         color="dimgrey")  # fmt: skip
-    ax.set_xticks(xs, [str(c) for c in counts])
-    ax.set_xlabel("processors")
-    ax.set_ylabel("trades / s")
-    ax.set_ylim(bottom=0)
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.set_title("Throughput against processor count")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", fontsize=9)
+        elif value:
+            off_chart.append(f"{which} {value:,.0f}/s")
+    if off_chart:  # far above the data: named, not drawn, so the data keeps the axis
+        ax.annotate("Kafka ceilings (same run): " + ", ".join(off_chart), (0.99, 0.02),
+                    xycoords="axes fraction", ha="right", fontsize=8, color="dimgrey")  # fmt: skip
+    # Hollow triangle = lower bound (nothing above it failed); X = generator-limited.
+    ax.plot([], [], "^", color=COLORS[0], markerfacecolor="white", label="≥: lower bound")
+    ax.plot([], [], "X", color=COLORS[0], label="generator-limited")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    _plain(ax)
+    ax.set_xlabel("processors (log scale)")
+    ax.set_ylabel("trades / s (log scale)")
+    budget = (r.get("budgets") or {}).get("processor_cpu")
+    ax.set_title("Capacity against processor count"
+                 + (f" ({budget:g} core per processor)" if budget else " (no CPU budgets)"))  # fmt: skip
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", fontsize=8)
     return _save(fig, folder, "throughput_vs_processors.png")
 
 
@@ -457,6 +703,13 @@ def _shown_trials(r: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any
             if t and t["kind"] in ("fixed", "replay", "capacity")][:8]  # fmt: skip
 
 
+def _kind(t: dict[str, Any]) -> str:
+    """A trial's name in titles; a confirmation says whether it confirmed (never 'capacity')."""
+    if t["kind"] == "capacity":
+        return "confirmation (sustained)" if t["sustained"] else "failed confirmation"
+    return str(t["kind"])
+
+
 def plot_lag(r: dict[str, Any], folder: Path) -> str | None:
     shown = _shown_trials(r)
     if not shown:
@@ -469,7 +722,7 @@ def plot_lag(r: dict[str, Any], folder: Path) -> str | None:
             ax.plot(series["t"], lag, linewidth=1.2, label=f"p{p}")
         ax.axvspan(min(series["t"] or [0]), warmup, color="grey", alpha=0.15)
         what = (f"replay x{t['speed']:g}" if t["speed"] else "replay max") if t["kind"] == \
-            "replay" else f"{t['kind']} {t['rate']:,.0f}/s, {t['symbols']:,} symbols"  # fmt: skip
+            "replay" else f"{_kind(t)} {t['rate']:,.0f}/s, {t['symbols']:,} symbols"  # fmt: skip
         ax.set_title(f"{g['processors']} processor(s), {what}", fontsize=10)
         _load_end(ax, t)
         _thousands(ax)
@@ -486,28 +739,41 @@ def plot_search(r: dict[str, Any], folder: Path) -> str | None:
     groups = [g for g in r["groups"] if g["repetition"] == 0 and g.get("search")]
     if not groups:
         return None
+    verdicts = scaling_verdicts(r)
     fig, axes = _grid(len(groups))
     for g, ax in zip(groups, axes, strict=True):
-        trials = g["search"]["trials"]
+        gv = next(x for x in verdicts[g["processors"]].groups if x.repetition == 0)
+        search = g["search"]
+        confirmations = search.get("confirmations")
+        if confirmations is None:
+            confirmations = [search["capacity"]] if search.get("capacity") else []
+        trials = [*search["trials"], *confirmations]
         for t, color in zip(trials, _cycle(len(trials)), strict=True):
             s = t["series"]
             total = [sum(v[i] for v in s["lag_per_partition"].values()) for i in range(len(s["t"]))]
             mark = "sustained" if t["sustained"] else "lag grows"
             if t.get("generator_limited"):
                 mark = f"generator delivered only {t['produced_rate']:,.0f}/s, " + mark
+            kind = "confirmation " if t["kind"] == "capacity" else ""
             ax.plot(s["t"], total, color=color, linewidth=1.5,
-                    label=f"{t['rate']:,.0f}/s: {mark}")  # fmt: skip
-        ax.set_title(f"{g['processors']} processor(s): max {fmt_rate(g['search']['max_sustained_rate'])}/s",
-                     fontsize=10)  # fmt: skip
+                    linestyle="--" if t["kind"] == "capacity" else "-",
+                    label=f"{kind}{t['rate']:,.0f}/s: {mark}")  # fmt: skip
+        if gv.capacity is None:
+            title = f"{g['processors']} processor(s): no confirmed capacity"
+        else:
+            title = (f"{g['processors']} processor(s): capacity {'≥ ' if gv.lower_bound else ''}"
+                     f"{fmt_rate(gv.capacity)}/s (confirmed)")  # fmt: skip
+        ax.set_title(title, fontsize=10)
         ax.axvline(r["experiment"]["search"]["trial_s"], color="black", linestyle="--",
                    linewidth=0.8, alpha=0.6)  # fmt: skip
         _thousands(ax)
-        ax.set_xlabel("s since load start (dashed: load ends, drain follows)")
+        ax.set_xlabel("s since load start (dashed line: a search trial's load ends)")
         ax.set_ylabel("total lag (records)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Sustainable-rate search: total consumer lag per trial", fontsize=12)
+    fig.suptitle("Sustainable-rate search: total consumer lag per trial (dashed: confirmations)",
+                 fontsize=12)  # fmt: skip
     return _save(fig, folder, "search_lag.png")
 
 
@@ -540,7 +806,7 @@ def plot_throughput_over_time(r: dict[str, Any], folder: Path) -> str | None:
             xs, ys = _rates(s["t"], s[key])
             ax.plot(xs, ys, color=color, linewidth=1.2, label=key)
         what = (f"replay x{t['speed']:g}" if t["speed"] else "replay max") if t["kind"] == \
-            "replay" else f"{t['kind']} {t['rate']:,.0f}/s"  # fmt: skip
+            "replay" else f"{_kind(t)} {t['rate']:,.0f}/s"  # fmt: skip
         ax.set_title(f"{g['processors']} processor(s), {what}", fontsize=10)
         ax.set_xlabel("s since load start")
         ax.set_ylabel("records / s")
@@ -558,11 +824,17 @@ def _role(name: str) -> str:
 
 
 def plot_resources(r: dict[str, Any], folder: Path) -> str | None:
+    # The fixed-rate trials, then each count's confirmed capacity trial: CPU where it matters.
     groups = [(g, t) for g in r["groups"] if g["repetition"] == 0 for t in g["trials"]
               if t["kind"] in ("fixed", "replay") and t.get("cpu_percent_mean")]  # fmt: skip
+    groups += [(g, g["search"]["capacity"]) for g in r["groups"] if g["repetition"] == 0
+               and (g.get("search") or {}).get("capacity")
+               and g["search"]["capacity"]["sustained"]
+               and g["search"]["capacity"].get("cpu_percent_mean")]  # fmt: skip
     if not groups:
         return None
     labels = [f"{g['processors']}p\n{t['rate']:,.0f}/s" if t["kind"] == "fixed" else
+              f"{g['processors']}p cap.\n{t['rate']:,.0f}/s" if t["kind"] == "capacity" else
               f"{g['processors']}p\nx{t['speed'] or 0:g}" for g, t in groups]  # fmt: skip
     roles = sorted({_role(n) for _, t in groups for n in t["cpu_percent_mean"]})
     fig, (cpu_ax, mem_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -574,12 +846,18 @@ def plot_resources(r: dict[str, Any], folder: Path) -> str | None:
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         mem = [sum(v for n, v in t["rss_mb_max"].items() if _role(n) == role) for _, t in groups]
         mem_ax.plot(labels, mem, marker="o", label=role, color=color)
+    machine = [(t.get("machine_cpu_percent") or {}).get("mean") for _, t in groups]
+    if any(m is not None for m in machine):  # everything on the machine, other users included
+        cpu_ax.plot(labels, [math.nan if m is None else m for m in machine], "k_", markersize=28,
+                    markeredgewidth=2, label="whole machine")  # fmt: skip
     cores = r.get("environment", {}).get("cores") or 1
     cpu_ax.axhline(100 * cores, color="grey", linestyle="--", linewidth=1)
     cpu_ax.annotate(f"{cores} cores", (len(groups) - 0.5, 100 * cores), fontsize=8,
                     ha="right", va="bottom", color="dimgrey")  # fmt: skip
     cpu_ax.set_ylabel("mean CPU % (100 = one core)")
-    cpu_ax.set_title("CPU per process (Kafka and Redis: local stack only)", fontsize=10)
+    cpu_ax.set_title(
+        "CPU per process with its children, at fixed rates and at capacity", fontsize=10
+    )
     cpu_ax.legend(fontsize=8)
     mem_ax.set_ylabel("peak RSS (MiB, summed per role)")
     mem_ax.set_title("Memory per process", fontsize=10)
@@ -652,11 +930,15 @@ def markdown(report: Report) -> str:
                f"{'' if r.get('complete') else ' — **INCOMPLETE RUN**'}.")  # fmt: skip
     out.append("")
     for table in report.tables:
-        out += [f"## {table.title}", "", "| " + " | ".join(table.header) + " |",
-                "|" + "---|" * len(table.header)]  # fmt: skip
+        out += [f"## {table.title}", ""]
+        if table.title == "Summary":
+            out += [" ".join(report.summary), ""]
+        out += ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
         out += ["| " + " | ".join(row) + " |" for row in table.rows]
         if table.note:
             out += ["", table.note]
+        if table.title == "Summary" and report.caveats:
+            out += ["", "Caveats:", ""] + [f"- {line}" for line in report.caveats]
         out.append("")
     out += ["## Flagged (spread over repetitions > 10 %)", ""]
     out += [f"- {FLAG} {line}" for line in report.flagged] or ["- none"]
@@ -687,8 +969,11 @@ def to_html(report: Report) -> str:
              f"{r['seed']}; {x['repetitions']} repetition(s)"
              f"{'' if r.get('complete') else ' — <b>INCOMPLETE RUN</b>'}.</p>"]  # fmt: skip
     for table in report.tables:
-        parts.append(f"<h2>{e(table.title)}</h2><table><tr>"
-                     + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr>")  # fmt: skip
+        parts.append(f"<h2>{e(table.title)}</h2>")
+        if table.title == "Summary":
+            parts.append(f"<p><b>{e(' '.join(report.summary))}</b></p>")
+        parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header)
+                     + "</tr>")  # fmt: skip
         for row in table.rows:
             cells = "".join(
                 f"<td class='flag'>{e(c)}</td>" if FLAG in c else f"<td>{e(c.strip('`'))}</td>"
@@ -698,6 +983,9 @@ def to_html(report: Report) -> str:
         parts.append("</table>")
         if table.note:
             parts.append(f"<p class='note'>{e(table.note)}</p>")
+        if table.title == "Summary" and report.caveats:
+            parts.append("<p>Caveats:</p><ul>" + "".join(f"<li>{e(c)}</li>"
+                                                         for c in report.caveats) + "</ul>")  # fmt: skip
     parts.append("<h2>Flagged (spread over repetitions &gt; 10 %)</h2><ul>")
     parts += [f"<li class='flag'>{e(line)}</li>" for line in report.flagged] or ["<li>none</li>"]
     parts.append("</ul>")
@@ -725,7 +1013,19 @@ def write_report(folder: Path) -> list[str]:
              f"{len(report.figures)} plot(s)"]  # fmt: skip
     first = report.tables[0] if report.tables else None
     if first is not None:
-        lines += [first.title, " | ".join(first.header)]
+        lines += [first.title, *report.summary, " | ".join(first.header)]
         lines += [" | ".join(row) for row in first.rows]
+        lines += [f"- {c}" for c in report.caveats]
     lines += [f"{FLAG} {line}" for line in report.flagged]
     return lines
+
+
+def write_comparison(a: Path, b: Path) -> str:
+    """``csp report --compare A B``: the comparison page, also written to B/compare-<A>.md."""
+    from cryptostream.harness.compare import markdown as compare_markdown
+
+    ra = orjson.loads((a / "results.json").read_bytes())
+    rb = orjson.loads((b / "results.json").read_bytes())
+    text = compare_markdown(ra, rb, a.name or str(a), b.name or str(b))
+    (b / f"compare-{a.resolve().name}.md").write_text(text)
+    return text

@@ -35,6 +35,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from cryptostream.config import Settings
 from cryptostream.core.keys import price_key
 from cryptostream.harness import ceilings, environment, stats
+from cryptostream.harness.cgroups import PERIOD_US, CpuBudgets, open_budgets, throttled_share
 from cryptostream.harness.model import Experiment, Trial, plan_fixed
 from cryptostream.harness.samplers import (
     LatencyListener,
@@ -51,7 +52,7 @@ from cryptostream.harness.schedule import (
     symbol_names,
     symbol_sequence,
 )
-from cryptostream.harness.search import RateSearch, lag_verdict
+from cryptostream.harness.search import Outcome, RateSearch, lag_verdict
 from cryptostream.stack.kafka import resolve_kafka_jars
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
@@ -97,6 +98,22 @@ class Context:
     progress: Progress
     children: ProcessGroup = field(default_factory=ProcessGroup)
     server_pids: dict[str, int] = field(default_factory=dict)  # local Kafka and Redis
+    budgets: CpuBudgets | None = None  # cgroups of the budgeted processes
+
+    def budget(self, role: str, cores: float | None, pid: int | None) -> None:
+        if self.budgets is not None:
+            self.budgets.budget(role, cores, pid)
+
+    def release(self, role: str) -> None:
+        if self.budgets is not None:
+            self.budgets.release(role)
+
+    def cpu_stats(self) -> dict[str, dict[str, int]]:
+        """cpu.stat of every budgeted process's cgroup, by role (throttling per trial)."""
+        if self.budgets is None:
+            return {}
+        prefix = f"csp-harness-{self.budgets.owner}-"
+        return {name.removeprefix(prefix): g.cpu_stat() for name, g in self.budgets.groups.items()}
 
 
 class Runner:
@@ -109,6 +126,8 @@ class Runner:
 
     # --- entry point ---------------------------------------------------------------------------
     def run(self) -> Path:
+        # Before anything starts or is written: a budgeted run never runs unbudgeted silently.
+        budgets = open_budgets() if self.x.budgets.any else None
         out = self.o.out_dir or report_dir(self.o.reports_dir, self.x.name)
         out.mkdir(parents=True, exist_ok=True)
         workdir = out / "run"
@@ -130,6 +149,11 @@ class Runner:
             TimeElapsedColumn(), console=self.console, disable=not self.o.progress,
         )  # fmt: skip
         ctx: Context | None = None
+        if budgets is not None:
+            self.results["budgets"] = {
+                **self.x.budgets.model_dump(), "cgroup_version": budgets.hierarchy.version,
+                "cgroup_base": str(budgets.hierarchy.base), "period_us": PERIOD_US,
+            }  # fmt: skip
         with sigterm_as_keyboard_interrupt():
             try:
                 if self.o.kafka_bootstrap and self.o.redis_url:
@@ -140,11 +164,16 @@ class Runner:
                     stack = LocalStack(base, workdir / "stack").start()
                     settings = base.model_copy(update={"kafka_bootstrap": stack.kafka_bootstrap,
                                                        "redis_url": stack.redis_url})  # fmt: skip
-                ctx = Context(settings, workdir, self.console, progress)
+                ctx = Context(settings, workdir, self.console, progress, budgets=budgets)
                 if stack is not None:
                     for name, server in (("kafka", stack.kafka), ("redis", stack.redis)):
                         if server is not None and server.process and server.process.pid:
                             ctx.server_pids[name] = server.process.pid
+                    ctx.budget("kafka", self.x.budgets.kafka_cpu, ctx.server_pids.get("kafka"))
+                    ctx.budget("redis", self.x.budgets.redis_cpu, ctx.server_pids.get("redis"))
+                elif self.x.budgets.kafka_cpu or self.x.budgets.redis_cpu:
+                    self.console.print("[yellow]external Kafka/Redis: their CPU budgets are not "
+                                       "applied (the harness did not start them)")  # fmt: skip
                 with progress:
                     if self.x.ceilings:
                         self.results["ceilings"] = self._ceilings(ctx)
@@ -159,6 +188,9 @@ class Runner:
                     ctx.children.stop_all()
                 if stack is not None:
                     stack.stop()
+                if budgets is not None:
+                    budgets.close()  # after every process stopped: no cgroup outlives the run
+                if stack is not None:
                     # Keep the servers' logs, drop their data (hundreds of MB after a search).
                     shutil.rmtree(workdir / "stack" / "kafka" / "data", ignore_errors=True)
                 self.results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -210,9 +242,9 @@ class Runner:
                     )
 
     def _planned_trials(self) -> int:
-        per_count = len(plan_fixed(self.x, 0, 1)) + (
-            self.x.search.max_trials if self.x.search.enabled else 0
-        )
+        s = self.x.search
+        searched = s.max_trials + (s.max_confirmations if s.capacity_trial else 0)
+        per_count = len(plan_fixed(self.x, 0, 1)) + (searched if s.enabled else 0)
         return self.x.repetitions * len(self.x.topology.processors) * per_count
 
     def _group(
@@ -257,14 +289,16 @@ class Runner:
         probe = OffsetProbe(settings.kafka_bootstrap, settings.redis_url, topic, topo.partitions)
         try:
             t0 = time.monotonic()
-            for _ in range(processors):
-                pipeline.start_processor()
+            for i in range(processors):
+                proc = pipeline.start_processor()
+                ctx.budget(f"g{index}-processor-{i + 1}", self.x.budgets.processor_cpu, proc.pid)
             wait_group_stable(settings.kafka_bootstrap, group_id, processors, topic,
                               topo.partitions, pipeline.check_alive)  # fmt: skip
             result["assign_s"] = round(time.monotonic() - t0, 2)
             query_url = None
             if topo.query_workers:
                 query = pipeline.start_query(args=["--workers", str(topo.query_workers)])
+                ctx.budget(f"g{index}-query", self.x.budgets.query_cpu, query.process.pid)
                 query_url = query.base_url
             trial_no = 0
             for trial in trials:
@@ -284,6 +318,8 @@ class Runner:
                                                 overall, index, rep)  # fmt: skip
         finally:
             pipeline.stop()
+            for role in [r for r in ctx.cpu_stats() if r.startswith(f"g{index}-")]:
+                ctx.release(role)
             probe.close()
             client.close()
         self._print_group(result)
@@ -338,13 +374,17 @@ class Runner:
             if tracker is not None
             else None
         )
-        sampler = Sampler(probe, m.sample_interval_s, lambda: self._pids(ctx, pipeline, loadgen),
+        extra_pids: dict[str, int] = {}  # load generators started during the trial (Locust)
+        sampler = Sampler(probe, m.sample_interval_s,
+                          lambda: {**self._pids(ctx, pipeline, loadgen), **extra_pids},
                           resources=m.resources)  # fmt: skip
         sampler.t0 = time.monotonic() + (start_wall - time.time())
         baseline = sum(probe.produced().values())
         if listener is not None:
             listener.start()
         ctx.children.add(loadgen.start())
+        ctx.budget("loadgen", self.x.budgets.loadgen_cpu, loadgen.pid)
+        cpu_before = ctx.cpu_stats()
         sampler.start()
         task = ctx.progress.add_task(
             f"  {trial.processors}p {trial.kind} {trial.rate:,.0f}/s", total=trial.duration_s,
@@ -353,6 +393,8 @@ class Runner:
         locust: dict[str, Any] | None = None
         try:
             locust_proc = None
+            served_before: tuple[float, float | None] = (0.0, None)
+            locust_from = 0.0
             wants_locust = bool(query_url and m.query_load is not None)
             while loadgen.alive():
                 pipeline.check_alive()
@@ -366,7 +408,11 @@ class Runner:
                     and (elapsed >= trial.duration_s / 2 or prices_present(probe.redis, names))
                 ):
                     assert query_url is not None
+                    served_before = (time.monotonic(), server_requests(query_url))
+                    locust_from = served_before[0] - sampler.t0  # on the series' clock
                     locust_proc = self._start_locust(ctx, pipeline, query_url, trial.symbols)
+                    if locust_proc[0].pid is not None:
+                        extra_pids["locust"] = locust_proc[0].pid
                 ctx.progress.update(task, completed=max(0.0, min(elapsed, trial.duration_s)))
                 time.sleep(0.2)
             load_end = time.monotonic()
@@ -379,14 +425,30 @@ class Runner:
                 drained_s = round(time.monotonic() - load_end, 2)
             if locust_proc is not None:
                 locust = self._finish_locust(locust_proc)
+                assert query_url is not None
+                # What the server itself counted, beside what Locust says it sent.
+                t_end, after = time.monotonic(), server_requests(query_url)
+                t_start, before = served_before
+                if before is not None and after is not None and t_end > t_start:
+                    locust["server_requests"] = after - before
+                    locust["server_seconds"] = round(t_end - t_start, 2)
+                # CPU is compared over Locust's own run, not the whole trial.
+                locust["window_s"] = [round(locust_from, 2), round(t_end - sampler.t0, 2)]
         finally:
             series = sampler.stop()
+            cpu_after = ctx.cpu_stats()
             if listener is not None:
                 listener.stop()
             loadgen.stop()
+            ctx.release("loadgen")
             ctx.progress.remove_task(task)
         produced = sum(probe.produced().values()) - baseline
         record = summarize_trial(trial, series, w.warmup_s, self.x.search.slope_tolerance)
+        throttled = {role: throttled_share(cpu_before.get(role, {}), after)
+                     for role, after in cpu_after.items()}  # fmt: skip
+        if throttled:  # share of CFS periods in which each budgeted process hit its quota
+            record["throttled_share"] = {k: round(v, 3) for k, v in throttled.items()
+                                         if v is not None}  # fmt: skip
         record |= {
             "records": count, "produced": produced, "loadgen": gen, "drain_s": drained_s,
             "id_base": id_base, "seed": seed, "series": series.as_dict(),
@@ -426,46 +488,50 @@ class Runner:
         rep: int,
     ) -> dict[str, Any]:
         s = self.x.search
-        search = RateSearch(s.start_rate, s.max_rate, s.max_trials, s.resolution)
+        start = s.start_rate * (processors if s.start_per_processor else 1)
+        search = RateSearch(start, s.max_rate, s.max_trials, s.resolution,
+                            s.max_confirmations if s.capacity_trial else 0)  # fmt: skip
+        symbols = max(self.x.workload.symbol_counts)
         trials: list[dict[str, Any]] = []
-        generator_limited = False
-        while (rate := search.next_rate()) is not None:
-            trial = Trial(kind="search", repetition=rep, processors=processors,
-                          symbols=max(self.x.workload.symbol_counts), rate=rate,
-                          duration_s=s.trial_s)  # fmt: skip
-            self._describe(ctx, overall, trial, index)
-            record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, None,
-                                        drain_timeout=15, latency=False)  # fmt: skip
-            trial_no += 1
+        confirmations: list[dict[str, Any]] = []
+        capacity: dict[str, Any] | None = None
+        while (step := search.next_step()) is not None:
+            if step.confirm:
+                # The confirmation: a longer trial at the best rate, measured like the fixed-rate
+                # trials (latency too). Only a sustained confirmation makes a capacity.
+                trial = Trial(kind="capacity", repetition=rep, processors=processors,
+                              symbols=symbols, rate=step.rate,
+                              duration_s=self.x.workload.duration_s)  # fmt: skip
+                self._describe(ctx, overall, trial, index)
+                record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, None,
+                                            drain_timeout=20)  # fmt: skip
+                confirmations.append(record)
+                if record["sustained"] and record["produced_rate"] >= 0.9 * step.rate:
+                    capacity = record
+            else:
+                trial = Trial(kind="search", repetition=rep, processors=processors,
+                              symbols=symbols, rate=step.rate, duration_s=s.trial_s)  # fmt: skip
+                self._describe(ctx, overall, trial, index)
+                record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, None,
+                                            drain_timeout=15, latency=False)  # fmt: skip
+                trials.append(record)
             ctx.progress.advance(overall)
-            trials.append(record)
-            achieved = record["produced_rate"]
-            if achieved < 0.9 * rate:
-                # The generator could not deliver this rate here. Lag growing even at what it
-                # delivered is still a failure (at that rate); flat lag says nothing about the
-                # planned rate, and no higher rate can be offered: stop.
-                record["generator_limited"] = True
-                if record["sustained"]:
-                    generator_limited = True
-                    break
-                search.record(achieved, False)
-                continue
-            search.record(rate, record["sustained"])
-        skipped = s.max_trials - len(trials)
-        if skipped:
+            trial_no += 1
+            outcome = trial_outcome(record)
+            record["outcome"] = outcome
+            search.record(step.rate, outcome, confirm=step.confirm,
+                          processed=record["processed_rate"])  # fmt: skip
+        skipped = s.max_trials + search.max_confirmations - len(trials) - len(confirmations)
+        if skipped > 0:
             ctx.progress.advance(overall, skipped)
-        capacity = None
-        if search.best is not None and s.capacity_trial:
-            # Latency at the highest sustained rate, measured like the fixed-rate trials.
-            trial = Trial(kind="capacity", repetition=rep, processors=processors,
-                          symbols=max(self.x.workload.symbol_counts), rate=search.best,
-                          duration_s=self.x.workload.duration_s)  # fmt: skip
-            self._describe(ctx, overall, trial, index)
-            capacity = self._direct_trial(ctx, pipeline, probe, trial, trial_no, None,
-                                          drain_timeout=20)  # fmt: skip
         return {
-            "max_sustained_rate": search.best, "lowest_failed_rate": search.failed,
-            "generator_limited": generator_limited, "trials": trials, "capacity": capacity,
+            "capacity_rate": search.capacity, "lower_bound": search.lower_bound,
+            "resolved": search.resolved, "upper_rate": search.upper,
+            "max_sustained_rate": search.capacity,  # the confirmed capacity (older readers)
+            "lowest_failed_rate": search.failed,
+            "generator_limited": any(t["outcome"] == "limited" for t in trials),
+            "start_rate": start, "trials": trials, "confirmations": confirmations,
+            "capacity": capacity,
         }  # fmt: skip
 
     # --- replay through the full path ----------------------------------------------------------
@@ -529,7 +595,7 @@ class Runner:
         q = self.x.measurements.query_load
         assert q is not None
         prefix = pipeline.workdir / "locust"
-        locustfile = Path(__file__).resolve().parents[3] / "loadtests" / "locustfile.py"
+        locustfile = Path(__file__).resolve().with_name("locustfile.py")  # shipped in the package
         argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--host", url,
                 "--headless", "-u", str(q.users), "-r", str(q.spawn_rate),
                 "-t", f"{q.duration_s:g}s", "--csv", str(prefix), "--csv-full-history",
@@ -583,6 +649,11 @@ def summarize_trial(
         produced = sum(series.produced[i1].values()) - sum(series.produced[i0].values())
         applied = sum(series.applied[i1].values()) - sum(series.applied[i0].values())
         record["produced_rate"] = produced / span if span > 0 else 0.0
+        per_partition = {p: series.produced[i1][p] - series.produced[i0].get(p, 0)
+                         for p in series.produced[i1]}  # fmt: skip
+        if produced > 0:  # the busiest partition's share bounds what more consumers can add
+            record["partition_share"] = {str(p): round(n / produced, 4)
+                                         for p, n in sorted(per_partition.items())}  # fmt: skip
         record["processed_rate"] = applied / span if span > 0 else 0.0
         points = [(t, float(sum(lags[i].values()))) for i, t in window]
         # Judged against the rate that actually arrived (the generator may fall short).
@@ -596,7 +667,40 @@ def summarize_trial(
     cpu = {name: sum(v) / len(v) for name, v in series.cpu.items() if v}
     record["cpu_percent_mean"] = {k: round(v, 1) for k, v in cpu.items()}
     record["rss_mb_max"] = {name: max(v) for name, v in series.rss_mb.items() if v}
+    machine = [series.machine_cpu[i] for i, _ in window if i < len(series.machine_cpu)]
+    if machine:
+        record["machine_cpu_percent"] = {"mean": round(sum(machine) / len(machine), 1),
+                                         "max": max(machine)}  # fmt: skip
     return record
+
+
+def trial_outcome(record: dict[str, Any], delivered_share: float = 0.9) -> Outcome:
+    """sustained / failed / limited (the generator delivered < 90 % of the rate, lag flat).
+
+    Lag growing even at what the generator delivered is a failure of the pipeline; flat lag at a
+    lower delivered rate says nothing about the tried rate.
+    """
+    if not record["sustained"]:
+        return "failed"
+    if record["produced_rate"] < delivered_share * record["rate"]:
+        record["generator_limited"] = True
+        return "limited"
+    return "sustained"
+
+
+def server_requests(base_url: str) -> float | None:
+    """Requests the query API has answered (``csp_query_requests_total``, all workers summed)."""
+    import httpx
+
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("csp_query_requests_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def prices_present(client: redis.Redis, symbols: list[str]) -> bool:

@@ -5,7 +5,7 @@
   Their difference is the consumer lag per partition; no processor cooperation is needed.
 - Latency: a subscriber to ``updates:price`` (the processors publish each batch's updates) feeds
   the open-model ``VisibilityTracker``, so every record's latency runs from its intended send time.
-- Resources: CPU % and RSS of every process of the run (psutil, by PID).
+- Resources: CPU % and RSS of every process of the run with its children (psutil, by PID).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class Series:
     applied: list[dict[int, int]] = field(default_factory=list)
     cpu: dict[str, list[float]] = field(default_factory=dict)
     rss_mb: dict[str, list[float]] = field(default_factory=dict)
+    machine_cpu: list[float] = field(default_factory=list)  # all processes, % of one core
 
     def lag(self) -> list[dict[int, int]]:
         return [
@@ -92,6 +93,7 @@ class Series:
             },
             "cpu_percent": self.cpu,
             "rss_mb": self.rss_mb,
+            "machine_cpu_percent": self.machine_cpu,
         }
 
 
@@ -113,7 +115,8 @@ class Sampler(threading.Thread):
         self.series = Series()
         self.t0 = time.monotonic()
         self._halt = threading.Event()
-        self._procs: dict[str, psutil.Process] = {}
+        self._trees: dict[str, dict[int, psutil.Process]] = {}
+        psutil.cpu_percent(None)  # primes the machine-wide counter
         self.error: BaseException | None = None
 
     def sample(self) -> None:
@@ -125,27 +128,45 @@ class Sampler(threading.Thread):
         s.applied.append(applied)
         if self.resources:
             self._sample_resources(len(s.t) - 1)
+            # Every process of the machine (other users included), in % of one core.
+            s.machine_cpu.append(round(psutil.cpu_percent(None) * (psutil.cpu_count() or 1), 1))
 
     def _sample_resources(self, index: int) -> None:
         for name, pid in self.pids().items():
-            proc = self._procs.get(name)
-            if proc is None or proc.pid != pid:
-                try:
-                    proc = self._procs[name] = psutil.Process(pid)
-                    proc.cpu_percent(None)  # primes the counter; the next call measures
-                except psutil.Error:
-                    continue
             cpu_list = self.series.cpu.setdefault(name, [])
             rss_list = self.series.rss_mb.setdefault(name, [])
             while len(cpu_list) < index:  # joined late: pad so all series align with t
                 cpu_list.append(0.0)
                 rss_list.append(0.0)
+            cpu, rss = self._tree(name, pid)
+            cpu_list.append(round(cpu, 1))
+            rss_list.append(round(rss / 2**20, 1))
+
+    def _tree(self, name: str, pid: int) -> tuple[float, int]:
+        """CPU % and RSS of a process and all its descendants (uvicorn workers, Locust's
+        workers): a child's CPU counts from the sample after it was first seen."""
+        known = self._trees.setdefault(name, {})
+        try:
+            root = known[pid] if pid in known else psutil.Process(pid)
+            # The harness's children are the other processes of the run, sampled by name.
+            members = [root] if name == "harness" else [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0.0, 0
+        cpu, rss, seen = 0.0, 0, {}
+        for proc in members:
+            cached = known.get(proc.pid)
             try:
-                cpu_list.append(round(proc.cpu_percent(None), 1))
-                rss_list.append(round(proc.memory_info().rss / 2**20, 1))
+                if cached is None:
+                    proc.cpu_percent(None)  # primes the counter; the next call measures
+                    cached = proc
+                else:
+                    cpu += cached.cpu_percent(None)
+                rss += cached.memory_info().rss
             except psutil.Error:
-                cpu_list.append(0.0)
-                rss_list.append(0.0)
+                continue
+            seen[proc.pid] = cached
+        self._trees[name] = seen
+        return cpu, rss
 
     def run(self) -> None:
         try:
@@ -188,7 +209,12 @@ class LatencyListener(threading.Thread):
     def run(self) -> None:
         try:
             while not self._halt.is_set():
-                message = self.pubsub.get_message(timeout=0.2)
+                try:
+                    message = self.pubsub.get_message(timeout=0.2)
+                except redis.exceptions.TimeoutError:
+                    # redis-py passes the timeout down to recv(): a large update message that
+                    # has only partly arrived times out. The parser keeps what it has read.
+                    continue
                 if message is None:
                     continue
                 now = time.time()
