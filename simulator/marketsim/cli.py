@@ -17,7 +17,6 @@ from pathlib import Path
 import ecs_logging
 
 from marketsim.faults import FaultConfig
-from marketsim.generator import DEFAULT_START_TIME_US
 from marketsim.server import SimConfig, Simulator, write_ready_file
 from marketsim.symbols import DEFAULT_SYMBOLS, parse_symbols
 
@@ -103,9 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--start-time",
         type=parse_start_time,
-        default=DEFAULT_START_TIME_US,
-        help="simulated clock start: 'now', epoch ms/µs or ISO-8601; default "
-        "2025-01-01T00:00:00Z so the same seed gives the same bytes",
+        default=None,
+        help="market clock start: 'now' (default: event times follow the wall clock; with "
+        "--speed above 1 they run ahead of it, with --fast each trade gets the time it is sent), "
+        "or epoch ms/µs or ISO-8601 for reproducible runs (e.g. 2025-01-01: the same seed then "
+        "gives the same bytes, and REST serverTime and serverShutdown follow that clock)",
     )
     g.add_argument("--zipf", type=float, default=1.0, help="per-symbol rate skew exponent")
     g.add_argument(

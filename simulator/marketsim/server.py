@@ -33,6 +33,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from marketsim import market as mk
 from marketsim import payloads as pl
 from marketsim.faults import FaultConfig, FaultInjector
 from marketsim.generator import DEFAULT_START_TIME_US, SyntheticConfig, SyntheticSource
@@ -73,20 +74,33 @@ class Source(Protocol):
 
 
 class SyntheticItems:
-    """The synthetic generator as a source; ``now=True`` shifts its clock to the wall clock at
-    the moment the market clock starts (the first order), instead of the fixed start time."""
+    """The synthetic generator as a source, on one of three clocks.
 
-    def __init__(self, config: SyntheticConfig, now: bool = False) -> None:
+    ``fixed``: the generator's own times from the fixed start time (reproducible bytes).
+    ``now``: the generator's times shifted to the wall clock at the moment the market clock
+    starts (the first order), so paced event times follow the wall clock (ahead of it by the
+    factor ``--speed`` when that is above 1). ``wall``: every order stamped with the wall clock
+    when it is generated (never decreasing): an as-fast-as-possible run can then not run ahead
+    of real time (the pipeline refuses trades from the future).
+    """
+
+    def __init__(self, config: SyntheticConfig, clock: str = "fixed") -> None:
         self.gen = SyntheticSource(config)
-        self._now = now
-        self._offset: int | None = None if now else 0
+        self._clock = clock
+        self._offset: int | None = None
+        self._last = 0
 
     def next_item(self) -> Item | None:
         o = self.gen.next_order()
-        if o is not None and self._now:
-            if self._offset is None:
-                self._offset = time.time_ns() // 1000 - self.gen.config.start_time_us
-            o.time_us += self._offset
+        if o is None or self._clock == "fixed":
+            return o
+        if self._clock == "wall":
+            t = time.time_ns() // 1000
+            self._last = o.time_us = t if t > self._last else self._last
+            return o
+        if self._offset is None:
+            self._offset = time.time_ns() // 1000 - self.gen.config.start_time_us
+        o.time_us += self._offset
         return o
 
     def initial_specs(self) -> list[SymbolSpec]:
@@ -103,7 +117,9 @@ class SimConfig:
     speed: float = 1.0  # simulated seconds per wall second when paced
     seed: int = 1
     max_trades: int | None = None
-    start_time_us: int | None = DEFAULT_START_TIME_US  # None: now, at clock start
+    # None (default): event times follow the wall clock; a fixed start makes runs reproducible
+    # and then every clock of the simulator (REST serverTime, serverShutdown) follows the market's
+    start_time_us: int | None = None
     zipf_s: float = 1.0
     burst_prob: float = 0.0
     burst_mult: float = 10.0
@@ -265,14 +281,26 @@ class Simulator:
         self.connections_total = 0
         self.attempts_by_ip: dict[str, RateLimiter] = {}
         self.connections_refused = 0
-        self.klines: dict[str, pl.Kline1m] = {}
+        self.market = mk.MarketData(config.kline_update_ms)
+        self.klines = self.market.klines
+        # kline streams other than the always-on kline_1m, per symbol: stream name -> state
+        self.stream_klines: dict[str, dict[str, mk.Kline]] = {}
+        # subscribed streams emitted once per second (tickers, avgPrice), and whether a
+        # market-wide array wants the symbols that changed since the last second
+        self.periodic: set[str] = set()
+        self._changed: set[str] | None = None
+        self._recorded_streams: set[str] = set()
+        self._periodic_task: asyncio.Task[None] | None = None
         self._names: dict[str, tuple[str, str, str, str]] = {}
         self._server: Server | None = None
         self._market: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clock_started = asyncio.Event()
         self._done = asyncio.Event()
-        self._start_wall_us: int | None = None
+        # the market clock: live (wall clock) unless a fixed start time or a replay sets it
+        self.live_clock = config.start_time_us is None and config.source_factory is None
+        self._start_us: int | None = config.start_time_us
+        self._pace: tuple[float, int] | None = None  # (loop time, market time) once paced
         self.sim_time_us = 0
         self.port = 0
         self.started_at = time.time()
@@ -325,13 +353,15 @@ class Simulator:
         if cfg.wait_for_subscribers <= 0:
             self._clock_started.set()
         self._market = asyncio.create_task(self._run_market(), name="marketsim-market")
+        self._periodic_task = asyncio.create_task(self._run_periodic(), name="marketsim-periodic")
 
     async def stop(self) -> None:
-        if self._market is not None:
-            self._market.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._market
-            self._market = None
+        for task in (self._market, self._periodic_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._market = self._periodic_task = None
         if self._server is not None:
             for c in list(self.clients):
                 c.flush()
@@ -374,7 +404,16 @@ class Simulator:
         }
 
     def _now_us(self) -> int:
-        return time.time_ns() // 1000
+        """The simulator's one clock (REST ``serverTime``, ``serverShutdown``, ticker windows)."""
+        if self.live_clock:
+            return time.time_ns() // 1000
+        pace = self._pace
+        if pace is not None:
+            speed = self.config.speed if self.config.speed > 0 else 1.0
+            return pace[1] + int((asyncio.get_running_loop().time() - pace[0]) * speed * 1e6)
+        if self.sim_time_us:
+            return self.sim_time_us
+        return self._start_us if self._start_us is not None else time.time_ns() // 1000
 
     # ----- HTTP -----
 
@@ -474,7 +513,10 @@ class Simulator:
 
     def _subscribe(self, client: Client, streams: Iterable[str]) -> None:
         for s in streams:
-            lst = self.subs.setdefault(s, [])
+            lst = self.subs.get(s)
+            if lst is None:
+                lst = self.subs[s] = []
+                self._stream_added(s)
             if client not in lst:
                 lst.append(client)
 
@@ -485,6 +527,109 @@ class Simulator:
                 lst.remove(client)
                 if not lst:
                     del self.subs[s]
+                    self._stream_removed(s)
+
+    def _stream_added(self, stream: str) -> None:
+        """First subscriber of a stream: set up the state that produces it."""
+        sym, _, kind = stream.partition("@")
+        if kind.startswith("kline_") and kind != "kline_1m":
+            interval, _, tz = kind[6:].partition("@")
+            symbol = sym.upper()
+            st = self.truth.symbols.get(symbol)
+            kl = self.market.seed_stream_kline(
+                symbol,
+                interval,
+                mk.parse_tz(tz) or 0,
+                self.truth.history.get(symbol, ()),
+                st.last_time_us if st is not None else 0,
+            )
+            self.stream_klines.setdefault(symbol, {})[stream] = kl
+        elif kind in _PERIODIC_KINDS or stream.startswith("!"):
+            self.periodic.add(stream)
+            if stream.startswith("!") and self._changed is None:
+                self._changed = set()
+
+    def _stream_removed(self, stream: str) -> None:
+        sym, _, kind = stream.partition("@")
+        if kind.startswith("kline_") and kind != "kline_1m":
+            per = self.stream_klines.get(sym.upper())
+            if per is not None:
+                per.pop(stream, None)
+                if not per:
+                    del self.stream_klines[sym.upper()]
+        self.periodic.discard(stream)
+        if not any(s.startswith("!") for s in self.periodic):
+            self._changed = None
+
+    # ----- once-per-second streams -----
+
+    async def _run_periodic(self) -> None:
+        """Tickers, rolling-window tickers and average prices: one event per second (wall
+        clock, as Binance's 1000 ms update speed) for each subscribed stream whose symbol has
+        traded; the market-wide arrays hold only the symbols that traded since the last one."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.periodic:
+                self.emit_periodic()
+                self._flush_all()
+
+    def emit_periodic(self) -> None:
+        now = self._now_us()
+        changed = self._changed
+        if changed is not None:
+            self._changed = set()
+        cache: dict[tuple[str, str], dict[str, Any]] = {}
+        for stream in list(self.periodic):
+            lst = self.subs.get(stream)
+            if not lst or stream in self._recorded_streams:
+                continue
+            sym, _, kind = stream.partition("@")
+            if sym.startswith("!"):
+                if not changed:
+                    continue
+                kind = sym[1:]  # miniTicker / ticker_1h ...
+                bodies = [self._periodic_body(s, kind, now, cache) for s in sorted(changed)]
+                items = [b for b in bodies if b is not None]
+                if not items:
+                    continue
+                self._fan_out_json(lst, stream, items)
+                continue
+            body = self._periodic_body(sym.upper(), kind, now, cache)
+            if body is not None:
+                self._fan_out_json(lst, stream, body)
+
+    def _periodic_body(
+        self, symbol: str, kind: str, now: int, cache: dict[tuple[str, str], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        key = (symbol, kind)
+        if key in cache:
+            return cache[key]
+        st = self.truth.symbols.get(symbol)
+        if st is None:
+            return None
+        if kind == "avgPrice":
+            price = self.market.avg_price(symbol, now)
+            body = mk.avg_price_payload(symbol, price, st.last_time_us, now, False)
+        else:
+            size = mk.TICKER_WINDOWS.get(kind.removeprefix("ticker_"), mk.DAY)
+            w = self.market.window(symbol, size, now)
+            hist = self.truth.history.get(symbol)
+            body = mk.ticker_payload(kind, symbol, w, hist[-1] if hist else None, now, False)
+        cache[key] = body
+        return body
+
+    def _fan_out_json(self, clients: list[Client], stream: str, body: Any) -> None:
+        """Fan out one JSON event (ms times; µs connections get the times scaled)."""
+        ms = orjson.dumps(body)
+        us: bytes | None = None
+        for c in clients:
+            if c.micro:
+                if us is None:
+                    us = orjson.dumps(_to_micro(body))
+                p = us
+            else:
+                p = ms
+            c.out.append(frame(pl.wrap_combined(stream, p) if c.session.combined else p))
 
     def _check_clock(self) -> None:
         if self._clock_started.is_set():
@@ -497,13 +642,19 @@ class Simulator:
 
     async def _run_market(self) -> None:
         cfg = self.config
+        src = self.source
+        item: Item | None = None
+        if not self.live_clock:  # a fixed clock: known before the first subscriber
+            item = src.next_item()
+            if item is not None and self._start_us is None:
+                self._start_us = item.time_us
         await self._clock_started.wait()
         loop = asyncio.get_running_loop()
         wall0 = loop.time()
         sim0: int | None = None
         speed = cfg.speed if cfg.speed > 0 else 1.0
-        src = self.source
-        item = src.next_item()
+        if self.live_clock:
+            item = src.next_item()
         batch = max(1, cfg.batch_orders)
         while item is not None:
             if cfg.fast:
@@ -515,6 +666,7 @@ class Simulator:
             else:
                 if sim0 is None:
                     sim0 = item.time_us
+                    self._pace = (wall0, sim0)
                 now_sim = sim0 + (loop.time() - wall0) * speed * 1e6
                 n = 0
                 while item is not None and item.time_us <= now_sim and n < batch * 8:
@@ -590,9 +742,15 @@ class Simulator:
                     0,
                 )
             )
+            kl = self.klines.get(ti.symbol)
+            if kl is None:
+                kl = self.market.kline(ti.symbol)
+            kl.apply(self.truth.history[ti.symbol][-1], False, False)  # state for REST only
         lst = self.subs.get(f.stream)
         if not lst:
             return
+        if f.stream not in self._recorded_streams:
+            self._recorded_streams.add(f.stream)
         self._fan_out(lst, f.stream, [f.payload], lambda micro: [f.payload], f.trade is not None)
 
     def _emit_order(self, o: Order) -> None:
@@ -610,9 +768,20 @@ class Simulator:
         if lst:
             book = [pl.book_ticker_payload(o)]
             self._fan_out(lst, n_book, book, lambda micro: book, False)
+        if self._changed is not None:
+            self._changed.add(o.symbol)
         kl = self.klines.get(o.symbol)
         if kl is None:
-            kl = self.klines[o.symbol] = pl.Kline1m(o.symbol, self.config.kline_update_ms)
+            kl = self.market.kline(o.symbol)
+        per = self.stream_klines.get(o.symbol)
+        if per is not None:
+            for name, skl in per.items():
+                sl = subs.get(name)
+                if sl:
+                    w_us = any(c.micro for c in sl)
+                    w_ms = not all(c.micro for c in sl)
+                    for ms, us in skl.apply(o, w_ms, w_us):
+                        self._fan_out(sl, name, None, _pick(ms, us), False)
         lst = subs.get(n_kline)
         want_ms = want_us = False
         if lst:
@@ -659,12 +828,26 @@ class Simulator:
             c.out.extend(fr)
 
 
+_PERIODIC_KINDS = frozenset(
+    ("ticker", "miniTicker", "avgPrice", "ticker_1h", "ticker_4h", "ticker_1d")
+)
+_TIME_KEYS = frozenset(("E", "O", "C", "T"))
+
+
+def _to_micro(body: Any) -> Any:
+    """A ms-time event body with its time fields in µs (``timeUnit=MICROSECOND``)."""
+    if isinstance(body, list):
+        return [_to_micro(b) for b in body]
+    return {k: v * 1000 if k in _TIME_KEYS and isinstance(v, int) else v for k, v in body.items()}
+
+
 def _pick(ms: bytes, us: bytes) -> Callable[[bool], list[bytes]]:
     return lambda micro: [us if micro else ms]
 
 
 def _synthetic_factory(cfg: SimConfig) -> Source:
     start = cfg.start_time_us if cfg.start_time_us is not None else DEFAULT_START_TIME_US
+    clock = "fixed" if cfg.start_time_us is not None else ("wall" if cfg.fast else "now")
     return SyntheticItems(
         SyntheticConfig(
             symbols=cfg.symbols,
@@ -676,7 +859,7 @@ def _synthetic_factory(cfg: SimConfig) -> Source:
             burst_mult=cfg.burst_mult,
             max_trades=cfg.max_trades,
         ),
-        now=cfg.start_time_us is None,
+        clock=clock,
     )
 
 
