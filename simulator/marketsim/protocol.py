@@ -33,7 +33,7 @@ import orjson
 
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _METHODS_TEXT = ", ".join(f"`{m}`" for m in METHODS)
-_STREAM_RE = re.compile(r"^(?:[a-z0-9_.\-]{1,32}|![A-Za-z0-9]{1,32})@[A-Za-z0-9_@.:+\-]{1,40}$")
+_STREAM_RE = re.compile(r"^(?:[a-z0-9_.\-]{1,32}|![A-Za-z0-9_]{1,32})@[A-Za-z0-9_@.:+\-]{1,40}$")
 _INTERVALS = "1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1M"
 _KIND_RE = re.compile(
     r"^(?:trade|aggTrade|bookTicker|miniTicker|ticker|avgPrice|ticker_(?:1h|4h|1d)"
@@ -104,7 +104,7 @@ def parse_path(target: str, max_streams: int = 1024) -> PathRequest | None:
         combined = False
         tail = path[4:]
         for piece in tail.split("/"):
-            if "@" in piece:
+            if "@" in piece or piece.startswith("!"):
                 names.append(piece)
     elif path in ("/stream", "/stream/"):
         combined = True
@@ -114,7 +114,7 @@ def parse_path(target: str, max_streams: int = 1024) -> PathRequest | None:
         return None
     streams: list[str] = []
     for n in names:
-        if "@" not in n:
+        if "@" not in n and not n.startswith("!"):
             continue  # e.g. /ws/0, or a client appending "/stream" to a ?streams= URL
         c = canonical_stream(n)
         if c is None:

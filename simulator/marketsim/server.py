@@ -308,7 +308,11 @@ class Simulator:
         for spec in self.source.initial_specs():
             self.specs[spec.symbol] = spec
         self.rest = RestApi(
-            self.truth, lambda: list(self.specs.values()), self._now_us, self._extra_stats
+            self.truth,
+            lambda: list(self.specs.values()),
+            self._now_us,
+            self._extra_stats,
+            self.market,
         )
 
     # ----- lifecycle -----
