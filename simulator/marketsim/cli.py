@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(_serve(cfg, ns.ready_file))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"marketsim: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # pragma: no cover

@@ -301,6 +301,9 @@ class Simulator:
         self.live_clock = config.start_time_us is None and config.source_factory is None
         self._start_us: int | None = config.start_time_us
         self._pace: tuple[float, int] | None = None  # (loop time, market time) once paced
+        self._skipped_logged = 0
+        self.source_error: str | None = None
+        self._skipped_log_at = 0.0
         self.sim_time_us = 0
         self.port = 0
         self.started_at = time.time()
@@ -356,7 +359,7 @@ class Simulator:
         self.port = sock.getsockname()[1]
         if cfg.wait_for_subscribers <= 0:
             self._clock_started.set()
-        self._market = asyncio.create_task(self._run_market(), name="marketsim-market")
+        self._market = asyncio.create_task(self._guarded_market(), name="marketsim-market")
         self._periodic_task = asyncio.create_task(self._run_periodic(), name="marketsim-periodic")
 
     async def stop(self) -> None:
@@ -402,10 +405,37 @@ class Simulator:
             "connections_total": self.connections_total,
             "connections_refused": self.connections_refused,
             "clock_started": self._clock_started.is_set(),
+            "source_error": self.source_error,
             "sim_time_ms": self.sim_time_us // 1000,
             "frames_sent": sum(c.frames_sent for c in self.clients),
             "faults": {str(c.index): c.faults.counts for c in self.clients if c.faults is not None},
+            **({"replay": rs.as_json()} if (rs := self._replay_stats()) is not None else {}),
         }
+
+    def _replay_stats(self) -> Any:
+        """The replay source's line counts (None for the synthetic market)."""
+        return getattr(self.source, "stats", None)
+
+    def _report_skipped(self, final: bool = False) -> None:
+        """Log the replay lines skipped since the last report (count, reasons, first line)."""
+        rs = self._replay_stats()
+        if rs is None or (rs.skipped == self._skipped_logged and not final):
+            return
+        if rs.skipped != self._skipped_logged:
+            log.warning(
+                "replay: %d unreadable or non-market lines skipped so far (%s); first of each: %s",
+                rs.skipped,
+                ", ".join(f"{k}: {v}" for k, v in rs.skipped_reasons.items()),
+                ", ".join(f"{k} at {v}" for k, v in rs.first_skipped.items()),
+            )
+            self._skipped_logged = rs.skipped
+        if final:
+            log.info(
+                "replay: %d lines read, %d frames/orders, %d skipped",
+                rs.lines,
+                rs.items,
+                rs.skipped,
+            )
 
     def _now_us(self) -> int:
         """The simulator's one clock (REST ``serverTime``, ``serverShutdown``, ticker windows)."""
@@ -644,6 +674,17 @@ class Simulator:
 
     # ----- market -----
 
+    async def _guarded_market(self) -> None:
+        """The market task; a source that fails is logged and reported in ``/sim/stats``
+        (``source_error``), and the server keeps serving REST and the connections it has."""
+        try:
+            await self._run_market()
+        except Exception as exc:
+            self.source_error = f"{type(exc).__name__}: {exc}"
+            log.exception("market source failed; no more market events")
+            self.truth.done = True
+            self._done.set()
+
     async def _run_market(self) -> None:
         cfg = self.config
         src = self.source
@@ -678,6 +719,9 @@ class Simulator:
                     n += 1
                     item = src.next_item()
             self._flush_all()
+            if loop.time() - self._skipped_log_at >= 5.0:  # bad lines: at most a line per 5 s
+                self._skipped_log_at = loop.time()
+                self._report_skipped()
             await self._backpressure()
             if not cfg.fast and item is not None and sim0 is not None:
                 due = wall0 + (item.time_us - sim0) / speed / 1e6
@@ -686,6 +730,7 @@ class Simulator:
             else:
                 await asyncio.sleep(0)
         self.truth.done = True
+        self._report_skipped(final=True)
         self._done.set()
         self._flush_all()
         log.info("source exhausted after %d trades", self.truth.trades_generated)
