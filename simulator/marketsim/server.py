@@ -37,6 +37,7 @@ from marketsim import market as mk
 from marketsim import payloads as pl
 from marketsim.faults import FaultConfig, FaultInjector
 from marketsim.generator import DEFAULT_START_TIME_US, SyntheticConfig, SyntheticSource
+from marketsim.http1 import HttpError, HttpRequest, RequestParser, response_bytes
 from marketsim.model import Item, Order, RawFrame
 from marketsim.protocol import (
     PathError,
@@ -143,11 +144,106 @@ class SimConfig:
     source_factory: Callable[[SimConfig], Source] | None = None  # default: synthetic
 
 
+HTTP_IDLE_S = 60.0  # an idle keep-alive connection (or an unfinished request head) is closed
+
+
 class SimConnection(ServerConnection):
-    """websockets' connection plus the simulator's per-connection state."""
+    """websockets' connection plus the simulator's per-connection state.
+
+    The first bytes decide what the connection is: a WebSocket opening handshake goes on to
+    websockets; any other request is plain HTTP, answered here with keep-alive (websockets'
+    own handshake task then just waits for the connection to end).
+    """
 
     client: Client | None = None
     path_request: PathRequest | None = None
+    sim: Simulator | None = None
+    _mode = 0  # 0: first request head not complete yet, 1: WebSocket, 2: plain HTTP
+    _raw = b""
+    _parser: RequestParser | None = None
+    _idle: asyncio.TimerHandle | None = None
+    _closing_http = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._parser = RequestParser()
+        self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self.loop.call_later(HTTP_IDLE_S, self._close_idle)
+
+    def _close_idle(self) -> None:
+        if self._mode != 1:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        if self.sim is not None:
+            self.sim.http_conns.discard(self)
+        super().connection_lost(exc)
+
+    def eof_received(self) -> None:
+        if self._mode == 1:
+            return super().eof_received()
+        self.transport.close()
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        if self._mode == 1:
+            super().data_received(data)
+            return
+        parser = self._parser
+        assert parser is not None
+        if self._closing_http:
+            return
+        parser.feed(data)
+        try:
+            if self._mode == 0:
+                self._raw += data
+                head = parser.peek_head()
+                if head is None:
+                    return
+                if head.is_upgrade:
+                    self._mode = 1
+                    if self._idle is not None:
+                        self._idle.cancel()
+                    raw, self._raw, self._parser = self._raw, b"", None
+                    super().data_received(raw)
+                    return
+                self._mode = 2
+                self._raw = b""
+                if self.sim is not None:
+                    self.sim.http_conns.add(self)
+            while (req := parser.next_request()) is not None:
+                self._arm_idle()
+                keep = req.keep_alive and self.sim is not None and self.sim.is_serving()
+                peer = self.remote_address[0] if self.remote_address else "?"
+                assert self.sim is not None
+                status, body, headers = self.sim.http_request(req, peer)
+                self.transport.write(
+                    response_bytes(
+                        status,
+                        http.HTTPStatus(status).phrase,
+                        body,
+                        keep,
+                        headers,
+                        head_only=req.method == "HEAD",
+                    )
+                )
+                if not keep:
+                    self._closing_http = True
+                    self.transport.close()
+                    return
+        except HttpError as exc:
+            body = orjson.dumps({"code": -1000 if exc.status != 413 else -1101, "msg": exc.text})
+            self.transport.write(
+                response_bytes(exc.status, http.HTTPStatus(exc.status).phrase, body, False)
+            )
+            self._closing_http = True
+            self.transport.close()
 
     def process_event(self, event: Any) -> None:
         super().process_event(event)
@@ -306,6 +402,7 @@ class Simulator:
         self._skipped_log_at = 0.0
         self.sim_time_us = 0
         self.port = 0
+        self.http_conns: set[SimConnection] = set()
         self.started_at = time.time()
         self.source: Source = (config.source_factory or _synthetic_factory)(config)
         for spec in self.source.initial_specs():
@@ -340,18 +437,28 @@ class Simulator:
         if cfg.tls_cert:
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+
+        # websockets wants a class: one bound to this simulator
+        connection: type[SimConnection] = type(
+            "BoundSimConnection", (SimConnection,), {"sim": self}
+        )
+
         self._server = await serve(
             self._handler,
             cfg.host,
             cfg.port,
             process_request=self._process_request,
+            # the head of the first request is read by SimConnection (idle timeout there); a
+            # plain-HTTP connection never completes websockets' handshake, which then waits
+            open_timeout=None,
+            ssl_handshake_timeout=10.0 if ssl_ctx is not None else None,
             compression=None,
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.pong_timeout,
             max_size=1 << 16,
             max_queue=64,
             write_limit=cfg.write_high_water,
-            create_connection=SimConnection,
+            create_connection=connection,
             server_header="marketsim",
             ssl=ssl_ctx,
         )
@@ -373,6 +480,8 @@ class Simulator:
             for c in list(self.clients):
                 c.flush()
             self._server.close(close_connections=True)
+            for conn in list(self.http_conns):
+                conn.transport.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
@@ -450,6 +559,29 @@ class Simulator:
         return self._start_us if self._start_us is not None else time.time_ns() // 1000
 
     # ----- HTTP -----
+
+    def is_serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    def http_request(self, req: HttpRequest, peer: str) -> tuple[int, bytes, list[tuple[str, str]]]:
+        """Answer one plain HTTP request: (status, JSON body, extra headers)."""
+        parts = urlsplit(req.target)
+        path = parts.path
+        is_rest = path.startswith(("/api/", "/sim/")) or path == "/"
+        if not is_rest:
+            if path.startswith(("/ws", "/stream")):
+                body = {"code": -1000, "msg": "WebSocket upgrade required"}
+                return 426, orjson.dumps(body), [("Upgrade", "websocket")]
+            return 404, orjson.dumps({"code": -1000, "msg": f"Unknown path {path}"}), []
+        if req.method not in ("GET", "HEAD"):
+            if req.method == "OPTIONS":
+                return 204, b"", [("Allow", "GET, HEAD, OPTIONS")]
+            body = {"code": -1000, "msg": f"Method {req.method} not allowed for {path}"}
+            return 405, orjson.dumps(body), [("Allow", "GET, HEAD, OPTIONS")]
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        micro = req.header("x-mbx-time-unit").upper() == "MICROSECOND"
+        status, body = self.rest.handle(path, query, micro)
+        return status, orjson.dumps(body), []
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)

@@ -185,11 +185,15 @@ async def test_24h_ticker_equals_the_trades_of_its_window() -> None:
 async def test_default_clock_is_the_wall_clock() -> None:
     for fast in (False, True):
         config = cfg(
-            start_time_us=None, fast=fast, rate=2000.0, max_trades=None if not fast else 500
+            start_time_us=None,
+            fast=fast,
+            rate=200.0,
+            max_trades=500 if fast else None,
+            wait_for_subscribers=1,
         )
         async with (
             Simulator(config) as sim,
-            connect(sim.ws_url + "/ws/btcusdt@trade") as ws,
+            connect(sim.ws_url + "/ws/btcusdt@trade", max_queue=None) as ws,
             httpx.AsyncClient(base_url=sim.rest_url) as http,
         ):
             first = json.loads(await ws.recv())
