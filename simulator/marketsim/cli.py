@@ -163,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="orders (aggTrades) kept per symbol for the REST endpoints",
     )
     g.add_argument("--kline-update-ms", type=int, default=2000)
+    g.add_argument(
+        "--rest-weight-limit",
+        type=int,
+        default=6000,
+        help="REST request weight per IP per minute, as Binance (429 + Retry-After over it, 418 "
+        "for a client that keeps going); 0 switches every REST limit off (benchmarks)",
+    )
+    g.add_argument(
+        "--rest-raw-limit", type=int, default=61_000, help="REST requests per IP per 5 minutes"
+    )
 
     g = p.add_argument_group("faults")
     g.add_argument("--fault-drop-after-messages", type=int)
@@ -212,6 +222,8 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         lifetime=ns.lifetime,
         history_orders=ns.history,
         kline_update_ms=ns.kline_update_ms,
+        rest_weight_limit=ns.rest_weight_limit,
+        rest_raw_limit=ns.rest_raw_limit,
         faults=FaultConfig(
             drop_after_messages=ns.fault_drop_after_messages,
             drop_after_seconds=ns.fault_drop_after_seconds,

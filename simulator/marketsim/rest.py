@@ -59,7 +59,9 @@ class RestApi:
         now_us: Callable[[], int],
         extra_stats: Callable[[], dict[str, Any]] | None = None,
         market: mk.MarketData | None = None,
+        limits: tuple[int, int] = (6000, 61_000),
     ) -> None:
+        self.limits = limits  # (request weight per minute, raw requests per 5 minutes)
         self.market = market if market is not None else mk.MarketData()
         self.truth = truth
         self.specs = specs
@@ -264,14 +266,14 @@ class RestApi:
                     "rateLimitType": "REQUEST_WEIGHT",
                     "interval": "MINUTE",
                     "intervalNum": 1,
-                    "limit": 6000,
+                    "limit": self.limits[0],
                 },
                 {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
                 {
                     "rateLimitType": "RAW_REQUESTS",
                     "interval": "MINUTE",
                     "intervalNum": 5,
-                    "limit": 61000,
+                    "limit": self.limits[1],
                 },
             ],
             "exchangeFilters": [],

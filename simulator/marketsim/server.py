@@ -47,6 +47,7 @@ from marketsim.protocol import (
     handle_control,
     parse_path,
 )
+from marketsim.ratelimit import RestLimiter, request_weight
 from marketsim.rest import RestApi
 from marketsim.symbols import SymbolSpec, spec_for
 from marketsim.truth import Truth
@@ -134,6 +135,10 @@ class SimConfig:
     max_connection_attempts: int = 300
     connection_attempt_window: float = 300.0
     history_orders: int = 10_000
+    # REST limits per IP (Binance's): request weight per minute (0 = every limit off, e.g. for
+    # benchmarks), raw requests per 5 minutes
+    rest_weight_limit: int = 6000
+    rest_raw_limit: int = 61_000
     kline_update_ms: int = 2000
     batch_orders: int = 256
     write_high_water: int = 1 << 20
@@ -403,6 +408,7 @@ class Simulator:
         self.sim_time_us = 0
         self.port = 0
         self.http_conns: set[SimConnection] = set()
+        self.rest_limiter = RestLimiter(config.rest_weight_limit, config.rest_raw_limit)
         self.started_at = time.time()
         self.source: Source = (config.source_factory or _synthetic_factory)(config)
         for spec in self.source.initial_specs():
@@ -413,6 +419,7 @@ class Simulator:
             self._now_us,
             self._extra_stats,
             self.market,
+            (config.rest_weight_limit or 6000, config.rest_raw_limit),
         )
 
     # ----- lifecycle -----
@@ -515,6 +522,8 @@ class Simulator:
             "connections_refused": self.connections_refused,
             "clock_started": self._clock_started.is_set(),
             "source_error": self.source_error,
+            "rest_refused": self.rest_limiter.refused,
+            "rest_banned": self.rest_limiter.banned,
             "sim_time_ms": self.sim_time_us // 1000,
             "frames_sent": sum(c.frames_sent for c in self.clients),
             "faults": {str(c.index): c.faults.counts for c in self.clients if c.faults is not None},
@@ -579,9 +588,17 @@ class Simulator:
             body = {"code": -1000, "msg": f"Method {req.method} not allowed for {path}"}
             return 405, orjson.dumps(body), [("Allow", "GET, HEAD, OPTIONS")]
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        verdict = self.rest_limiter.check(peer, request_weight(path, query), time.time())
+        headers = [
+            ("X-MBX-USED-WEIGHT", str(verdict.used_weight)),
+            ("X-MBX-USED-WEIGHT-1M", str(verdict.used_weight)),
+        ]
+        if verdict.status != 200:
+            headers.append(("Retry-After", str(verdict.retry_after)))
+            return verdict.status, orjson.dumps(verdict.body), headers
         micro = req.header("x-mbx-time-unit").upper() == "MICROSECOND"
         status, body = self.rest.handle(path, query, micro)
-        return status, orjson.dumps(body), []
+        return status, orjson.dumps(body), headers
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
