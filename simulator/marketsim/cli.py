@@ -157,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="connection lifetime in seconds (then serverShutdown + close)",
     )
     g.add_argument(
+        "--shutdown-notice",
+        type=float,
+        default=10.0,
+        help="seconds before the lifetime ends that serverShutdown is sent (at most half the "
+        "lifetime; default 10)",
+    )
+    g.add_argument(
         "--history",
         type=int,
         default=10_000,
@@ -220,6 +227,7 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         max_connection_attempts=ns.max_connection_attempts,
         connection_attempt_window=ns.connection_attempt_window,
         lifetime=ns.lifetime,
+        shutdown_notice=ns.shutdown_notice,
         history_orders=ns.history,
         kline_update_ms=ns.kline_update_ms,
         rest_weight_limit=ns.rest_weight_limit,

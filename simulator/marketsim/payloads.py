@@ -14,6 +14,7 @@ __all__ = [
     "Kline1m",
     "agg_trade_payload",
     "book_ticker_payload",
+    "server_shutdown_frame",
     "server_shutdown_payload",
     "trade_payloads",
     "wrap_combined",
@@ -61,6 +62,23 @@ def book_ticker_payload(o: Order) -> bytes:
 
 def server_shutdown_payload(time_us: int, micro: bool = False) -> bytes:
     return f'{{"e":"serverShutdown","E":{_t(time_us, micro)}}}'.encode()
+
+
+def server_shutdown_frame(time_us: int, micro: bool, combined: bool) -> bytes:
+    """The shutdown notice on a stream connection, in one frame every client recognises.
+
+    Binance's stream docs name the event without showing it; clients read the bare event
+    ``{"e":"serverShutdown","E":..}`` (combined: stream ``!serverShutdown``), while the official
+    SDK (binance-common's receive loop, shared with the WebSocket API, whose docs show
+    ``{"event":{"e":"serverShutdown","E":..}}``) reconnects only on a top-level ``event``. The
+    simulator sends the bare event (wrapped on combined connections) with that ``event``
+    member added, so both kinds of client reconnect.
+    """
+    bare = server_shutdown_payload(time_us, micro)
+    event = b',"event":' + bare + b"}"
+    if combined:
+        return b'{"stream":"!serverShutdown","data":' + bare + event
+    return bare[:-1] + event
 
 
 def wrap_combined(stream: str, payload: bytes) -> bytes:

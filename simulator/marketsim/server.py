@@ -131,6 +131,9 @@ class SimConfig:
     max_streams: int = 1024
     msg_rate_limit: int = 5
     lifetime: float | None = 24 * 3600.0
+    # the serverShutdown notice goes out this long before the lifetime ends (at most half of it),
+    # so a client can open its replacement first (the official SDK waits 5 s before it does)
+    shutdown_notice: float = 10.0
     # Binance: 300 connection attempts per 5 minutes per IP (0 = unlimited).
     max_connection_attempts: int = 300
     connection_attempt_window: float = 300.0
@@ -652,6 +655,10 @@ class Simulator:
                     client.session.subscriptions[s] = None
                 self._check_clock()
             if cfg.lifetime is not None:
+                notice = max(0.0, min(cfg.shutdown_notice, cfg.lifetime / 2))
+                client.timers.append(
+                    loop.call_later(cfg.lifetime - notice, lambda: self._notify_shutdown(client))
+                )
                 client.timers.append(
                     loop.call_later(cfg.lifetime, lambda: self.spawn(self._expire(client)))
                 )
@@ -684,14 +691,16 @@ class Simulator:
             self.clients.remove(client)
             ws.client = None
 
+    def _notify_shutdown(self, client: Client) -> None:
+        if not client.open:
+            return
+        client.send_now(
+            pl.server_shutdown_frame(self._now_us(), client.micro, client.session.combined)
+        )
+
     async def _expire(self, client: Client) -> None:
         if not client.open:
             return
-        t = self._now_us()
-        payload = pl.server_shutdown_payload(t, client.micro)
-        if client.session.combined:
-            payload = pl.wrap_combined("!serverShutdown", payload)
-        client.send_now(payload)
         await client.ws.close(1001, "connection lifetime reached")
 
     def _subscribe(self, client: Client, streams: Iterable[str]) -> None:
