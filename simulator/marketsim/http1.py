@@ -88,6 +88,7 @@ class RequestParser:
     """Incremental: ``feed`` bytes, then take complete requests with ``next_request``."""
 
     buf: bytearray = field(default_factory=bytearray)
+    raw_head: bytes = b""  # the bytes of the last head read (to hand an upgrade on verbatim)
     _head: HttpRequest | None = None
 
     def feed(self, data: bytes) -> None:
@@ -103,7 +104,8 @@ class RequestParser:
                 return None
             if end > MAX_HEAD:
                 raise HttpError(431, "request header fields too large")
-            self._head = parse_head(bytes(self.buf[:end]))
+            self.raw_head = bytes(self.buf[: end + 4])
+            self._head = parse_head(self.raw_head[:end])
             del self.buf[: end + 4]
         return self._head
 

@@ -37,7 +37,7 @@ from marketsim import market as mk
 from marketsim import payloads as pl
 from marketsim.faults import FaultConfig, FaultInjector
 from marketsim.generator import DEFAULT_START_TIME_US, SyntheticConfig, SyntheticSource
-from marketsim.http1 import HttpError, HttpRequest, RequestParser, response_bytes
+from marketsim.http1 import MAX_HEAD, HttpError, HttpRequest, RequestParser, response_bytes
 from marketsim.model import Item, Order, RawFrame
 from marketsim.protocol import (
     PathError,
@@ -167,7 +167,6 @@ class SimConnection(ServerConnection):
     path_request: PathRequest | None = None
     sim: Simulator | None = None
     _mode = 0  # 0: first request head not complete yet, 1: WebSocket, 2: plain HTTP
-    _raw = b""
     _parser: RequestParser | None = None
     _idle: asyncio.TimerHandle | None = None
     _closing_http = False
@@ -209,23 +208,24 @@ class SimConnection(ServerConnection):
             return
         parser.feed(data)
         try:
-            if self._mode == 0:
-                self._raw += data
-                head = parser.peek_head()
-                if head is None:
-                    return
-                if head.is_upgrade:
+            while (head := parser.peek_head()) is not None:
+                if head.is_upgrade:  # first request, or after plain ones on a kept-alive socket
                     self._mode = 1
                     if self._idle is not None:
                         self._idle.cancel()
-                    raw, self._raw, self._parser = self._raw, b"", None
+                    if self.sim is not None:
+                        self.sim.http_conns.discard(self)
+                    raw = parser.raw_head + bytes(parser.buf)
+                    self._parser = None
                     super().data_received(raw)
                     return
-                self._mode = 2
-                self._raw = b""
-                if self.sim is not None:
-                    self.sim.http_conns.add(self)
-            while (req := parser.next_request()) is not None:
+                if self._mode == 0:
+                    self._mode = 2
+                    if self.sim is not None:
+                        self.sim.http_conns.add(self)
+                req = parser.next_request()
+                if req is None:
+                    return  # the body is still on its way
                 self._arm_idle()
                 keep = req.keep_alive and self.sim is not None and self.sim.is_serving()
                 peer = self.remote_address[0] if self.remote_address else "?"
@@ -245,6 +245,8 @@ class SimConnection(ServerConnection):
                     self._closing_http = True
                     self.transport.close()
                     return
+            if len(parser.buf) > MAX_HEAD and self._mode != 1:
+                raise HttpError(431, "request header fields too large")
         except HttpError as exc:
             body = orjson.dumps({"code": -1000 if exc.status != 413 else -1101, "msg": exc.text})
             self.transport.write(
