@@ -105,3 +105,24 @@ def test_parser_waits_for_the_whole_body() -> None:
     p.feed(b"GET /c HTTP/1.1\r\nContent-Length: x\r\n\r\n")
     with pytest.raises(HttpError):
         p.next_request()
+
+
+async def test_websocket_upgrade_on_a_kept_alive_connection(sim: Simulator) -> None:
+    """aiohttp (ccxt) reuses its REST connection for the stream's opening handshake."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+    try:
+        writer.write(b"GET /api/v3/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"keep-alive" in head
+        await reader.readexactly(2)  # {}
+        writer.write(
+            b"GET /ws/btcusdt@trade HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        first = await asyncio.wait_for(reader.read(2), 5)
+        assert first[0] == 0x81  # a text frame: trades flow on the upgraded connection
+    finally:
+        writer.close()
