@@ -9,6 +9,8 @@
 * A client that keeps going (``ban_after`` more requests after its first 429 before the window
   ends; Binance does not publish its threshold) is banned: 418 with ``Retry-After`` for the ban,
   2 minutes for the first ban, doubling for each next one, at most 3 days (Binance's range).
+* The simulator's own ``/sim/...`` endpoints are never limited (a harness polls them from the
+  same IP as the client under test).
 """
 
 from __future__ import annotations
