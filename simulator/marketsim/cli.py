@@ -17,7 +17,6 @@ from pathlib import Path
 import ecs_logging
 
 from marketsim.faults import FaultConfig
-from marketsim.generator import DEFAULT_START_TIME_US
 from marketsim.server import SimConfig, Simulator, write_ready_file
 from marketsim.symbols import DEFAULT_SYMBOLS, parse_symbols
 
@@ -123,9 +122,11 @@ def build_parser(prog: str = "marketsim") -> argparse.ArgumentParser:
     g.add_argument(
         "--start-time",
         type=parse_start_time,
-        default=DEFAULT_START_TIME_US,
-        help="simulated clock start: 'now', epoch ms/µs or ISO-8601; a fixed default so the "
-        "same seed gives the same bytes",
+        default=None,
+        help="market clock start: 'now' (default: event times follow the wall clock; with "
+        "--speed above 1 they run ahead of it, with --fast each trade gets the time it is sent), "
+        "or epoch ms/µs or ISO-8601 for reproducible runs (e.g. 2025-01-01: the same seed then "
+        "gives the same bytes, and REST serverTime and serverShutdown follow that clock)",
     )
     g.add_argument("--zipf", type=float, default=1.0, help="per-symbol rate skew exponent")
     g.add_argument(
@@ -178,12 +179,29 @@ def build_parser(prog: str = "marketsim") -> argparse.ArgumentParser:
         help="connection lifetime in seconds (then serverShutdown + close)",
     )
     g.add_argument(
+        "--shutdown-notice",
+        type=float,
+        default=10.0,
+        help="seconds before the lifetime ends that serverShutdown is sent (at most half the "
+        "lifetime; default 10)",
+    )
+    g.add_argument(
         "--history",
         type=int,
         default=10_000,
         help="orders (aggTrades) kept per symbol for the REST endpoints",
     )
     g.add_argument("--kline-update-ms", type=int, default=2000, help="kline stream update period")
+    g.add_argument(
+        "--rest-weight-limit",
+        type=int,
+        default=6000,
+        help="REST request weight per IP per minute, as Binance (429 + Retry-After over it, 418 "
+        "for a client that keeps going); 0 switches every REST limit off (benchmarks)",
+    )
+    g.add_argument(
+        "--rest-raw-limit", type=int, default=61_000, help="REST requests per IP per 5 minutes"
+    )
 
     g = p.add_argument_group("faults")
     g.add_argument(
@@ -245,8 +263,11 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         max_connection_attempts=ns.max_connection_attempts,
         connection_attempt_window=ns.connection_attempt_window,
         lifetime=ns.lifetime,
+        shutdown_notice=ns.shutdown_notice,
         history_orders=ns.history,
         kline_update_ms=ns.kline_update_ms,
+        rest_weight_limit=ns.rest_weight_limit,
+        rest_raw_limit=ns.rest_raw_limit,
         faults=FaultConfig(
             drop_after_messages=ns.fault_drop_after_messages,
             drop_after_seconds=ns.fault_drop_after_seconds,
@@ -287,28 +308,26 @@ async def _serve(cfg: SimConfig, ready_file: Path | None) -> int:
     log.info("marketsim listening on %s (REST %s)", sim.ws_url, sim.rest_url)
     if ready_file is not None:
         write_ready_file(ready_file, sim)
-    market = sim.market
     try:
         return await _until_stopped(stop, sim)
     finally:
-        try:
-            await sim.stop()
-        except Exception:
-            # stop() re-raises the market's error, which _until_stopped already reported
-            if market is None or not market.done() or market.cancelled() or not market.exception():
-                raise
+        await sim.stop()
 
 
 async def _until_stopped(stop: asyncio.Event, sim: Simulator) -> int:
-    """Serve until asked to stop; a market that dies of an error (an unreadable replay file)
-    ends the process at once with that error, instead of serving nothing until SIGTERM."""
+    """Serve until asked to stop; a market whose source fails (an unreadable replay file) ends
+    the process at once with that error, instead of serving nothing until SIGTERM."""
     stopped = asyncio.create_task(stop.wait())
-    market = sim.market
+    market = sim.market_task
     if market is not None:
         await asyncio.wait({stopped, market}, return_when=asyncio.FIRST_COMPLETED)
-        if market.done() and not market.cancelled() and market.exception() is not None:
+        error = sim.source_error
+        if error is None and market.done() and not market.cancelled():
+            exc = market.exception()
+            error = None if exc is None else str(exc)
+        if error is not None:
             stopped.cancel()
-            print(f"marketsim: the market stopped: {market.exception()}", file=sys.stderr)
+            print(f"marketsim: the market stopped: {error}", file=sys.stderr)
             return 1
     await stopped  # the source ran out (or --max-trades): keep serving what was sent
     return 0
@@ -341,7 +360,7 @@ def main(argv: list[str] | None = None, prog: str = "marketsim") -> int:
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(_serve(cfg, ns.ready_file))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"marketsim: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # pragma: no cover

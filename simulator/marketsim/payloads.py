@@ -6,10 +6,19 @@ Times are held in microseconds; ``micro=False`` renders milliseconds (Binance's 
 
 from __future__ import annotations
 
-import orjson
-
+from marketsim.market import Kline as Kline1m
 from marketsim.model import Order
-from marketsim.units import SCALE, fmt8
+from marketsim.units import fmt8
+
+__all__ = [
+    "Kline1m",
+    "agg_trade_payload",
+    "book_ticker_payload",
+    "server_shutdown_frame",
+    "server_shutdown_payload",
+    "trade_payloads",
+    "wrap_combined",
+]
 
 
 def _t(time_us: int, micro: bool) -> int:
@@ -55,117 +64,22 @@ def server_shutdown_payload(time_us: int, micro: bool = False) -> bytes:
     return f'{{"e":"serverShutdown","E":{_t(time_us, micro)}}}'.encode()
 
 
+def server_shutdown_frame(time_us: int, micro: bool, combined: bool) -> bytes:
+    """The shutdown notice on a stream connection, in one frame every client recognises.
+
+    Binance's stream docs name the event without showing it; clients read the bare event
+    ``{"e":"serverShutdown","E":..}`` (combined: stream ``!serverShutdown``), while the official
+    SDK (binance-common's receive loop, shared with the WebSocket API, whose docs show
+    ``{"event":{"e":"serverShutdown","E":..}}``) reconnects only on a top-level ``event``. The
+    simulator sends the bare event (wrapped on combined connections) with that ``event``
+    member added, so both kinds of client reconnect.
+    """
+    bare = server_shutdown_payload(time_us, micro)
+    event = b',"event":' + bare + b"}"
+    if combined:
+        return b'{"stream":"!serverShutdown","data":' + bare + event
+    return bare[:-1] + event
+
+
 def wrap_combined(stream: str, payload: bytes) -> bytes:
     return b'{"stream":"' + stream.encode() + b'","data":' + payload + b"}"
-
-
-class Kline1m:
-    """The 1-minute candle of one symbol, updated per order.
-
-    Emission rule (deterministic, driven by trade times only): a ``kline`` update is due when the
-    first trade of a candle arrives, when at least ``update_ms`` simulated ms passed since the last
-    update, and a closed candle (``x: true``) is emitted when a trade opens the next minute.
-    """
-
-    __slots__ = (
-        "B_",
-        "close",
-        "first_id",
-        "high",
-        "interval_us",
-        "last_emit_us",
-        "last_id",
-        "low",
-        "n",
-        "open",
-        "open_us",
-        "quote_vol",
-        "symbol",
-        "taker_quote",
-        "taker_vol",
-        "update_us",
-        "vol",
-    )
-
-    def __init__(self, symbol: str, update_ms: int = 2000) -> None:
-        self.symbol = symbol
-        self.interval_us = 60_000_000
-        self.update_us = update_ms * 1000
-        self.open_us = -1
-        self.last_emit_us = -1
-        self.B_ = 0
-
-    def _start(self, o: Order) -> None:
-        self.open_us = o.time_us - o.time_us % self.interval_us
-        self.open = self.high = self.low = self.close = o.price
-        self.first_id = o.first_id
-        self.last_id = o.first_id - 1
-        self.n = 0
-        self.vol = self.quote_vol = self.taker_vol = self.taker_quote = 0
-
-    def apply(self, o: Order, want_ms: bool, want_us: bool) -> list[tuple[bytes, bytes]]:
-        """Apply an order; return the kline payloads now due as (ms, µs) renderings.
-
-        A rendering is ``b""`` when not wanted (no subscriber in that time unit).
-        """
-        out: list[tuple[bytes, bytes]] = []
-        if self.open_us >= 0 and o.time_us >= self.open_us + self.interval_us:
-            if want_ms or want_us:
-                out.append(self._both(o.time_us, True, want_ms, want_us))
-            self.open_us = -1
-        new = self.open_us < 0
-        if new:
-            self._start(o)
-        p = o.price
-        if p > self.high:
-            self.high = p
-        if p < self.low:
-            self.low = p
-        self.close = p
-        qtys = o.qtys  # (qty_total and last_id inlined: this runs once per order)
-        q = qtys[0] if len(qtys) == 1 else sum(qtys)
-        self.n += len(qtys)
-        self.last_id = o.first_id + len(qtys) - 1
-        self.vol += q
-        qv = p * q
-        self.quote_vol += qv
-        if not o.buyer_maker:  # taker was the buyer
-            self.taker_vol += q
-            self.taker_quote += qv
-        if new or o.time_us - self.last_emit_us >= self.update_us:
-            self.last_emit_us = o.time_us
-            if want_ms or want_us:
-                out.append(self._both(o.time_us, False, want_ms, want_us))
-        return out
-
-    def _both(
-        self, event_us: int, closed: bool, want_ms: bool, want_us: bool
-    ) -> tuple[bytes, bytes]:
-        return (
-            self.render(event_us, closed, False) if want_ms else b"",
-            self.render(event_us, closed, True) if want_us else b"",
-        )
-
-    def render(self, event_us: int, closed: bool, micro: bool) -> bytes:
-        t0 = _t(self.open_us, micro)
-        t1 = _t(self.open_us + self.interval_us, micro) - 1
-        k = {
-            "t": t0,
-            "T": t1,
-            "s": self.symbol,
-            "i": "1m",
-            "f": self.first_id,
-            "L": self.last_id,
-            "o": fmt8(self.open),
-            "c": fmt8(self.close),
-            "h": fmt8(self.high),
-            "l": fmt8(self.low),
-            "v": fmt8(self.vol),
-            "n": self.n,
-            "x": closed,
-            "q": fmt8(self.quote_vol // SCALE),
-            "V": fmt8(self.taker_vol),
-            "Q": fmt8(self.taker_quote // SCALE),
-            "B": "0",
-        }
-        return orjson.dumps({"e": "kline", "E": _t(event_us, micro), "s": self.symbol, "k": k})

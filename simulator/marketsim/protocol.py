@@ -3,10 +3,14 @@
 Choices where Binance's behaviour is not documented (NC in the protocol reference):
 
 * A stream name is ``<lowercase symbol>@<kind>`` or ``!<name>@<kind>``; the symbol part is
-  lower-cased (``BTCUSDT@trade`` works as ``btcusdt@trade``). Well-formed names of streams the
-  simulator does not produce (e.g. ``btcusdt@depth``) or of unknown symbols are accepted and simply
-  stay silent, as on Binance. Malformed names get code 2 ``Invalid request: invalid stream``
-  (the text seen in a capture of Binance's reply).
+  lower-cased (``BTCUSDT@trade`` works as ``btcusdt@trade``). Only the kinds Binance serves today
+  are accepted (:data:`STREAM_KINDS`: trades, klines of every interval with an optional time
+  zone, tickers, rolling-window tickers, average price, book ticker, depth); anything else
+  (``btcusdt@foo``, ``kline_2m``, the retired ``!ticker@arr`` and ``!bookTicker``) gets code 2
+  ``Invalid request: invalid stream`` (the text seen in a capture of Binance's reply), so no
+  client waits on a stream that never answers. Streams of symbols the simulator does not trade
+  are accepted, as on Binance (a replay learns its symbols from the frames). Depth streams are
+  accepted: a replay of recorded frames serves them; the synthetic market has no book.
 * More than ``max_streams`` streams on one connection: the SUBSCRIBE is refused as a whole with
   code 2 ``Invalid request: too many streams, the limit is 1024``; a path asking for more is
   refused at the handshake with HTTP 400. In a path, pieces without ``@`` are ignored (``/ws/0``).
@@ -29,7 +33,15 @@ import orjson
 
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _METHODS_TEXT = ", ".join(f"`{m}`" for m in METHODS)
-_STREAM_RE = re.compile(r"^(?:[a-z0-9_.\-]{1,32}|![A-Za-z0-9]{1,32})@[A-Za-z0-9_@.:+\-]{1,40}$")
+_STREAM_RE = re.compile(r"^(?:[a-z0-9_.\-]{1,32}|![A-Za-z0-9_]{1,32})@[A-Za-z0-9_@.:+\-]{1,40}$")
+_INTERVALS = "1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1M"
+_KIND_RE = re.compile(
+    r"^(?:trade|aggTrade|bookTicker|miniTicker|ticker|avgPrice|ticker_(?:1h|4h|1d)"
+    rf"|kline_(?:{_INTERVALS})(?:@[+-]\d{{1,2}}(?::\d\d)?)?"
+    r"|depth(?:5|10|20)?(?:@(?:100|1000)ms)?)$"
+)
+_MARKET_STREAMS = ("!miniTicker@arr", "!ticker_1h@arr", "!ticker_4h@arr", "!ticker_1d@arr")
+STREAM_KINDS = _KIND_RE.pattern
 _ID_STR_RE = re.compile(r"^[A-Za-z0-9_\-]{0,36}$")
 _METHOD_VALUE_RE = re.compile(r'"method"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}\s]+)')
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -61,7 +73,11 @@ def canonical_stream(name: str) -> str | None:
     if not sym.startswith("!"):
         sym = sym.lower()
     out = f"{sym}@{rest}"
-    return out if _STREAM_RE.match(out) else None
+    if not _STREAM_RE.match(out):
+        return None
+    if sym.startswith("!"):
+        return out if out in _MARKET_STREAMS else None
+    return out if _KIND_RE.match(rest) else None
 
 
 def parse_path(target: str, max_streams: int = 1024) -> PathRequest | None:
@@ -88,7 +104,7 @@ def parse_path(target: str, max_streams: int = 1024) -> PathRequest | None:
         combined = False
         tail = path[4:]
         for piece in tail.split("/"):
-            if "@" in piece:
+            if "@" in piece or piece.startswith("!"):
                 names.append(piece)
     elif path in ("/stream", "/stream/"):
         combined = True
@@ -98,7 +114,7 @@ def parse_path(target: str, max_streams: int = 1024) -> PathRequest | None:
         return None
     streams: list[str] = []
     for n in names:
-        if "@" not in n:
+        if "@" not in n and not n.startswith("!"):
             continue  # e.g. /ws/0, or a client appending "/stream" to a ?streams= URL
         c = canonical_stream(n)
         if c is None:

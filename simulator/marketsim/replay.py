@@ -80,10 +80,25 @@ class ReplayStats:
     items: int = 0
     loops: int = 0
     skipped_reasons: dict[str, int] = field(default_factory=dict)
+    # reason -> "file:line" of its first occurrence, so a report can point at the bad line
+    first_skipped: dict[str, str] = field(default_factory=dict)
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, where: str = "") -> None:
         self.skipped += 1
-        self.skipped_reasons[reason] = self.skipped_reasons.get(reason, 0) + 1
+        n = self.skipped_reasons.get(reason, 0)
+        self.skipped_reasons[reason] = n + 1
+        if not n and where:
+            self.first_skipped[reason] = where
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "items": self.items,
+            "skipped": self.skipped,
+            "skipped_reasons": dict(self.skipped_reasons),
+            "first_skipped": dict(self.first_skipped),
+            "loops": self.loops,
+        }
 
 
 def open_text(path: Path) -> IO[str]:
@@ -215,7 +230,7 @@ def _recorded_line(line: str) -> tuple[int, str]:
 def read_recorded(path: Path, stats: ReplayStats | None = None) -> Iterator[RawFrame]:
     stats = stats if stats is not None else ReplayStats()
     with open_text(path) as f:
-        for line in f:
+        for no, line in enumerate(f, 1):
             stats.lines += 1
             line = line.strip()
             if not line:
@@ -224,11 +239,11 @@ def read_recorded(path: Path, stats: ReplayStats | None = None) -> Iterator[RawF
             try:
                 t, text = _recorded_line(line)
             except ValueError:
-                stats.skip("bad record")
+                stats.skip("bad record", f"{path}:{no}")
                 continue
             split = split_frame(text)
             if split is None:
-                stats.skip("not a market frame")
+                stats.skip("not a market frame", f"{path}:{no}")
                 continue
             stream, payload, data = split
             stats.items += 1
@@ -283,11 +298,13 @@ def read_archive(
             return
         kind, header = archive_kind(path, first)
         rows = reader if header else itertools.chain([first], reader)
+        no = 1 if header else 0
         agg = kind == "aggTrades"
         # Consecutive trades mostly share a price: parse each price text once (bounded cache).
         prices: dict[str, int] = {}
         for row in rows:
             stats.lines += 1
+            no += 1
             try:
                 if agg:
                     a, p, q, fid, lid, t, m = row[:7]
@@ -309,7 +326,7 @@ def read_archive(
                 if not row or not "".join(row).strip():
                     stats.skip("blank")
                 else:
-                    stats.skip("bad row")
+                    stats.skip("bad row", f"{path}:{no}")
                 continue
             if n == 1:
                 qtys = [qty]
@@ -360,6 +377,16 @@ class ReplaySource:
         self.symbol = symbol
         self.stats = ReplayStats()
         self._kinds = [is_recorded(p) for p in self.files]
+        for p, rec in zip(self.files, self._kinds, strict=True):
+            if not rec and not (symbol or symbol_from_name(p)):
+                # found at start, not when the market task first reads the file
+                raise ValueError(f"{p}: no symbol in the file name; pass --replay-symbol")
+            if not rec:
+                spec_for((symbol or symbol_from_name(p) or "").upper())  # a bad symbol, now
+                with open_text(p) as f:  # neither trades nor aggTrades: now, too
+                    first_row = next(csv.reader(f), None)
+                if first_row is not None:
+                    archive_kind(p, first_row)
         self._it = self._open()
         self._cycle = 0
         self._t_min: int | None = None
@@ -434,7 +461,11 @@ class ReplaySource:
 def replay_factory(
     files: Sequence[Path], loop: bool = False, symbol: str | None = None
 ) -> Callable[[SimConfig], Source]:
+    """A source factory; the files are checked now (missing file, no symbol: ValueError or
+    FileNotFoundError here, so the command line fails at start with a clear message)."""
+    first: list[ReplaySource] = [ReplaySource(files, loop=loop, symbol=symbol)]
+
     def make(_cfg: SimConfig) -> Source:
-        return ReplaySource(files, loop=loop, symbol=symbol)
+        return first.pop() if first else ReplaySource(files, loop=loop, symbol=symbol)
 
     return make

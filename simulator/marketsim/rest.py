@@ -2,8 +2,11 @@
 
 Served on the same port as the WebSocket streams (plain HTTP GET, no upgrade):
 ``/api/v3/ping``, ``/api/v3/time``, ``/api/v3/exchangeInfo``, ``/api/v3/trades``,
-``/api/v3/historicalTrades`` (``fromId``), ``/api/v3/aggTrades`` and the simulator's own
-``/sim/stats``. Times are ms unless the ``X-MBX-TIME-UNIT: MICROSECOND`` header is sent.
+``/api/v3/historicalTrades`` (``fromId``), ``/api/v3/aggTrades``, the market data
+``/api/v3/klines``, ``/api/v3/uiKlines``, ``/api/v3/ticker/24hr``, ``/api/v3/ticker/price``,
+``/api/v3/ticker/bookTicker``, ``/api/v3/ticker`` (rolling window), ``/api/v3/avgPrice`` (all
+derived as :mod:`marketsim.market` documents, so they agree with the streams) and the
+simulator's own ``/sim/stats``. Times are ms unless ``X-MBX-TIME-UNIT: MICROSECOND`` is sent.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from marketsim import market as mk
 from marketsim.model import Order
 from marketsim.symbols import SymbolSpec
 from marketsim.truth import Truth
@@ -54,7 +58,11 @@ class RestApi:
         specs: Callable[[], Sequence[SymbolSpec]],
         now_us: Callable[[], int],
         extra_stats: Callable[[], dict[str, Any]] | None = None,
+        market: mk.MarketData | None = None,
+        limits: tuple[int, int] = (6000, 61_000),
     ) -> None:
+        self.limits = limits  # (request weight per minute, raw requests per 5 minutes)
+        self.market = market if market is not None else mk.MarketData()
         self.truth = truth
         self.specs = specs
         self.now_us = now_us
@@ -96,7 +104,141 @@ class RestApi:
                 return self._agg_trades(hist, q, div)
             from_id = _int_param(q, "fromId") if path.endswith("historicalTrades") else None
             return 200, self._trades(hist, _limit(q), from_id, div)
+        if path in _MARKET_DATA:
+            return _MARKET_DATA[path](self, q, micro)
         return _error(404, -1000, f"Unknown endpoint {path}")
+
+    # ----- market data -----
+
+    def _symbol(self, q: Mapping[str, str]) -> str | Result:
+        sym = q.get("symbol")
+        if not sym:
+            return _missing("symbol")
+        sym = sym.upper()
+        if sym not in {s.symbol for s in self.specs()}:
+            return _error(400, -1121, "Invalid symbol.")
+        return sym
+
+    def _symbols(self, q: Mapping[str, str], required: bool) -> list[str] | Result:
+        """``symbol`` or ``symbols`` (a JSON array); neither: every symbol, unless required."""
+        known = [s.symbol for s in self.specs()]
+        if "symbol" in q and "symbols" in q:
+            return _error(400, -1102, "Param 'symbol' or 'symbols' should be sent, but not both.")
+        if "symbol" in q:
+            sym = self._symbol(q)
+            return [sym] if isinstance(sym, str) else sym
+        if "symbols" in q:
+            try:
+                names = orjson.loads(q["symbols"])
+            except orjson.JSONDecodeError:
+                return _error(400, -1100, "Illegal characters found in parameter 'symbols'.")
+            if (
+                not isinstance(names, list)
+                or not names
+                or not all(isinstance(n, str) for n in names)
+            ):
+                return _error(400, -1100, "Illegal characters found in parameter 'symbols'.")
+            wanted = [n.upper() for n in names]
+            if not set(wanted) <= set(known):
+                return _error(400, -1121, "Invalid symbol.")
+            return list(dict.fromkeys(wanted))
+        if required:
+            return _missing("symbol")
+        return known
+
+    def _klines(self, q: Mapping[str, str], micro: bool) -> Result:
+        sym = self._symbol(q)
+        if not isinstance(sym, str):
+            return sym
+        interval = q.get("interval")
+        if not interval:
+            return _missing("interval")
+        if interval not in mk.INTERVALS:
+            return _error(400, -1120, "Invalid interval.")
+        tz = mk.parse_tz(q.get("timeZone", "0"))
+        if tz is None:
+            return _error(400, -1100, "Illegal characters found in parameter 'timeZone'.")
+        limit = _limit(q, 500, 1000)
+        start, end = _time_param(q, "startTime", False), _time_param(q, "endTime", True)
+        hist = self.truth.history.get(sym, deque())
+        cs = self.market.candles(sym, interval, tz, hist)
+        if start is not None:
+            cs = [c for c in cs if c.open_us >= start]
+        if end is not None:
+            cs = [c for c in cs if c.open_us <= end]
+        cs = cs[:limit] if start is not None else cs[-limit:]
+        return 200, [mk.kline_row(c, interval, micro, tz) for c in cs]
+
+    def _ticker_window(self, q: Mapping[str, str], micro: bool, rolling: bool) -> Result:
+        syms = self._symbols(q, required=rolling)
+        if not isinstance(syms, list):
+            return syms
+        kind = q.get("type", "FULL")
+        if kind not in ("FULL", "MINI"):
+            return _error(400, -1100, "Illegal characters found in parameter 'type'.")
+        size = mk.DAY
+        if rolling:
+            w = mk.parse_window(q.get("windowSize", "1d"))
+            if w is None:
+                return _error(400, -1100, "Illegal characters found in parameter 'windowSize'.")
+            size = w
+        now = self.now_us()
+        out = []
+        for sym in syms:
+            hist = self.truth.history.get(sym)
+            win = self.market.window(sym, size, now)
+            out.append(
+                mk.ticker_body(sym, win, hist[-1] if hist else None, kind == "FULL", rolling, micro)
+            )
+        return 200, out[0] if "symbol" in q else out
+
+    def _ticker_24hr(self, q: Mapping[str, str], micro: bool) -> Result:
+        return self._ticker_window(q, micro, rolling=False)
+
+    def _ticker_rolling(self, q: Mapping[str, str], micro: bool) -> Result:
+        return self._ticker_window(q, micro, rolling=True)
+
+    def _ticker_price(self, q: Mapping[str, str], micro: bool) -> Result:
+        syms = self._symbols(q, required=False)
+        if not isinstance(syms, list):
+            return syms
+        out = []
+        for sym in syms:
+            hist = self.truth.history.get(sym)
+            out.append({"symbol": sym, "price": fmt8(hist[-1].price if hist else 0)})
+        return 200, out[0] if "symbol" in q else out
+
+    def _book_ticker(self, q: Mapping[str, str], micro: bool) -> Result:
+        syms = self._symbols(q, required=False)
+        if not isinstance(syms, list):
+            return syms
+        out = []
+        for sym in syms:
+            hist = self.truth.history.get(sym)
+            o = hist[-1] if hist else None
+            out.append(
+                {
+                    "symbol": sym,
+                    "bidPrice": fmt8(o.bid if o else 0),
+                    "bidQty": fmt8(o.bid_qty if o else 0),
+                    "askPrice": fmt8(o.ask if o else 0),
+                    "askQty": fmt8(o.ask_qty if o else 0),
+                }
+            )
+        return 200, out[0] if "symbol" in q else out
+
+    def _avg_price(self, q: Mapping[str, str], micro: bool) -> Result:
+        sym = self._symbol(q)
+        if not isinstance(sym, str):
+            return sym
+        st = self.truth.symbols.get(sym)
+        price = self.market.avg_price(sym, self.now_us())
+        close = st.last_time_us if st is not None else 0
+        return 200, {
+            "mins": mk.AVG_PRICE_MINUTES,
+            "price": fmt8(price),
+            "closeTime": close if micro else close // 1000,
+        }
 
     def _exchange_info(self, q: Mapping[str, str], div: int) -> Result:
         specs = list(self.specs())
@@ -124,14 +266,14 @@ class RestApi:
                     "rateLimitType": "REQUEST_WEIGHT",
                     "interval": "MINUTE",
                     "intervalNum": 1,
-                    "limit": 6000,
+                    "limit": self.limits[0],
                 },
                 {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
                 {
                     "rateLimitType": "RAW_REQUESTS",
                     "interval": "MINUTE",
                     "intervalNum": 5,
-                    "limit": 61000,
+                    "limit": self.limits[1],
                 },
             ],
             "exchangeFilters": [],
@@ -185,6 +327,33 @@ class RestApi:
             if len(out) >= limit:
                 break
         return 200, out
+
+
+_MARKET_DATA: dict[str, Callable[[RestApi, Mapping[str, str], bool], Result]] = {
+    "/api/v3/klines": RestApi._klines,
+    "/api/v3/uiKlines": RestApi._klines,
+    "/api/v3/ticker/24hr": RestApi._ticker_24hr,
+    "/api/v3/ticker": RestApi._ticker_rolling,
+    "/api/v3/ticker/price": RestApi._ticker_price,
+    "/api/v3/ticker/bookTicker": RestApi._book_ticker,
+    "/api/v3/avgPrice": RestApi._avg_price,
+}
+
+
+def _missing(name: str) -> Result:
+    return _error(
+        400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
+    )
+
+
+def _time_param(q: Mapping[str, str], name: str, end: bool) -> int | None:
+    """A time parameter (ms, or µs with 16 digits) in µs; an end bound covers its whole ms."""
+    v = _int_param(q, name)
+    if v is None:
+        return None
+    if v >= 10**14:
+        return v
+    return v * 1000 + (999 if end else 0)
 
 
 def _first_order_index(hist: deque[Order], value: int, key: Callable[[Order], int]) -> int:

@@ -33,9 +33,11 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from marketsim import market as mk
 from marketsim import payloads as pl
 from marketsim.faults import FaultConfig, FaultInjector
 from marketsim.generator import DEFAULT_START_TIME_US, SyntheticConfig, SyntheticSource
+from marketsim.http1 import MAX_HEAD, HttpError, HttpRequest, RequestParser, response_bytes
 from marketsim.model import Item, Order, RawFrame
 from marketsim.protocol import (
     PathError,
@@ -45,6 +47,7 @@ from marketsim.protocol import (
     handle_control,
     parse_path,
 )
+from marketsim.ratelimit import RestLimiter, request_weight
 from marketsim.rest import RestApi
 from marketsim.symbols import SymbolSpec, spec_for
 from marketsim.truth import Truth
@@ -73,20 +76,33 @@ class Source(Protocol):
 
 
 class SyntheticItems:
-    """The synthetic generator as a source; ``now=True`` shifts its clock to the wall clock at
-    the moment the market clock starts (the first order), instead of the fixed start time."""
+    """The synthetic generator as a source, on one of three clocks.
 
-    def __init__(self, config: SyntheticConfig, now: bool = False) -> None:
+    ``fixed``: the generator's own times from the fixed start time (reproducible bytes).
+    ``now``: the generator's times shifted to the wall clock at the moment the market clock
+    starts (the first order), so paced event times follow the wall clock (ahead of it by the
+    factor ``--speed`` when that is above 1). ``wall``: every order stamped with the wall clock
+    when it is generated (never decreasing): an as-fast-as-possible run can then not run ahead
+    of real time (the pipeline refuses trades from the future).
+    """
+
+    def __init__(self, config: SyntheticConfig, clock: str = "fixed") -> None:
         self.gen = SyntheticSource(config)
-        self._now = now
-        self._offset: int | None = None if now else 0
+        self._clock = clock
+        self._offset: int | None = None
+        self._last = 0
 
     def next_item(self) -> Item | None:
         o = self.gen.next_order()
-        if o is not None and self._now:
-            if self._offset is None:
-                self._offset = time.time_ns() // 1000 - self.gen.config.start_time_us
-            o.time_us += self._offset
+        if o is None or self._clock == "fixed":
+            return o
+        if self._clock == "wall":
+            t = time.time_ns() // 1000
+            self._last = o.time_us = t if t > self._last else self._last
+            return o
+        if self._offset is None:
+            self._offset = time.time_ns() // 1000 - self.gen.config.start_time_us
+        o.time_us += self._offset
         return o
 
     def initial_specs(self) -> list[SymbolSpec]:
@@ -103,7 +119,9 @@ class SimConfig:
     speed: float = 1.0  # simulated seconds per wall second when paced
     seed: int = 1
     max_trades: int | None = None
-    start_time_us: int | None = DEFAULT_START_TIME_US  # None: now, at clock start
+    # None (default): event times follow the wall clock; a fixed start makes runs reproducible
+    # and then every clock of the simulator (REST serverTime, serverShutdown) follows the market's
+    start_time_us: int | None = None
     zipf_s: float = 1.0
     burst_prob: float = 0.0
     burst_mult: float = 10.0
@@ -113,10 +131,17 @@ class SimConfig:
     max_streams: int = 1024
     msg_rate_limit: int = 5
     lifetime: float | None = 24 * 3600.0
+    # the serverShutdown notice goes out this long before the lifetime ends (at most half of it),
+    # so a client can open its replacement first (the official SDK waits 5 s before it does)
+    shutdown_notice: float = 10.0
     # Binance: 300 connection attempts per 5 minutes per IP (0 = unlimited).
     max_connection_attempts: int = 300
     connection_attempt_window: float = 300.0
     history_orders: int = 10_000
+    # REST limits per IP (Binance's): request weight per minute (0 = every limit off, e.g. for
+    # benchmarks), raw requests per 5 minutes
+    rest_weight_limit: int = 6000
+    rest_raw_limit: int = 61_000
     kline_update_ms: int = 2000
     batch_orders: int = 256
     write_high_water: int = 1 << 20
@@ -127,11 +152,108 @@ class SimConfig:
     source_factory: Callable[[SimConfig], Source] | None = None  # default: synthetic
 
 
+HTTP_IDLE_S = 60.0  # an idle keep-alive connection (or an unfinished request head) is closed
+
+
 class SimConnection(ServerConnection):
-    """websockets' connection plus the simulator's per-connection state."""
+    """websockets' connection plus the simulator's per-connection state.
+
+    The first bytes decide what the connection is: a WebSocket opening handshake goes on to
+    websockets; any other request is plain HTTP, answered here with keep-alive (websockets'
+    own handshake task then just waits for the connection to end).
+    """
 
     client: Client | None = None
     path_request: PathRequest | None = None
+    sim: Simulator | None = None
+    _mode = 0  # 0: first request head not complete yet, 1: WebSocket, 2: plain HTTP
+    _parser: RequestParser | None = None
+    _idle: asyncio.TimerHandle | None = None
+    _closing_http = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._parser = RequestParser()
+        self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self.loop.call_later(HTTP_IDLE_S, self._close_idle)
+
+    def _close_idle(self) -> None:
+        if self._mode != 1:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        if self.sim is not None:
+            self.sim.http_conns.discard(self)
+        super().connection_lost(exc)
+
+    def eof_received(self) -> None:
+        if self._mode == 1:
+            return super().eof_received()
+        self.transport.close()
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        if self._mode == 1:
+            super().data_received(data)
+            return
+        parser = self._parser
+        assert parser is not None
+        if self._closing_http:
+            return
+        parser.feed(data)
+        try:
+            while (head := parser.peek_head()) is not None:
+                if head.is_upgrade:  # first request, or after plain ones on a kept-alive socket
+                    self._mode = 1
+                    if self._idle is not None:
+                        self._idle.cancel()
+                    if self.sim is not None:
+                        self.sim.http_conns.discard(self)
+                    raw = parser.raw_head + bytes(parser.buf)
+                    self._parser = None
+                    super().data_received(raw)
+                    return
+                if self._mode == 0:
+                    self._mode = 2
+                    if self.sim is not None:
+                        self.sim.http_conns.add(self)
+                req = parser.next_request()
+                if req is None:
+                    return  # the body is still on its way
+                self._arm_idle()
+                keep = req.keep_alive and self.sim is not None and self.sim.is_serving()
+                peer = self.remote_address[0] if self.remote_address else "?"
+                assert self.sim is not None
+                status, body, headers = self.sim.http_request(req, peer)
+                self.transport.write(
+                    response_bytes(
+                        status,
+                        http.HTTPStatus(status).phrase,
+                        body,
+                        keep,
+                        headers,
+                        head_only=req.method == "HEAD",
+                    )
+                )
+                if not keep:
+                    self._closing_http = True
+                    self.transport.close()
+                    return
+            if len(parser.buf) > MAX_HEAD and self._mode != 1:
+                raise HttpError(431, "request header fields too large")
+        except HttpError as exc:
+            body = orjson.dumps({"code": -1000 if exc.status != 413 else -1101, "msg": exc.text})
+            self.transport.write(
+                response_bytes(exc.status, http.HTTPStatus(exc.status).phrase, body, False)
+            )
+            self._closing_http = True
+            self.transport.close()
 
     def process_event(self, event: Any) -> None:
         super().process_event(event)
@@ -265,22 +387,44 @@ class Simulator:
         self.connections_total = 0
         self.attempts_by_ip: dict[str, RateLimiter] = {}
         self.connections_refused = 0
-        self.klines: dict[str, pl.Kline1m] = {}
+        self.market = mk.MarketData(config.kline_update_ms)
+        self.klines = self.market.klines
+        # kline streams other than the always-on kline_1m, per symbol: stream name -> state
+        self.stream_klines: dict[str, dict[str, mk.Kline]] = {}
+        # subscribed streams emitted once per second (tickers, avgPrice), and whether a
+        # market-wide array wants the symbols that changed since the last second
+        self.periodic: set[str] = set()
+        self._changed: set[str] | None = None
+        self._recorded_streams: set[str] = set()
+        self._periodic_task: asyncio.Task[None] | None = None
         self._names: dict[str, tuple[str, str, str, str]] = {}
         self._server: Server | None = None
         self._market: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clock_started = asyncio.Event()
         self._done = asyncio.Event()
-        self._start_wall_us: int | None = None
+        # the market clock: live (wall clock) unless a fixed start time or a replay sets it
+        self.live_clock = config.start_time_us is None and config.source_factory is None
+        self._start_us: int | None = config.start_time_us
+        self._pace: tuple[float, int] | None = None  # (loop time, market time) once paced
+        self._skipped_logged = 0
+        self.source_error: str | None = None
+        self._skipped_log_at = 0.0
         self.sim_time_us = 0
         self.port = 0
+        self.http_conns: set[SimConnection] = set()
+        self.rest_limiter = RestLimiter(config.rest_weight_limit, config.rest_raw_limit)
         self.started_at = time.time()
         self.source: Source = (config.source_factory or _synthetic_factory)(config)
         for spec in self.source.initial_specs():
             self.specs[spec.symbol] = spec
         self.rest = RestApi(
-            self.truth, lambda: list(self.specs.values()), self._now_us, self._extra_stats
+            self.truth,
+            lambda: list(self.specs.values()),
+            self._now_us,
+            self._extra_stats,
+            self.market,
+            (config.rest_weight_limit or 6000, config.rest_raw_limit),
         )
 
     # ----- lifecycle -----
@@ -305,18 +449,28 @@ class Simulator:
         if cfg.tls_cert:
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+
+        # websockets wants a class: one bound to this simulator
+        connection: type[SimConnection] = type(
+            "BoundSimConnection", (SimConnection,), {"sim": self}
+        )
+
         self._server = await serve(
             self._handler,
             cfg.host,
             cfg.port,
             process_request=self._process_request,
+            # the head of the first request is read by SimConnection (idle timeout there); a
+            # plain-HTTP connection never completes websockets' handshake, which then waits
+            open_timeout=None,
+            ssl_handshake_timeout=10.0 if ssl_ctx is not None else None,
             compression=None,
             ping_interval=cfg.ping_interval,
             ping_timeout=cfg.pong_timeout,
             max_size=1 << 16,
             max_queue=64,
             write_limit=cfg.write_high_water,
-            create_connection=SimConnection,
+            create_connection=connection,
             server_header="marketsim",
             ssl=ssl_ctx,
         )
@@ -324,18 +478,22 @@ class Simulator:
         self.port = sock.getsockname()[1]
         if cfg.wait_for_subscribers <= 0:
             self._clock_started.set()
-        self._market = asyncio.create_task(self._run_market(), name="marketsim-market")
+        self._market = asyncio.create_task(self._guarded_market(), name="marketsim-market")
+        self._periodic_task = asyncio.create_task(self._run_periodic(), name="marketsim-periodic")
 
     async def stop(self) -> None:
-        if self._market is not None:
-            self._market.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._market
-            self._market = None
+        for task in (self._market, self._periodic_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._market = self._periodic_task = None
         if self._server is not None:
             for c in list(self.clients):
                 c.flush()
             self._server.close(close_connections=True)
+            for conn in list(self.http_conns):
+                conn.transport.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
@@ -350,8 +508,9 @@ class Simulator:
         await self.stop()
 
     @property
-    def market(self) -> asyncio.Task[None] | None:
-        """The task feeding trades to the clients (None before start and after stop)."""
+    def market_task(self) -> asyncio.Task[None] | None:
+        """The task feeding trades to the clients (None before start and after stop); when its
+        source fails it ends with ``source_error`` set."""
         return self._market
 
     async def wait_done(self, within: float | None = None) -> None:
@@ -373,15 +532,87 @@ class Simulator:
             "connections_total": self.connections_total,
             "connections_refused": self.connections_refused,
             "clock_started": self._clock_started.is_set(),
+            "source_error": self.source_error,
+            "rest_refused": self.rest_limiter.refused,
+            "rest_banned": self.rest_limiter.banned,
             "sim_time_ms": self.sim_time_us // 1000,
             "frames_sent": sum(c.frames_sent for c in self.clients),
             "faults": {str(c.index): c.faults.counts for c in self.clients if c.faults is not None},
+            **({"replay": rs.as_json()} if (rs := self._replay_stats()) is not None else {}),
         }
 
+    def _replay_stats(self) -> Any:
+        """The replay source's line counts (None for the synthetic market)."""
+        return getattr(self.source, "stats", None)
+
+    def _report_skipped(self, final: bool = False) -> None:
+        """Log the replay lines skipped since the last report (count, reasons, first line)."""
+        rs = self._replay_stats()
+        if rs is None or (rs.skipped == self._skipped_logged and not final):
+            return
+        if rs.skipped != self._skipped_logged:
+            log.warning(
+                "replay: %d unreadable or non-market lines skipped so far (%s); first of each: %s",
+                rs.skipped,
+                ", ".join(f"{k}: {v}" for k, v in rs.skipped_reasons.items()),
+                ", ".join(f"{k} at {v}" for k, v in rs.first_skipped.items()),
+            )
+            self._skipped_logged = rs.skipped
+        if final:
+            log.info(
+                "replay: %d lines read, %d frames/orders, %d skipped",
+                rs.lines,
+                rs.items,
+                rs.skipped,
+            )
+
     def _now_us(self) -> int:
-        return time.time_ns() // 1000
+        """The simulator's one clock (REST ``serverTime``, ``serverShutdown``, ticker windows)."""
+        if self.live_clock:
+            return time.time_ns() // 1000
+        pace = self._pace
+        if pace is not None:
+            speed = self.config.speed if self.config.speed > 0 else 1.0
+            return pace[1] + int((asyncio.get_running_loop().time() - pace[0]) * speed * 1e6)
+        if self.sim_time_us:
+            return self.sim_time_us
+        return self._start_us if self._start_us is not None else time.time_ns() // 1000
 
     # ----- HTTP -----
+
+    def is_serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    def http_request(self, req: HttpRequest, peer: str) -> tuple[int, bytes, list[tuple[str, str]]]:
+        """Answer one plain HTTP request: (status, JSON body, extra headers)."""
+        parts = urlsplit(req.target)
+        path = parts.path
+        is_rest = path.startswith(("/api/", "/sim/")) or path == "/"
+        if not is_rest:
+            if path.startswith(("/ws", "/stream")):
+                body = {"code": -1000, "msg": "WebSocket upgrade required"}
+                return 426, orjson.dumps(body), [("Upgrade", "websocket")]
+            return 404, orjson.dumps({"code": -1000, "msg": f"Unknown path {path}"}), []
+        if req.method not in ("GET", "HEAD"):
+            if req.method == "OPTIONS":
+                return 204, b"", [("Allow", "GET, HEAD, OPTIONS")]
+            body = {"code": -1000, "msg": f"Method {req.method} not allowed for {path}"}
+            return 405, orjson.dumps(body), [("Allow", "GET, HEAD, OPTIONS")]
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        micro = req.header("x-mbx-time-unit").upper() == "MICROSECOND"
+        if path.startswith("/sim/"):  # the simulator's own: never limited (harnesses poll it)
+            status, body = self.rest.handle(path, query, micro)
+            return status, orjson.dumps(body), []
+        verdict = self.rest_limiter.check(peer, request_weight(path, query), time.time())
+        headers = [
+            ("X-MBX-USED-WEIGHT", str(verdict.used_weight)),
+            ("X-MBX-USED-WEIGHT-1M", str(verdict.used_weight)),
+        ]
+        if verdict.status != 200:
+            headers.append(("Retry-After", str(verdict.retry_after)))
+            return verdict.status, orjson.dumps(verdict.body), headers
+        status, body = self.rest.handle(path, query, micro)
+        return status, orjson.dumps(body), headers
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
@@ -435,6 +666,10 @@ class Simulator:
                     client.session.subscriptions[s] = None
                 self._check_clock()
             if cfg.lifetime is not None:
+                notice = max(0.0, min(cfg.shutdown_notice, cfg.lifetime / 2))
+                client.timers.append(
+                    loop.call_later(cfg.lifetime - notice, lambda: self._notify_shutdown(client))
+                )
                 client.timers.append(
                     loop.call_later(cfg.lifetime, lambda: self.spawn(self._expire(client)))
                 )
@@ -467,19 +702,24 @@ class Simulator:
             self.clients.remove(client)
             ws.client = None
 
+    def _notify_shutdown(self, client: Client) -> None:
+        if not client.open:
+            return
+        client.send_now(
+            pl.server_shutdown_frame(self._now_us(), client.micro, client.session.combined)
+        )
+
     async def _expire(self, client: Client) -> None:
         if not client.open:
             return
-        t = self._now_us()
-        payload = pl.server_shutdown_payload(t, client.micro)
-        if client.session.combined:
-            payload = pl.wrap_combined("!serverShutdown", payload)
-        client.send_now(payload)
         await client.ws.close(1001, "connection lifetime reached")
 
     def _subscribe(self, client: Client, streams: Iterable[str]) -> None:
         for s in streams:
-            lst = self.subs.setdefault(s, [])
+            lst = self.subs.get(s)
+            if lst is None:
+                lst = self.subs[s] = []
+                self._stream_added(s)
             if client not in lst:
                 lst.append(client)
 
@@ -490,6 +730,109 @@ class Simulator:
                 lst.remove(client)
                 if not lst:
                     del self.subs[s]
+                    self._stream_removed(s)
+
+    def _stream_added(self, stream: str) -> None:
+        """First subscriber of a stream: set up the state that produces it."""
+        sym, _, kind = stream.partition("@")
+        if kind.startswith("kline_") and kind != "kline_1m":
+            interval, _, tz = kind[6:].partition("@")
+            symbol = sym.upper()
+            st = self.truth.symbols.get(symbol)
+            kl = self.market.seed_stream_kline(
+                symbol,
+                interval,
+                mk.parse_tz(tz) or 0,
+                self.truth.history.get(symbol, ()),
+                st.last_time_us if st is not None else 0,
+            )
+            self.stream_klines.setdefault(symbol, {})[stream] = kl
+        elif kind in _PERIODIC_KINDS or stream.startswith("!"):
+            self.periodic.add(stream)
+            if stream.startswith("!") and self._changed is None:
+                self._changed = set()
+
+    def _stream_removed(self, stream: str) -> None:
+        sym, _, kind = stream.partition("@")
+        if kind.startswith("kline_") and kind != "kline_1m":
+            per = self.stream_klines.get(sym.upper())
+            if per is not None:
+                per.pop(stream, None)
+                if not per:
+                    del self.stream_klines[sym.upper()]
+        self.periodic.discard(stream)
+        if not any(s.startswith("!") for s in self.periodic):
+            self._changed = None
+
+    # ----- once-per-second streams -----
+
+    async def _run_periodic(self) -> None:
+        """Tickers, rolling-window tickers and average prices: one event per second (wall
+        clock, as Binance's 1000 ms update speed) for each subscribed stream whose symbol has
+        traded; the market-wide arrays hold only the symbols that traded since the last one."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.periodic:
+                self.emit_periodic()
+                self._flush_all()
+
+    def emit_periodic(self) -> None:
+        now = self._now_us()
+        changed = self._changed
+        if changed is not None:
+            self._changed = set()
+        cache: dict[tuple[str, str], dict[str, Any]] = {}
+        for stream in list(self.periodic):
+            lst = self.subs.get(stream)
+            if not lst or stream in self._recorded_streams:
+                continue
+            sym, _, kind = stream.partition("@")
+            if sym.startswith("!"):
+                if not changed:
+                    continue
+                kind = sym[1:]  # miniTicker / ticker_1h ...
+                bodies = [self._periodic_body(s, kind, now, cache) for s in sorted(changed)]
+                items = [b for b in bodies if b is not None]
+                if not items:
+                    continue
+                self._fan_out_json(lst, stream, items)
+                continue
+            body = self._periodic_body(sym.upper(), kind, now, cache)
+            if body is not None:
+                self._fan_out_json(lst, stream, body)
+
+    def _periodic_body(
+        self, symbol: str, kind: str, now: int, cache: dict[tuple[str, str], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        key = (symbol, kind)
+        if key in cache:
+            return cache[key]
+        st = self.truth.symbols.get(symbol)
+        if st is None:
+            return None
+        if kind == "avgPrice":
+            price = self.market.avg_price(symbol, now)
+            body = mk.avg_price_payload(symbol, price, st.last_time_us, now, False)
+        else:
+            size = mk.TICKER_WINDOWS.get(kind.removeprefix("ticker_"), mk.DAY)
+            w = self.market.window(symbol, size, now)
+            hist = self.truth.history.get(symbol)
+            body = mk.ticker_payload(kind, symbol, w, hist[-1] if hist else None, now, False)
+        cache[key] = body
+        return body
+
+    def _fan_out_json(self, clients: list[Client], stream: str, body: Any) -> None:
+        """Fan out one JSON event (ms times; µs connections get the times scaled)."""
+        ms = orjson.dumps(body)
+        us: bytes | None = None
+        for c in clients:
+            if c.micro:
+                if us is None:
+                    us = orjson.dumps(_to_micro(body))
+                p = us
+            else:
+                p = ms
+            c.out.append(frame(pl.wrap_combined(stream, p) if c.session.combined else p))
 
     def _check_clock(self) -> None:
         if self._clock_started.is_set():
@@ -500,15 +843,32 @@ class Simulator:
 
     # ----- market -----
 
+    async def _guarded_market(self) -> None:
+        """The market task; a source that fails is logged and reported in ``/sim/stats``
+        (``source_error``), and the server keeps serving REST and the connections it has."""
+        try:
+            await self._run_market()
+        except Exception as exc:
+            self.source_error = f"{type(exc).__name__}: {exc}"
+            log.exception("market source failed; no more market events")
+            self.truth.done = True
+            self._done.set()
+
     async def _run_market(self) -> None:
         cfg = self.config
+        src = self.source
+        item: Item | None = None
+        if not self.live_clock:  # a fixed clock: known before the first subscriber
+            item = src.next_item()
+            if item is not None and self._start_us is None:
+                self._start_us = item.time_us
         await self._clock_started.wait()
         loop = asyncio.get_running_loop()
         wall0 = loop.time()
         sim0: int | None = None
         speed = cfg.speed if cfg.speed > 0 else 1.0
-        src = self.source
-        item = src.next_item()
+        if self.live_clock:
+            item = src.next_item()
         batch = max(1, cfg.batch_orders)
         while item is not None:
             if cfg.fast:
@@ -520,6 +880,7 @@ class Simulator:
             else:
                 if sim0 is None:
                     sim0 = item.time_us
+                    self._pace = (wall0, sim0)
                 now_sim = sim0 + (loop.time() - wall0) * speed * 1e6
                 n = 0
                 while item is not None and item.time_us <= now_sim and n < batch * 8:
@@ -527,6 +888,9 @@ class Simulator:
                     n += 1
                     item = src.next_item()
             self._flush_all()
+            if loop.time() - self._skipped_log_at >= 5.0:  # bad lines: at most a line per 5 s
+                self._skipped_log_at = loop.time()
+                self._report_skipped()
             await self._backpressure()
             if not cfg.fast and item is not None and sim0 is not None:
                 due = wall0 + (item.time_us - sim0) / speed / 1e6
@@ -535,6 +899,7 @@ class Simulator:
             else:
                 await asyncio.sleep(0)
         self.truth.done = True
+        self._report_skipped(final=True)
         self._done.set()
         self._flush_all()
         log.info("source exhausted after %d trades", self.truth.trades_generated)
@@ -595,9 +960,15 @@ class Simulator:
                     0,
                 )
             )
+            kl = self.klines.get(ti.symbol)
+            if kl is None:
+                kl = self.market.kline(ti.symbol)
+            kl.apply(self.truth.history[ti.symbol][-1], False, False)  # state for REST only
         lst = self.subs.get(f.stream)
         if not lst:
             return
+        if f.stream not in self._recorded_streams:
+            self._recorded_streams.add(f.stream)
         self._fan_out(lst, f.stream, [f.payload], lambda micro: [f.payload], f.trade is not None)
 
     def _emit_order(self, o: Order) -> None:
@@ -615,9 +986,20 @@ class Simulator:
         if lst:
             book = [pl.book_ticker_payload(o)]
             self._fan_out(lst, n_book, book, lambda micro: book, False)
+        if self._changed is not None:
+            self._changed.add(o.symbol)
         kl = self.klines.get(o.symbol)
         if kl is None:
-            kl = self.klines[o.symbol] = pl.Kline1m(o.symbol, self.config.kline_update_ms)
+            kl = self.market.kline(o.symbol)
+        per = self.stream_klines.get(o.symbol)
+        if per is not None:
+            for name, skl in per.items():
+                sl = subs.get(name)
+                if sl:
+                    w_us = any(c.micro for c in sl)
+                    w_ms = not all(c.micro for c in sl)
+                    for ms, us in skl.apply(o, w_ms, w_us):
+                        self._fan_out(sl, name, None, _pick(ms, us), False)
         lst = subs.get(n_kline)
         want_ms = want_us = False
         if lst:
@@ -664,12 +1046,26 @@ class Simulator:
             c.out.extend(fr)
 
 
+_PERIODIC_KINDS = frozenset(
+    ("ticker", "miniTicker", "avgPrice", "ticker_1h", "ticker_4h", "ticker_1d")
+)
+_TIME_KEYS = frozenset(("E", "O", "C", "T"))
+
+
+def _to_micro(body: Any) -> Any:
+    """A ms-time event body with its time fields in µs (``timeUnit=MICROSECOND``)."""
+    if isinstance(body, list):
+        return [_to_micro(b) for b in body]
+    return {k: v * 1000 if k in _TIME_KEYS and isinstance(v, int) else v for k, v in body.items()}
+
+
 def _pick(ms: bytes, us: bytes) -> Callable[[bool], list[bytes]]:
     return lambda micro: [us if micro else ms]
 
 
 def _synthetic_factory(cfg: SimConfig) -> Source:
     start = cfg.start_time_us if cfg.start_time_us is not None else DEFAULT_START_TIME_US
+    clock = "fixed" if cfg.start_time_us is not None else ("wall" if cfg.fast else "now")
     return SyntheticItems(
         SyntheticConfig(
             symbols=cfg.symbols,
@@ -681,7 +1077,7 @@ def _synthetic_factory(cfg: SimConfig) -> Source:
             burst_mult=cfg.burst_mult,
             max_trades=cfg.max_trades,
         ),
-        now=cfg.start_time_us is None,
+        clock=clock,
     )
 
 

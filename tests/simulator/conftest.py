@@ -11,12 +11,20 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from marketsim.generator import DEFAULT_START_TIME_US
 from marketsim.server import SimConfig, Simulator
 
 
 def cfg(**kw: Any) -> SimConfig:
-    """A quiet test config: free port, no keepalive, fixed seed."""
-    base: dict[str, Any] = {"port": 0, "ping_interval": None, "pong_timeout": None, "seed": 7}
+    """A quiet test config: free port, no keepalive, fixed seed and fixed start time (the tests
+    of the default wall clock pass ``start_time_us=None``)."""
+    base: dict[str, Any] = {
+        "port": 0,
+        "ping_interval": None,
+        "pong_timeout": None,
+        "seed": 7,
+        "start_time_us": DEFAULT_START_TIME_US,
+    }
     base.update(kw)
     return SimConfig(**base)
 

@@ -99,3 +99,35 @@ async def test_sdk_rest_ping_time_exchange_info() -> None:
         symbols = info.data().symbols
         assert [s.symbol for s in symbols] == ["BTCUSDT"]
         assert ping is not None
+
+
+async def test_sdk_reconnects_after_each_server_shutdown() -> None:
+    """A 5 s connection lifetime: the SDK must reconnect on each notice and keep receiving
+    (it stopped for good after the first notice when the notice had no top-level ``event``)."""
+    async with Simulator(cfg(rate=400.0, lifetime=5.0)) as sim:
+        client = spot_mod.Spot(
+            config_ws_streams=common_cfg.ConfigurationWebSocketStreams(stream_url=sim.ws_url)
+        )
+        times: list[float] = []
+        ids: list[int] = []
+
+        third = asyncio.Event()
+
+        def on_msg(msg: Any) -> None:
+            times.append(asyncio.get_running_loop().time())
+            ids.append(msg.t if hasattr(msg, "t") else msg["t"])
+            if sim.connections_total >= 3 and times[-1] > start + 12:
+                third.set()  # trades on a third connection, past the second notice
+
+        connection = await client.websocket_streams.create_connection()
+        start = asyncio.get_running_loop().time()
+        try:
+            handle = await connection.trade(symbol="btcusdt")
+            handle.on("message", on_msg)
+            await asyncio.wait_for(third.wait(), 40)
+            late = [t for t in times if t > start + 12]
+        finally:
+            await connection.close_connection(close_session=True)
+        assert sim.connections_total >= 3
+    assert late, "no trades after the second connection's shutdown"
+    assert ids == sorted(ids)

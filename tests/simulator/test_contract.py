@@ -113,6 +113,8 @@ def _run_and_capture(tmp: Path, seed: int) -> list[str]:
     args = [
         "--seed",
         str(seed),
+        "--start-time",
+        "2025-01-01T00:00:00Z",  # reproducible bytes need a fixed clock
         "--rate",
         "0",
         "--max-trades",

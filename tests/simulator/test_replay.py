@@ -7,6 +7,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from marketsim.model import Order, RawFrame
@@ -16,7 +17,15 @@ from marketsim.units import fmt8
 
 from .conftest import cfg, connect, drain
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+# <checkout>/../shared/data (the main checkout), or two levels up from a worktree in wt/<name>
+SHARED = next(
+    (
+        p / "shared" / "data"
+        for p in Path(__file__).resolve().parents[3:5]
+        if (p / "shared" / "data").is_dir()
+    ),
+    Path(__file__).resolve().parents[3] / "shared" / "data",
+)
 
 TRADES = [
     (14764081, "7599.00000000", "0.22477000", "1708.02723000", 1518048000016, "True", "True"),
@@ -302,3 +311,46 @@ def test_timestamped_lines_in_ms_and_iso_8601(tmp_path: Path) -> None:
     times = [f.time_us for f in read_recorded(path, stats)]
     assert times == [1_735_689_600_123_000, 1_735_689_600_500_000]
     assert stats.skipped == 2 and set(stats.skipped_reasons) <= {"bad record", "not a market frame"}
+
+
+def test_archive_without_symbol_fails_at_start(tmp_path: Path) -> None:
+    """An archive whose name names no symbol stops the simulator at start with a clear error
+    (it used to kill the replay task while the server kept listening)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "trades.csv"
+    path.write_text(_csv(AGG))
+    proc = subprocess.run(
+        [sys.executable, "-m", "marketsim", "--port", "0", "--replay", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert "no symbol in the file name; pass --replay-symbol" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_garbage_archive_rows_are_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from marketsim.replay import replay_factory
+
+    good = _csv(AGG).splitlines()
+    path = tmp_path / "BTCUSDT-aggTrades-2018-02-08.csv"
+    path.write_text("\n".join([good[0], "not,a,row", good[1], "1,2,x,4,5,6,7,8"]) + "\n")
+    config = cfg(fast=True, wait_for_subscribers=1, source_factory=replay_factory([path]))
+    with caplog.at_level("WARNING", logger="marketsim"):
+        async with Simulator(config) as sim:
+            async with connect(sim.ws_url + "/ws/btcusdt@aggTrade") as ws:
+                frames = [json.loads(m) for m in await drain(ws)]
+            async with httpx.AsyncClient(base_url=sim.rest_url) as http:
+                stats = (await http.get("/sim/stats")).json()
+    assert len(frames) == 2
+    rs = stats["replay"]
+    assert rs["skipped"] == 2 and rs["skipped_reasons"] == {"bad row": 2}
+    assert rs["first_skipped"] == {"bad row": f"{path}:2"} and rs["items"] == 2
+    assert any(
+        "2 unreadable" in r.getMessage() and f"{path}:2" in r.getMessage() for r in caplog.records
+    )

@@ -1,0 +1,164 @@
+"""Conformance: client libraries from PyPI (ccxt, python-binance, cryptofeed) as their users call them,
+against the simulator on 127.0.0.1; values checked against the simulator's REST."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+
+import ccxt.pro as ccxtpro
+import httpx
+import pytest
+from binance import AsyncClient, BinanceSocketManager
+from cryptofeed import FeedHandler
+from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint
+from cryptofeed.defines import CANDLES, TICKER, TRADES
+from cryptofeed.exchanges import Binance
+
+from marketsim.server import Simulator
+from marketsim.testing import SimulatorProcess
+from marketsim.tls import self_signed_cert
+
+from .conftest import cfg
+
+LIVE = {"start_time_us": None, "rate": 400.0, "symbols": ("BTCUSDT", "ETHUSDT")}
+
+
+def _ccxt(sim: Simulator) -> Any:
+    ex = ccxtpro.binance(
+        {
+            "options": {
+                "defaultType": "spot",
+                "fetchMarkets": {"types": ["spot"]},
+                "fetchCurrencies": False,
+            }
+        }
+    )
+    api = ex.urls["api"]
+    for key in ("public", "private", "v1", "v3"):
+        if key in api:
+            api[key] = sim.rest_url + "/api/v3"
+    api["ws"]["spot"] = sim.ws_url + "/ws"
+    return ex
+
+
+async def test_ccxt_watches_trades_tickers_klines() -> None:
+    async with Simulator(cfg(**LIVE)) as sim, httpx.AsyncClient(base_url=sim.rest_url) as http:
+        ex = _ccxt(sim)
+        try:
+            markets = await ex.load_markets()
+            assert {"BTC/USDT", "ETH/USDT"} <= set(markets)
+            trades = await asyncio.wait_for(ex.watch_trades("BTC/USDT"), 10)
+            ticker = await asyncio.wait_for(ex.watch_ticker("BTC/USDT"), 10)
+            ohlcv = await asyncio.wait_for(ex.watch_ohlcv("BTC/USDT", "5m"), 10)
+            fetched = await ex.fetch_ohlcv("BTC/USDT", "5m")
+        finally:
+            await ex.close()
+        rest_trades = (
+            await http.get(
+                "/api/v3/historicalTrades",
+                params={"symbol": "BTCUSDT", "fromId": trades[0]["id"], "limit": 1},
+            )
+        ).json()
+        rest_5m = (
+            await http.get("/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "5m"})
+        ).json()
+    assert rest_trades[0]["id"] == int(trades[0]["id"])
+    assert float(rest_trades[0]["price"]) == trades[0]["price"]
+    assert ticker["symbol"] == "BTC/USDT" and ticker["last"] > 0 and ticker["baseVolume"] > 0
+    assert ohlcv[-1][0] == rest_5m[-1][0] == fetched[-1][0]  # the same open candle
+    assert ohlcv[-1][1] == float(rest_5m[-1][1])  # ... with the same open price
+    assert ohlcv[-1][5] <= float(rest_5m[-1][5])  # and no more volume than REST has seen since
+
+
+async def test_python_binance_sockets_and_rest() -> None:
+    async with Simulator(cfg(**LIVE)) as sim:
+        client_cls = type("SimClient", (AsyncClient,), {"API_URL": sim.rest_url + "/api"})
+        client = await client_cls.create()  # pings and reads the server time at start
+        try:
+            bm_cls = type("SimSockets", (BinanceSocketManager,), {"STREAM_URL": sim.ws_url + "/"})
+            bm = bm_cls(client)
+            got: dict[str, Any] = {}
+            sockets = {
+                "trade": bm.trade_socket("BTCUSDT"),
+                "kline": bm.kline_socket("BTCUSDT", "15m"),
+                "ticker": bm.symbol_ticker_socket("BTCUSDT"),
+                "mini": bm.symbol_miniticker_socket("BTCUSDT"),
+                "multi": bm.multiplex_socket(["btcusdt@aggTrade", "ethusdt@trade"]),
+            }
+            for name, sock in sockets.items():
+                async with sock as s:
+                    got[name] = await asyncio.wait_for(s.recv(), 10)
+            ticker = await client.get_ticker(symbol="BTCUSDT")
+            klines = await client.get_klines(symbol="BTCUSDT", interval="15m")
+            avg = await client.get_avg_price(symbol="BTCUSDT")
+            server = await client.get_server_time()
+        finally:
+            await client.close_connection()
+    assert got["trade"]["e"] == "trade" and got["trade"]["s"] == "BTCUSDT"
+    assert got["kline"]["k"]["i"] == "15m" and got["kline"]["k"]["t"] == klines[-1][0]
+    assert got["ticker"]["e"] == "24hrTicker" and got["mini"]["e"] == "24hrMiniTicker"
+    assert got["multi"]["stream"] in ("btcusdt@aggTrade", "ethusdt@trade")
+    assert int(ticker["count"]) >= got["ticker"]["n"] > 0
+    assert avg["mins"] == 5 and float(avg["price"]) > 0
+    assert abs(server["serverTime"] - got["trade"]["T"]) < 60_000  # one clock
+
+
+async def test_cryptofeed_trades_ticker_candles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cryptofeed insists on ``wss://``: the simulator serves TLS with a self-signed certificate
+    the client is told to trust. It loads its symbols with a blocking REST call, so the
+    simulator runs as a child process."""
+    cert, key = self_signed_cert(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    args = ["--symbols", "BTCUSDT,ETHUSDT", "--rate", "400", "--tls-cert", str(cert),
+            "--tls-key", str(key)]  # fmt: skip
+    with SimulatorProcess(args, tmp_path / "sim") as sim:
+
+        class SimBinance(Binance):  # type: ignore[misc]
+            websocket_endpoints: ClassVar = [WebsocketEndpoint(sim.ws_url)]
+            rest_endpoints: ClassVar = [
+                RestEndpoint(sim.rest_url, routes=Routes("/api/v3/exchangeInfo"))
+            ]
+
+        got: dict[str, Any] = {}
+        three = asyncio.Event()
+
+        async def on_event(obj: Any, receipt_time: float) -> None:
+            got.setdefault(type(obj).__name__, obj)
+            if len(got) == 3:
+                three.set()
+
+        fh = FeedHandler(config={"log": {"disabled": True}, "uvloop": False})
+        fh.add_feed(
+            SimBinance(
+                symbols=["BTC-USDT"],
+                channels=[TRADES, TICKER, CANDLES],
+                callbacks={TRADES: on_event, TICKER: on_event, CANDLES: on_event},
+                candle_closed_only=False,  # the open candle too (else: wait for the minute)
+            )
+        )
+        fh.run(start_loop=False, install_signal_handlers=False)
+        try:
+            await asyncio.wait_for(three.wait(), 20)
+        finally:
+            await fh.stop_async()
+        async with httpx.AsyncClient(base_url=sim.rest_url, verify=str(cert)) as http:
+            trade = (
+                await http.get(
+                    "/api/v3/aggTrades",
+                    params={"symbol": "BTCUSDT", "fromId": got["Trade"].id, "limit": 1},
+                )
+            ).json()[0]
+            klines = (
+                await http.get("/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1m"})
+            ).json()
+    # cryptofeed's Binance trades are the aggTrade stream: the id is the aggTrade id
+    assert str(got["Trade"].id) == str(trade["a"]) and got["Trade"].price == Decimal(trade["p"])
+    assert got["Ticker"].bid < got["Ticker"].ask  # from @bookTicker
+    candle = got["Candle"]
+    assert candle.interval == "1m" and int(candle.start * 1000) in {k[0] for k in klines}
