@@ -63,42 +63,33 @@ _TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
 _Unset = msgspec.UnsetType
 
 
-class _Trade(msgspec.Struct, frozen=True, gc=False):
-    """A ``trade`` payload as msgspec decodes it (the fast path); unknown fields ignored. The
+class _Payload(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A trade payload as msgspec decodes it (the fast path); unknown fields ignored. The
     optional keys are the ones that make the general path read the object as something else
     (a control reply, a combined wrapper): present, the fast path steps aside."""
 
     e: str
     E: _TimeMs
     s: str
+    p: str
+    q: str
+    T: _TimeMs
+    m: bool
+    result: msgspec.Raw | _Unset = msgspec.UNSET
+    code: msgspec.Raw | _Unset = msgspec.UNSET
+    msg: msgspec.Raw | _Unset = msgspec.UNSET
+    stream: msgspec.Raw | _Unset = msgspec.UNSET
+    data: msgspec.Raw | _Unset = msgspec.UNSET
+
+
+class _Trade(_Payload, frozen=True, gc=False, kw_only=True):
     t: _Id
-    p: str
-    q: str
-    T: _TimeMs
-    m: bool
-    result: msgspec.Raw | _Unset = msgspec.UNSET
-    code: msgspec.Raw | _Unset = msgspec.UNSET
-    msg: msgspec.Raw | _Unset = msgspec.UNSET
-    stream: msgspec.Raw | _Unset = msgspec.UNSET
-    data: msgspec.Raw | _Unset = msgspec.UNSET
 
 
-class _AggTrade(msgspec.Struct, frozen=True, gc=False):
-    """An ``aggTrade`` payload: the aggregate id ``a`` is the trade id (read as ``t``)."""
+class _AggTrade(_Payload, frozen=True, gc=False, kw_only=True):
+    """The aggregate id ``a`` is the trade id (read as ``t``)."""
 
-    e: str
-    E: _TimeMs
-    s: str
     t: _Id = msgspec.field(name="a")
-    p: str
-    q: str
-    T: _TimeMs
-    m: bool
-    result: msgspec.Raw | _Unset = msgspec.UNSET
-    code: msgspec.Raw | _Unset = msgspec.UNSET
-    msg: msgspec.Raw | _Unset = msgspec.UNSET
-    stream: msgspec.Raw | _Unset = msgspec.UNSET
-    data: msgspec.Raw | _Unset = msgspec.UNSET
 
 
 class _Combined(msgspec.Struct, frozen=True, gc=False):
