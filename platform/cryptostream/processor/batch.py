@@ -17,7 +17,7 @@ from cryptostream.core.codec import (
 )
 from cryptostream.core.decimals import EXACT
 from cryptostream.core.keys import PRICE_CHANNEL, apply_keys, price_fields, price_update
-from cryptostream.core.views import Candle
+from cryptostream.core.views import MINUTE_MS, Candle
 
 NO_OFFSET = -1
 
@@ -37,7 +37,6 @@ class Poison:
     reason: str
 
 
-_MINUTE_MS = 60_000
 # A candle partial while the batch folds, as a list (index access is the cheapest mutation):
 # high, low (prices), base, quote volume, trades, first id, open, last id, close, and the texts
 # of high and low. Prices and base volumes are integers at SCALE digits, quote volumes at
@@ -147,7 +146,7 @@ class Batch:
         elif r.trade_id > views.latest.trade_id:
             views.latest = r
         tid, t = r.trade_id, r.trade_time
-        minute = t - t % _MINUTE_MS
+        minute = t - t % MINUTE_MS
         c = views.candles.get(minute)
         if c is None:
             text = r.price
