@@ -61,7 +61,9 @@ def _start(
     sim = pipeline.start_simulator(
         ["--symbols", ",".join(SYMBOLS), "--rate", str(profile.rate), "--seed", str(seed),
          "--max-trades", str(total), "--history", "1000000", "--wait-for-subscribers", "1",
-         *sim_args]
+         # REST limits off: the verdict reads the whole trade history back from the simulator's
+         # REST API, from the same address as ingest, and would be limited and then banned
+         "--rest-weight-limit", "0", *sim_args]
     )  # fmt: skip
     for _ in range(2):
         pipeline.start_processor()
