@@ -48,6 +48,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from cryptostream.config import Settings
 from cryptostream.core.codec import DecodeError, decode_trade
+from cryptostream.core.idranges import subtract as _subtract
 from cryptostream.ingest.gaps import GapDecodeError, GapRecord, decode_gap
 from cryptostream.ingest.tracker import Cause
 from cryptostream.kafka_clients import make_consumer
@@ -92,20 +93,6 @@ class Seed:
     holes: list[Range] = field(default_factory=list)
     reopen: list[Reopen] = field(default_factory=list)
     unknown: list[Range] = field(default_factory=list)
-
-
-def _subtract(ranges: list[Range], cut: Range) -> list[Range]:
-    lo, hi = cut
-    out: list[Range] = []
-    for a, b in ranges:
-        if b < lo or a > hi:
-            out.append((a, b))
-            continue
-        if a < lo:
-            out.append((a, lo - 1))
-        if b > hi:
-            out.append((hi + 1, b))
-    return out
 
 
 def _absent(ids: Iterable[int], lo: int, hi: int) -> list[Range]:

@@ -15,6 +15,8 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
+from cryptostream.core.idranges import subtract as _subtract
+
 
 class HasTradeId(Protocol):
     @property
@@ -78,20 +80,6 @@ def parse_gap_record(value: bytes) -> GapRecord | None:
         return GapRecord(symbol, first, last, status, cause, detected_at)
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
-
-
-def _subtract(ranges: list[tuple[int, int]], cut: tuple[int, int]) -> list[tuple[int, int]]:
-    lo, hi = cut
-    out: list[tuple[int, int]] = []
-    for a, b in ranges:
-        if b < lo or a > hi:
-            out.append((a, b))
-            continue
-        if a < lo:
-            out.append((a, lo - 1))
-        if b > hi:
-            out.append((hi + 1, b))
-    return out
 
 
 def summarize(values: Iterable[bytes]) -> GapSummary:
