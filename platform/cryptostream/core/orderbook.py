@@ -49,7 +49,7 @@ class DepthSnapshot:
     asks: tuple[Level, ...]
 
 
-def _levels(raw: object, side: str) -> tuple[Level, ...]:
+def parse_levels(raw: object, side: str) -> tuple[Level, ...]:
     if not isinstance(raw, list):
         raise DepthError(f"{side} must be a list of [price, quantity]")
     out = []
@@ -75,7 +75,7 @@ def _is_zero(text: str) -> bool:
     )
 
 
-def _update_id(value: object, name: str) -> int:
+def parse_update_id(value: object, name: str) -> int:
     if type(value) is not int or not 0 <= value <= MAX_ID:
         raise DepthError(f"{name} must be an integer in [0, 2^63-1]: {str(value)[:40]}")
     return value
@@ -89,22 +89,22 @@ def parse_depth_diff(payload: dict[str, object]) -> DepthDiff:
     if not (isinstance(symbol, str) and 2 <= len(symbol) <= 20 and symbol.isascii()
             and symbol.isalnum()):  # fmt: skip
         raise DepthError(f"invalid symbol {str(symbol)[:40]!r}")
-    first, final = _update_id(payload.get("U"), "U"), _update_id(payload.get("u"), "u")
+    first, final = parse_update_id(payload.get("U"), "U"), parse_update_id(payload.get("u"), "u")
     if first > final:
         raise DepthError(f"U {first} is after u {final}")
     event_time = payload.get("E", 0)
     if type(event_time) is not int or event_time < 0:
         raise DepthError("E must be a non-negative integer")
-    return DepthDiff(symbol.upper(), first, final, _levels(payload.get("b"), "bids"),
-                     _levels(payload.get("a"), "asks"), event_time)  # fmt: skip
+    return DepthDiff(symbol.upper(), first, final, parse_levels(payload.get("b"), "bids"),
+                     parse_levels(payload.get("a"), "asks"), event_time)  # fmt: skip
 
 
 def parse_depth_snapshot(doc: dict[str, object]) -> DepthSnapshot:
     """A REST depth answer (``lastUpdateId, bids, asks``); DepthError with the reason."""
     return DepthSnapshot(
-        _update_id(doc.get("lastUpdateId"), "lastUpdateId"),
-        _levels(doc.get("bids"), "bids"),
-        _levels(doc.get("asks"), "asks"),
+        parse_update_id(doc.get("lastUpdateId"), "lastUpdateId"),
+        parse_levels(doc.get("bids"), "bids"),
+        parse_levels(doc.get("asks"), "asks"),
     )
 
 
