@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cryptostream.core.depth import (
     DepthRecordError,
@@ -14,6 +18,7 @@ from cryptostream.core.depth import (
     encode_diff,
     encode_snapshot,
 )
+from cryptostream.core.keys import level_key, level_member, parse_level_member
 from cryptostream.core.orderbook import DepthDiff, DepthSnapshot
 
 
@@ -130,3 +135,14 @@ def test_not_json_and_no_value() -> None:
     for value in (None, b"{", b"[]"):
         with pytest.raises(DepthRecordError):
             decode_depth(value)
+
+
+_DECIMALS = st.from_regex(r"\A[0-9]{1,20}(\.[0-9]{1,20})?\Z", fullmatch=True)
+
+
+@given(st.lists(_DECIMALS, min_size=2, max_size=20))
+def test_level_keys_sort_as_the_prices_do(prices: list[str]) -> None:
+    assert [Decimal(p) for p in sorted(prices, key=level_key)] == sorted(map(Decimal, prices))
+    for p in prices:
+        assert parse_level_member(level_member(p, "1.5")) == (p, "1.5")
+    assert len({level_key(p) for p in prices}) == len({Decimal(p) for p in prices})

@@ -12,6 +12,14 @@ key                                    type   content
 ``symbols``                            set    every symbol that has a price
 ``offsets:{TOPIC}``                    hash   partition -> last applied offset (exactly-once)
 ``updates:price`` (pub/sub channel)    --     JSON array of the latest-trade updates of one batch
+``book:{SYMBOL}``                      hash   the L2 book's state: last_update_id, status
+                                              (synced | unsynced), reason (why unsynced),
+                                              best_bid, best_bid_qty, best_ask, best_ask_qty,
+                                              event_time, ingest_time_us, update_time (ms)
+``book:{SYMBOL}:bids`` / ``:asks``     zset   one member per level, every score 0, member =
+                                              ``<level key> <price> <quantity>`` (level_member):
+                                              lexicographic order is price order, exactly
+``updates:book`` (pub/sub channel)     --     JSON array of the top-of-book updates of one batch
 =====================================  =====  =======================================================
 
 Everything here is derived from Kafka and can be rebuilt from the topic. This module is the one
@@ -37,12 +45,18 @@ STATS_PREFIX = "stats:"
 SYMBOLS_KEY = "symbols"
 OFFSETS_PREFIX = "offsets:"
 PRICE_CHANNEL = "updates:price"
-VIEW_PREFIXES = (PRICE_PREFIX, CANDLES_1M_PREFIX, STATS_PREFIX)  # every per-symbol view
+BOOK_PREFIX = "book:"
+BOOK_CHANNEL = "updates:book"
+VIEW_PREFIXES = (PRICE_PREFIX, CANDLES_1M_PREFIX, STATS_PREFIX, BOOK_PREFIX)  # per-symbol views
 
 PRICE_FIELDS = ("price", "quantity", "trade_id", "trade_time", "event_time", "ingest_time_us",
                 "update_time")  # fmt: skip
 STATS_FIELDS = ("trades", "base_volume", "quote_volume")
 CANDLE_FIELDS = ("t", "o", "h", "l", "c", "v", "qv", "n", "ft", "lt")
+BOOK_FIELDS = ("last_update_id", "status", "reason", "best_bid", "best_bid_qty", "best_ask",
+               "best_ask_qty", "event_time", "ingest_time_us", "update_time")  # fmt: skip
+BOOK_SIDES = ("bids", "asks")
+_LEVEL_DIGITS = 20  # integer and fractional digits of a level key: the schema's most
 
 
 def price_key(symbol: str) -> str:
@@ -59,6 +73,38 @@ def stats_key(symbol: str) -> str:
 
 def offsets_key(topic: str) -> str:
     return OFFSETS_PREFIX + topic
+
+
+def book_key(symbol: str) -> str:
+    return BOOK_PREFIX + symbol
+
+
+def book_side_key(symbol: str, side: str) -> str:
+    """``book:{SYMBOL}:bids`` or ``book:{SYMBOL}:asks``."""
+    return f"{BOOK_PREFIX}{symbol}:{side}"
+
+
+def level_key(price: str) -> str:
+    """A plain decimal (at most 20+20 digits) as a fixed-width string whose lexicographic order
+    is numeric order: ``"66398.85"`` -> 20 integer digits, ``.``, 20 fractional digits. Equal
+    prices in different spellings (``"1.50"``, ``"1.5"``) get the same key: one level."""
+    whole, _dot, frac = price.partition(".")
+    return whole.rjust(_LEVEL_DIGITS, "0") + "." + frac.ljust(_LEVEL_DIGITS, "0")
+
+
+def level_member(price: str, quantity: str) -> str:
+    """One book level as a member of its side's sorted set (all scores 0, so the set is in
+    level-key order: ascending for asks, read reversed for bids)."""
+    return f"{level_key(price)} {price} {quantity}"
+
+
+def parse_level_member(member: bytes | str) -> tuple[str, str]:
+    """(price, quantity) as the exchange wrote them; ValueError if not the processor's shape."""
+    text = member.decode() if isinstance(member, bytes) else member
+    parts = text.split(" ")
+    if len(parts) != 3 or len(parts[0]) != 2 * _LEVEL_DIGITS + 1:
+        raise ValueError(f"malformed book level {text!r:.120}")
+    return parts[1], parts[2]
 
 
 def apply_keys(topic: str, symbols: list[str]) -> list[str]:
