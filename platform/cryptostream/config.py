@@ -82,6 +82,23 @@ class Settings(BaseSettings):
     record_rotate_mb: float = Field(256.0, gt=0, description="new recording file after MB")
     record_rotate_s: float = Field(3600.0, gt=0, description="... or after seconds")
 
+    # --- order-book depth (ingest -> raw.depth; opt-in, trades stay the default) -------------
+    depth_symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="symbols whose order book ingest publishes, comma-separated; * = every "
+        "trade symbol; empty = no depth",
+    )
+    depth_topic: str = Field("raw.depth", description="order-book diffs and snapshots")
+    depth_speed: Literal["100ms", "1000ms"] = Field(
+        "100ms", description="update speed of the <symbol>@depth diff streams"
+    )
+    depth_snapshot_limit: int = Field(
+        1000, ge=1, le=5000, description="levels per side of a REST depth snapshot"
+    )
+    depth_rest_weight_per_min: int = Field(
+        3000, ge=1, description="REST request weight per minute depth snapshots may use"
+    )
+
     # --- processor ----------------------------------------------------------------------------
     group_id: str = Field("stream-processor", description="the processors' consumer group")
     processor_kafka_client: Literal["confluent", "aiokafka"] = Field(
@@ -197,7 +214,7 @@ class Settings(BaseSettings):
             raise ValueError("expected empty or an http:// or https:// URL with a host")
         return value
 
-    @field_validator("symbols", mode="before")
+    @field_validator("symbols", "depth_symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -208,6 +225,13 @@ class Settings(BaseSettings):
     @classmethod
     def _normalize_symbols(cls, value: list[str]) -> list[str]:
         return [normalize_symbol(symbol) for symbol in value]
+
+    @field_validator("depth_symbols")
+    @classmethod
+    def _normalize_depth_symbols(cls, value: list[str]) -> list[str]:
+        """``*`` or ``all`` (any case) stands for every trade symbol."""
+        return [s if s == "*" else normalize_symbol(s)
+                for s in ("*" if s.lower() in ("*", "all") else s for s in value)]  # fmt: skip
 
     @classmethod
     def settings_customise_sources(
@@ -282,12 +306,14 @@ _KAFKA = frozenset({
     "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_file",
     "group_id",
 })  # fmt: skip
-_TOPICS = frozenset({"topic", "dlq_topic", "gap_topic", "partitions", "replication_factor"})
+_TOPICS = frozenset({"topic", "dlq_topic", "gap_topic", "partitions", "replication_factor",
+                     "depth_topic"})  # fmt: skip
 SERVICE_FIELDS: dict[str, frozenset[str]] = {
     "ingest": _COMMON | _KAFKA | _TOPICS | {
         "binance_ws_url", "binance_rest_url", "symbols", "quote_asset", "stream_kind",
         "max_frame_bytes", "group_id", "metrics_host", "record_dir", "record_rotate_mb",
-        "record_rotate_s", *(name for name in Settings.model_fields if name.startswith("ingest_")),
+        "record_rotate_s",
+        *(name for name in Settings.model_fields if name.startswith(("ingest_", "depth_"))),
     },
     "processor": _COMMON | _KAFKA | _TOPICS | {
         "redis_url", "group_id", "batch_max", "batch_timeout_s", "candle_history_minutes",

@@ -31,6 +31,9 @@ def required_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic, settings.partitions, settings.replication_factor),
         TopicSpec(settings.dlq_topic, 1, settings.replication_factor),
         TopicSpec(settings.gap_topic, 1, settings.replication_factor),
+        # order-book diffs and snapshots, key = symbol; created even while no symbol has depth
+        # on, so turning it on (CSP_DEPTH_SYMBOLS) needs no new `csp topics create`
+        TopicSpec(settings.depth_topic, settings.partitions, settings.replication_factor),
     ]
 
 

@@ -11,12 +11,24 @@ A ``detected`` record is followed by final records (``backfilled`` / ``unrecover
 its symbol and ``detected_at_us``, whose ranges exactly cover the detected range: one record, or
 several sub-ranges when only part could be backfilled (also by a later process, when the one that
 detected it died first: see :mod:`.resume`). Consumers count what was lost as the sum of ``unrecoverable`` counts.
+
+Order-book breaks share the topic (key = the symbol), told apart by their status, so that no
+trade-gap consumer counts one as lost trades::
+
+    {"v": 1, "stream": "depth", "symbol": "BTCUSDT", "status": "depth_break",
+     "cause": "depth_gap" | "depth_crossed" | "depth_reconnect" | "depth_produce",
+     "expected_id": 105, "got_id": 109 | null, "reason": "update-id gap",
+     "detected_at_us": 1718000000000000, "reported_at_us": 1718000000000000}
+
+``expected_id`` is the update id that would have continued the chain published on the depth
+topic (its book's id + 1), ``got_id`` the ``U`` of the diff that came instead (null when no diff
+came: a lost connection, a record Kafka did not take). After it, ingest publishes a new snapshot.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import get_args
+from typing import Any, Literal, get_args
 
 import orjson
 
@@ -29,8 +41,44 @@ STATUSES: tuple[str, ...] = get_args(Status)
 CAUSES: tuple[str, ...] = get_args(Cause)
 
 
+DEPTH_BREAK = "depth_break"
+DepthCause = Literal["depth_gap", "depth_crossed", "depth_reconnect", "depth_produce"]
+DEPTH_CAUSES: tuple[str, ...] = get_args(DepthCause)
+
+
 class GapDecodeError(ValueError):
     """Not a valid gap record; the message says why."""
+
+
+class NotATradeGap(GapDecodeError):
+    """A valid record of the gap topic that is an order-book break, not lost trades."""
+
+
+@dataclass(frozen=True, slots=True)
+class DepthBreakRecord:
+    symbol: str
+    cause: DepthCause
+    expected_id: int
+    got_id: int | None
+    reason: str
+    detected_at_us: int
+    reported_at_us: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": GAP_SCHEMA_VERSION,
+                "stream": "depth",
+                "symbol": self.symbol,
+                "status": DEPTH_BREAK,
+                "cause": self.cause,
+                "expected_id": self.expected_id,
+                "got_id": self.got_id,
+                "reason": self.reason,
+                "detected_at_us": self.detected_at_us,
+                "reported_at_us": self.reported_at_us,
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +123,7 @@ def final_records(gap: Gap, ranges: list[tuple[int, int, Status]], now_us: int) 
     ]
 
 
-def decode_gap(value: bytes | None) -> GapRecord:
+def _load(value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise GapDecodeError("record has no value")
     try:
@@ -86,6 +134,43 @@ def decode_gap(value: bytes | None) -> GapRecord:
         raise GapDecodeError("expected a JSON object")
     if obj.get("v") != GAP_SCHEMA_VERSION:
         raise GapDecodeError(f"unsupported schema version {obj.get('v')!r}")
+    return obj
+
+
+def decode_depth_break(value: bytes | None) -> DepthBreakRecord:
+    obj = _load(value)
+    try:
+        symbol, cause, got, reason = obj["symbol"], obj["cause"], obj["got_id"], obj["reason"]
+        if obj["status"] != DEPTH_BREAK or obj.get("stream") != "depth":
+            raise ValueError("not a depth break record")
+        if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
+            raise ValueError(f"invalid symbol {str(symbol)[:40]!r}")
+        if cause not in DEPTH_CAUSES:
+            raise ValueError(f"unknown cause {cause!r}")
+        if not isinstance(reason, str):
+            raise ValueError("reason must be a string")
+        return DepthBreakRecord(
+            symbol,
+            cause,
+            check_int(obj["expected_id"], "expected_id"),
+            None if got is None else check_int(got, "got_id"),
+            reason,
+            check_int(obj["detected_at_us"], "detected_at_us"),
+            check_int(obj["reported_at_us"], "reported_at_us"),
+        )
+    except KeyError as exc:
+        raise GapDecodeError(f"missing field {exc.args[0]!r}") from None
+    except ValueError as exc:
+        raise GapDecodeError(str(exc)) from None
+
+
+def decode_gap(value: bytes | None) -> GapRecord:
+    """A trade gap record; :class:`NotATradeGap` for a valid depth break (skip it), another
+    GapDecodeError for an invalid record."""
+    obj = _load(value)
+    if obj.get("status") == DEPTH_BREAK:
+        decode_depth_break(value)  # raises GapDecodeError when it is not a valid one either
+        raise NotATradeGap("an order-book break, not a trade gap")
     try:
         symbol = obj["symbol"]
         if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
