@@ -10,6 +10,14 @@ Exported names (prefix ``csp_ingest_``): ``frames_total``, ``trades_total`` (new
 unrecoverable), ``backfilled_trades_total``, ``buffer_dropped_total``, ``tail_checks_total``, ``buffer_depth`` (trades
 in flight to Kafka), ``connections`` (open), ``symbols``, and the histogram
 ``produce_latency_seconds`` (frame received -> acknowledged by Kafka).
+
+With depth on (``CSP_DEPTH_SYMBOLS``), also ``depth_frames_total``, ``depth_diffs_total`` (parsed),
+``depth_diffs_published_total``, ``depth_snapshots_total`` (published), ``depth_acked_total``,
+``depth_delivery_failed_total``, ``depth_snapshot_requests_total``, ``depth_refetches_total``
+(snapshot older than the stream), ``depth_malformed_total`` (frames sent to the DLQ),
+``depth_breaks_total{cause}`` (each one a resync: ``depth_gap``, ``depth_crossed``,
+``depth_reconnect``, ``depth_produce``), ``depth_errors_total{kind}`` and the gauges
+``depth_connections``, ``depth_symbols_live``.
 """
 
 from __future__ import annotations
@@ -102,6 +110,41 @@ class IngestStats:
         return out
 
 
+@dataclass
+class DepthStats:
+    frames: int = 0
+    diffs: int = 0
+    diffs_published: int = 0
+    snapshots: int = 0
+    acked: int = 0
+    delivery_failed: int = 0
+    snapshot_requests: int = 0
+    refetches: int = 0
+    malformed: int = 0
+    reconnects: int = 0
+    breaks: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def error(self, kind: str, n: int = 1) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + n
+
+    def summary(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+_DEPTH_COUNTERS = (
+    ("frames", "frames received on depth connections"),
+    ("diffs", "depth diffs parsed from frames"),
+    ("diffs_published", "depth diffs handed to the Kafka producer"),
+    ("snapshots", "depth snapshots published (one per sync or resync)"),
+    ("acked", "depth records acknowledged by Kafka"),
+    ("delivery_failed", "depth records Kafka did not take (each breaks the chain: a resync)"),
+    ("snapshot_requests", "REST depth snapshots requested"),
+    ("refetches", "snapshots older than the buffered diffs, fetched again"),
+    ("malformed", "depth frames sent to the DLQ"),
+    ("reconnects", "depth connections replaced"),
+)
+
 _COUNTERS = (
     ("frames", "WebSocket frames received"),
     ("trades", "new trades parsed from frames"),
@@ -118,11 +161,32 @@ _COUNTERS = (
 
 
 class _Collector(Collector):
-    def __init__(self, stats: IngestStats, gauges: Callable[[], dict[str, float]]) -> None:
+    def __init__(
+        self,
+        stats: IngestStats,
+        gauges: Callable[[], dict[str, float]],
+        depth: DepthStats | None = None,
+    ) -> None:
         self.stats = stats
         self.gauges = gauges
+        self.depth = depth
+
+    def _depth(self, d: DepthStats) -> Iterator[Metric]:
+        for name, doc in _DEPTH_COUNTERS:
+            yield CounterMetricFamily(PREFIX + "depth_" + name, doc, value=getattr(d, name))
+        for name, doc, label, values in (
+            ("breaks", "depth chain breaks (each followed by a resync), by cause", "cause",
+             d.breaks),
+            ("errors", "depth errors by kind", "kind", d.errors),
+        ):  # fmt: skip
+            family = CounterMetricFamily(PREFIX + "depth_" + name, doc, labels=[label])
+            for key, value in sorted(values.items()):
+                family.add_metric([key], value)
+            yield family
 
     def collect(self) -> Iterator[Metric]:
+        if self.depth is not None:
+            yield from self._depth(self.depth)
         s = self.stats
         for name, doc in _COUNTERS:
             yield CounterMetricFamily(PREFIX + name, doc, value=getattr(s, name))
@@ -161,9 +225,10 @@ class MetricsServer:
         stats: IngestStats,
         gauges: Callable[[], dict[str, float]],
         health: Callable[[], tuple[bool, dict[str, Any]]],
+        depth: DepthStats | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_Collector(stats, gauges))
+        self.registry.register(_Collector(stats, gauges, depth))
         self.health = health
         self.server: asyncio.Server | None = None
 

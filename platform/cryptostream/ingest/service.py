@@ -42,9 +42,12 @@ from cryptostream.ingest.backfill import (
     rest_base_url,
     trading_symbols,
 )
+from cryptostream.ingest.depth import depth_symbols
+from cryptostream.ingest.depthservice import DepthIngest
 from cryptostream.ingest.gaps import detected_record, final_records
 from cryptostream.ingest.metrics import IngestStats, MetricsServer
 from cryptostream.ingest.recorder import Recorder
+from cryptostream.ingest.rest import BackfillError, rest_get
 from cryptostream.ingest.resume import Seed, read_resume_plan
 from cryptostream.ingest.streams import (
     SUBSCRIBE_INTERVAL_S,
@@ -65,10 +68,6 @@ log = logging.getLogger("cryptostream.ingest")
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 HEADROOM = 100_000  # producer queue room above the trade bound: gap records, DLQ, backfill
-
-
-class BackfillError(RuntimeError):
-    pass
 
 
 class ConfigError(RuntimeError):
@@ -492,28 +491,7 @@ class Ingest:
             self.producer.poll(0)
 
     async def _rest_get(self, client: httpx.AsyncClient, request: RestRequest) -> Any:
-        url = request.url(self.rest_url)
-        backoff = Backoff(0.5, 10.0)
-        problem = ""
-        for _attempt in range(5):
-            try:
-                reply = await client.get(url)
-            except httpx.HTTPError as exc:
-                problem = repr(exc)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            if reply.status_code == 200:
-                return reply.json()
-            problem = f"HTTP {reply.status_code}: {reply.text[:200]}"
-            if reply.status_code in (418, 429):  # rate limited: honour Retry-After
-                retry_after = reply.headers.get("Retry-After", "")
-                wait = float(retry_after) if retry_after.isdigit() else backoff.next_delay()
-                await asyncio.sleep(min(wait, 60.0))
-            elif reply.status_code >= 500:
-                await asyncio.sleep(backoff.next_delay())
-            else:
-                break
-        raise BackfillError(f"GET {url} failed: {problem}")
+        return await rest_get(client, request.url(self.rest_url))
 
     # ----- connections ---------------------------------------------------------------------
 
@@ -675,14 +653,22 @@ async def run(settings: Settings) -> int:
                               f"{exc!r}") from None  # fmt: skip
     if not symbols:
         raise ConfigError("no symbols to ingest: set CSP_SYMBOLS or CSP_QUOTE_ASSET")
+    depth_list = depth_symbols(settings.depth_symbols, symbols)
+    if depth_list:  # the depth topic is checked only when depth is on
+        require_topic(settings.kafka_bootstrap, settings.depth_topic, settings.partitions,
+                      settings.kafka_connect_timeout_s, client_config=security_config(settings))  # fmt: skip
     ingest = Ingest(settings, symbols, rest_url)
     ingest.resume_from(await asyncio.to_thread(read_resume_plan, settings, symbols))
+    depth = (DepthIngest(settings, depth_list, rest_url, limiter=ingest.limiter,
+                         stopping=ingest.stopping) if depth_list else None)  # fmt: skip
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, ingest.stopping.set)
     metrics: MetricsServer | None = None
     if settings.ingest_metrics_port:
-        metrics = MetricsServer(ingest.stats, ingest.gauges, ingest.health)
+        gauges = ingest.gauges if depth is None else lambda: {**ingest.gauges(), **depth.gauges()}
+        metrics = MetricsServer(ingest.stats, gauges, ingest.health,
+                                None if depth is None else depth.stats)  # fmt: skip
         await metrics.start(settings.metrics_host, settings.ingest_metrics_port)
     plans = plan_connections(settings.binance_ws_url, symbols, settings.stream_kind)
     log.info("starting", extra={"fields": {
@@ -691,6 +677,10 @@ async def run(settings: Settings) -> int:
     supervisors = [asyncio.create_task(ingest.supervise(plan)) for plan in plans]
     workers = [asyncio.create_task(coro) for coro in (ingest.flow_loop(), ingest.gap_loop(),
                ingest.backfill_loop(), ingest.tail_loop(), ingest.progress_loop())]  # fmt: skip
+    if depth is not None:  # its own tasks beside the trade path
+        log.info("depth on", extra={"fields": {"symbols": len(depth_list),
+                 "connections": len(depth.plans), "speed": settings.depth_speed}})  # fmt: skip
+        workers += depth.tasks()
     failed = await _until_stopped_or_failed(ingest.stopping, supervisors + workers)
     await asyncio.wait(supervisors, timeout=5)
     for conn in list(ingest.connections):
@@ -702,6 +692,9 @@ async def run(settings: Settings) -> int:
             log.error(f"ingest task failed: {result!r}", exc_info=result)
     ingest.shutdown_gaps()
     left = await asyncio.to_thread(ingest.producer.flush, 15.0)
+    if depth is not None:
+        left += await asyncio.to_thread(depth.close)
+        log.info("depth stopped", extra={"fields": {"depth": depth.stats.summary()}})
     if ingest.recorder is not None:
         ingest.recorder.close()
     if metrics is not None:
