@@ -210,3 +210,18 @@ def test_depth_from_a_replayed_exchange_reaches_the_topic_exactly(
     assert metric("depth_snapshots_total") == 3 and metric("depth_malformed_total") == 1
     assert metric("depth_diffs_published_total") == outcomes.count("applied")
     assert metric("depth_symbols_live") == 1
+
+
+def test_with_depth_on_a_missing_depth_topic_stops_the_start(
+    depth_env: tuple[Env, Settings, Pipeline],
+) -> None:
+    """Checked at start only when depth is on: the same settings without it start fine."""
+    _env, settings, pipeline = depth_env
+    missing = f"{settings.depth_topic}.missing"
+    ingest = pipeline.start_ingest("ws://127.0.0.1:9", CSP_DEPTH_SYMBOLS="BTCUSDT",
+                                   CSP_DEPTH_TOPIC=missing)  # fmt: skip
+    assert ingest.wait(30) == 2, ingest.log_tail()
+    assert f"topic '{missing}' does not exist" in ingest.log_tail()
+    assert "csp topics create" in ingest.log_tail()
+    without = pipeline.start_ingest("ws://127.0.0.1:9", CSP_DEPTH_TOPIC=missing)
+    assert without.wait(3) is None and without.alive(), without.log_tail()
