@@ -230,8 +230,7 @@ class Settings(BaseSettings):
     @classmethod
     def _normalize_depth_symbols(cls, value: list[str]) -> list[str]:
         """``*`` or ``all`` (any case) stands for every trade symbol."""
-        return [s if s == "*" else normalize_symbol(s)
-                for s in ("*" if s.lower() in ("*", "all") else s for s in value)]  # fmt: skip
+        return ["*" if s.lower() in ("*", "all") else normalize_symbol(s) for s in value]
 
     @classmethod
     def settings_customise_sources(
@@ -306,8 +305,9 @@ _KAFKA = frozenset({
     "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_file",
     "group_id",
 })  # fmt: skip
-_TOPICS = frozenset({"topic", "dlq_topic", "gap_topic", "partitions", "replication_factor",
-                     "depth_topic"})  # fmt: skip
+_TOPICS = frozenset(
+    {"topic", "dlq_topic", "gap_topic", "partitions", "replication_factor", "depth_topic"}
+)
 SERVICE_FIELDS: dict[str, frozenset[str]] = {
     "ingest": _COMMON | _KAFKA | _TOPICS | {
         "binance_ws_url", "binance_rest_url", "symbols", "quote_asset", "stream_kind",

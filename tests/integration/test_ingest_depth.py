@@ -42,8 +42,10 @@ pytestmark = pytest.mark.integration
 
 RECORDING = SHARED / "hftbacktest_spot_btcusdt_20240808.gz"
 MALFORMED_AT, DROP_AT, DISCONNECT_AT, MISSED = 1000, 1500, 2500, 5
-BAD_FRAME = (b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT",'
-             b'"U":7,"u":8,"b":[["NaN","1"]],"a":[]}}')  # fmt: skip
+BAD_FRAME = (
+    b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT",'
+    b'"U":7,"u":8,"b":[["NaN","1"]],"a":[]}}'
+)
 
 
 class ReplayExchange(ScriptedWsServer):
@@ -59,8 +61,9 @@ class ReplayExchange(ScriptedWsServer):
                 snapshot = orjson.loads(raw)
                 self.snapshot_after = len(self.diffs)  # the diffs received before it
         assert snapshot is not None
-        self.book = {side: {Decimal(p): Decimal(q) for p, q in snapshot[side]}
-                     for side in ("bids", "asks")}  # fmt: skip
+        self.book = {
+            side: {Decimal(p): Decimal(q) for p, q in snapshot[side]} for side in ("bids", "asks")
+        }
         self.book_id: int = snapshot["lastUpdateId"]  # type: ignore[assignment]
         self.next = 0
         self.dropped_connection = False
@@ -93,13 +96,16 @@ class ReplayExchange(ScriptedWsServer):
         limit = int(query["limit"][0])
         doc = {
             "lastUpdateId": self.book_id,
-            "bids": [[f"{p:f}", f"{q:f}"] for p, q in sorted(self.book["bids"].items(),
-                                                            reverse=True)[:limit]],
+            "bids": [
+                [f"{p:f}", f"{q:f}"]
+                for p, q in sorted(self.book["bids"].items(), reverse=True)[:limit]
+            ],
             "asks": [[f"{p:f}", f"{q:f}"] for p, q in sorted(self.book["asks"].items())[:limit]],
-        }  # fmt: skip
+        }
         self.rest_answers.append(self.book_id)
-        return Response(HTTPStatus.OK, "OK", Headers({"Content-Type": "application/json"}),
-                        orjson.dumps(doc))  # fmt: skip
+        return Response(
+            HTTPStatus.OK, "OK", Headers({"Content-Type": "application/json"}), orjson.dumps(doc)
+        )
 
     async def handler(self, ws: ServerConnection) -> None:
         path = ws.request.path if ws.request else ""
@@ -131,9 +137,13 @@ def depth_env(isolated: Env) -> Iterator[tuple[Env, Settings, Pipeline]]:
     suffix = isolated.settings.topic.rsplit(".", 1)[1]
     settings = isolated.settings.model_copy(update={"depth_topic": f"raw.depth.{suffix}"})
     create_topics(settings.kafka_bootstrap, required_topics(settings))
-    pipeline = Pipeline(isolated.workdir, settings.kafka_bootstrap, settings.redis_url,
-                        ["BTCUSDT"], extra_env={**isolated.env,
-                                                "CSP_DEPTH_TOPIC": settings.depth_topic})  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        settings.kafka_bootstrap,
+        settings.redis_url,
+        ["BTCUSDT"],
+        extra_env={**isolated.env, "CSP_DEPTH_TOPIC": settings.depth_topic},
+    )
     try:
         yield isolated, settings, pipeline
     finally:
@@ -141,8 +151,10 @@ def depth_env(isolated: Env) -> Iterator[tuple[Env, Settings, Pipeline]]:
 
 
 def _levels(book: TopicBook) -> dict[str, dict[Decimal, Decimal]]:
-    return {side: {Decimal(p): Decimal(q) for p, q in levels.values()}
-            for side, levels in (("bids", book.book.bids), ("asks", book.book.asks))}  # fmt: skip
+    return {
+        side: {Decimal(p): Decimal(q) for p, q in levels.values()}
+        for side, levels in (("bids", book.book.bids), ("asks", book.book.asks))
+    }
 
 
 @pytest.mark.skipif(not RECORDING.exists(), reason="the genuine recording is not present")
@@ -154,9 +166,12 @@ def test_depth_from_a_replayed_exchange_reaches_the_topic_exactly(
     port = free_port()
     with exchange.running():
         ingest = pipeline.start_ingest(
-            exchange.url, CSP_DEPTH_SYMBOLS="*", CSP_DEPTH_SNAPSHOT_LIMIT="5000",
-            CSP_INGEST_TAIL_CHECK_S="0", CSP_INGEST_METRICS_PORT=str(port),
-        )  # fmt: skip
+            exchange.url,
+            CSP_DEPTH_SYMBOLS="*",
+            CSP_DEPTH_SNAPSHOT_LIMIT="5000",
+            CSP_INGEST_TAIL_CHECK_S="0",
+            CSP_INGEST_METRICS_PORT=str(port),
+        )
         seen: list[tuple[TopicBook, list[str]]] = []
 
         def caught_up() -> bool:
@@ -185,10 +200,14 @@ def test_depth_from_a_replayed_exchange_reaches_the_topic_exactly(
     assert Counter(b.cause for b in breaks) == {"depth_gap": 1, "depth_reconnect": 1}
     (gap,) = [b for b in breaks if b.cause == "depth_gap"]
     assert gap == DepthBreakRecord(
-        "BTCUSDT", "depth_gap", exchange.diffs[DROP_AT][1]["U"],  # type: ignore[arg-type]
-        exchange.diffs[DROP_AT + 1][1]["U"], "update-id gap",  # type: ignore[arg-type]
-        gap.detected_at_us, gap.reported_at_us,
-    )  # fmt: skip
+        "BTCUSDT",
+        "depth_gap",
+        exchange.diffs[DROP_AT][1]["U"],  # type: ignore[arg-type]
+        exchange.diffs[DROP_AT + 1][1]["U"],
+        "update-id gap",  # type: ignore[arg-type]
+        gap.detected_at_us,
+        gap.reported_at_us,
+    )
     audit = summarize(gaps)  # the trade-gap audit sees no lost trade and nothing invalid
     assert audit.invalid == 0 and audit.unrecoverable_count == 0 and audit.detected == 0
 
@@ -218,8 +237,9 @@ def test_with_depth_on_a_missing_depth_topic_stops_the_start(
     """Checked at start only when depth is on: the same settings without it start fine."""
     _env, settings, pipeline = depth_env
     missing = f"{settings.depth_topic}.missing"
-    ingest = pipeline.start_ingest("ws://127.0.0.1:9", CSP_DEPTH_SYMBOLS="BTCUSDT",
-                                   CSP_DEPTH_TOPIC=missing)  # fmt: skip
+    ingest = pipeline.start_ingest(
+        "ws://127.0.0.1:9", CSP_DEPTH_SYMBOLS="BTCUSDT", CSP_DEPTH_TOPIC=missing
+    )
     assert ingest.wait(30) == 2, ingest.log_tail()
     assert f"topic '{missing}' does not exist" in ingest.log_tail()
     assert "csp topics create" in ingest.log_tail()

@@ -41,18 +41,31 @@ from cryptostream.reliability.gaps import summarize
 from cryptostream.topics import required_topics
 
 # ../shared/data beside the checkout (a worktree sits one level deeper: look further up)
-SHARED = next((d / "shared" / "data" for d in Path(__file__).resolve().parents[2:5]
-               if (d / "shared" / "data").is_dir()), Path("/nonexistent"))  # fmt: skip
+SHARED = next(
+    (
+        d / "shared" / "data"
+        for d in Path(__file__).resolve().parents[2:5]
+        if (d / "shared" / "data").is_dir()
+    ),
+    Path("/nonexistent"),
+)
 RECORDINGS = ["hftbacktest_spot_btcusdt_20240808.gz", "hftbacktest_spot_ethusdt_20240808.gz"]
 
 
-def diff(first: int, final: int, bids: tuple[tuple[str, str], ...] = (),
-         asks: tuple[tuple[str, str], ...] = ()) -> DepthDiff:  # fmt: skip
+def diff(
+    first: int,
+    final: int,
+    bids: tuple[tuple[str, str], ...] = (),
+    asks: tuple[tuple[str, str], ...] = (),
+) -> DepthDiff:
     return DepthDiff("BTCUSDT", first, final, bids, asks, 1_718_000_000_000)
 
 
-def snap(last: int, bids: tuple[tuple[str, str], ...] = (("10", "1"),),
-         asks: tuple[tuple[str, str], ...] = (("20", "1"),)) -> DepthSnapshot:  # fmt: skip
+def snap(
+    last: int,
+    bids: tuple[tuple[str, str], ...] = (("10", "1"),),
+    asks: tuple[tuple[str, str], ...] = (("20", "1"),),
+) -> DepthSnapshot:
     return DepthSnapshot(last, bids, asks)
 
 
@@ -128,8 +141,10 @@ def test_a_gap_is_recorded_and_resynced_from_a_fresh_snapshot_published_first() 
     topic.feed(sync.on_snapshot(snap(102), 2))
     topic.feed(sync.on_diff(diff(105, 106), 3))
     actions = topic.feed(sync.on_diff(diff(109, 110, (("10", "7"),)), 4))  # 107, 108 lost
-    assert actions == [RecordBreak("BTCUSDT", "depth_gap", 107, 109, "update-id gap"),
-                       FetchSnapshot("BTCUSDT")]  # fmt: skip
+    assert actions == [
+        RecordBreak("BTCUSDT", "depth_gap", 107, 109, "update-id gap"),
+        FetchSnapshot("BTCUSDT"),
+    ]
     assert not sync.live and sync.buffer == [(diff(109, 110, (("10", "7"),)), 4)]
     assert topic.feed(sync.on_diff(diff(111, 111), 5)) == []  # buffered, nothing published
     assert topic.feed(sync.on_diff(diff(112, 112), 6)) == []
@@ -222,8 +237,10 @@ def _shadow(book: dict[str, dict[Decimal, Decimal]], data: dict[str, list[list[s
 
 
 def _levels(book: Book) -> dict[str, dict[Decimal, Decimal]]:
-    return {side: {Decimal(p): Decimal(q) for p, q in levels.values()}
-            for side, levels in (("bids", book.bids), ("asks", book.asks))}  # fmt: skip
+    return {
+        side: {Decimal(p): Decimal(q) for p, q in levels.values()}
+        for side, levels in (("bids", book.bids), ("asks", book.asks))
+    }
 
 
 def replay(
@@ -240,8 +257,9 @@ def replay(
     for recv_us, kind, raw in read_recording(path):
         if kind == "snapshot":
             doc = orjson.loads(raw)
-            shadow = {side: {Decimal(p): Decimal(q) for p, q in doc[side]}
-                      for side in ("bids", "asks")}  # fmt: skip
+            shadow = {
+                side: {Decimal(p): Decimal(q) for p, q in doc[side]} for side in ("bids", "asks")
+            }
             shadow_id = doc["lastUpdateId"]
             for data in early:
                 if data["u"] > shadow_id:
@@ -325,24 +343,32 @@ def test_a_recording_without_a_snapshot_publishes_nothing() -> None:
     ("raw", "reason"),
     [
         (b"{", "not JSON"),
-        (b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","s":"BTCUSDT","U":5,"u":4,'
-         b'"b":[],"a":[]}}', "U 5 is after u 4"),
-        (b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":2,'
-         b'"b":[["NaN","1"]],"a":[]}}', "price"),
+        (
+            b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","s":"BTCUSDT","U":5,"u":4,'
+            b'"b":[],"a":[]}}',
+            "U 5 is after u 4",
+        ),
+        (
+            b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":2,'
+            b'"b":[["NaN","1"]],"a":[]}}',
+            "price",
+        ),
         (b'{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":2,"b":[],"a":"x"}', "list"),
         (b'{"stream":"x","data":[1]}', "not an object"),
         (b'{"stream":"x","data":{"U":1}}', "no event type"),
         (b"[" + b"1," * 40000 + b"1]", "exceeds"),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_depth_frame_says_why(raw: bytes, reason: str) -> None:
     outcome = parse_depth_frame(raw)
     assert isinstance(outcome, Malformed) and reason in outcome.reason
 
 
 def test_depth_frames_control_replies_and_other_events() -> None:
-    ok = parse_depth_frame(b'{"stream":"btcusdt@depth","data":{"e":"depthUpdate","E":5,'
-                           b'"s":"btcusdt","U":1,"u":2,"b":[["1.5","0"]],"a":[]}}')  # fmt: skip
+    ok = parse_depth_frame(
+        b'{"stream":"btcusdt@depth","data":{"e":"depthUpdate","E":5,'
+        b'"s":"btcusdt","U":1,"u":2,"b":[["1.5","0"]],"a":[]}}'
+    )
     assert ok == DepthDiff("BTCUSDT", 1, 2, (("1.5", "0"),), (), 5)
     assert parse_depth_frame(b'{"result":null,"id":1}') == ControlReply(1, None)
     assert parse_depth_frame(b'{"e":"serverShutdown","E":1}') == Ignored("serverShutdown")
@@ -351,7 +377,15 @@ def test_depth_frames_control_replies_and_other_events() -> None:
 
 def test_rest_weights_and_the_budget() -> None:
     assert [snapshot_weight(n) for n in (1, 100, 101, 500, 501, 1000, 1001, 5000)] == [
-        5, 5, 25, 25, 50, 50, 250, 250]  # fmt: skip
+        5,
+        5,
+        25,
+        25,
+        50,
+        50,
+        250,
+        250,
+    ]
     budget = WeightBudget(120)
     assert budget.wait_s(50, 0.0) == 0 and budget.wait_s(50, 1.0) == 0
     assert budget.wait_s(50, 2.0) == pytest.approx(58.0)  # the first must expire
@@ -369,7 +403,10 @@ def test_depth_settings_and_the_topic(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.depth_symbols == ["ETHUSDT", "*", "BTCUSDT"]
     assert depth_symbols(settings.depth_symbols, ["BTCUSDT", "SOLUSDT"]) == [
-        "ETHUSDT", "BTCUSDT", "SOLUSDT"]  # fmt: skip
+        "ETHUSDT",
+        "BTCUSDT",
+        "SOLUSDT",
+    ]
     assert depth_symbols([], ["BTCUSDT"]) == []
     assert stream_kind("100ms") == "depth@100ms" and stream_kind("1000ms") == "depth"
     specs = {s.name: s.partitions for s in required_topics(settings)}

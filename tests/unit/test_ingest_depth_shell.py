@@ -19,8 +19,15 @@ from tests.unit.test_ingest_flow import FakeConnection, FakeMessage, FakeProduce
 
 
 def depth_frame(first: int, final: int, bid: str = "10") -> bytes:
-    data = {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "U": first, "u": final,
-            "b": [[bid, "1"]], "a": [["20", "1"]]}  # fmt: skip
+    data = {
+        "e": "depthUpdate",
+        "E": 1,
+        "s": "BTCUSDT",
+        "U": first,
+        "u": final,
+        "b": [[bid, "1"]],
+        "a": [["20", "1"]],
+    }
     return orjson.dumps({"stream": "btcusdt@depth@100ms", "data": data})
 
 
@@ -31,8 +38,9 @@ class RefusingProducer(FakeProducer):
         super().__init__()
         self.room = room
 
-    def produce(self, topic: str, value: bytes, key: bytes | None = None,
-                on_delivery: Any = None) -> None:  # fmt: skip
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None = None, on_delivery: Any = None
+    ) -> None:
         if topic.startswith("raw.depth"):
             if self.room <= 0:
                 raise BufferError("queue full")
@@ -57,8 +65,11 @@ def answer_fetch(depth: DepthIngest, last_id: int) -> None:
     """What the snapshot worker does with a REST answer (the HTTP part is the integration test's)."""
     want = depth.fetches.get_nowait()
     assert want == FetchSnapshot("BTCUSDT")
-    depth._act(depth.engine.on_snapshot("BTCUSDT", DepthSnapshot(last_id, (("10", "1"),),
-                                                                 (("20", "1"),)), 7))  # fmt: skip
+    depth._act(
+        depth.engine.on_snapshot(
+            "BTCUSDT", DepthSnapshot(last_id, (("10", "1"),), (("20", "1"),)), 7
+        )
+    )
 
 
 async def test_a_record_kafka_did_not_take_is_a_break_and_a_resync() -> None:
@@ -77,8 +88,11 @@ async def test_a_record_kafka_did_not_take_is_a_break_and_a_resync() -> None:
     assert depth.stats.diffs_published == 1  # nothing until the new snapshot
     answer_fetch(depth, 6)
     book = TopicBook()
-    outcomes = [book.apply(decode_depth(m.value())) for m in fake.delivered + [
-        m for m, _ in fake.pending] if m.topic() == depth.topic]  # fmt: skip
+    outcomes = [
+        book.apply(decode_depth(m.value()))
+        for m in fake.delivered + [m for m, _ in fake.pending]
+        if m.topic() == depth.topic
+    ]
     # what reached the topic: snapshot 3; (4..5 lost); snapshot 6, then 7..8 continues it
     assert outcomes == ["snapshot", "snapshot", "applied"] and book.book.last_update_id == 8
 

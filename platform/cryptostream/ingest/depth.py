@@ -179,8 +179,9 @@ class SymbolDepth:
                 return []
             fits = diff.first_id <= last + 1 if self.fresh else diff.first_id == last + 1
             if not fits:
-                return self._break("depth_gap", last + 1, diff.first_id, "update-id gap",
-                                   keep=(diff, recv_us))  # fmt: skip
+                return self._break(
+                    "depth_gap", last + 1, diff.first_id, "update-id gap", keep=(diff, recv_us)
+                )
             self.book.apply(diff)
             self.fresh = False
             if self.book.crossed():
@@ -233,8 +234,12 @@ class SymbolDepth:
         self.buffer = []
         if not self.live:
             return []
-        return self._break("depth_reconnect", self.book.last_update_id + 1, None,
-                           "the WebSocket connection was lost")  # fmt: skip
+        return self._break(
+            "depth_reconnect",
+            self.book.last_update_id + 1,
+            None,
+            "the WebSocket connection was lost",
+        )
 
     def on_lost(self, reason: str) -> list[DepthAction]:
         """A record of this symbol did not reach the topic (Kafka refused it, or no room in

@@ -101,8 +101,9 @@ class DepthIngest:
         self.fetch_backoff: dict[str, Backoff] = {}
         self.connections: set[WsConnection] = set()
         self.max_frame = settings.max_frame_bytes * FRAME_FACTOR
-        self.plans = plan_connections(settings.binance_ws_url, symbols,
-                                      stream_kind(settings.depth_speed))  # fmt: skip
+        self.plans = plan_connections(
+            settings.binance_ws_url, symbols, stream_kind(settings.depth_speed)
+        )
 
     # ----- Kafka -------------------------------------------------------------------------
 
@@ -121,15 +122,22 @@ class DepthIngest:
             return
         self.stats.delivery_failed += 1
         symbol = (msg.key() or b"").decode(errors="replace")
-        self.warn.warning(f"delivery:{symbol}", "Kafka did not take a depth record: resyncing",
-                          symbol=symbol, **{"error.message": str(err)})  # fmt: skip
+        self.warn.warning(
+            f"delivery:{symbol}",
+            "Kafka did not take a depth record: resyncing",
+            symbol=symbol,
+            **{"error.message": str(err)},
+        )
         self._act(self.engine.on_lost(symbol, f"Kafka did not take a record: {err}"))
 
     def _on_control_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.stats.error("control_delivery")
-            self.warn.warning("control_delivery", "a depth break or DLQ record was not delivered",
-                              **{"error.message": str(err), "topic": msg.topic()})  # fmt: skip
+            self.warn.warning(
+                "control_delivery",
+                "a depth break or DLQ record was not delivered",
+                **{"error.message": str(err), "topic": msg.topic()},
+            )
 
     def _produce_control(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Break and DLQ records: never dropped for lack of room; retried from a backlog."""
@@ -187,14 +195,19 @@ class DepthIngest:
     def _record_break(self, brk: RecordBreak) -> None:
         self.stats.breaks[brk.cause] = self.stats.breaks.get(brk.cause, 0) + 1
         now = _now_us()
-        record = DepthBreakRecord(brk.symbol, brk.cause, brk.expected_id, brk.got_id, brk.reason,
-                                  now, now)  # fmt: skip
+        record = DepthBreakRecord(
+            brk.symbol, brk.cause, brk.expected_id, brk.got_id, brk.reason, now, now
+        )
         self._produce_control(self.settings.gap_topic, brk.symbol.encode(), record.encode())
         self.warn.warning(
-            f"break:{brk.symbol}", "order-book chain broken: resyncing from a new snapshot",
-            symbol=brk.symbol, cause=brk.cause, expected_id=brk.expected_id, got_id=brk.got_id,
+            f"break:{brk.symbol}",
+            "order-book chain broken: resyncing from a new snapshot",
+            symbol=brk.symbol,
+            cause=brk.cause,
+            expected_id=brk.expected_id,
+            got_id=brk.got_id,
             reason=brk.reason,
-        )  # fmt: skip
+        )
 
     # ----- frames (in the protocol's data_received) -----------------------------------------
 
@@ -209,10 +222,12 @@ class DepthIngest:
                 self._act(engine.on_diff(outcome, recv_us))
             elif isinstance(outcome, Malformed):
                 stats.malformed += 1
-                self.warn.warning("malformed", "malformed depth frame sent to the DLQ",
-                                  reason=outcome.reason)  # fmt: skip
-                value = encode_dead_letter(outcome.reason, "ingest", conn.url, raw,
-                                           received_at_us=_now_us())  # fmt: skip
+                self.warn.warning(
+                    "malformed", "malformed depth frame sent to the DLQ", reason=outcome.reason
+                )
+                value = encode_dead_letter(
+                    outcome.reason, "ingest", conn.url, raw, received_at_us=_now_us()
+                )
                 self._produce_control(self.settings.dlq_topic, None, value)
             elif isinstance(outcome, Ignored):
                 if outcome.event_type == "serverShutdown":
@@ -221,8 +236,9 @@ class DepthIngest:
                     stats.error(f"ignored_{outcome.event_type[:40]}")
             elif isinstance(outcome, ControlReply) and outcome.error is not None:
                 stats.error("control")
-                self.warn.warning("control", "the server rejected a depth request",
-                                  reply=outcome.error)  # fmt: skip
+                self.warn.warning(
+                    "control", "the server rejected a depth request", reply=outcome.error
+                )
         self.producer.poll(0)
 
     # ----- snapshots -------------------------------------------------------------------------
@@ -242,8 +258,9 @@ class DepthIngest:
         if delay > 0:
             await self._sleep(delay)
         while (wait := self.budget.wait_s(self.weight, time.monotonic())) > 0:
-            self.warn.warning("weight", "depth snapshots wait for the REST weight budget",
-                              wait_s=round(wait, 1))  # fmt: skip
+            self.warn.warning(
+                "weight", "depth snapshots wait for the REST weight budget", wait_s=round(wait, 1)
+            )
             await self._sleep(wait)
             if self.stopping.is_set():
                 return
@@ -258,8 +275,12 @@ class DepthIngest:
             self.stats.error("snapshot")
             backoff = self.fetch_backoff.setdefault(symbol, Backoff(1.0, 30.0))
             self.retry_at[symbol] = time.monotonic() + backoff.next_delay()
-            self.warn.warning(f"snapshot:{symbol}", "depth snapshot failed; asked again later",
-                              symbol=symbol, **{"error.message": str(exc)[:300]})  # fmt: skip
+            self.warn.warning(
+                f"snapshot:{symbol}",
+                "depth snapshot failed; asked again later",
+                symbol=symbol,
+                **{"error.message": str(exc)[:300]},
+            )
             self._act(self.engine.on_fetch_failed(symbol))
             return
         self.fetch_backoff.pop(symbol, None)
@@ -275,8 +296,10 @@ class DepthIngest:
             self._retry_control_backlog()
         if self.fatal is not None:
             err, self.fatal = self.fatal, None
-            log.error("fatal Kafka producer error (depth): replacing the producer and resyncing",
-                      extra={"fields": {"error.message": str(err)}})  # fmt: skip
+            log.error(
+                "fatal Kafka producer error (depth): replacing the producer and resyncing",
+                extra={"fields": {"error.message": str(err)}},
+            )
             old, self.producer = self.producer, self._make_producer()
             old.flush(1.0)
             for symbol in self.symbols:
@@ -300,20 +323,31 @@ class DepthIngest:
                 await self._sleep(wait)
                 continue
             try:
-                conn = await open_connection(plan.url, self.on_frames,
-                                             max_size=max(self.max_frame, 1 << 20),
-                                             name=plan.url[:80])  # fmt: skip
+                conn = await open_connection(
+                    plan.url,
+                    self.on_frames,
+                    max_size=max(self.max_frame, 1 << 20),
+                    name=plan.url[:80],
+                )
             except (OSError, ConnectionError, TimeoutError) as exc:
                 self.stats.error("connect")
                 delay = backoff.next_delay()
-                self.warn.warning(f"connect:{plan.url[:80]}", "cannot connect (depth); retrying",
-                                  **{"error.message": repr(exc)[:300], "url.full": plan.url[:200],
-                                     "retry_in_s": round(delay, 2)})  # fmt: skip
+                self.warn.warning(
+                    f"connect:{plan.url[:80]}",
+                    "cannot connect (depth); retrying",
+                    **{
+                        "error.message": repr(exc)[:300],
+                        "url.full": plan.url[:200],
+                        "retry_in_s": round(delay, 2),
+                    },
+                )
                 await self._sleep(delay)
                 continue
             self.connections.add(conn)
-            log.info("depth connected", extra={"fields": {"url.full": plan.url[:200],
-                                                          "streams": len(plan.streams)}})  # fmt: skip
+            log.info(
+                "depth connected",
+                extra={"fields": {"url.full": plan.url[:200], "streams": len(plan.streams)}},
+            )
             for i, batch in enumerate(plan.subscribe_batches):
                 await self._sleep(SUBSCRIBE_INTERVAL_S)
                 conn.send_text(subscribe_message(i + 1, batch))
@@ -357,9 +391,11 @@ class DepthIngest:
                 backoff.reset()
             delay = backoff.next_delay()
             self.stats.error(f"connection_{why}")
-            self.warn.warning(f"reconnect:{plan.url[:80]}", "depth connection lost; reconnecting",
-                              **{"error.message": reason, "reason": why,
-                                 "retry_in_s": round(delay, 2)})  # fmt: skip
+            self.warn.warning(
+                f"reconnect:{plan.url[:80]}",
+                "depth connection lost; reconnecting",
+                **{"error.message": reason, "reason": why, "retry_in_s": round(delay, 2)},
+            )
             await self._sleep(delay)
 
     # ----- running ---------------------------------------------------------------------------

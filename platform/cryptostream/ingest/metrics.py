@@ -175,10 +175,9 @@ class _Collector(Collector):
         for name, doc in _DEPTH_COUNTERS:
             yield CounterMetricFamily(PREFIX + "depth_" + name, doc, value=getattr(d, name))
         for name, doc, label, values in (
-            ("breaks", "depth chain breaks (each followed by a resync), by cause", "cause",
-             d.breaks),
+            ("breaks", "depth chain breaks (each a resync), by cause", "cause", d.breaks),
             ("errors", "depth errors by kind", "kind", d.errors),
-        ):  # fmt: skip
+        ):
             family = CounterMetricFamily(PREFIX + "depth_" + name, doc, labels=[label])
             for key, value in sorted(values.items()):
                 family.add_metric([key], value)

@@ -655,20 +655,28 @@ async def run(settings: Settings) -> int:
         raise ConfigError("no symbols to ingest: set CSP_SYMBOLS or CSP_QUOTE_ASSET")
     depth_list = depth_symbols(settings.depth_symbols, symbols)
     if depth_list:  # the depth topic is checked only when depth is on
-        require_topic(settings.kafka_bootstrap, settings.depth_topic, settings.partitions,
-                      settings.kafka_connect_timeout_s, client_config=security_config(settings))  # fmt: skip
+        require_topic(
+            settings.kafka_bootstrap,
+            settings.depth_topic,
+            settings.partitions,
+            settings.kafka_connect_timeout_s,
+            client_config=security_config(settings),
+        )
     ingest = Ingest(settings, symbols, rest_url)
     ingest.resume_from(await asyncio.to_thread(read_resume_plan, settings, symbols))
-    depth = (DepthIngest(settings, depth_list, rest_url, limiter=ingest.limiter,
-                         stopping=ingest.stopping) if depth_list else None)  # fmt: skip
+    depth = None
+    if depth_list:
+        depth = DepthIngest(
+            settings, depth_list, rest_url, limiter=ingest.limiter, stopping=ingest.stopping
+        )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, ingest.stopping.set)
     metrics: MetricsServer | None = None
     if settings.ingest_metrics_port:
         gauges = ingest.gauges if depth is None else lambda: {**ingest.gauges(), **depth.gauges()}
-        metrics = MetricsServer(ingest.stats, gauges, ingest.health,
-                                None if depth is None else depth.stats)  # fmt: skip
+        depth_stats = None if depth is None else depth.stats
+        metrics = MetricsServer(ingest.stats, gauges, ingest.health, depth_stats)
         await metrics.start(settings.metrics_host, settings.ingest_metrics_port)
     plans = plan_connections(settings.binance_ws_url, symbols, settings.stream_kind)
     log.info("starting", extra={"fields": {
@@ -678,8 +686,12 @@ async def run(settings: Settings) -> int:
     workers = [asyncio.create_task(coro) for coro in (ingest.flow_loop(), ingest.gap_loop(),
                ingest.backfill_loop(), ingest.tail_loop(), ingest.progress_loop())]  # fmt: skip
     if depth is not None:  # its own tasks beside the trade path
-        log.info("depth on", extra={"fields": {"symbols": len(depth_list),
-                 "connections": len(depth.plans), "speed": settings.depth_speed}})  # fmt: skip
+        fields = {
+            "symbols": len(depth_list),
+            "connections": len(depth.plans),
+            "speed": settings.depth_speed,
+        }
+        log.info("depth on", extra={"fields": fields})
         workers += depth.tasks()
     failed = await _until_stopped_or_failed(ingest.stopping, supervisors + workers)
     await asyncio.wait(supervisors, timeout=5)
