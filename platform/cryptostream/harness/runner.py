@@ -37,6 +37,7 @@ from cryptostream.core.keys import price_key
 from cryptostream.harness import ceilings, environment, stats
 from cryptostream.harness.cgroups import PERIOD_US, CpuBudgets, open_budgets, throttled_share
 from cryptostream.harness.model import Experiment, Trial, plan_fixed
+from cryptostream.harness.progress import locust_live, trial_status, wrap
 from cryptostream.harness.samplers import (
     LatencyListener,
     OffsetProbe,
@@ -123,6 +124,8 @@ class Runner:
         self.console = Console(stderr=True)
         self.results: dict[str, Any] = {}
         self.run_id = uuid.uuid4().hex[:6]
+        self._trials_done = self._trials_total = 0
+        self._started = time.monotonic()
 
     # --- entry point ---------------------------------------------------------------------------
     def run(self) -> Path:
@@ -227,7 +230,9 @@ class Runner:
         if w.source == "replay" and replay_file is None:
             replay_file = write_synthetic_archive(ctx.workdir / "replay", w.seed)
             self.console.print(f"no replay file given: recorded a synthetic one: {replay_file}")
-        overall = ctx.progress.add_task("experiment", total=self._planned_trials(), info="")
+        self._trials_total = self._planned_trials()
+        self._started = time.monotonic()
+        overall = ctx.progress.add_task("experiment", total=self._trials_total, info="")
         for rep in range(self.x.repetitions):
             for processors in self.x.topology.processors:
                 trials = plan_fixed(self.x, rep, processors)
@@ -310,7 +315,7 @@ class Runner:
                     record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, query_url)
                 trial_no += 1
                 result["trials"].append(record)
-                ctx.progress.advance(overall)
+                self._advance(ctx, overall)
             result["checksum"] = views_checksum(client, names)
             result["symbols_checked"] = len(names)
             if self.x.search.enabled and self.x.workload.source == "synthetic":
@@ -325,12 +330,18 @@ class Runner:
         self._print_group(result)
         return result
 
+    def _advance(self, ctx: Context, overall: Any, trials: int = 1) -> None:
+        self._trials_done += trials
+        ctx.progress.advance(overall, trials)
+
     def _describe(self, ctx: Context, overall: Any, trial: Trial, index: int) -> None:
         what = f"speed x{trial.speed:g}" if trial.speed else f"{trial.rate:,.0f}/s"
         if trial.kind == "replay" and not trial.speed:
             what = "max speed"
+        status = trial_status(self._trials_done, self._trials_total,
+                              time.monotonic() - self._started)  # fmt: skip
         ctx.progress.update(
-            overall, info=f"rep {trial.repetition + 1}, {trial.processors} proc, "
+            overall, info=f"{status}: rep {trial.repetition + 1}, {trial.processors} proc, "
             f"{trial.kind} {what}, group {index}",
         )  # fmt: skip
 
@@ -413,7 +424,9 @@ class Runner:
                     locust_proc = self._start_locust(ctx, pipeline, query_url, trial.symbols)
                     if locust_proc[0].pid is not None:
                         extra_pids["locust"] = locust_proc[0].pid
-                ctx.progress.update(task, completed=max(0.0, min(elapsed, trial.duration_s)))
+                live = locust_live(locust_proc[1]) if locust_proc is not None else None
+                ctx.progress.update(task, completed=max(0.0, min(elapsed, trial.duration_s)),
+                                    info=live or "load")  # fmt: skip
                 time.sleep(0.2)
             load_end = time.monotonic()
             if loadgen.returncode() != 0:
@@ -515,7 +528,7 @@ class Runner:
                 record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, None,
                                             drain_timeout=15, latency=False)  # fmt: skip
                 trials.append(record)
-            ctx.progress.advance(overall)
+            self._advance(ctx, overall)
             trial_no += 1
             outcome = trial_outcome(record)
             record["outcome"] = outcome
@@ -523,7 +536,7 @@ class Runner:
                           processed=record["processed_rate"])  # fmt: skip
         skipped = s.max_trials + search.max_confirmations - len(trials) - len(confirmations)
         if skipped > 0:
-            ctx.progress.advance(overall, skipped)
+            self._advance(ctx, overall, skipped)
         return {
             "capacity_rate": search.capacity, "lower_bound": search.lower_bound,
             "resolved": search.resolved, "upper_rate": search.upper,
@@ -626,7 +639,8 @@ class Runner:
             )
         if "search" in group:
             parts.append(f"max sustained {group['search']['max_sustained_rate']}/s")
-        self.console.print("; ".join(parts))
+        for line in wrap(parts):
+            self.console.print(line, soft_wrap=True)
 
 
 # --- helpers (module level: testable without a run) ----------------------------------------------
