@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -248,6 +249,18 @@ class _StackFileSource(PydanticBaseSettingsSource):
 
         run_dir = Path(os.environ.get("CSP_RUN_DIR", ".run"))
         return read_live_stack_file(run_dir / "stack.json")
+
+
+def settings_json(settings: Settings) -> str:
+    """The settings as JSON for a child process of the same service (query workers), secrets
+    included: ``model_dump_json()`` writes every SecretStr as the literal ``**********``, which
+    a worker would then use as the password."""
+    doc = settings.model_dump(mode="json")
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            doc[name] = value.get_secret_value()
+    return orjson.dumps(doc).decode()
 
 
 def redact_url(url: str) -> str:
