@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     archive_row_group_rows: int = Field(262_144, ge=1024, description="rows per Parquet row group")
     archive_retention_days: int = Field(0, ge=0, description="days of partitions kept (0 = all)")
     archive_compact_min_files: int = Field(4, ge=2, description="files per folder to compact")
+    archive_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")
     history_max_rows: int = Field(10_000, ge=1, description="trades in one /history page")
     history_max_candles: int = Field(5000, ge=1, description="candles in one ranged answer")
 
@@ -309,7 +310,7 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
     "query": _COMMON | {"redis_url", "archive_dir",
                         *(n for n in Settings.model_fields if n.startswith(("query_", "history_")))},
     "archive": _COMMON | _KAFKA | _TOPICS | {
-        *(name for name in Settings.model_fields if name.startswith("archive_")),
+        "metrics_host", *(name for name in Settings.model_fields if name.startswith("archive_")),
     },
     "history": _COMMON | {"archive_dir", "archive_scale",
                           *(n for n in Settings.model_fields if n.startswith("history_"))},
