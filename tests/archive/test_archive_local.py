@@ -278,8 +278,13 @@ def test_csp_history_sql_and_archive_commands(tmp_path: Path) -> None:
     env = {**os.environ, "CSP_ARCHIVE_DIR": str(tmp_path), "CSP_RUN_DIR": str(tmp_path)}
 
     def csp(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cryptostream", *args], env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "cryptostream", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     out = csp("history", "sql", "SELECT symbol, count(*) AS n FROM trades GROUP BY 1 ORDER BY 1")
     assert out.returncode == 0, out.stderr
@@ -314,7 +319,12 @@ def test_the_sinks_counters_are_its_metrics(tmp_path: Path) -> None:
         text = generate_latest(sink.metrics.registry).decode()
     finally:
         sink.consumer.close()
-    for line in ("csp_archive_records_total 6.0", "csp_archive_archived_total 5.0",
-                 "csp_archive_flushes_total 1.0", "csp_archive_undecodable_total 1.0",
-                 "csp_archive_buffered 0.0", "csp_archive_flush_seconds_count 1.0"):  # fmt: skip
+    for line in (
+        "csp_archive_records_total 6.0",
+        "csp_archive_archived_total 5.0",
+        "csp_archive_flushes_total 1.0",
+        "csp_archive_undecodable_total 1.0",
+        "csp_archive_buffered 0.0",
+        "csp_archive_flush_seconds_count 1.0",
+    ):
         assert line in text, text

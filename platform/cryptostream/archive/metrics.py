@@ -34,8 +34,9 @@ class _Collector(Collector):
         values = self.counters()
         for name in COUNTERS:
             yield CounterMetricFamily(PREFIX + name, f"{name} since start", value=values[name])
-        yield GaugeMetricFamily(PREFIX + "buffered", "trades waiting for their flush",
-                                value=self.buffered())  # fmt: skip
+        yield GaugeMetricFamily(
+            PREFIX + "buffered", "trades waiting for their flush", value=self.buffered()
+        )
 
 
 class ArchiveMetrics:
@@ -43,9 +44,11 @@ class ArchiveMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(counters, buffered))
         self.flush_seconds = Histogram(
-            PREFIX + "flush_seconds", "one durable flush", registry=self.registry,
+            PREFIX + "flush_seconds",
+            "one durable flush",
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )  # fmt: skip
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

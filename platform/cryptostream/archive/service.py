@@ -39,9 +39,11 @@ class ArchiveSink:
             int(settings.processor_max_future_s * 1000),
         )
         self.store = ArchiveStore(
-            settings.archive_dir, settings.topic, settings.archive_scale,
+            settings.archive_dir,
+            settings.topic,
+            settings.archive_scale,
             settings.archive_row_group_rows,
-        )  # fmt: skip
+        )
         self.consumer: Consumer = make_consumer(
             settings,
             **{"group.id": settings.archive_group_id, "enable.partition.eof": False},
@@ -53,8 +55,12 @@ class ArchiveSink:
         self.metrics = ArchiveMetrics(self.counters, lambda: self.core.buffered)
 
     def counters(self) -> dict[str, int]:
-        return {**self.stats, "undecodable": self.core.undecodable, "stale": self.core.stale,
-                "unrepresentable": self.store.unrepresentable}  # fmt: skip
+        return {
+            **self.stats,
+            "undecodable": self.core.undecodable,
+            "stale": self.core.stale,
+            "unrepresentable": self.store.unrepresentable,
+        }
 
     # librdkafka runs these inside poll()/consume()/close(), in this thread, between batches.
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -98,8 +104,12 @@ class ArchiveSink:
             self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
 
     def run(self) -> None:
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)  # fmt: skip
+        self.consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         try:
             while self.running:
                 self.step(self.settings.batch_timeout_s)
@@ -138,8 +148,12 @@ class ArchiveSink:
 def main(settings: Settings) -> int:
     setup_logging("archive", settings.log_level)
     try:
-        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
-                      client_config=security_config(settings))  # fmt: skip
+        require_topic(
+            settings.kafka_bootstrap,
+            settings.topic,
+            settings.partitions,
+            client_config=security_config(settings),
+        )
     except TopicError as exc:
         log.error(str(exc))
         return 2
