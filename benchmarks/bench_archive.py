@@ -114,8 +114,12 @@ def drain(settings: Settings, total: int) -> dict[str, float]:
             commit_s += time.perf_counter() - t
 
     sink.store.commit = timed_commit  # type: ignore[method-assign]
-    sink.consumer.subscribe([settings.topic], on_assign=sink._on_assign,
-                            on_revoke=sink._on_revoke, on_lost=sink._on_lost)  # fmt: skip
+    sink.consumer.subscribe(
+        [settings.topic],
+        on_assign=sink._on_assign,
+        on_revoke=sink._on_revoke,
+        on_lost=sink._on_lost,
+    )
     started: float | None = None
     deadline = time.monotonic() + 600
     while sink.stats["records"] < total and time.monotonic() < deadline:
@@ -166,9 +170,13 @@ def time_query(root: Path, symbol: str, repeats: int) -> dict[str, Any]:
         t = time.perf_counter()
         history.candles(symbol, BASE, BASE + DAY_MS)
         runs.append((time.perf_counter() - t) * 1000)
-    out = {"first_ms": round(first_ms, 1), "median_ms": round(statistics.median(runs), 1),
-           "max_ms": round(max(runs), 1), "candles": len(candles),
-           "trades": sum(c.n for c in candles)}  # fmt: skip
+    out = {
+        "first_ms": round(first_ms, 1),
+        "median_ms": round(statistics.median(runs), 1),
+        "max_ms": round(max(runs), 1),
+        "candles": len(candles),
+        "trades": sum(c.n for c in candles),
+    }
     print(f"History.candles, one day of 1m: {out}", flush=True)
     return out
 
@@ -198,8 +206,11 @@ def time_http(settings: Settings, symbol: str, repeats: int) -> dict[str, Any]:
     finally:
         server.should_exit = True
         thread.join(10)
-    out = {"first_ms": round(first, 1), "median_ms": round(statistics.median(runs), 1),
-           "max_ms": round(max(runs), 1)}  # fmt: skip
+    out = {
+        "first_ms": round(first, 1),
+        "median_ms": round(statistics.median(runs), 1),
+        "max_ms": round(max(runs), 1),
+    }
     print(f"GET /candles one day of 1m over HTTP: {out}", flush=True)
     return out
 
@@ -277,13 +288,20 @@ def main() -> int:
     base = Settings(run_dir=workdir, archive_dir=workdir / "archive")
     results: dict[str, Any] = {
         "command": "flock /tmp/csp-heavy.lock nox -s bench_archive",
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "platform": platform.platform()},
-    }  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
+    }
     with LocalStack(base, workdir / "stack") as stack:
-        settings = base.model_copy(update={"kafka_bootstrap": stack.kafka_bootstrap,
-                                           "redis_url": stack.redis_url,
-                                           "query_port": free_port()})  # fmt: skip
+        settings = base.model_copy(
+            update={
+                "kafka_bootstrap": stack.kafka_bootstrap,
+                "redis_url": stack.redis_url,
+                "query_port": free_port(),
+            }
+        )
         create_topics(stack.kafka_bootstrap, required_topics(settings))
         prefill(settings, args.trades, [f"S{i:04d}USDT" for i in range(args.symbols)])
         assert end_offsets(settings) == args.trades

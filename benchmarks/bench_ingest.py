@@ -46,13 +46,24 @@ SYMBOLS = "BTCUSDT,ETHUSDT,BNBUSDT,SOLUSDT,XRPUSDT,DOGEUSDT,ADAUSDT,ETHBTC,LTCUS
 
 
 def create_topics(bootstrap: str, suffix: str, partitions: int) -> dict[str, str]:
-    names = {"CSP_TOPIC": f"bench.trades.{suffix}", "CSP_DLQ_TOPIC": f"bench.dlq.{suffix}",
-             "CSP_GAP_TOPIC": f"bench.gaps.{suffix}"}  # fmt: skip
+    names = {
+        "CSP_TOPIC": f"bench.trades.{suffix}",
+        "CSP_DLQ_TOPIC": f"bench.dlq.{suffix}",
+        "CSP_GAP_TOPIC": f"bench.gaps.{suffix}",
+    }
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([
-        NewTopic(names["CSP_TOPIC"], partitions, 1,
-                 config={"message.timestamp.type": "LogAppendTime"}),
-        NewTopic(names["CSP_DLQ_TOPIC"], 1, 1), NewTopic(names["CSP_GAP_TOPIC"], 1, 1)])  # fmt: skip
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                names["CSP_TOPIC"],
+                partitions,
+                1,
+                config={"message.timestamp.type": "LogAppendTime"},
+            ),
+            NewTopic(names["CSP_DLQ_TOPIC"], 1, 1),
+            NewTopic(names["CSP_GAP_TOPIC"], 1, 1),
+        ]
+    )
     for future in futures.values():
         future.result()
     deadline = time.monotonic() + 30
@@ -87,8 +98,14 @@ def bucket_quantile(metrics: dict[str, float], q: float) -> float | None:
 
 def broker_latency(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     """HDR histogram of LogAppendTime - ingest receive time over every record of the topic."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-latency",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 50})  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-latency",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 50,
+        }
+    )
     meta = consumer.list_topics(topic, timeout=10)
     parts = list(meta.topics[topic].partitions)
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
@@ -116,26 +133,49 @@ def broker_latency(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     }
 
 
-def run_once(stack: LocalStack, workdir: Path, trades: int, partitions: int,
-             profile: Path | None, rate: float | None = None) -> dict[str, Any]:  # fmt: skip
+def run_once(
+    stack: LocalStack,
+    workdir: Path,
+    trades: int,
+    partitions: int,
+    profile: Path | None,
+    rate: float | None = None,
+) -> dict[str, Any]:
     suffix = f"{os.getpid()}-{time.monotonic_ns()}"
     topics = create_topics(stack.kafka_bootstrap, suffix, partitions)
-    pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, SYMBOLS.split(","),
-                        extra_env={**topics, "CSP_PARTITIONS": str(partitions),
-                                   "CSP_LOG_LEVEL": "WARNING"})  # fmt: skip
+    pipeline = Pipeline(
+        workdir,
+        stack.kafka_bootstrap,
+        stack.redis_url,
+        SYMBOLS.split(","),
+        extra_env={**topics, "CSP_PARTITIONS": str(partitions), "CSP_LOG_LEVEL": "WARNING"},
+    )
     try:
         pace = ["--fast"] if rate is None else ["--rate", str(rate)]
-        sim = pipeline.start_simulator(["--symbols", SYMBOLS, *pace, "--max-trades",
-                                        str(trades), "--wait-for-subscribers", "1"])  # fmt: skip
+        sim = pipeline.start_simulator(
+            [
+                "--symbols",
+                SYMBOLS,
+                *pace,
+                "--max-trades",
+                str(trades),
+                "--wait-for-subscribers",
+                "1",
+            ]
+        )
         port = free_port()
         env = {"CSP_INGEST_METRICS_PORT": str(port)}
         if profile is None:
             ingest = pipeline.start_ingest(sim.ws_url, **env)
         else:
-            ingest = pipeline._spawn("ingest-profiled", py_spy_argv(profile, "ingest"),
-                                     pipeline.env(CSP_BINANCE_WS_URL=sim.ws_url, **env))  # fmt: skip
-        ingest.wait_until(lambda: "csp_ingest_acked_total" in scrape(port), timeout=60,
-                          what="metrics")  # fmt: skip
+            ingest = pipeline._spawn(
+                "ingest-profiled",
+                py_spy_argv(profile, "ingest"),
+                pipeline.env(CSP_BINANCE_WS_URL=sim.ws_url, **env),
+            )
+        ingest.wait_until(
+            lambda: "csp_ingest_acked_total" in scrape(port), timeout=60, what="metrics"
+        )
         assert ingest.proc is not None
         pids = [ingest.proc.pid] + [c.pid for c in psutil.Process(ingest.proc.pid).children(True)]
         procs = [psutil.Process(p) for p in pids]
@@ -164,12 +204,14 @@ def run_once(stack: LocalStack, workdir: Path, trades: int, partitions: int,
             "throughput_trades_per_s": round((hi_n - lo_n) / elapsed) if elapsed > 0 else None,
             "wall_s_first_to_last_ack": round(samples[-1][0] - samples[0][0], 2),
             "latency_receive_to_ack_ms_bucket_bound": {
-                "p50": bucket_quantile(final, 0.5), "p99": bucket_quantile(final, 0.99)},
+                "p50": bucket_quantile(final, 0.5),
+                "p99": bucket_quantile(final, 0.99),
+            },
             "ingest_cpu_s_per_million": round(sum(cpu.values()) / max(acked, 1) * 1e6, 2),
             "duplicates": final.get("csp_ingest_duplicates_total", 0.0),
             "gaps_detected": final.get('csp_ingest_gaps_total{status="detected"}', 0.0),
             "simulator_trades_generated": sim_stats["trades_generated"],
-        }  # fmt: skip
+        }
         if profile is None:
             result["latency_receive_to_broker_append"] = broker_latency(
                 stack.kafka_bootstrap, topics["CSP_TOPIC"], trades
@@ -186,16 +228,26 @@ def run_once(stack: LocalStack, workdir: Path, trades: int, partitions: int,
 # Functions (py-spy frame names) grouped into parts of the process.
 GROUPS = [
     ("websocket framing (wsproto.FrameParser.feed)", ("FrameParser.feed",)),
-    ("JSON parse + validation + Trade objects (core.frames, core.trades)",
-     ("parse_frame", "_parse_trade", "check_positive_decimal", "check_int", "fullmatch",
-      "__init__ (<string>)")),
+    (
+        "JSON parse + validation + Trade objects (core.frames, core.trades)",
+        (
+            "parse_frame",
+            "_parse_trade",
+            "check_positive_decimal",
+            "check_int",
+            "fullmatch",
+            "__init__ (<string>)",
+        ),
+    ),
     ("id tracking (ingest.tracker)", ("SymbolTracker.", "Gap.fill")),
     ("record encoding (core.codec.encode_trade)", ("encode_trade",)),
     ("delivery callbacks + poll()", ("on_delivery", "LatencyHistogram.record", "poll")),
     ("hot loop Ingest.on_frames itself (incl. the produce() C call)", ("Ingest.on_frames",)),
-    ("event loop, socket reads, timers (asyncio)", ("asyncio", "selectors", "_run_once",
-                                                    "data_received")),
-]  # fmt: skip
+    (
+        "event loop, socket reads, timers (asyncio)",
+        ("asyncio", "selectors", "_run_once", "data_received"),
+    ),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,15 +256,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trades", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--rate", type=float, default=50_000, help="trades/s of the paced run")
-    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
-                        help="second run under py-spy (needs py-spy on PATH)")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="second run under py-spy (needs py-spy on PATH)",
+    )
     ns = parser.parse_args(argv)
     ns.json.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "command": "flock /tmp/csp-heavy.lock nox -s bench_ingest",
-    }  # fmt: skip
+    }
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         stack = LocalStack(Settings(), Path(tmp) / "stack").start()
         try:
@@ -220,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             report["run"] = run_once(stack, Path(tmp) / "run", ns.trades, ns.partitions, None)
             print(orjson.dumps(report["run"], option=orjson.OPT_INDENT_2).decode(), flush=True)
             print(f"paced run: {ns.rate:g} trades/s (latency at the target rate)", flush=True)
-            report["paced_run"] = run_once(stack, Path(tmp) / "paced", ns.trades, ns.partitions,
-                                           None, rate=ns.rate)  # fmt: skip
+            report["paced_run"] = run_once(
+                stack, Path(tmp) / "paced", ns.trades, ns.partitions, None, rate=ns.rate
+            )
             print(
                 orjson.dumps(report["paced_run"], option=orjson.OPT_INDENT_2).decode(), flush=True
             )
@@ -247,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['latency_receive_to_ack_ms_bucket_bound']['p99']} ms (bucket bounds); "
             f"receive->broker append p50 {hdr['p50_ms']} ms, p99 {hdr['p99_ms']} ms (HDR)"
         )
-    print(f"written to {ns.json}")  # fmt: skip
+    print(f"written to {ns.json}")
     return 0
 
 

@@ -74,8 +74,15 @@ def prefill(settings: Settings, total: int, names: list[str], seed: int) -> None
     t0 = time.monotonic()
     for i, symbol in enumerate(chosen):
         ids[symbol] += 1
-        trade = Trade(symbol, ids[symbol], prices[i % 1000], qtys[(i * 7) % 1000], base + i // 50,
-                      base + i // 50, bool(i & 1))  # fmt: skip
+        trade = Trade(
+            symbol,
+            ids[symbol],
+            prices[i % 1000],
+            qtys[(i * 7) % 1000],
+            base + i // 50,
+            base + i // 50,
+            bool(i & 1),
+        )
         while True:
             try:
                 producer.produce(
@@ -145,8 +152,10 @@ def drain(
     elapsed = time.monotonic() - t0
     rate = (total - n0) / elapsed
     label = f"{backend}{', profiled' if profile else ''}{f', baseline {tree}' if tree else ''}"
-    print(f"drain ({label}): {total - n0:,} records in "
-          f"{elapsed:.1f}s = {rate:,.0f} trades/s", flush=True)  # fmt: skip
+    print(
+        f"drain ({label}): {total - n0:,} records in {elapsed:.1f}s = {rate:,.0f} trades/s",
+        flush=True,
+    )
     if profile is not None:  # stop the profiled interpreter only: py-spy writes when it exits
         (spy,) = [p for p in pipeline.group.processes if p.proc is not None]
         assert spy.proc is not None
@@ -161,15 +170,28 @@ def drain(
 
 def consumer_performance(lib: Path, bootstrap: str, topic: str, records: int) -> float:
     """Kafka's own consumer (the ConsumerPerformance tool) reading the whole topic: records/s."""
-    argv = [*ceilings._java(lib), ceilings.CONSUMER_CLASS, "--bootstrap-server", bootstrap,
-            "--topic", topic, "--messages", str(records), "--timeout", "60000"]  # fmt: skip
+    argv = [
+        *ceilings._java(lib),
+        ceilings.CONSUMER_CLASS,
+        "--bootstrap-server",
+        bootstrap,
+        "--topic",
+        topic,
+        "--messages",
+        str(records),
+        "--timeout",
+        "60000",
+    ]
     return ceilings.parse_consumer_perf(ceilings._run(argv, 300))["records_per_s"]
 
 
 def consume_loop(settings: Settings, total: int, backend: str) -> float:
     """Fetch + decode through the processor's consumer interface, no Redis."""
-    consumer = make_group_consumer(settings.model_copy(
-        update={"processor_kafka_client": backend, "group_id": f"bench-loop-{backend}"}))  # fmt: skip
+    consumer = make_group_consumer(
+        settings.model_copy(
+            update={"processor_kafka_client": backend, "group_id": f"bench-loop-{backend}"}
+        )
+    )
     consumer.assign_from_beginning()
     count = 0
     t0 = last_record = time.monotonic()
@@ -230,8 +252,12 @@ def latency(
     pipeline.stop()
     client.close()
     result = {f"p{q}": histogram.get_value_at_percentile(q) for q in (50, 90, 99, 99.9)}
-    result |= {"max": histogram.get_max_value(), "updates": histogram.get_total_count(),
-               "rate": rate, "seconds": seconds}  # fmt: skip
+    result |= {
+        "max": histogram.get_max_value(),
+        "updates": histogram.get_total_count(),
+        "rate": rate,
+        "seconds": seconds,
+    }
     print(f"latency at {rate:,}/s ({backend}; event -> visible, ms): {result}", flush=True)
     return result
 
@@ -267,11 +293,13 @@ GROUPS = [
     ("record decode (core.codec.decode_scaled)", ("decode_scaled", "scaled")),
     ("view aggregation (Batch._fold, integers)", ("Batch._fold", "SymbolBatch.")),
     ("Lua payload encoding (Batch.script_payload)", ("script_payload",)),
-    ("Redis apply: Lua script round trip (redis-py)", ("Script.__call__", "evalsha", "execute_command",
-                                                       "_with_redis_retry")),
+    (
+        "Redis apply: Lua script round trip (redis-py)",
+        ("Script.__call__", "evalsha", "execute_command", "_with_redis_retry"),
+    ),
     ("metrics (Processor._observe)", ("_observe",)),
     ("batch loop (Processor.process, Batch.add)", ("Processor.process", "Batch.add")),
-]  # fmt: skip
+]
 
 
 def main() -> int:
@@ -281,34 +309,53 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="drains per backend, alternating")
-    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
-                        help="one more confluent drain under py-spy")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one more confluent drain under py-spy",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--baseline", type=Path, help="an earlier checkout to drain against")
-    parser.add_argument("--backends", default=",".join(BACKENDS),
-                        help="comma-separated: confluent,aiokafka")  # fmt: skip
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help="comma-separated: confluent,aiokafka"
+    )
     args = parser.parse_args()
     backends = tuple(b for b in args.backends.split(",") if b)
     names = symbols(args.symbols)
     workdir = Path(tempfile.mkdtemp(prefix="bench-processor-"))
     base = Settings(run_dir=workdir)
-    results: dict[str, Any] = {"trades": args.trades, "symbols": args.symbols,
-                               "command": "flock /tmp/csp-heavy.lock nox -s bench_processor",
-                               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                                           "platform": platform.platform()}}  # fmt: skip
+    results: dict[str, Any] = {
+        "trades": args.trades,
+        "symbols": args.symbols,
+        "command": "flock /tmp/csp-heavy.lock nox -s bench_processor",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
+    }
     with LocalStack(base, workdir / "stack") as stack:
-        settings = base.model_copy(update={"kafka_bootstrap": stack.kafka_bootstrap,
-                                           "redis_url": stack.redis_url})  # fmt: skip
+        settings = base.model_copy(
+            update={"kafka_bootstrap": stack.kafka_bootstrap, "redis_url": stack.redis_url}
+        )
         create_topics(stack.kafka_bootstrap, required_topics(settings))
         prefill(settings, args.trades, names, seed=1)
-        pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, names[:3],
-                            extra_env={"CSP_BATCH_MAX": os.environ.get("CSP_BATCH_MAX", "20000")})  # fmt: skip
+        pipeline = Pipeline(
+            workdir,
+            stack.kafka_bootstrap,
+            stack.redis_url,
+            names[:3],
+            extra_env={"CSP_BATCH_MAX": os.environ.get("CSP_BATCH_MAX", "20000")},
+        )
         lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
         kafka_consumer = consumer_performance(
             lib, stack.kafka_bootstrap, settings.topic, args.trades
         )
-        print(f"Kafka ConsumerPerformance on the same topic: {kafka_consumer:,.0f} records/s",
-              flush=True)  # fmt: skip
+        print(
+            f"Kafka ConsumerPerformance on the same topic: {kafka_consumer:,.0f} records/s",
+            flush=True,
+        )
         runs: dict[str, list[dict[str, float]]] = {b: [] for b in backends}
         if args.baseline:
             runs["confluent@baseline"] = []
@@ -320,9 +367,12 @@ def main() -> int:
                         drain(pipeline, settings, args.trades, backend, tree=args.baseline)
                     )
         results["drain"] = {
-            b: {"median_trades_per_s": statistics.median(r["trades_per_s"] for r in runs_),
-                "runs": runs_} for b, runs_ in runs.items()
-        }  # fmt: skip
+            b: {
+                "median_trades_per_s": statistics.median(r["trades_per_s"] for r in runs_),
+                "runs": runs_,
+            }
+            for b, runs_ in runs.items()
+        }
         rates = {b: results["drain"][b]["median_trades_per_s"] for b in runs}
         results["kafka_consumer_performance_records_per_s"] = kafka_consumer
         results["drain_fraction_of_kafka_consumer"] = {
@@ -357,17 +407,25 @@ def main() -> int:
                     update={"topic": topic, "dlq_topic": f"{topic}.dlq"}
                 )
                 create_topics(stack.kafka_bootstrap, required_topics(latency_settings))
-                pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, names[:3],
-                                    extra_env={"CSP_TOPIC": topic, "CSP_DLQ_TOPIC": f"{topic}.dlq"})  # fmt: skip
+                pipeline = Pipeline(
+                    workdir,
+                    stack.kafka_bootstrap,
+                    stack.redis_url,
+                    names[:3],
+                    extra_env={"CSP_TOPIC": topic, "CSP_DLQ_TOPIC": f"{topic}.dlq"},
+                )
                 result = latency(
                     pipeline, latency_settings, names, args.rate, args.latency_seconds, backend
                 )
                 latency_runs[backend].append(result)
         results["latency_ms"] = {
-            b: {"median_p50": statistics.median(r["p50"] for r in runs_),
-                "median_p99": statistics.median(r["p99"] for r in runs_), "runs": runs_}
+            b: {
+                "median_p50": statistics.median(r["p50"] for r in runs_),
+                "median_p99": statistics.median(r["p99"] for r in runs_),
+                "runs": runs_,
+            }
             for b, runs_ in latency_runs.items()
-        }  # fmt: skip
+        }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

@@ -32,9 +32,20 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "reports" / "bench-micro.json")
     args, extra = parser.parse_known_args()
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider",
-           "--benchmark-only", "--benchmark-min-rounds=20", "--benchmark-sort=name",
-           "--benchmark-columns=median,iqr,ops,rounds", f"--benchmark-json={args.json}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(HERE),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-only",
+        "--benchmark-min-rounds=20",
+        "--benchmark-sort=name",
+        "--benchmark-columns=median,iqr,ops,rounds",
+        f"--benchmark-json={args.json}",
+    ]
     if args.save_baseline:
         code = subprocess.call([*cmd, *extra], cwd=ROOT)
         if code == 0:
@@ -48,8 +59,11 @@ def main() -> int:
         machine = Path(storage) / get_machine_id()
         machine.mkdir()
         shutil.copy(BASELINE, machine / "0001_baseline.json")
-        cmd += [f"--benchmark-storage=file://{storage}", "--benchmark-compare=0001",
-                f"--benchmark-compare-fail=median:{args.threshold}"]  # fmt: skip
+        cmd += [
+            f"--benchmark-storage=file://{storage}",
+            "--benchmark-compare=0001",
+            f"--benchmark-compare-fail=median:{args.threshold}",
+        ]
         print(" ".join(cmd), flush=True)
         code = subprocess.call([*cmd, *extra], cwd=ROOT)
     print("regression against the baseline" if code else "no regression beyond " + args.threshold)

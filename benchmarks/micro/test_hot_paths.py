@@ -18,8 +18,17 @@ from cryptostream.processor.batch import Batch, RawRecord
 
 BatchPayload = tuple[Batch, dict[int, int]]
 
-TRADE = {"e": "trade", "E": 1718000000001, "s": "BTCUSDT", "t": 4242424242, "p": "66398.85000000",
-         "q": "0.00120000", "T": 1718000000000, "m": False, "M": True}  # fmt: skip
+TRADE = {
+    "e": "trade",
+    "E": 1718000000001,
+    "s": "BTCUSDT",
+    "t": 4242424242,
+    "p": "66398.85000000",
+    "q": "0.00120000",
+    "T": 1718000000000,
+    "m": False,
+    "M": True,
+}
 RAW_FRAME = orjson.dumps(TRADE)
 COMBINED_FRAME = orjson.dumps({"stream": "btcusdt@trade", "data": TRADE})
 

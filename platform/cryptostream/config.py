@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -141,6 +142,7 @@ class Settings(BaseSettings):
     archive_row_group_rows: int = Field(262_144, ge=1024, description="rows per Parquet row group")
     archive_retention_days: int = Field(0, ge=0, description="days of partitions kept (0 = all)")
     archive_compact_min_files: int = Field(4, ge=2, description="files per folder to compact")
+    archive_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")
     history_max_rows: int = Field(10_000, ge=1, description="trades in one /history page")
     history_max_candles: int = Field(5000, ge=1, description="candles in one ranged answer")
 
@@ -273,6 +275,18 @@ class _StackFileSource(PydanticBaseSettingsSource):
         return read_live_stack_file(run_dir / "stack.json")
 
 
+def settings_json(settings: Settings) -> str:
+    """The settings as JSON for a child process of the same service (query workers), secrets
+    included: ``model_dump_json()`` writes every SecretStr as the literal ``**********``, which
+    a worker would then use as the password."""
+    doc = settings.model_dump(mode="json")
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            doc[name] = value.get_secret_value()
+    return orjson.dumps(doc).decode()
+
+
 def redact_url(url: str) -> str:
     """The URL with its password (if any) replaced by ``***``, for logs and messages."""
     try:
@@ -322,7 +336,7 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
     "query": _COMMON | {"redis_url", "archive_dir",
                         *(n for n in Settings.model_fields if n.startswith(("query_", "history_")))},
     "archive": _COMMON | _KAFKA | _TOPICS | {
-        *(name for name in Settings.model_fields if name.startswith("archive_")),
+        "metrics_host", *(name for name in Settings.model_fields if name.startswith("archive_")),
     },
     "history": _COMMON | {"archive_dir", "archive_scale",
                           *(n for n in Settings.model_fields if n.startswith("history_"))},

@@ -134,6 +134,13 @@ def build_parser(prog: str = "marketsim") -> argparse.ArgumentParser:
     )
     g.add_argument("--burst-mult", type=float, default=10.0, help="rate multiplier during a burst")
     g.add_argument(
+        "--book-levels",
+        type=int,
+        default=100,
+        help="order book levels a side the synthetic makers keep (served on the depth streams "
+        "and REST /api/v3/depth); 0 = no book (trades only, several times faster)",
+    )
+    g.add_argument(
         "--wait-for-subscribers",
         type=int,
         default=0,
@@ -229,6 +236,25 @@ def build_parser(prog: str = "marketsim") -> argparse.ArgumentParser:
         "--fault-gap-rate", type=float, default=0.0, help="fraction of trades never sent"
     )
     g.add_argument(
+        "--fault-depth-gap-rate",
+        type=float,
+        default=0.0,
+        help="fraction of depth diffs never sent (a U/u sequence break the client must resync)",
+    )
+    g.add_argument(
+        "--fault-stale-snapshots",
+        type=int,
+        default=0,
+        help="the first N REST /api/v3/depth answers are stale (older than the diff stream a "
+        "client buffered since it subscribed: it must fetch again)",
+    )
+    g.add_argument(
+        "--fault-stale-snapshot-age",
+        type=float,
+        default=5.0,
+        help="how old a stale snapshot is, in seconds of market time",
+    )
+    g.add_argument(
         "--fault-slow-start", type=float, default=0.0, help="seconds to wait before listening"
     )
     g.add_argument(
@@ -266,6 +292,7 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         shutdown_notice=ns.shutdown_notice,
         history_orders=ns.history,
         kline_update_ms=ns.kline_update_ms,
+        book_levels=ns.book_levels,
         rest_weight_limit=ns.rest_weight_limit,
         rest_raw_limit=ns.rest_raw_limit,
         faults=FaultConfig(
@@ -279,6 +306,9 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
             duplicate_rate=ns.fault_duplicate_rate,
             reorder_rate=ns.fault_reorder_rate,
             gap_rate=ns.fault_gap_rate,
+            depth_gap_rate=ns.fault_depth_gap_rate,
+            stale_snapshots=ns.fault_stale_snapshots,
+            stale_snapshot_age=ns.fault_stale_snapshot_age,
             slow_start_seconds=ns.fault_slow_start,
             connections=ns.fault_connections,
             seed=ns.fault_seed,

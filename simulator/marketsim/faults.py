@@ -14,6 +14,14 @@ control messages):
 * ``reorder_rate``: a frame is held back and sent after the next one (out of order).
 * ``gap_rate``: a trade frame is not sent at all — its trade id is skipped on this connection
   (the trade still exists in ``/sim/stats`` truth and in the REST history).
+* ``depth_gap_rate``: a depth diff (``@depth``, ``@depth@100ms``, ``@depth@1000ms``) is not sent
+  at all on this connection — a sequence break: the next diff's ``U`` is not the previous ``u``
+  + 1, and a client following Binance's procedure must resync from a new snapshot.
+* ``stale_snapshots`` (server-level): the first N REST ``/api/v3/depth`` answers are a stale
+  snapshot — the book as it was ``stale_snapshot_age`` seconds of market time earlier (kept at
+  every 1000 ms tick; the opening book until that much time has passed), with that book's
+  ``lastUpdateId`` — so a client that subscribed since then finds ``lastUpdateId`` below its
+  first buffered ``U`` - 1 and must fetch the snapshot again.
 * ``slow_start_seconds``: the server waits that long before it listens (server-level).
 * ``connections``: only the first N accepted connections get faults (None: all), so a reconnecting
   client can recover.
@@ -40,6 +48,9 @@ class FaultConfig:
     duplicate_rate: float = 0.0
     reorder_rate: float = 0.0
     gap_rate: float = 0.0
+    depth_gap_rate: float = 0.0
+    stale_snapshots: int = 0
+    stale_snapshot_age: float = 5.0
     slow_start_seconds: float = 0.0
     connections: int | None = None
     seed: int = 0
@@ -56,6 +67,7 @@ class FaultConfig:
                 self.duplicate_rate > 0,
                 self.reorder_rate > 0,
                 self.gap_rate > 0,
+                self.depth_gap_rate > 0,
             )
         )
 
@@ -110,7 +122,8 @@ class FaultInjector:
         self._stalled = False
         self._held: bytes | None = None
         self._malform_next = 0
-        self.counts = {"malformed": 0, "duplicated": 0, "reordered": 0, "gaps": 0, "stalled": 0}
+        self.counts = {"malformed": 0, "duplicated": 0, "reordered": 0, "gaps": 0, "stalled": 0,
+                       "depth_gaps": 0}  # fmt: skip
 
     def start_stall(self, now: float) -> None:
         self._stalled = True
@@ -122,8 +135,12 @@ class FaultInjector:
             self._stalled = False
         return self._stalled
 
-    def process(self, payload: bytes, is_trade: bool, now: float) -> list[bytes] | None:
-        """Payloads to send for this offered frame (possibly none), or None: drop the connection."""
+    def process(
+        self, payload: bytes, is_trade: bool, now: float, is_diff: bool = False
+    ) -> list[bytes] | None:
+        """Payloads to send for this offered frame (possibly none), or None: drop the connection.
+
+        ``is_diff``: the frame is a depth diff (``depth_gap_rate`` applies to it)."""
         cfg = self.config
         if self.dropped:
             return None
@@ -144,6 +161,9 @@ class FaultInjector:
         rnd = self._rng.random
         if is_trade and cfg.gap_rate > 0 and rnd() < cfg.gap_rate:
             self.counts["gaps"] += 1
+            return []
+        if is_diff and cfg.depth_gap_rate > 0 and rnd() < cfg.depth_gap_rate:
+            self.counts["depth_gaps"] += 1
             return []
         out = [payload]
         if cfg.malformed_rate > 0 and rnd() < cfg.malformed_rate:

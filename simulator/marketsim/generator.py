@@ -8,9 +8,15 @@ Model (documented here because tests and experiments rely on it):
   (geometric) at one price: one ``aggTrade`` per order, consecutive trade ids per symbol.
 * Optional bursts: with probability ``burst_prob`` per order, the next ``burst_len`` orders arrive
   ``burst_mult`` times faster.
-* Prices follow a per-symbol Gaussian random walk in ticks (about 1 bp per order), never below one
-  tick; buyer-is-maker is a fair coin; quantities are exponential around ~200 quote units,
-  rounded to the step size (at least one step).
+* A per-symbol *fair price* follows a Gaussian random walk in ticks (about 1 bp per order), never
+  below one tick. Makers quote an L2 book around it (:class:`marketsim.book.SyntheticBook`: bids
+  at or below the fair price, asks above it, ``book_levels`` levels a side); the order then takes
+  liquidity from the top of that book: a buy (buyer-is-maker false) trades at the best ask, a sell
+  at the best bid, never more than that level holds (its trades are cut to it). The taker side
+  follows the fair price's move with probability 0.7 (else a fair coin); quantities are
+  exponential around ~200 quote units, rounded to the step size (at least one step).
+* Each order carries the journal of the book events of its step (``Order.book``, one update id
+  each; ``book_id`` is the id after them) and ``bid``/``ask`` are the book's best levels after it.
 * Time: a simulated clock starting at ``start_time_us``; event time ``E`` equals trade time ``T``.
   Nothing depends on the wall clock, so the same seed and parameters produce the same orders.
 """
@@ -22,6 +28,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from marketsim.book import DEFAULT_LEVELS, L2Book, SyntheticBook
 from marketsim.model import Order
 from marketsim.symbols import SymbolSpec, spec_for
 from marketsim.units import SCALE
@@ -46,20 +53,46 @@ class SyntheticConfig:
     burst_mult: float = 10.0
     burst_len: int = 200
     max_trades: int | None = None
+    book_levels: int = DEFAULT_LEVELS
 
 
 class _SymState:
-    __slots__ = ("agg_id", "book_id", "mean_qty_steps", "price", "sigma", "spec", "trade_id")
+    __slots__ = (
+        "agg_id",
+        "book",
+        "book_id",
+        "mean_qty_steps",
+        "price",
+        "sigma",
+        "spec",
+        "trade_id",
+    )
 
-    def __init__(self, spec: SymbolSpec, rng: random.Random, volatility_bp: float) -> None:
+    def __init__(
+        self, spec: SymbolSpec, rng: random.Random, volatility_bp: float, levels: int
+    ) -> None:
         self.spec = spec
-        self.price = spec.initial_price // spec.tick_size  # in ticks
+        self.price = spec.initial_price // spec.tick_size  # the fair price, in ticks
         self.trade_id = rng.randrange(10**7, 4 * 10**9)
         self.agg_id = rng.randrange(10**6, self.trade_id)
         self.book_id = rng.randrange(10**9, 6 * 10**10)
         self.sigma = max(0.6, self.price * volatility_bp / 10_000)
         notional_qty = 200 * SCALE * SCALE // max(1, spec.initial_price)  # 200 quote units
         self.mean_qty_steps = max(1.0, notional_qty / spec.step_size)
+        self.book: SyntheticBook | None = None
+        if levels <= 0:
+            return
+        self.book = SyntheticBook(
+            spec.symbol,
+            spec.tick_size,
+            spec.step_size,
+            rng,
+            self.price,
+            self.sigma,
+            self.mean_qty_steps,
+            self.book_id,
+            levels,
+        )
 
 
 class SyntheticSource:
@@ -73,7 +106,8 @@ class SyntheticSource:
         self.config = config
         self._rng = random.Random(config.seed)
         self._states = [
-            _SymState(spec_for(s), self._rng, config.volatility_bp) for s in config.symbols
+            _SymState(spec_for(s), self._rng, config.volatility_bp, config.book_levels)
+            for s in config.symbols
         ]
         weights = [1.0 / (rank**config.zipf_s) for rank in range(1, len(self._states) + 1)]
         total = sum(weights)
@@ -92,6 +126,10 @@ class SyntheticSource:
     @property
     def specs(self) -> list[SymbolSpec]:
         return [s.spec for s in self._states]
+
+    def initial_books(self) -> list[L2Book]:
+        """Copies of the books as they are now (before the first order: the opening books)."""
+        return [s.book.book.copy() for s in self._states if s.book is not None]
 
     def symbol_weights(self) -> dict[str, float]:
         prev = 0.0
@@ -122,15 +160,60 @@ class SyntheticSource:
             n += 1
         if cfg.max_trades is not None:
             left = cfg.max_trades - self.trades
-            if left <= n:
-                n = left
+            if left <= 0:
                 self.done = True
-            if n <= 0:
                 return None
+            n = min(n, left)
         price = st.price + round(rng.gauss(0.0, st.sigma))
         if price < 1:
             price = 1
+        moved = price - st.price
         st.price = price
+        mean = st.mean_qty_steps
+        step = spec.step_size
+        sb = st.book
+        if sb is None:
+            return self._bookless(st, price, n)
+        book = sb.book
+        journal: list[tuple[bool, int, int]] = []
+        book.journal = journal
+        sb.requote(price)
+        qtys = [(int(rng.expovariate(1.0) * mean) + 1) * step for _ in range(n)]
+        # the taker pushed the price (a buyer up, a seller down), or a fair coin
+        buyer_maker = moved < 0 if moved and rnd() < 0.7 else rnd() < 0.5
+        p, qtys = sb.take(not buyer_maker, qtys)
+        book.journal = None
+        n = len(qtys)
+        if cfg.max_trades is not None and self.trades + n >= cfg.max_trades:
+            self.done = True
+        bid, ask = book._bp[-1], book._ap[0]
+        bid_qty, ask_qty = book.bids[bid], book.asks[ask]
+        order = Order(
+            spec.symbol,
+            st.agg_id,
+            st.trade_id,
+            p,
+            qtys,
+            int(self._t),
+            buyer_maker,
+            bid,
+            bid_qty,
+            ask,
+            ask_qty,
+            book.update_id,
+            journal,
+        )
+        st.agg_id += 1
+        st.trade_id += n
+        self.trades += n
+        return order
+
+    def _bookless(self, st: _SymState, price: int, n: int) -> Order:
+        """``book_levels=0``: no book, the trade at the fair price and a made-up top of book
+        (the generator as it was before books; several times faster)."""
+        rng = self._rng
+        rnd = rng.random
+        spec = st.spec
         mean = st.mean_qty_steps
         step = spec.step_size
         qtys = [(int(rng.expovariate(1.0) * mean) + 1) * step for _ in range(n)]
@@ -146,20 +229,10 @@ class SyntheticSource:
             bid, ask = max(tick, p - spread * tick), p
             bid_qty, ask_qty = other_qty, qtys[-1]
         st.book_id += 1 + n
-        order = Order(
-            spec.symbol,
-            st.agg_id,
-            st.trade_id,
-            p,
-            qtys,
-            int(self._t),
-            buyer_maker,
-            bid,
-            bid_qty,
-            ask,
-            ask_qty,
-            st.book_id,
-        )
+        if self.config.max_trades is not None and self.trades + n >= self.config.max_trades:
+            self.done = True
+        order = Order(spec.symbol, st.agg_id, st.trade_id, p, qtys, int(self._t), buyer_maker,
+                      bid, bid_qty, ask, ask_qty, st.book_id)  # fmt: skip
         st.agg_id += 1
         st.trade_id += n
         self.trades += n

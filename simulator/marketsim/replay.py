@@ -25,6 +25,10 @@ of hftbacktest's collector (the genuine recordings in ``shared/data/``; the time
 the epoch, told apart by magnitude) and of tardis.dev's raw files (an ISO-8601 time). Lines that
 are not market frames (a REST depth snapshot, control replies) or cannot be read are skipped and
 counted by reason in ``ReplayStats``; depth and bookTicker frames are kept like any other stream.
+A REST depth snapshot line (``{"lastUpdateId":..,"bids":..,"asks":..}``, as hftbacktest's
+collector writes one) is kept too, as a frame sent to no stream: with the recorded
+``depthUpdate`` diffs it rebuilds the replayed book that REST ``/api/v3/depth`` answers from
+(:class:`marketsim.book.ReplayDepth`).
 
 Binance archive CSVs (data.binance.vision)
 ------------------------------------------
@@ -62,7 +66,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from marketsim.model import Item, Order, RawFrame, TradeInfo
+from marketsim.model import DepthInfo, Item, Order, RawFrame, TradeInfo
 from marketsim.symbols import SymbolSpec, spec_for
 from marketsim.units import parse8
 
@@ -196,6 +200,35 @@ def _trade_info(d: dict[str, Any]) -> TradeInfo | None:
         return None
 
 
+def _levels(rows: Any) -> list[tuple[int, int]]:
+    return [(parse8(str(p)), parse8(str(q))) for p, q in rows]
+
+
+def _depth_info(d: dict[str, Any]) -> DepthInfo | None:
+    """A ``depthUpdate`` payload or a REST snapshot body; None for anything else or bad ids."""
+    try:
+        if d.get("e") == "depthUpdate":
+            return DepthInfo(
+                str(d["s"]).upper(), int(d["U"]), int(d["u"]), _levels(d["b"]), _levels(d["a"])
+            )
+        if "lastUpdateId" in d and "bids" in d and "asks" in d:
+            last = int(d["lastUpdateId"])
+            return DepthInfo("", last, last, _levels(d["bids"]), _levels(d["asks"]), True)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+def _snapshot_line(text: str) -> DepthInfo | None:
+    if not text.startswith('{"lastUpdateId"'):
+        return None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return _depth_info(obj) if isinstance(obj, dict) else None
+
+
 def epoch_us(text: str) -> int:
     """A receive time in µs from epoch digits in ns, µs or ms (by magnitude) or ISO-8601."""
     if text.isdigit():
@@ -243,11 +276,22 @@ def read_recorded(path: Path, stats: ReplayStats | None = None) -> Iterator[RawF
                 continue
             split = split_frame(text)
             if split is None:
+                snap = _snapshot_line(text)
+                if snap is not None:
+                    stats.items += 1
+                    yield RawFrame("", b"", t, None, snap)
+                    continue
                 stats.skip("not a market frame", f"{path}:{no}")
                 continue
             stream, payload, data = split
             stats.items += 1
-            yield RawFrame(stream, payload, t, _trade_info(data))
+            ev = data.get("e")
+            if ev == "trade":
+                yield RawFrame(stream, payload, t, _trade_info(data))
+            elif ev == "depthUpdate":
+                yield RawFrame(stream, payload, t, None, _depth_info(data))
+            else:
+                yield RawFrame(stream, payload, t)
 
 
 # ---------- archive CSVs ----------

@@ -5,8 +5,11 @@ Served on the same port as the WebSocket streams (plain HTTP GET, no upgrade):
 ``/api/v3/historicalTrades`` (``fromId``), ``/api/v3/aggTrades``, the market data
 ``/api/v3/klines``, ``/api/v3/uiKlines``, ``/api/v3/ticker/24hr``, ``/api/v3/ticker/price``,
 ``/api/v3/ticker/bookTicker``, ``/api/v3/ticker`` (rolling window), ``/api/v3/avgPrice`` (all
-derived as :mod:`marketsim.market` documents, so they agree with the streams) and the
-simulator's own ``/sim/stats``. Times are ms unless ``X-MBX-TIME-UNIT: MICROSECOND`` is sent.
+derived as :mod:`marketsim.market` documents, so they agree with the streams), the order book
+``/api/v3/depth`` (``limit`` default 100, more than 5000 answers 5000, below 1 or not an integer
+-1100; from the served book, so its ``lastUpdateId`` fits the diff streams; a symbol without a
+book yet, e.g. a replay before its snapshot line, gets 503 -1001) and the simulator's own
+``/sim/stats``. Times are ms unless ``X-MBX-TIME-UNIT: MICROSECOND`` is sent.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import orjson
 
 from marketsim import market as mk
+from marketsim.book import MAX_DEPTH_LIMIT, L2Book, Level
 from marketsim.model import Order
 from marketsim.symbols import SymbolSpec
 from marketsim.truth import Truth
@@ -60,7 +64,11 @@ class RestApi:
         extra_stats: Callable[[], dict[str, Any]] | None = None,
         market: mk.MarketData | None = None,
         limits: tuple[int, int] = (6000, 61_000),
+        depth: Callable[[str, int], tuple[int, list[Level], list[Level]] | None] | None = None,
+        book: Callable[[str], L2Book | None] | None = None,
     ) -> None:
+        self.depth = depth
+        self.book = book
         self.limits = limits  # (request weight per minute, raw requests per 5 minutes)
         self.market = market if market is not None else mk.MarketData()
         self.truth = truth
@@ -208,12 +216,46 @@ class RestApi:
             out.append({"symbol": sym, "price": fmt8(hist[-1].price if hist else 0)})
         return 200, out[0] if "symbol" in q else out
 
+    def _depth(self, q: Mapping[str, str], micro: bool) -> Result:
+        sym = self._symbol(q)
+        if not isinstance(sym, str):
+            return sym
+        limit = _int_param(q, "limit")
+        if limit is None:
+            limit = 100
+        elif limit < 1:
+            return _error(400, -1100, "Illegal characters found in parameter 'limit'.")
+        snap = self.depth(sym, min(limit, MAX_DEPTH_LIMIT)) if self.depth is not None else None
+        if snap is None:
+            return _error(
+                503, -1001, "Internal error; unable to process your request. Please try again."
+            )
+        last, bids, asks = snap
+        return 200, {
+            "lastUpdateId": last,
+            "bids": [[fmt8(p), fmt8(v)] for p, v in bids],
+            "asks": [[fmt8(p), fmt8(v)] for p, v in asks],
+        }
+
     def _book_ticker(self, q: Mapping[str, str], micro: bool) -> Result:
         syms = self._symbols(q, required=False)
         if not isinstance(syms, list):
             return syms
         out = []
         for sym in syms:
+            b = self.book(sym) if self.book is not None else None
+            bid, ask = (b.best_bid(), b.best_ask()) if b is not None else (None, None)
+            if bid is not None and ask is not None:
+                out.append(
+                    {
+                        "symbol": sym,
+                        "bidPrice": fmt8(bid[0]),
+                        "bidQty": fmt8(bid[1]),
+                        "askPrice": fmt8(ask[0]),
+                        "askQty": fmt8(ask[1]),
+                    }
+                )
+                continue
             hist = self.truth.history.get(sym)
             o = hist[-1] if hist else None
             out.append(
@@ -337,6 +379,7 @@ _MARKET_DATA: dict[str, Callable[[RestApi, Mapping[str, str], bool], Result]] = 
     "/api/v3/ticker/price": RestApi._ticker_price,
     "/api/v3/ticker/bookTicker": RestApi._book_ticker,
     "/api/v3/avgPrice": RestApi._avg_price,
+    "/api/v3/depth": RestApi._depth,
 }
 
 

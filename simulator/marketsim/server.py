@@ -19,6 +19,7 @@ import logging
 import os
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +34,13 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from marketsim import book as bk
 from marketsim import market as mk
 from marketsim import payloads as pl
 from marketsim.faults import FaultConfig, FaultInjector
 from marketsim.generator import DEFAULT_START_TIME_US, SyntheticConfig, SyntheticSource
 from marketsim.http1 import MAX_HEAD, HttpError, HttpRequest, RequestParser, response_bytes
-from marketsim.model import Item, Order, RawFrame
+from marketsim.model import DepthInfo, Item, Order, RawFrame
 from marketsim.protocol import (
     PathError,
     PathRequest,
@@ -108,6 +110,9 @@ class SyntheticItems:
     def initial_specs(self) -> list[SymbolSpec]:
         return self.gen.specs
 
+    def initial_books(self) -> list[bk.L2Book]:
+        return self.gen.initial_books()
+
 
 @dataclass(slots=True)
 class SimConfig:
@@ -143,6 +148,8 @@ class SimConfig:
     rest_weight_limit: int = 6000
     rest_raw_limit: int = 61_000
     kline_update_ms: int = 2000
+    # synthetic order book: levels a side the makers keep (0: no book, trades only, faster)
+    book_levels: int = bk.DEFAULT_LEVELS
     batch_orders: int = 256
     write_high_water: int = 1 << 20
     slow_client_timeout: float = 60.0
@@ -315,7 +322,9 @@ class Client:
         if not self.limiter.hit(time.monotonic()):
             self.server.spawn(self.ws.close(1008, "Too many requests"))
 
-    def push_payloads(self, stream: str, payloads: list[bytes], is_trade: bool) -> None:
+    def push_payloads(
+        self, stream: str, payloads: list[bytes], is_trade: bool, is_diff: bool = False
+    ) -> None:
         """Slow path (fault injection): decide per payload, then frame."""
         assert self.faults is not None
         if self.dead:
@@ -323,7 +332,7 @@ class Client:
         now = time.monotonic() - self.started
         combined = self.session.combined
         for p in payloads:
-            decision = self.faults.process(p, is_trade, now)
+            decision = self.faults.process(p, is_trade, now, is_diff)
             if decision is None:
                 self.drop()
                 return
@@ -418,6 +427,22 @@ class Simulator:
         self.source: Source = (config.source_factory or _synthetic_factory)(config)
         for spec in self.source.initial_specs():
             self.specs[spec.symbol] = spec
+        # the served order books (buffers: 0 = the 100 ms diffs, 1 = the 1000 ms diffs)
+        self.books: dict[str, bk.L2Book] = {}
+        initial_books = getattr(self.source, "initial_books", None)
+        for b in initial_books() if initial_books is not None else ():
+            self.books[b.symbol] = b.copy(buffers=2)
+        self.replay_depth = bk.ReplayDepth(buffers=2)
+        self._recorded_depth: set[str] = set()  # depth streams a replay serves verbatim
+        self._depth_due: int | None = None  # market time of the next 100 ms depth tick
+        self._depth_names: dict[str, _DepthNames] = {}
+        fc = config.faults
+        self._stale: dict[str, deque[tuple[int, list[bk.Level], list[bk.Level]]]] = {}
+        self._stale_left = fc.stale_snapshots
+        self.stale_served = 0
+        if fc.stale_snapshots > 0:
+            for sym, b in self.books.items():
+                self._stale_keep(sym, b)
         self.rest = RestApi(
             self.truth,
             lambda: list(self.specs.values()),
@@ -425,6 +450,8 @@ class Simulator:
             self._extra_stats,
             self.market,
             (config.rest_weight_limit or 6000, config.rest_raw_limit),
+            depth=self._depth_snapshot,
+            book=self.books.get,
         )
 
     # ----- lifecycle -----
@@ -538,6 +565,12 @@ class Simulator:
             "sim_time_ms": self.sim_time_us // 1000,
             "frames_sent": sum(c.frames_sent for c in self.clients),
             "faults": {str(c.index): c.faults.counts for c in self.clients if c.faults is not None},
+            "books": {
+                sym: {"last_update_id": b.update_id, "bids": len(b.bids), "asks": len(b.asks)}
+                for sym, b in self.books.items()
+            },
+            "stale_snapshots_served": self.stale_served,
+            "replay_book_breaks": self.replay_depth.breaks,
             **({"replay": rs.as_json()} if (rs := self._replay_stats()) is not None else {}),
         }
 
@@ -841,6 +874,113 @@ class Simulator:
         if n >= self.config.wait_for_subscribers:
             self._clock_started.set()
 
+    # ----- order books -----
+
+    def _depth_tick(self, now_us: int | None) -> None:
+        """The depth streams' tick on the market clock: at each 100 ms boundary up to ``now_us``
+        the 100 ms diffs and partial books, at each 1000 ms boundary the 1000 ms ones (``None``:
+        a last flush of every pending diff, the market having ended). The boundaries an idle
+        stretch skipped are one tick (event time: the last boundary)."""
+        due = self._depth_due
+        if now_us is None:
+            if due is None:
+                return
+            boundary, one_s = due, True
+        else:
+            boundary = now_us - now_us % 100_000
+            if due is None:  # the first event: ticks start at the next boundary
+                self._depth_due = boundary + 100_000
+                return
+            if boundary < due:
+                return
+            one_s = boundary // 1_000_000 > (due - 100_000) // 1_000_000
+        self._depth_due = boundary + 100_000
+        subs = self.subs
+        keep_stale = self.config.faults.stale_snapshots > 0 and self._stale_left > 0
+        for sym, book in self.books.items():
+            names = self._depth_names.get(sym)
+            if names is None:
+                names = self._depth_names[sym] = _DepthNames(sym.lower())
+            self._send_diff(book, book.buffers[0], (names.diff_100,), boundary)
+            if one_s:
+                self._send_diff(book, book.buffers[1], names.diff_1000, boundary)
+                if keep_stale:
+                    self._stale_keep(sym, book)
+            for levels, n100, n1000 in names.partial:
+                lst100 = subs.get(n100)
+                lst1000 = (subs.get(n1000[0]), subs.get(n1000[1])) if one_s else (None, None)
+                if not (lst100 or lst1000[0] or lst1000[1]):
+                    continue
+                body = [bk.partial_depth_payload(book.update_id, *book.snapshot(levels)[1:])]
+                if lst100:
+                    self._fan_out(lst100, n100, body, _same(body), False)
+                for name, lst in zip(n1000, lst1000, strict=True):
+                    if lst:
+                        self._fan_out(lst, name, body, _same(body), False)
+
+    def _send_diff(
+        self, book: bk.L2Book, buf: bk.DiffBuffer, names: tuple[str, ...], boundary: int
+    ) -> None:
+        diff = buf.take(book.update_id)
+        if diff is None:
+            return
+        first, final, bids, asks = diff
+        rendered: list[bytes | None] = [None, None]
+
+        def build(micro: bool) -> list[bytes]:
+            p = rendered[micro]
+            if p is None:
+                t = boundary if micro else boundary // 1000
+                p = rendered[micro] = bk.depth_update_payload(
+                    book.symbol, t, first, final, bids, asks
+                )
+            return [p]
+
+        for name in names:
+            lst = self.subs.get(name)
+            if lst and name not in self._recorded_depth:
+                self._fan_out(lst, name, None, build, False, True)
+
+    def _replay_depth(self, f: RawFrame, d: DepthInfo) -> None:
+        """A recorded depth diff or snapshot line: the replayed book follows it."""
+        rd = self.replay_depth
+        if d.snapshot:
+            sym = rd.on_snapshot(d.first_id, d.bids, d.asks)
+        else:
+            self._names_for(d.symbol)  # the symbol is known to REST from now on
+            self._recorded_depth.add(f.stream)
+            rd.on_diff(d.symbol, d.first_id, d.final_id, d.bids, d.asks)
+            sym = d.symbol
+        if sym is not None and sym not in self.books and sym in rd.books:
+            self.books[sym] = rd.books[sym]
+            if self.config.faults.stale_snapshots > 0:
+                self._stale_keep(sym, rd.books[sym])
+
+    def _stale_keep(self, symbol: str, book: bk.L2Book) -> None:
+        """Keep the book as it is now for the stale-snapshot fault (one per second)."""
+        kept = self._stale.get(symbol)
+        if kept is None:
+            age = max(1, round(self.config.faults.stale_snapshot_age))
+            kept = self._stale[symbol] = deque(maxlen=age + 1)
+        kept.append(book.snapshot(bk.MAX_DEPTH_LIMIT))
+
+    def _depth_snapshot(
+        self, symbol: str, limit: int
+    ) -> tuple[int, list[bk.Level], list[bk.Level]] | None:
+        """REST depth: the served book to ``limit`` levels a side (a stale one while the fault
+        says so); None when the symbol has no book (yet)."""
+        book = self.books.get(symbol)
+        if book is None:
+            return None
+        if self._stale_left > 0:
+            kept = self._stale.get(symbol)
+            if kept:
+                self._stale_left -= 1
+                self.stale_served += 1
+                last, bids, asks = kept[0]
+                return last, bids[:limit], asks[:limit]
+        return book.snapshot(limit)
+
     # ----- market -----
 
     async def _guarded_market(self) -> None:
@@ -887,6 +1027,8 @@ class Simulator:
                     self._emit(item)
                     n += 1
                     item = src.next_item()
+                if self._depth_due is not None and now_sim >= self._depth_due:
+                    self._depth_tick(int(now_sim))  # depth ticks also while no order is due
             self._flush_all()
             if loop.time() - self._skipped_log_at >= 5.0:  # bad lines: at most a line per 5 s
                 self._skipped_log_at = loop.time()
@@ -895,11 +1037,12 @@ class Simulator:
             if not cfg.fast and item is not None and sim0 is not None:
                 due = wall0 + (item.time_us - sim0) / speed / 1e6
                 delay = due - loop.time()
-                await asyncio.sleep(min(max(delay, 0.0), 0.25))
+                await asyncio.sleep(min(max(delay, 0.0), 0.1 / speed))
             else:
                 await asyncio.sleep(0)
         self.truth.done = True
         self._report_skipped(final=True)
+        self._depth_tick(None)  # the last changes go out in one last diff per speed
         self._done.set()
         self._flush_all()
         log.info("source exhausted after %d trades", self.truth.trades_generated)
@@ -934,6 +1077,9 @@ class Simulator:
         return names
 
     def _emit(self, item: Item) -> None:
+        due = self._depth_due
+        if due is None or item.time_us >= due:
+            self._depth_tick(item.time_us)
         if isinstance(item, Order):
             self._emit_order(item)
         else:
@@ -941,6 +1087,9 @@ class Simulator:
 
     def _emit_raw(self, f: RawFrame) -> None:
         self.sim_time_us = f.time_us
+        d = f.depth
+        if d is not None:
+            self._replay_depth(f, d)
         if f.trade is not None:
             ti = f.trade
             self._names_for(ti.symbol)
@@ -969,11 +1118,19 @@ class Simulator:
             return
         if f.stream not in self._recorded_streams:
             self._recorded_streams.add(f.stream)
-        self._fan_out(lst, f.stream, [f.payload], lambda micro: [f.payload], f.trade is not None)
+        is_diff = d is not None and not d.snapshot
+        self._fan_out(
+            lst, f.stream, [f.payload], lambda micro: [f.payload], f.trade is not None, is_diff
+        )
 
     def _emit_order(self, o: Order) -> None:
         self.sim_time_us = o.time_us
         self.truth.add(o)
+        if o.book is not None:
+            served = self.books.get(o.symbol)
+            if served is not None:
+                served.apply_changes(o.book)
+            o.book = None  # the history keeps the order, not its journal
         n_trade, n_agg, n_book, n_kline = self._names_for(o.symbol)
         subs = self.subs
         lst = subs.get(n_trade)
@@ -1019,6 +1176,7 @@ class Simulator:
         fixed: list[bytes] | None,
         build: Callable[[bool], list[bytes]],
         is_trade: bool,
+        is_diff: bool = False,
     ) -> None:
         payloads: list[list[bytes] | None] = [fixed, fixed]
         frames: list[list[bytes] | None] = [None, None, None, None]
@@ -1029,7 +1187,7 @@ class Simulator:
                 p = payloads[micro]
                 if p is None:
                     p = payloads[micro] = build(micro)
-                c.push_payloads(stream, p, is_trade)
+                c.push_payloads(stream, p, is_trade, is_diff)
                 continue
             fr = frames[v]
             if fr is None:
@@ -1046,6 +1204,20 @@ class Simulator:
             c.out.extend(fr)
 
 
+class _DepthNames:
+    """The depth stream names of one symbol."""
+
+    __slots__ = ("diff_100", "diff_1000", "partial")
+
+    def __init__(self, low: str) -> None:
+        self.diff_100 = f"{low}@depth@100ms"
+        self.diff_1000 = (f"{low}@depth", f"{low}@depth@1000ms")
+        self.partial = tuple(
+            (n, f"{low}@depth{n}@100ms", (f"{low}@depth{n}", f"{low}@depth{n}@1000ms"))
+            for n in (5, 10, 20)
+        )
+
+
 _PERIODIC_KINDS = frozenset(
     ("ticker", "miniTicker", "avgPrice", "ticker_1h", "ticker_4h", "ticker_1d")
 )
@@ -1057,6 +1229,10 @@ def _to_micro(body: Any) -> Any:
     if isinstance(body, list):
         return [_to_micro(b) for b in body]
     return {k: v * 1000 if k in _TIME_KEYS and isinstance(v, int) else v for k, v in body.items()}
+
+
+def _same(payloads: list[bytes]) -> Callable[[bool], list[bytes]]:
+    return lambda micro: payloads
 
 
 def _pick(ms: bytes, us: bytes) -> Callable[[bool], list[bytes]]:
@@ -1076,6 +1252,7 @@ def _synthetic_factory(cfg: SimConfig) -> Source:
             burst_prob=cfg.burst_prob,
             burst_mult=cfg.burst_mult,
             max_trades=cfg.max_trades,
+            book_levels=cfg.book_levels,
         ),
         clock=clock,
     )

@@ -278,8 +278,13 @@ def test_csp_history_sql_and_archive_commands(tmp_path: Path) -> None:
     env = {**os.environ, "CSP_ARCHIVE_DIR": str(tmp_path), "CSP_RUN_DIR": str(tmp_path)}
 
     def csp(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cryptostream", *args], env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "cryptostream", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     out = csp("history", "sql", "SELECT symbol, count(*) AS n FROM trades GROUP BY 1 ORDER BY 1")
     assert out.returncode == 0, out.stderr
@@ -292,3 +297,34 @@ def test_csp_history_sql_and_archive_commands(tmp_path: Path) -> None:
     again = csp("history", "sql", "SELECT count(*) FROM trades", "--csv")
     assert again.stdout.splitlines()[1] == "1000"
     assert len(_data_files(tmp_path)) == 4  # one per day and symbol
+
+
+def test_the_sinks_counters_are_its_metrics(tmp_path: Path) -> None:
+    """What the sink counts (records, flushes, bad records, the buffer) is what Prometheus
+    scrapes: the collector reads the live counters, so they cannot drift apart."""
+    from prometheus_client import generate_latest
+
+    from cryptostream.archive.service import ArchiveSink
+    from cryptostream.config import Settings
+
+    sink = ArchiveSink(Settings(archive_dir=tmp_path, kafka_bootstrap="127.0.0.1:9"))
+    try:
+        now = 0.0
+        sink.core.start(0, 0)
+        records = [v for _p, v in values(trades(["BTCUSDT"], 5, span_ms=1000))]
+        for offset, value in enumerate([*records, b"{not json"]):
+            sink.core.add(0, offset, value, now)
+        sink.stats["records"] = 6
+        sink._flush(0)
+        text = generate_latest(sink.metrics.registry).decode()
+    finally:
+        sink.consumer.close()
+    for line in (
+        "csp_archive_records_total 6.0",
+        "csp_archive_archived_total 5.0",
+        "csp_archive_flushes_total 1.0",
+        "csp_archive_undecodable_total 1.0",
+        "csp_archive_buffered 0.0",
+        "csp_archive_flush_seconds_count 1.0",
+    ):
+        assert line in text, text

@@ -44,8 +44,9 @@ def world(
             if c.open_time >= CUTOFF
         }
         r.zadd(candles_1m_key(sym), members)
-    settings = Settings(redis_url=redis_server.url, query_port=free_port(), run_dir=tmp_path,
-                        archive_dir=archive)  # fmt: skip
+    settings = Settings(
+        redis_url=redis_server.url, query_port=free_port(), run_dir=tmp_path, archive_dir=archive
+    )
     service = start_service(settings)
     try:
         with httpx.Client(base_url=service.url, timeout=30) as client:

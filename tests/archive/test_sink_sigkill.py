@@ -69,8 +69,10 @@ def test_sigkilled_sinks_archive_every_record_exactly_once(isolated: Env) -> Non
                 target=producer, args=(chunks[round_no], bad if round_no == 2 else []), daemon=True
             )
             feeder.start()
-            sinks = [group.add(_sink(env, isolated.workdir, round_no * 2 + k).start())
-                     for k in range(1 + round_no % 2)]  # fmt: skip
+            sinks = [
+                group.add(_sink(env, isolated.workdir, round_no * 2 + k).start())
+                for k in range(1 + round_no % 2)
+            ]
             before = _markers(archive)
             deadline = time.monotonic() + 60
             while _markers(archive) == before and time.monotonic() < deadline:

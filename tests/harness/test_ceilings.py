@@ -42,9 +42,10 @@ def test_consumer_header_and_values() -> None:
 
 def test_redis_benchmark_csv() -> None:
     assert ceilings.parse_redis_benchmark(REDIS) == {
-        "SET": pytest.approx(71890.73), "GET": pytest.approx(80385.85),
+        "SET": pytest.approx(71890.73),
+        "GET": pytest.approx(80385.85),
         "HSET": pytest.approx(75414.78),
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize(

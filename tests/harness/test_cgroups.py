@@ -104,8 +104,9 @@ def test_a_budgeted_experiment_never_runs_unbudgeted(
 
     monkeypatch.setattr(runner, "open_budgets", lambda: cgroups.open_budgets(tmp_path / "none"))
     text = "[workload]\nrate = 100\nduration_s = 1\nwarmup_s = 0\n[budgets]\nprocessor_cpu = 0.1\n"
-    options = runner.RunOptions(parse_experiment(text), text, out_dir=tmp_path / "out",
-                                progress=False)  # fmt: skip
+    options = runner.RunOptions(
+        parse_experiment(text), text, out_dir=tmp_path / "out", progress=False
+    )
     with pytest.raises(BudgetError, match="cannot be enforced"):
         runner.run_experiment(options)
     assert not (tmp_path / "out").exists()  # stopped before starting or writing anything
@@ -154,9 +155,11 @@ def test_a_busy_loop_under_a_fifth_of_a_core_gets_about_that() -> None:
 
 def test_children_forked_before_and_after_the_move_are_budgeted_and_cleaned_up() -> None:
     budgets = _real_budgets()
-    script = ("import subprocess, sys, time\n"
-              f"c = subprocess.Popen([sys.executable, '-c', {BUSY!r}])\n"
-              "time.sleep(30)\n")  # fmt: skip
+    script = (
+        "import subprocess, sys, time\n"
+        f"c = subprocess.Popen([sys.executable, '-c', {BUSY!r}])\n"
+        "time.sleep(30)\n"
+    )
     parent = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     try:
         deadline = time.monotonic() + 10
@@ -177,16 +180,19 @@ def test_children_forked_before_and_after_the_move_are_budgeted_and_cleaned_up()
 def test_a_sigkilled_harness_leaves_a_cgroup_the_next_run_removes() -> None:
     budgets = _real_budgets()
     # A "harness" that budgets a child, then dies by SIGKILL (no finally runs).
-    script = ("import os, signal, subprocess, sys\n"
-              "from cryptostream.harness.cgroups import open_budgets\n"
-              "b = open_budgets()\n"
-              "c = subprocess.Popen([sys.executable, '-c', 'pass'])\n"
-              "g = b.budget('crashed', 0.1, c.pid)\n"
-              "c.wait()\n"
-              "print(g.path, flush=True)\n"
-              "os.kill(os.getpid(), signal.SIGKILL)\n")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    script = (
+        "import os, signal, subprocess, sys\n"
+        "from cryptostream.harness.cgroups import open_budgets\n"
+        "b = open_budgets()\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'pass'])\n"
+        "g = b.budget('crashed', 0.1, c.pid)\n"
+        "c.wait()\n"
+        "print(g.path, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr
     left = Path(done.stdout.strip())
     assert left.exists() and owner_of(left.name) is not None

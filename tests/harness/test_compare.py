@@ -69,8 +69,9 @@ def test_only_runs_of_one_experiment_are_compared(tmp_path: Path) -> None:
     for name, data in (("a", a), ("b", b)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_bytes(orjson.dumps(data))
-    result = CliRunner().invoke(app, ["report", "--compare", str(tmp_path / "a"),
-                                      str(tmp_path / "b")])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b")]
+    )
     assert result.exit_code == 2 and "one experiment" in result.output
 
 
@@ -79,8 +80,9 @@ def test_csp_report_compare_writes_the_page(tmp_path: Path) -> None:
     for name, data in (("a", a), ("b", _scale_capacities(a, 2.0))):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_bytes(orjson.dumps(data))
-    result = CliRunner().invoke(app, ["report", "--compare", str(tmp_path / "a"),
-                                      str(tmp_path / "b")])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["report", "--compare", str(tmp_path / "a"), str(tmp_path / "b")]
+    )
     assert result.exit_code == 0, result.output
     page = (tmp_path / "b" / "compare-a.md").read_text()
     assert "| capacity /s, 2 processor(s) | 80,000 (80,000 to 80,000) | 160,000" in page

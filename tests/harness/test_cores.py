@@ -40,8 +40,14 @@ class FakeClock:
 
 def test_every_shipped_experiment_parses() -> None:
     files = sorted((ROOT / "platform" / "cryptostream" / "harness" / "experiments").glob("*.toml"))
-    assert {f.stem for f in files} >= {"scaling", "rate-sweep", "symbols-sweep", "query-load",
-                                       "replay", "tiny"}  # fmt: skip
+    assert {f.stem for f in files} >= {
+        "scaling",
+        "rate-sweep",
+        "symbols-sweep",
+        "query-load",
+        "replay",
+        "tiny",
+    }
     for path in files:
         experiment, text = load_experiment(path)
         assert experiment.name == path.stem
@@ -69,8 +75,13 @@ def test_trials_expand_symbols_times_rates() -> None:
     )
     trials = plan_fixed(experiment, repetition=0, processors=2)
     assert [(t.symbols, t.rate) for t in trials] == [
-        (10, 1000), (10, 2000), (10, 4000), (100, 1000), (100, 2000), (100, 4000)
-    ]  # fmt: skip
+        (10, 1000),
+        (10, 2000),
+        (10, 4000),
+        (100, 1000),
+        (100, 2000),
+        (100, 4000),
+    ]
     assert {t.processors for t in trials} == {2}
 
 
@@ -161,8 +172,10 @@ def test_synthetic_trades_are_seeded_with_consecutive_ids() -> None:
     def make(seed: int) -> list[tuple[str, int, str, int]]:
         seq = symbol_sequence(1000, 20, 1.2, seed)
         gen = SyntheticTrades(names, seq, rate=500, seed=seed, id_base=7)
-        return [(t.symbol, t.trade_id, t.price, t.trade_time)
-                for t in (gen.trade(i, 0) for i in range(1000))]  # fmt: skip
+        return [
+            (t.symbol, t.trade_id, t.price, t.trade_time)
+            for t in (gen.trade(i, 0) for i in range(1000))
+        ]
 
     first, again, other = make(3), make(3), make(4)
     assert first == again

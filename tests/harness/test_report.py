@@ -25,9 +25,14 @@ def test_report_writes_plots_markdown_and_html(folder: Path) -> None:
     lines = report.write_report(folder)
     pngs = sorted(p.name for p in folder.glob("*.png"))
     assert pngs == [
-        "lag_over_time.png", "latency_cdf.png", "latency_percentiles.png", "resources.png",
-        "search_lag.png", "throughput_over_time.png", "throughput_vs_processors.png",
-    ]  # fmt: skip
+        "lag_over_time.png",
+        "latency_cdf.png",
+        "latency_percentiles.png",
+        "resources.png",
+        "search_lag.png",
+        "throughput_over_time.png",
+        "throughput_vs_processors.png",
+    ]
     for png in folder.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 10_000  # a real figure, not an empty canvas

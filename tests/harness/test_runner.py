@@ -122,11 +122,22 @@ def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(
         Path(name).write_text(tiny.read_text() + BUDGETED)
     out = tmp_path / "report"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cryptostream", "experiment", name, "--out", str(out),
-         "--no-progress", "--no-report"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "cryptostream",
+            "experiment",
+            name,
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-report",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "CSP_RUN_DIR": str(tmp_path)},
-    )  # fmt: skip
+    )
     children: set[int] = set()
     try:
         deadline = time.monotonic() + 120
@@ -141,8 +152,11 @@ def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(
             want, roles = {"kafka", "redis", "g0-processor-1", "loadgen"}, set()
             until = time.monotonic() + 2
             while not want <= roles and time.monotonic() < until:
-                roles = {p.name.split("-", 3)[3] for p in base.iterdir()
-                         if cgroups.owner_of(p.name) == proc.pid}  # fmt: skip
+                roles = {
+                    p.name.split("-", 3)[3]
+                    for p in base.iterdir()
+                    if cgroups.owner_of(p.name) == proc.pid
+                }
                 time.sleep(0.02)
             assert want <= roles, roles
         proc.send_signal(signal.SIGINT)
@@ -150,8 +164,11 @@ def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(
     finally:
         if proc.poll() is None:
             proc.kill()
-    alive = [pid for pid in children if psutil.pid_exists(pid)
-             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+    alive = [
+        pid
+        for pid in children
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
     assert alive == []
     results = orjson.loads((out / "results.json").read_bytes())
     assert results["complete"] is False and results["interrupted"] is True

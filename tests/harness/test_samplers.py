@@ -49,9 +49,10 @@ def test_query_report_sets_server_rps_beside_locust_and_names_a_saturated_genera
         "cpu_percent_mean": {"query-1": 140.0, "locust": 97.0, "processor-1": 20.0},
         "query_load": {
             "stats": [{"Name": "Aggregated", "Requests/s": "4030.5"}],
-            "server_requests": 80_000, "server_seconds": 20.0,
+            "server_requests": 80_000,
+            "server_seconds": 20.0,
         },
-    }  # fmt: skip
+    }
     text = report._query_accounting(trial)
     assert "counted 4,000 req/s itself" in text and "Locust's 4,030 req/s" in text
     assert "query API 140 %" in text and "Locust 97 %" in text
@@ -65,11 +66,12 @@ def test_query_cpu_is_averaged_over_locusts_own_run() -> None:
     # used a whole core while it ran.
     trial: dict[str, Any] = {
         "cpu_percent_mean": {"query-1": 30.0, "locust": 46.0},
-        "series": {"t": [0.0, 1.0, 2.0, 3.0],
-                   "cpu_percent": {"query-1": [5.0, 55.0, 60.0, 0.0],
-                                   "locust": [0.0, 90.0, 94.0, 0.0]}},
+        "series": {
+            "t": [0.0, 1.0, 2.0, 3.0],
+            "cpu_percent": {"query-1": [5.0, 55.0, 60.0, 0.0], "locust": [0.0, 90.0, 94.0, 0.0]},
+        },
         "query_load": {"stats": [], "window_s": [0.5, 2.5]},
-    }  # fmt: skip
+    }
     text = report._query_accounting(trial)
     assert "over Locust's run: query API 58 %" in text and "Locust 92 %" in text
     assert "load generator was the bottleneck" in text

@@ -64,8 +64,10 @@ def confirmed(search: RateSearch) -> list[Tried]:
 
 
 def test_doubling_then_bisection_converges_to_the_resolution() -> None:
-    search = run(RateSearch(start=2000, maximum=1e6, max_trials=12, resolution=0.1),
-                 LagModel(capacity=11_000))  # fmt: skip
+    search = run(
+        RateSearch(start=2000, maximum=1e6, max_trials=12, resolution=0.1),
+        LagModel(capacity=11_000),
+    )
     rates = [t.rate for t in search.trials]
     assert rates[:5] == [2000, 4000, 8000, 16000, 12000]  # doubles, then bisects 8k..16k
     assert search.capacity is not None and search.upper is not None
@@ -80,8 +82,10 @@ def test_doubling_then_bisection_converges_to_the_resolution() -> None:
 def test_a_failed_confirmation_sends_the_search_below_it() -> None:
     # Short search trials see 12,500/s; the long confirmation sees the true 10,000/s.
     model = LagModel(capacity=10_000, burst=12_500, burst_s=SEARCH_S)
-    search = run(RateSearch(start=2500, maximum=1e6, max_trials=12, resolution=0.05,
-                            max_confirmations=4), model)  # fmt: skip
+    search = run(
+        RateSearch(start=2500, maximum=1e6, max_trials=12, resolution=0.05, max_confirmations=4),
+        model,
+    )
     failed_confirmations = [t.rate for t in search.trials if t.confirm and t.outcome == "failed"]
     assert failed_confirmations, "the scenario must exercise a failed confirmation"
     assert search.capacity is not None
@@ -134,8 +138,10 @@ def test_start_failing_halves_and_maximum_sustained_is_a_lower_bound() -> None:
 def test_capacity_is_always_confirmed_and_within_the_resolution(
     capacity: float, start: float, resolution: float
 ) -> None:
-    search = run(RateSearch(start=start, maximum=1e7, max_trials=14, resolution=resolution),
-                 LagModel(capacity=capacity))  # fmt: skip
+    search = run(
+        RateSearch(start=start, maximum=1e7, max_trials=14, resolution=resolution),
+        LagModel(capacity=capacity),
+    )
     assert search.capacity is not None
     # The verdict tolerates lag growth of 5 % of the rate: r - C <= 0.05 r.
     assert search.capacity <= capacity / 0.95 + 50

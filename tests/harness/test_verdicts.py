@@ -62,8 +62,10 @@ def table(md: str, title_start: str) -> list[dict[str, str]]:
             block.append(line)
     rows = block
     header = [c.strip() for c in rows[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in row.strip("|").split("|")), strict=True))
-            for row in rows[2:]]  # fmt: skip
+    return [
+        dict(zip(header, (c.strip() for c in row.strip("|").split("|")), strict=True))
+        for row in rows[2:]
+    ]
 
 
 def raw_truth(results: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
@@ -79,17 +81,24 @@ def raw_truth(results: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
             confirmations = [search["capacity"]] if search.get("capacity") else []
         everything = trials + confirmations
         failed = [t["rate"] for t in everything if not t["sustained"]]
-        limited = [t["rate"] for t in trials
-                   if t["sustained"] and t["produced_rate"] < 0.9 * t["rate"]]  # fmt: skip
+        limited = [
+            t["rate"] for t in trials if t["sustained"] and t["produced_rate"] < 0.9 * t["rate"]
+        ]
         ceiling = min(failed + limited, default=float("inf"))
-        confirmed = [t["rate"] for t in confirmations if t["sustained"]
-                     and t["produced_rate"] >= 0.9 * t["rate"] and t["rate"] < ceiling]  # fmt: skip
-        out.setdefault(g["processors"], []).append({
-            "capacity": max(confirmed) if confirmed else None,
-            "failed": failed, "lowest_failed": min(failed) if failed else None,
-            "tried": {t["rate"] for t in everything},
-            "confirmations": [(t["rate"], t["sustained"]) for t in confirmations],
-        })  # fmt: skip
+        confirmed = [
+            t["rate"]
+            for t in confirmations
+            if t["sustained"] and t["produced_rate"] >= 0.9 * t["rate"] and t["rate"] < ceiling
+        ]
+        out.setdefault(g["processors"], []).append(
+            {
+                "capacity": max(confirmed) if confirmed else None,
+                "failed": failed,
+                "lowest_failed": min(failed) if failed else None,
+                "tried": {t["rate"] for t in everything},
+                "confirmations": [(t["rate"], t["sustained"]) for t in confirmations],
+            }
+        )
     return out
 
 
@@ -120,8 +129,11 @@ def check(md: str, results: dict[str, Any]) -> None:
                 raise Disagreement(f"{n}: {claimed:,.0f}/s was never tried")
             lower = "≥" in cap_cell or ">=" in cap_cell
             # '>=' when some confirmed repetition had no failure above its capacity.
-            open_ended = any(not any(f > c for f in r["failed"])
-                             for r in reps if (c := r["capacity"]) is not None)  # fmt: skip
+            open_ended = any(
+                not any(f > c for f in r["failed"])
+                for r in reps
+                if (c := r["capacity"]) is not None
+            )
             if lower != open_ended:
                 raise Disagreement(f"{n}: '≥' shown: {lower}; nothing failed above: {open_ended}")
             capacities[n] = claimed
@@ -135,8 +147,10 @@ def check(md: str, results: dict[str, Any]) -> None:
             if not lowest:
                 raise Disagreement(f"{n}: shows lowest failed {shown}, nothing failed")
             if not same(shown[0], statistics.median(lowest)):
-                raise Disagreement(f"{n}: lowest failed {shown[0]:,.0f} is not the median of "
-                                   f"the tried rates {lowest}")  # fmt: skip
+                raise Disagreement(
+                    f"{n}: lowest failed {shown[0]:,.0f} is not the median of "
+                    f"the tried rates {lowest}"
+                )
             for value in shown[1:]:
                 if not any(same(value, x) for x in lowest):
                     raise Disagreement(f"{n}: {value:,.0f} is not a tried failed rate")
@@ -175,8 +189,11 @@ def _results(path: Path) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("path", [OLD_RESULTS, DATA / "results.json", NEW_RESULTS],
-                         ids=["scaling-3", "fixture-2x2", "budgeted"])  # fmt: skip
+@pytest.mark.parametrize(
+    "path",
+    [OLD_RESULTS, DATA / "results.json", NEW_RESULTS],
+    ids=["scaling-3", "fixture-2x2", "budgeted"],
+)
 def test_every_verdict_in_report_md_agrees_with_results_json(path: Path, tmp_path: Path) -> None:
     if not path.exists():
         pytest.fail(f"missing fixture {path}")
@@ -211,8 +228,10 @@ def test_the_report_follows_the_data_when_a_verdict_flips() -> None:
             t["sustained"] = False  # now that confirmation failed
     md = report.markdown(report.build(results))
     check(md, results)
-    rows = {(r["processors"], r["repetition"]): r
-            for r in table(md, "Sustainable-rate search per repetition")}  # fmt: skip
+    rows = {
+        (r["processors"], r["repetition"]): r
+        for r in table(md, "Sustainable-rate search per repetition")
+    }
     row = rows[(str(group["processors"]), str(group["repetition"] + 1))]
     assert f"{capacity['rate']:,.0f} ✗" in row["confirmations"]
     assert row["capacity /s"] != f"{capacity['rate']:,.0f}"

@@ -265,18 +265,19 @@ def _collector_files() -> list[Path]:
 def test_shared_collector_recordings_replay_trade_by_trade(path: Path) -> None:
     """The genuine ``<receive time> <frame>`` recordings: every @trade frame of the file, in
     order, with its exact id, price, quantity and time (read here independently of the reader);
-    every other market frame kept; the one REST snapshot line counted as skipped."""
+    every other market frame kept, and the REST snapshot line (a frame for the replayed book)."""
     from marketsim.replay import ReplayStats, is_recorded
     from marketsim.units import parse8
 
-    want, others, lines = [], 0, 0
+    want, others, lines, snapshots = [], 0, 0, 0
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             lines += 1
             stamp, _, text = line.rstrip("\n").partition(" ")
             frame = json.loads(text)
             if "stream" not in frame:
-                continue  # the REST depth snapshot
+                snapshots += 1  # the REST depth snapshot
+                continue
             if frame["stream"].endswith("@trade"):
                 d = frame["data"]
                 want.append((int(stamp), d["s"], d["t"], parse8(d["p"]), parse8(d["q"]), d["T"]))
@@ -292,7 +293,8 @@ def test_shared_collector_recordings_replay_trade_by_trade(path: Path) -> None:
     ]
     scale = 1000 if want and want[0][0] >= 10**17 else 1  # ns files; the 2023 file is in µs
     assert got == [(t // scale, s, i, p, q, tt * 1000) for t, s, i, p, q, tt in want]
-    assert len(frames) - len(got) == others
+    assert len(frames) - len(got) == others + snapshots
+    assert sum(1 for f in frames if f.depth is not None and f.depth.snapshot) == snapshots
     assert stats.lines == lines and stats.skipped == lines - len(frames)
     assert [i for _t, _s, i, *_ in want] == list(range(want[0][2], want[0][2] + len(want)))
 

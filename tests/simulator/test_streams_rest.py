@@ -37,7 +37,11 @@ async def test_derived_streams_consistent_with_trades() -> None:
     assert [a["a"] for a in aggs] == list(range(aggs[0]["a"], aggs[0]["a"] + len(aggs)))
     assert len(books) == len(aggs)
     for a, b in zip(aggs, books, strict=True):
-        assert (b["b"] if a["m"] else b["a"]) == a["p"]  # taker hit the bid (m) or lifted the ask
+        # the taker hit the best bid (m) or lifted the best ask: after it, that side's best is
+        # the same price (the level had more) or a worse one (the level is gone)
+        p, bid, ask = parse8(a["p"]), parse8(b["b"]), parse8(b["a"])
+        assert bid < ask
+        assert (bid <= p < ask) if a["m"] else (bid < p <= ask)
         assert parse8(b["b"]) < parse8(b["a"])
     assert [b["u"] for b in books] == sorted(b["u"] for b in books)
     closed = [k["k"] for k in klines if k["k"]["x"]]

@@ -40,3 +40,14 @@ def test_a_service_validates_every_setting_its_code_reads(service: str) -> None:
 def test_every_setting_belongs_to_some_command() -> None:
     owned = set().union(*SERVICE_FIELDS.values()) | TEST_ONLY
     assert set(Settings.model_fields) - owned == set()
+
+
+def test_settings_reach_query_workers_with_their_secrets() -> None:
+    """Workers get the settings as JSON (query/server.py): a password must arrive as itself, not
+    as pydantic's ``**********`` mask, and every other field unchanged."""
+    from cryptostream.config import settings_json
+
+    settings = Settings(kafka_sasl_password="s3cret pass", partitions=5)  # type: ignore[arg-type]
+    again = Settings.model_validate_json(settings_json(settings))
+    assert again.kafka_sasl_password.get_secret_value() == "s3cret pass"
+    assert again == settings

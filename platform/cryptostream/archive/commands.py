@@ -51,8 +51,11 @@ def archive_compact(
     from cryptostream.archive.maintain import compact
 
     settings = Settings()
-    report = compact(settings.archive_dir, min_files or settings.archive_compact_min_files,
-                     settings.archive_row_group_rows)  # fmt: skip
+    report = compact(
+        settings.archive_dir,
+        min_files or settings.archive_compact_min_files,
+        settings.archive_row_group_rows,
+    )
     typer.echo(
         f"merged {report.merged} files into {report.written}; removed "
         f"{report.removed_covered} covered leftovers"

@@ -56,8 +56,11 @@ def compact(root: Path, min_files: int, row_group_rows: int) -> CompactReport:
         for (topic, partition), members in sorted(groups.items()):
             if len(members) < min_files:
                 continue
-            bad = [(str(folder / n), why) for _, n in members
-                   if (why := checker.check(str(folder / n)) or checker.verify(str(folder / n)))]  # fmt: skip
+            bad = [
+                (str(folder / n), why)
+                for _, n in members
+                if (why := checker.check(str(folder / n)) or checker.verify(str(folder / n)))
+            ]
             if bad:
                 report.bad += bad
                 continue
@@ -69,8 +72,9 @@ def compact(root: Path, min_files: int, row_group_rows: int) -> CompactReport:
                 topic, partition, members[0][0].first, max(r.last for r, _ in members)
             )
             tmp = folder / layout.tmp_name(target.name)
-            write_parquet(tmp, merged.replace_schema_metadata(tables[0].schema.metadata),
-                          row_group_rows)  # fmt: skip
+            write_parquet(
+                tmp, merged.replace_schema_metadata(tables[0].schema.metadata), row_group_rows
+            )
             os.replace(tmp, target)
             fsync_dir(folder)
             for _, n in members:
@@ -80,8 +84,9 @@ def compact(root: Path, min_files: int, row_group_rows: int) -> CompactReport:
             report.merged += len(members)
             report.written += 1
     for path, reason in report.bad:
-        log.error("archive file not compacted", extra={"fields": {"file.path": path,
-                                                                  "reason": reason}})  # fmt: skip
+        log.error(
+            "archive file not compacted", extra={"fields": {"file.path": path, "reason": reason}}
+        )
     return report
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from cryptostream.archive.core import SinkCore
+from cryptostream.archive.metrics import ArchiveMetrics
 from cryptostream.archive.store import ArchiveStore
 from cryptostream.config import Settings
 from cryptostream.kafka_clients import make_consumer, security_config
@@ -38,9 +39,11 @@ class ArchiveSink:
             int(settings.processor_max_future_s * 1000),
         )
         self.store = ArchiveStore(
-            settings.archive_dir, settings.topic, settings.archive_scale,
+            settings.archive_dir,
+            settings.topic,
+            settings.archive_scale,
             settings.archive_row_group_rows,
-        )  # fmt: skip
+        )
         self.consumer: Consumer = make_consumer(
             settings,
             **{"group.id": settings.archive_group_id, "enable.partition.eof": False},
@@ -49,6 +52,15 @@ class ArchiveSink:
         self.warn = RateLimitedLog(log)
         self.stats = {"records": 0, "archived": 0, "files": 0, "flushes": 0}
         self._last_report = time.monotonic()
+        self.metrics = ArchiveMetrics(self.counters, lambda: self.core.buffered)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            **self.stats,
+            "undecodable": self.core.undecodable,
+            "stale": self.core.stale,
+            "unrepresentable": self.store.unrepresentable,
+        }
 
     # librdkafka runs these inside poll()/consume()/close(), in this thread, between batches.
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -78,7 +90,8 @@ class ArchiveSink:
 
     def _flush(self, partition: int) -> None:
         flush = self.core.take(partition)
-        paths = self.store.commit(flush)
+        with self.metrics.flush_seconds.time():
+            paths = self.store.commit(flush)
         self.stats["archived"] += flush.rows
         self.stats["files"] += len(paths)
         self.stats["flushes"] += 1
@@ -91,8 +104,12 @@ class ArchiveSink:
             self.warn.warning("commit", "offset commit failed", **{"error.message": str(exc)})
 
     def run(self) -> None:
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)  # fmt: skip
+        self.consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         try:
             while self.running:
                 self.step(self.settings.batch_timeout_s)
@@ -124,17 +141,19 @@ class ArchiveSink:
         self._last_report = time.monotonic()
         log.info(
             "archive progress",
-            extra={"fields": {**self.stats, "buffered": self.core.buffered,
-                              "undecodable": self.core.undecodable, "stale": self.core.stale,
-                              "unrepresentable": self.store.unrepresentable}},
-        )  # fmt: skip
+            extra={"fields": {**self.counters(), "buffered": self.core.buffered}},
+        )
 
 
 def main(settings: Settings) -> int:
     setup_logging("archive", settings.log_level)
     try:
-        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
-                      client_config=security_config(settings))  # fmt: skip
+        require_topic(
+            settings.kafka_bootstrap,
+            settings.topic,
+            settings.partitions,
+            client_config=security_config(settings),
+        )
     except TopicError as exc:
         log.error(str(exc))
         return 2
@@ -144,6 +163,8 @@ def main(settings: Settings) -> int:
         log.error(f"cannot create the archive folder {settings.archive_dir}: {exc}")
         return 2
     sink = ArchiveSink(settings)
+    if settings.archive_metrics_port:
+        sink.metrics.serve(settings.archive_metrics_port, settings.metrics_host)
 
     def _stop(signum: int, frame: object) -> None:
         sink.running = False

@@ -219,9 +219,15 @@ class ArchiveStore:
                 log.error(
                     "archive: trades with more fractional digits than CSP_ARCHIVE_SCALE "
                     "are not archived",
-                    extra={"fields": {"partition": flush.partition, "offsets": dropped[:20],
-                                      "count": len(dropped), "scale": self.scale}},
-                )  # fmt: skip
+                    extra={
+                        "fields": {
+                            "partition": flush.partition,
+                            "offsets": dropped[:20],
+                            "count": len(dropped),
+                            "scale": self.scale,
+                        }
+                    },
+                )
             if table.num_rows == 0:
                 continue
             staged = f"{flush.last:020d}-{i:05d}.parquet.tmp"

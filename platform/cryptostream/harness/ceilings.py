@@ -35,8 +35,15 @@ _PRODUCER_LINE = re.compile(
 
 
 def trade_value_size() -> int:
-    sample = Trade("SYM0000USDT", 123456789, "12345.6789", "1.23456", 1_700_000_000_000,
-                   1_700_000_000_000, False)  # fmt: skip
+    sample = Trade(
+        "SYM0000USDT",
+        123456789,
+        "12345.6789",
+        "1.23456",
+        1_700_000_000_000,
+        1_700_000_000_000,
+        False,
+    )
     return len(encode_trade(sample, 1_700_000_000_000_000))
 
 
@@ -46,11 +53,20 @@ def parse_producer_perf(output: str) -> dict[str, float]:
     if not matches:
         raise ValueError(f"no summary line in ProducerPerformance output:\n{output[-2000:]}")
     m = matches[-1]
-    out = {"records": float(m[0]), "records_per_s": float(m[1]), "mb_per_s": float(m[2]),
-           "avg_latency_ms": float(m[3]), "max_latency_ms": float(m[4])}  # fmt: skip
+    out = {
+        "records": float(m[0]),
+        "records_per_s": float(m[1]),
+        "mb_per_s": float(m[2]),
+        "avg_latency_ms": float(m[3]),
+        "max_latency_ms": float(m[4]),
+    }
     if m[5]:
-        out |= {"p50_ms": float(m[5]), "p95_ms": float(m[6]), "p99_ms": float(m[7]),
-                "p99.9_ms": float(m[8])}  # fmt: skip
+        out |= {
+            "p50_ms": float(m[5]),
+            "p95_ms": float(m[6]),
+            "p99_ms": float(m[7]),
+            "p99.9_ms": float(m[8]),
+        }
     return out
 
 
@@ -87,8 +103,14 @@ def parse_redis_benchmark(output: str) -> dict[str, float]:
 
 def _java(lib: Path, heap: str = "256m") -> list[str]:
     log4j = resources.files("cryptostream.stack").joinpath("kafka-log4j2.properties")
-    return [check_java(), f"-Xmx{heap}", "-cp", f"{lib}/*", f"-Dlog4j2.configurationFile={log4j}",
-            "-Dkafka.logs.dir=/tmp"]  # fmt: skip
+    return [
+        check_java(),
+        f"-Xmx{heap}",
+        "-cp",
+        f"{lib}/*",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-Dkafka.logs.dir=/tmp",
+    ]
 
 
 def _run(argv: list[str], timeout: float) -> str:
@@ -107,19 +129,45 @@ def kafka_ceilings(
     create_topics(bootstrap, [TopicSpec(topic, partitions, 1)])
     size = trade_value_size()
     producer_props = [
-        f"bootstrap.servers={bootstrap}", "acks=all", "enable.idempotence=true",
-        "linger.ms=5", "batch.size=262144", "compression.type=lz4",
-    ]  # fmt: skip
+        f"bootstrap.servers={bootstrap}",
+        "acks=all",
+        "enable.idempotence=true",
+        "linger.ms=5",
+        "batch.size=262144",
+        "compression.type=lz4",
+    ]
     produce = _run(
-        [*_java(lib), PRODUCER_CLASS, "--topic", topic, "--num-records", str(records),
-         "--record-size", str(size), "--throughput", "-1", "--producer-props", *producer_props],
+        [
+            *_java(lib),
+            PRODUCER_CLASS,
+            "--topic",
+            topic,
+            "--num-records",
+            str(records),
+            "--record-size",
+            str(size),
+            "--throughput",
+            "-1",
+            "--producer-props",
+            *producer_props,
+        ],
         timeout,
-    )  # fmt: skip
+    )
     consume = _run(
-        [*_java(lib), CONSUMER_CLASS, "--bootstrap-server", bootstrap, "--topic", topic,
-         "--messages", str(records), "--timeout", "60000"],
+        [
+            *_java(lib),
+            CONSUMER_CLASS,
+            "--bootstrap-server",
+            bootstrap,
+            "--topic",
+            topic,
+            "--messages",
+            str(records),
+            "--timeout",
+            "60000",
+        ],
         timeout,
-    )  # fmt: skip
+    )
     return {
         "record_size": size,
         "records": records,

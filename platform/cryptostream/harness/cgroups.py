@@ -195,8 +195,9 @@ class CpuBudgets:
         names = [p.name for p in self.hierarchy.base.iterdir() if p.is_dir()]
         removed = []
         for name in stale_names(names, psutil.pid_exists):
-            if _remove(Cgroup(self.hierarchy.base / name, self.hierarchy.version, 0),
-                       self.hierarchy.base):  # fmt: skip
+            if _remove(
+                Cgroup(self.hierarchy.base / name, self.hierarchy.version, 0), self.hierarchy.base
+            ):
                 removed.append(name)
         return removed
 

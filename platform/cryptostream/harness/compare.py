@@ -127,19 +127,31 @@ def markdown(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> 
     out = [f"# `{xa}`: A = {name_a}, B = {name_b}", ""]
     for label, r, env in (("A", a, env_a), ("B", b, env_b)):
         budgets = r.get("budgets") or {}
-        named = ", ".join(f"{k.removesuffix('_cpu')} {v:g}" for k, v in budgets.items()
-                          if k.endswith("_cpu") and v) or "none"  # fmt: skip
-        out.append(f"- {label}: started {r.get('started_at')}, commit "
-                   f"{str(env.get('git_commit'))[:12]}{' (dirty)' if env.get('git_dirty') else ''}"
-                   f", {env.get('cores')} cores, CPU budgets (cores): {named}, "
-                   f"{r['experiment']['repetitions']} repetition(s)")  # fmt: skip
+        named = (
+            ", ".join(
+                f"{k.removesuffix('_cpu')} {v:g}"
+                for k, v in budgets.items()
+                if k.endswith("_cpu") and v
+            )
+            or "none"
+        )
+        out.append(
+            f"- {label}: started {r.get('started_at')}, commit "
+            f"{str(env.get('git_commit'))[:12]}{' (dirty)' if env.get('git_dirty') else ''}"
+            f", {env.get('cores')} cores, CPU budgets (cores): {named}, "
+            f"{r['experiment']['repetitions']} repetition(s)"
+        )
     if a["experiment"] != b["experiment"]:
         out.append("- The experiment files differ (see each results.json): compare with care.")
     out += ["", "| figure | A | B | B / A | difference |", "|---|---|---|---|---|"]
     for row in compare(a, b):
         ratio = "-" if row.ratio is None else f"{row.ratio:.2f}"
         out.append(f"| {row.name} | {_cell(row.a)} | {_cell(row.b)} | {ratio} | {row.verdict} |")
-    out += ["", "Values are medians over repetitions (range in brackets). A difference counts "
-            "only beyond the larger side's spread over repetitions, or for capacities beyond the "
-            "search's resolution.", ""]  # fmt: skip
+    out += [
+        "",
+        "Values are medians over repetitions (range in brackets). A difference counts "
+        "only beyond the larger side's spread over repetitions, or for capacities beyond the "
+        "search's resolution.",
+        "",
+    ]
     return "\n".join(out)

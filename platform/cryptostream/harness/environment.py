@@ -15,8 +15,20 @@ from typing import Any
 
 import psutil
 
-LIBRARIES = ("confluent-kafka", "redis", "hiredis", "orjson", "pydantic", "fastapi", "uvicorn",
-             "websockets", "hdrhistogram", "matplotlib", "locust", "psutil")  # fmt: skip
+LIBRARIES = (
+    "confluent-kafka",
+    "redis",
+    "hiredis",
+    "orjson",
+    "pydantic",
+    "fastapi",
+    "uvicorn",
+    "websockets",
+    "hdrhistogram",
+    "matplotlib",
+    "locust",
+    "psutil",
+)
 
 
 def _cmd(argv: list[str]) -> str:

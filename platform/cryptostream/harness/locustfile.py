@@ -85,8 +85,9 @@ class PriceReader(FastHttpUser):
     @task(3)
     def candles(self) -> None:
         interval = self.rng.choice(("1m", "1m", "5m", "1h"))
-        self._read(f"/candles/{zipf_symbol(self.rng)}?interval={interval}&limit=30",
-                   "/candles/{symbol}")  # fmt: skip
+        self._read(
+            f"/candles/{zipf_symbol(self.rng)}?interval={interval}&limit=30", "/candles/{symbol}"
+        )
 
     @task(2)
     def stats(self) -> None:
@@ -115,9 +116,13 @@ class LiveClient(HttpUser):
         symbols = ",".join({zipf_symbol(self.rng) for _ in range(20)})
         started = time.perf_counter()
         updates = 0
-        with self.client.get(f"/stream/prices?symbols={symbols}", name="/stream/prices",
-                             stream=True, catch_response=True,
-                             timeout=LIVE_HOLD_S + 10) as resp:  # fmt: skip
+        with self.client.get(
+            f"/stream/prices?symbols={symbols}",
+            name="/stream/prices",
+            stream=True,
+            catch_response=True,
+            timeout=LIVE_HOLD_S + 10,
+        ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"got {resp.status_code}")
                 return

@@ -149,16 +149,29 @@ def plan_fixed(experiment: Experiment, repetition: int, processors: int) -> list
     w = experiment.workload
     if w.source == "replay":
         return [
-            Trial(kind="replay", repetition=repetition, processors=processors, symbols=0,
-                  rate=0.0, duration_s=w.duration_s, speed=speed)
+            Trial(
+                kind="replay",
+                repetition=repetition,
+                processors=processors,
+                symbols=0,
+                rate=0.0,
+                duration_s=w.duration_s,
+                speed=speed,
+            )
             for speed in w.speeds
-        ]  # fmt: skip
+        ]
     return [
-        Trial(kind="fixed", repetition=repetition, processors=processors, symbols=symbols,
-              rate=rate, duration_s=w.duration_s)
+        Trial(
+            kind="fixed",
+            repetition=repetition,
+            processors=processors,
+            symbols=symbols,
+            rate=rate,
+            duration_s=w.duration_s,
+        )
         for symbols in w.symbol_counts
         for rate in w.rate_list
-    ]  # fmt: skip
+    ]
 
 
 def shipped_experiments() -> dict[str, str]:

@@ -71,8 +71,10 @@ def cell(s: stats.Summary | None, fmt: Any, what: str, flagged: list[str]) -> st
         text += f" ±{s.spread * 100:.0f}%"
         if s.flagged:
             text += f" {FLAG}"
-            flagged.append(f"{what}: spread {s.spread * 100:.0f}% over {s.n} runs "
-                           f"(min {fmt(s.low)}, max {fmt(s.high)})")  # fmt: skip
+            flagged.append(
+                f"{what}: spread {s.spread * 100:.0f}% over {s.n} runs "
+                f"(min {fmt(s.low)}, max {fmt(s.high)})"
+            )
     return text
 
 
@@ -126,25 +128,52 @@ def build(results: dict[str, Any]) -> Report:
         table = Table(
             "Fixed-rate trials (open-model load; latency = event -> visible in Redis, from each "
             "record's intended send time)",
-            ["processors", "symbols", "target /s", "processed /s", "p50 ms", "p90 ms", "p99 ms",
-             "p99.9 ms", "max ms", "drain s", "processor CPU %"],
-        )  # fmt: skip
+            [
+                "processors",
+                "symbols",
+                "target /s",
+                "processed /s",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "drain s",
+                "processor CPU %",
+            ],
+        )
         for (procs, symbols, rate), trials in fixed.items():
             what = f"{procs} processor(s), {symbols} symbols, {rate:,.0f}/s"
             lat = [t.get("latency_ms", {}) for t in trials]
 
             def pct(key: str, lat: list[dict[str, float]] = lat, what: str = what) -> str:
-                return cell(_summary(x.get(key) for x in lat if x.get("count")), fmt_ms,
-                            f"{what}: {key} latency", flagged)  # fmt: skip
+                return cell(
+                    _summary(x.get(key) for x in lat if x.get("count")),
+                    fmt_ms,
+                    f"{what}: {key} latency",
+                    flagged,
+                )
 
-            table.rows.append([
-                str(procs), f"{symbols:,}", fmt_rate(rate),
-                cell(_summary(t["processed_rate"] for t in trials), fmt_rate,
-                     f"{what}: processed rate", flagged),
-                pct("p50"), pct("p90"), pct("p99"), pct("p99.9"), pct("max"),
-                _median_text(t.get("drain_s") for t in trials),
-                f"{sum(processor_cpu(t) for t in trials) / len(trials):.0f}",
-            ])  # fmt: skip
+            table.rows.append(
+                [
+                    str(procs),
+                    f"{symbols:,}",
+                    fmt_rate(rate),
+                    cell(
+                        _summary(t["processed_rate"] for t in trials),
+                        fmt_rate,
+                        f"{what}: processed rate",
+                        flagged,
+                    ),
+                    pct("p50"),
+                    pct("p90"),
+                    pct("p99"),
+                    pct("p99.9"),
+                    pct("max"),
+                    _median_text(t.get("drain_s") for t in trials),
+                    f"{sum(processor_cpu(t) for t in trials) / len(trials):.0f}",
+                ]
+            )
         report.tables.append(table)
     verdicts = scaling_verdicts(results)
     if verdicts:
@@ -152,35 +181,69 @@ def build(results: dict[str, Any]) -> Report:
         report.tables.append(_search_table(verdicts, results, produce_ceiling, consume_ceiling))
     replays = trials_of(results, ("replay",))
     if replays:
-        table = Table("Replay through the full path (simulator -> ingest -> Kafka -> processors "
-                      "-> Redis)", ["speed", "records", "applied", "seconds", "records/s",
-                                    "p50 ms", "p99 ms", "complete", "checksum"])  # fmt: skip
+        table = Table(
+            "Replay through the full path (simulator -> ingest -> Kafka -> processors -> Redis)",
+            [
+                "speed",
+                "records",
+                "applied",
+                "seconds",
+                "records/s",
+                "p50 ms",
+                "p99 ms",
+                "complete",
+                "checksum",
+            ],
+        )
         checks = {g["trials"][0]["speed"]: g.get("checksum", "")[:12] for g in results["groups"]}
         for t in replays:
             lat = t.get("latency_ms", {})
-            table.rows.append([
-                f"x{t['speed']:g}" if t["speed"] else "max", f"{t['records']:,}",
-                f"{t['applied']:,}", f"{t['seconds']:.1f}", fmt_rate(t["replay_rate"]),
-                fmt_ms(lat.get("p50")) if lat.get("count") else "-",
-                fmt_ms(lat.get("p99")) if lat.get("count") else "-",
-                "yes" if t["complete"] else "no", checks.get(t["speed"], ""),
-            ])  # fmt: skip
-        table.note = ("Replay latency counts from each trade's event time as the simulator "
-                      "stamps it; paced replays cover at most the trial's duration.")  # fmt: skip
+            table.rows.append(
+                [
+                    f"x{t['speed']:g}" if t["speed"] else "max",
+                    f"{t['records']:,}",
+                    f"{t['applied']:,}",
+                    f"{t['seconds']:.1f}",
+                    fmt_rate(t["replay_rate"]),
+                    fmt_ms(lat.get("p50")) if lat.get("count") else "-",
+                    fmt_ms(lat.get("p99")) if lat.get("count") else "-",
+                    "yes" if t["complete"] else "no",
+                    checks.get(t["speed"], ""),
+                ]
+            )
+        table.note = (
+            "Replay latency counts from each trade's event time as the simulator "
+            "stamps it; paced replays cover at most the trial's duration."
+        )
         report.tables.append(table)
     query = [t for t in trials_of(results, ("fixed",)) if t.get("query_load")]
     if query:
-        table = Table("Query API under Locust (closed-loop users, Zipf symbols + unknown "
-                      "symbols)", ["endpoint", "requests", "failures", "req/s", "p50 ms",
-                                   "p90 ms", "p99 ms", "max ms"])  # fmt: skip
+        table = Table(
+            "Query API under Locust (closed-loop users, Zipf symbols + unknown symbols)",
+            ["endpoint", "requests", "failures", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+        )
         for row in query[0]["query_load"]["stats"]:
-            table.rows.append([row["Name"], row["Request Count"], row["Failure Count"],
-                               f"{float(row['Requests/s']):,.0f}", row["50%"], row["90%"],
-                               row["99%"], f"{float(row['Max Response Time']):.0f}"])  # fmt: skip
+            table.rows.append(
+                [
+                    row["Name"],
+                    row["Request Count"],
+                    row["Failure Count"],
+                    f"{float(row['Requests/s']):,.0f}",
+                    row["50%"],
+                    row["90%"],
+                    row["99%"],
+                    f"{float(row['Max Response Time']):.0f}",
+                ]
+            )
         failures = query[0]["query_load"].get("failures") or []
-        table.note = "Failures: " + ("; ".join(
-            f"{f['Name']}: {f['Error']} x{f['Occurrences']}" for f in failures) or "none") + (
-            ". Unknown symbols answered 404 with the contract's body count as successes.")  # fmt: skip
+        table.note = (
+            "Failures: "
+            + (
+                "; ".join(f"{f['Name']}: {f['Error']} x{f['Occurrences']}" for f in failures)
+                or "none"
+            )
+            + (". Unknown symbols answered 404 with the contract's body count as successes.")
+        )
         table.note += " " + _query_accounting(query[0])
         report.tables.append(table)
     if results.get("ceilings"):
@@ -197,25 +260,33 @@ def _query_accounting(trial: dict[str, Any]) -> str:
     locust_rps = float(agg["Requests/s"]) if agg else None
     if q.get("server_requests") is not None and q.get("server_seconds"):
         server_rps = q["server_requests"] / q["server_seconds"]
-        parts.append(f"The query API counted {server_rps:,.0f} req/s itself (its /metrics, all "
-                     f"workers) against Locust's {fmt_rate(locust_rps)} req/s.")  # fmt: skip
+        parts.append(
+            f"The query API counted {server_rps:,.0f} req/s itself (its /metrics, all "
+            f"workers) against Locust's {fmt_rate(locust_rps)} req/s."
+        )
     cpu = trial.get("cpu_percent_mean", {})
     what = "the trial"
     series, window = trial.get("series") or {}, q.get("window_s")
     if window and series.get("t"):  # over Locust's own run: the load it generated
         inside = [i for i, t in enumerate(series["t"]) if window[0] < t <= window[1]]
         if inside:
-            cpu = {name: sum(values[i] for i in inside if i < len(values)) / len(inside)
-                   for name, values in series["cpu_percent"].items()}  # fmt: skip
+            cpu = {
+                name: sum(values[i] for i in inside if i < len(values)) / len(inside)
+                for name, values in series["cpu_percent"].items()
+            }
             what = "Locust's run"
     server = sum(v for k, v in cpu.items() if k.startswith("query"))
     locust = cpu.get("locust")
     if cpu:
-        parts.append(f"Mean CPU over {what}: query API {server:.0f} % (workers included), "
-                     f"Locust {'-' if locust is None else f'{locust:.0f}'} % (100 = one core).")  # fmt: skip
+        parts.append(
+            f"Mean CPU over {what}: query API {server:.0f} % (workers included), "
+            f"Locust {'-' if locust is None else f'{locust:.0f}'} % (100 = one core)."
+        )
     if locust is not None and locust >= 85:
-        parts.append("Locust used a whole core: the load generator was the bottleneck, the API "
-                     "may serve more.")  # fmt: skip
+        parts.append(
+            "Locust used a whole core: the load generator was the bottleneck, the API "
+            "may serve more."
+        )
     return " ".join(parts)
 
 
@@ -262,9 +333,16 @@ def tried_text(values: list[float]) -> str:
 def _cpu_cell(cpu: dict[str, float], cores: int) -> str:
     if not cpu:
         return "-"
-    parts = [f"{name} {cpu[key]:.0f}" for key, name in (
-        ("processor", "processors"), ("kafka", "Kafka"), ("redis", "Redis"),
-        ("loadgen", "generator")) if key in cpu]  # fmt: skip
+    parts = [
+        f"{name} {cpu[key]:.0f}"
+        for key, name in (
+            ("processor", "processors"),
+            ("kafka", "Kafka"),
+            ("redis", "Redis"),
+            ("loadgen", "generator"),
+        )
+        if key in cpu
+    ]
     total = sum(v for k, v in cpu.items())
     return ", ".join(parts) + f"; all {total:.0f} of {100 * cores}"
 
@@ -277,31 +355,49 @@ def _us_per_trade(v: CountVerdict) -> str:
     return f"{cpu / 100 / v.capacity * 1e6:.1f}"
 
 
-def _summary_table(results: dict[str, Any], verdicts: dict[int, CountVerdict],
-                   report: Report) -> Table:  # fmt: skip
+def _summary_table(
+    results: dict[str, Any], verdicts: dict[int, CountVerdict], report: Report
+) -> Table:
     env = results.get("environment", {})
     cores = int(env.get("cores") or 1)
     eff = efficiency(verdicts)
     table = Table(
         "Summary",
-        ["processors", "capacity /s", "x 1 processor", "efficiency", "lowest failed /s (tried)",
-         "p99 at capacity ms", "processor CPU µs per trade", "CPU at capacity (% of a core)",
-         "limit just above capacity"],
-    )  # fmt: skip
+        [
+            "processors",
+            "capacity /s",
+            "x 1 processor",
+            "efficiency",
+            "lowest failed /s (tried)",
+            "p99 at capacity ms",
+            "processor CPU µs per trade",
+            "CPU at capacity (% of a core)",
+            "limit just above capacity",
+        ],
+    )
     for n, v in verdicts.items():
         e = eff.get(n)
         p99 = [g.p99_ms for g in v.groups if g.p99_ms is not None]
-        table.rows.append([
-            str(n), capacity_text(v), "-" if e is None else f"{e[0]:.2f}",
-            "-" if e is None else f"{e[1]:.2f}", tried_text(v.lowest_failed),
-            fmt_ms(statistics.median(p99)) if p99 else "-", _us_per_trade(v),
-            _cpu_cell(v.cpu_at_capacity(), cores), v.limit or "-",
-        ])  # fmt: skip
-    table.note = ("Capacity: the highest rate that was tried, kept the consumer lag flat, and did "
-                  "so again in a longer confirmation trial (median over repetitions, ±: spread); "
-                  "'≥': nothing above it failed, the true capacity is higher. Lowest failed: the "
-                  "lowest tried rate whose lag grew. Efficiency = capacity(N) / (N x "
-                  "capacity(1)).")  # fmt: skip
+        table.rows.append(
+            [
+                str(n),
+                capacity_text(v),
+                "-" if e is None else f"{e[0]:.2f}",
+                "-" if e is None else f"{e[1]:.2f}",
+                tried_text(v.lowest_failed),
+                fmt_ms(statistics.median(p99)) if p99 else "-",
+                _us_per_trade(v),
+                _cpu_cell(v.cpu_at_capacity(), cores),
+                v.limit or "-",
+            ]
+        )
+    table.note = (
+        "Capacity: the highest rate that was tried, kept the consumer lag flat, and did "
+        "so again in a longer confirmation trial (median over repetitions, ±: spread); "
+        "'≥': nothing above it failed, the true capacity is higher. Lowest failed: the "
+        "lowest tried rate whose lag grew. Efficiency = capacity(N) / (N x "
+        "capacity(1))."
+    )
     report.summary = _story(verdicts, eff)
     report.caveats = _caveats(results, verdicts)
     return table
@@ -316,10 +412,16 @@ def _story(
         cap = v.capacity
         if cap is None:
             searched = [g.best_search for g in v.groups if g.best_search is not None]
-            parts.append(f"no confirmed capacity with {n}" + (
-                f" (short search trials sustained up to {max(searched):,.0f}/s, unconfirmed"
-                + ("; the load generator could not deliver more" if v.generator_limited else "")
-                + ")" if searched else ""))  # fmt: skip
+            parts.append(
+                f"no confirmed capacity with {n}"
+                + (
+                    f" (short search trials sustained up to {max(searched):,.0f}/s, unconfirmed"
+                    + ("; the load generator could not deliver more" if v.generator_limited else "")
+                    + ")"
+                    if searched
+                    else ""
+                )
+            )
             continue
         text = f"{'at least ' if v.lower_bound else ''}{cap:,.0f}/s with {n}"
         e = eff.get(n)
@@ -331,8 +433,9 @@ def _story(
     if len(known) > 1:
         stops = [b for (_, x), (b, y) in itertools.pairwise(known) if y <= x]
         if not stops:
-            lines.append(f"Capacity rises at every step from {known[0][0]} to {known[-1][0]} "
-                         "processors.")  # fmt: skip
+            lines.append(
+                f"Capacity rises at every step from {known[0][0]} to {known[-1][0]} processors."
+            )
         else:
             lines.append(
                 f"Capacity stops rising at {stops[0]} processors: "
@@ -360,16 +463,20 @@ def _caveats(results: dict[str, Any], verdicts: dict[int, CountVerdict]) -> list
     out = []
     cores = env.get("cores")
     load = env.get("load_average") or []
-    out.append(f"{cores} cores for everything: Kafka, Redis, the processors, the load generator "
-               "and the harness share them"
-               + (f" (load average {load[0]:.2f} at the start, other jobs included)" if load
-                  else "") + ".")  # fmt: skip
+    out.append(
+        f"{cores} cores for everything: Kafka, Redis, the processors, the load generator "
+        "and the harness share them"
+        + (f" (load average {load[0]:.2f} at the start, other jobs included)" if load else "")
+        + "."
+    )
     budgets = results.get("budgets") or {}
     named = {k: v for k, v in budgets.items() if k.endswith("_cpu") and v}
     if named:
         what = ", ".join(f"{k.removesuffix('_cpu')} {v:g} core" for k, v in named.items())
-        out.append(f"CPU budgets (a cgroup v{budgets.get('cgroup_version')} CFS quota per "
-                   f"process, like Kubernetes CPU limits): {what}; the rest unbudgeted.")  # fmt: skip
+        out.append(
+            f"CPU budgets (a cgroup v{budgets.get('cgroup_version')} CFS quota per "
+            f"process, like Kubernetes CPU limits): {what}; the rest unbudgeted."
+        )
     else:
         out.append(
             "No CPU budgets: every processor competes for the same cores, so beyond the "
@@ -381,27 +488,42 @@ def _caveats(results: dict[str, Any], verdicts: dict[int, CountVerdict]) -> list
         out.append(
             f"Generator-limited at {', '.join(map(str, limited))} processor(s): the load "
             "generator could not deliver some tried rates here (under 90 % of them)"
-            + (f"; nothing failed above the capacity at {', '.join(bounds)}, so it is a lower "
-               "bound there." if bounds else "; tried rates above the capacity still failed "
-               "with growing lag, so the capacity is not a lower bound.")
-        )  # fmt: skip
-    unconfirmed = [f"{n} processor(s) repetition {g.repetition + 1} (confirmation failed at "
-                   f"{', '.join(fmt_rate(r) for r, ok in g.confirmations if not ok) or '-'}/s)"
-                   for n, v in verdicts.items() for g in v.groups if g.capacity is None]  # fmt: skip
+            + (
+                f"; nothing failed above the capacity at {', '.join(bounds)}, so it is a lower "
+                "bound there."
+                if bounds
+                else "; tried rates above the capacity still failed "
+                "with growing lag, so the capacity is not a lower bound."
+            )
+        )
+    unconfirmed = [
+        f"{n} processor(s) repetition {g.repetition + 1} (confirmation failed at "
+        f"{', '.join(fmt_rate(r) for r, ok in g.confirmations if not ok) or '-'}/s)"
+        for n, v in verdicts.items()
+        for g in v.groups
+        if g.capacity is None
+    ]
     if unconfirmed:
         out.append("No confirmed capacity: " + "; ".join(unconfirmed) + ".")
-    refuted = [f"{n}: {fmt_rate(r)}/s" for n, v in verdicts.items() for g in v.groups
-               for r, ok in g.confirmations if not ok and g.capacity is not None]  # fmt: skip
+    refuted = [
+        f"{n}: {fmt_rate(r)}/s"
+        for n, v in verdicts.items()
+        for g in v.groups
+        for r, ok in g.confirmations
+        if not ok and g.capacity is not None
+    ]
     if refuted:
         out.append(
             "Confirmations that failed and sent the search lower: " + "; ".join(refuted) + "."
         )
     resolution = results.get("experiment", {}).get("search", {}).get("resolution")
-    unresolved = [f"{n} processor(s) repetition {g.repetition + 1}: in "
-                  f"[{fmt_rate(g.capacity)}, {fmt_rate(g.upper)})"
-                  for n, v in verdicts.items() for g in v.groups
-                  if g.capacity and g.upper and resolution and g.upper / g.capacity - 1
-                  > resolution + 1e-9]  # fmt: skip
+    unresolved = [
+        f"{n} processor(s) repetition {g.repetition + 1}: in "
+        f"[{fmt_rate(g.capacity)}, {fmt_rate(g.upper)})"
+        for n, v in verdicts.items()
+        for g in v.groups
+        if g.capacity and g.upper and resolution and g.upper / g.capacity - 1 > resolution + 1e-9
+    ]
     if unresolved:
         out.append(
             f"Not resolved to {resolution * 100:.0f} % within the trial budget: "
@@ -414,14 +536,26 @@ def _caveats(results: dict[str, Any], verdicts: dict[int, CountVerdict]) -> list
     return out
 
 
-def _search_table(verdicts: dict[int, CountVerdict], results: dict[str, Any],
-                  produce: float | None, consume: float | None) -> Table:  # fmt: skip
+def _search_table(
+    verdicts: dict[int, CountVerdict],
+    results: dict[str, Any],
+    produce: float | None,
+    consume: float | None,
+) -> Table:
     table = Table(
         "Sustainable-rate search per repetition (Theodolite load capacity: doubling, bisection, "
         "confirmation)",
-        ["processors", "repetition", "capacity /s", "confirmations", "lowest failed /s",
-         "of Kafka produce ceiling", "of Kafka consume ceiling", "search trials (rate: lag slope /s)"],
-    )  # fmt: skip
+        [
+            "processors",
+            "repetition",
+            "capacity /s",
+            "confirmations",
+            "lowest failed /s",
+            "of Kafka produce ceiling",
+            "of Kafka consume ceiling",
+            "search trials (rate: lag slope /s)",
+        ],
+    )
     by_group = {(g["processors"], g["repetition"]): g for g in results["groups"] if g.get("search")}
     for n, v in verdicts.items():
         for gv in v.groups:
@@ -433,20 +567,31 @@ def _search_table(verdicts: dict[int, CountVerdict], results: dict[str, Any],
                 else f"{t['rate']:,.0f}: {t['lag_slope']:+,.0f}{'' if t['sustained'] else ' ✗'}"
                 for t in g["search"]["trials"]
             )
-            confirmations = "; ".join(f"{fmt_rate(r)} {'✓' if ok else '✗'}"
-                                      for r, ok in gv.confirmations) or "-"  # fmt: skip
+            confirmations = (
+                "; ".join(f"{fmt_rate(r)} {'✓' if ok else '✗'}" for r, ok in gv.confirmations)
+                or "-"
+            )
             cap = gv.capacity
-            table.rows.append([
-                str(n), str(gv.repetition + 1),
-                "not confirmed" if cap is None else ("≥ " if gv.lower_bound else "") + fmt_rate(cap),
-                confirmations, fmt_rate(gv.lowest_failed),
-                f"{cap / produce * 100:.0f} %" if cap and produce else "-",
-                f"{cap / consume * 100:.0f} %" if cap and consume else "-", listed,
-            ])  # fmt: skip
-    table.note = ("A trial is sustained when the least-squares slope of the total lag after "
-                  "warm-up stays below 5 % of its rate (✗ = lag growing). Confirmations are "
-                  "longer trials at the best rate (✓ sustained, ✗ failed: the search went on "
-                  "below it).")  # fmt: skip
+            table.rows.append(
+                [
+                    str(n),
+                    str(gv.repetition + 1),
+                    "not confirmed"
+                    if cap is None
+                    else ("≥ " if gv.lower_bound else "") + fmt_rate(cap),
+                    confirmations,
+                    fmt_rate(gv.lowest_failed),
+                    f"{cap / produce * 100:.0f} %" if cap and produce else "-",
+                    f"{cap / consume * 100:.0f} %" if cap and consume else "-",
+                    listed,
+                ]
+            )
+    table.note = (
+        "A trial is sustained when the least-squares slope of the total lag after "
+        "warm-up stays below 5 % of its rate (✗ = lag growing). Confirmations are "
+        "longer trials at the best rate (✓ sustained, ✗ failed: the search went on "
+        "below it)."
+    )
     return table
 
 
@@ -456,32 +601,54 @@ def _ceiling_table(c: dict[str, Any]) -> Table:
         k = c["kafka"]
         size = k["record_size"]
         table.rows += [
-            ["Kafka produce (acks=all, lz4)", f"{k['produce']['records_per_s']:,.0f} records/s "
-             f"({k['produce']['mb_per_s']:.1f} MB/s, {size} B)", "ProducerPerformance"],
-            ["Kafka consume", f"{k['consume']['records_per_s']:,.0f} records/s "
-             f"({k['consume']['mb_per_s']:.1f} MB/s)", "ConsumerPerformance"],
-        ]  # fmt: skip
+            [
+                "Kafka produce (acks=all, lz4)",
+                f"{k['produce']['records_per_s']:,.0f} records/s "
+                f"({k['produce']['mb_per_s']:.1f} MB/s, {size} B)",
+                "ProducerPerformance",
+            ],
+            [
+                "Kafka consume",
+                f"{k['consume']['records_per_s']:,.0f} records/s "
+                f"({k['consume']['mb_per_s']:.1f} MB/s)",
+                "ConsumerPerformance",
+            ],
+        ]
     if "redis" in c:
         r = c["redis"]
         for name, value in r["requests_per_s"].items():
             table.rows.append(
                 [f"Redis {name}", f"{value:,.0f} requests/s", "redis-benchmark -c 16"]
             )
-        table.rows.append(["Redis SET, pipelined 16", f"{r['set_pipelined_16_per_s']:,.0f} "
-                           "requests/s", "redis-benchmark -c 16 -P 16"])  # fmt: skip
+        table.rows.append(
+            [
+                "Redis SET, pipelined 16",
+                f"{r['set_pipelined_16_per_s']:,.0f} requests/s",
+                "redis-benchmark -c 16 -P 16",
+            ]
+        )
     return table
 
 
 def _checksum_table(results: dict[str, Any]) -> Table:
-    table = Table("Final Redis state (SHA-256 of prices, candles and totals after the fixed-rate "
-                  "trials drained)", ["group", "repetition", "processors", "checksum"])  # fmt: skip
+    table = Table(
+        "Final Redis state (SHA-256 of prices, candles and totals after the fixed-rate "
+        "trials drained)",
+        ["group", "repetition", "processors", "checksum"],
+    )
     compared = []
     for g in results["groups"]:
         if "checksum" not in g:
             continue
         partial = any(t["kind"] == "replay" and not t["complete"] for t in g["trials"])
-        table.rows.append([str(g["index"]), str(g["repetition"] + 1), str(g["processors"]),
-                           f"`{g['checksum'][:16]}`" + (" (partial replay)" if partial else "")])  # fmt: skip
+        table.rows.append(
+            [
+                str(g["index"]),
+                str(g["repetition"] + 1),
+                str(g["processors"]),
+                f"`{g['checksum'][:16]}`" + (" (partial replay)" if partial else ""),
+            ]
+        )
         if not partial:
             compared.append(g["checksum"])
     distinct = set(compared)
@@ -509,22 +676,39 @@ def _save(fig: Figure, folder: Path, name: str) -> str:
 def plot_all(report: Report, folder: Path) -> None:
     r = report.results
     plots = [
-        (plot_throughput_vs_processors, "Throughput against processor count: processed rate at "
-         "the fixed rate and the highest sustained rate (bars: min-max over repetitions), with "
-         "the Kafka ceilings measured in the same run."),
-        (plot_latency_percentiles, "Event -> visible latency percentiles (median over "
-         "repetitions)."),
+        (
+            plot_throughput_vs_processors,
+            "Throughput against processor count: processed rate at "
+            "the fixed rate and the highest sustained rate (bars: min-max over repetitions), with "
+            "the Kafka ceilings measured in the same run.",
+        ),
+        (
+            plot_latency_percentiles,
+            "Event -> visible latency percentiles (median over repetitions).",
+        ),
         (plot_latency_cdf, "Latency distribution (HDR percentile plot, all repetitions merged)."),
-        (plot_lag, "Consumer lag per partition over time during the fixed-rate (and at-capacity) "
-         "trials of repetition 1. The grey band is the warm-up."),
-        (plot_search, "Sustainable-rate search: total lag over time for each trial rate; a "
-         "growing line is an unsustained rate."),
-        (plot_throughput_over_time, "Produced and applied records per second over time "
-         "(fixed-rate and at-capacity trials of repetition 1)."),
-        (plot_resources, "Mean CPU and peak memory per process (children included) during the "
-         "fixed-rate trials and, per processor count, the confirmed capacity trial."),
+        (
+            plot_lag,
+            "Consumer lag per partition over time during the fixed-rate (and at-capacity) "
+            "trials of repetition 1. The grey band is the warm-up.",
+        ),
+        (
+            plot_search,
+            "Sustainable-rate search: total lag over time for each trial rate; a "
+            "growing line is an unsustained rate.",
+        ),
+        (
+            plot_throughput_over_time,
+            "Produced and applied records per second over time "
+            "(fixed-rate and at-capacity trials of repetition 1).",
+        ),
+        (
+            plot_resources,
+            "Mean CPU and peak memory per process (children included) during the "
+            "fixed-rate trials and, per processor count, the confirmed capacity trial.",
+        ),
         (plot_query, "Query API latency and throughput under Locust."),
-    ]  # fmt: skip
+    ]
     for plot, caption in plots:
         name = plot(r, folder)
         if name:
@@ -548,53 +732,99 @@ def plot_throughput_vs_processors(r: dict[str, Any], folder: Path) -> str | None
     one = verdicts[counts[0]].capacity
     if one:  # perfect scaling from the smallest count: N / N0 x capacity(N0)
         ideal = [one * n / counts[0] for n in counts]
-        ax.plot(counts, ideal, color="grey", linestyle="--", linewidth=1,
-                label=f"linear: N x capacity({counts[0]})")  # fmt: skip
+        ax.plot(
+            counts,
+            ideal,
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"linear: N x capacity({counts[0]})",
+        )
     xs, meds, lo, hi = [], [], [], []
     for n, v in verdicts.items():
         caps = v.capacities
         if not caps:
-            ax.annotate("not confirmed", (n, ax.get_ylim()[0] or 1), fontsize=8, ha="center",
-                        color="firebrick")  # fmt: skip
+            ax.annotate(
+                "not confirmed",
+                (n, ax.get_ylim()[0] or 1),
+                fontsize=8,
+                ha="center",
+                color="firebrick",
+            )
             continue
         summary = stats.summarize(caps)
         xs.append(n)
         meds.append(summary.median)
         lo.append(summary.median - summary.low)
         hi.append(summary.high - summary.median)
-    ax.errorbar(xs, meds, yerr=[lo, hi], color=COLORS[0], linewidth=2, capsize=4, zorder=3,
-                label="capacity (confirmed; bars: min-max over repetitions)")  # fmt: skip
+    ax.errorbar(
+        xs,
+        meds,
+        yerr=[lo, hi],
+        color=COLORS[0],
+        linewidth=2,
+        capsize=4,
+        zorder=3,
+        label="capacity (confirmed; bars: min-max over repetitions)",
+    )
     for n, m in zip(xs, meds, strict=True):
         v = verdicts[n]
         marker, face = ("^", "white") if v.lower_bound else ("o", COLORS[0])
         if v.generator_limited:
             marker = "X"
-        ax.plot([n], [m], marker=marker, markersize=9, markerfacecolor=face, color=COLORS[0],
-                zorder=4)  # fmt: skip
+        ax.plot(
+            [n], [m], marker=marker, markersize=9, markerfacecolor=face, color=COLORS[0], zorder=4
+        )
         text = ("≥ " if v.lower_bound else "") + f"{m:,.0f}"
         if v.generator_limited:
             text += "\n(generator-limited)"
-        ax.annotate(text, (n, m), textcoords="offset points", xytext=(0, 9), ha="center",
-                    fontsize=8, color=COLORS[0])  # fmt: skip
+        ax.annotate(
+            text,
+            (n, m),
+            textcoords="offset points",
+            xytext=(0, 9),
+            ha="center",
+            fontsize=8,
+            color=COLORS[0],
+        )
     failed = [(n, f) for n, v in verdicts.items() for f in v.lowest_failed]
     if failed:
-        ax.scatter([n for n, _ in failed], [f for _, f in failed], marker="v", color="firebrick",
-                   s=30, alpha=0.7, label="lowest failed (tried rate, each repetition)",
-                   zorder=2)  # fmt: skip
+        ax.scatter(
+            [n for n, _ in failed],
+            [f for _, f in failed],
+            marker="v",
+            color="firebrick",
+            s=30,
+            alpha=0.7,
+            label="lowest failed (tried rate, each repetition)",
+            zorder=2,
+        )
     top = max([*meds, *(f for _, f in failed)], default=0)
     off_chart = []
     for which, style in (("produce", "-."), ("consume", ":")):
         value = ceiling(r, which)
         if value and value <= 3 * top:
             ax.axhline(value, color="dimgrey", linestyle=style, linewidth=1.2)
-            ax.annotate(f"Kafka {which} ceiling {value:,.0f}/s", (counts[-1], value),
-                        textcoords="offset points", xytext=(0, 4), ha="right", fontsize=8,
-                        color="dimgrey")  # fmt: skip
+            ax.annotate(
+                f"Kafka {which} ceiling {value:,.0f}/s",
+                (counts[-1], value),
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="right",
+                fontsize=8,
+                color="dimgrey",
+            )
         elif value:
             off_chart.append(f"{which} {value:,.0f}/s")
     if off_chart:  # far above the data: named, not drawn, so the data keeps the axis
-        ax.annotate("Kafka ceilings (same run): " + ", ".join(off_chart), (0.99, 0.02),
-                    xycoords="axes fraction", ha="right", fontsize=8, color="dimgrey")  # fmt: skip
+        ax.annotate(
+            "Kafka ceilings (same run): " + ", ".join(off_chart),
+            (0.99, 0.02),
+            xycoords="axes fraction",
+            ha="right",
+            fontsize=8,
+            color="dimgrey",
+        )
     # Hollow triangle = lower bound (nothing above it failed); X = generator-limited.
     ax.plot([], [], "^", color=COLORS[0], markerfacecolor="white", label="≥: lower bound")
     ax.plot([], [], "X", color=COLORS[0], label="generator-limited")
@@ -606,8 +836,10 @@ def plot_throughput_vs_processors(r: dict[str, Any], folder: Path) -> str | None
     ax.set_xlabel("processors (log scale)")
     ax.set_ylabel("trades / s (log scale)")
     budget = (r.get("budgets") or {}).get("processor_cpu")
-    ax.set_title("Capacity against processor count"
-                 + (f" ({budget:g} core per processor)" if budget else " (no CPU budgets)"))  # fmt: skip
+    ax.set_title(
+        "Capacity against processor count"
+        + (f" ({budget:g} core per processor)" if budget else " (no CPU budgets)")
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, folder, "throughput_vs_processors.png")
@@ -656,8 +888,9 @@ def plot_latency_cdf(r: dict[str, Any], folder: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(8, 4.8))
     curves: list[tuple[str, list[dict[str, Any]]]] = []
     for key, trials in fixed.items():
-        label = {0: f"{key[0]} processor(s)", 1: f"{key[1]:,} symbols",
-                 2: f"{key[2]:,.0f}/s"}[index]  # fmt: skip
+        label = {0: f"{key[0]} processor(s)", 1: f"{key[1]:,} symbols", 2: f"{key[2]:,.0f}/s"}[
+            index
+        ]
         curves.append((label, trials))
     curves += [(f"replay x{t['speed']:g}" if t["speed"] else "replay max", [t]) for t in replays]
     for (label, trials), color in zip(curves, _cycle(len(curves)), strict=True):
@@ -698,9 +931,13 @@ def _grid(n: int) -> tuple[Figure, list[Any]]:
 
 def _shown_trials(r: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Repetition 1's fixed-rate, replay and at-capacity trials (at most 8)."""
-    return [(g, t) for g in r["groups"] if g["repetition"] == 0
-            for t in [*g["trials"], (g.get("search") or {}).get("capacity")]
-            if t and t["kind"] in ("fixed", "replay", "capacity")][:8]  # fmt: skip
+    return [
+        (g, t)
+        for g in r["groups"]
+        if g["repetition"] == 0
+        for t in [*g["trials"], (g.get("search") or {}).get("capacity")]
+        if t and t["kind"] in ("fixed", "replay", "capacity")
+    ][:8]
 
 
 def _kind(t: dict[str, Any]) -> str:
@@ -721,8 +958,11 @@ def plot_lag(r: dict[str, Any], folder: Path) -> str | None:
         for p, lag in sorted(series["lag_per_partition"].items(), key=lambda kv: int(kv[0])):
             ax.plot(series["t"], lag, linewidth=1.2, label=f"p{p}")
         ax.axvspan(min(series["t"] or [0]), warmup, color="grey", alpha=0.15)
-        what = (f"replay x{t['speed']:g}" if t["speed"] else "replay max") if t["kind"] == \
-            "replay" else f"{_kind(t)} {t['rate']:,.0f}/s, {t['symbols']:,} symbols"  # fmt: skip
+        what = (
+            (f"replay x{t['speed']:g}" if t["speed"] else "replay max")
+            if t["kind"] == "replay"
+            else f"{_kind(t)} {t['rate']:,.0f}/s, {t['symbols']:,} symbols"
+        )
         ax.set_title(f"{g['processors']} processor(s), {what}", fontsize=10)
         _load_end(ax, t)
         _thousands(ax)
@@ -755,25 +995,38 @@ def plot_search(r: dict[str, Any], folder: Path) -> str | None:
             if t.get("generator_limited"):
                 mark = f"generator delivered only {t['produced_rate']:,.0f}/s, " + mark
             kind = "confirmation " if t["kind"] == "capacity" else ""
-            ax.plot(s["t"], total, color=color, linewidth=1.5,
-                    linestyle="--" if t["kind"] == "capacity" else "-",
-                    label=f"{kind}{t['rate']:,.0f}/s: {mark}")  # fmt: skip
+            ax.plot(
+                s["t"],
+                total,
+                color=color,
+                linewidth=1.5,
+                linestyle="--" if t["kind"] == "capacity" else "-",
+                label=f"{kind}{t['rate']:,.0f}/s: {mark}",
+            )
         if gv.capacity is None:
             title = f"{g['processors']} processor(s): no confirmed capacity"
         else:
-            title = (f"{g['processors']} processor(s): capacity {'≥ ' if gv.lower_bound else ''}"
-                     f"{fmt_rate(gv.capacity)}/s (confirmed)")  # fmt: skip
+            title = (
+                f"{g['processors']} processor(s): capacity {'≥ ' if gv.lower_bound else ''}"
+                f"{fmt_rate(gv.capacity)}/s (confirmed)"
+            )
         ax.set_title(title, fontsize=10)
-        ax.axvline(r["experiment"]["search"]["trial_s"], color="black", linestyle="--",
-                   linewidth=0.8, alpha=0.6)  # fmt: skip
+        ax.axvline(
+            r["experiment"]["search"]["trial_s"],
+            color="black",
+            linestyle="--",
+            linewidth=0.8,
+            alpha=0.6,
+        )
         _thousands(ax)
         ax.set_xlabel("s since load start (dashed line: a search trial's load ends)")
         ax.set_ylabel("total lag (records)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Sustainable-rate search: total consumer lag per trial (dashed: confirmations)",
-                 fontsize=12)  # fmt: skip
+    fig.suptitle(
+        "Sustainable-rate search: total consumer lag per trial (dashed: confirmations)", fontsize=12
+    )
     return _save(fig, folder, "search_lag.png")
 
 
@@ -805,8 +1058,11 @@ def plot_throughput_over_time(r: dict[str, Any], folder: Path) -> str | None:
         for key, color in (("produced", COLORS[0]), ("applied", COLORS[1])):
             xs, ys = _rates(s["t"], s[key])
             ax.plot(xs, ys, color=color, linewidth=1.2, label=key)
-        what = (f"replay x{t['speed']:g}" if t["speed"] else "replay max") if t["kind"] == \
-            "replay" else f"{_kind(t)} {t['rate']:,.0f}/s"  # fmt: skip
+        what = (
+            (f"replay x{t['speed']:g}" if t["speed"] else "replay max")
+            if t["kind"] == "replay"
+            else f"{_kind(t)} {t['rate']:,.0f}/s"
+        )
         ax.set_title(f"{g['processors']} processor(s), {what}", fontsize=10)
         ax.set_xlabel("s since load start")
         ax.set_ylabel("records / s")
@@ -814,8 +1070,9 @@ def plot_throughput_over_time(r: dict[str, Any], folder: Path) -> str | None:
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Throughput over time (Kafka high watermarks vs offsets applied in Redis)",
-                 fontsize=12)  # fmt: skip
+    fig.suptitle(
+        "Throughput over time (Kafka high watermarks vs offsets applied in Redis)", fontsize=12
+    )
     return _save(fig, folder, "throughput_over_time.png")
 
 
@@ -825,35 +1082,62 @@ def _role(name: str) -> str:
 
 def plot_resources(r: dict[str, Any], folder: Path) -> str | None:
     # The fixed-rate trials, then each count's confirmed capacity trial: CPU where it matters.
-    groups = [(g, t) for g in r["groups"] if g["repetition"] == 0 for t in g["trials"]
-              if t["kind"] in ("fixed", "replay") and t.get("cpu_percent_mean")]  # fmt: skip
-    groups += [(g, g["search"]["capacity"]) for g in r["groups"] if g["repetition"] == 0
-               and (g.get("search") or {}).get("capacity")
-               and g["search"]["capacity"]["sustained"]
-               and g["search"]["capacity"].get("cpu_percent_mean")]  # fmt: skip
+    groups = [
+        (g, t)
+        for g in r["groups"]
+        if g["repetition"] == 0
+        for t in g["trials"]
+        if t["kind"] in ("fixed", "replay") and t.get("cpu_percent_mean")
+    ]
+    groups += [
+        (g, g["search"]["capacity"])
+        for g in r["groups"]
+        if g["repetition"] == 0
+        and (g.get("search") or {}).get("capacity")
+        and g["search"]["capacity"]["sustained"]
+        and g["search"]["capacity"].get("cpu_percent_mean")
+    ]
     if not groups:
         return None
-    labels = [f"{g['processors']}p\n{t['rate']:,.0f}/s" if t["kind"] == "fixed" else
-              f"{g['processors']}p cap.\n{t['rate']:,.0f}/s" if t["kind"] == "capacity" else
-              f"{g['processors']}p\nx{t['speed'] or 0:g}" for g, t in groups]  # fmt: skip
+    labels = [
+        f"{g['processors']}p\n{t['rate']:,.0f}/s"
+        if t["kind"] == "fixed"
+        else f"{g['processors']}p cap.\n{t['rate']:,.0f}/s"
+        if t["kind"] == "capacity"
+        else f"{g['processors']}p\nx{t['speed'] or 0:g}"
+        for g, t in groups
+    ]
     roles = sorted({_role(n) for _, t in groups for n in t["cpu_percent_mean"]})
     fig, (cpu_ax, mem_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
     bottom = [0.0] * len(groups)
     for role, color in zip(roles, _cycle(len(roles)), strict=True):
-        values = [sum(v for n, v in t["cpu_percent_mean"].items() if _role(n) == role)
-                  for _, t in groups]  # fmt: skip
+        values = [
+            sum(v for n, v in t["cpu_percent_mean"].items() if _role(n) == role) for _, t in groups
+        ]
         cpu_ax.bar(labels, values, bottom=bottom, label=role, color=color)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         mem = [sum(v for n, v in t["rss_mb_max"].items() if _role(n) == role) for _, t in groups]
         mem_ax.plot(labels, mem, marker="o", label=role, color=color)
     machine = [(t.get("machine_cpu_percent") or {}).get("mean") for _, t in groups]
     if any(m is not None for m in machine):  # everything on the machine, other users included
-        cpu_ax.plot(labels, [math.nan if m is None else m for m in machine], "k_", markersize=28,
-                    markeredgewidth=2, label="whole machine")  # fmt: skip
+        cpu_ax.plot(
+            labels,
+            [math.nan if m is None else m for m in machine],
+            "k_",
+            markersize=28,
+            markeredgewidth=2,
+            label="whole machine",
+        )
     cores = r.get("environment", {}).get("cores") or 1
     cpu_ax.axhline(100 * cores, color="grey", linestyle="--", linewidth=1)
-    cpu_ax.annotate(f"{cores} cores", (len(groups) - 0.5, 100 * cores), fontsize=8,
-                    ha="right", va="bottom", color="dimgrey")  # fmt: skip
+    cpu_ax.annotate(
+        f"{cores} cores",
+        (len(groups) - 0.5, 100 * cores),
+        fontsize=8,
+        ha="right",
+        va="bottom",
+        color="dimgrey",
+    )
     cpu_ax.set_ylabel("mean CPU % (100 = one core)")
     cpu_ax.set_title(
         "CPU per process with its children, at fixed rates and at capacity", fontsize=10
@@ -876,12 +1160,14 @@ def plot_query(r: dict[str, Any], folder: Path) -> str | None:
     q = trials[0]["query_load"]
     fig, (bar_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.6))
     rows = [row for row in q["stats"] if row["Name"] != "Aggregated"] + [
-        row for row in q["stats"] if row["Name"] == "Aggregated"]  # fmt: skip
+        row for row in q["stats"] if row["Name"] == "Aggregated"
+    ]
     width = 0.2
     for i, (key, color) in enumerate(zip(("50%", "90%", "99%", "99.9%"), COLORS, strict=False)):
         xs = [j + (i - 1.5) * width for j in range(len(rows))]
-        bar_ax.bar(xs, [float(row.get(key) or 0) for row in rows], width, label=f"p{key[:-1]}",
-                   color=color)  # fmt: skip
+        bar_ax.bar(
+            xs, [float(row.get(key) or 0) for row in rows], width, label=f"p{key[:-1]}", color=color
+        )
     bar_ax.set_xticks(range(len(rows)), [row["Name"] for row in rows], fontsize=8)
     bar_ax.set_yscale("log")
     bar_ax.set_ylabel("response time (ms, log)")
@@ -891,13 +1177,18 @@ def plot_query(r: dict[str, Any], folder: Path) -> str | None:
     if history:
         t0 = float(history[0]["Timestamp"])
         ts = [float(h["Timestamp"]) - t0 for h in history]
-        time_ax.plot(ts, [float(h["Requests/s"]) for h in history], color=COLORS[0],
-                     label="requests/s")  # fmt: skip
+        time_ax.plot(
+            ts, [float(h["Requests/s"]) for h in history], color=COLORS[0], label="requests/s"
+        )
         time_ax.set_ylabel("requests / s")
         twin = time_ax.twinx()
         for key, color in (("50%", COLORS[1]), ("95%", COLORS[2])):
-            twin.plot(ts, [float(h[key]) if h[key] not in ("N/A", "") else math.nan
-                           for h in history], color=color, label=f"p{key[:-1]} ms")  # fmt: skip
+            twin.plot(
+                ts,
+                [float(h[key]) if h[key] not in ("N/A", "") else math.nan for h in history],
+                color=color,
+                label=f"p{key[:-1]} ms",
+            )
         twin.set_ylabel("response time (ms)")
         lines = time_ax.get_lines() + twin.get_lines()
         time_ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="lower right")
@@ -913,21 +1204,25 @@ def _env_lines(env: dict[str, Any]) -> list[tuple[str, str]]:
     libs = ", ".join(f"{k} {v}" for k, v in env.get("libraries", {}).items())
     return [
         ("CPU", f"{env.get('cpu_model')} ({env.get('cores')} cores)"),
-        ("Memory", f"{env.get('memory_gb')} GiB"), ("OS", f"{env.get('os')} ({env.get('kernel')})"),
+        ("Memory", f"{env.get('memory_gb')} GiB"),
+        ("OS", f"{env.get('os')} ({env.get('kernel')})"),
         ("Python / Java", f"{env.get('python')} / {env.get('java')}"),
-        ("Kafka / Redis", f"{env.get('kafka')} / {env.get('redis')}"), ("Libraries", libs),
+        ("Kafka / Redis", f"{env.get('kafka')} / {env.get('redis')}"),
+        ("Libraries", libs),
         ("Git commit", f"{env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''}"),
         ("Load average at start", ", ".join(f"{x:.2f}" for x in env.get("load_average", []))),
-    ]  # fmt: skip
+    ]
 
 
 def markdown(report: Report) -> str:
     r = report.results
     x = r["experiment"]
     out = [f"# Experiment `{x['name']}`", "", x.get("description", ""), ""]
-    out.append(f"Started {r['started_at']}, finished {r.get('finished_at', '?')}; seed "
-               f"{r['seed']}; {x['repetitions']} repetition(s)"
-               f"{'' if r.get('complete') else ' — **INCOMPLETE RUN**'}.")  # fmt: skip
+    out.append(
+        f"Started {r['started_at']}, finished {r.get('finished_at', '?')}; seed "
+        f"{r['seed']}; {x['repetitions']} repetition(s)"
+        f"{'' if r.get('complete') else ' — **INCOMPLETE RUN**'}."
+    )
     out.append("")
     for table in report.tables:
         out += [f"## {table.title}", ""]
@@ -962,18 +1257,19 @@ def to_html(report: Report) -> str:
     r = report.results
     x = r["experiment"]
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(x['name'])}</title>"
-             f"<style>{_CSS}</style></head><body><h1>Experiment <code>{e(x['name'])}</code></h1>",
-             f"<p>{e(x.get('description', ''))}</p>",
-             f"<p>Started {e(r['started_at'])}, finished {e(str(r.get('finished_at')))}; seed "
-             f"{r['seed']}; {x['repetitions']} repetition(s)"
-             f"{'' if r.get('complete') else ' — <b>INCOMPLETE RUN</b>'}.</p>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(x['name'])}</title>"
+        f"<style>{_CSS}</style></head><body><h1>Experiment <code>{e(x['name'])}</code></h1>",
+        f"<p>{e(x.get('description', ''))}</p>",
+        f"<p>Started {e(r['started_at'])}, finished {e(str(r.get('finished_at')))}; seed "
+        f"{r['seed']}; {x['repetitions']} repetition(s)"
+        f"{'' if r.get('complete') else ' — <b>INCOMPLETE RUN</b>'}.</p>",
+    ]
     for table in report.tables:
         parts.append(f"<h2>{e(table.title)}</h2>")
         if table.title == "Summary":
             parts.append(f"<p><b>{e(' '.join(report.summary))}</b></p>")
-        parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header)
-                     + "</tr>")  # fmt: skip
+        parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr>")
         for row in table.rows:
             cells = "".join(
                 f"<td class='flag'>{e(c)}</td>" if FLAG in c else f"<td>{e(c.strip('`'))}</td>"
@@ -984,17 +1280,24 @@ def to_html(report: Report) -> str:
         if table.note:
             parts.append(f"<p class='note'>{e(table.note)}</p>")
         if table.title == "Summary" and report.caveats:
-            parts.append("<p>Caveats:</p><ul>" + "".join(f"<li>{e(c)}</li>"
-                                                         for c in report.caveats) + "</ul>")  # fmt: skip
+            parts.append(
+                "<p>Caveats:</p><ul>"
+                + "".join(f"<li>{e(c)}</li>" for c in report.caveats)
+                + "</ul>"
+            )
     parts.append("<h2>Flagged (spread over repetitions &gt; 10 %)</h2><ul>")
     parts += [f"<li class='flag'>{e(line)}</li>" for line in report.flagged] or ["<li>none</li>"]
     parts.append("</ul>")
     for name, caption in report.figures:
-        parts.append(f"<figure><img src='{e(name)}' alt='{e(caption)}'><figcaption>{e(caption)}"
-                     "</figcaption></figure>")  # fmt: skip
+        parts.append(
+            f"<figure><img src='{e(name)}' alt='{e(caption)}'><figcaption>{e(caption)}"
+            "</figcaption></figure>"
+        )
     parts.append("<h2>Environment</h2><table>")
-    parts += [f"<tr><td>{e(k)}</td><td style='text-align:left'>{e(v)}</td></tr>"
-              for k, v in _env_lines(r.get("environment", {}))]  # fmt: skip
+    parts += [
+        f"<tr><td>{e(k)}</td><td style='text-align:left'>{e(v)}</td></tr>"
+        for k, v in _env_lines(r.get("environment", {}))
+    ]
     parts.append(f"</table><h2>Experiment file</h2><pre>{e(r['experiment_file'])}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -1009,8 +1312,7 @@ def write_report(folder: Path) -> list[str]:
     plot_all(report, folder)
     (folder / "report.md").write_text(markdown(report))
     (folder / "report.html").write_text(to_html(report))
-    lines = [f"report: {folder / 'report.md'} and report.html, "
-             f"{len(report.figures)} plot(s)"]  # fmt: skip
+    lines = [f"report: {folder / 'report.md'} and report.html, {len(report.figures)} plot(s)"]
     first = report.tables[0] if report.tables else None
     if first is not None:
         lines += [first.title, *report.summary, " | ".join(first.header)]

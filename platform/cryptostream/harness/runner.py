@@ -37,6 +37,7 @@ from cryptostream.core.keys import price_key
 from cryptostream.harness import ceilings, environment, stats
 from cryptostream.harness.cgroups import PERIOD_US, CpuBudgets, open_budgets, throttled_share
 from cryptostream.harness.model import Experiment, Trial, plan_fixed
+from cryptostream.harness.progress import locust_live, trial_status, wrap
 from cryptostream.harness.samplers import (
     LatencyListener,
     OffsetProbe,
@@ -123,6 +124,8 @@ class Runner:
         self.console = Console(stderr=True)
         self.results: dict[str, Any] = {}
         self.run_id = uuid.uuid4().hex[:6]
+        self._trials_done = self._trials_total = 0
+        self._started = time.monotonic()
 
     # --- entry point ---------------------------------------------------------------------------
     def run(self) -> Path:
@@ -145,25 +148,39 @@ class Runner:
         }
         stack: LocalStack | None = None
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), console=self.console, disable=not self.o.progress,
-        )  # fmt: skip
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not self.o.progress,
+        )
         ctx: Context | None = None
         if budgets is not None:
             self.results["budgets"] = {
-                **self.x.budgets.model_dump(), "cgroup_version": budgets.hierarchy.version,
-                "cgroup_base": str(budgets.hierarchy.base), "period_us": PERIOD_US,
-            }  # fmt: skip
+                **self.x.budgets.model_dump(),
+                "cgroup_version": budgets.hierarchy.version,
+                "cgroup_base": str(budgets.hierarchy.base),
+                "period_us": PERIOD_US,
+            }
         with sigterm_as_keyboard_interrupt():
             try:
                 if self.o.kafka_bootstrap and self.o.redis_url:
-                    settings = base.model_copy(update={"kafka_bootstrap": self.o.kafka_bootstrap,
-                                                       "redis_url": self.o.redis_url})  # fmt: skip
+                    settings = base.model_copy(
+                        update={
+                            "kafka_bootstrap": self.o.kafka_bootstrap,
+                            "redis_url": self.o.redis_url,
+                        }
+                    )
                 else:
                     self.console.print("starting the local stack (Kafka + Redis)")
                     stack = LocalStack(base, workdir / "stack").start()
-                    settings = base.model_copy(update={"kafka_bootstrap": stack.kafka_bootstrap,
-                                                       "redis_url": stack.redis_url})  # fmt: skip
+                    settings = base.model_copy(
+                        update={
+                            "kafka_bootstrap": stack.kafka_bootstrap,
+                            "redis_url": stack.redis_url,
+                        }
+                    )
                 ctx = Context(settings, workdir, self.console, progress, budgets=budgets)
                 if stack is not None:
                     for name, server in (("kafka", stack.kafka), ("redis", stack.redis)):
@@ -172,8 +189,10 @@ class Runner:
                     ctx.budget("kafka", self.x.budgets.kafka_cpu, ctx.server_pids.get("kafka"))
                     ctx.budget("redis", self.x.budgets.redis_cpu, ctx.server_pids.get("redis"))
                 elif self.x.budgets.kafka_cpu or self.x.budgets.redis_cpu:
-                    self.console.print("[yellow]external Kafka/Redis: their CPU budgets are not "
-                                       "applied (the harness did not start them)")  # fmt: skip
+                    self.console.print(
+                        "[yellow]external Kafka/Redis: their CPU budgets are not "
+                        "applied (the harness did not start them)"
+                    )
                 with progress:
                     if self.x.ceilings:
                         self.results["ceilings"] = self._ceilings(ctx)
@@ -227,7 +246,9 @@ class Runner:
         if w.source == "replay" and replay_file is None:
             replay_file = write_synthetic_archive(ctx.workdir / "replay", w.seed)
             self.console.print(f"no replay file given: recorded a synthetic one: {replay_file}")
-        overall = ctx.progress.add_task("experiment", total=self._planned_trials(), info="")
+        self._trials_total = self._planned_trials()
+        self._started = time.monotonic()
+        overall = ctx.progress.add_task("experiment", total=self._trials_total, info="")
         for rep in range(self.x.repetitions):
             for processors in self.x.topology.processors:
                 trials = plan_fixed(self.x, rep, processors)
@@ -260,40 +281,60 @@ class Runner:
         topic = f"harness.{self.run_id}.g{index}.trades"  # unique: a cluster may be reused
         group_id = f"harness-{self.run_id}-g{index}"
         topo = self.x.topology
-        settings = ctx.settings.model_copy(update={
-            "topic": topic, "dlq_topic": f"harness.{self.run_id}.g{index}.dlq",
-            "group_id": group_id,
-            "partitions": topo.partitions,
-        })  # fmt: skip
+        settings = ctx.settings.model_copy(
+            update={
+                "topic": topic,
+                "dlq_topic": f"harness.{self.run_id}.g{index}.dlq",
+                "group_id": group_id,
+                "partitions": topo.partitions,
+            }
+        )
         create_topics(settings.kafka_bootstrap, required_topics(settings))
         client = redis.Redis.from_url(settings.redis_url)
         client.flushdb()  # every group starts from empty views (the harness owns this Redis)
         extra_env = {
-            "CSP_TOPIC": topic, "CSP_DLQ_TOPIC": settings.dlq_topic, "CSP_GROUP_ID": group_id,
-            "CSP_PARTITIONS": str(topo.partitions), "CSP_LOG_LEVEL": "WARNING",
-        }  # fmt: skip
+            "CSP_TOPIC": topic,
+            "CSP_DLQ_TOPIC": settings.dlq_topic,
+            "CSP_GROUP_ID": group_id,
+            "CSP_PARTITIONS": str(topo.partitions),
+            "CSP_LOG_LEVEL": "WARNING",
+        }
         if topo.batch_max:
             extra_env["CSP_BATCH_MAX"] = str(topo.batch_max)
         max_symbols = max(self.x.workload.symbol_counts)
         names = symbol_names(max_symbols)
         if replay_file is not None:
             names = replay_symbols(replay_file)
-        pipeline = Pipeline(ctx.workdir / f"g{index}", settings.kafka_bootstrap,
-                            settings.redis_url, names[:50], extra_env=extra_env)  # fmt: skip
+        pipeline = Pipeline(
+            ctx.workdir / f"g{index}",
+            settings.kafka_bootstrap,
+            settings.redis_url,
+            names[:50],
+            extra_env=extra_env,
+        )
         if replay_file is not None:
             pipeline.symbols = names
         result: dict[str, Any] = {
-            "index": index, "repetition": rep, "processors": processors, "topic": topic,
+            "index": index,
+            "repetition": rep,
+            "processors": processors,
+            "topic": topic,
             "trials": [],
-        }  # fmt: skip
+        }
         probe = OffsetProbe(settings.kafka_bootstrap, settings.redis_url, topic, topo.partitions)
         try:
             t0 = time.monotonic()
             for i in range(processors):
                 proc = pipeline.start_processor()
                 ctx.budget(f"g{index}-processor-{i + 1}", self.x.budgets.processor_cpu, proc.pid)
-            wait_group_stable(settings.kafka_bootstrap, group_id, processors, topic,
-                              topo.partitions, pipeline.check_alive)  # fmt: skip
+            wait_group_stable(
+                settings.kafka_bootstrap,
+                group_id,
+                processors,
+                topic,
+                topo.partitions,
+                pipeline.check_alive,
+            )
             result["assign_s"] = round(time.monotonic() - t0, 2)
             query_url = None
             if topo.query_workers:
@@ -310,12 +351,13 @@ class Runner:
                     record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, query_url)
                 trial_no += 1
                 result["trials"].append(record)
-                ctx.progress.advance(overall)
+                self._advance(ctx, overall)
             result["checksum"] = views_checksum(client, names)
             result["symbols_checked"] = len(names)
             if self.x.search.enabled and self.x.workload.source == "synthetic":
-                result["search"] = self._search(ctx, pipeline, probe, processors, trial_no,
-                                                overall, index, rep)  # fmt: skip
+                result["search"] = self._search(
+                    ctx, pipeline, probe, processors, trial_no, overall, index, rep
+                )
         finally:
             pipeline.stop()
             for role in [r for r in ctx.cpu_stats() if r.startswith(f"g{index}-")]:
@@ -325,14 +367,22 @@ class Runner:
         self._print_group(result)
         return result
 
+    def _advance(self, ctx: Context, overall: Any, trials: int = 1) -> None:
+        self._trials_done += trials
+        ctx.progress.advance(overall, trials)
+
     def _describe(self, ctx: Context, overall: Any, trial: Trial, index: int) -> None:
         what = f"speed x{trial.speed:g}" if trial.speed else f"{trial.rate:,.0f}/s"
         if trial.kind == "replay" and not trial.speed:
             what = "max speed"
+        status = trial_status(
+            self._trials_done, self._trials_total, time.monotonic() - self._started
+        )
         ctx.progress.update(
-            overall, info=f"rep {trial.repetition + 1}, {trial.processors} proc, "
+            overall,
+            info=f"{status}: rep {trial.repetition + 1}, {trial.processors} proc, "
             f"{trial.kind} {what}, group {index}",
-        )  # fmt: skip
+        )
 
     # --- one fixed-rate trial with the direct load generator -----------------------------------
     def _direct_trial(
@@ -354,30 +404,56 @@ class Runner:
         tracker = None
         if latency and m.latency:  # the same seeded sequence the generator will send
             sequence = symbol_sequence(count, trial.symbols, w.zipf, seed)
-            tracker = VisibilityTracker(names, sequence, OpenSchedule(trial.rate, count, 0.0),
-                                        id_base)  # fmt: skip
+            tracker = VisibilityTracker(
+                names, sequence, OpenSchedule(trial.rate, count, 0.0), id_base
+            )
         # Record 0 is due 1.5 s from now (the generator's start-up); every later send time
         # follows from it, on both sides.
         start_wall = time.time() + 1.5
         if tracker is not None:
             tracker.schedule = OpenSchedule(trial.rate, count, start_wall)
         out_file = ctx.workdir / f"loadgen-{pipeline.extra_env['CSP_TOPIC']}-{trial_no}.json"
-        argv = [sys.executable, "-m", "cryptostream.harness.loadgen", "--topic",
-                pipeline.extra_env["CSP_TOPIC"], "--rate", str(trial.rate), "--count", str(count),
-                "--symbols", str(trial.symbols), "--zipf", str(w.zipf), "--seed", str(seed),
-                "--id-base", str(id_base), "--start-wall", repr(start_wall), "--out",
-                str(out_file)]  # fmt: skip
-        loadgen = ManagedProcess(f"loadgen-{trial_no}", argv, env=pipeline.env(),
-                                 log_path=pipeline.workdir / "logs" / f"loadgen-{trial_no}.log")  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "cryptostream.harness.loadgen",
+            "--topic",
+            pipeline.extra_env["CSP_TOPIC"],
+            "--rate",
+            str(trial.rate),
+            "--count",
+            str(count),
+            "--symbols",
+            str(trial.symbols),
+            "--zipf",
+            str(w.zipf),
+            "--seed",
+            str(seed),
+            "--id-base",
+            str(id_base),
+            "--start-wall",
+            repr(start_wall),
+            "--out",
+            str(out_file),
+        ]
+        loadgen = ManagedProcess(
+            f"loadgen-{trial_no}",
+            argv,
+            env=pipeline.env(),
+            log_path=pipeline.workdir / "logs" / f"loadgen-{trial_no}.log",
+        )
         listener = (
             LatencyListener(pipeline.redis_url, tracker, start_wall + w.warmup_s)
             if tracker is not None
             else None
         )
         extra_pids: dict[str, int] = {}  # load generators started during the trial (Locust)
-        sampler = Sampler(probe, m.sample_interval_s,
-                          lambda: {**self._pids(ctx, pipeline, loadgen), **extra_pids},
-                          resources=m.resources)  # fmt: skip
+        sampler = Sampler(
+            probe,
+            m.sample_interval_s,
+            lambda: {**self._pids(ctx, pipeline, loadgen), **extra_pids},
+            resources=m.resources,
+        )
         sampler.t0 = time.monotonic() + (start_wall - time.time())
         baseline = sum(probe.produced().values())
         if listener is not None:
@@ -387,9 +463,10 @@ class Runner:
         cpu_before = ctx.cpu_stats()
         sampler.start()
         task = ctx.progress.add_task(
-            f"  {trial.processors}p {trial.kind} {trial.rate:,.0f}/s", total=trial.duration_s,
+            f"  {trial.processors}p {trial.kind} {trial.rate:,.0f}/s",
+            total=trial.duration_s,
             info="load",
-        )  # fmt: skip
+        )
         locust: dict[str, Any] | None = None
         try:
             locust_proc = None
@@ -413,7 +490,10 @@ class Runner:
                     locust_proc = self._start_locust(ctx, pipeline, query_url, trial.symbols)
                     if locust_proc[0].pid is not None:
                         extra_pids["locust"] = locust_proc[0].pid
-                ctx.progress.update(task, completed=max(0.0, min(elapsed, trial.duration_s)))
+                live = locust_live(locust_proc[1]) if locust_proc is not None else None
+                ctx.progress.update(
+                    task, completed=max(0.0, min(elapsed, trial.duration_s)), info=live or "load"
+                )
                 time.sleep(0.2)
             load_end = time.monotonic()
             if loadgen.returncode() != 0:
@@ -444,15 +524,23 @@ class Runner:
             ctx.progress.remove_task(task)
         produced = sum(probe.produced().values()) - baseline
         record = summarize_trial(trial, series, w.warmup_s, self.x.search.slope_tolerance)
-        throttled = {role: throttled_share(cpu_before.get(role, {}), after)
-                     for role, after in cpu_after.items()}  # fmt: skip
+        throttled = {
+            role: throttled_share(cpu_before.get(role, {}), after)
+            for role, after in cpu_after.items()
+        }
         if throttled:  # share of CFS periods in which each budgeted process hit its quota
-            record["throttled_share"] = {k: round(v, 3) for k, v in throttled.items()
-                                         if v is not None}  # fmt: skip
+            record["throttled_share"] = {
+                k: round(v, 3) for k, v in throttled.items() if v is not None
+            }
         record |= {
-            "records": count, "produced": produced, "loadgen": gen, "drain_s": drained_s,
-            "id_base": id_base, "seed": seed, "series": series.as_dict(),
-        }  # fmt: skip
+            "records": count,
+            "produced": produced,
+            "loadgen": gen,
+            "drain_s": drained_s,
+            "id_base": id_base,
+            "seed": seed,
+            "series": series.as_dict(),
+        }
         if listener is not None:
             record["latency_ms"] = stats.percentile_summary(listener.histogram)
             record["latency_hdr"] = stats.encode(listener.histogram)
@@ -489,8 +577,13 @@ class Runner:
     ) -> dict[str, Any]:
         s = self.x.search
         start = s.start_rate * (processors if s.start_per_processor else 1)
-        search = RateSearch(start, s.max_rate, s.max_trials, s.resolution,
-                            s.max_confirmations if s.capacity_trial else 0)  # fmt: skip
+        search = RateSearch(
+            start,
+            s.max_rate,
+            s.max_trials,
+            s.resolution,
+            s.max_confirmations if s.capacity_trial else 0,
+        )
         symbols = max(self.x.workload.symbol_counts)
         trials: list[dict[str, Any]] = []
         confirmations: list[dict[str, Any]] = []
@@ -499,40 +592,58 @@ class Runner:
             if step.confirm:
                 # The confirmation: a longer trial at the best rate, measured like the fixed-rate
                 # trials (latency too). Only a sustained confirmation makes a capacity.
-                trial = Trial(kind="capacity", repetition=rep, processors=processors,
-                              symbols=symbols, rate=step.rate,
-                              duration_s=self.x.workload.duration_s)  # fmt: skip
+                trial = Trial(
+                    kind="capacity",
+                    repetition=rep,
+                    processors=processors,
+                    symbols=symbols,
+                    rate=step.rate,
+                    duration_s=self.x.workload.duration_s,
+                )
                 self._describe(ctx, overall, trial, index)
-                record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, None,
-                                            drain_timeout=20)  # fmt: skip
+                record = self._direct_trial(
+                    ctx, pipeline, probe, trial, trial_no, None, drain_timeout=20
+                )
                 confirmations.append(record)
                 if record["sustained"] and record["produced_rate"] >= 0.9 * step.rate:
                     capacity = record
             else:
-                trial = Trial(kind="search", repetition=rep, processors=processors,
-                              symbols=symbols, rate=step.rate, duration_s=s.trial_s)  # fmt: skip
+                trial = Trial(
+                    kind="search",
+                    repetition=rep,
+                    processors=processors,
+                    symbols=symbols,
+                    rate=step.rate,
+                    duration_s=s.trial_s,
+                )
                 self._describe(ctx, overall, trial, index)
-                record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, None,
-                                            drain_timeout=15, latency=False)  # fmt: skip
+                record = self._direct_trial(
+                    ctx, pipeline, probe, trial, trial_no, None, drain_timeout=15, latency=False
+                )
                 trials.append(record)
-            ctx.progress.advance(overall)
+            self._advance(ctx, overall)
             trial_no += 1
             outcome = trial_outcome(record)
             record["outcome"] = outcome
-            search.record(step.rate, outcome, confirm=step.confirm,
-                          processed=record["processed_rate"])  # fmt: skip
+            search.record(
+                step.rate, outcome, confirm=step.confirm, processed=record["processed_rate"]
+            )
         skipped = s.max_trials + search.max_confirmations - len(trials) - len(confirmations)
         if skipped > 0:
-            ctx.progress.advance(overall, skipped)
+            self._advance(ctx, overall, skipped)
         return {
-            "capacity_rate": search.capacity, "lower_bound": search.lower_bound,
-            "resolved": search.resolved, "upper_rate": search.upper,
+            "capacity_rate": search.capacity,
+            "lower_bound": search.lower_bound,
+            "resolved": search.resolved,
+            "upper_rate": search.upper,
             "max_sustained_rate": search.capacity,  # the confirmed capacity (older readers)
             "lowest_failed_rate": search.failed,
             "generator_limited": any(t["outcome"] == "limited" for t in trials),
-            "start_rate": start, "trials": trials, "confirmations": confirmations,
+            "start_rate": start,
+            "trials": trials,
+            "confirmations": confirmations,
             "capacity": capacity,
-        }  # fmt: skip
+        }
 
     # --- replay through the full path ----------------------------------------------------------
     def _replay_trial(
@@ -546,8 +657,9 @@ class Runner:
         args += ["--fast"] if not trial.speed else ["--speed", str(trial.speed)]
         sim = pipeline.start_simulator(args)
         listener = LatencyListener(pipeline.redis_url, None, time.time() + w.warmup_s)
-        sampler = Sampler(probe, m.sample_interval_s, lambda: self._pids(ctx, pipeline),
-                          resources=m.resources)  # fmt: skip
+        sampler = Sampler(
+            probe, m.sample_interval_s, lambda: self._pids(ctx, pipeline), resources=m.resources
+        )
         listener.start()
         sampler.start()
         pipeline.start_ingest(sim.ws_url)
@@ -579,11 +691,15 @@ class Runner:
         record = summarize_trial(trial, series, w.warmup_s, self.x.search.slope_tolerance)
         span = (done_at or time.monotonic()) - (first_visible or t0)
         record |= {
-            "file": str(file), "records": expected, "applied": applied,
-            "complete": applied >= expected, "seconds": round(span, 2),
+            "file": str(file),
+            "records": expected,
+            "applied": applied,
+            "complete": applied >= expected,
+            "seconds": round(span, 2),
             "replay_rate": applied / span if span > 0 else 0.0,
-            "series": series.as_dict(), "simulator": sim.stats(),
-        }  # fmt: skip
+            "series": series.as_dict(),
+            "simulator": sim.stats(),
+        }
         record["latency_ms"] = stats.percentile_summary(listener.histogram)
         record["latency_hdr"] = stats.encode(listener.histogram)
         return record
@@ -596,14 +712,37 @@ class Runner:
         assert q is not None
         prefix = pipeline.workdir / "locust"
         locustfile = Path(__file__).resolve().with_name("locustfile.py")  # shipped in the package
-        argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--host", url,
-                "--headless", "-u", str(q.users), "-r", str(q.spawn_rate),
-                "-t", f"{q.duration_s:g}s", "--csv", str(prefix), "--csv-full-history",
-                "--only-summary", "--loglevel", "WARNING"]  # fmt: skip
-        env = {**os.environ, "LOCUST_SYMBOLS": str(symbols), "LOCUST_ZIPF_S": str(q.zipf),
-               "LOCUST_UNKNOWN_SHARE": str(q.unknown_share)}  # fmt: skip
-        proc = ManagedProcess("locust", argv, env=env, log_path=pipeline.workdir / "logs" /
-                              "locust.log").start()  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(locustfile),
+            "--host",
+            url,
+            "--headless",
+            "-u",
+            str(q.users),
+            "-r",
+            str(q.spawn_rate),
+            "-t",
+            f"{q.duration_s:g}s",
+            "--csv",
+            str(prefix),
+            "--csv-full-history",
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+        ]
+        env = {
+            **os.environ,
+            "LOCUST_SYMBOLS": str(symbols),
+            "LOCUST_ZIPF_S": str(q.zipf),
+            "LOCUST_UNKNOWN_SHARE": str(q.unknown_share),
+        }
+        proc = ManagedProcess(
+            "locust", argv, env=env, log_path=pipeline.workdir / "logs" / "locust.log"
+        ).start()
         ctx.children.add(proc)
         return proc, prefix
 
@@ -626,7 +765,8 @@ class Runner:
             )
         if "search" in group:
             parts.append(f"max sustained {group['search']['max_sustained_rate']}/s")
-        self.console.print("; ".join(parts))
+        for line in wrap(parts):
+            self.console.print(line, soft_wrap=True)
 
 
 # --- helpers (module level: testable without a run) ----------------------------------------------
@@ -639,38 +779,55 @@ def summarize_trial(
     window = [(i, t) for i, t in enumerate(series.t) if warmup_s <= t <= trial.duration_s + 1e-9]
     lags = series.lag()
     record: dict[str, Any] = {
-        "kind": trial.kind, "repetition": trial.repetition, "processors": trial.processors,
-        "symbols": trial.symbols, "rate": trial.rate, "duration_s": trial.duration_s,
+        "kind": trial.kind,
+        "repetition": trial.repetition,
+        "processors": trial.processors,
+        "symbols": trial.symbols,
+        "rate": trial.rate,
+        "duration_s": trial.duration_s,
         "speed": trial.speed,
-    }  # fmt: skip
+    }
     if len(window) >= 2:
         (i0, t0), (i1, t1) = window[0], window[-1]
         span = t1 - t0
         produced = sum(series.produced[i1].values()) - sum(series.produced[i0].values())
         applied = sum(series.applied[i1].values()) - sum(series.applied[i0].values())
         record["produced_rate"] = produced / span if span > 0 else 0.0
-        per_partition = {p: series.produced[i1][p] - series.produced[i0].get(p, 0)
-                         for p in series.produced[i1]}  # fmt: skip
+        per_partition = {
+            p: series.produced[i1][p] - series.produced[i0].get(p, 0) for p in series.produced[i1]
+        }
         if produced > 0:  # the busiest partition's share bounds what more consumers can add
-            record["partition_share"] = {str(p): round(n / produced, 4)
-                                         for p, n in sorted(per_partition.items())}  # fmt: skip
+            record["partition_share"] = {
+                str(p): round(n / produced, 4) for p, n in sorted(per_partition.items())
+            }
         record["processed_rate"] = applied / span if span > 0 else 0.0
         points = [(t, float(sum(lags[i].values()))) for i, t in window]
         # Judged against the rate that actually arrived (the generator may fall short).
         verdict = lag_verdict(points, record["produced_rate"] or trial.rate, tolerance)
-        record |= {"lag_slope": verdict.slope, "lag_threshold": verdict.threshold,
-                   "sustained": verdict.sustained,
-                   "max_lag": max(p[1] for p in points)}  # fmt: skip
+        record |= {
+            "lag_slope": verdict.slope,
+            "lag_threshold": verdict.threshold,
+            "sustained": verdict.sustained,
+            "max_lag": max(p[1] for p in points),
+        }
     else:
-        record |= {"produced_rate": 0.0, "processed_rate": 0.0, "lag_slope": 0.0,
-                   "lag_threshold": 0.0, "sustained": False, "max_lag": 0.0}  # fmt: skip
+        record |= {
+            "produced_rate": 0.0,
+            "processed_rate": 0.0,
+            "lag_slope": 0.0,
+            "lag_threshold": 0.0,
+            "sustained": False,
+            "max_lag": 0.0,
+        }
     cpu = {name: sum(v) / len(v) for name, v in series.cpu.items() if v}
     record["cpu_percent_mean"] = {k: round(v, 1) for k, v in cpu.items()}
     record["rss_mb_max"] = {name: max(v) for name, v in series.rss_mb.items() if v}
     machine = [series.machine_cpu[i] for i, _ in window if i < len(series.machine_cpu)]
     if machine:
-        record["machine_cpu_percent"] = {"mean": round(sum(machine) / len(machine), 1),
-                                         "max": max(machine)}  # fmt: skip
+        record["machine_cpu_percent"] = {
+            "mean": round(sum(machine) / len(machine), 1),
+            "max": max(machine),
+        }
     return record
 
 
@@ -740,8 +897,12 @@ def wait_group_stable(
     def stable() -> bool:
         check()
         desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
-        owned = [tp.partition for m in desc.members for tp in m.assignment.topic_partitions
-                 if tp.topic == topic]  # fmt: skip
+        owned = [
+            tp.partition
+            for m in desc.members
+            for tp in m.assignment.topic_partitions
+            if tp.topic == topic
+        ]
         return bool(
             desc.state == ConsumerGroupState.STABLE
             and len(desc.members) == members
@@ -769,8 +930,9 @@ def read_locust_csv(prefix: Path) -> dict[str, Any]:
     return out
 
 
-def write_synthetic_archive(folder: Path, seed: int, symbols: int = 5, trades: int = 100_000,
-                            rate: float = 1000.0) -> Path:  # fmt: skip
+def write_synthetic_archive(
+    folder: Path, seed: int, symbols: int = 5, trades: int = 100_000, rate: float = 1000.0
+) -> Path:
     """A Binance trade-archive CSV per symbol from the seeded generator (when no file is given).
 
     Returns the folder; the simulator replays every file in it merged in time order.
@@ -783,8 +945,10 @@ def write_synthetic_archive(folder: Path, seed: int, symbols: int = 5, trades: i
     for i in range(trades):
         t = gen.trade(i, 0)
         quote = float(t.price) * float(t.quantity)
-        rows[t.symbol].append(f"{t.trade_id},{t.price},{t.quantity},{quote:.8f},{t.trade_time},"
-                              f"{t.buyer_is_maker},True")  # fmt: skip
+        rows[t.symbol].append(
+            f"{t.trade_id},{t.price},{t.quantity},{quote:.8f},{t.trade_time},"
+            f"{t.buyer_is_maker},True"
+        )
     day = dt.datetime.fromtimestamp(TRADE_TIME_BASE_MS / 1000, dt.UTC).date().isoformat()
     for name, lines in rows.items():
         (folder / f"{name}-trades-{day}.csv").write_text("\n".join(lines) + "\n")
@@ -823,8 +987,9 @@ def count_replay_trades(file: Path) -> int:
         if is_recorded(path):
             total += sum(1 for f in read_recorded(path) if f.trade is not None)
         else:
-            total += sum(o.last_id - o.first_id + 1
-                         for o in read_archive(path, symbol_from_name(path)))  # fmt: skip
+            total += sum(
+                o.last_id - o.first_id + 1 for o in read_archive(path, symbol_from_name(path))
+            )
     return total
 
 

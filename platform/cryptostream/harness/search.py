@@ -104,8 +104,13 @@ class RateSearch:
 
     def _highest(self, confirm: bool) -> float | None:
         upper = self.upper
-        rates = [t.rate for t in self.trials if t.outcome == "sustained" and t.confirm == confirm
-                 and (upper is None or t.rate < upper)]  # fmt: skip
+        rates = [
+            t.rate
+            for t in self.trials
+            if t.outcome == "sustained"
+            and t.confirm == confirm
+            and (upper is None or t.rate < upper)
+        ]
         return max(rates) if rates else None
 
     @property
@@ -135,8 +140,11 @@ class RateSearch:
     def resolved(self) -> bool:
         """The true capacity lies in [capacity, upper) and that interval is within resolution."""
         upper, capacity = self.upper, self.capacity
-        return (capacity is not None and upper is not None
-                and upper / capacity - 1 <= self.resolution + 1e-9)  # fmt: skip
+        return (
+            capacity is not None
+            and upper is not None
+            and upper / capacity - 1 <= self.resolution + 1e-9
+        )
 
     # --- the search -------------------------------------------------------------------------------
     def next_step(self) -> Step | None:

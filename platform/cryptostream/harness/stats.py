@@ -38,8 +38,14 @@ class Summary:
         return self.spread > SPREAD_FLAG
 
     def as_dict(self) -> dict[str, Any]:
-        return {"median": self.median, "min": self.low, "max": self.high, "n": self.n,
-                "spread": self.spread, "flagged": self.flagged}  # fmt: skip
+        return {
+            "median": self.median,
+            "min": self.low,
+            "max": self.high,
+            "n": self.n,
+            "spread": self.spread,
+            "flagged": self.flagged,
+        }
 
 
 def summarize(values: Sequence[float]) -> Summary:

@@ -127,12 +127,18 @@ def group_verdict(
     lowest_failed = min(failed) if failed else None
     uppers = failed + limited
     upper = min(uppers) if uppers else None
-    confirmed = [t for t in confirmations if t["sustained"] and _delivered(t)
-                 and (upper is None or t["rate"] < upper)]  # fmt: skip
+    confirmed = [
+        t
+        for t in confirmations
+        if t["sustained"] and _delivered(t) and (upper is None or t["rate"] < upper)
+    ]
     best = max(confirmed, key=lambda t: t["rate"]) if confirmed else None
     capacity = float(best["rate"]) if best else None
-    above = [t for t in everything if not t["sustained"] and capacity is not None
-             and t["rate"] > capacity] or [t for t in everything if not t["sustained"]]  # fmt: skip
+    above = [
+        t
+        for t in everything
+        if not t["sustained"] and capacity is not None and t["rate"] > capacity
+    ] or [t for t in everything if not t["sustained"]]
     limit_trial = min(above, key=lambda t: t["rate"]) if above else None
     if limit_trial is None and limited:
         limit = "load generator (could not deliver the next rate)"
@@ -140,18 +146,26 @@ def group_verdict(
         limit = name_limit(limit_trial, group["processors"], budgets, cores, produce)
     else:
         limit = "none reached (search maximum)"
-    searched = [t["rate"] for t in trials if t["sustained"] and _delivered(t)
-                and (upper is None or t["rate"] < upper)]  # fmt: skip
+    searched = [
+        t["rate"]
+        for t in trials
+        if t["sustained"] and _delivered(t) and (upper is None or t["rate"] < upper)
+    ]
     lat = (best or {}).get("latency_ms") or {}
     return GroupVerdict(
-        repetition=group["repetition"], processors=group["processors"], capacity=capacity,
+        repetition=group["repetition"],
+        processors=group["processors"],
+        capacity=capacity,
         lower_bound=capacity is not None and not [f for f in failed if f > capacity],
-        lowest_failed=lowest_failed, upper=upper,
+        lowest_failed=lowest_failed,
+        upper=upper,
         confirmations=[(float(t["rate"]), bool(t["sustained"])) for t in confirmations],
-        generator_limited=bool(limited), cpu_at_capacity=cpu_by_role(best) if best else {},
-        limit=limit, p99_ms=lat.get("p99") if lat.get("count") else None,
+        generator_limited=bool(limited),
+        cpu_at_capacity=cpu_by_role(best) if best else {},
+        limit=limit,
+        p99_ms=lat.get("p99") if lat.get("count") else None,
         best_search=max(searched) if searched else None,
-    )  # fmt: skip
+    )
 
 
 def name_limit(
@@ -165,9 +179,11 @@ def name_limit(
     budgets that were throttled too are named after it."""
     primary = _primary_limit(trial, processors, budgets, cores, produce_ceiling)
     throttled = trial.get("throttled_share") or {}
-    also = [f"{role} budget throttled {share * 100:.0f} % of periods"
-            for role, share in sorted(throttled.items())
-            if share >= THROTTLED and "processor" not in role and role not in primary]  # fmt: skip
+    also = [
+        f"{role} budget throttled {share * 100:.0f} % of periods"
+        for role, share in sorted(throttled.items())
+        if share >= THROTTLED and "processor" not in role and role not in primary
+    ]
     return primary + (f"; also {', '.join(also)}" if also else "")
 
 
@@ -187,8 +203,10 @@ def _primary_limit(
         if throttled.get("loadgen", 0) >= THROTTLED:
             return f"load generator CPU budget ({budgets.get('loadgen_cpu'):g} core)"
         if produce_ceiling and delivered >= BUSY * produce_ceiling:
-            return (f"Kafka produce ceiling (delivered {delivered:,.0f}/s; ProducerPerformance "
-                    f"{produce_ceiling:,.0f}/s in this run)")  # fmt: skip
+            return (
+                f"Kafka produce ceiling (delivered {delivered:,.0f}/s; ProducerPerformance "
+                f"{produce_ceiling:,.0f}/s in this run)"
+            )
         return f"load generator (delivered {delivered:,.0f}/s of {trial['rate']:,.0f}/s)"
     if budget and procs and statistics.median(procs) >= THROTTLED:
         return f"processor CPU budget ({processors} x {budget:g} core)"
@@ -211,8 +229,10 @@ def _primary_limit(
     if share and processors > 1 and max(share.values()) * min(processors, len(share)) > 1.3:
         return f"busiest partition ({max(share.values()) * 100:.0f} % of the trades)"
     if budget and procs:
-        return f"processor CPU budget ({processors} x {budget:g} core, throttled " \
-               f"{statistics.median(procs) * 100:.0f} % of periods)"  # fmt: skip
+        return (
+            f"processor CPU budget ({processors} x {budget:g} core, throttled "
+            f"{statistics.median(procs) * 100:.0f} % of periods)"
+        )
     return "not identified (no resource near its limit)"
 
 

@@ -129,8 +129,13 @@ class History:
         listing = self.files.list(symbol, from_ms, to_ms)
 
         def query(files: list[str]) -> list[tuple[Any, ...]]:
-            params = {"files": files, "from": from_ms, "to": to_ms, "after": after_id,
-                      "limit": limit + 1}  # fmt: skip
+            params = {
+                "files": files,
+                "from": from_ms,
+                "to": to_ms,
+                "after": after_id,
+                "limit": limit + 1,
+            }
             return self._cursor().execute(_TRADES_SQL, params).fetchall()
 
         no_rows: list[tuple[Any, ...]] = []
@@ -210,8 +215,11 @@ def export_day(
 
     def query(files: list[str]) -> int:
         cur = history._cursor()
-        cur.execute(_EXPORT_SQL.format(files=_sql_list(files), start=start, end=end,
-                                       out=_sql_list([str(tmp)])[1:-1]))  # fmt: skip
+        cur.execute(
+            _EXPORT_SQL.format(
+                files=_sql_list(files), start=start, end=end, out=_sql_list([str(tmp)])[1:-1]
+            )
+        )
         row = cur.fetchone()
         return int(row[0]) if row else 0
 

@@ -4,6 +4,13 @@ Correctness rests on Redis, not on Kafka's committed offsets: each batch's view 
 last applied offset of each of its partitions are written by one Lua script, and a partition that
 is assigned to us resumes from the offset stored in Redis. Kafka offsets are committed afterwards
 only so that lag tooling works.
+
+Applies are pipelined: while Redis runs batch N's script (on an apply thread that waits on the
+socket, GIL released), this thread fetches and folds batch N+1, whose expected offsets assume N
+succeeds. That is safe because of the fencing: if N is refused, N+1, which expects N's offsets,
+is refused too, or (if it touches only other partitions) is not sent at all; both are re-read
+after a re-seek. At most one batch is in flight, and none across a rebalance, a check of the
+stored offsets or a stop.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -39,6 +48,16 @@ log = logging.getLogger("cryptostream.processor")
 APPLY_SCRIPT = resources.files("cryptostream.processor").joinpath("apply_batch.lua").read_text()
 
 
+@dataclass
+class InFlight:
+    """A batch whose apply was sent and not yet answered."""
+
+    batch: Batch
+    reply: Future[Any]
+    now_ms: int
+    before: dict[int, int]  # its partitions' positions before it: restored if it is refused
+
+
 class Processor:
     def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
         self.settings = settings
@@ -53,6 +72,8 @@ class Processor:
         self.running = True
         # partition -> last offset applied to Redis, as far as this process knows (-1 = none)
         self.positions: dict[int, int] = {}
+        self.inflight: InFlight | None = None
+        self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
         self.warn = RateLimitedLog(log)
         self.stats: dict[str, int] = {
             "records": 0, "batches": 0, "poison": 0, "conflicts": 0, "rebalances": 0, "stale": 0,
@@ -62,6 +83,7 @@ class Processor:
 
     # --- rebalance callbacks (the consumer runs them inside poll(), between batches) ----------
     def assigned(self, partitions: list[int]) -> dict[int, int]:
+        self.finish_inflight()
         self.stats["rebalances"] += 1
         stored = self._stored_offsets(partitions)
         starts = {}
@@ -75,7 +97,7 @@ class Processor:
         return starts
 
     def revoked(self, partitions: list[int]) -> None:
-        # Nothing is in flight here: batches are applied before the next poll() call.
+        self.finish_inflight()  # nothing of ours may land after the partitions leave
         self.stats["rebalances"] += 1
         self._commit_positions(partitions)
         for partition in partitions:
@@ -101,8 +123,11 @@ class Processor:
                 if records:
                     self.process(records)
                 self.dlq.poll(0)
+                if not records:
+                    self.finish_inflight()  # idle: make the last batch visible now
                 if time.monotonic() - last_recommit >= 2:
                     last_recommit = time.monotonic()
+                    self.finish_inflight()
                     self._verify_stored_offsets()
                     self._recommit_lagging()
                     self._update_lag()
@@ -126,22 +151,56 @@ class Processor:
             batch.add(record)
         if not batch.parts:
             return
-        self._dead_letter(batch)
         now_ms = time.time_ns() // 1_000_000
         keys, args = batch.script_call(self.settings.topic, self.positions, now_ms,
                                        self.history_ms, self.max_future_ms)  # fmt: skip
+        # Folded while the previous batch was being applied; it counted on that one's offsets.
+        refused = self.finish_inflight()
+        if refused is not None:
+            self._reread(batch, refused)
+            return
+        self._dead_letter(batch)
+        before = {p: positions.get(p, NO_OFFSET) for p in batch.parts}
+        for partition, (_first, last) in batch.parts.items():
+            positions[partition] = last  # as if applied: the next batch expects these
+        reply = self._applier.submit(self._apply, keys, args)
+        self.inflight = InFlight(batch, reply, now_ms, before)
+
+    def _apply(self, keys: list[str], args: list[Any]) -> Any:
+        """On the apply thread: one script call, retried while Redis is unavailable."""
         started = time.perf_counter()
         reply = self._with_redis_retry(lambda: self.apply_script(keys=keys, args=args))
         self.metrics.redis_apply.observe(time.perf_counter() - started)
+        return reply
+
+    def finish_inflight(self) -> Batch | None:
+        """Wait for the batch in flight, if any, and settle it; returns it if Redis refused it
+        (its partitions are re-sought from the stored offsets; positions are Redis's again)."""
+        pending, self.inflight = self.inflight, None
+        if pending is None:
+            return None
+        reply = pending.reply.result()  # re-raises what the apply thread raised
+        batch = pending.batch
         if int(reply[0]) == 0:
+            self.positions.update(pending.before)
             self._resolve_conflicts(parse_conflicts(reply), batch)
-            return
-        for partition, (_first, last) in batch.parts.items():
-            self.positions[partition] = last
+            return batch
         self.stats["records"] += batch.records
         self.stats["batches"] += 1
-        self._observe(batch, now_ms)
+        self._observe(batch, pending.now_ms)
         self._commit(batch)
+        return None
+
+    def _reread(self, batch: Batch, refused: Batch) -> None:
+        """A folded batch not sent (the one before it was refused): seek its partitions back to
+        its first records, except those of the refused batch, re-sought below it already."""
+        for partition, (first, _last) in batch.parts.items():
+            if partition in refused.parts:
+                continue
+            try:
+                self.consumer.seek(partition, first)
+            except ConsumerError as exc:  # revoked meanwhile: its new owner resumes from Redis
+                self.warn.warning("seek", "seek failed", **{"error.message": str(exc)})
 
     def _observe(self, batch: Batch, now_ms: int) -> None:
         self.metrics.batch_size.observe(batch.records)
@@ -306,7 +365,11 @@ class Processor:
         def done() -> bool:
             return all(self.positions[p] >= ends[p] - 1 for p in partitions)
 
-        while self.running and not done():
+        while self.running:
+            if done():
+                self.finish_inflight()
+                if done():  # and not re-sought by a refused last batch
+                    break
             records = self.consumer.poll(self.settings.batch_max, self.settings.batch_timeout_s)
             if records:
                 self.process(records)
@@ -317,7 +380,11 @@ class Processor:
 
     def close(self) -> None:
         try:
-            self.consumer.close()  # leaves the group promptly, so partitions move at once
+            try:
+                self.finish_inflight()
+            finally:
+                self._applier.shutdown(wait=True)
+                self.consumer.close()  # leaves the group promptly, so partitions move at once
         finally:
             self.dlq.flush(10)
             log.info("stopped", extra={"fields": {"processor": dict(self.stats)}})

@@ -18,7 +18,7 @@ from pathlib import Path
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from cryptostream.config import Settings, load_settings
+from cryptostream.config import Settings, load_settings, settings_json
 from cryptostream.query.app import QueryApp, create_app
 from cryptostream.query.metrics import MULTIPROC_ENV
 from cryptostream.query.protocol import (
@@ -58,7 +58,7 @@ def uvicorn_config(settings: Settings, workers: int = 1) -> uvicorn.Config:
     would cost more than serving it)."""
     app: QueryApp | str
     if workers > 1:
-        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        os.environ[SETTINGS_ENV] = settings_json(settings)
         app = "cryptostream.query.server:app_from_env"
     else:
         app = create_app(settings)
