@@ -11,7 +11,6 @@ reason.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections import Counter
 from decimal import Decimal
@@ -30,13 +29,7 @@ from tests.conftest import Env
 from tests.integration.test_ingest_depth import depth_env  # noqa: F401 (the fixture)
 from tests.kafka_helpers import read_all
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        importlib.util.find_spec("marketsim.book") is None,
-        reason="the simulator has no order books on this branch yet",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 
