@@ -233,7 +233,7 @@ class DepthIngest:
                 if outcome.event_type == "serverShutdown":
                     conn.shutdown_notice = True
                 else:
-                    stats.error(f"ignored_{outcome.event_type[:40]}")
+                    stats.error("ignored_event")  # (no label per server-chosen name)
             elif isinstance(outcome, ControlReply) and outcome.error is not None:
                 stats.error("control")
                 self.warn.warning(
