@@ -84,6 +84,7 @@ def isolated(stack: LocalStack | ContainerStack, tmp_path: Path) -> Iterator[Env
         "CSP_TOPIC": f"raw.trades.{suffix}",
         "CSP_DLQ_TOPIC": f"raw.trades.dlq.{suffix}",
         "CSP_GAP_TOPIC": f"raw.trades.gaps.{suffix}",
+        "CSP_DEPTH_TOPIC": f"raw.depth.{suffix}",
         "CSP_GROUP_ID": f"stream-processor-{suffix}",
         "CSP_RUN_DIR": str(tmp_path),
     }
@@ -93,6 +94,7 @@ def isolated(stack: LocalStack | ContainerStack, tmp_path: Path) -> Iterator[Env
         topic=env["CSP_TOPIC"],
         dlq_topic=env["CSP_DLQ_TOPIC"],
         gap_topic=env["CSP_GAP_TOPIC"],
+        depth_topic=env["CSP_DEPTH_TOPIC"],
         group_id=env["CSP_GROUP_ID"],
         run_dir=tmp_path,
     )

@@ -106,6 +106,7 @@ def _settings(stack: LocalStack | ContainerStack, run_dir: Any) -> Settings:
         kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
         topic=f"raw.trades.{suffix}", dlq_topic=f"raw.trades.dlq.{suffix}",
         gap_topic=f"raw.trades.gaps.{suffix}", group_id=f"stream-processor-{suffix}",
+        depth_topic=f"raw.depth.{suffix}",  # required_topics creates it with these 2 partitions
         partitions=2, run_dir=run_dir, batch_max=7,  # small batches: many Lua merges
     )  # fmt: skip
 

@@ -32,7 +32,6 @@ from cryptostream.ingest.gaps import DepthBreakRecord, decode_depth_break
 from cryptostream.reliability.gaps import summarize
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
-from cryptostream.topics import create_topics, required_topics
 from tests.conftest import Env
 from tests.kafka_helpers import read_all
 from tests.unit.test_ingest_depth import SHARED, read_recording
@@ -134,15 +133,15 @@ class ReplayExchange(ScriptedWsServer):
 
 @pytest.fixture
 def depth_env(isolated: Env) -> Iterator[tuple[Env, Settings, Pipeline]]:
-    suffix = isolated.settings.topic.rsplit(".", 1)[1]
-    settings = isolated.settings.model_copy(update={"depth_topic": f"raw.depth.{suffix}"})
-    create_topics(settings.kafka_bootstrap, required_topics(settings))
+    """The test's own topics (a depth topic among them) and a pipeline that uses them."""
+    settings = isolated.settings
+    assert settings.depth_topic.startswith("raw.depth.")  # isolated, like the others
     pipeline = Pipeline(
         isolated.workdir,
         settings.kafka_bootstrap,
         settings.redis_url,
         ["BTCUSDT"],
-        extra_env={**isolated.env, "CSP_DEPTH_TOPIC": settings.depth_topic},
+        extra_env=isolated.env,
     )
     try:
         yield isolated, settings, pipeline
