@@ -285,6 +285,8 @@ class Runner:
             update={
                 "topic": topic,
                 "dlq_topic": f"harness.{self.run_id}.g{index}.dlq",
+                # its own too: required_topics creates it with this group's partitions
+                "depth_topic": f"harness.{self.run_id}.g{index}.depth",
                 "group_id": group_id,
                 "partitions": topo.partitions,
             }
@@ -295,6 +297,7 @@ class Runner:
         extra_env = {
             "CSP_TOPIC": topic,
             "CSP_DLQ_TOPIC": settings.dlq_topic,
+            "CSP_DEPTH_TOPIC": settings.depth_topic,
             "CSP_GROUP_ID": group_id,
             "CSP_PARTITIONS": str(topo.partitions),
             "CSP_LOG_LEVEL": "WARNING",
