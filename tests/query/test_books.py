@@ -67,12 +67,13 @@ def put_book(
 
 
 def book_update(symbol: str, bid: str, ask: str, last_update_id: int) -> dict[str, object]:
-    """One element of an ``updates:book`` message (the shape documented in query/books.py)."""
+    """One element of an ``updates:book`` message (the shape documented in query/books.py:
+    the symbol and the book hash's fields)."""
     now = int(time.time() * 1000)
     return {
-        "symbol": symbol, "best_bid": bid, "best_bid_qty": "1.5", "best_ask": ask,
-        "best_ask_qty": "2.5", "last_update_id": last_update_id, "event_time": now - 3,
-        "update_time": now,
+        "symbol": symbol, "last_update_id": last_update_id, "status": "synced", "reason": None,
+        "best_bid": bid, "best_bid_qty": "1.5", "best_ask": ask, "best_ask_qty": "2.5",
+        "event_time": now - 3, "ingest_time_us": (now - 2) * 1000, "update_time": now,
     }  # fmt: skip
 
 

@@ -10,18 +10,21 @@ sides in one MULTI/EXEC; the processor applies every book change in one atomic s
 answer is always one state of the book (``lastUpdateId`` and its levels belong together).
 
 The ``updates:book`` channel (written by the processor, read here) carries, per applied batch,
-a JSON array with one element per symbol whose top of book changed::
+a JSON array with one element per symbol whose book changed: the symbol and the book hash's
+``BOOK_FIELDS`` (``core/keys.py``)::
 
-    [{"symbol": "BTCUSDT", "best_bid": "66398.84", "best_bid_qty": "1.20000000",
-      "best_ask": "66398.85", "best_ask_qty": "0.50000000", "last_update_id": 4123456789,
-      "event_time": 1718000000001, "update_time": 1718000000012}, ...]
+    [{"symbol": "BTCUSDT", "last_update_id": 4123456789, "status": "synced", "reason": null,
+      "best_bid": "66398.84", "best_bid_qty": "1.20000000", "best_ask": "66398.85",
+      "best_ask_qty": "0.50000000", "event_time": 1718000000001,
+      "ingest_time_us": 1718000000004210, "update_time": 1718000000012}, ...]
 
 Prices and quantities are decimal strings exactly as the exchange wrote them (``null`` for an
 empty side); ``last_update_id`` is the book's last applied update id, ``event_time`` the
-exchange event time of that update (ms) and ``update_time`` when the batch became visible in
-Redis (ms). A book that goes ``unsynced`` may be announced by an element with
-``"status": "unsynced"`` (and ``"reason"``) and null best prices. The query service forwards
-elements unchanged, coalesced per symbol for clients that read slowly (:mod:`.push`).
+exchange event time of that update (ms), ``ingest_time_us`` when ingest received it and
+``update_time`` when the batch became visible in Redis (ms). ``status`` is ``synced``, or
+``unsynced`` (with ``reason``) when the book broke and waits for a snapshot: clients must then
+treat its top as unknown. The query service forwards elements unchanged, coalesced per symbol
+for clients that read slowly (:mod:`.push`).
 """
 
 # No ``from __future__ import annotations``: FastAPI resolves these routes' annotations (see api.py).
@@ -51,12 +54,15 @@ TOP_FIELDS = ("status", "reason", "best_bid", "best_bid_qty", "best_ask", "best_
 
 BOOK_UPDATE_EXAMPLE = {
     "symbol": "BTCUSDT",
+    "last_update_id": 4123456789,
+    "status": "synced",
+    "reason": None,
     "best_bid": "66398.84",
     "best_bid_qty": "1.20000000",
     "best_ask": "66398.85",
     "best_ask_qty": "0.50000000",
-    "last_update_id": 4123456789,
     "event_time": 1718000000001,
+    "ingest_time_us": 1718000000004210,
     "update_time": 1718000000012,
 }
 
@@ -64,11 +70,12 @@ BOOK_UPDATE_EXAMPLE = {
 BOOK_PUSH_DOC = """\
 ## Live top of book: `/stream/books` and the WebSocket's `book` channel
 
-The processor publishes, per applied batch, the new best bid and ask of every book that
-changed. Elements look like `{"symbol": "BTCUSDT", "best_bid": "66398.84", "best_bid_qty":
-"1.20000000", "best_ask": "66398.85", "best_ask_qty": "0.50000000", "last_update_id":
-4123456789, "event_time": 1718000000001, "update_time": 1718000000012}` (decimal strings, null
-for an empty side; an element with `"status": "unsynced"` says the book is resyncing).
+The processor publishes, per applied batch, the state of every book that changed. Elements
+look like `{"symbol": "BTCUSDT", "last_update_id": 4123456789, "status": "synced", "reason":
+null, "best_bid": "66398.84", "best_bid_qty": "1.20000000", "best_ask": "66398.85",
+"best_ask_qty": "0.50000000", "event_time": 1718000000001, "ingest_time_us": 1718000000004210,
+"update_time": 1718000000012}` (decimal strings, null for an empty side; `"status":
+"unsynced"`, with a `reason`, says the book is resyncing and its top is unknown).
 
 * Server-Sent Events: `curl -N 'http://127.0.0.1:3000/stream/books?symbols=BTCUSDT,ETHUSDT'`
   (without `symbols`, every book), each `data:` line a JSON array of such elements;
