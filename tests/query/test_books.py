@@ -17,6 +17,7 @@ import pytest
 import redis
 from websockets.sync.client import ClientConnection, connect
 
+from cryptostream.config import Settings
 from cryptostream.core.keys import (
     BOOK_CHANNEL,
     book_key,
@@ -25,7 +26,15 @@ from cryptostream.core.keys import (
 )
 from cryptostream.query.books import MalformedBook, book_answer, tops_answer
 from cryptostream.stack.redis_server import RedisServer
-from tests.query.conftest import RunningService, publish, trade_update, wait_for
+from cryptostream.stack.supervisor import free_port
+from tests.query.conftest import (
+    RunningService,
+    publish,
+    start_service,
+    stop_service,
+    trade_update,
+    wait_for,
+)
 
 DEADLINE_S = 5.0
 Levels = list[tuple[str, str]]
@@ -117,6 +126,24 @@ def test_depth_limits_each_side_to_the_best_levels(http: httpx.Client, r: redis.
     assert two["asks"] == [["101.25", "1"], ["102.25", "2"]]
     everything = http.get("/book/ETHUSDT", params={"depth": 1000}).json()
     assert len(everything["bids"]) == 30 and len(everything["asks"]) == 30
+
+
+def test_depth_bound_comes_from_the_settings(
+    redis_server: RedisServer, tmp_path: Path, r: redis.Redis
+) -> None:
+    settings = Settings(redis_url=redis_server.url, query_port=free_port(), run_dir=tmp_path,
+                        query_max_book_depth=3, query_max_symbols=2)  # fmt: skip
+    put_book(r, "BTCUSDT", [(f"{i}.5", "1") for i in range(1, 6)], [("9", "1")])
+    running = start_service(settings)
+    try:
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            assert len(client.get("/book/BTCUSDT").json()["bids"]) == 3  # default: the bound
+            assert len(client.get("/book/BTCUSDT?depth=3").json()["bids"]) == 3
+            assert client.get("/book/BTCUSDT?depth=4").status_code == 400
+            assert client.get("/books/top?symbols=AAA,BBB").status_code == 200
+            assert client.get("/books/top?symbols=AAA,BBB,CCC").status_code == 400
+    finally:
+        stop_service(running)
 
 
 def test_an_empty_side_is_an_empty_list(http: httpx.Client, r: redis.Redis) -> None:
