@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     query_max_symbols: int = Field(100, ge=1, description="Symbols in one GET /prices call")
     query_max_candles: int = Field(500, ge=1, description="Candles in one GET /candles answer")
     query_max_stream_symbols: int = Field(1000, ge=1, description="Symbols per live-push client")
+    query_max_book_depth: int = Field(
+        1000, ge=1, description="Levels per side in one GET /book answer (depth's upper bound)"
+    )
     query_push_send_timeout_s: float = Field(
         10.0, gt=0, description="A live client that blocks a push this long is dropped"
     )
