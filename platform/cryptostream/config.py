@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     gap_topic: str = Field("raw.trades.gaps", description="ingest's gap records (1 partition)")
     partitions: int = Field(8, ge=1, description="partitions of the trades topic")
     replication_factor: int = Field(1, ge=1, description="replication factor of created topics")
+    min_insync_replicas: int = Field(
+        0, ge=0, description="min.insync.replicas of created topics (0 = the broker's default)"
+    )
 
     # --- ingest -------------------------------------------------------------------------------
     binance_ws_url: str = Field(
@@ -129,7 +132,10 @@ class Settings(BaseSettings):
 
     # --- stack --------------------------------------------------------------------------------
     kafka_version: str = Field("4.3.1", description="Apache Kafka version of the local broker")
-    kafka_heap: str = Field("512m", description="local broker heap")
+    kafka_heap: str = Field("512m", description="local broker heap (per node)")
+    kafka_brokers: int = Field(
+        1, ge=1, le=9, description="KRaft nodes of the local stack (3 = a replicated cluster)"
+    )
     start_timeout_s: float = Field(90.0, gt=0, description="local broker start deadline")
     test_backend: Literal["auto", "local", "docker"] = Field(
         "auto", description="Kafka/Redis of the tests: local processes, containers, or auto"
@@ -282,7 +288,9 @@ _KAFKA = frozenset({
     "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_file",
     "group_id",
 })  # fmt: skip
-_TOPICS = frozenset({"topic", "dlq_topic", "gap_topic", "partitions", "replication_factor"})
+_TOPICS = frozenset({
+    "topic", "dlq_topic", "gap_topic", "partitions", "replication_factor", "min_insync_replicas",
+})  # fmt: skip
 SERVICE_FIELDS: dict[str, frozenset[str]] = {
     "ingest": _COMMON | _KAFKA | _TOPICS | {
         "binance_ws_url", "binance_rest_url", "symbols", "quote_asset", "stream_kind",
@@ -303,7 +311,7 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
     "topics": _COMMON | _KAFKA | _TOPICS | {"replication_factor"},
     "stack": _COMMON | _TOPICS | {
         "replication_factor", "cache_dir", "kafka_version", "kafka_heap", "start_timeout_s",
-        "kafka_connect_timeout_s",
+        "kafka_connect_timeout_s", "kafka_brokers",
     },
 }  # fmt: skip
 SERVICE_FIELDS["rebuild"] = SERVICE_FIELDS["processor"]
