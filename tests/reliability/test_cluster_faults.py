@@ -32,7 +32,7 @@ from cryptostream.stack.pipeline import Pipeline, SimulatorHandle, wait_for
 from tests.reliability.cluster_stack import ClusterEnv, cluster_env
 from tests.reliability.harness import FaultRun, Profile, settle_and_finish, sim_last_ids
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.integration]
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT"]
 # Lighter than FULL: three JVMs share the two cores with the pipeline.

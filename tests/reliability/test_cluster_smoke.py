@@ -7,11 +7,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from cryptostream.kafka_clients import producer_config
 from tests.reliability.cluster_stack import cluster_env
+
+pytestmark = pytest.mark.integration  # real brokers and Redis, without the session stack
 
 
 def test_three_broker_cluster_round_trip(tmp_path: Path) -> None:

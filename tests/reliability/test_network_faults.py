@@ -3,8 +3,9 @@ made slow, jittery, reset or black-holed, then healed; the views must end exact.
 
 - processor <-> Redis and processor <-> Kafka (steady load produced straight into the topic;
   truth: the topic's content, each trade applied exactly once): latency with jitter, TCP resets
-  (``reset_peer``), and a black hole (``timeout`` with 0: bytes vanish, the connection stays
-  open) longer than the clients' socket timeouts. The Redis black hole drops Redis's *replies*
+  (``reset_peer``), and a black hole (``timeout`` with 0: bytes are dropped and the connection
+  stays open; removing the toxic closes the connections it held) longer than the clients'
+  socket timeouts; each black hole must stall the processors. The Redis black hole drops Redis's *replies*
   only, so the batch script has run when the processor gives up on it: its retry must be
   refused by the offset compare-and-set, not applied twice. Kafka is reached through a second
   broker listener that advertises the proxy's address, so every connection of the processors
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from cryptostream.config import Settings
+from cryptostream.reliability.recovery import caught_up
 from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
 from cryptostream.stack.pipeline import Pipeline, SimulatorHandle, wait_for
 from cryptostream.stack.supervisor import free_port
@@ -86,17 +88,34 @@ def _fault(
     attributes: dict[str, int | float],
     seconds: float,
     streams: tuple[Stream, ...] = BOTH,
+    *,
+    stalls: bool = False,
 ) -> None:
-    """Toxics on ``streams`` for ``seconds``, then removed; recovery is timed from the start."""
+    """Toxics on ``streams`` for ``seconds``, then removed. Recovery is timed from the start
+    (the report's column) and, in the notes, from the moment the fault cleared until Redis has
+    applied everything Kafka held then. ``stalls``: the fault must stop the processors'
+    progress (from 1 s in until it clears), or it did not really cut them off."""
+    applied: list[int] = []
 
     def action() -> None:
         names = [tp.add_toxic(proxy, kind, attributes, stream=s) for s in streams]
-        run.pause(seconds)
+        run.pause(1.0)
+        applied.append(sum(run.probe.applied().values()))
+        run.pause(seconds - 1.0)
+        applied.append(sum(run.probe.applied().values()))
         for name in names:
             tp.remove_toxic(proxy, name)
 
     run.inject(label, action)
+    healed, goal = time.monotonic(), run.probe.ends()
     run.wait_recovered(timeout=180)
+    wait_for(lambda: caught_up(run.probe.applied(), goal), 180, f"catching up after {label}")
+    run.result.notes += (
+        f" {label}: {applied[1] - applied[0]} offsets applied during it (from 1 s in), caught up "
+        f"{time.monotonic() - healed:.1f}s after it cleared."
+    )
+    if stalls:
+        assert applied[1] == applied[0], f"{label} did not stall the processors: {applied}"
 
 
 def _processor_side_faults(run: FaultRun, tp: ToxiproxyClient, proxy: str) -> None:
@@ -106,10 +125,10 @@ def _processor_side_faults(run: FaultRun, tp: ToxiproxyClient, proxy: str) -> No
     _fault(run, tp, proxy, f"{proxy}: connection reset", "reset_peer", {"timeout": 0}, 2)
     run.pause()
     _fault(run, tp, proxy, f"{proxy}: black hole {BLACK_HOLE_S:.0f} s (replies)", "timeout",
-           {"timeout": 0}, BLACK_HOLE_S, streams=("downstream",))  # fmt: skip
+           {"timeout": 0}, BLACK_HOLE_S, streams=("downstream",), stalls=True)  # fmt: skip
     run.pause()
     _fault(run, tp, proxy, f"{proxy}: black hole {BLACK_HOLE_S:.0f} s (both ways)", "timeout",
-           {"timeout": 0}, BLACK_HOLE_S)  # fmt: skip
+           {"timeout": 0}, BLACK_HOLE_S, stalls=True)  # fmt: skip
 
 
 def _flowing(run: FaultRun) -> None:
