@@ -52,3 +52,22 @@ def test_three_broker_cluster_round_trip(tmp_path: Path) -> None:
             consumer.close()
         processes = [n.process for n in cluster.nodes]
     assert all(p is not None and not p.alive() for p in processes)
+
+
+@pytest.mark.reliability
+@pytest.mark.slow  # the regular run keeps one cluster test; this one runs in nox -s reliability
+def test_cluster_not_ready_in_time_stops_every_jvm(tmp_path: Path) -> None:
+    """The readiness deadline fails clearly (with every node's log tail) and leaves no JVM."""
+    from cryptostream.config import Settings
+    from cryptostream.stack.cluster import KafkaCluster
+    from cryptostream.stack.kafka import resolve_kafka_jars
+    from cryptostream.stack.supervisor import StackError
+
+    settings = Settings()
+    lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
+    cluster = KafkaCluster(tmp_path / "kafka", lib, size=3, heap="256m")
+    with pytest.raises(StackError, match="not ready within 1s") as failure:
+        cluster.start(timeout=1.0)
+    assert "node-3/logs/stdout.log" in str(failure.value)
+    assert len(cluster.nodes) == 3
+    assert all(n.process is not None and not n.process.alive() for n in cluster.nodes)
