@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -163,6 +163,18 @@ class Settings(BaseSettings):
         """repr()/str() never show the Redis password (SecretStr fields mask themselves)."""
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name == "redis_url" else value
+
+    @model_validator(mode="after")
+    def _replicated_stack_defaults(self) -> Settings:
+        """A local cluster (``CSP_KAFKA_BROKERS`` > 1) creates replicated topics unless told
+        otherwise: replication factor 3 with ``min.insync.replicas=2`` (on 2 brokers: 2 and 1)."""
+        if self.kafka_brokers > 1:
+            rf = min(3, self.kafka_brokers)
+            if "replication_factor" not in self.model_fields_set:
+                self.replication_factor = rf
+            if "min_insync_replicas" not in self.model_fields_set:
+                self.min_insync_replicas = max(1, min(2, self.replication_factor - 1))
+        return self
 
     @field_validator("log_level")
     @classmethod
