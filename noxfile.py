@@ -147,6 +147,7 @@ def reliability(session: nox.Session) -> None:
     _ensure_system_packages(session)
     _install(session)
     session.run("csp", "stack", "fetch")
+    session.run("python", "-m", "cryptostream.stack.toxiproxy")  # network faults: built once
     folder = "reports/reliability"
     os.makedirs(folder, exist_ok=True)
     results = os.path.join(folder, "results.jsonl")

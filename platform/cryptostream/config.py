@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     gap_topic: str = Field("raw.trades.gaps", description="ingest's gap records (1 partition)")
     partitions: int = Field(8, ge=1, description="partitions of the trades topic")
     replication_factor: int = Field(1, ge=1, description="replication factor of created topics")
+    min_insync_replicas: int = Field(
+        0, ge=0, description="min.insync.replicas of created topics (0 = the broker's default)"
+    )
 
     # --- ingest -------------------------------------------------------------------------------
     binance_ws_url: str = Field(
@@ -120,6 +123,9 @@ class Settings(BaseSettings):
     query_max_symbols: int = Field(100, ge=1, description="Symbols in one GET /prices call")
     query_max_candles: int = Field(500, ge=1, description="Candles in one GET /candles answer")
     query_max_stream_symbols: int = Field(1000, ge=1, description="Symbols per live-push client")
+    query_max_book_depth: int = Field(
+        1000, ge=1, description="Levels per side in one GET /book answer (depth's upper bound)"
+    )
     query_push_send_timeout_s: float = Field(
         10.0, gt=0, description="A live client that blocks a push this long is dropped"
     )
@@ -148,7 +154,10 @@ class Settings(BaseSettings):
 
     # --- stack --------------------------------------------------------------------------------
     kafka_version: str = Field("4.3.1", description="Apache Kafka version of the local broker")
-    kafka_heap: str = Field("512m", description="local broker heap")
+    kafka_heap: str = Field("512m", description="local broker heap (per node)")
+    kafka_brokers: int = Field(
+        1, ge=1, le=9, description="KRaft nodes of the local stack (3 = a replicated cluster)"
+    )
     start_timeout_s: float = Field(90.0, gt=0, description="local broker start deadline")
     test_backend: Literal["auto", "local", "docker"] = Field(
         "auto", description="Kafka/Redis of the tests: local processes, containers, or auto"
@@ -176,6 +185,18 @@ class Settings(BaseSettings):
         """repr()/str() never show the Redis password (SecretStr fields mask themselves)."""
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name == "redis_url" else value
+
+    @model_validator(mode="after")
+    def _replicated_stack_defaults(self) -> Settings:
+        """A local cluster (``CSP_KAFKA_BROKERS`` > 1) creates replicated topics unless told
+        otherwise: replication factor 3 with ``min.insync.replicas=2`` (on 2 brokers: 2 and 1)."""
+        if self.kafka_brokers > 1:
+            rf = min(3, self.kafka_brokers)
+            if "replication_factor" not in self.model_fields_set:
+                self.replication_factor = rf
+            if "min_insync_replicas" not in self.model_fields_set:
+                self.min_insync_replicas = max(1, min(2, self.replication_factor - 1))
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -319,9 +340,10 @@ _KAFKA = frozenset({
     "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_file",
     "group_id",
 })  # fmt: skip
-_TOPICS = frozenset(
-    {"topic", "dlq_topic", "gap_topic", "partitions", "replication_factor", "depth_topic"}
-)
+_TOPICS = frozenset({
+    "topic", "dlq_topic", "gap_topic", "partitions", "replication_factor", "min_insync_replicas",
+    "depth_topic",
+})  # fmt: skip
 SERVICE_FIELDS: dict[str, frozenset[str]] = {
     "ingest": _COMMON | _KAFKA | _TOPICS | {
         "binance_ws_url", "binance_rest_url", "symbols", "quote_asset", "stream_kind",
@@ -343,7 +365,7 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
     "topics": _COMMON | _KAFKA | _TOPICS | {"replication_factor"},
     "stack": _COMMON | _TOPICS | {
         "replication_factor", "cache_dir", "kafka_version", "kafka_heap", "start_timeout_s",
-        "kafka_connect_timeout_s",
+        "kafka_connect_timeout_s", "kafka_brokers",
     },
 }  # fmt: skip
 SERVICE_FIELDS["rebuild"] = SERVICE_FIELDS["processor"]

@@ -24,16 +24,21 @@ class TopicSpec:
     name: str
     partitions: int
     replication_factor: int
+    config: tuple[tuple[str, str], ...] = ()  # topic configs set at creation
 
 
 def required_topics(settings: Settings) -> list[TopicSpec]:
+    config: tuple[tuple[str, str], ...] = ()
+    if settings.min_insync_replicas:
+        config = (("min.insync.replicas", str(settings.min_insync_replicas)),)
+    rf = settings.replication_factor
     return [
-        TopicSpec(settings.topic, settings.partitions, settings.replication_factor),
-        TopicSpec(settings.dlq_topic, 1, settings.replication_factor),
-        TopicSpec(settings.gap_topic, 1, settings.replication_factor),
+        TopicSpec(settings.topic, settings.partitions, rf, config),
+        TopicSpec(settings.dlq_topic, 1, rf, config),
+        TopicSpec(settings.gap_topic, 1, rf, config),
         # order-book diffs and snapshots, key = symbol; created even while no symbol has depth
         # on, so turning it on (CSP_DEPTH_SYMBOLS) needs no new `csp topics create`
-        TopicSpec(settings.depth_topic, settings.partitions, settings.replication_factor),
+        TopicSpec(settings.depth_topic, settings.partitions, rf, config),
     ]
 
 
@@ -85,7 +90,10 @@ def create_topics(
     missing = [spec for spec in specs if spec.name not in existing]
     if missing:
         futures = admin.create_topics(
-            [NewTopic(s.name, s.partitions, s.replication_factor) for s in missing],
+            [
+                NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config))
+                for s in missing
+            ],
             operation_timeout=timeout,
             request_timeout=timeout,
         )

@@ -3,8 +3,8 @@
 Every documented operation is called with generated valid and invalid input; the checks
 require no 5xx, documented status codes and content types, and bodies that match the schema.
 Redis holds a few symbols (the schema's examples among them) so success paths are reached too.
-``/stream/prices`` is left out: an endless stream has no response to validate (its behaviour is
-covered in test_push.py).
+``/stream/prices`` and ``/stream/books`` are left out: an endless stream has no response to
+validate (their behaviour is covered in test_push.py and test_books.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from schemathesis.schemas import APIOperation
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from tests.query.conftest import RunningService, put_candle, put_price, put_stats
+from tests.query.test_books import put_book
 
 MINUTE = 60_000
 MAX_EXAMPLES = 100
@@ -33,6 +34,7 @@ def api_schema(service: RunningService, r: redis.Redis) -> OpenApiSchema:
     for i, symbol in enumerate(["BTCUSDT", "ETHUSDT", "AB", "A1"]):
         put_price(r, symbol, f"{100 + i}.25000000", trade_id=i + 1)
         put_stats(r, symbol, 10 + i, "1.5", "150.75")
+        put_book(r, symbol, [("100.5", "1"), ("9.99", "2")], [("101", "3")], last_update_id=i + 1)
         for m in range(30):
             t = now - now % MINUTE - m * MINUTE
             put_candle(r, symbol, t, "1.0", "2.5", "0.5", "1.5", "3.00000001", "4.5", m + 1)
@@ -42,7 +44,7 @@ def api_schema(service: RunningService, r: redis.Redis) -> OpenApiSchema:
         {"checks": {"negative_data_rejection": {"expected-statuses": rejection}}}
     )
     schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json", config=config)
-    return schema.exclude(path="/stream/prices")
+    return schema.exclude(path_regex="^/stream/")
 
 
 def _operations(schema: OpenApiSchema) -> list[APIOperation]:

@@ -111,10 +111,10 @@ def test_server_sent_events_without_symbols_follow_every_symbol(
 def test_following_every_symbol_stops_at_the_per_client_limit() -> None:
     """A follow-all client takes symbols as they appear, up to the limit, then no more."""
     from cryptostream.query.metrics import QueryMetrics
-    from cryptostream.query.push import ClientFeed, PriceHub
+    from cryptostream.query.push import ClientFeed, PushHub
 
     metrics = QueryMetrics()
-    hub = PriceHub("redis://127.0.0.1:1/0", metrics)
+    hub = PushHub("redis://127.0.0.1:1/0", metrics).prices
     feed = ClientFeed(metrics)
     hub.register_all(feed, limit=2)
     for i, symbol in enumerate(["AAAUSDT", "BBBUSDT", "CCCUSDT", "AAAUSDT"]):

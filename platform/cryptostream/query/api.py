@@ -7,7 +7,6 @@ Every error leaves as ``{"error": "..."}`` with a 4xx/5xx status: malformed inpu
 # No ``from __future__ import annotations`` here: the routes' Query bounds come from the settings
 # (closure variables of ``build_api``), and FastAPI can only resolve string annotations globally.
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,10 +28,11 @@ from cryptostream.config import Settings
 from cryptostream.core.symbols import InvalidSymbol, normalize_symbol
 from cryptostream.query import candles as candle_math
 from cryptostream.query import inputs
+from cryptostream.query.books import BOOK_PUSH_DOC, BookRoutes
 from cryptostream.query.history import TIME_DOC, TIME_SCHEMA, HistoryRoutes
 from cryptostream.query.metrics import QueryMetrics
 from cryptostream.query.protocol import REFUSED_STATE_KEY
-from cryptostream.query.push import ClientFeed, PriceHub, serve_websocket
+from cryptostream.query.push import PushHub, serve_websocket, sse_events
 from cryptostream.query.responses import (
     PRICE_NOT_AVAILABLE,
     REDIS_UNAVAILABLE,
@@ -55,7 +55,7 @@ class QueryState:
         self.settings = settings
         self.metrics = QueryMetrics()
         self._store: RedisStore | None = None
-        self.hub = PriceHub(settings.redis_url, self.metrics)
+        self.hub = PushHub(settings.redis_url, self.metrics)
 
     @property
     def store(self) -> RedisStore:
@@ -366,8 +366,9 @@ def build_api(state: QueryState) -> FastAPI:
         title="Crypto Streaming Platform query API",
         version="1.0",
         description=(
-            "Stateless reads over the processor's Redis views, and live price push. "
-            'Errors are always JSON `{"error": ...}`.\n\n' + WS_PROTOCOL_DOC
+            "Stateless reads over the processor's Redis views (prices, candles, stats, order "
+            "books), and live push of prices and top of book. "
+            'Errors are always JSON `{"error": ...}`.\n\n' + WS_PROTOCOL_DOC + "\n" + BOOK_PUSH_DOC
         ),
         lifespan=lifespan,
         default_response_class=JSONBytes,
@@ -380,6 +381,7 @@ def build_api(state: QueryState) -> FastAPI:
     _offline_docs(app)
     history = HistoryRoutes(state)  # issue 21: the Parquet archive (query/history.py)
     history.register(app)
+    BookRoutes(state).register(app)  # issue 16: order books (query/books.py)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
@@ -649,29 +651,8 @@ def build_api(state: QueryState) -> FastAPI:
     ) -> StreamingResponse:
         wanted = None if symbols is None else inputs.parse_symbol_list(symbols, max_stream_symbols)
 
-        async def events() -> AsyncIterator[bytes]:
-            # Registered here, not before: the generator's finally is the only cleanup hook.
-            feed = ClientFeed(state.metrics)
-            if wanted is None:
-                state.hub.register_all(feed, max_stream_symbols)
-            else:
-                state.hub.register(feed, wanted)
-            state.metrics.stream_clients.inc()
-            try:
-                yield b": subscribed\n\n"
-                while True:
-                    try:
-                        batch = await asyncio.wait_for(feed.take(), timeout=15.0)
-                    except TimeoutError:
-                        yield b": keepalive\n\n"
-                        continue
-                    yield b"data: " + orjson.dumps(batch) + b"\n\n"
-            finally:
-                state.hub.unregister(feed)
-                state.metrics.stream_clients.dec()
-
         return StreamingResponse(
-            events(),
+            sse_events(state.hub.prices, state.metrics, wanted, max_stream_symbols),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )

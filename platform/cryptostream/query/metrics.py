@@ -50,6 +50,11 @@ class QueryMetrics:
             "Price updates received from the Redis pub/sub channel",
             registry=self.registry,
         )
+        self.stream_book_updates = Counter(
+            "csp_query_stream_book_updates_received",
+            "Top-of-book updates received from the Redis pub/sub channel",
+            registry=self.registry,
+        )
         self.stream_coalesced = Counter(
             "csp_query_stream_updates_coalesced",
             "Updates replaced by a newer one for the same symbol before a slow client took them",

@@ -8,11 +8,13 @@ the new latest trade of one symbol::
       "update_time": 1718000000012}, ...]
 
 (price and quantity are decimal strings, the rest integers, times in ms; ``update_time`` is when
-the batch became visible in Redis).
+the batch became visible in Redis). Top-of-book updates arrive the same way on ``updates:book``
+(their shape: :data:`cryptostream.query.books.BOOK_UPDATE_DOC`). Each channel has its
+:class:`Topic` (routing table), both are read by one subscription in the :class:`PushHub`.
 
 Why this shape of fan-out: a subscription per client would cost Redis a connection per client,
 and a queue per client grows without bound when the client reads slower than trades arrive.
-Instead the :class:`PriceHub` reads the channel once and :meth:`ClientFeed.offer` stores the
+Instead the :class:`PushHub` reads each channel once and :meth:`ClientFeed.offer` stores the
 update in the client's dict keyed by symbol -- O(1), never awaiting -- so a newer update replaces
 an older one that the client has not taken yet. A lagging client therefore holds at most one
 update per subscribed symbol and receives the latest values when it catches up, while every other
@@ -24,15 +26,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from cryptostream.core.keys import PRICE_CHANNEL
+from cryptostream.core.keys import BOOK_CHANNEL, PRICE_CHANNEL
 from cryptostream.core.symbols import InvalidSymbol
 from cryptostream.query.inputs import parse_symbol_list, parse_symbols
 from cryptostream.query.metrics import QueryMetrics
@@ -72,22 +75,21 @@ class ClientFeed:
         return batch
 
 
-class PriceHub:
-    """The worker's single subscription to ``updates:price`` and its routing table."""
+class Topic:
+    """The routing table of one pub/sub channel: symbol -> the feeds following it.
 
-    def __init__(self, redis_url: str, metrics: QueryMetrics) -> None:
-        self.redis_url = redis_url
-        self.metrics = metrics
+    ``name`` is what clients call it (``price``, ``book``); a feed belongs to one topic."""
+
+    def __init__(self, name: str, channel: str, received: Counter) -> None:
+        self.name = name
+        self.channel = channel
+        self.received = received
         self.by_symbol: dict[str, set[ClientFeed]] = {}
         self.feeds: set[ClientFeed] = set()
         # Clients following every symbol: feed -> how many symbols it may follow at most.
         self.followers_of_all: dict[ClientFeed, int] = {}
-        self.subscribed = asyncio.Event()
-        metrics.stream_pending.set_function(self.pending_total)
-        self._task: asyncio.Task[None] | None = None
 
     def pending_total(self) -> int:
-        """Updates held for clients that have not taken them: bounded by their subscriptions."""
         return sum(len(feed.pending) for feed in list(self.feeds))
 
     def register(self, feed: ClientFeed, symbols: Iterable[str]) -> None:
@@ -122,7 +124,7 @@ class PriceHub:
         try:
             updates = orjson.loads(data)
         except orjson.JSONDecodeError:
-            log.warning("undecodable message on %s", PRICE_CHANNEL)
+            log.warning("undecodable message on %s", self.channel)
             return 0
         if isinstance(updates, dict):
             updates = [updates]
@@ -132,7 +134,7 @@ class PriceHub:
         for update in updates:
             if not isinstance(update, dict):
                 continue
-            self.metrics.stream_updates.inc()
+            self.received.inc()
             if self.followers_of_all:
                 self._follow_new_symbol(update.get("symbol"))
             feeds = self.by_symbol.get(update.get("symbol"))  # type: ignore[arg-type]
@@ -149,8 +151,33 @@ class PriceHub:
             if symbol not in feed.symbols and len(feed.symbols) < limit:
                 self.register(feed, [symbol])
 
+
+class PushHub:
+    """The worker's single Redis subscription (``updates:price`` and ``updates:book`` on one
+    connection) and one :class:`Topic` per channel."""
+
+    def __init__(self, redis_url: str, metrics: QueryMetrics) -> None:
+        self.redis_url = redis_url
+        self.metrics = metrics
+        self.prices = Topic("price", PRICE_CHANNEL, metrics.stream_updates)
+        self.books = Topic("book", BOOK_CHANNEL, metrics.stream_book_updates)
+        self.topics = {topic.name: topic for topic in (self.prices, self.books)}
+        self._by_channel = {topic.channel.encode(): topic for topic in self.topics.values()}
+        self.subscribed = asyncio.Event()
+        metrics.stream_pending.set_function(self.pending_total)
+        self._task: asyncio.Task[None] | None = None
+
+    def pending_total(self) -> int:
+        """Updates held for clients that have not taken them: bounded by their subscriptions."""
+        return sum(topic.pending_total() for topic in self.topics.values())
+
+    def dispatch(self, channel: bytes | str, data: bytes | str) -> int:
+        key = channel.encode() if isinstance(channel, str) else channel
+        topic = self._by_channel.get(key)
+        return 0 if topic is None else topic.dispatch(data)
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="price-hub")
+        self._task = asyncio.create_task(self._run(), name="push-hub")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -163,28 +190,29 @@ class PriceHub:
         """Subscribe, dispatch, and re-subscribe with backoff whenever Redis goes away."""
         backoff = 0.1
         first = True
+        channels = [topic.channel for topic in self.topics.values()]
         while True:
             client = aioredis.Redis.from_url(
                 self.redis_url, socket_connect_timeout=1.0, health_check_interval=15
             )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(PRICE_CHANNEL)
+                await pubsub.subscribe(*channels)
                 if not first:
                     self.metrics.pubsub_reconnects.inc()
-                    log.info("re-subscribed to %s", PRICE_CHANNEL)
+                    log.info("re-subscribed to %s", ", ".join(channels))
                 first = False
                 self.subscribed.set()
                 backoff = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     if message is not None and message.get("type") == "message":
-                        self.dispatch(message["data"])
+                        self.dispatch(message["channel"], message["data"])
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 self.subscribed.clear()
-                log.warning("price subscription lost: %s", exc)
+                log.warning("push subscription lost: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
@@ -194,32 +222,75 @@ class PriceHub:
                     await asyncio.wait_for(client.aclose(), 1.0)
 
 
+async def sse_events(
+    topic: Topic, metrics: QueryMetrics, wanted: list[str] | None, limit: int
+) -> AsyncIterator[bytes]:
+    """One Server-Sent Events stream of ``topic``: ``data: [<update>, ...]`` per batch taken,
+    at most one update per symbol; ``wanted=None`` follows every symbol (the first ``limit``).
+    A comment line every 15 s keeps proxies from closing an idle stream."""
+    # Registered here, not before: the generator's finally is the only cleanup hook.
+    feed = ClientFeed(metrics)
+    if wanted is None:
+        topic.register_all(feed, limit)
+    else:
+        topic.register(feed, wanted)
+    metrics.stream_clients.inc()
+    try:
+        yield b": subscribed\n\n"
+        while True:
+            try:
+                batch = await asyncio.wait_for(feed.take(), timeout=15.0)
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            yield b"data: " + orjson.dumps(batch) + b"\n\n"
+    finally:
+        topic.unregister(feed)
+        metrics.stream_clients.dec()
+
+
 # --- the WebSocket endpoint ------------------------------------------------------------------
+
+# Frame type of each topic's updates.
+FRAME_TYPES = {"price": "prices", "book": "books"}
+
+
+def _ack(topic: str, feed: ClientFeed) -> dict[str, Any]:
+    """``{"type": "subscribed", "symbols": [...]}``; book subscriptions also name the channel
+    (price acknowledgements keep the original shape, without it)."""
+    doc: dict[str, Any] = {"type": "subscribed", "symbols": sorted(feed.symbols)}
+    if topic != "price":
+        doc["channel"] = topic
+    return doc
 
 
 async def serve_websocket(
-    hub: PriceHub,
+    hub: PushHub,
     metrics: QueryMetrics,
     websocket: WebSocket,
     *,
     max_symbols: int,
     send_timeout_s: float,
 ) -> None:
-    """``/ws/prices``: subscribe, then receive ``{"type": "prices", "updates": [...]}``.
+    """``/ws/prices``: subscribe, then receive ``{"type": "prices"|"books", "updates": [...]}``.
 
     Protocol (JSON text frames):
 
-    - connect with ``?symbols=BTCUSDT,ETHUSDT`` and/or send
-      ``{"op": "subscribe"|"unsubscribe", "symbols": [...]}`` at any time;
+    - connect with ``?symbols=BTCUSDT,ETHUSDT`` (prices) and/or ``?books=BTCUSDT`` (top of
+      book), and/or send ``{"op": "subscribe"|"unsubscribe", "symbols": [...]}`` at any time,
+      with ``"channel": "book"`` for top of book (``"price"``, the default, for prices);
     - every (un)subscription is acknowledged with ``{"type": "subscribed", "symbols": [...]}``
-      (the full current set), a bad one with ``{"type": "error", "error": "..."}``;
-    - updates arrive as ``{"type": "prices", "updates": [<processor update>, ...]}``, at most one
-      per symbol per frame; a client that reads slowly skips to the latest values. A frame that
-      cannot be written within ``send_timeout_s`` drops the client (close code 1008).
+      (the full current set of that channel; ``"channel": "book"`` added for books), a bad one
+      with ``{"type": "error", "error": "..."}``;
+    - updates arrive as ``{"type": "prices", "updates": [<processor update>, ...]}`` or
+      ``{"type": "books", "updates": [...]}``, at most one per symbol per frame; a client that
+      reads slowly skips to the latest values. A frame that cannot be written within
+      ``send_timeout_s`` drops the client (close code 1008).
     """
     await websocket.accept()
-    feed = ClientFeed(metrics)
-    hub.feeds.add(feed)
+    feeds = {name: ClientFeed(metrics) for name in hub.topics}
+    for name, feed in feeds.items():
+        hub.topics[name].feeds.add(feed)
     metrics.stream_clients.inc()
     send_lock = asyncio.Lock()
 
@@ -228,18 +299,28 @@ async def serve_websocket(
             await websocket.send_text(orjson.dumps(doc).decode())
 
     try:
-        raw = websocket.query_params.get("symbols")
-        if raw:
-            try:
-                hub.register(feed, parse_symbol_list(raw, max_symbols))
-            except InvalidSymbol as exc:
-                await send({"type": "error", "error": str(exc)})
-                await websocket.close(code=1008)
-                return
-        await send({"type": "subscribed", "symbols": sorted(feed.symbols)})
-        pump = asyncio.create_task(_pump(websocket, feed, metrics, send, send_timeout_s))
-        reader = asyncio.create_task(_read_commands(websocket, hub, feed, send, max_symbols))
-        done, pending = await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
+        wanted: dict[str, list[str]] = {}
+        try:
+            for name, param in (("price", "symbols"), ("book", "books")):
+                raw = websocket.query_params.get(param)
+                if raw:
+                    wanted[name] = parse_symbol_list(raw, max_symbols)
+        except InvalidSymbol as exc:
+            await send({"type": "error", "error": str(exc)})
+            await websocket.close(code=1008)
+            return
+        for name, symbols in wanted.items():
+            hub.topics[name].register(feeds[name], symbols)
+        await send(_ack("price", feeds["price"]))
+        if "book" in wanted:
+            await send(_ack("book", feeds["book"]))
+        tasks = {
+            asyncio.create_task(_pump(websocket, FRAME_TYPES[name], feed, metrics, send,
+                                      send_timeout_s))
+            for name, feed in feeds.items()
+        }  # fmt: skip
+        tasks.add(asyncio.create_task(_read_commands(websocket, hub, feeds, send, max_symbols)))
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         for task in pending:
@@ -251,12 +332,14 @@ async def serve_websocket(
     except WebSocketDisconnect:
         pass
     finally:
-        hub.unregister(feed)
+        for name, feed in feeds.items():
+            hub.topics[name].unregister(feed)
         metrics.stream_clients.dec()
 
 
 async def _pump(
     websocket: WebSocket,
+    frame_type: str,
     feed: ClientFeed,
     metrics: QueryMetrics,
     send: Callable[[dict[str, Any]], Awaitable[None]],
@@ -265,7 +348,7 @@ async def _pump(
     while True:
         batch = await feed.take()
         try:
-            await asyncio.wait_for(send({"type": "prices", "updates": batch}), send_timeout_s)
+            await asyncio.wait_for(send({"type": frame_type, "updates": batch}), send_timeout_s)
         except TimeoutError:
             metrics.stream_dropped_clients.inc()
             log.warning("dropping a live client that stopped reading")
@@ -276,8 +359,8 @@ async def _pump(
 
 async def _read_commands(
     websocket: WebSocket,
-    hub: PriceHub,
-    feed: ClientFeed,
+    hub: PushHub,
+    feeds: dict[str, ClientFeed],
     send: Callable[[dict[str, Any]], Awaitable[None]],
     max_symbols: int,
 ) -> None:
@@ -288,6 +371,10 @@ async def _read_commands(
             op = command.get("op") if isinstance(command, dict) else None
             if op not in ("subscribe", "unsubscribe"):
                 raise ValueError('expected {"op": "subscribe"|"unsubscribe", "symbols": [...]}')
+            name = command.get("channel", "price")
+            if not isinstance(name, str) or name not in feeds:
+                raise ValueError('channel must be "price" or "book"')
+            feed, topic = feeds[name], hub.topics[name]
             raw = command.get("symbols")
             if not isinstance(raw, list):
                 raise ValueError("symbols must be a list")
@@ -295,10 +382,10 @@ async def _read_commands(
             if op == "subscribe":
                 if len(feed.symbols | set(symbols)) > max_symbols:
                     raise ValueError(f"at most {max_symbols} symbols per connection")
-                hub.register(feed, symbols)
+                topic.register(feed, symbols)
             else:
-                hub.unregister(feed, symbols)
+                topic.unregister(feed, symbols)
         except (ValueError, orjson.JSONDecodeError) as exc:  # InvalidSymbol is a ValueError
             await send({"type": "error", "error": str(exc)})
             continue
-        await send({"type": "subscribed", "symbols": sorted(feed.symbols)})
+        await send(_ack(name, feed))

@@ -18,7 +18,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cryptostream.core.keys import SYMBOLS_KEY, candles_1m_key, price_key, stats_key
+from cryptostream.core.keys import (
+    SYMBOLS_KEY,
+    book_key,
+    book_side_key,
+    candles_1m_key,
+    price_key,
+    stats_key,
+)
 from cryptostream.query.errors import StoreUnavailable
 from cryptostream.query.fastredis import PipelinedReader
 
@@ -118,6 +125,38 @@ class RedisStore:
             )
         )
         return result
+
+    async def book(
+        self, symbol: str, depth: int
+    ) -> tuple[dict[bytes, bytes], list[bytes], list[bytes]]:
+        """The ``book:{SYMBOL}`` hash and the best ``depth`` levels of each side (bids best
+        first, asks best first), read in one MULTI/EXEC: the processor applies a book update
+        atomically, so the three replies always come from one state of the book."""
+
+        async def run() -> tuple[dict[bytes, bytes], list[bytes], list[bytes]]:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hgetall(book_key(symbol))
+            pipe.zrevrange(book_side_key(symbol, "bids"), 0, depth - 1)
+            pipe.zrange(book_side_key(symbol, "asks"), 0, depth - 1)
+            fields, bids, asks = await pipe.execute()
+            return fields, bids, asks
+
+        return await self._call(run)
+
+    async def book_tops(
+        self, symbols: Sequence[str], fields: Sequence[str]
+    ) -> list[list[bytes | None]]:
+        """``fields`` of many ``book:{SYMBOL}`` hashes in one round trip (each HMGET is atomic
+        by itself, which is all a top of book needs: it lives in the one hash)."""
+
+        async def run() -> list[list[bytes | None]]:
+            pipe = self.client.pipeline(transaction=False)
+            for symbol in symbols:
+                pipe.hmget(book_key(symbol), list(fields))
+            result: list[list[bytes | None]] = await pipe.execute()
+            return result
+
+        return await self._call(run)
 
     async def close(self) -> None:
         self.hot.close()

@@ -77,8 +77,8 @@ def resolve_kafka_jars(cache_dir: Path, version: str) -> Path:
 
 _SERVER_PROPERTIES = """\
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{cport}
+node.id={node_id}
+{quorum}
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
 inter.broker.listener.name=PLAINTEXT
@@ -88,13 +88,13 @@ log.dirs={data}
 auto.create.topics.enable=false
 num.partitions=1
 num.recovery.threads.per.data.dir=1
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor={internal_rf}
 offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={internal_rf}
+transaction.state.log.min.isr={internal_isr}
 transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={internal_rf}
+share.coordinator.state.topic.min.isr={internal_isr}
 share.coordinator.state.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
 num.network.threads=2
@@ -140,6 +140,10 @@ class KafkaBroker:
 
     ``sasl_users`` (name -> password, the first one used by the broker itself and the readiness
     probe) makes the client listener require SASL/PLAIN.
+
+    A member of a :class:`~cryptostream.stack.cluster.KafkaCluster` gets its ``node_id``, the
+    static quorum ``voters`` (``1@127.0.0.1:port,...``), the shared ``cluster_id`` and the
+    replication of the internal topics; alone it formats a dynamic one-voter quorum.
     """
 
     workdir: Path
@@ -149,6 +153,12 @@ class KafkaBroker:
     controller_port: int = 0
     process: ManagedProcess | None = None
     sasl_users: dict[str, str] | None = None
+    node_id: int = 1
+    voters: str = ""
+    cluster_id: str = ""
+    internal_rf: int = 1
+    internal_isr: int = 1
+    extra_properties: str = ""
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka properties a client needs for this broker (its first SASL user)."""
@@ -170,7 +180,12 @@ class KafkaBroker:
         ]  # fmt: skip
 
     def start(self, timeout: float = 90.0) -> KafkaBroker:
-        java = check_java()
+        self.launch(check_java())
+        self.wait_ready(timeout)
+        return self
+
+    def format_argv(self, java: str) -> list[str]:
+        """Write server.properties into a fresh data folder; the storage tool's command line."""
         if self.port and port_in_use(self.port):
             raise StackError(f"Kafka port {self.port} on 127.0.0.1 is already in use.")
         self.port = self.port or free_port()
@@ -180,35 +195,48 @@ class KafkaBroker:
         if data.exists():  # the dynamic quorum records the controller port at format time
             shutil.rmtree(data)
         props = self.workdir / "server.properties"
-        properties = _SERVER_PROPERTIES.format(
-            port=self.port, cport=self.controller_port, data=data
+        quorum = (
+            f"controller.quorum.voters={self.voters}"
+            if self.voters
+            else f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
         )
+        properties = _SERVER_PROPERTIES.format(
+            port=self.port, cport=self.controller_port, data=data, node_id=self.node_id,
+            quorum=quorum, internal_rf=self.internal_rf, internal_isr=self.internal_isr,
+        ) + self.extra_properties  # fmt: skip
         if self.sasl_users:
             properties = properties.replace(
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n", ""
             ) + sasl_plain_properties(self.sasl_users)
         props.write_text(properties)
-        cluster_id = new_cluster_id()
-        fmt = subprocess.run(
-            [*self._java_base(java, "256m"), "-XX:TieredStopAtLevel=1", STORAGE_TOOL, "format",
-             "--standalone", "-t", cluster_id, "-c", str(props)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if fmt.returncode != 0:
-            raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        self.cluster_id = self.cluster_id or new_cluster_id()
+        standalone = [] if self.voters else ["--standalone"]
+        return [*self._java_base(java, "256m"), "-XX:TieredStopAtLevel=1", STORAGE_TOOL,
+                "format", *standalone, "-t", self.cluster_id, "-c", str(props)]  # fmt: skip
+
+    def launch(self, java: str, *, formatted: bool = False) -> None:
+        """Format (unless ``formatted``: the caller ran :meth:`format_argv`'s command) and
+        start the JVM; does not wait for readiness."""
+        if not formatted:
+            fmt = subprocess.run(self.format_argv(java), capture_output=True, text=True,
+                                 check=False)  # fmt: skip
+            if fmt.returncode != 0:
+                raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
         self.process = ManagedProcess(
-            "kafka",
+            f"kafka-{self.node_id}" if self.voters else "kafka",
             [*self._java_base(java, self.heap), f"-Xms{self.heap}", *_JVM_FLAGS,
-             MAIN_CLASS, str(props)],
+             MAIN_CLASS, str(self.workdir / "server.properties")],
             log_path=self.workdir / "logs" / "stdout.log",
             env={**os.environ, "KAFKA_HEAP_OPTS": ""},
         ).start()  # fmt: skip
+
+    def wait_ready(self, timeout: float) -> None:
+        assert self.process is not None
         self.process.wait_until(
             lambda: port_in_use(self.port) and metadata_ready(self.bootstrap, self.client_config()),
             timeout=timeout,
             what="a served metadata request",
         )
-        return self
 
     def stop(self) -> None:
         if self.process is not None:
@@ -241,3 +269,16 @@ def metadata_ready(
     admin = AdminClient(config)
     meta = admin.list_topics(timeout=timeout)
     return bool(meta.brokers)
+
+
+def broker_ids(
+    bootstrap: str, client_config: dict[str, Any] | None = None, timeout: float = 3.0
+) -> set[int]:
+    """The ids of the brokers that ``bootstrap``'s metadata lists (registered and unfenced)."""
+    from confluent_kafka.admin import AdminClient
+
+    quiet = logging.getLogger("cryptostream.stack.kafka.probe")
+    quiet.setLevel(logging.CRITICAL)
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
+    admin = AdminClient({**config, **(client_config or {})})
+    return set(admin.list_topics(timeout=timeout).brokers)

@@ -1,4 +1,8 @@
-"""The local stack: Kafka + Redis as supervised children, with topics created."""
+"""The local stack: Kafka + Redis as supervised children, with topics created.
+
+``CSP_KAFKA_BROKERS=3`` makes Kafka a replicated cluster of three KRaft nodes
+(:class:`~cryptostream.stack.cluster.KafkaCluster`); ``kafka`` is then its first node and
+``cluster`` all of them."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptostream.config import Settings
+from cryptostream.stack.cluster import KafkaCluster
 from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
 from cryptostream.stack.redis_server import RedisServer, check_redis_server
 
@@ -18,6 +23,7 @@ class LocalStack:
     kafka_port: int = 0
     redis_port: int = 0
     kafka: KafkaBroker | None = None
+    cluster: KafkaCluster | None = None
     redis: RedisServer | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -32,9 +38,17 @@ class LocalStack:
             self.redis = RedisServer(self.workdir / "redis", port=self.redis_port).start()
             self.timings["redis_s"] = time.monotonic() - t1
             t2 = time.monotonic()
-            self.kafka = KafkaBroker(
-                self.workdir / "kafka", lib, heap=self.settings.kafka_heap, port=self.kafka_port
-            ).start(timeout=self.settings.start_timeout_s)
+            if self.settings.kafka_brokers > 1:
+                self.cluster = KafkaCluster(
+                    self.workdir / "kafka", lib, size=self.settings.kafka_brokers,
+                    heap=self.settings.kafka_heap, first_port=self.kafka_port,
+                ).start(timeout=self.settings.start_timeout_s)  # fmt: skip
+                self.kafka = self.cluster.nodes[0]
+            else:
+                self.kafka = KafkaBroker(
+                    self.workdir / "kafka", lib, heap=self.settings.kafka_heap,
+                    port=self.kafka_port,
+                ).start(timeout=self.settings.start_timeout_s)  # fmt: skip
             self.timings["kafka_s"] = time.monotonic() - t2
         except BaseException:
             self.stop()
@@ -43,6 +57,8 @@ class LocalStack:
 
     @property
     def kafka_bootstrap(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.bootstrap
         assert self.kafka is not None
         return self.kafka.bootstrap
 
@@ -52,7 +68,9 @@ class LocalStack:
         return self.redis.url
 
     def stop(self) -> None:
-        if self.kafka is not None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        elif self.kafka is not None:
             self.kafka.stop()
         if self.redis is not None:
             self.redis.stop()

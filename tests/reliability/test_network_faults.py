@@ -1,0 +1,310 @@
+"""Network faults through Toxiproxy (issue 20): the TCP path between two parts is proxied and
+made slow, jittery, reset or black-holed, then healed; the views must end exact.
+
+- processor <-> Redis and processor <-> Kafka (steady load produced straight into the topic;
+  truth: the topic's content, each trade applied exactly once): latency with jitter, TCP resets
+  (``reset_peer``), and a black hole (``timeout`` with 0: bytes are dropped and the connection
+  stays open; removing the toxic closes the connections it held) longer than the clients'
+  socket timeouts; each black hole must stall the processors. The Redis black hole drops Redis's *replies*
+  only, so the batch script has run when the processor gives up on it: its retry must be
+  refused by the offset compare-and-set, not applied twice. Kafka is reached through a second
+  broker listener that advertises the proxy's address, so every connection of the processors
+  (bootstrap, partition leader, group coordinator) goes through it.
+- ingest <-> simulator (the WebSocket; REST backfill goes direct): resets and a black hole;
+  ingest reconnects, records the gaps and backfills them (truth: the simulator's history; no
+  trade may stay unrecoverable, and the faults must have caused gaps).
+
+Only the faulty path is proxied: the load, the probes and the checker talk to Kafka and Redis
+directly. Toxiproxy is built from its Go module on first use (``ensure_toxiproxy``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from cryptostream.config import Settings
+from cryptostream.reliability.recovery import caught_up
+from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
+from cryptostream.stack.pipeline import Pipeline, SimulatorHandle, wait_for
+from cryptostream.stack.supervisor import free_port
+from cryptostream.stack.toxiproxy import (
+    Stream,
+    ToxiproxyClient,
+    ToxiproxyServer,
+    ensure_toxiproxy,
+)
+from cryptostream.topics import create_topics, required_topics
+from tests.conftest import Env
+from tests.reliability.harness import (
+    FaultRun,
+    Profile,
+    SteadyProducer,
+    gap_summary,
+    settle_and_finish,
+    sim_last_ids,
+    topic_trades,
+)
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+
+SYMBOLS = [f"NET{i}USDT" for i in range(24)]  # spread over all 8 partitions
+UPSTREAM_SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"]
+NETWORK = Profile("full", faults=1, rate=400, spacing=(2.0, 4.0))
+BLACK_HOLE_S = 14.0  # longer than the processor's Redis socket timeout (10 s) and Kafka session
+BOTH: tuple[Stream, ...] = ("upstream", "downstream")
+
+
+@dataclass
+class Toxi:
+    server: ToxiproxyServer
+    client: ToxiproxyClient
+
+
+@pytest.fixture
+def toxiproxy(tmp_path: Path) -> Iterator[Toxi]:
+    binary = ensure_toxiproxy(Settings().cache_dir)
+    server = ToxiproxyServer(tmp_path / "toxiproxy", binary).start()
+    client = server.client()
+    try:
+        yield Toxi(server, client)
+    finally:
+        client.close()
+        server.stop()
+
+
+def _fault(
+    run: FaultRun,
+    tp: ToxiproxyClient,
+    proxy: str,
+    label: str,
+    kind: str,
+    attributes: dict[str, int | float],
+    seconds: float,
+    streams: tuple[Stream, ...] = BOTH,
+    *,
+    stalls: bool = False,
+) -> None:
+    """Toxics on ``streams`` for ``seconds``, then removed. Recovery is timed from the start
+    (the report's column) and, in the notes, from the moment the fault cleared until Redis has
+    applied everything Kafka held then. ``stalls``: the fault must stop the processors'
+    progress (from 1 s in until it clears), or it did not really cut them off."""
+    applied: list[int] = []
+
+    def action() -> None:
+        names = [tp.add_toxic(proxy, kind, attributes, stream=s) for s in streams]
+        run.pause(1.0)
+        applied.append(sum(run.probe.applied().values()))
+        run.pause(seconds - 1.0)
+        applied.append(sum(run.probe.applied().values()))
+        for name in names:
+            tp.remove_toxic(proxy, name)
+
+    run.inject(label, action)
+    healed, goal = time.monotonic(), run.probe.ends()
+    run.wait_recovered(timeout=180)
+    wait_for(lambda: caught_up(run.probe.applied(), goal), 180, f"catching up after {label}")
+    run.result.notes += (
+        f" {label}: {applied[1] - applied[0]} offsets applied during it (from 1 s in), caught up "
+        f"{time.monotonic() - healed:.1f}s after it cleared."
+    )
+    if stalls:
+        assert applied[1] == applied[0], f"{label} did not stall the processors: {applied}"
+
+
+def _processor_side_faults(run: FaultRun, tp: ToxiproxyClient, proxy: str) -> None:
+    _fault(run, tp, proxy, f"{proxy}: latency 150±100 ms", "latency",
+           {"latency": 150, "jitter": 100}, 6)  # fmt: skip
+    run.pause()
+    _fault(run, tp, proxy, f"{proxy}: connection reset", "reset_peer", {"timeout": 0}, 2)
+    run.pause()
+    _fault(run, tp, proxy, f"{proxy}: black hole {BLACK_HOLE_S:.0f} s (replies)", "timeout",
+           {"timeout": 0}, BLACK_HOLE_S, streams=("downstream",), stalls=True)  # fmt: skip
+    run.pause()
+    _fault(run, tp, proxy, f"{proxy}: black hole {BLACK_HOLE_S:.0f} s (both ways)", "timeout",
+           {"timeout": 0}, BLACK_HOLE_S, stalls=True)  # fmt: skip
+
+
+def _flowing(run: FaultRun) -> None:
+    wait_for(lambda: run.assert_others_alive() or sum(run.probe.applied().values()) > 0,
+             90, "the first records in Redis")  # fmt: skip
+
+
+def _finish_processor_side(run: FaultRun, load: SteadyProducer, settings: Settings) -> None:
+    load.stop()
+    run.wait_drained(timeout=180)
+    result = run.finish(topic_trades(settings))
+    assert load.acked == result.records_checked, (load.acked, result.records_checked)
+    assert result.ok, f"{result.verdict()}: {result.notes}"
+
+
+def test_processor_redis_network_faults(isolated: Env, toxiproxy: Toxi) -> None:
+    """Two processors reach Redis only through the proxy."""
+    redis_addr = urlsplit(isolated.settings.redis_url).netloc
+    proxy = toxiproxy.client.create_proxy("redis", redis_addr)
+    proxied = isolated.settings.redis_url.replace(redis_addr, proxy.listen)
+    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
+                        isolated.settings.redis_url, SYMBOLS, extra_env=isolated.env)  # fmt: skip
+    load = SteadyProducer(isolated.settings, SYMBOLS, NETWORK.rate, seed=41)
+    try:
+        run = FaultRun("net-processor-redis", NETWORK, pipeline, isolated.settings)
+        for _ in range(2):
+            pipeline.start_processor(CSP_REDIS_URL=proxied)
+        load.start()
+        _flowing(run)
+        _processor_side_faults(run, toxiproxy.client, "redis")
+        _finish_processor_side(run, load, isolated.settings)
+    finally:
+        load._stop.set()
+        pipeline.stop()
+
+
+_PROXIED_LISTENER = """\
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport},PROXIED://127.0.0.1:{pport}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport},PROXIED://127.0.0.1:{xport}
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT
+"""
+
+
+def test_processor_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path: Path) -> None:
+    """A broker of its own with a second listener, ``PROXIED``, that advertises the proxy's
+    address: the processors bootstrap through the proxy and so reach the partition leader and
+    the group coordinator through it too; the load and the probes use the direct listener."""
+    settings = Settings()
+    lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
+    port, cport, pport, xport = free_port(), free_port(), free_port(), free_port()
+    broker = KafkaBroker(tmp_path / "kafka", lib, heap="384m", port=port, controller_port=cport,
+                         extra_properties=_PROXIED_LISTENER.format(
+                             port=port, cport=cport, pport=pport, xport=xport))  # fmt: skip
+    pipeline: Pipeline | None = None
+    load: SteadyProducer | None = None
+    try:
+        broker.start(timeout=settings.start_timeout_s)
+        toxiproxy.client.create_proxy("kafka", f"127.0.0.1:{pport}", listen=f"127.0.0.1:{xport}")
+        env = {**isolated.env, "CSP_KAFKA_BOOTSTRAP": broker.bootstrap}
+        own = isolated.settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        create_topics(broker.bootstrap, required_topics(own))
+        pipeline = Pipeline(isolated.workdir, broker.bootstrap, own.redis_url, SYMBOLS,
+                            extra_env=env)  # fmt: skip
+        run = FaultRun("net-processor-kafka", NETWORK, pipeline, own)
+        for _ in range(2):
+            pipeline.start_processor(CSP_KAFKA_BOOTSTRAP=f"127.0.0.1:{xport}")
+        load = SteadyProducer(own, SYMBOLS, NETWORK.rate, seed=42).start()
+        _flowing(run)
+        _processor_side_faults(run, toxiproxy.client, "kafka")
+        _finish_processor_side(run, load, own)
+    finally:
+        if load is not None:
+            load._stop.set()
+        if pipeline is not None:
+            pipeline.stop()
+        broker.stop()
+
+
+def _start_upstream(pipeline: Pipeline, tp: ToxiproxyClient, seconds: float) -> SimulatorHandle:
+    total = int(NETWORK.rate * seconds)
+    sim = pipeline.start_simulator(
+        ["--symbols", ",".join(UPSTREAM_SYMBOLS), "--rate", str(NETWORK.rate), "--seed", "43",
+         "--max-trades", str(total), "--history", "1000000", "--wait-for-subscribers", "1",
+         "--rest-weight-limit", "0"]
+    )  # fmt: skip
+    address = urlsplit(sim.ws_url).netloc
+    proxy = tp.create_proxy("ws", address)
+    for _ in range(2):
+        pipeline.start_processor()
+    pipeline.start_ingest(sim.ws_url.replace(address, proxy.listen),
+                          CSP_BINANCE_REST_URL=sim.rest_url, CSP_INGEST_TAIL_CHECK_S="2",
+                          CSP_INGEST_SILENCE_S="3")  # fmt: skip
+    return sim
+
+
+def test_ingest_simulator_network_faults(isolated: Env, toxiproxy: Toxi) -> None:
+    """The WebSocket is reset, then black-holed (ingest's silence watchdog replaces it; new
+    connections hang too until the fault clears); the gaps are recorded and backfilled."""
+    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
+                        isolated.settings.redis_url, UPSTREAM_SYMBOLS, extra_env=isolated.env)  # fmt: skip
+    try:
+        sim = _start_upstream(pipeline, toxiproxy.client, seconds=50)
+        run = FaultRun("net-ingest-simulator", NETWORK, pipeline, isolated.settings)
+        run.progress = lambda: run.probe.latest_ids(UPSTREAM_SYMBOLS)
+        wait_for(lambda: run.assert_others_alive() or run.probe.latest_ids(UPSTREAM_SYMBOLS),
+                 60, "the first trades in Redis")  # fmt: skip
+        tp = toxiproxy.client
+        for label, kind, seconds in (("ws: connection reset", "reset_peer", 2.0),
+                                     ("ws: black hole 8 s", "timeout", 8.0)):  # fmt: skip
+            run.pause()
+
+            def action(kind: str = kind, seconds: float = seconds) -> None:
+                names = [tp.add_toxic("ws", kind, {"timeout": 0}, stream=s) for s in BOTH]
+                time.sleep(seconds)
+                for name in names:
+                    tp.remove_toxic("ws", name)
+
+            run.inject(label, action, goal_after=lambda: sim_last_ids(sim))
+            run.wait_recovered(timeout=120)
+        gaps = gap_summary(isolated.settings)
+        result = settle_and_finish(run, sim, isolated.settings)
+        assert result.ok, f"{result.verdict()}: {result.notes}"
+        assert gaps is not None and gaps.detected > 0, "the faults caused no gap: not tested"
+        assert result.gaps_reported == 0, f"unrecoverable gaps with REST up: {result.notes}"
+    finally:
+        pipeline.stop()
+
+
+def test_toxics_really_happen(toxiproxy: Toxi) -> None:
+    """The faults the scenarios rely on, on a plain TCP echo server: latency delays, a black
+    hole swallows bytes without closing, reset_peer resets, and removal heals."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    echo_port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+
+            def echo(conn: socket.socket = conn) -> None:
+                with conn, contextlib.suppress(OSError):
+                    while data := conn.recv(1024):
+                        conn.sendall(data)
+
+            threading.Thread(target=echo, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    tp = toxiproxy.client
+    proxy = tp.create_proxy("echo", f"127.0.0.1:{echo_port}")
+
+    def round_trip() -> float:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=1.5) as sock:
+            t0 = time.monotonic()
+            sock.sendall(b"ping")
+            assert sock.recv(16) == b"ping"
+            return time.monotonic() - t0
+
+    try:
+        assert round_trip() < 0.1
+        latency = tp.add_toxic("echo", "latency", {"latency": 300, "jitter": 0})
+        assert round_trip() >= 0.29
+        tp.remove_toxic("echo", latency)
+        hole = tp.add_toxic("echo", "timeout", {"timeout": 0})
+        with pytest.raises(TimeoutError):
+            round_trip()
+        tp.remove_toxic("echo", hole)
+        assert round_trip() < 0.1
+        reset = tp.add_toxic("echo", "reset_peer", {"timeout": 0}, stream="upstream")
+        with pytest.raises((ConnectionResetError, AssertionError, BrokenPipeError)):
+            round_trip()
+        tp.remove_toxic("echo", reset)
+        assert round_trip() < 0.1
+    finally:
+        listener.close()
