@@ -19,10 +19,9 @@ import pytest
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from marketsim.replay import is_recorded, read_archive, read_recorded, symbol_from_name
 from tests.conftest import Env
+from tests.shared_data import SHARED_DATA as SHARED
 
 pytestmark = pytest.mark.e2e
-
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _rows(first_id: int, n: int, t0_ms: int, micro: bool, agg: bool) -> tuple[list[str], str]:

@@ -14,18 +14,9 @@ from marketsim.model import Order, RawFrame
 from marketsim.replay import ReplaySource, read_archive, read_recorded, split_frame
 from marketsim.server import Simulator
 from marketsim.units import fmt8
+from tests.shared_data import SHARED_DATA as SHARED
 
 from .conftest import cfg, connect, drain
-
-# <checkout>/../shared/data (the main checkout), or two levels up from a worktree in wt/<name>
-SHARED = next(
-    (
-        p / "shared" / "data"
-        for p in Path(__file__).resolve().parents[3:5]
-        if (p / "shared" / "data").is_dir()
-    ),
-    Path(__file__).resolve().parents[3] / "shared" / "data",
-)
 
 TRADES = [
     (14764081, "7599.00000000", "0.22477000", "1708.02723000", 1518048000016, "True", "True"),

@@ -39,16 +39,8 @@ from cryptostream.ingest.gaps import (
 )
 from cryptostream.reliability.gaps import summarize
 from cryptostream.topics import required_topics
+from tests.shared_data import SHARED_DATA as SHARED
 
-# ../shared/data beside the checkout (a worktree sits one level deeper: look further up)
-SHARED = next(
-    (
-        d / "shared" / "data"
-        for d in Path(__file__).resolve().parents[2:5]
-        if (d / "shared" / "data").is_dir()
-    ),
-    Path("/nonexistent"),
-)
 RECORDINGS = ["hftbacktest_spot_btcusdt_20240808.gz", "hftbacktest_spot_ethusdt_20240808.gz"]
 
 

@@ -21,8 +21,7 @@ from cryptostream.core.orderbook import (
     parse_depth_diff,
     parse_depth_snapshot,
 )
-
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+from tests.shared_data import recordings
 
 
 def diff(first: int, final: int, bids: list[tuple[str, str]] = (), asks=()) -> DepthDiff:  # type: ignore[assignment]
@@ -85,12 +84,7 @@ def _shadow_apply(book: dict[str, dict[Decimal, Decimal]], data: dict[str, objec
     return int(data["u"])  # type: ignore[call-overload]
 
 
-def _recordings() -> list[Path]:
-    names = ["hftbacktest_spot_btcusdt_20240808.gz", "hftbacktest_spot_ethusdt_20240808.gz"]
-    return [SHARED / n for n in names if (SHARED / n).exists()]
-
-
-@pytest.mark.parametrize("path", _recordings(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", recordings(), ids=lambda p: p.name)
 def test_genuine_recordings_rebuild_exactly(path: Path) -> None:
     """Snapshot + diffs of a genuine recording through BookSync: no chain break, and the book
     equals an independent reconstruction (plain Decimal dicts) level by level; wherever a
@@ -146,3 +140,14 @@ def test_genuine_recordings_rebuild_exactly(path: Path) -> None:
             )  # fmt: skip
             checked += 1
     assert checked > 0
+
+
+def test_a_snapshot_newer_than_the_whole_buffer_accepts_the_next_straddling_diff() -> None:
+    """Binance's rule for the first diff applied (U <= lastUpdateId + 1 <= u) holds also when it
+    arrives after the snapshot: a snapshot newer than every buffered diff leaves none to apply."""
+    sync = BookSync("BTCUSDT")
+    sync.on_diff(diff(1, 3))
+    (synced,) = sync.on_snapshot(DepthSnapshot(5, (("10", "1"),), (("11", "1"),)))
+    assert isinstance(synced, Synced) and synced.dropped == 1 and synced.applied == 0
+    assert [type(e) for e in sync.on_diff(diff(4, 7, bids=[("10.5", "1")]))] == [Applied]
+    assert [type(e) for e in sync.on_diff(diff(9, 9))] == [ChainBreak]  # then strictly U = u + 1

@@ -190,6 +190,7 @@ class BookSync:
     book: Book = field(default_factory=Book)
     buffer: list[DepthDiff] = field(default_factory=list)
     synced: bool = False
+    fresh: bool = False  # synced from a snapshot no diff has followed yet: the first may straddle
     dropped_overflow: int = 0
 
     @property
@@ -205,8 +206,11 @@ class BookSync:
             return []
         if diff.final_id <= self.book.last_update_id:
             return []  # already in the book (a replayed or duplicated diff)
-        if diff.first_id != self.book.last_update_id + 1:
-            return [self._break(self.book.last_update_id + 1, diff.first_id, "update-id gap")]
+        last = self.book.last_update_id
+        fits = diff.first_id <= last + 1 if self.fresh else diff.first_id == last + 1
+        if not fits:
+            return [self._break(last + 1, diff.first_id, "update-id gap")]
+        self.fresh = False
         self.book.apply(diff)
         if self.book.crossed():
             return [self._break(diff.final_id + 1, diff.final_id + 1, "crossed book")]
@@ -229,6 +233,7 @@ class BookSync:
             return [self._break(snapshot.last_update_id + 1, pending[0].first_id,
                                 "first diff does not continue the snapshot")]  # fmt: skip
         self.synced = True
+        self.fresh = not pending  # the snapshot is newer than every buffered diff
         events: list[SyncEvent] = [Synced(snapshot.last_update_id, len(pending), dropped)]
         for i, diff in enumerate(pending):
             if i and diff.first_id != self.book.last_update_id + 1:
