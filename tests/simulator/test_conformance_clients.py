@@ -162,3 +162,48 @@ async def test_cryptofeed_trades_ticker_candles(
     assert got["Ticker"].bid < got["Ticker"].ask  # from @bookTicker
     candle = got["Candle"]
     assert candle.interval == "1m" and int(candle.start * 1000) in {k[0] for k in klines}
+
+
+async def test_ccxt_order_book_rest_and_watched() -> None:
+    """ccxt's ``fetch_order_book`` (REST depth) and ``watch_order_book`` (its own local book from
+    ``@depth@100ms`` diffs and a REST snapshot, Binance's procedure with its sequence checks):
+    once the market ends, ccxt's book is the simulator's REST book level by level."""
+    config = cfg(**(LIVE | {"max_trades": 2500, "rate": 500.0}))
+    async with Simulator(config) as sim, httpx.AsyncClient(base_url=sim.rest_url) as http:
+        ex = _ccxt(sim)
+        try:
+            await ex.load_markets()
+            fetched = await ex.fetch_order_book("BTC/USDT", 10)
+            book = await asyncio.wait_for(ex.watch_order_book("BTC/USDT"), 10)
+            first_nonce = book["nonce"]
+            await sim.wait_done(20)
+            final = (
+                await http.get("/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 1000})
+            ).json()
+            async with asyncio.timeout(10):
+                while book["nonce"] != final["lastUpdateId"]:
+                    book = await ex.watch_order_book("BTC/USDT")
+        finally:
+            await ex.close()
+    assert len(fetched["bids"]) == len(fetched["asks"]) == 10
+    assert fetched["bids"][0][0] < fetched["asks"][0][0] and isinstance(fetched["nonce"], int)
+    assert book["nonce"] > first_nonce
+    assert [[float(p), float(q)] for p, q in final["bids"]] == [list(x) for x in book["bids"]]
+    assert [[float(p), float(q)] for p, q in final["asks"]] == [list(x) for x in book["asks"]]
+
+
+async def test_python_binance_order_book() -> None:
+    async with Simulator(cfg(**LIVE)) as sim, httpx.AsyncClient(base_url=sim.rest_url) as http:
+        client_cls = type("SimClient", (AsyncClient,), {"API_URL": sim.rest_url + "/api"})
+        client = await client_cls.create()
+        try:
+            await asyncio.sleep(0.3)
+            depth = await client.get_order_book(symbol="BTCUSDT", limit=20)
+            ticker = await client.get_orderbook_ticker(symbol="BTCUSDT")
+        finally:
+            await client.close_connection()
+        again = (await http.get("/api/v3/depth", params={"symbol": "BTCUSDT"})).json()
+    assert len(depth["bids"]) == len(depth["asks"]) == 20
+    assert again["lastUpdateId"] >= depth["lastUpdateId"] > 0
+    assert float(depth["bids"][0][0]) < float(depth["asks"][0][0])
+    assert float(ticker["bidPrice"]) < float(ticker["askPrice"])
