@@ -318,15 +318,16 @@ async def test_replayed_depth_rebuilds_the_recorded_book(path: Path) -> None:
     snap, recorded = _recorded(path)
     assert snap is not None
     sym = recorded[0][0].split("@")[0]
-    streams = f"{sym}@depth@100ms/{sym}@bookTicker"
+    streams = f"{sym}@depth@100ms/{sym}@bookTicker/{sym}@depth/{sym}@depth5"
     config = cfg(speed=200.0, wait_for_subscribers=1, source_factory=replay_factory([path]))
     async with (
         Simulator(config) as sim,
         httpx.AsyncClient(base_url=sim.rest_url) as http,
         connect(sim.ws_url + "/stream?streams=" + streams) as ws,
     ):
-        book = LocalBook()
+        book, slow = LocalBook(), LocalBook()
         got: list[tuple[str, str]] = []
+        partial = 0
         early = None
         async with asyncio.timeout(60):
             while True:
@@ -336,6 +337,15 @@ async def test_replayed_depth_rebuilds_the_recorded_book(path: Path) -> None:
                     break
                 assert isinstance(raw, str)
                 obj = json.loads(raw)
+                if obj["stream"].endswith("@depth"):  # 1000 ms, merged from the recorded diffs
+                    slow.on_diff(obj["data"])
+                    continue
+                if obj["stream"].endswith("@depth5"):
+                    d = obj["data"]
+                    if book.applied and d["lastUpdateId"] == book.last_id:
+                        assert book.top(5) == (_levels(d["bids"]), _levels(d["asks"]))
+                        partial += 1
+                    continue
                 got.append((obj["stream"], raw[raw.index('"data":') + 7 : -1]))
                 if obj["stream"].endswith("@depth@100ms"):
                     book.on_diff(obj["data"])
@@ -346,6 +356,7 @@ async def test_replayed_depth_rebuilds_the_recorded_book(path: Path) -> None:
                             early = r.json()
                             continue
                         book.load(r.json())
+                        slow.load(r.json())
         await sim.wait_done(5)
         final = (
             await http.get("/api/v3/depth", params={"symbol": sym.upper(), "limit": 5000})
@@ -356,7 +367,8 @@ async def test_replayed_depth_rebuilds_the_recorded_book(path: Path) -> None:
     diffs = [json.loads(d) for s, d in recorded if s.endswith("@depth@100ms")]
     ref = _independent_book(snap, diffs)
     assert book.applied > 100 and book.last_id == ref.last_id == diffs[-1]["u"]
-    assert book.top() == ref.top()
+    assert book.top() == ref.top() == slow.top() and slow.last_id == ref.last_id
+    assert slow.applied > 10 and partial > 10
     assert final["lastUpdateId"] == ref.last_id
     assert (_levels(final["bids"]), _levels(final["asks"])) == ref.top()
     assert stats["replay_book_breaks"] == 0
