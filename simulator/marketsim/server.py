@@ -432,6 +432,7 @@ class Simulator:
         initial_books = getattr(self.source, "initial_books", None)
         for b in initial_books() if initial_books is not None else ():
             self.books[b.symbol] = b.copy(buffers=2)
+            self._depth_buffers(b.symbol)
         self.replay_depth = bk.ReplayDepth(buffers=2)
         self._recorded_depth: set[str] = set()  # depth streams a replay serves verbatim
         self._depth_due: int | None = None  # market time of the next 100 ms depth tick
@@ -784,6 +785,8 @@ class Simulator:
             self.periodic.add(stream)
             if stream.startswith("!") and self._changed is None:
                 self._changed = set()
+        elif kind in _DIFF_KINDS:
+            self._depth_buffers(sym.upper())
 
     def _stream_removed(self, stream: str) -> None:
         sym, _, kind = stream.partition("@")
@@ -793,6 +796,8 @@ class Simulator:
                 per.pop(stream, None)
                 if not per:
                     del self.stream_klines[sym.upper()]
+        if kind in _DIFF_KINDS:
+            self._depth_buffers(sym.upper())
         self.periodic.discard(stream)
         if not any(s.startswith("!") for s in self.periodic):
             self._changed = None
@@ -901,9 +906,9 @@ class Simulator:
             names = self._depth_names.get(sym)
             if names is None:
                 names = self._depth_names[sym] = _DepthNames(sym.lower())
-            self._send_diff(book, book.buffers[0], (names.diff_100,), boundary)
+            self._send_diff(book, book.diff_buffers[0], (names.diff_100,), boundary)
             if one_s:
-                self._send_diff(book, book.buffers[1], names.diff_1000, boundary)
+                self._send_diff(book, book.diff_buffers[1], names.diff_1000, boundary)
                 if keep_stale:
                     self._stale_keep(sym, book)
             for levels, n100, n1000 in names.partial:
@@ -953,8 +958,19 @@ class Simulator:
             sym = d.symbol
         if sym is not None and sym not in self.books and sym in rd.books:
             self.books[sym] = rd.books[sym]
+            self._depth_buffers(sym)
             if self.config.faults.stale_snapshots > 0:
                 self._stale_keep(sym, rd.books[sym])
+
+    def _depth_buffers(self, symbol: str) -> None:
+        """Collect diffs for a book's diff streams only while someone subscribes to them."""
+        book = self.books.get(symbol)
+        if book is None:
+            return
+        low = symbol.lower()
+        subs = self.subs
+        book.set_active(0, f"{low}@depth@100ms" in subs)
+        book.set_active(1, f"{low}@depth" in subs or f"{low}@depth@1000ms" in subs)
 
     def _stale_keep(self, symbol: str, book: bk.L2Book) -> None:
         """Keep the book as it is now for the stale-snapshot fault (one per second)."""
@@ -1218,6 +1234,7 @@ class _DepthNames:
         )
 
 
+_DIFF_KINDS = frozenset(("depth", "depth@100ms", "depth@1000ms"))
 _PERIODIC_KINDS = frozenset(
     ("ticker", "miniTicker", "avgPrice", "ticker_1h", "ticker_4h", "ticker_1d")
 )

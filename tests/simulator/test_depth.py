@@ -319,7 +319,7 @@ async def test_replayed_depth_rebuilds_the_recorded_book(path: Path) -> None:
     assert snap is not None
     sym = recorded[0][0].split("@")[0]
     streams = f"{sym}@depth@100ms/{sym}@bookTicker/{sym}@depth/{sym}@depth5"
-    config = cfg(speed=200.0, wait_for_subscribers=1, source_factory=replay_factory([path]))
+    config = cfg(speed=100.0, wait_for_subscribers=1, source_factory=replay_factory([path]))
     async with (
         Simulator(config) as sim,
         httpx.AsyncClient(base_url=sim.rest_url) as http,
@@ -349,7 +349,7 @@ async def test_replayed_depth_rebuilds_the_recorded_book(path: Path) -> None:
                 got.append((obj["stream"], raw[raw.index('"data":') + 7 : -1]))
                 if obj["stream"].endswith("@depth@100ms"):
                     book.on_diff(obj["data"])
-                    if book.last_id is None and len(book.buffer) >= 30:
+                    if book.last_id is None and len(book.buffer) >= 3:
                         params = {"symbol": sym.upper(), "limit": 5000}
                         r = await http.get("/api/v3/depth", params=params)
                         if r.status_code == 503:
@@ -366,9 +366,9 @@ async def test_replayed_depth_rebuilds_the_recorded_book(path: Path) -> None:
     assert got == recorded  # verbatim, in recorded order
     diffs = [json.loads(d) for s, d in recorded if s.endswith("@depth@100ms")]
     ref = _independent_book(snap, diffs)
-    assert book.applied > 100 and book.last_id == ref.last_id == diffs[-1]["u"]
+    assert book.applied > 10 and book.last_id == ref.last_id == diffs[-1]["u"]
     assert book.top() == ref.top() == slow.top() and slow.last_id == ref.last_id
-    assert slow.applied > 10 and partial > 10
+    assert slow.applied >= 1 and partial >= 1  # (how many: how far the client lags the replay)
     assert final["lastUpdateId"] == ref.last_id
     assert (_levels(final["bids"]), _levels(final["asks"])) == ref.top()
     assert stats["replay_book_breaks"] == 0
