@@ -448,6 +448,7 @@ class ReplayDepth:
         self.breaks = 0
         self.buffers = buffers
         self._pending: dict[str, _Pending] = {}
+        self._origin: dict[str, int] = {}  # lastUpdateId of the snapshot each book started from
         self._snapshots: list[tuple[int, list[Level], list[Level]]] = []
 
     def on_snapshot(self, last_id: int, bids: list[Level], asks: list[Level]) -> str | None:
@@ -464,6 +465,11 @@ class ReplayDepth:
         self, symbol: str, first_id: int, final_id: int, bids: list[Level], asks: list[Level]
     ) -> None:
         book = self.books.get(symbol)
+        if book is not None and final_id < self._origin[symbol]:
+            # older than the snapshot the book was built from: a new chain (a looped replay
+            # starting over); no book until a snapshot fits it
+            del self.books[symbol]
+            book = None
         if book is not None:
             if final_id <= book.update_id:
                 return  # already in the book
@@ -486,6 +492,7 @@ class ReplayDepth:
         book = L2Book(symbol, last_id, self.buffers)
         book.load(last_id, bids, asks)
         self.books[symbol] = book
+        self._origin[symbol] = last_id
         pend = self._pending.pop(symbol, None)
         for u0, u_, b, a in pend.diffs if pend is not None else ():
             if u_ > book.update_id:

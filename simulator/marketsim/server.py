@@ -956,11 +956,17 @@ class Simulator:
             self._recorded_depth.add(f.stream)
             rd.on_diff(d.symbol, d.first_id, d.final_id, d.bids, d.asks)
             sym = d.symbol
-        if sym is not None and sym not in self.books and sym in rd.books:
-            self.books[sym] = rd.books[sym]
+        if sym is None:
+            return
+        cur = rd.books.get(sym)
+        if cur is not self.books.get(sym):  # synced, or dropped (a looped replay restarts)
+            if cur is None:
+                del self.books[sym]
+                return
+            self.books[sym] = cur
             self._depth_buffers(sym)
             if self.config.faults.stale_snapshots > 0:
-                self._stale_keep(sym, rd.books[sym])
+                self._stale_keep(sym, cur)
 
     def _depth_buffers(self, symbol: str) -> None:
         """Collect diffs for a book's diff streams only while someone subscribes to them."""
