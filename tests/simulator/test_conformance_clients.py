@@ -8,13 +8,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp.connector as aiohttp_connector
 import ccxt.pro as ccxtpro
 import httpx
 import pytest
 from binance import AsyncClient, BinanceSocketManager
 from cryptofeed import FeedHandler
 from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint
-from cryptofeed.defines import CANDLES, TICKER, TRADES
+from cryptofeed.defines import CANDLES, L2_BOOK, TICKER, TRADES
 from cryptofeed.exchanges import Binance
 
 from marketsim.server import Simulator
@@ -115,6 +116,9 @@ async def test_cryptofeed_trades_ticker_candles(
     cert, key = self_signed_cert(tmp_path / "tls")
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    # the book's REST snapshot goes through aiohttp, whose verifying context was built at import
+    # (before SSL_CERT_FILE was set): it trusts the certificate too (for this process)
+    aiohttp_connector._SSL_CONTEXT_VERIFIED.load_verify_locations(str(cert))
     args = ["--symbols", "BTCUSDT,ETHUSDT", "--rate", "400", "--tls-cert", str(cert),
             "--tls-key", str(key)]  # fmt: skip
     with SimulatorProcess(args, tmp_path / "sim") as sim:
@@ -122,23 +126,43 @@ async def test_cryptofeed_trades_ticker_candles(
         class SimBinance(Binance):  # type: ignore[misc]
             websocket_endpoints: ClassVar = [WebsocketEndpoint(sim.ws_url)]
             rest_endpoints: ClassVar = [
-                RestEndpoint(sim.rest_url, routes=Routes("/api/v3/exchangeInfo"))
+                RestEndpoint(
+                    sim.rest_url,
+                    routes=Routes(
+                        "/api/v3/exchangeInfo", l2book="/api/v3/depth?symbol={}&limit={}"
+                    ),
+                )
             ]
 
         got: dict[str, Any] = {}
+        books: list[tuple[int, bool, Decimal, Decimal]] = []
         three = asyncio.Event()
 
         async def on_event(obj: Any, receipt_time: float) -> None:
             got.setdefault(type(obj).__name__, obj)
-            if len(got) == 3:
+            if len(got) == 3 and len(books) >= 20:
+                three.set()
+
+        async def on_book(book: Any, receipt_time: float) -> None:
+            # cryptofeed's own L2 book: REST snapshot + @depth@100ms diffs, sequence-checked
+            # (a break resets it and fetches a new snapshot: a second delta-less callback)
+            bid = book.book.bids.index(0)[0]
+            ask = book.book.asks.index(0)[0]
+            books.append((book.sequence_number, book.delta is None, bid, ask))
+            if len(got) == 3 and len(books) >= 20:
                 three.set()
 
         fh = FeedHandler(config={"log": {"disabled": True}, "uvloop": False})
         fh.add_feed(
             SimBinance(
                 symbols=["BTC-USDT"],
-                channels=[TRADES, TICKER, CANDLES],
-                callbacks={TRADES: on_event, TICKER: on_event, CANDLES: on_event},
+                channels=[TRADES, TICKER, CANDLES, L2_BOOK],
+                callbacks={
+                    TRADES: on_event,
+                    TICKER: on_event,
+                    CANDLES: on_event,
+                    L2_BOOK: on_book,
+                },
                 candle_closed_only=False,  # the open candle too (else: wait for the minute)
             )
         )
@@ -157,6 +181,11 @@ async def test_cryptofeed_trades_ticker_candles(
             klines = (
                 await http.get("/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1m"})
             ).json()
+            depth = (await http.get("/api/v3/depth", params={"symbol": "BTCUSDT"})).json()
+    assert [snapshot for _s, snapshot, _b, _a in books].count(True) == 1  # never reset
+    seqs = [seq for seq, *_ in books]
+    assert seqs == sorted(seqs) and seqs[-1] <= depth["lastUpdateId"]
+    assert all(bid < ask for _s, _n, bid, ask in books)
     # cryptofeed's Binance trades are the aggTrade stream: the id is the aggTrade id
     assert str(got["Trade"].id) == str(trade["a"]) and got["Trade"].price == Decimal(trade["p"])
     assert got["Ticker"].bid < got["Ticker"].ask  # from @bookTicker
