@@ -372,3 +372,20 @@ async def test_replayed_depth_rebuilds_the_recorded_book(path: Path) -> None:
     assert final["lastUpdateId"] == ref.last_id
     assert (_levels(final["bids"]), _levels(final["asks"])) == ref.top()
     assert stats["replay_book_breaks"] == 0
+
+
+def test_cli_book_and_depth_fault_options() -> None:
+    from marketsim.cli import build_parser, config_from_args
+
+    args = ["--book-levels", "7", "--fault-depth-gap-rate", "0.2", "--fault-stale-snapshots", "2",
+            "--fault-stale-snapshot-age", "3"]  # fmt: skip
+    c = config_from_args(build_parser().parse_args(args))
+    assert c.book_levels == 7
+    assert (c.faults.depth_gap_rate, c.faults.stale_snapshots, c.faults.stale_snapshot_age) == (
+        0.2,
+        2,
+        3.0,
+    )
+    assert c.faults.applies_to(0)  # the depth gap is a per-connection fault
+    default = config_from_args(build_parser().parse_args([]))
+    assert default.book_levels == 100 and not default.faults.applies_to(0)
