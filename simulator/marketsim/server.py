@@ -7,6 +7,13 @@ Hot path: payloads are encoded once per event and time unit, framed once (server
 unmasked, compression is disabled), appended to each subscriber's buffer, and each buffer is
 written with one ``transport.write`` per batch. websockets still owns the handshake, incoming
 frames, keepalive pings and the closing handshake.
+
+Order books (:mod:`marketsim.book`): the served book of a symbol takes each order's journaled
+book events when the order is sent (so REST depth never shows a book ahead of the trades sent),
+or a replayed recording's depth frames; the depth streams tick every 100 ms of market time
+(:meth:`Simulator._depth_tick`, driven by the items and, when paced, by the market clock): the
+changes since the previous tick go out as one diff per update speed, the partial books as the
+book's top then.
 """
 
 from __future__ import annotations
