@@ -423,6 +423,7 @@ class Simulator:
         self.live_clock = config.start_time_us is None and config.source_factory is None
         self._start_us: int | None = config.start_time_us
         self._pace: tuple[float, int] | None = None  # (loop time, market time) once paced
+        self._due_us: int | None = None  # paced: the time of the next event not sent yet
         self._skipped_logged = 0
         self.source_error: str | None = None
         self._skipped_log_at = 0.0
@@ -614,7 +615,11 @@ class Simulator:
         pace = self._pace
         if pace is not None:
             speed = self.config.speed if self.config.speed > 0 else 1.0
-            return pace[1] + int((asyncio.get_running_loop().time() - pace[0]) * speed * 1e6)
+            t = pace[1] + int((asyncio.get_running_loop().time() - pace[0]) * speed * 1e6)
+            # never past an event that is due but not sent yet (the market loop runs late by
+            # up to an iteration): a clock read between the two stays between them in the stream
+            due = self._due_us
+            return min(t, due) if due is not None else t
         if self.sim_time_us:
             return self.sim_time_us
         return self._start_us if self._start_us is not None else time.time_ns() // 1000
@@ -1056,8 +1061,10 @@ class Simulator:
                     self._emit(item)
                     n += 1
                     item = src.next_item()
-                if self._depth_due is not None and now_sim >= self._depth_due:
-                    self._depth_tick(int(now_sim))  # depth ticks also while no order is due
+                self._due_us = item.time_us if item is not None else None
+                tick = int(now_sim) if item is None else min(int(now_sim), item.time_us)
+                if self._depth_due is not None and tick >= self._depth_due:
+                    self._depth_tick(tick)  # depth ticks also while no order is due
             self._flush_all()
             if loop.time() - self._skipped_log_at >= 5.0:  # bad lines: at most a line per 5 s
                 self._skipped_log_at = loop.time()
