@@ -83,7 +83,17 @@ class DiffBuffer:
 class L2Book:
     """One symbol's price-level book (1e-8 units), with update ids and diff buffers."""
 
-    __slots__ = ("_ap", "_bp", "asks", "bids", "buffers", "journal", "symbol", "update_id")
+    __slots__ = (
+        "_ap",
+        "_bp",
+        "asks",
+        "bids",
+        "buffers",
+        "diff_buffers",
+        "journal",
+        "symbol",
+        "update_id",
+    )
 
     def __init__(self, symbol: str, update_id: int = 0, buffers: int = 0) -> None:
         self.symbol = symbol
@@ -92,8 +102,21 @@ class L2Book:
         self.asks: dict[int, int] = {}
         self._bp: list[int] = []  # bid prices ascending (best last)
         self._ap: list[int] = []  # ask prices ascending (best first)
-        self.buffers = [DiffBuffer() for _ in range(buffers)]
+        # every diff buffer, and the active ones (all at first; a server switches off the
+        # buffers of diff streams nobody subscribes to, which then cost nothing)
+        self.diff_buffers = [DiffBuffer() for _ in range(buffers)]
+        self.buffers = list(self.diff_buffers)
         self.journal: list[Change] | None = None
+
+    def set_active(self, index: int, active: bool) -> None:
+        """Switch a diff buffer on (it collects from the next event) or off (cleared)."""
+        b = self.diff_buffers[index]
+        if active and b not in self.buffers:
+            self.buffers.append(b)
+        elif not active and b in self.buffers:
+            self.buffers.remove(b)
+            b.first_id = None
+            b.bids, b.asks = {}, {}
 
     # ----- reading -----
 
@@ -157,10 +180,39 @@ class L2Book:
         self.set_level(is_bid, price, qty)
         self.update_id += 1
 
-    def apply_changes(self, changes: Iterable[Change]) -> None:
-        """Apply journaled events (one update id each)."""
-        for is_bid, price, qty in changes:
-            self.event(is_bid, price, qty)
+    def apply_changes(self, changes: Sequence[Change]) -> None:
+        """Apply journaled events (one update id each): :meth:`event` for each, inlined (the
+        server does this for every order it sends)."""
+        if not changes:
+            return
+        uid = self.update_id
+        bufs = self.buffers
+        for b in bufs:
+            if b.first_id is None:
+                b.first_id = uid + 1
+        bids, asks, bp, ap = self.bids, self.asks, self._bp, self._ap
+        journal = self.journal
+        insort, bisect_left = bisect.insort, bisect.bisect_left
+        for change in changes:
+            is_bid, price, qty = change
+            if journal is not None:
+                journal.append(change)
+            if is_bid:
+                side, prices = bids, bp
+            else:
+                side, prices = asks, ap
+            if qty > 0:
+                if price not in side:
+                    insort(prices, price)
+                side[price] = qty
+            elif price in side:
+                del side[price]
+                del prices[bisect_left(prices, price)]
+            else:
+                continue
+            for b in bufs:
+                (b.bids if is_bid else b.asks)[price] = qty
+        self.update_id = uid + len(changes)
 
     def apply_diff(
         self, first_id: int, final_id: int, bids: Iterable[Level], asks: Iterable[Level]
@@ -182,7 +234,7 @@ class L2Book:
         self._bp = sorted(self.bids)
         self._ap = sorted(self.asks)
         self.update_id = update_id
-        for b in self.buffers:
+        for b in self.diff_buffers:
             b.first_id = None
             b.bids, b.asks = {}, {}
 
@@ -238,7 +290,11 @@ def book_ticker_payload(book: L2Book) -> bytes | None:
 
 
 class SyntheticBook:
-    """The makers' side of one synthetic symbol (see the module docstring)."""
+    """The makers' side of one synthetic symbol (see the module docstring).
+
+    Hot path (once per generated order): the events are applied inline (:meth:`_ev`), not
+    through :meth:`L2Book.event`; the book has no diff buffers, and its journal is the order's.
+    """
 
     __slots__ = ("book", "fair", "gap", "levels", "mean_qty", "rng", "step", "tick")
 
@@ -258,65 +314,82 @@ class SyntheticBook:
         self.step = step
         self.rng = rng
         self.levels = max(1, levels)
-        self.gap = max(1, round(sigma_ticks / 2))
+        self.gap = max(1, round(sigma_ticks))
         self.mean_qty = mean_trade_steps * 6  # a resting order is larger than a typical taker
         self.book = L2Book(symbol, update_id)
         self.fair = fair
         self.requote(fair)  # the opening book (before any stream: no journal)
 
-    def _add(self, is_bid: bool, price: int) -> None:
+    def _ev(self, is_bid: bool, price: int, qty: int) -> None:
+        """One event on the maker's book: :meth:`L2Book.event` without buffers."""
         book = self.book
-        side = book.bids if is_bid else book.asks
+        j = book.journal
+        if j is not None:
+            j.append((is_bid, price, qty))
+        if is_bid:
+            side, prices = book.bids, book._bp
+        else:
+            side, prices = book.asks, book._ap
+        if qty > 0:
+            if price not in side:
+                bisect.insort(prices, price)
+            side[price] = qty
+        elif price in side:
+            del side[price]
+            del prices[bisect.bisect_left(prices, price)]
+        book.update_id += 1
+
+    def _add(self, is_bid: bool, price: int) -> None:
+        side = self.book.bids if is_bid else self.book.asks
         qty = (int(-_log(1.0 - self.rng.random()) * self.mean_qty) + 1) * self.step
-        book.event(is_bid, price, side.get(price, 0) + qty)
+        self._ev(is_bid, price, side.get(price, 0) + qty)
 
     def requote(self, fair: int) -> None:
         """Steps 1-4 of the module docstring around the fair price ``fair`` (in ticks)."""
         book, rng, tick, gap = self.book, self.rng, self.tick, self.gap
         bp, ap = book._bp, book._ap
+        ev, add = self._ev, self._add
         self.fair = fair
         f = fair * tick
         while ap and ap[0] <= f:  # 1. stale quotes
-            book.event(False, ap[0], 0)
+            ev(False, ap[0], 0)
         while bp and bp[-1] > f:
-            book.event(True, bp[-1], 0)
+            ev(True, bp[-1], 0)
         rnd = rng.random
         if bp and ap:  # 2. churn near the top
             if rnd() < 0.5:
-                is_bid = rnd() < 0.5
-                prices = bp if is_bid else ap
-                n = len(prices)
-                k = min(n, 10)
-                p = prices[n - 1 - int(rnd() * k)] if is_bid else prices[int(rnd() * k)]
-                self._add(is_bid, p)
+                if rnd() < 0.5:
+                    add(True, bp[-1 - int(rnd() * min(len(bp), 10))])
+                else:
+                    add(False, ap[int(rnd() * min(len(ap), 10))])
             if rnd() < 0.25:
                 is_bid = rnd() < 0.5
                 prices = bp if is_bid else ap
                 if len(prices) > 1:
-                    n = len(prices)
-                    k = min(n, 10)
-                    p = prices[n - 1 - int(rnd() * k)] if is_bid else prices[int(rnd() * k)]
-                    side = book.bids if is_bid else book.asks
-                    q = side[p]
+                    k = int(rnd() * min(len(prices), 10))
+                    p = prices[-1 - k] if is_bid else prices[k]
+                    q = (book.bids if is_bid else book.asks)[p]
                     cut = (int(rnd() * (q // self.step)) + 1) * self.step
-                    book.event(is_bid, p, max(0, q - cut))
-        self._holes(fair)  # 3.
+                    ev(is_bid, p, max(0, q - cut))
+        if not bp or not ap or bp[-1] < (fair - gap) * tick or ap[0] > (fair + 1 + gap) * tick:
+            self._holes(fair)  # 3.
         # 4. depth: new levels beyond the worst, the farthest cancelled over levels * 5/4
         target = self.levels
-        tries = 2 * target
-        while len(bp) < target and tries > 0:
-            tries -= 1
-            p = bp[0] // tick - 1 - int(rng.expovariate(1.0) * gap)
-            if p < 1:
-                break
-            self._add(True, p * tick)
+        if len(bp) < target:
+            tries = 2 * target
+            while len(bp) < target and tries > 0:
+                tries -= 1
+                p = bp[0] // tick - 1 - int(-_log(1.0 - rnd()) * gap)
+                if p < 1:
+                    break
+                add(True, p * tick)
         while len(ap) < target:
-            self._add(False, (ap[-1] // tick + 1 + int(rng.expovariate(1.0) * gap)) * tick)
+            add(False, (ap[-1] // tick + 1 + int(-_log(1.0 - rnd()) * gap)) * tick)
         most = target + target // 4
         while len(bp) > most:
-            book.event(True, bp[0], 0)
+            ev(True, bp[0], 0)
         while len(ap) > most:
-            book.event(False, ap[-1], 0)
+            ev(False, ap[-1], 0)
 
     def _holes(self, fair: int) -> None:
         """Step 3: holes at the top filled with levels placed uniformly between the fair price
@@ -351,7 +424,7 @@ class SyntheticBook:
                 break
             out.append(q)
             left -= q
-        book.event(not buy, price, left)
+        self._ev(not buy, price, left)
         if not (book._ap if buy else book._bp):  # that was the side's last level: never empty
             self._holes(self.fair)
         return price, out
@@ -375,6 +448,7 @@ class ReplayDepth:
         self.breaks = 0
         self.buffers = buffers
         self._pending: dict[str, _Pending] = {}
+        self._origin: dict[str, int] = {}  # lastUpdateId of the snapshot each book started from
         self._snapshots: list[tuple[int, list[Level], list[Level]]] = []
 
     def on_snapshot(self, last_id: int, bids: list[Level], asks: list[Level]) -> str | None:
@@ -391,6 +465,11 @@ class ReplayDepth:
         self, symbol: str, first_id: int, final_id: int, bids: list[Level], asks: list[Level]
     ) -> None:
         book = self.books.get(symbol)
+        if book is not None and final_id < self._origin[symbol]:
+            # older than the snapshot the book was built from: a new chain (a looped replay
+            # starting over); no book until a snapshot fits it
+            del self.books[symbol]
+            book = None
         if book is not None:
             if final_id <= book.update_id:
                 return  # already in the book
@@ -413,6 +492,7 @@ class ReplayDepth:
         book = L2Book(symbol, last_id, self.buffers)
         book.load(last_id, bids, asks)
         self.books[symbol] = book
+        self._origin[symbol] = last_id
         pend = self._pending.pop(symbol, None)
         for u0, u_, b, a in pend.diffs if pend is not None else ():
             if u_ > book.update_id:

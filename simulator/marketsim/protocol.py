@@ -10,7 +10,8 @@ Choices where Binance's behaviour is not documented (NC in the protocol referenc
   ``Invalid request: invalid stream`` (the text seen in a capture of Binance's reply), so no
   client waits on a stream that never answers. Streams of symbols the simulator does not trade
   are accepted, as on Binance (a replay learns its symbols from the frames). Depth streams are
-  accepted: a replay of recorded frames serves them; the synthetic market has no book.
+  served from the order books (:mod:`marketsim.book`): the synthetic market's, or a replayed
+  recording's.
 * More than ``max_streams`` streams on one connection: the SUBSCRIBE is refused as a whole with
   code 2 ``Invalid request: too many streams, the limit is 1024``; a path asking for more is
   refused at the handshake with HTTP 400. In a path, pieces without ``@`` are ignored (``/ws/0``).

@@ -7,6 +7,13 @@ Hot path: payloads are encoded once per event and time unit, framed once (server
 unmasked, compression is disabled), appended to each subscriber's buffer, and each buffer is
 written with one ``transport.write`` per batch. websockets still owns the handshake, incoming
 frames, keepalive pings and the closing handshake.
+
+Order books (:mod:`marketsim.book`): the served book of a symbol takes each order's journaled
+book events when the order is sent (so REST depth never shows a book ahead of the trades sent),
+or a replayed recording's depth frames; the depth streams tick every 100 ms of market time
+(:meth:`Simulator._depth_tick`, driven by the items and, when paced, by the market clock): the
+changes since the previous tick go out as one diff per update speed, the partial books as the
+book's top then.
 """
 
 from __future__ import annotations
@@ -416,6 +423,7 @@ class Simulator:
         self.live_clock = config.start_time_us is None and config.source_factory is None
         self._start_us: int | None = config.start_time_us
         self._pace: tuple[float, int] | None = None  # (loop time, market time) once paced
+        self._due_us: int | None = None  # paced: the time of the next event not sent yet
         self._skipped_logged = 0
         self.source_error: str | None = None
         self._skipped_log_at = 0.0
@@ -432,6 +440,7 @@ class Simulator:
         initial_books = getattr(self.source, "initial_books", None)
         for b in initial_books() if initial_books is not None else ():
             self.books[b.symbol] = b.copy(buffers=2)
+            self._depth_buffers(b.symbol)
         self.replay_depth = bk.ReplayDepth(buffers=2)
         self._recorded_depth: set[str] = set()  # depth streams a replay serves verbatim
         self._depth_due: int | None = None  # market time of the next 100 ms depth tick
@@ -606,7 +615,11 @@ class Simulator:
         pace = self._pace
         if pace is not None:
             speed = self.config.speed if self.config.speed > 0 else 1.0
-            return pace[1] + int((asyncio.get_running_loop().time() - pace[0]) * speed * 1e6)
+            t = pace[1] + int((asyncio.get_running_loop().time() - pace[0]) * speed * 1e6)
+            # never past an event that is due but not sent yet (the market loop runs late by
+            # up to an iteration): a clock read between the two stays between them in the stream
+            due = self._due_us
+            return min(t, due) if due is not None else t
         if self.sim_time_us:
             return self.sim_time_us
         return self._start_us if self._start_us is not None else time.time_ns() // 1000
@@ -784,6 +797,8 @@ class Simulator:
             self.periodic.add(stream)
             if stream.startswith("!") and self._changed is None:
                 self._changed = set()
+        elif kind in _DIFF_KINDS:
+            self._depth_buffers(sym.upper())
 
     def _stream_removed(self, stream: str) -> None:
         sym, _, kind = stream.partition("@")
@@ -793,6 +808,8 @@ class Simulator:
                 per.pop(stream, None)
                 if not per:
                     del self.stream_klines[sym.upper()]
+        if kind in _DIFF_KINDS:
+            self._depth_buffers(sym.upper())
         self.periodic.discard(stream)
         if not any(s.startswith("!") for s in self.periodic):
             self._changed = None
@@ -901,9 +918,9 @@ class Simulator:
             names = self._depth_names.get(sym)
             if names is None:
                 names = self._depth_names[sym] = _DepthNames(sym.lower())
-            self._send_diff(book, book.buffers[0], (names.diff_100,), boundary)
+            self._send_diff(book, book.diff_buffers[0], (names.diff_100,), boundary)
             if one_s:
-                self._send_diff(book, book.buffers[1], names.diff_1000, boundary)
+                self._send_diff(book, book.diff_buffers[1], names.diff_1000, boundary)
                 if keep_stale:
                     self._stale_keep(sym, book)
             for levels, n100, n1000 in names.partial:
@@ -951,10 +968,27 @@ class Simulator:
             self._recorded_depth.add(f.stream)
             rd.on_diff(d.symbol, d.first_id, d.final_id, d.bids, d.asks)
             sym = d.symbol
-        if sym is not None and sym not in self.books and sym in rd.books:
-            self.books[sym] = rd.books[sym]
+        if sym is None:
+            return
+        cur = rd.books.get(sym)
+        if cur is not self.books.get(sym):  # synced, or dropped (a looped replay restarts)
+            if cur is None:
+                del self.books[sym]
+                return
+            self.books[sym] = cur
+            self._depth_buffers(sym)
             if self.config.faults.stale_snapshots > 0:
-                self._stale_keep(sym, rd.books[sym])
+                self._stale_keep(sym, cur)
+
+    def _depth_buffers(self, symbol: str) -> None:
+        """Collect diffs for a book's diff streams only while someone subscribes to them."""
+        book = self.books.get(symbol)
+        if book is None:
+            return
+        low = symbol.lower()
+        subs = self.subs
+        book.set_active(0, f"{low}@depth@100ms" in subs)
+        book.set_active(1, f"{low}@depth" in subs or f"{low}@depth@1000ms" in subs)
 
     def _stale_keep(self, symbol: str, book: bk.L2Book) -> None:
         """Keep the book as it is now for the stale-snapshot fault (one per second)."""
@@ -1027,8 +1061,10 @@ class Simulator:
                     self._emit(item)
                     n += 1
                     item = src.next_item()
-                if self._depth_due is not None and now_sim >= self._depth_due:
-                    self._depth_tick(int(now_sim))  # depth ticks also while no order is due
+                self._due_us = item.time_us if item is not None else None
+                tick = int(now_sim) if item is None else min(int(now_sim), item.time_us)
+                if self._depth_due is not None and tick >= self._depth_due:
+                    self._depth_tick(tick)  # depth ticks also while no order is due
             self._flush_all()
             if loop.time() - self._skipped_log_at >= 5.0:  # bad lines: at most a line per 5 s
                 self._skipped_log_at = loop.time()
@@ -1218,6 +1254,7 @@ class _DepthNames:
         )
 
 
+_DIFF_KINDS = frozenset(("depth", "depth@100ms", "depth@1000ms"))
 _PERIODIC_KINDS = frozenset(
     ("ticker", "miniTicker", "avgPrice", "ticker_1h", "ticker_4h", "ticker_1d")
 )

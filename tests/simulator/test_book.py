@@ -207,3 +207,15 @@ def test_replay_depth_syncs_like_a_client() -> None:
     assert "ETHUSDT" not in rd.books
     rd.on_diff("ETHUSDT", 50, 52, _levels((1, 0)), [])
     assert rd.books["ETHUSDT"].snapshot() == (52, [], [(2, 1)])
+
+
+def test_replay_depth_starts_over_when_a_loop_restarts() -> None:
+    rd = ReplayDepth()
+    for _ in range(2):  # the same recording twice, as --loop replays it
+        rd.on_diff("BTCUSDT", 80, 95, _levels((12, 1)), [])  # older than the snapshot
+        assert "BTCUSDT" not in rd.books  # (the second time: the book is dropped here)
+        rd.on_diff("BTCUSDT", 96, 101, _levels((11, 2)), [])
+        rd.on_snapshot(100, _levels((10, 5)), _levels((20, 3)))
+        rd.on_diff("BTCUSDT", 102, 104, [], _levels((21, 1)))
+        assert rd.books["BTCUSDT"].snapshot() == (104, [(11, 2), (10, 5)], [(20, 3), (21, 1)])
+    assert rd.breaks == 0
