@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     processor_max_future_s: float = Field(
         600.0, ge=0, description="a trade timed further after its ingest time goes to the DLQ"
     )
+    # L2 books (issue 16): off by default, so a trades-only deployment needs no depth topic
+    depth_topic: str = Field("raw.depth", description="the depth topic (diffs and snapshots)")
+    processor_books: bool = Field(
+        False, description="also apply raw.depth to the books in Redis (the topic must exist)"
+    )
 
     # --- query --------------------------------------------------------------------------------
     query_host: str = Field("127.0.0.1", description="query API bind address")
@@ -282,7 +287,9 @@ _KAFKA = frozenset({
     "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_file",
     "group_id",
 })  # fmt: skip
-_TOPICS = frozenset({"topic", "dlq_topic", "gap_topic", "partitions", "replication_factor"})
+_TOPICS = frozenset({
+    "topic", "dlq_topic", "gap_topic", "partitions", "replication_factor", "depth_topic",
+})  # fmt: skip
 SERVICE_FIELDS: dict[str, frozenset[str]] = {
     "ingest": _COMMON | _KAFKA | _TOPICS | {
         "binance_ws_url", "binance_rest_url", "symbols", "quote_asset", "stream_kind",

@@ -1,0 +1,185 @@
+"""The books fold (processor/books.py) against the contract's reference, TopicBook (no server).
+
+The fold's mirrors must equal TopicBook after every batch, and the net changes it hands the
+script must turn the batch-start sets into exactly the mirror's (checked on plain Python sets of
+members here; on real Redis in tests/integration/test_processor_books_apply.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cryptostream.core.depth import TopicBook, decode_depth, encode_diff, encode_snapshot
+from cryptostream.core.keys import level_member
+from cryptostream.core.orderbook import DepthDiff, DepthSnapshot, Level
+from cryptostream.processor.batch import RawRecord
+from cryptostream.processor.books import BookBatch, BookMirror
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
+# One price, several spellings: the book must treat them as one level (level_key).
+_PRICES = [(f"{n // 2}.{5 * (n % 2)}", f"{n // 2}.{5 * (n % 2)}0") for n in range(2, 40)]
+
+
+@st.composite
+def levels(draw: Any, low: int, high: int, zero: bool) -> tuple[Level, ...]:
+    out = []
+    for _ in range(draw(st.integers(0, 6))):
+        spellings = _PRICES[draw(st.integers(low, high))]
+        price = spellings[draw(st.integers(0, 1))]
+        quantities = ["1", "2.5", "0.001", "10.10"] + (["0", "0.000"] if zero else [])
+        qty = draw(st.sampled_from(quantities))
+        out.append((price, qty))
+    return tuple(out)
+
+
+@st.composite
+def depth_values(draw: Any, count: int = 60) -> list[tuple[str, bytes]]:
+    """(symbol, raw.depth value) sequences: snapshots, contiguous, stale, gapped and
+    overlapping diffs, qty-0 removals, and levels that cross the book."""
+    ids = dict.fromkeys(SYMBOLS, 100)
+    out = []
+    for i in range(draw(st.integers(1, count))):
+        symbol = draw(st.sampled_from(SYMBOLS))
+        uid = ids[symbol]
+        kind = draw(st.sampled_from(["snapshot", "next", "next", "next", "next", "overlap",
+                                     "stale", "gap"]))  # fmt: skip
+        if kind == "snapshot":
+            uid += draw(st.integers(-3, 20))
+            ids[symbol] = max(uid, 0)
+            snap = DepthSnapshot(
+                ids[symbol], draw(levels(0, 17, False)), draw(levels(18, 37, False))
+            )
+            out.append((symbol, encode_snapshot(symbol, snap, 1_700_000_000_000_000 + i)))
+            continue
+        span = draw(st.integers(0, 3))
+        if kind == "next":
+            first = uid + 1
+        elif kind == "overlap":  # spans the id: fits right after a snapshot only
+            first = max(0, uid - draw(st.integers(0, 2)))
+        elif kind == "stale":
+            first = max(0, uid - 5)
+            span = min(span, uid - first)
+        else:
+            first = uid + 2 + draw(st.integers(0, 3))
+        final = max(first + span, first)
+        ids[symbol] = max(uid, final)
+        # bids mostly below asks; the ranges overlap a little, so some diffs cross the book
+        diff = DepthDiff(symbol, first, final, draw(levels(0, 20, True)), draw(levels(16, 37, True)),
+                         1_700_000_000_000 + i)  # fmt: skip
+        out.append((symbol, encode_diff(diff, 1_700_000_000_000_000 + i)))
+    return out
+
+
+def split(draw: Any, n: int) -> list[int]:
+    """Batch boundaries over n records."""
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, n - 1)), max_size=8))))
+    return [0, *[c for c in cuts if c < n], n]
+
+
+def _expected_levels(book: TopicBook, side: str) -> list[Level]:
+    levels = book.book.bids if side == "bids" else book.book.asks
+    return [levels[p] for p in sorted(levels, reverse=side == "bids")]
+
+
+def _apply_rows(sets: dict[str, dict[str, set[str]]], batch: BookBatch, args: list[Any]) -> None:
+    """The script's level changes, on plain sets of members (what apply_books.lua does)."""
+    payload = orjson.loads(args[1])
+    changed = [s for s, ch in batch.changes.items() if ch.changed]
+    for symbol, row in zip(changed, payload["symbols"], strict=True):
+        book = sets.setdefault(symbol, {"b": set(), "a": set()})
+        for side in ("b", "a"):
+            if row.get("r"):
+                book[side].clear()
+            for chunk in row[side + "r"]:
+                assert set(chunk) <= book[side], "removes a member that is not stored"
+                book[side].difference_update(chunk)
+            for chunk in row[side + "a"]:
+                book[side].update(chunk)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fold_equals_topicbook_and_its_net_changes_rebuild_the_sets(data: Any) -> None:
+    values = data.draw(depth_values())
+    bounds = split(data.draw, len(values))
+    reference: dict[str, TopicBook] = {}
+    mirrors: dict[str, BookMirror] = {}
+    sets: dict[str, dict[str, set[str]]] = {}
+    offset = 0
+    for lo, hi in itertools.pairwise(bounds):
+        batch = BookBatch()
+        for _symbol, value in values[lo:hi]:
+            batch.add(RawRecord(0, offset, value))
+            offset += 1
+            record = decode_depth(value)
+            reference.setdefault(record.symbol, TopicBook()).apply(record)
+        for symbol in batch.records_by_symbol:
+            mirrors.setdefault(symbol, BookMirror())
+        batch.fold(mirrors)
+        _keys, args = batch.script_call("raw.depth", {}, 1, mirrors)
+        _apply_rows(sets, batch, args)
+        for symbol, changes in batch.changes.items():
+            if changes.changed:
+                mirrors[symbol].stored = True
+        for symbol, want in reference.items():
+            got = mirrors[symbol]
+            assert got.synced == want.synced
+            assert got.last_update_id == want.book.last_update_id
+            for side, name in (("bids", "b"), ("asks", "a")):
+                expected = _expected_levels(want, side)
+                assert got.levels(side) == expected
+                assert sets[symbol][name] == {level_member(p, q) for p, q in expected}
+            # a copy reloaded from what is stored continues identically
+            if data.draw(st.integers(0, 9)) == 0:
+                stored = {"last_update_id": str(got.last_update_id),
+                          "snapshot_id": str(got.snapshot_id),
+                          "status": "synced" if got.synced else "unsynced"}  # fmt: skip
+                mirrors[symbol] = BookMirror.from_redis(
+                    stored, sorted(sets[symbol]["b"]), sorted(sets[symbol]["a"])
+                )
+
+
+def test_chain_outcomes_and_reasons() -> None:
+    snap = DepthSnapshot(10, (("9", "1"),), (("11", "1"),))
+    values = [
+        encode_diff(DepthDiff("BTCUSDT", 1, 5, (), ()), 1),  # before any snapshot
+        encode_snapshot("BTCUSDT", snap, 2),
+        encode_diff(DepthDiff("BTCUSDT", 8, 10, (), ()), 3),  # stale
+        encode_diff(DepthDiff("BTCUSDT", 9, 12, (("9.5", "2"),), ()), 4),  # spans 11: applied
+        encode_diff(DepthDiff("BTCUSDT", 14, 15, (), ()), 5),  # 13 missing: break
+        encode_diff(DepthDiff("BTCUSDT", 16, 16, (), ()), 6),  # unsynced until a snapshot
+        b"not json",
+    ]
+    batch = BookBatch()
+    for i, value in enumerate(values):
+        batch.add(RawRecord(3, 40 + i, value))
+    mirrors = {"BTCUSDT": BookMirror()}
+    batch.fold(mirrors)
+    assert batch.counts == {"unsynced": 2, "snapshot": 1, "stale": 1, "applied": 1, "break": 1}
+    assert batch.breaks == [("BTCUSDT", "update-id gap: expected first_id == 13, got 14..15")]
+    assert [p.reason.split(":")[0] for p in batch.poison] == ["not JSON"]
+    assert batch.parts == {3: [40, 46]}
+    book = mirrors["BTCUSDT"]
+    assert (book.synced, book.last_update_id, book.levels("bids")) == (
+        False, 12, [("9.5", "2"), ("9", "1")],
+    )  # fmt: skip
+    state, gone = BookBatch.state(book, batch.changes["BTCUSDT"], 99)
+    assert gone == []  # both sides have levels; unsynced keeps its reason
+    assert state["status"] == "unsynced" and state["reason"].startswith("update-id gap")
+    assert (state["best_bid"], state["best_ask"], state["update_time"]) == ("9.5", "11", "99")
+
+
+def test_a_crossing_diff_breaks_the_book() -> None:
+    batch = BookBatch()
+    batch.add(RawRecord(0, 0, encode_snapshot("ETHUSDT", DepthSnapshot(5, (("9", "1"),),
+                                                                      (("11", "1"),)), 1)))  # fmt: skip
+    batch.add(RawRecord(0, 1, encode_diff(DepthDiff("ETHUSDT", 6, 6, (("11.0", "3"),), ()), 2)))
+    mirrors = {"ETHUSDT": BookMirror()}
+    batch.fold(mirrors)
+    assert batch.breaks == [("ETHUSDT", "crossed book after update 6")]
+    assert not mirrors["ETHUSDT"].synced and mirrors["ETHUSDT"].crossed()
