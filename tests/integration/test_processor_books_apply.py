@@ -69,7 +69,9 @@ def _want_levels(book: TopicBook, side: str) -> list[Level]:
     return [levels[p] for p in sorted(levels, reverse=side == "bids")]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.data())
 def test_lua_apply_equals_topicbook_for_random_sequences(isolated: Env, data: Any) -> None:
     client = isolated.redis
@@ -115,8 +117,16 @@ def test_fencing_a_stale_expected_offset_applies_nothing(isolated: Env) -> None:
     snap = DepthSnapshot(100, (("10.5", "1"), ("10", "2")), (("11", "3"),))
     first = [
         RawRecord(2, 0, encode_snapshot("BTCUSDT", snap, 1_700_000_000_000_001)),
-        RawRecord(2, 1, encode_diff(DepthDiff("BTCUSDT", 101, 102, (("10.5", "0"),),
-                                              (("11.5", "1"),), 1_700_000_000_005), 7)),  # fmt: skip
+        RawRecord(
+            2,
+            1,
+            encode_diff(
+                DepthDiff(
+                    "BTCUSDT", 101, 102, (("10.5", "0"),), (("11.5", "1"),), 1_700_000_000_005
+                ),
+                7,
+            ),
+        ),
     ]
     applier = Applier(client)
     assert applier.apply(first) == [1, 1]

@@ -8,6 +8,7 @@ members here; on real Redis in tests/integration/test_processor_books_apply.py).
 from __future__ import annotations
 
 import itertools
+import random
 from typing import Any
 
 import orjson
@@ -183,3 +184,53 @@ def test_a_crossing_diff_breaks_the_book() -> None:
     batch.fold(mirrors)
     assert batch.breaks == [("ETHUSDT", "crossed book after update 6")]
     assert not mirrors["ETHUSDT"].synced and mirrors["ETHUSDT"].crossed()
+
+
+def synthetic_depth(symbols: list[str], count: int, seed: int = 1) -> list[tuple[str, bytes]]:
+    """(symbol, value) of realistic streams: per symbol a snapshot, then contiguous diffs of a
+    few levels around a fixed mid, and now and then a lost diff (a gap) or a corrupt diff that
+    crosses the book, each followed by a few diffs and then a resyncing snapshot, as ingest
+    publishes them. ``count`` records in all, symbols interleaved."""
+    rng = random.Random(seed)
+    state = {s: {"id": 1000 + 10 * i, "bids": {}, "asks": {}, "resync": True}
+             for i, s in enumerate(symbols)}  # fmt: skip
+    out: list[tuple[str, bytes]] = []
+    for n in range(count):
+        symbol = rng.choice(symbols)
+        st_ = state[symbol]
+        bids: dict[str, str] = st_["bids"]  # type: ignore[assignment]
+        asks: dict[str, str] = st_["asks"]  # type: ignore[assignment]
+        ingest = 1_700_000_000_000_000 + n
+        if st_["resync"] and rng.random() < 0.5:
+            st_["resync"] = False
+            snap = DepthSnapshot(int(st_["id"]), tuple(bids.items()), tuple(asks.items()))  # type: ignore[call-overload]
+            out.append((symbol, encode_snapshot(symbol, snap, ingest)))
+            continue
+        first = int(st_["id"]) + 1  # type: ignore[call-overload]
+        final = first + rng.randrange(3)
+        changes: dict[str, list[Level]] = {"b": [], "a": []}
+        for _ in range(rng.randrange(1, 8)):
+            side = rng.choice("ba")
+            cents = rng.randrange(9000, 9999) if side == "b" else rng.randrange(10001, 11000)
+            price = f"{cents // 100}.{cents % 100:02d}"
+            qty = "0" if rng.random() < 0.3 else f"{rng.randrange(1, 10**6) / 1000:.3f}"
+            changes[side].append((price, qty))
+        roll = rng.random()
+        if roll < 0.01 and not st_["resync"]:  # a lost diff: its ids never arrive
+            first, final = first + 1, final + 1
+            st_["resync"] = True
+        elif roll < 0.015 and not st_["resync"]:  # corrupt: a bid above every ask
+            changes["b"].append(("200.00", "1"))
+            st_["resync"] = True
+        else:
+            for side, book in (("b", bids), ("a", asks)):
+                for price, qty in changes[side]:
+                    if qty == "0":
+                        book.pop(price, None)
+                    else:
+                        book[price] = qty
+        st_["id"] = final
+        diff = DepthDiff(symbol, first, final, tuple(changes["b"]), tuple(changes["a"]),
+                         1_700_000_000_000 + n)  # fmt: skip
+        out.append((symbol, encode_diff(diff, ingest)))
+    return out
