@@ -26,7 +26,8 @@ log = logging.getLogger("cryptostream.processor.books")
 
 BOOKS_SCRIPT = resources.files("cryptostream.processor").joinpath("apply_books.lua").read_text()
 BOOK_COUNTERS = ("records", "batches", "poison", "conflicts", "rebalances", "dlq_failed",
-                 "kafka_errors", "snapshots", "diffs", "stale", "unsynced", "breaks")  # fmt: skip
+                 "kafka_errors", "stale", "snapshots", "diffs", "stale_diffs", "unsynced",
+                 "breaks")  # fmt: skip
 BOOKS_PREFIX = "csp_processor_books_"
 
 
@@ -104,7 +105,7 @@ class BookProcessor(Processor):
         stats["batches"] += 1
         stats["snapshots"] += counts.get("snapshot", 0)
         stats["diffs"] += counts.get("applied", 0)
-        stats["stale"] += counts.get("stale", 0)
+        stats["stale_diffs"] += counts.get("stale", 0)
         stats["unsynced"] += counts.get("unsynced", 0)
         stats["breaks"] += len(batch.breaks)
         for symbol, reason in batch.breaks:

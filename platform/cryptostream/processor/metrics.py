@@ -13,8 +13,9 @@ Exported names (all prefixed ``csp_processor_``):
 - ``event_to_visible_seconds``, ``ingest_to_visible_seconds`` — histograms, per visible update
 
 With ``CSP_PROCESSOR_BOOKS`` on, the same set again as ``csp_processor_books_*`` for raw.depth
-(on the same port), with the counters ``snapshots``, ``diffs`` (applied), ``stale``, ``unsynced``
-(diffs skipped while a book waits for a snapshot) and ``breaks`` (gaps and crossed books).
+(on the same port), with the counters ``snapshots``, ``diffs`` (applied), ``stale_diffs`` (already
+in the book), ``unsynced`` (diffs skipped while a book waits for a snapshot) and ``breaks`` (gaps
+and crossed books; each also logged, rate-limited, and written to the book's ``reason``).
 """
 
 from __future__ import annotations
