@@ -15,11 +15,18 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cryptostream.core.depth import TopicBook, decode_depth, encode_diff, encode_snapshot
+from cryptostream.core.depth import (
+    DepthRecordError,
+    TopicBook,
+    decode_depth,
+    encode_diff,
+    encode_snapshot,
+)
 from cryptostream.core.keys import level_member
 from cryptostream.core.orderbook import DepthDiff, DepthSnapshot, Level
+from cryptostream.core.trades import MAX_TIME_MS, MAX_TIME_US
 from cryptostream.processor.batch import RawRecord
-from cryptostream.processor.books import BookBatch, BookMirror
+from cryptostream.processor.books import BookBatch, BookMirror, Diff, decode_record
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 # One price, several spellings: the book must treat them as one level (level_key).
@@ -234,3 +241,50 @@ def synthetic_depth(symbols: list[str], count: int, seed: int = 1) -> list[tuple
                          1_700_000_000_000 + n)  # fmt: skip
         out.append((symbol, encode_diff(diff, ingest)))
     return out
+
+
+_ODD = st.sampled_from(["1", "0", "0.0", "1.", ".5", "01.50", "1e5", "-1", "1.2.3", "\uff11", " 1",
+                        "1" * 21, "1." + "1" * 21, "5.00000000", "", True, 1, None, 2**63, -1,
+                        2**63 - 1, "btcusdt", "BTC-USDT", [], ["1"], ["1", "2", "x"],
+                        MAX_TIME_MS, MAX_TIME_MS + 1, MAX_TIME_US, MAX_TIME_US + 1])  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.data())
+def test_the_fast_diff_decoder_accepts_exactly_what_decode_depth_does(data: Any) -> None:
+    doc: dict[str, Any] = {"v": 1, "kind": "diff", "exchange": "binance", "symbol": "btcUSDT",
+                           "first_id": 5, "final_id": 9, "event_time": 1, "bids": [["1.5", "2"]],
+                           "asks": [["2", "0"], ["3.25", "1", "extra"]], "ingest_time_us": 3}  # fmt: skip
+    for _ in range(data.draw(st.integers(0, 3))):
+        name = data.draw(st.sampled_from([*doc, "bids.level", "asks.price", "bids.qty"]))
+        odd = data.draw(_ODD)
+        if name == "bids.level":
+            bids = doc.get("bids")
+            doc["bids"] = [*(bids if isinstance(bids, list) else []), odd]
+        elif name == "asks.price":
+            doc["asks"] = [[odd, "1"]]
+        elif name == "bids.qty":
+            doc["bids"] = [["7", odd]]
+        elif data.draw(st.booleans()):
+            doc[name] = odd
+        else:
+            doc.pop(name, None)
+    value = orjson.dumps(doc)
+    try:
+        want: Any = decode_depth(value)
+    except DepthRecordError as exc:
+        want = exc
+    try:
+        got: Any = decode_record(value)
+    except DepthRecordError as exc:
+        assert isinstance(want, DepthRecordError) and str(exc) == str(want)
+        return
+    assert not isinstance(want, DepthRecordError), (doc, want)
+    if isinstance(got, Diff):
+        d = want.diff
+        assert (got.symbol, got.first_id, got.final_id, got.event_time, got.ingest_time_us) == (
+            d.symbol, d.first_id, d.final_id, d.event_time, want.ingest_time_us)  # fmt: skip
+        for mine, theirs in ((got.bids, d.bids), (got.asks, d.asks)):
+            assert [(lv[0], lv[1]) for lv in mine] == list(theirs)
+    else:
+        assert got == want

@@ -17,12 +17,20 @@ price order and ``"1.50"``/``"1.5"`` are one level) and keep the exchange's own 
 from __future__ import annotations
 
 import heapq
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 import orjson
 
-from cryptostream.core.depth import DepthRecord, DepthRecordError, SnapshotRecord, decode_depth
+from cryptostream.core.depth import (
+    SCHEMA_VERSION,
+    DepthRecordError,
+    DiffRecord,
+    SnapshotRecord,
+    decode_depth,
+)
 from cryptostream.core.keys import (
     BOOK_CHANNEL,
     BOOK_SNAPSHOT_FIELD,
@@ -32,6 +40,8 @@ from cryptostream.core.keys import (
     parse_level_member,
 )
 from cryptostream.core.orderbook import Level
+from cryptostream.core.symbols import SYMBOL_RE
+from cryptostream.core.trades import MAX_ID, MAX_TIME_MS, MAX_TIME_US
 from cryptostream.processor.batch import NO_OFFSET, Poison, RawRecord
 
 SYNCED: Final = "synced"
@@ -41,8 +51,89 @@ _INVERT = str.maketrans("0123456789", "9876543210")  # bids: a min-heap of inver
 _CHUNK = 1000  # members per ZADD/ZREM call in the script (Lua's unpack has a stack limit)
 
 
-def _positive(qty: str) -> bool:
-    return any(c not in "0." for c in qty)
+_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?")  # a plain decimal of the schema
+_KEY_CACHE: dict[str, str] = {}  # price text -> level key (a book's prices repeat)
+_KEY_CACHE_MAX = 1 << 20
+
+
+class Diff(NamedTuple):
+    """A decoded diff as the fold needs it; levels are ``[price, qty, ...]`` sequences."""
+
+    symbol: str
+    first_id: int
+    final_id: int
+    event_time: int
+    bids: Sequence[Sequence[str]]
+    asks: Sequence[Sequence[str]]
+    ingest_time_us: int
+
+
+Decoded = Diff | SnapshotRecord
+
+
+def _levels_ok(levels: object) -> bool:
+    """What core/orderbook.parse_levels accepts: [price > 0, qty >= 0] plain decimals."""
+    if type(levels) is not list:
+        return False
+    match = _DECIMAL.fullmatch
+    for level in levels:
+        if type(level) is not list or len(level) < 2:
+            return False
+        price, qty = level[0], level[1]
+        if not (type(price) is str and type(qty) is str and match(price) and match(qty)
+                and price.strip("0.")):  # fmt: skip
+            return False
+    return True
+
+
+def _bounded(value: object, maximum: int) -> bool:
+    return type(value) is int and 0 <= value <= maximum
+
+
+def decode_record(value: bytes | None) -> Decoded:
+    """One ``raw.depth`` value for the fold; DepthRecordError with the reason.
+
+    The hot path takes diffs with cheap checks that accept exactly what
+    :func:`~cryptostream.core.depth.decode_depth` accepts (property-tested); anything else
+    (snapshots, every refusal) goes through decode_depth itself, which says what is wrong."""
+    if value is not None:
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            obj = None
+        if type(obj) is dict and obj.get("kind") == "diff" and type(obj.get("v")) is int:
+            symbol, first, final = obj.get("symbol"), obj.get("first_id"), obj.get("final_id")
+            bids, asks, ingest = obj.get("bids"), obj.get("asks"), obj.get("ingest_time_us")
+            event_time = obj.get("event_time")
+            if (
+                obj["v"] == SCHEMA_VERSION
+                and type(symbol) is str
+                and SYMBOL_RE.fullmatch(symbol)
+                and type(obj.get("exchange", "")) is str
+                and _bounded(first, MAX_ID)
+                and _bounded(final, MAX_ID)
+                and first <= final  # type: ignore[operator]
+                and _bounded(event_time, MAX_TIME_MS)
+                and _bounded(ingest, MAX_TIME_US)
+                and _levels_ok(bids)
+                and _levels_ok(asks)
+            ):
+                return Diff(symbol.upper(), first, final, event_time, bids, asks, ingest)  # type: ignore[arg-type]
+    record = decode_depth(value)
+    if isinstance(record, DiffRecord):
+        d = record.diff
+        return Diff(d.symbol, d.first_id, d.final_id, d.event_time, d.bids, d.asks,
+                    record.ingest_time_us)  # fmt: skip
+    return record
+
+
+def _level_key(price: str) -> str:
+    key = _KEY_CACHE.get(price)
+    if key is None:
+        if len(_KEY_CACHE) >= _KEY_CACHE_MAX:
+            _KEY_CACHE.clear()
+        key = _KEY_CACHE[price] = level_key(price)
+    return key
 
 
 class _Side:
@@ -75,14 +166,14 @@ class _Side:
             heapq.heappop(heap)
         return None
 
-    def apply(self, changes: tuple[Level, ...], touched: dict[str, Level | None]) -> None:
-        levels = self.levels
-        for price, qty in changes:
-            key = level_key(price)
+    def apply(self, changes: Sequence[Sequence[str]], touched: dict[str, Level | None]) -> None:
+        levels, cache = self.levels, _KEY_CACHE
+        for level in changes:
+            price, qty = level[0], level[1]
+            key = cache.get(price) or _level_key(price)
             old = levels.get(key)
-            if key not in touched:
-                touched[key] = old
-            if _positive(qty):
+            touched.setdefault(key, old)
+            if qty.strip("0."):  # a quantity above 0 (the text is a validated plain decimal)
                 if old is None:
                     heapq.heappush(self.heap, key.translate(_INVERT) if self.invert else key)
                 levels[key] = (price, qty)
@@ -159,7 +250,7 @@ class BookBatch:
     (in topic order), poison; then :meth:`fold` runs them over the mirrors."""
 
     parts: dict[int, list[int]] = field(default_factory=dict)  # partition -> [first, last]
-    records_by_symbol: dict[str, list[DepthRecord]] = field(default_factory=dict)
+    records_by_symbol: dict[str, list[Decoded]] = field(default_factory=dict)
     partition_of: dict[str, int] = field(default_factory=dict)
     poison: list[Poison] = field(default_factory=list)
     records: int = 0
@@ -176,7 +267,7 @@ class BookBatch:
         else:
             span[1] = record.offset
         try:
-            decoded = decode_depth(record.value)
+            decoded = decode_record(record.value)
         except DepthRecordError as exc:
             self.poison.append(Poison(record, str(exc)))
             return
@@ -197,7 +288,7 @@ class BookBatch:
                 outcome = self._apply(symbol, book, ch, record)
                 counts[outcome] = counts.get(outcome, 0) + 1
 
-    def _apply(self, symbol: str, book: BookMirror, ch: _SymbolChanges, record: DepthRecord) -> str:
+    def _apply(self, symbol: str, book: BookMirror, ch: _SymbolChanges, record: Decoded) -> str:
         if isinstance(record, SnapshotRecord):
             snap = record.snapshot
             book.bids.reset({level_key(p): (p, q) for p, q in snap.bids})
@@ -209,7 +300,7 @@ class BookBatch:
             ch.asks.clear()
             ch.event_time, ch.ingest_us = None, record.ingest_time_us
             return "snapshot"
-        diff, last = record.diff, book.last_update_id
+        diff, last = record, book.last_update_id
         if not book.synced:
             return "unsynced"
         if diff.final_id <= last:
