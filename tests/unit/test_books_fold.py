@@ -244,6 +244,7 @@ def synthetic_depth(symbols: list[str], count: int, seed: int = 1) -> list[tuple
 
 
 _ODD = st.sampled_from(["1", "0", "0.0", "1.", ".5", "01.50", "1e5", "-1", "1.2.3", "\uff11", " 1",
+                        "1\n2", "1\n", "0\n0", ["1", "1\n2"],
                         "1" * 21, "1." + "1" * 21, "5.00000000", "", True, 1, None, 2**63, -1,
                         2**63 - 1, "btcusdt", "BTC-USDT", [], ["1"], ["1", "2", "x"],
                         MAX_TIME_MS, MAX_TIME_MS + 1, MAX_TIME_US, MAX_TIME_US + 1])  # fmt: skip
@@ -254,9 +255,11 @@ _ODD = st.sampled_from(["1", "0", "0.0", "1.", ".5", "01.50", "1e5", "-1", "1.2.
 def test_the_fast_diff_decoder_accepts_exactly_what_decode_depth_does(data: Any) -> None:
     doc: dict[str, Any] = {"v": 1, "kind": "diff", "exchange": "binance", "symbol": "btcUSDT",
                            "first_id": 5, "final_id": 9, "event_time": 1, "bids": [["1.5", "2"]],
-                           "asks": [["2", "0"], ["3.25", "1", "extra"]], "ingest_time_us": 3}  # fmt: skip
+                           "asks": [["2", "0"], ["3.25", "1"]], "ingest_time_us": 3}  # fmt: skip
     for _ in range(data.draw(st.integers(0, 3))):
-        name = data.draw(st.sampled_from([*doc, "bids.level", "asks.price", "bids.qty"]))
+        name = data.draw(
+            st.sampled_from([*doc, "bids.level", "asks.price", "bids.qty", "asks.qty"])
+        )
         odd = data.draw(_ODD)
         if name == "bids.level":
             bids = doc.get("bids")
@@ -265,6 +268,8 @@ def test_the_fast_diff_decoder_accepts_exactly_what_decode_depth_does(data: Any)
             doc["asks"] = [[odd, "1"]]
         elif name == "bids.qty":
             doc["bids"] = [["7", odd]]
+        elif name == "asks.qty":
+            doc["asks"] = [["8", "1"], ["9", odd], ["10", "2"]]
         elif data.draw(st.booleans()):
             doc[name] = odd
         else:
