@@ -30,11 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import psutil
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from hdrh.histogram import HdrHistogram
+from prometheus_client.parser import text_string_to_metric_families
 
 from cryptostream.checker import check_books
 from cryptostream.config import Settings
@@ -43,6 +45,7 @@ from cryptostream.core.orderbook import DepthDiff, DepthSnapshot, Level
 from cryptostream.kafka_clients import producer_config
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
+from cryptostream.stack.supervisor import free_port
 from cryptostream.topics import TopicSpec, create_topics, required_topics
 from profiling import py_spy_argv, summarize_profile
 
@@ -181,7 +184,9 @@ def latency(
 ) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url)
     client.flushall()
-    pipeline.start_processor(CSP_GROUP_ID="bench-books-latency")
+    port = free_port()
+    pipeline.start_processor(CSP_GROUP_ID="bench-books-latency",
+                             CSP_PROCESSOR_METRICS_PORT=str(port))  # fmt: skip
     histogram = HdrHistogram(1, 60_000, 3)  # ms
     stop = threading.Event()
     pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -211,14 +216,36 @@ def latency(
     stop.set()
     listener.join()
     pubsub.close()
+    breakdown = _scrape(port)
     pipeline.stop()
     pipeline.group.processes.clear()
     client.close()
-    result = {f"p{q}": histogram.get_value_at_percentile(q) for q in (50, 90, 99, 99.9)}
+    result: dict[str, Any] = {
+        f"p{q}": histogram.get_value_at_percentile(q) for q in (50, 90, 99, 99.9)
+    }
+    result["processor"] = breakdown
     result |= {"max": histogram.get_max_value(), "updates": histogram.get_total_count(),
                "rate": rate, "seconds": seconds}  # fmt: skip
     print(f"latency at {rate:,} events/s (event -> visible, ms): {result}", flush=True)
     return result
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The books processor's own view of the run: batches, their sizes, the Lua apply time."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name.startswith("csp_processor_books_") and not s.labels.get("le")}  # fmt: skip
+    p = "csp_processor_books_"
+    batches = samples.get(p + "batch_size_count", 0) or 1
+    applies = samples.get(p + "redis_apply_seconds_count", 0) or 1
+    return {
+        "batches": samples.get(p + "batch_size_count", 0),
+        "mean_batch_records": samples.get(p + "batch_size_sum", 0) / batches,
+        "mean_redis_apply_ms": 1000 * samples.get(p + "redis_apply_seconds_sum", 0) / applies,
+        "mean_event_to_visible_ms": 1000
+        * samples.get(p + "event_to_visible_seconds_sum", 0)
+        / (samples.get(p + "event_to_visible_seconds_count", 0) or 1),
+    }
 
 
 def open_model_load(
