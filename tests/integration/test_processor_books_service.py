@@ -182,3 +182,14 @@ def test_sigkill_and_rebalance_mid_stream_zero_divergence(isolated: Env) -> None
         if producer.is_alive():
             producer.join(60)
         pipeline.stop()
+
+
+def test_books_on_without_the_depth_topic_exits_2_with_the_reason(isolated: Env) -> None:
+    missing = isolated.settings.topic.replace("raw.trades", "raw.depth.missing")
+    pipeline = _pipeline(isolated, missing)
+    try:
+        proc = pipeline.start_processor()
+        assert proc.wait(60) == 2, proc.log_tail()
+        assert missing in proc.log_tail()
+    finally:
+        pipeline.stop()

@@ -20,7 +20,7 @@ import heapq
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Final, Literal, NamedTuple
+from typing import Annotated, Final, Literal
 
 import msgspec
 import orjson
@@ -62,7 +62,7 @@ _QTYS = re.compile(rf"{_PLAIN}(?:\n{_PLAIN})*")
 _Id = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
 
 
-def _all_match(texts: list[str], pattern: re.Pattern[str]) -> bool:
+def _all_match(texts: tuple[str, ...], pattern: re.Pattern[str]) -> bool:
     """Each text matches the item pattern (the newline count rules out texts that hold one)."""
     if not texts:
         return True
@@ -70,24 +70,10 @@ def _all_match(texts: list[str], pattern: re.Pattern[str]) -> bool:
     return joined.count("\n") == len(texts) - 1 and pattern.fullmatch(joined) is not None
 
 
-class Diff(NamedTuple):
-    """A decoded diff as the fold needs it; levels are ``(price, qty)`` pairs."""
-
-    symbol: str
-    first_id: int
-    final_id: int
-    event_time: int
-    bids: Sequence[Level]
-    asks: Sequence[Level]
-    ingest_time_us: int
-
-
-Decoded = Diff | SnapshotRecord
-
-
-class _DiffFields(msgspec.Struct):
-    """A schema-v1 diff: structure, types and integer bounds checked by msgspec in one pass;
-    the decimal texts by :func:`_all_match`."""
+class Diff(msgspec.Struct):
+    """A decoded diff as the fold needs it (levels are ``(price, qty)`` pairs): also the hot
+    path's schema, whose structure, types and integer bounds msgspec checks in one pass; the
+    decimal texts are checked by :func:`_all_match`."""
 
     v: int
     kind: Literal["diff"]
@@ -95,13 +81,14 @@ class _DiffFields(msgspec.Struct):
     first_id: _Id
     final_id: _Id
     event_time: Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
-    bids: list[tuple[str, str]]
-    asks: list[tuple[str, str]]
+    bids: Sequence[Level]
+    asks: Sequence[Level]
     ingest_time_us: Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_US)]
     exchange: str = "binance"
 
 
-_decode_diff = msgspec.json.Decoder(_DiffFields).decode
+Decoded = Diff | SnapshotRecord
+_decode_diff = msgspec.json.Decoder(Diff).decode
 
 
 def decode_record(value: bytes | None) -> Decoded:
@@ -118,19 +105,21 @@ def decode_record(value: bytes | None) -> Decoded:
             pass
         else:
             bids, asks = r.bids, r.asks
+            bid_prices, bid_qtys = zip(*bids, strict=True) if bids else ((), ())
+            ask_prices, ask_qtys = zip(*asks, strict=True) if asks else ((), ())
             if (
                 r.v == SCHEMA_VERSION
                 and r.first_id <= r.final_id
-                and _all_match([p for p, _q in bids] + [p for p, _q in asks], _PRICES)
-                and _all_match([q for _p, q in bids] + [q for _p, q in asks], _QTYS)
+                and _all_match(bid_prices + ask_prices, _PRICES)
+                and _all_match(bid_qtys + ask_qtys, _QTYS)
             ):
-                return Diff(r.symbol.upper(), r.first_id, r.final_id, r.event_time, r.bids,
-                            r.asks, r.ingest_time_us)  # fmt: skip
+                r.symbol = r.symbol.upper()
+                return r
     record = decode_depth(value)
     if isinstance(record, DiffRecord):
         d = record.diff
-        return Diff(d.symbol, d.first_id, d.final_id, d.event_time, d.bids, d.asks,
-                    record.ingest_time_us)  # fmt: skip
+        return Diff(SCHEMA_VERSION, "diff", d.symbol, d.first_id, d.final_id, d.event_time,
+                    d.bids, d.asks, record.ingest_time_us, record.exchange)  # fmt: skip
     return record
 
 
