@@ -56,7 +56,8 @@ _KEY_CACHE: dict[str, str] = {}  # price text -> level key (a book's prices repe
 _KEY_CACHE_MAX = 1 << 20
 _PLAIN = r"[0-9]{1,20}(?:\.[0-9]{1,20})?"  # a plain decimal of the schema
 _POSITIVE = rf"(?=[0-9.]*[1-9]){_PLAIN}"  # ... above 0
-# every text of a side at once, joined by newlines (one C call instead of a Python loop)
+# every price (or quantity) text of a diff at once, joined by newlines (one C call, no Python
+# loop per level)
 _PRICES = re.compile(rf"{_POSITIVE}(?:\n{_POSITIVE})*")
 _QTYS = re.compile(rf"{_PLAIN}(?:\n{_PLAIN})*")
 _Id = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
