@@ -276,7 +276,8 @@ def open_model_load(
 
 GROUPS = [
     ("Kafka fetch (GroupConsumer.poll)", ("ConfluentConsumer.poll",)),
-    ("record decode (core.depth.decode_depth)", ("decode_depth", "parse_levels", "scaled")),
+    ("record decode (books.decode_record)", ("decode_record", "_all_match", "decode_depth", "parse_levels",
+                                                 "scaled")),
     ("fold: chain rule + levels (BookBatch.fold)", ("BookBatch.fold", "BookBatch._apply", "_Side.")),
     ("Lua payload (BookBatch.script_call)", ("script_call", "BookBatch._row", "book_update")),
     ("Redis apply: Lua script round trip (redis-py)", ("Script.__call__", "evalsha",
