@@ -108,6 +108,18 @@ def bench_processor(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_books(session: nox.Session) -> None:
+    """One processor draining 300k pre-filled depth diffs (~20 levels each) into the L2 books,
+    checked against TopicBook, a py-spy profile, and event -> visible latency at 5k events/s."""
+    _ensure_system_packages(session)
+    _install(session)
+    session.install("py-spy")  # the sampling profiler of the profiled drain
+    session.run("csp", "stack", "fetch")
+    session.run("python", "benchmarks/bench_books.py", "--json", "reports/bench-books.json",
+                *session.posargs)  # fmt: skip
+
+
+@nox.session(python=PYTHON)
 def bench_simulator(session: nox.Session) -> None:
     """Simulator frames/s to one client (synthetic and replay) and memory vs replay file size."""
     _install(session)

@@ -1,4 +1,5 @@
-"""Compare the Redis views with the truth recomputed from the trades themselves.
+"""Compare the Redis views with the truth recomputed from the trades themselves, and the L2
+books with the books rebuilt from ``raw.depth`` by :class:`~cryptostream.core.depth.TopicBook`.
 
 The expected views come from ``core.views`` — the same math the processor applies batch by
 batch — run once over every trade (read back from the topic, or taken from the simulator's
@@ -18,7 +19,17 @@ import orjson
 import redis
 
 from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS
-from cryptostream.core.keys import candle_member, candles_1m_key, price_key, stats_key
+from cryptostream.core.depth import DepthRecord, DepthRecordError, TopicBook, decode_depth
+from cryptostream.core.keys import (
+    book_key,
+    book_side_key,
+    candle_member,
+    candles_1m_key,
+    parse_level_member,
+    price_key,
+    stats_key,
+)
+from cryptostream.core.orderbook import Level
 from cryptostream.core.trades import Trade
 from cryptostream.core.views import MINUTE_MS, SymbolViews, compute_views
 
@@ -148,3 +159,97 @@ def check(
 ) -> CheckReport:
     expected = compute_views(trades)
     return compare(expected, read_views(client, expected), len(trades), candle_history_minutes)
+
+
+# --- L2 books (raw.depth) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredBook:
+    """One ``book:{SYMBOL}`` as Redis holds it: the hash, and each side best level first."""
+
+    state: dict[str, str]
+    bids: list[Level]
+    asks: list[Level]
+
+
+def read_books(client: redis.Redis, symbols: Iterable[str]) -> dict[str, StoredBook]:
+    """The stored books of ``symbols`` (one atomic read); a malformed member raises ValueError."""
+    symbols = list(symbols)
+    pipe = client.pipeline(transaction=True)
+    for symbol in symbols:
+        pipe.hgetall(book_key(symbol))
+        pipe.zrange(book_side_key(symbol, "bids"), 0, -1)
+        pipe.zrange(book_side_key(symbol, "asks"), 0, -1)
+    replies = pipe.execute()
+    out = {}
+    for i, symbol in enumerate(symbols):
+        state, bids, asks = replies[3 * i : 3 * i + 3]
+        out[symbol] = StoredBook(
+            {_s(k): _s(v) for k, v in state.items()},
+            [parse_level_member(m) for m in reversed(bids)],  # the set ascends: bids reversed
+            [parse_level_member(m) for m in asks],
+        )
+    return out
+
+
+def expected_books(records: Iterable[DepthRecord]) -> dict[str, TopicBook]:
+    """Every symbol's book rebuilt from the topic's records, in order, with the contract's rule."""
+    books: dict[str, TopicBook] = {}
+    for record in records:
+        books.setdefault(record.symbol, TopicBook()).apply(record)
+    return books
+
+
+def _sorted_levels(book: TopicBook, side: str) -> list[Level]:
+    levels = book.book.bids if side == "bids" else book.book.asks
+    return [levels[p] for p in sorted(levels, reverse=side == "bids")]
+
+
+def compare_books(
+    expected: dict[str, TopicBook], actual: dict[str, StoredBook], records: int
+) -> CheckReport:
+    """Level by level (the exchange's texts), plus status, last_update_id and best bid/ask."""
+    report = CheckReport(records=records, symbols=len(expected))
+    for symbol, want in sorted(expected.items()):
+        got = actual.get(symbol, StoredBook({}, [], []))
+        state = got.state
+
+        def wrong(view: str, expected: object, actual: object, symbol: str = symbol) -> None:
+            report.discrepancies.append(Discrepancy(symbol, view, expected, actual))
+
+        status = "synced" if want.synced else "unsynced"
+        if state.get("status") != status:
+            wrong("book.status", status, state.get("status"))
+        if state.get("last_update_id") != str(want.book.last_update_id):
+            wrong("book.last_update_id", want.book.last_update_id, state.get("last_update_id"))
+        if not want.synced and not state.get("reason"):
+            wrong("book.reason", "a reason", state.get("reason"))
+        for side, stored in (("bids", got.bids), ("asks", got.asks)):
+            levels = _sorted_levels(want, side)
+            if levels != stored:
+                at = next((i for i, (a, b) in enumerate(zip(levels, stored, strict=False))
+                           if a != b),
+                          min(len(levels), len(stored)))  # fmt: skip
+                wrong(f"book.{side}[{at}] of {len(levels)}",
+                      levels[at] if at < len(levels) else None,
+                      stored[at] if at < len(stored) else None)  # fmt: skip
+            name = side[:-1]  # bid, ask
+            best = (state.get(f"best_{name}"), state.get(f"best_{name}_qty"))
+            top = levels[0] if levels else (None, None)
+            if best != top:
+                wrong(f"book.best_{name}", top, best)
+    return report
+
+
+def check_books(client: redis.Redis, values: Iterable[bytes | None]) -> CheckReport:
+    """Rebuild every book from the depth topic's values (in topic order per symbol; records that
+    are not valid depth records are skipped, as the processor dead-letters them) and compare."""
+    records = []
+    for value in values:
+        try:
+            records.append(decode_depth(value))
+        except DepthRecordError:
+            continue
+    expected = expected_books(records)
+    return compare_books(expected, read_books(client, expected), len(records))

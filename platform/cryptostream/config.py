@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     processor_max_future_s: float = Field(
         600.0, ge=0, description="a trade timed further after its ingest time goes to the DLQ"
     )
+    # L2 books (issue 16): off by default, so a trades-only deployment needs no depth topic
+    processor_books: bool = Field(
+        False, description="also apply raw.depth to the books in Redis (the topic must exist)"
+    )
 
     # --- query --------------------------------------------------------------------------------
     query_host: str = Field("127.0.0.1", description="query API bind address")

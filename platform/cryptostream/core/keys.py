@@ -20,6 +20,7 @@ key                                    type   content
                                               ``<level key> <price> <quantity>`` (level_member):
                                               lexicographic order is price order, exactly
 ``updates:book`` (pub/sub channel)     --     JSON array of the top-of-book updates of one batch
+                                              (book_update: symbol + the BOOK_FIELDS)
 =====================================  =====  =======================================================
 
 Everything here is derived from Kafka and can be rebuilt from the topic. This module is the one
@@ -56,6 +57,10 @@ CANDLE_FIELDS = ("t", "o", "h", "l", "c", "v", "qv", "n", "ft", "lt")
 BOOK_FIELDS = ("last_update_id", "status", "reason", "best_bid", "best_bid_qty", "best_ask",
                "best_ask_qty", "event_time", "ingest_time_us", "update_time")  # fmt: skip
 BOOK_SIDES = ("bids", "asks")
+# The processor's own bookkeeping in ``book:{SYMBOL}`` (not for readers): the last_update_id of
+# the snapshot the book was built from, so "no diff applied since the snapshot" (the first-diff
+# rule of core/depth.py) survives a restart: it holds while last_update_id == snapshot_id.
+BOOK_SNAPSHOT_FIELD = "snapshot_id"
 _LEVEL_DIGITS = 20  # integer and fractional digits of a level key: the schema's most
 
 
@@ -114,6 +119,29 @@ def apply_keys(topic: str, symbols: list[str]) -> list[str]:
     for symbol in symbols:
         keys += (price_key(symbol), candles_1m_key(symbol), stats_key(symbol))
     return keys
+
+
+def book_apply_keys(topic: str, symbols: list[str]) -> list[str]:
+    """``KEYS`` of the book apply script: the depth topic's offsets hash, then per symbol (in
+    the batch's order) its book hash, bids set and asks set."""
+    keys = [offsets_key(topic)]
+    for symbol in symbols:
+        keys += (book_key(symbol), book_side_key(symbol, "bids"), book_side_key(symbol, "asks"))
+    return keys
+
+
+def book_update(symbol: str, state: dict[str, str]) -> bytes:
+    """One element of an ``updates:book`` message: the symbol and its book hash's
+    :data:`BOOK_FIELDS` (absent ones null; ids and times as integers)."""
+    doc: dict[str, object] = {"symbol": symbol}
+    for name in BOOK_FIELDS:
+        value = state.get(name)
+        if value is not None and name in ("last_update_id", "event_time", "ingest_time_us",
+                                          "update_time"):  # fmt: skip
+            doc[name] = int(value)
+        else:
+            doc[name] = value
+    return orjson.dumps(doc)
 
 
 class TradeFields(Protocol):

@@ -11,6 +11,11 @@ Exported names (all prefixed ``csp_processor_``):
 - ``batch_size`` — histogram of records per applied batch
 - ``redis_apply_seconds`` — histogram of the Lua apply round trip
 - ``event_to_visible_seconds``, ``ingest_to_visible_seconds`` — histograms, per visible update
+
+With ``CSP_PROCESSOR_BOOKS`` on, the same set again as ``csp_processor_books_*`` for raw.depth
+(on the same port), with the counters ``snapshots``, ``diffs`` (applied), ``stale_diffs`` (already
+in the book), ``unsynced`` (diffs skipped while a book waits for a snapshot) and ``breaks`` (gaps
+and crossed books; each also logged, rate-limited, and written to the book's ``reason``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 PREFIX = "csp_processor_"
@@ -27,41 +32,71 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class _StatsCollector(Collector):
-    def __init__(self, stats: Mapping[str, int], lag: Callable[[], Mapping[int, int]]) -> None:
+    def __init__(
+        self,
+        stats: Mapping[str, int],
+        lag: Callable[[], Mapping[int, int]],
+        prefix: str,
+        counters: tuple[str, ...],
+    ) -> None:
         self.stats = stats
         self.lag = lag
+        self.prefix = prefix
+        self.counters = counters
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        for name in COUNTERS:
-            yield CounterMetricFamily(PREFIX + name, f"{name} since start", value=self.stats[name])
+        prefix = self.prefix
+        for name in self.counters:
+            yield CounterMetricFamily(prefix + name, f"{name} since start", value=self.stats[name])
         gauge = GaugeMetricFamily(
-            PREFIX + "consumer_lag", "records not yet applied, per partition", labels=["partition"]
+            prefix + "consumer_lag", "records not yet applied, per partition", labels=["partition"]
         )
         for partition, lag in sorted(self.lag().items()):
             gauge.add_metric([str(partition)], lag)
         yield gauge
 
 
+class _Joined(Collector):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+
+
 class ProcessorMetrics:
-    def __init__(self, stats: Mapping[str, int], lag: Callable[[], Mapping[int, int]]) -> None:
+    """``prefix``/``counters``: the books processor exports the same set as
+    ``csp_processor_books_*`` with its own counters (processor/books_service.py)."""
+
+    def __init__(
+        self,
+        stats: Mapping[str, int],
+        lag: Callable[[], Mapping[int, int]],
+        prefix: str = PREFIX,
+        counters: tuple[str, ...] = COUNTERS,
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_StatsCollector(stats, lag))
+        self.registry.register(_StatsCollector(stats, lag, prefix, counters))
         self.batch_size = Histogram(
-            PREFIX + "batch_size", "records per applied batch", registry=self.registry,
+            prefix + "batch_size", "records per applied batch", registry=self.registry,
             buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000),
         )  # fmt: skip
         self.redis_apply = Histogram(
-            PREFIX + "redis_apply_seconds", "Lua apply round trip", registry=self.registry,
+            prefix + "redis_apply_seconds", "Lua apply round trip", registry=self.registry,
             buckets=_LATENCY_BUCKETS,
         )  # fmt: skip
         self.event_to_visible = Histogram(
-            PREFIX + "event_to_visible_seconds", "exchange event time to visible in Redis",
+            prefix + "event_to_visible_seconds", "exchange event time to visible in Redis",
             registry=self.registry, buckets=_LATENCY_BUCKETS,
         )  # fmt: skip
         self.ingest_to_visible = Histogram(
-            PREFIX + "ingest_to_visible_seconds", "ingest receive time to visible in Redis",
+            prefix + "ingest_to_visible_seconds", "ingest receive time to visible in Redis",
             registry=self.registry, buckets=_LATENCY_BUCKETS,
         )  # fmt: skip
+
+    def include(self, other: ProcessorMetrics) -> None:
+        """Export ``other``'s metrics too (one port for the trades and books processors)."""
+        self.registry.register(_Joined(other.registry))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

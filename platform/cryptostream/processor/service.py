@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,7 @@ from cryptostream.core.keys import SYMBOLS_KEY, VIEW_PREFIXES, offsets_key
 from cryptostream.kafka_clients import make_producer, security_config
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.processor.batch import NO_OFFSET, Batch, RawRecord, parse_conflicts
+from cryptostream.processor.books import BookBatch
 from cryptostream.processor.consumers import (
     BEGINNING,
     ConsumerError,
@@ -215,7 +217,7 @@ class Processor:
             p: max(0, highs[p] - (pos + 1)) for p, pos in self.positions.items() if p in highs
         }
 
-    def _resolve_conflicts(self, stored: dict[int, int], batch: Batch) -> None:
+    def _resolve_conflicts(self, stored: dict[int, int], batch: Batch | BookBatch) -> None:
         """Redis holds other offsets than we believed: nothing was applied; re-read from Redis's.
 
         Causes: another member applied the partition meanwhile (we are a zombie), or Redis lost
@@ -271,7 +273,7 @@ class Processor:
                 continue
             self.positions[partition] = offset
 
-    def _dead_letter(self, batch: Batch) -> None:
+    def _dead_letter(self, batch: Batch | BookBatch) -> None:
         """Each poison record to the DLQ, bounded to fit the producer's limit; its partition moves
         on either way (the record itself stays in the topic at the offset the entry names)."""
         topic = self.settings.topic
@@ -395,8 +397,10 @@ def _next(position: int) -> int:
     return position + 1 if position != NO_OFFSET else BEGINNING
 
 
-def delete_views(client: redis.Redis, topic: str) -> int:
-    """Remove every derived key (admin use only: SCAN over our own fixed prefixes)."""
+def delete_views(client: redis.Redis, topic: str, depth_topic: str | None = None) -> int:
+    """Remove every derived key (admin use only: SCAN over our own fixed prefixes). The books
+    (``book:*``) go too, with the depth topic's offsets, so a running books processor sees its
+    offsets go back and re-applies raw.depth from its start."""
     deleted = 0
     for prefix in VIEW_PREFIXES:
         pattern = prefix + "*"
@@ -408,7 +412,8 @@ def delete_views(client: redis.Redis, topic: str) -> int:
                 batch = []
         if batch:
             deleted += int(client.unlink(*batch))
-    deleted += int(client.unlink(SYMBOLS_KEY, offsets_key(topic)))
+    extra = [offsets_key(depth_topic)] if depth_topic else []
+    deleted += int(client.unlink(SYMBOLS_KEY, offsets_key(topic), *extra))
     return deleted
 
 
@@ -418,7 +423,7 @@ def rebuild(settings: Settings) -> int:
     require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
                   settings.kafka_connect_timeout_s, client_config=security_config(settings))  # fmt: skip
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-    deleted = delete_views(client, settings.topic)
+    deleted = delete_views(client, settings.topic, settings.depth_topic)
     log.info("views deleted", extra={"fields": {"keys": deleted}})
     rebuild_settings = settings.model_copy(update={"group_id": f"{settings.group_id}-rebuild"})
     processor = Processor(rebuild_settings, client)
@@ -443,6 +448,9 @@ def main(settings: Settings) -> int:
                       client_config=security)  # fmt: skip
         require_topic(settings.kafka_bootstrap, settings.dlq_topic, None, timeout,
                       client_config=security)  # fmt: skip
+        if settings.processor_books:
+            require_topic(settings.kafka_bootstrap, settings.depth_topic, settings.partitions,
+                          timeout, client_config=security)  # fmt: skip
     except TopicError as exc:
         log.error(str(exc))
         return 2
@@ -451,19 +459,44 @@ def main(settings: Settings) -> int:
         log.error(auth_error)
         return 2
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    books: Processor | None = None
     try:
         processor = Processor(settings, client)
+        if settings.processor_books:
+            from cryptostream.processor.books_service import BookProcessor
+
+            books = BookProcessor(settings, client)
     except ConsumerError as exc:
         log.error(str(exc))
         return 2
     if settings.processor_metrics_port:
+        if books is not None:
+            processor.metrics.include(books.metrics)
         processor.metrics.serve(settings.processor_metrics_port, settings.metrics_host)
 
     def _stop(signum: int, frame: object) -> None:
         processor.running = False
+        if books is not None:
+            books.running = False
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    failed: list[BaseException] = []
+    thread = None
+    if books is not None:
+        thread = threading.Thread(target=_run_books, args=(books, processor, failed),
+                                  name="books", daemon=True)  # fmt: skip
+        thread.start()
+    try:
+        _run(processor)
+    finally:
+        if books is not None and thread is not None:
+            books.running = False
+            thread.join(60)
+    return 1 if failed else 0
+
+
+def _run(processor: Processor) -> None:
     try:
         processor.run()
     except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
@@ -473,4 +506,14 @@ def main(settings: Settings) -> int:
         # (offsets live in Redis with the views), so this is a clean stop, not a crash.
         log.warning("stopped while Redis was unavailable",
                     extra={"fields": {"error.message": str(exc)}})  # fmt: skip
-    return 0
+
+
+def _run_books(books: Processor, trades: Processor, failed: list[BaseException]) -> None:
+    """The books processor's thread: if it fails, the whole process stops (and exits 1) rather
+    than serving trades with books that silently stopped moving."""
+    try:
+        _run(books)
+    except BaseException as exc:
+        failed.append(exc)
+        log.exception("the books processor failed; stopping")
+        trades.running = False
