@@ -7,19 +7,13 @@ from __future__ import annotations
 import gzip
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from cryptostream.core.depth import TopicBook, decode_depth, encode_diff, encode_snapshot
 from cryptostream.core.orderbook import parse_depth_diff, parse_depth_snapshot
+from tests.shared_data import SHARED_DATA as SHARED
 
-# ../shared/data of the checkout (the main one or a worktree of it, one level deeper)
-SHARED = next(
-    (p / "shared" / "data" for p in Path(__file__).resolve().parents[2:5]
-     if (p / "shared" / "data").is_dir()),
-    Path(__file__).resolve().parents[3] / "shared" / "data",
-)  # fmt: skip
 RECORDINGS = {
     "btcusdt_20240808": SHARED / "hftbacktest_spot_btcusdt_20240808.gz",
     "ethusdt_20240808": SHARED / "hftbacktest_spot_ethusdt_20240808.gz",
