@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cryptostream.cli import app
-from cryptostream.harness import report
+from cryptostream_lab.harness import report
 
 FIXTURE = Path(__file__).parent / "data" / "results.json"
 

@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
-from cryptostream.harness.model import load_experiment
-from cryptostream.harness.report import write_report
-from cryptostream.harness.runner import RunOptions, report_dir, run_experiment
-from cryptostream.stack.backends import ContainerStack
 from cryptostream.stack.local import LocalStack
+from cryptostream_lab.backends import ContainerStack
+from cryptostream_lab.harness.model import load_experiment
+from cryptostream_lab.harness.report import write_report
+from cryptostream_lab.harness.runner import RunOptions, report_dir, run_experiment
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +108,7 @@ def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(
 
     import psutil
 
-    from cryptostream.harness import cgroups
+    from cryptostream_lab.harness import cgroups
 
     name = "tiny"
     base: Path | None = None

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any
 
-from cryptostream.harness import report
-from cryptostream.harness.samplers import Sampler
+from cryptostream_lab.harness import report
+from cryptostream_lab.harness.samplers import Sampler
 
 BUSY = "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass\n"
 

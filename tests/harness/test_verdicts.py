@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from cryptostream.harness import report
+from cryptostream_lab.harness import report
 
 DATA = Path(__file__).parent / "data"
 OLD_RESULTS = DATA / "scaling-3-results.json"  # reports/2026-11-25-scaling-3, series trimmed

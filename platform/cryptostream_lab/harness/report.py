@@ -24,8 +24,8 @@ import matplotlib.pyplot as plt
 import orjson
 from matplotlib.figure import Figure
 
-from cryptostream.harness import stats
-from cryptostream.harness.verdicts import CountVerdict, efficiency, scaling_verdicts
+from cryptostream_lab.harness import stats
+from cryptostream_lab.harness.verdicts import CountVerdict, efficiency, scaling_verdicts
 
 FLAG = "⚠"
 COLORS: list[Any] = [plt.get_cmap("tab10")(i) for i in range(10)]
@@ -1324,7 +1324,7 @@ def write_report(folder: Path) -> list[str]:
 
 def write_comparison(a: Path, b: Path) -> str:
     """``csp report --compare A B``: the comparison page, also written to B/compare-<A>.md."""
-    from cryptostream.harness.compare import markdown as compare_markdown
+    from cryptostream_lab.harness.compare import markdown as compare_markdown
 
     ra = orjson.loads((a / "results.json").read_bytes())
     rb = orjson.loads((b / "results.json").read_bytes())

@@ -34,26 +34,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cryptostream.config import Settings
 from cryptostream.core.keys import price_key
-from cryptostream.harness import ceilings, environment, stats
-from cryptostream.harness.cgroups import PERIOD_US, CpuBudgets, open_budgets, throttled_share
-from cryptostream.harness.model import Experiment, Trial, plan_fixed
-from cryptostream.harness.progress import locust_live, trial_status, wrap
-from cryptostream.harness.samplers import (
-    LatencyListener,
-    OffsetProbe,
-    Sampler,
-    Series,
-    views_checksum,
-)
-from cryptostream.harness.schedule import (
-    TRADE_TIME_BASE_MS,
-    OpenSchedule,
-    SyntheticTrades,
-    VisibilityTracker,
-    symbol_names,
-    symbol_sequence,
-)
-from cryptostream.harness.search import Outcome, RateSearch, lag_verdict
 from cryptostream.stack.kafka import resolve_kafka_jars
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
@@ -64,6 +44,26 @@ from cryptostream.stack.supervisor import (
     sigterm_as_keyboard_interrupt,
 )
 from cryptostream.topics import create_topics, required_topics
+from cryptostream_lab.harness import ceilings, environment, stats
+from cryptostream_lab.harness.cgroups import PERIOD_US, CpuBudgets, open_budgets, throttled_share
+from cryptostream_lab.harness.model import Experiment, Trial, plan_fixed
+from cryptostream_lab.harness.progress import locust_live, trial_status, wrap
+from cryptostream_lab.harness.samplers import (
+    LatencyListener,
+    OffsetProbe,
+    Sampler,
+    Series,
+    views_checksum,
+)
+from cryptostream_lab.harness.schedule import (
+    TRADE_TIME_BASE_MS,
+    OpenSchedule,
+    SyntheticTrades,
+    VisibilityTracker,
+    symbol_names,
+    symbol_sequence,
+)
+from cryptostream_lab.harness.search import Outcome, RateSearch, lag_verdict
 
 RESULTS_SCHEMA = 1
 ID_STRIDE = 1_000_000_000  # trade ids of trial k start after k * ID_STRIDE (deterministic)
@@ -416,7 +416,7 @@ class Runner:
         argv = [
             sys.executable,
             "-m",
-            "cryptostream.harness.loadgen",
+            "cryptostream_lab.harness.loadgen",
             "--topic",
             pipeline.extra_env["CSP_TOPIC"],
             "--rate",
@@ -889,7 +889,7 @@ def wait_group_stable(
     timeout: float = 90,
 ) -> None:
     """Until the consumer group is STABLE with ``members`` members owning every partition."""
-    quiet = logging.getLogger("cryptostream.harness.admin")
+    quiet = logging.getLogger("cryptostream_lab.harness.admin")
     quiet.setLevel(logging.CRITICAL)
     config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
     admin = AdminClient(config)
