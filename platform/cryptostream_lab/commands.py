@@ -148,7 +148,11 @@ def report_cmd(
             raise _fail(str(exc)) from None
         return
     for folder in folders:
-        for line in write_report(folder):
+        try:
+            lines = write_report(folder)
+        except ValueError as exc:  # results.json does not fit harness/results.py
+            raise _fail(str(exc)) from None
+        for line in lines:
             typer.echo(line)
         typer.echo(
             f"open: {(folder / 'report.html').resolve().as_uri()}"

@@ -21,10 +21,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import orjson
 from matplotlib.figure import Figure
 
 from cryptostream_lab.harness import stats
+from cryptostream_lab.harness.results import load_results
 from cryptostream_lab.harness.verdicts import CountVerdict, efficiency, scaling_verdicts
 
 FLAG = "⚠"
@@ -1305,7 +1305,7 @@ def to_html(report: Report) -> str:
 
 def write_report(folder: Path) -> list[str]:
     """Regenerate every plot, report.md and report.html; returns what it wrote, for printing."""
-    results = orjson.loads((folder / "results.json").read_bytes())
+    results = load_results(folder).as_dict()  # ValueError if it does not fit the model
     for old in folder.glob("*.png"):
         old.unlink()
     report = build(results)
@@ -1326,8 +1326,7 @@ def write_comparison(a: Path, b: Path) -> str:
     """``csp report --compare A B``: the comparison page, also written to B/compare-<A>.md."""
     from cryptostream_lab.harness.compare import markdown as compare_markdown
 
-    ra = orjson.loads((a / "results.json").read_bytes())
-    rb = orjson.loads((b / "results.json").read_bytes())
+    ra, rb = load_results(a).as_dict(), load_results(b).as_dict()
     text = compare_markdown(ra, rb, a.name or str(a), b.name or str(b))
     (b / f"compare-{a.resolve().name}.md").write_text(text)
     return text

@@ -48,6 +48,7 @@ from cryptostream_lab.harness import ceilings, environment, stats
 from cryptostream_lab.harness.cgroups import PERIOD_US, CpuBudgets, open_budgets, throttled_share
 from cryptostream_lab.harness.model import Experiment, Trial, plan_fixed
 from cryptostream_lab.harness.progress import locust_live, trial_status, wrap
+from cryptostream_lab.harness.results import RESULTS_FILE, dumps
 from cryptostream_lab.harness.samplers import (
     LatencyListener,
     OffsetProbe,
@@ -213,9 +214,7 @@ class Runner:
                     # Keep the servers' logs, drop their data (hundreds of MB after a search).
                     shutil.rmtree(workdir / "stack" / "kafka" / "data", ignore_errors=True)
                 self.results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-                (out / "results.json").write_bytes(
-                    orjson.dumps(self.results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-                )
+                (out / RESULTS_FILE).write_bytes(dumps(self.results))  # harness/results.py
         return out
 
     # --- ceilings ------------------------------------------------------------------------------
