@@ -11,7 +11,8 @@ WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone: this layer is rebuilt only when they change,
 # not on every source edit.
-# The harness extra too, so that `csp experiment` and `csp report` run in the image.
+# The harness extra too (the lab package's dependencies), so that `csp experiment` and
+# `csp report`, which cryptostream_lab adds to `csp`, run in the image.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['harness']))" \
         > /tmp/requirements.txt \

@@ -169,7 +169,9 @@ def reliability(session: nox.Session) -> None:
         session.run("pytest", "tests/reliability", "-m", "reliability and slow and not soak", "-q", "-rxXs",
                     *session.posargs, env={"RELIABILITY_REPORT_DIR": folder})  # fmt: skip
     finally:
-        session.run("python", "-m", "cryptostream.reliability.report", folder, success_codes=[0, 1])
+        session.run(
+            "python", "-m", "cryptostream_lab.reliability.report", folder, success_codes=[0, 1]
+        )
 
 
 # --- harness (issue 7): experiments, reports, microbenchmarks, load tests ------------------------

@@ -45,13 +45,13 @@ from hdrh.histogram import HdrHistogram
 from cryptostream.config import Settings
 from cryptostream.core.codec import decode_trade, encode_trade
 from cryptostream.core.trades import Trade
-from cryptostream.harness import ceilings
 from cryptostream.kafka_clients import producer_config
 from cryptostream.processor.consumers import make_group_consumer
 from cryptostream.stack.kafka import resolve_kafka_jars
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.topics import create_topics, required_topics
+from cryptostream_lab.harness import ceilings
 from profiling import py_spy_argv, summarize_profile
 
 STALL_S = 60  # a drain with no progress for this long has failed (never hang the session)

@@ -1,4 +1,4 @@
-"""The query API's Locust file ships in the package (``cryptostream/harness/locustfile.py``), so
+"""The query API's Locust file ships in the package (``cryptostream_lab/harness/locustfile.py``), so
 the harness finds it from any install; this name keeps the documented command working:
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000 --headless -u 64 -r 16 -t 60s
@@ -16,8 +16,8 @@ import random
 
 from locust import FastHttpUser, constant, task
 
-from cryptostream.harness.locustfile import *  # noqa: F403  (Locust collects the User classes)
-from cryptostream.harness.locustfile import zipf_symbol
+from cryptostream_lab.harness.locustfile import *  # noqa: F403  (Locust collects the User classes)
+from cryptostream_lab.harness.locustfile import zipf_symbol
 
 BOOK_USERS = int(os.environ.get("LOCUST_BOOK_USERS", "2"))
 BOOK_DEPTH = int(os.environ.get("LOCUST_BOOK_DEPTH", "20"))

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from cryptostream.config import Settings
-from cryptostream.stack.backends import BackendError, ContainerStack, start_stack
 from cryptostream.stack.local import LocalStack
 from cryptostream.topics import create_topics, required_topics
+from cryptostream_lab.backends import BackendError, ContainerStack, start_stack
 
 
 @pytest.fixture(scope="session")

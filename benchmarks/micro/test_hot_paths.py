@@ -13,8 +13,8 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from cryptostream.core.codec import decode_trade, encode_trade
 from cryptostream.core.frames import parse_frame
 from cryptostream.core.trades import Trade
-from cryptostream.harness.schedule import SyntheticTrades, symbol_names, symbol_sequence
 from cryptostream.processor.batch import Batch, RawRecord
+from cryptostream_lab.harness.schedule import SyntheticTrades, symbol_names, symbol_sequence
 
 BatchPayload = tuple[Batch, dict[int, int]]
 

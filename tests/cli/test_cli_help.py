@@ -68,7 +68,7 @@ def test_service_help_lists_the_variables_it_reads(
 def test_experiment_help_lists_the_experiments(csp: Run) -> None:
     result = csp("experiment", "--help")
     assert result.returncode == 0
-    from cryptostream.harness.model import shipped_experiments
+    from cryptostream_lab.harness.model import shipped_experiments
 
     names = sorted(shipped_experiments())
     assert names

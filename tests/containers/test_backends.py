@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cryptostream.config import Settings
-from cryptostream.stack.backends import (
+from cryptostream_lab.backends import (
     BackendError,
     EngineProbe,
     choose_backend,
@@ -76,7 +76,7 @@ def test_start_stack_reports_the_fallback_and_starts_local(tmp_path: Path) -> No
         def start(self) -> FakeLocal:
             return self
 
-    import cryptostream.stack.backends as backends
+    import cryptostream_lab.backends as backends
 
     original = backends.LocalStack
     backends.LocalStack = FakeLocal  # type: ignore[misc,assignment]

@@ -21,11 +21,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cryptostream.config import Settings
-from cryptostream.stack.backends import ContainerStack
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
 from cryptostream.topics import create_topics, required_topics
+from cryptostream_lab.backends import ContainerStack
 from tests.containers.conftest import APP_IMAGE, DEPLOY, environment, load_compose
 
 pytestmark = pytest.mark.integration

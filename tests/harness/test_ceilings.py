@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cryptostream.harness import ceilings
+from cryptostream_lab.harness import ceilings
 
 PRODUCER = """\
 249761 records sent, 49932.2 records/sec (10.71 MB/sec), 1520.3 ms avg latency, 2406.0 ms max latency.

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cryptostream.harness import cgroups
-from cryptostream.harness.cgroups import (
+from cryptostream_lab.harness import cgroups
+from cryptostream_lab.harness.cgroups import (
     BudgetError,
     CpuBudgets,
     Hierarchy,
@@ -27,7 +27,7 @@ from cryptostream.harness.cgroups import (
     stale_names,
     throttled_share,
 )
-from cryptostream.harness.model import parse_experiment
+from cryptostream_lab.harness.model import parse_experiment
 
 # --- pure ----------------------------------------------------------------------------------------
 
@@ -100,7 +100,7 @@ def test_stale_cgroups_of_dead_owners_are_removed(tmp_path: Path) -> None:
 def test_a_budgeted_experiment_never_runs_unbudgeted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cryptostream.harness import runner
+    from cryptostream_lab.harness import runner
 
     monkeypatch.setattr(runner, "open_budgets", lambda: cgroups.open_budgets(tmp_path / "none"))
     text = "[workload]\nrate = 100\nduration_s = 1\nwarmup_s = 0\n[budgets]\nprocessor_cpu = 0.1\n"
@@ -182,7 +182,7 @@ def test_a_sigkilled_harness_leaves_a_cgroup_the_next_run_removes() -> None:
     # A "harness" that budgets a child, then dies by SIGKILL (no finally runs).
     script = (
         "import os, signal, subprocess, sys\n"
-        "from cryptostream.harness.cgroups import open_budgets\n"
+        "from cryptostream_lab.harness.cgroups import open_budgets\n"
         "b = open_budgets()\n"
         "c = subprocess.Popen([sys.executable, '-c', 'pass'])\n"
         "g = b.budget('crashed', 0.1, c.pid)\n"

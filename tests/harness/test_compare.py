@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cryptostream.cli import app
-from cryptostream.harness import compare
+from cryptostream_lab.harness import compare
 
 FIXTURE = Path(__file__).parent / "data" / "scaling-3-results.json"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cryptostream.harness import stats
-from cryptostream.harness.model import load_experiment, parse_experiment, plan_fixed
-from cryptostream.harness.schedule import (
+from cryptostream_lab.harness import stats
+from cryptostream_lab.harness.model import load_experiment, parse_experiment, plan_fixed
+from cryptostream_lab.harness.schedule import (
     OpenSchedule,
     SyntheticTrades,
     VisibilityTracker,
@@ -19,7 +19,7 @@ from cryptostream.harness.schedule import (
     symbol_names,
     symbol_sequence,
 )
-from cryptostream.harness.search import lag_verdict, slope
+from cryptostream_lab.harness.search import lag_verdict, slope
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,9 @@ class FakeClock:
 
 
 def test_every_shipped_experiment_parses() -> None:
-    files = sorted((ROOT / "platform" / "cryptostream" / "harness" / "experiments").glob("*.toml"))
+    files = sorted(
+        (ROOT / "platform" / "cryptostream_lab" / "harness" / "experiments").glob("*.toml")
+    )
     assert {f.stem for f in files} >= {
         "scaling",
         "rate-sweep",
@@ -264,7 +266,7 @@ def test_experiments_and_the_locust_file_ship_in_the_package(
     """Found from any directory (no checkout needed) and listed as package data in pyproject."""
     import tomllib
 
-    from cryptostream.harness import model, runner
+    from cryptostream_lab.harness import model, runner
 
     monkeypatch.chdir(tmp_path)
     shipped = model.shipped_experiments()
@@ -274,6 +276,6 @@ def test_experiments_and_the_locust_file_ship_in_the_package(
     assert experiment.budgets.processor_cpu == 0.1 and "[budgets]" in text
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"
-    ]["cryptostream"]
+    ]["cryptostream_lab"]
     assert "harness/experiments/*.toml" in package_data
     assert (Path(runner.__file__).with_name("locustfile.py")).is_file()

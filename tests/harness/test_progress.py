@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cryptostream.harness.progress import duration_text, eta_s, locust_live, trial_status, wrap
+from cryptostream_lab.harness.progress import duration_text, eta_s, locust_live, trial_status, wrap
 
 
 def test_eta_extrapolates_the_pace_of_the_trials_done() -> None:

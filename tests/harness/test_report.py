@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cryptostream.cli import app
-from cryptostream.harness import report
+from cryptostream_lab.harness import rendering, report
 
 FIXTURE = Path(__file__).parent / "data" / "results.json"
 
@@ -48,7 +48,7 @@ def test_report_writes_plots_markdown_and_html(folder: Path) -> None:
 
 def test_summary_table_has_medians_spreads_and_flags(folder: Path) -> None:
     results = orjson.loads((folder / "results.json").read_bytes())
-    built = report.build(results)
+    built = rendering.build(results)
     titles = {t.title.split(" (")[0]: t for t in built.tables}
     assert built.tables[0].title == "Summary"  # the summary comes first
     fixed = titles["Fixed-rate trials"]
@@ -57,7 +57,7 @@ def test_summary_table_has_medians_spreads_and_flags(folder: Path) -> None:
     assert [row[0] for row in fixed.rows] == ["1", "2"]
     assert all("±" in row[3] for row in fixed.rows)  # 2 repetitions: median and spread
     # Every flagged figure is marked in its table and listed with its min and max.
-    marked = sum(cell.count(report.FLAG) for t in built.tables for row in t.rows for cell in row)
+    marked = sum(cell.count(rendering.FLAG) for t in built.tables for row in t.rows for cell in row)
     assert marked == len(built.flagged)
     assert all("min" in line and "max" in line for line in built.flagged)
     assert search.header[2] == "capacity /s"
@@ -68,17 +68,17 @@ def test_flagging_follows_the_10_percent_rule(folder: Path) -> None:
     results = orjson.loads((folder / "results.json").read_bytes())
     trials = [t for g in results["groups"] for t in g["trials"] if t["processors"] == 1]
     trials[0]["processed_rate"], trials[1]["processed_rate"] = 1000.0, 1500.0
-    built = report.build(results)
+    built = rendering.build(results)
     assert any("1 processor(s), 50 symbols, 2,000/s: processed rate" in f for f in built.flagged)
     trials[1]["processed_rate"] = 1050.0  # 5 % apart: not flagged
-    built = report.build(results)
+    built = rendering.build(results)
     assert not any("processed rate" in f for f in built.flagged)
 
 
 def test_mismatching_checksums_are_called_out(folder: Path) -> None:
     results = orjson.loads((folder / "results.json").read_bytes())
     results["groups"][1]["checksum"] = "0" * 64
-    md = report.markdown(report.build(results))
+    md = rendering.markdown(rendering.build(results))
     assert "NO: 2 distinct" in md
 
 

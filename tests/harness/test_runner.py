@@ -8,11 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
-from cryptostream.harness.model import load_experiment
-from cryptostream.harness.report import write_report
-from cryptostream.harness.runner import RunOptions, report_dir, run_experiment
-from cryptostream.stack.backends import ContainerStack
 from cryptostream.stack.local import LocalStack
+from cryptostream_lab.backends import ContainerStack
+from cryptostream_lab.harness.model import load_experiment
+from cryptostream_lab.harness.report import write_report
+from cryptostream_lab.harness.results import load_results
+from cryptostream_lab.harness.runner import RunOptions, report_dir, run_experiment
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,9 @@ def _run(stack: LocalStack | ContainerStack, out: Path, seed: int | None = None)
         )
     )
     assert folder == out
-    return dict(orjson.loads((out / "results.json").read_bytes()))
+    raw = dict(orjson.loads((out / "results.json").read_bytes()))
+    assert load_results(out).as_dict() == raw  # what the runner writes fits harness/results.py
+    return raw
 
 
 def test_tiny_experiment_measures_every_stage_and_is_reproducible(
@@ -108,7 +111,7 @@ def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(
 
     import psutil
 
-    from cryptostream.harness import cgroups
+    from cryptostream_lab.harness import cgroups
 
     name = "tiny"
     base: Path | None = None

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any
 
-from cryptostream.harness import report
-from cryptostream.harness.samplers import Sampler
+from cryptostream_lab.harness import rendering
+from cryptostream_lab.harness.samplers import Sampler
 
 BUSY = "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass\n"
 
@@ -53,12 +53,12 @@ def test_query_report_sets_server_rps_beside_locust_and_names_a_saturated_genera
             "server_seconds": 20.0,
         },
     }
-    text = report._query_accounting(trial)
+    text = rendering._query_accounting(trial)
     assert "counted 4,000 req/s itself" in text and "Locust's 4,030 req/s" in text
     assert "query API 140 %" in text and "Locust 97 %" in text
     assert "load generator was the bottleneck" in text
     trial["cpu_percent_mean"]["locust"] = 40.0
-    assert "bottleneck" not in report._query_accounting(trial)
+    assert "bottleneck" not in rendering._query_accounting(trial)
 
 
 def test_query_cpu_is_averaged_over_locusts_own_run() -> None:
@@ -72,6 +72,6 @@ def test_query_cpu_is_averaged_over_locusts_own_run() -> None:
         },
         "query_load": {"stats": [], "window_s": [0.5, 2.5]},
     }
-    text = report._query_accounting(trial)
+    text = rendering._query_accounting(trial)
     assert "over Locust's run: query API 58 %" in text and "Locust 92 %" in text
     assert "load generator was the bottleneck" in text

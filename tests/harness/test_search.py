@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cryptostream.harness.search import RateSearch, Tried, lag_verdict
+from cryptostream_lab.harness.search import RateSearch, Tried, lag_verdict
 
 WARMUP_S = 2.0
 SEARCH_S = 8.0

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from cryptostream.harness import report
+from cryptostream_lab.harness import rendering
 
 DATA = Path(__file__).parent / "data"
 OLD_RESULTS = DATA / "scaling-3-results.json"  # reports/2026-11-25-scaling-3, series trimmed
@@ -199,7 +199,7 @@ def test_every_verdict_in_report_md_agrees_with_results_json(path: Path, tmp_pat
         pytest.fail(f"missing fixture {path}")
     shutil.copy(path, tmp_path / "results.json")
     results = _results(path)
-    md = report.markdown(report.build(results))
+    md = rendering.markdown(rendering.build(results))
     check(md, results)
 
 
@@ -211,7 +211,7 @@ def test_the_old_reference_report_contradicts_its_data() -> None:
 
 def test_a_failed_confirmation_is_never_reported_as_capacity() -> None:
     results = _results(OLD_RESULTS)
-    md = report.markdown(report.build(results))
+    md = rendering.markdown(rendering.build(results))
     rows = {row["processors"]: row for row in table(md, "Summary")}
     # Repetition 1 of 1 processor: search sustained 80,000/s, its confirmation failed there.
     assert "80,000" not in rows["1"]["capacity /s"]
@@ -226,7 +226,7 @@ def test_the_report_follows_the_data_when_a_verdict_flips() -> None:
     for t in group["search"]["confirmations"]:
         if t["rate"] == capacity["rate"]:
             t["sustained"] = False  # now that confirmation failed
-    md = report.markdown(report.build(results))
+    md = rendering.markdown(rendering.build(results))
     check(md, results)
     rows = {
         (r["processors"], r["repetition"]): r

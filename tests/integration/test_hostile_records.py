@@ -15,16 +15,16 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cryptostream.checker import check
 from cryptostream.config import Settings
 from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS, DecodeError, decode_trade
 from cryptostream.core.deadletter import decode_dead_letter
 from cryptostream.core.trades import MAX_ID, MAX_TIME_MS, MAX_TIME_US, Trade
 from cryptostream.kafka_clients import make_producer
 from cryptostream.processor.service import Processor
-from cryptostream.stack.backends import ContainerStack
 from cryptostream.stack.local import LocalStack
 from cryptostream.topics import create_topics, required_topics
+from cryptostream_lab.backends import ContainerStack
+from cryptostream_lab.checker import check
 from tests.kafka_helpers import read_all, watermarks
 
 pytestmark = pytest.mark.integration

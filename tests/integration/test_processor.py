@@ -12,12 +12,12 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from cryptostream.checker import check
 from cryptostream.core.codec import decode_trade
 from cryptostream.core.trades import Trade
 from cryptostream.processor.service import rebuild
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
+from cryptostream_lab.checker import check
 from tests.conftest import Env
 from tests.kafka_helpers import produce, read_all, synthetic_trades, watermarks
 

@@ -4,7 +4,7 @@ A scenario builds a :class:`FaultRun` around a :class:`~cryptostream.stack.pipel
 injects faults through it (each one timed until the pipeline has recovered), and finishes with
 :meth:`FaultRun.finish`: lag back to zero, the checker's comparison of Redis with the truth,
 and the exit codes of every supervised child that was not a victim. The outcome is a
-:class:`~cryptostream.reliability.model.ScenarioResult`, appended to the report when
+:class:`~cryptostream_lab.reliability.model.ScenarioResult`, appended to the report when
 ``RELIABILITY_REPORT_DIR`` is set (``nox -s reliability``).
 """
 
@@ -26,18 +26,18 @@ import httpx
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from cryptostream.checker import check
 from cryptostream.config import Settings
 from cryptostream.core.codec import decode_trade, encode_key, encode_trade
 from cryptostream.core.keys import offsets_key, price_key
 from cryptostream.core.trades import Trade
 from cryptostream.kafka_clients import producer_config
-from cryptostream.reliability.gaps import GapSummary, expected_trades, id_audit, summarize
-from cryptostream.reliability.model import ScenarioResult
-from cryptostream.reliability.recovery import RecoveryTimer, caught_up
-from cryptostream.reliability.report import append_result
 from cryptostream.stack.pipeline import Pipeline, SimulatorHandle, wait_for
 from cryptostream.stack.supervisor import ManagedProcess
+from cryptostream_lab.checker import check
+from cryptostream_lab.reliability.gaps import GapSummary, expected_trades, id_audit, summarize
+from cryptostream_lab.reliability.model import ScenarioResult
+from cryptostream_lab.reliability.recovery import RecoveryTimer, caught_up
+from cryptostream_lab.reliability.report import append_result
 from tests.kafka_helpers import read_all
 
 REPORT_DIR_ENV = "RELIABILITY_REPORT_DIR"

@@ -12,12 +12,12 @@ import redis
 from confluent_kafka import TopicPartition
 from pydantic import SecretStr
 
-from cryptostream.checker import check
 from cryptostream.config import Settings
 from cryptostream.kafka_clients import make_consumer, security_config
 from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.topics import TopicError, create_topics, require_topic, required_topics
+from cryptostream_lab.checker import check
 from tests.conftest import Env
 from tests.kafka_helpers import produce, synthetic_trades
 

@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from cryptostream.config import Settings
-from cryptostream.reliability.recovery import caught_up
 from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
 from cryptostream.stack.pipeline import Pipeline, SimulatorHandle, wait_for
 from cryptostream.stack.supervisor import free_port
@@ -41,6 +40,7 @@ from cryptostream.stack.toxiproxy import (
     ensure_toxiproxy,
 )
 from cryptostream.topics import create_topics, required_topics
+from cryptostream_lab.reliability.recovery import caught_up
 from tests.conftest import Env
 from tests.reliability.harness import (
     FaultRun,

@@ -13,12 +13,12 @@ import psutil
 import pytest
 import redis
 
-from cryptostream.checker import check
 from cryptostream.config import Settings
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.redis_server import RedisServer
 from cryptostream.stack.supervisor import ManagedProcess, free_port
+from cryptostream_lab.checker import check
 from marketsim.cli import build_parser
 from tests.conftest import Env
 from tests.kafka_helpers import produce, synthetic_trades

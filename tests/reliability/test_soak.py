@@ -19,10 +19,10 @@ import orjson
 import psutil
 import pytest
 
-from cryptostream.reliability.memory import MemoryVerdict, memory_verdict
-from cryptostream.reliability.recovery import total_lag
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
+from cryptostream_lab.reliability.memory import MemoryVerdict, memory_verdict
+from cryptostream_lab.reliability.recovery import total_lag
 from tests.conftest import Env
 from tests.reliability.harness import FaultRun, Profile, settle_and_finish
 

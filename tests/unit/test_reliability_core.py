@@ -9,11 +9,11 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cryptostream.reliability.gaps import expected_trades, id_audit, parse_gap_record, summarize
-from cryptostream.reliability.memory import memory_verdict, slope
-from cryptostream.reliability.model import ScenarioResult
-from cryptostream.reliability.recovery import RecoveryTimer, caught_up, total_lag
-from cryptostream.reliability.report import (
+from cryptostream_lab.reliability.gaps import expected_trades, id_audit, parse_gap_record, summarize
+from cryptostream_lab.reliability.memory import memory_verdict, slope
+from cryptostream_lab.reliability.model import ScenarioResult
+from cryptostream_lab.reliability.recovery import RecoveryTimer, caught_up, total_lag
+from cryptostream_lab.reliability.report import (
     append_result,
     load_results,
     render_markdown,

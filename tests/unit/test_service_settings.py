@@ -19,7 +19,7 @@ CODE = {
     "topics": ["topics.py", "kafka_clients.py"],
     "stack": ["stack"],
 }
-TEST_ONLY = {"test_backend"}  # read by the tests' fixtures (stack/backends.py), not a command
+TEST_ONLY = {"test_backend"}  # read by the tests' fixtures (cryptostream_lab/backends.py)
 
 
 def _fields_read(parts: list[str]) -> set[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from cryptostream.reliability.model import ScenarioResult
+from cryptostream_lab.reliability.model import ScenarioResult
 
 COLUMNS = (
     "scenario", "variant", "faults injected", "records checked", "lost", "duplicated",
@@ -112,7 +112,7 @@ def write_report(results: list[ScenarioResult], folder: Path, **meta: Any) -> tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cryptostream.reliability.report FOLDER``: render FOLDER/results.jsonl."""
+    """``python -m cryptostream_lab.reliability.report FOLDER``: render FOLDER/results.jsonl."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv

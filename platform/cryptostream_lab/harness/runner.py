@@ -34,18 +34,36 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cryptostream.config import Settings
 from cryptostream.core.keys import price_key
-from cryptostream.harness import ceilings, environment, stats
-from cryptostream.harness.cgroups import PERIOD_US, CpuBudgets, open_budgets, throttled_share
-from cryptostream.harness.model import Experiment, Trial, plan_fixed
-from cryptostream.harness.progress import locust_live, trial_status, wrap
-from cryptostream.harness.samplers import (
+from cryptostream.stack.kafka import resolve_kafka_jars
+from cryptostream.stack.local import LocalStack
+from cryptostream.stack.pipeline import Pipeline, wait_for
+from cryptostream.stack.supervisor import (
+    ProcessGroup,
+    StackError,
+    sigterm_as_keyboard_interrupt,
+)
+from cryptostream.topics import create_topics, required_topics
+from cryptostream_lab.harness import ceilings, environment, stats
+from cryptostream_lab.harness.cgroups import PERIOD_US, CpuBudgets, open_budgets, throttled_share
+from cryptostream_lab.harness.drivers import (
+    GroupRun,
+    LocalWorkers,
+    TrialDriver,
+    TrialOptions,
+    WorkerProcess,
+    Workers,
+)
+from cryptostream_lab.harness.model import Experiment, Trial, plan_fixed
+from cryptostream_lab.harness.progress import locust_live, trial_status, wrap
+from cryptostream_lab.harness.results import RESULTS_FILE, dumps
+from cryptostream_lab.harness.samplers import (
     LatencyListener,
     OffsetProbe,
     Sampler,
     Series,
     views_checksum,
 )
-from cryptostream.harness.schedule import (
+from cryptostream_lab.harness.schedule import (
     TRADE_TIME_BASE_MS,
     OpenSchedule,
     SyntheticTrades,
@@ -53,17 +71,7 @@ from cryptostream.harness.schedule import (
     symbol_names,
     symbol_sequence,
 )
-from cryptostream.harness.search import Outcome, RateSearch, lag_verdict
-from cryptostream.stack.kafka import resolve_kafka_jars
-from cryptostream.stack.local import LocalStack
-from cryptostream.stack.pipeline import Pipeline, wait_for
-from cryptostream.stack.supervisor import (
-    ManagedProcess,
-    ProcessGroup,
-    StackError,
-    sigterm_as_keyboard_interrupt,
-)
-from cryptostream.topics import create_topics, required_topics
+from cryptostream_lab.harness.search import Outcome, RateSearch, lag_verdict
 
 RESULTS_SCHEMA = 1
 ID_STRIDE = 1_000_000_000  # trade ids of trial k start after k * ID_STRIDE (deterministic)
@@ -123,6 +131,7 @@ class Runner:
         self.x = options.experiment
         self.console = Console(stderr=True)
         self.results: dict[str, Any] = {}
+        self.drivers: dict[str, TrialDriver] = {}  # by Trial.kind, set once the context exists
         self.run_id = uuid.uuid4().hex[:6]
         self._trials_done = self._trials_total = 0
         self._started = time.monotonic()
@@ -182,6 +191,10 @@ class Runner:
                         }
                     )
                 ctx = Context(settings, workdir, self.console, progress, budgets=budgets)
+                # The load runs on this machine; another Workers would run it elsewhere.
+                direct = DirectLoad(self.x, LocalWorkers(ctx.children))
+                self.drivers = {kind: direct for kind in DirectLoad.kinds}
+                self.drivers["replay"] = FullPathReplay(self.x)
                 if stack is not None:
                     for name, server in (("kafka", stack.kafka), ("redis", stack.redis)):
                         if server is not None and server.process and server.process.pid:
@@ -213,9 +226,7 @@ class Runner:
                     # Keep the servers' logs, drop their data (hundreds of MB after a search).
                     shutil.rmtree(workdir / "stack" / "kafka" / "data", ignore_errors=True)
                 self.results["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-                (out / "results.json").write_bytes(
-                    orjson.dumps(self.results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-                )
+                (out / RESULTS_FILE).write_bytes(dumps(self.results))  # harness/results.py
         return out
 
     # --- ceilings ------------------------------------------------------------------------------
@@ -345,22 +356,18 @@ class Runner:
                 ctx.budget(f"g{index}-query", self.x.budgets.query_cpu, query.process.pid)
                 query_url = query.base_url
             trial_no = 0
+            run = GroupRun(ctx, pipeline, probe)
             for trial in trials:
                 self._describe(ctx, overall, trial, index)
-                if trial.kind == "replay":
-                    assert replay_file is not None
-                    record = self._replay_trial(ctx, pipeline, probe, trial, replay_file)
-                else:
-                    record = self._direct_trial(ctx, pipeline, probe, trial, trial_no, query_url)
+                options = TrialOptions(trial_no, query_url, replay_file=replay_file)
+                record = self.drivers[trial.kind].run(run, trial, options)
                 trial_no += 1
                 result["trials"].append(record)
                 self._advance(ctx, overall)
             result["checksum"] = views_checksum(client, names)
             result["symbols_checked"] = len(names)
             if self.x.search.enabled and self.x.workload.source == "synthetic":
-                result["search"] = self._search(
-                    ctx, pipeline, probe, processors, trial_no, overall, index, rep
-                )
+                result["search"] = self._search(run, processors, trial_no, overall, index, rep)
         finally:
             pipeline.stop()
             for role in [r for r in ctx.cpu_stats() if r.startswith(f"g{index}-")]:
@@ -387,18 +394,115 @@ class Runner:
             f"{trial.kind} {what}, group {index}",
         )
 
-    # --- one fixed-rate trial with the direct load generator -----------------------------------
-    def _direct_trial(
+    # --- sustainable-rate search ---------------------------------------------------------------
+    def _search(
         self,
-        ctx: Context,
-        pipeline: Pipeline,
-        probe: OffsetProbe,
-        trial: Trial,
+        run: GroupRun,
+        processors: int,
         trial_no: int,
-        query_url: str | None,
-        drain_timeout: float | None = None,
-        latency: bool = True,
+        overall: Any,
+        index: int,
+        rep: int,
     ) -> dict[str, Any]:
+        s, ctx = self.x.search, run.ctx
+        start = s.start_rate * (processors if s.start_per_processor else 1)
+        search = RateSearch(
+            start,
+            s.max_rate,
+            s.max_trials,
+            s.resolution,
+            s.max_confirmations if s.capacity_trial else 0,
+        )
+        symbols = max(self.x.workload.symbol_counts)
+        trials: list[dict[str, Any]] = []
+        confirmations: list[dict[str, Any]] = []
+        capacity: dict[str, Any] | None = None
+        while (step := search.next_step()) is not None:
+            if step.confirm:
+                # The confirmation: a longer trial at the best rate, measured like the fixed-rate
+                # trials (latency too). Only a sustained confirmation makes a capacity.
+                trial = Trial(
+                    kind="capacity",
+                    repetition=rep,
+                    processors=processors,
+                    symbols=symbols,
+                    rate=step.rate,
+                    duration_s=self.x.workload.duration_s,
+                )
+                self._describe(ctx, overall, trial, index)
+                options = TrialOptions(trial_no, drain_timeout=20)
+                record = self.drivers[trial.kind].run(run, trial, options)
+                confirmations.append(record)
+                if record["sustained"] and record["produced_rate"] >= 0.9 * step.rate:
+                    capacity = record
+            else:
+                trial = Trial(
+                    kind="search",
+                    repetition=rep,
+                    processors=processors,
+                    symbols=symbols,
+                    rate=step.rate,
+                    duration_s=s.trial_s,
+                )
+                self._describe(ctx, overall, trial, index)
+                options = TrialOptions(trial_no, drain_timeout=15, latency=False)
+                record = self.drivers[trial.kind].run(run, trial, options)
+                trials.append(record)
+            self._advance(ctx, overall)
+            trial_no += 1
+            outcome = trial_outcome(record)
+            record["outcome"] = outcome
+            search.record(
+                step.rate, outcome, confirm=step.confirm, processed=record["processed_rate"]
+            )
+        skipped = s.max_trials + search.max_confirmations - len(trials) - len(confirmations)
+        if skipped > 0:
+            self._advance(ctx, overall, skipped)
+        return {
+            "capacity_rate": search.capacity,
+            "lower_bound": search.lower_bound,
+            "resolved": search.resolved,
+            "upper_rate": search.upper,
+            "max_sustained_rate": search.capacity,  # the confirmed capacity (older readers)
+            "lowest_failed_rate": search.failed,
+            "generator_limited": any(t["outcome"] == "limited" for t in trials),
+            "start_rate": start,
+            "trials": trials,
+            "confirmations": confirmations,
+            "capacity": capacity,
+        }
+
+    def _print_group(self, group: dict[str, Any]) -> None:
+        parts = [f"group {group['index']}: {group['processors']} processor(s)"]
+        for t in group["trials"]:
+            lat = t.get("latency_ms", {})
+            parts.append(
+                f"{t['kind']} {t.get('rate', 0):,.0f}/s -> processed {t['processed_rate']:,.0f}/s"
+                + (f", p99 {lat['p99']:.1f} ms" if lat.get("count") else "")
+            )
+        if "search" in group:
+            parts.append(f"max sustained {group['search']['max_sustained_rate']}/s")
+        for line in wrap(parts):
+            self.console.print(line, soft_wrap=True)
+
+
+# --- the trial drivers (drivers.TrialDriver) -----------------------------------------------------
+
+
+class DirectLoad:
+    """The fixed-rate, search and capacity trials: the Kafka load generator at an open-model
+    rate (and Locust against the query API, if the experiment asks), started by ``workers``."""
+
+    kinds = ("fixed", "search", "capacity")
+
+    def __init__(self, experiment: Experiment, workers: Workers) -> None:
+        self.x = experiment
+        self.workers = workers
+
+    def run(self, group: GroupRun, trial: Trial, options: TrialOptions) -> dict[str, Any]:
+        ctx, pipeline, probe = group.ctx, group.pipeline, group.probe
+        trial_no, query_url = options.trial_no, options.query_url
+        drain_timeout, latency = options.drain_timeout, options.latency
         w, m = self.x.workload, self.x.measurements
         count = max(1, int(trial.rate * trial.duration_s))
         id_base = trial_no * ID_STRIDE
@@ -419,7 +523,7 @@ class Runner:
         argv = [
             sys.executable,
             "-m",
-            "cryptostream.harness.loadgen",
+            "cryptostream_lab.harness.loadgen",
             "--topic",
             pipeline.extra_env["CSP_TOPIC"],
             "--rate",
@@ -439,7 +543,7 @@ class Runner:
             "--out",
             str(out_file),
         ]
-        loadgen = ManagedProcess(
+        loadgen = self.workers.process(
             f"loadgen-{trial_no}",
             argv,
             env=pipeline.env(),
@@ -454,14 +558,14 @@ class Runner:
         sampler = Sampler(
             probe,
             m.sample_interval_s,
-            lambda: {**self._pids(ctx, pipeline, loadgen), **extra_pids},
+            lambda: {**process_pids(ctx, pipeline, loadgen), **extra_pids},
             resources=m.resources,
         )
         sampler.t0 = time.monotonic() + (start_wall - time.time())
         baseline = sum(probe.produced().values())
         if listener is not None:
             listener.start()
-        ctx.children.add(loadgen.start())
+        loadgen.start()  # in ctx.children through the workers: stopped on every exit path
         ctx.budget("loadgen", self.x.budgets.loadgen_cpu, loadgen.pid)
         cpu_before = ctx.cpu_stats()
         sampler.start()
@@ -490,7 +594,7 @@ class Runner:
                     assert query_url is not None
                     served_before = (time.monotonic(), server_requests(query_url))
                     locust_from = served_before[0] - sampler.t0  # on the series' clock
-                    locust_proc = self._start_locust(ctx, pipeline, query_url, trial.symbols)
+                    locust_proc = self._start_locust(pipeline, query_url, trial.symbols)
                     if locust_proc[0].pid is not None:
                         extra_pids["locust"] = locust_proc[0].pid
                 live = locust_live(locust_proc[1]) if locust_proc is not None else None
@@ -552,106 +656,69 @@ class Runner:
             record["query_load"] = locust
         return record
 
-    def _pids(
-        self, ctx: Context, pipeline: Pipeline, loadgen: ManagedProcess | None = None
-    ) -> dict[str, int]:
-        pids = {"harness": os.getpid(), **ctx.server_pids}
-        roles: dict[str, int] = {}
-        for process in pipeline.group.processes:
-            if process.pid is not None and process.alive():
-                role = process.name.rsplit("-", 1)[0]
-                roles[role] = roles.get(role, 0) + 1
-                pids[f"{role}-{roles[role]}"] = process.pid
-        if loadgen is not None and loadgen.pid is not None and loadgen.alive():
-            pids["loadgen"] = loadgen.pid
-        return pids
-
-    # --- sustainable-rate search ---------------------------------------------------------------
-    def _search(
-        self,
-        ctx: Context,
-        pipeline: Pipeline,
-        probe: OffsetProbe,
-        processors: int,
-        trial_no: int,
-        overall: Any,
-        index: int,
-        rep: int,
-    ) -> dict[str, Any]:
-        s = self.x.search
-        start = s.start_rate * (processors if s.start_per_processor else 1)
-        search = RateSearch(
-            start,
-            s.max_rate,
-            s.max_trials,
-            s.resolution,
-            s.max_confirmations if s.capacity_trial else 0,
-        )
-        symbols = max(self.x.workload.symbol_counts)
-        trials: list[dict[str, Any]] = []
-        confirmations: list[dict[str, Any]] = []
-        capacity: dict[str, Any] | None = None
-        while (step := search.next_step()) is not None:
-            if step.confirm:
-                # The confirmation: a longer trial at the best rate, measured like the fixed-rate
-                # trials (latency too). Only a sustained confirmation makes a capacity.
-                trial = Trial(
-                    kind="capacity",
-                    repetition=rep,
-                    processors=processors,
-                    symbols=symbols,
-                    rate=step.rate,
-                    duration_s=self.x.workload.duration_s,
-                )
-                self._describe(ctx, overall, trial, index)
-                record = self._direct_trial(
-                    ctx, pipeline, probe, trial, trial_no, None, drain_timeout=20
-                )
-                confirmations.append(record)
-                if record["sustained"] and record["produced_rate"] >= 0.9 * step.rate:
-                    capacity = record
-            else:
-                trial = Trial(
-                    kind="search",
-                    repetition=rep,
-                    processors=processors,
-                    symbols=symbols,
-                    rate=step.rate,
-                    duration_s=s.trial_s,
-                )
-                self._describe(ctx, overall, trial, index)
-                record = self._direct_trial(
-                    ctx, pipeline, probe, trial, trial_no, None, drain_timeout=15, latency=False
-                )
-                trials.append(record)
-            self._advance(ctx, overall)
-            trial_no += 1
-            outcome = trial_outcome(record)
-            record["outcome"] = outcome
-            search.record(
-                step.rate, outcome, confirm=step.confirm, processed=record["processed_rate"]
-            )
-        skipped = s.max_trials + search.max_confirmations - len(trials) - len(confirmations)
-        if skipped > 0:
-            self._advance(ctx, overall, skipped)
-        return {
-            "capacity_rate": search.capacity,
-            "lower_bound": search.lower_bound,
-            "resolved": search.resolved,
-            "upper_rate": search.upper,
-            "max_sustained_rate": search.capacity,  # the confirmed capacity (older readers)
-            "lowest_failed_rate": search.failed,
-            "generator_limited": any(t["outcome"] == "limited" for t in trials),
-            "start_rate": start,
-            "trials": trials,
-            "confirmations": confirmations,
-            "capacity": capacity,
+    # --- Locust --------------------------------------------------------------------------------
+    def _start_locust(
+        self, pipeline: Pipeline, url: str, symbols: int
+    ) -> tuple[WorkerProcess, Path]:
+        q = self.x.measurements.query_load
+        assert q is not None
+        prefix = pipeline.workdir / "locust"
+        locustfile = Path(__file__).resolve().with_name("locustfile.py")  # shipped in the package
+        argv = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(locustfile),
+            "--host",
+            url,
+            "--headless",
+            "-u",
+            str(q.users),
+            "-r",
+            str(q.spawn_rate),
+            "-t",
+            f"{q.duration_s:g}s",
+            "--csv",
+            str(prefix),
+            "--csv-full-history",
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+        ]
+        env = {
+            **os.environ,
+            "LOCUST_SYMBOLS": str(symbols),
+            "LOCUST_ZIPF_S": str(q.zipf),
+            "LOCUST_UNKNOWN_SHARE": str(q.unknown_share),
         }
+        proc = self.workers.process(
+            "locust", argv, env=env, log_path=pipeline.workdir / "logs" / "locust.log"
+        ).start()
+        return proc, prefix
 
-    # --- replay through the full path ----------------------------------------------------------
-    def _replay_trial(
-        self, ctx: Context, pipeline: Pipeline, probe: OffsetProbe, trial: Trial, file: Path
-    ) -> dict[str, Any]:
+    def _finish_locust(self, started: tuple[WorkerProcess, Path]) -> dict[str, Any]:
+        proc, prefix = started
+        q = self.x.measurements.query_load
+        assert q is not None
+        code = proc.wait(q.duration_s + 60)
+        if code is None:
+            proc.stop()
+        return read_locust_csv(prefix) | {"exit_code": code}
+
+
+class FullPathReplay:
+    """A replay trial: the simulator replays a file, the ingest feeds Kafka (the full path)."""
+
+    kinds = ("replay",)
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.x = experiment
+
+    def run(self, group: GroupRun, trial: Trial, options: TrialOptions) -> dict[str, Any]:
+        ctx, pipeline, probe = group.ctx, group.pipeline, group.probe
+        assert options.replay_file is not None
+        file = options.replay_file
         w, m = self.x.workload, self.x.measurements
         expected = count_replay_trades(file)
         args = ["--wait-for-subscribers", "1"]
@@ -661,7 +728,7 @@ class Runner:
         sim = pipeline.start_simulator(args)
         listener = LatencyListener(pipeline.redis_url, None, time.time() + w.warmup_s)
         sampler = Sampler(
-            probe, m.sample_interval_s, lambda: self._pids(ctx, pipeline), resources=m.resources
+            probe, m.sample_interval_s, lambda: process_pids(ctx, pipeline), resources=m.resources
         )
         listener.start()
         sampler.start()
@@ -707,69 +774,21 @@ class Runner:
         record["latency_hdr"] = stats.encode(listener.histogram)
         return record
 
-    # --- Locust --------------------------------------------------------------------------------
-    def _start_locust(
-        self, ctx: Context, pipeline: Pipeline, url: str, symbols: int
-    ) -> tuple[ManagedProcess, Path]:
-        q = self.x.measurements.query_load
-        assert q is not None
-        prefix = pipeline.workdir / "locust"
-        locustfile = Path(__file__).resolve().with_name("locustfile.py")  # shipped in the package
-        argv = [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            str(locustfile),
-            "--host",
-            url,
-            "--headless",
-            "-u",
-            str(q.users),
-            "-r",
-            str(q.spawn_rate),
-            "-t",
-            f"{q.duration_s:g}s",
-            "--csv",
-            str(prefix),
-            "--csv-full-history",
-            "--only-summary",
-            "--loglevel",
-            "WARNING",
-        ]
-        env = {
-            **os.environ,
-            "LOCUST_SYMBOLS": str(symbols),
-            "LOCUST_ZIPF_S": str(q.zipf),
-            "LOCUST_UNKNOWN_SHARE": str(q.unknown_share),
-        }
-        proc = ManagedProcess(
-            "locust", argv, env=env, log_path=pipeline.workdir / "logs" / "locust.log"
-        ).start()
-        ctx.children.add(proc)
-        return proc, prefix
 
-    def _finish_locust(self, started: tuple[ManagedProcess, Path]) -> dict[str, Any]:
-        proc, prefix = started
-        q = self.x.measurements.query_load
-        assert q is not None
-        code = proc.wait(q.duration_s + 60)
-        if code is None:
-            proc.stop()
-        return read_locust_csv(prefix) | {"exit_code": code}
-
-    def _print_group(self, group: dict[str, Any]) -> None:
-        parts = [f"group {group['index']}: {group['processors']} processor(s)"]
-        for t in group["trials"]:
-            lat = t.get("latency_ms", {})
-            parts.append(
-                f"{t['kind']} {t.get('rate', 0):,.0f}/s -> processed {t['processed_rate']:,.0f}/s"
-                + (f", p99 {lat['p99']:.1f} ms" if lat.get("count") else "")
-            )
-        if "search" in group:
-            parts.append(f"max sustained {group['search']['max_sustained_rate']}/s")
-        for line in wrap(parts):
-            self.console.print(line, soft_wrap=True)
+def process_pids(
+    ctx: Context, pipeline: Pipeline, loadgen: WorkerProcess | None = None
+) -> dict[str, int]:
+    """The pids to sample, by role: the harness, the local servers, the group's processes."""
+    pids = {"harness": os.getpid(), **ctx.server_pids}
+    roles: dict[str, int] = {}
+    for process in pipeline.group.processes:
+        if process.pid is not None and process.alive():
+            role = process.name.rsplit("-", 1)[0]
+            roles[role] = roles.get(role, 0) + 1
+            pids[f"{role}-{roles[role]}"] = process.pid
+    if loadgen is not None and loadgen.pid is not None and loadgen.alive():
+        pids["loadgen"] = loadgen.pid
+    return pids
 
 
 # --- helpers (module level: testable without a run) ----------------------------------------------
@@ -892,7 +911,7 @@ def wait_group_stable(
     timeout: float = 90,
 ) -> None:
     """Until the consumer group is STABLE with ``members`` members owning every partition."""
-    quiet = logging.getLogger("cryptostream.harness.admin")
+    quiet = logging.getLogger("cryptostream_lab.harness.admin")
     quiet.setLevel(logging.CRITICAL)
     config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
     admin = AdminClient(config)

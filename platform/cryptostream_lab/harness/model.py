@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-EXPERIMENTS_DIR = resources.files("cryptostream.harness") / "experiments"  # package data
+EXPERIMENTS_DIR = resources.files("cryptostream_lab.harness") / "experiments"  # package data
 
 
 class _Strict(BaseModel):

@@ -2,7 +2,7 @@
 
 Writes exactly what ``csp ingest`` writes (``core.codec`` values, key = symbol, the same
 producer settings), so the processors cannot tell the difference, at rates beyond what one
-WebSocket path delivers. Runs as its own process (``python -m cryptostream.harness.loadgen``)
+WebSocket path delivers. Runs as its own process (``python -m cryptostream_lab.harness.loadgen``)
 so it never competes for the harness's GIL; the harness passes the wall-clock start time, which
 fixes every record's intended send time in advance.
 
@@ -20,14 +20,14 @@ import orjson
 
 from cryptostream.config import Settings
 from cryptostream.core.codec import encode_key, encode_trade
-from cryptostream.harness.schedule import (
+from cryptostream.kafka_clients import make_producer
+from cryptostream_lab.harness.schedule import (
     OpenSchedule,
     SyntheticTrades,
     run_open_loop,
     symbol_names,
     symbol_sequence,
 )
-from cryptostream.kafka_clients import make_producer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,10 @@ import psutil
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from cryptostream.checker import read_views
 from cryptostream.core.keys import offsets_key
-from cryptostream.harness import stats
-from cryptostream.harness.schedule import VisibilityTracker
+from cryptostream_lab.checker import read_views
+from cryptostream_lab.harness import stats
+from cryptostream_lab.harness.schedule import VisibilityTracker
 
 UPDATES_CHANNEL = "updates:price"
 
@@ -36,7 +36,7 @@ class OffsetProbe:
     """High watermarks (Kafka) and applied offsets (Redis) of one topic's partitions."""
 
     def __init__(self, bootstrap: str, redis_url: str, topic: str, partitions: int) -> None:
-        quiet = logging.getLogger("cryptostream.harness.probe")
+        quiet = logging.getLogger("cryptostream_lab.harness.probe")
         quiet.setLevel(logging.CRITICAL)
         self.consumer = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": "csp-harness-probe", "logger": quiet}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptostream.harness.search import slope
+from cryptostream_lab.harness.search import slope
 
 __all__ = ["MemoryVerdict", "memory_verdict", "slope"]
 

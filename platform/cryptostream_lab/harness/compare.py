@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptostream.harness.verdicts import efficiency, scaling_verdicts
+from cryptostream_lab.harness.verdicts import efficiency, scaling_verdicts
 
 
 @dataclass(frozen=True)
