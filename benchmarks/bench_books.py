@@ -39,7 +39,6 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from hdrh.histogram import HdrHistogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from cryptostream.checker import check_books
 from cryptostream.config import Settings
 from cryptostream.core.depth import encode_diff, encode_snapshot
 from cryptostream.core.orderbook import DepthDiff, DepthSnapshot, Level
@@ -48,6 +47,7 @@ from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
 from cryptostream.topics import TopicSpec, create_topics, required_topics
+from cryptostream_lab.checker import check_books
 from profiling import py_spy_argv, summarize_profile
 
 STALL_S = 60

@@ -29,9 +29,9 @@ from websockets.http11 import Request, Response
 from cryptostream.config import Settings
 from cryptostream.core.depth import TopicBook, decode_depth
 from cryptostream.ingest.gaps import DepthBreakRecord, decode_depth_break
-from cryptostream.reliability.gaps import summarize
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
+from cryptostream_lab.reliability.gaps import summarize
 from tests.conftest import Env
 from tests.kafka_helpers import read_all
 from tests.unit.test_ingest_depth import SHARED, read_recording

@@ -22,9 +22,9 @@ import pytest
 from cryptostream.config import Settings
 from cryptostream.core.depth import TopicBook, decode_depth
 from cryptostream.ingest.gaps import decode_depth_break
-from cryptostream.reliability.gaps import summarize
 from cryptostream.stack.pipeline import Pipeline, SimulatorHandle, wait_for
 from cryptostream.stack.supervisor import ManagedProcess, free_port
+from cryptostream_lab.reliability.gaps import summarize
 from tests.conftest import Env
 from tests.integration.test_ingest_depth import depth_env  # noqa: F401 (the fixture)
 from tests.kafka_helpers import read_all

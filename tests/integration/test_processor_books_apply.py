@@ -11,13 +11,13 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cryptostream.checker import compare_books, expected_books, read_books
 from cryptostream.core.depth import TopicBook, decode_depth, encode_diff, encode_snapshot
 from cryptostream.core.keys import book_key, book_side_key, level_member
 from cryptostream.core.orderbook import DepthDiff, DepthSnapshot, Level
 from cryptostream.processor.batch import RawRecord
 from cryptostream.processor.books import BookBatch, BookMirror, parse_book_conflicts
 from cryptostream.processor.books_service import BOOKS_SCRIPT, load_mirrors
+from cryptostream_lab.checker import compare_books, expected_books, read_books
 from tests.conftest import Env
 from tests.unit.test_books_fold import depth_values, split
 from tests.unit.test_books_recordings import recorded_values

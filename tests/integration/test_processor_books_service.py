@@ -12,13 +12,13 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from cryptostream.checker import check, check_books, expected_books
 from cryptostream.core.codec import decode_trade, encode_key
 from cryptostream.core.depth import decode_depth
 from cryptostream.kafka_clients import producer_config
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
 from cryptostream.topics import TopicSpec, create_topics
+from cryptostream_lab.checker import check, check_books, expected_books
 from tests.conftest import Env
 from tests.kafka_helpers import produce, read_all, synthetic_trades, watermarks
 from tests.unit.test_books_fold import synthetic_depth

@@ -37,8 +37,8 @@ from cryptostream.ingest.gaps import (
     decode_depth_break,
     decode_gap,
 )
-from cryptostream.reliability.gaps import summarize
 from cryptostream.topics import required_topics
+from cryptostream_lab.reliability.gaps import summarize
 from tests.shared_data import SHARED_DATA as SHARED
 
 RECORDINGS = ["hftbacktest_spot_btcusdt_20240808.gz", "hftbacktest_spot_ethusdt_20240808.gz"]
