@@ -85,6 +85,18 @@ class RedisStore:
             # A connection that died with a Redis restart: one retry on a fresh one.
             return await self.hot.hget(key, b"price")
 
+    async def price_and_trade_id(self, symbol: str) -> tuple[bytes | None, bytes | None]:
+        """The latest price and its trade id (one ``HMGET``), for the price view."""
+        key = price_key(symbol)
+        try:
+            reply = await self.hot.execute(b"HMGET", key.encode(), b"price", b"trade_id")
+        except RedisTimedOut:
+            raise
+        except StoreUnavailable:  # a connection that died with a Redis restart: one retry
+            reply = await self.hot.execute(b"HMGET", key.encode(), b"price", b"trade_id")
+        price, trade_id = reply
+        return price, trade_id
+
     async def prices(self, symbols: Sequence[str]) -> list[bytes | None]:
         """Many latest prices in one round trip (a pipeline, not a transaction)."""
 
