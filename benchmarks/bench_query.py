@@ -17,7 +17,9 @@ What it does, in one run on this machine:
 4. reports req/s, p50/p90/p99 of each, the price/empty ratio per round (it holds on a noisy
    shared machine where absolute numbers do not) and verdicts against issue 19's targets:
    >= 35,000 req/s, p99 <= 5 ms, price >= 90 % of the empty route;
-5. ``--profile``: one more price measurement of the query service under py-spy, summarised.
+5. ``--view``: also the query service with its in-process price view
+   (``CSP_QUERY_PRICE_VIEW=true``), its own price/empty ratio and verdicts;
+6. ``--profile``: one more price measurement of the query service under py-spy, summarised.
 
 Usage::
 
@@ -115,7 +117,7 @@ def fill_redis(url: str, n: int) -> None:
 
 
 def server_argv(kind: str, port: int, profile: Path | None = None) -> list[str]:
-    if kind in ("query", "before"):
+    if kind in ("query", "view", "before"):
         if profile is not None:
             return [*py_spy_argv(profile, "query"), "--workers", "1"]
         return [sys.executable, "-m", "cryptostream", "query", "--workers", "1"]
@@ -188,6 +190,8 @@ class Server:
             "CSP_LOG_LEVEL": "WARNING",
             "CSP_RUN_DIR": str(workdir),
         }
+        if kind == "view":  # the query service with its in-process price view (query/view.py)
+            env["CSP_QUERY_PRICE_VIEW"] = "true"
         if source is not None:  # another tree's cryptostream package comes first on the path
             env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
         name = kind if profile is None else f"{kind}-profiled"
@@ -258,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         "package, e.g. `git archive <commit> platform | tar -x -C DIR` -> DIR/platform)",
     )
     parser.add_argument("--baseline", action="store_true", help="also measure plain FastAPI")
+    parser.add_argument(
+        "--view", action="store_true", help="also measure with CSP_QUERY_PRICE_VIEW=true"
+    )
     parser.add_argument("--profile", action="store_true", help="one more run under py-spy")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -267,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     # (label, server kind, path or None for the Zipf price requests)
     plan: list[tuple[str, str, str | None]] = [("price", "query", None)]
     plan.append(("empty", "query", EMPTY_PATH))
+    if args.view:
+        plan.append(("view_price", "view", None))
     if args.before is not None:
         plan.append(("before_price", "before", None))
     if args.baseline:
@@ -357,6 +366,31 @@ def main(argv: list[str] | None = None) -> int:
             "all": rps_ok and p99_ok and ratio_ok,
         },
     }
+    if "view_price" in runs:
+        view_ratios = [
+            round(v.requests_per_s / e.requests_per_s, 3)
+            for v, e in zip(runs["view_price"], runs["empty"], strict=True)
+        ]
+        view = summary(runs["view_price"])
+        view_ratio = statistics.median(view_ratios)
+        v_rps = view["requests_per_s_median"] >= TARGET_RPS
+        v_p99 = view["p99_ms_median"] <= TARGET_P99_MS
+        v_ratio = view_ratio >= TARGET_RATIO
+        report["with_price_view"] = {
+            "setting": "CSP_QUERY_PRICE_VIEW=true (max lag 100 ms)",
+            "ratio_price_to_empty_per_round": view_ratios,
+            "ratio_price_to_empty_median": view_ratio,
+            "verdict": {
+                "requests_per_s": v_rps,
+                "p99_ms": v_p99,
+                "ratio_price_to_empty": v_ratio,
+                "all": v_rps and v_p99 and v_ratio,
+            },
+        }
+        print(
+            f"with the price view: {view['requests_per_s_median']:.0f} req/s, p99 "
+            f"{view['p99_ms_median']:.2f} ms, view/empty {view_ratio:.3f}"
+        )
     if "before_price" in runs:
         report["ratio_after_to_before_per_round"] = [
             round(a.requests_per_s / b.requests_per_s, 3)
