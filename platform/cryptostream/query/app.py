@@ -59,7 +59,7 @@ class QueryApp:
                 "status": status,
                 "headers": [
                     (b"content-type", JSON_CONTENT_TYPE),
-                    (b"content-length", str(len(body)).encode()),
+                    (b"content-length", b"%d" % len(body)),
                 ],
             }
         )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
@@ -177,15 +178,19 @@ class PipelinedReader:
             protocol = await self._connect()
         return await protocol.send(_command(*parts))
 
-    async def hget(self, key: str, field: bytes) -> bytes | None:
+    def hget(self, key: str, field: bytes) -> Awaitable[bytes | None]:
+        """``HGET key field``: the reply's future itself when connected (one coroutine frame
+        less per request on the hot path), else a coroutine that connects first."""
+        k = key.encode()
+        command = b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(field), field)
         protocol = self._protocol
         if protocol is None or protocol.lost:
-            protocol = await self._connect()
-        k = key.encode()
-        reply: bytes | None = await protocol.send(
-            b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(field), field)
-        )
-        return reply
+            return self._connect_and_send(command)
+        return protocol.send(command)
+
+    async def _connect_and_send(self, command: bytes) -> Any:
+        protocol = await self._connect()
+        return await protocol.send(command)
 
     def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
