@@ -18,6 +18,7 @@ from cryptostream.stack.supervisor import free_port
 from tests.query.conftest import put_price, start_service, stop_service, wait_for
 
 HUNG_TIMEOUT_S = 0.5
+VIEW_LAG_MS = 100.0
 
 
 def test_503_while_redis_is_down_then_recovers(
@@ -72,12 +73,15 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
         server.stop()
 
 
+@pytest.mark.parametrize("price_view", [False, True], ids=["redis", "price-view"])
 def test_hung_redis_answers_503_within_the_timeout_then_recovers(
-    own_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    own_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory, price_view: bool
 ) -> None:
     """Redis accepts but does not answer (stopped with SIGSTOP): every pending /price fails with
     503 once the oldest reply is overdue -- within the configured timeout, not twice it (no
-    retry on a timeout) -- and the service reconnects by itself when Redis answers again."""
+    retry on a timeout) -- and the service reconnects by itself when Redis answers again.
+    With the price view, its pings go unanswered too, so after its lag bound it stops
+    answering and /price reads (the hung) Redis like without it."""
     client = redis.Redis.from_url(own_redis.url, decode_responses=True)
     put_price(client, "BTCUSDT", "100.5")
     client.close()
@@ -86,6 +90,8 @@ def test_hung_redis_answers_503_within_the_timeout_then_recovers(
         query_host="127.0.0.1",
         query_port=free_port(),
         query_redis_timeout_s=HUNG_TIMEOUT_S,
+        query_price_view=price_view,
+        query_price_view_max_lag_ms=VIEW_LAG_MS,
         run_dir=tmp_path_factory.mktemp("hung-run"),
     )
     service = start_service(settings)
@@ -94,8 +100,18 @@ def test_hung_redis_answers_503_within_the_timeout_then_recovers(
     try:
         with httpx.Client(base_url=service.url, timeout=10) as http:
             assert http.get("/price/BTCUSDT").json() == {"symbol": "BTCUSDT", "price": 100.5}
+            view = service.app.state.view
+            if price_view:  # the view is answering for BTCUSDT before Redis hangs
+                assert view is not None
+                wait_for(lambda: time.monotonic() < view.fresh_until, timeout=10)
+                http.get("/price/BTCUSDT")  # learned from this read
+                hits = view.hits
+                assert http.get("/price/BTCUSDT").status_code == 200
+                assert view.hits == hits + 1
             os.kill(proc.proc.pid, signal.SIGSTOP)
             try:
+                if price_view:
+                    time.sleep(VIEW_LAG_MS / 1000)  # the last pong's bound has passed
 
                 def timed_get(_: int) -> tuple[int, object, float]:
                     started = time.monotonic()
