@@ -270,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
+    # py-spy installed into this interpreter's environment (`uv pip install py-spy`) counts too.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    if args.profile and shutil.which("py-spy") is None:
+        print("py-spy is not installed (uv pip install py-spy): no profile", file=sys.stderr)
 
     # (label, server kind, path or None for the Zipf price requests)
     plan: list[tuple[str, str, str | None]] = [("price", "query", None)]
