@@ -9,7 +9,8 @@ What it does, in one run on this machine:
    optionally the query service of another source tree (``--before DIR``, e.g. the code before a
    change, exported with ``git archive``) and the plain FastAPI baseline
    (``benchmarks/query_baseline_app.py``, ``--baseline``);
-3. per round, one after the other (so every server sees the same machine load, alternating):
+3. per round, one after the other (so every server sees the same machine load, alternating,
+   each round in a rotated order):
    ``wrk -t1 -c64 -d15s`` with ``query_price.lua`` -- ``GET /price/{symbol}`` over 1,000
    Zipf-distributed symbols (s = 1) -- on each server, and the query service's empty route
    (``GET /health``: answered on the same fast path, a constant without touching Redis; that is
@@ -299,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers.values():
                 server.check_and_warm()
             for round_no in range(1, args.rounds + 1):
-                for label, kind, path in plan:
+                # Each round starts one step further into the plan: no measurement always
+                # follows the same other one (the machine's load drifts within a round too).
+                shift = (round_no - 1) % len(plan)
+                for label, kind, path in plan[shift:] + plan[:shift]:
                     result = to_result(label, round_no, servers[kind].wrk(args.duration, path))
                     runs[label].append(result)
                     print(
