@@ -204,7 +204,8 @@ def test_lost_channel_falls_back_to_redis(view_service: RunningService, r: redis
         wait_for(lambda: "SOLUSDT" in view.entries, timeout=5)
         assert http.get("/price/SOLUSDT").json() == {"symbol": "SOLUSDT", "price": 150.0}
         generation = view.generation
-        assert r.client_kill_filter(_type="pubsub") >= 1
+        subscribers = _subscribers(r)
+        assert r.client_kill_filter(_type="pubsub") >= 1  # every worker's, the session's too
         # A change the channel never carries (as if published while unsubscribed).
         r.hset(price_key("SOLUSDT"), mapping={"price": "151.0", "trade_id": "2"})
         time.sleep(MAX_LAG_MS / 1000)
@@ -217,6 +218,12 @@ def test_lost_channel_falls_back_to_redis(view_service: RunningService, r: redis
         hits = view.hits
         assert http.get("/price/SOLUSDT").json() == {"symbol": "SOLUSDT", "price": 152.0}
         assert view.hits == hits + 1
+    # Leave the other services of the session subscribed again, as found.
+    wait_for(lambda: _subscribers(r) >= subscribers, timeout=10)
+
+
+def _subscribers(r: redis.Redis) -> int:
+    return int(dict(r.pubsub_numsub(PRICE_CHANNEL)).get(PRICE_CHANNEL, 0))
 
 
 def _url(r: redis.Redis) -> str:
