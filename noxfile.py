@@ -129,7 +129,8 @@ def bench_simulator(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench_query(session: nox.Session) -> None:
-    """GET /price with wrk (-t1 -c64 -d15s, 1,000 symbols) vs a plain FastAPI baseline."""
+    """GET /price with wrk (-t1 -c64, 1,000 Zipf symbols) vs the same server's empty route
+    (`-- --view`, `--before DIR`, `--baseline`, `--profile` add measurements)."""
     _ensure_system_packages(session)
     if not shutil.which("wrk"):
         if shutil.which("apt-get") and os.geteuid() == 0:

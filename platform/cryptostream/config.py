@@ -142,6 +142,14 @@ class Settings(BaseSettings):
     query_idle_timeout_s: float = Field(
         5.0, gt=0, description="A keep-alive connection without a new request this long is closed"
     )
+    query_price_view: bool = Field(
+        False,
+        description="Serve GET /price from an in-process view fed by updates:price (only when "
+        "the processor is the only writer of price:* keys; see query/view.py)",
+    )
+    query_price_view_max_lag_ms: float = Field(
+        100.0, gt=0, description="The price view answers only while provably this fresh"
+    )
 
     # --- archive sink and history queries (archive/, history/) -------------------------------
     archive_dir: Path = Field(Path("archive"), description="root of the Parquet trade archive")

@@ -68,6 +68,49 @@ def test_fast_path_and_fastapi_route_agree(service: RunningService, r: redis.Red
     asyncio.run(compare())
 
 
+def test_health_fast_path_matches_the_fastapi_route(service: RunningService) -> None:
+    """``GET /health`` is answered on the fast path (the benchmark's empty route): same bytes,
+    status and content type as the documented FastAPI route, and counted in the metrics."""
+    app = create_app(service.app.state.settings)
+
+    async def compare() -> None:
+        fast = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        slow = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.api), base_url="http://t")
+        async with fast, slow:
+            a, b = await fast.get("/health"), await slow.get("/health")
+            assert (a.status_code, a.content) == (b.status_code, b.content) == (200, a.content)
+            assert a.json() == {"status": "ok"}
+            assert a.headers["content-type"] == b.headers["content-type"]
+            assert a.headers["content-length"] == str(len(a.content))
+            assert (await fast.post("/health")).status_code == 405  # other methods: FastAPI
+            text = (await fast.get("/metrics")).text
+            assert 'csp_query_requests_total{route="/health",status="200"} 1.0' in text
+
+    asyncio.run(compare())
+
+
+def test_concurrent_prices_share_one_connection_in_order(
+    service: RunningService, r: redis.Redis
+) -> None:
+    """Many requests in flight at once (pipelined on one Redis connection, written together)
+    each get their own symbol's answer, 404s included."""
+    for i in range(50):
+        put_price(r, f"SYM{i:02d}USDT", f"{i}.5")
+
+    async def burst() -> None:
+        async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+            names = [f"SYM{i % 60:02d}USDT" for i in range(300)]
+            answers = await asyncio.gather(*(client.get(f"/price/{n}") for n in names))
+        for name, resp in zip(names, answers, strict=True):
+            i = int(name[3:5])
+            if i < 50:
+                assert resp.json() == {"symbol": name, "price": i + 0.5}
+            else:
+                assert resp.status_code == 404
+
+    asyncio.run(burst())
+
+
 def test_other_paths_and_methods_are_json_errors(http: httpx.Client, r: redis.Redis) -> None:
     resp = http.get("/price/BTC/USDT")
     assert resp.status_code == 404

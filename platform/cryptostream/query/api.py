@@ -42,6 +42,7 @@ from cryptostream.query.responses import (
     price_body,
 )
 from cryptostream.query.store import RedisStore, StoreUnavailable
+from cryptostream.query.view import PriceView
 
 log = logging.getLogger("cryptostream.query")
 
@@ -55,7 +56,12 @@ class QueryState:
         self.settings = settings
         self.metrics = QueryMetrics()
         self._store: RedisStore | None = None
-        self.hub = PushHub(settings.redis_url, self.metrics)
+        self.view = (
+            PriceView(settings.query_price_view_max_lag_ms / 1000)
+            if settings.query_price_view
+            else None
+        )
+        self.hub = PushHub(settings.redis_url, self.metrics, self.view)
 
     @property
     def store(self) -> RedisStore:
@@ -83,6 +89,9 @@ class QueryState:
             symbol = normalize_symbol(raw)
         except InvalidSymbol as exc:
             return 400, error_body(str(exc))
+        view = self.view
+        if view is not None:
+            return await self._price_via_view(view, symbol)
         try:
             stored = await self.store.price(symbol)
         except StoreUnavailable:
@@ -95,6 +104,28 @@ class QueryState:
         except ValueError:
             log.error("malformed stored price", extra={"fields": {"symbol": symbol}})
             return 500, error_body("stored price is malformed")
+
+    async def _price_via_view(self, view: PriceView, symbol: str) -> tuple[int, bytes]:
+        """The view's answer if it is fresh and has the symbol, else Redis (and learn it)."""
+        body = view.lookup(symbol)
+        if body is not None:
+            return 200, body
+        token = view.read_token()
+        try:
+            stored, trade_id = await self.store.price_and_trade_id(symbol)
+        except StoreUnavailable:
+            self.metrics.redis_errors.inc()
+            return 503, REDIS_UNAVAILABLE
+        if stored is None:
+            return 404, PRICE_NOT_AVAILABLE
+        try:
+            body = price_body(symbol, stored)
+        except ValueError:
+            log.error("malformed stored price", extra={"fields": {"symbol": symbol}})
+            return 500, error_body("stored price is malformed")
+        if trade_id is not None and trade_id.isdigit():
+            view.learn(token, symbol, int(trade_id), body)
+        return 200, body
 
 
 # --- documented shapes ------------------------------------------------------------------------

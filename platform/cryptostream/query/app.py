@@ -3,9 +3,9 @@
 Why two layers: FastAPI's per-request machinery (dependency solving, validation, response
 model serialization) costs about half the throughput of a bare route, and ``/price`` is the
 endpoint users hammer. So :class:`QueryApp` answers ``GET /price/{symbol}`` itself (validate,
-one ``HGET``, orjson) and hands every other request -- and the lifespan -- to FastAPI, which
-still documents ``/price/{symbol}`` in the OpenAPI schema with a route of identical behaviour
-(tests check both give the same answers). Both layers render bodies through
+one ``HGET``, orjson) -- and ``GET /health``, a constant -- and hands every other request and the
+lifespan to FastAPI, which still documents both in the OpenAPI schema with routes of identical
+behaviour (tests check both give the same answers). Both layers render bodies through
 :mod:`cryptostream.query.responses`.
 """
 
@@ -22,6 +22,8 @@ from cryptostream.query.responses import JSON_CONTENT_TYPE
 
 PRICE_PREFIX = "/price/"
 _PREFIX_LEN = len(PRICE_PREFIX)
+HEALTH_PATH = "/health"
+HEALTH_BODY = b'{"status":"ok"}'
 
 
 class QueryApp:
@@ -41,6 +43,9 @@ class QueryApp:
             ):
                 await self._price(path[_PREFIX_LEN:], send)
                 return
+            if path == HEALTH_PATH and scope["method"] == "GET":
+                await self._health(send)
+                return
             await self._observed(scope, receive, send)
             return
         await self.api(scope, receive, send)
@@ -54,12 +59,29 @@ class QueryApp:
                 "status": status,
                 "headers": [
                     (b"content-type", JSON_CONTENT_TYPE),
-                    (b"content-length", str(len(body)).encode()),
+                    (b"content-length", b"%d" % len(body)),
                 ],
             }
         )
         await send({"type": "http.response.body", "body": body})
         self.state.metrics.price_served(status, time.perf_counter() - started)
+
+    async def _health(self, send: Send) -> None:
+        """``GET /health`` on the same fast path, a constant without Redis: liveness probes are
+        cheap, and the benchmark measures this server stack's ceiling with it."""
+        started = time.perf_counter()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", JSON_CONTENT_TYPE),
+                    (b"content-length", b"%d" % len(HEALTH_BODY)),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": HEALTH_BODY})
+        self.state.metrics.health_served(time.perf_counter() - started)
 
     async def _observed(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run FastAPI, recording status and latency under the matched route template."""

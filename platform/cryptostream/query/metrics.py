@@ -88,6 +88,13 @@ class QueryMetrics:
             for status in (200, 400, 404, 500, 503)
         }
 
+        self._health_ok = self.requests.labels("/health", "200")
+        self.health_route = self.latency.labels("/health")
+
+    def health_served(self, seconds: float) -> None:
+        self._health_ok.inc()
+        self.health_route.observe(seconds)
+
     def price_served(self, status: int, seconds: float) -> None:
         """Hot path: pre-bound children, no label lookup per request."""
         self._price_status[status].inc()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -39,6 +40,7 @@ from cryptostream.core.keys import BOOK_CHANNEL, PRICE_CHANNEL
 from cryptostream.core.symbols import InvalidSymbol
 from cryptostream.query.inputs import parse_symbol_list, parse_symbols
 from cryptostream.query.metrics import QueryMetrics
+from cryptostream.query.view import PriceView
 
 log = logging.getLogger("cryptostream.query.push")
 
@@ -88,6 +90,8 @@ class Topic:
         self.feeds: set[ClientFeed] = set()
         # Clients following every symbol: feed -> how many symbols it may follow at most.
         self.followers_of_all: dict[ClientFeed, int] = {}
+        # Sees every update first (the price view), whether or not a client follows it.
+        self.on_update: Callable[[Update], None] | None = None
 
     def pending_total(self) -> int:
         return sum(len(feed.pending) for feed in list(self.feeds))
@@ -135,6 +139,8 @@ class Topic:
             if not isinstance(update, dict):
                 continue
             self.received.inc()
+            if self.on_update is not None:
+                self.on_update(update)
             if self.followers_of_all:
                 self._follow_new_symbol(update.get("symbol"))
             feeds = self.by_symbol.get(update.get("symbol"))  # type: ignore[arg-type]
@@ -156,10 +162,15 @@ class PushHub:
     """The worker's single Redis subscription (``updates:price`` and ``updates:book`` on one
     connection) and one :class:`Topic` per channel."""
 
-    def __init__(self, redis_url: str, metrics: QueryMetrics) -> None:
+    def __init__(
+        self, redis_url: str, metrics: QueryMetrics, view: PriceView | None = None
+    ) -> None:
         self.redis_url = redis_url
         self.metrics = metrics
+        self.view = view
         self.prices = Topic("price", PRICE_CHANNEL, metrics.stream_updates)
+        if view is not None:
+            self.prices.on_update = view.apply
         self.books = Topic("book", BOOK_CHANNEL, metrics.stream_book_updates)
         self.topics = {topic.name: topic for topic in (self.prices, self.books)}
         self._by_channel = {topic.channel.encode(): topic for topic in self.topics.values()}
@@ -187,10 +198,14 @@ class PushHub:
             self._task = None
 
     async def _run(self) -> None:
-        """Subscribe, dispatch, and re-subscribe with backoff whenever Redis goes away."""
+        """Subscribe, dispatch, and re-subscribe with backoff whenever Redis goes away. With a
+        price view, a PING every ``max_lag / 4`` on the subscription confirms its freshness
+        (see :mod:`cryptostream.query.view`)."""
         backoff = 0.1
         first = True
         channels = [topic.channel for topic in self.topics.values()]
+        view = self.view
+        interval = 5.0 if view is None else view.max_lag_s / 4
         while True:
             client = aioredis.Redis.from_url(
                 self.redis_url, socket_connect_timeout=1.0, health_check_interval=15
@@ -198,24 +213,50 @@ class PushHub:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*channels)
+                if view is not None:
+                    view.subscribed()
                 if not first:
                     self.metrics.pubsub_reconnects.inc()
                     log.info("re-subscribed to %s", ", ".join(channels))
                 first = False
                 self.subscribed.set()
                 backoff = 0.1
+                seq = 0
+                ping_sent: tuple[bytes, float] | None = None  # one ping in flight at a time
+                next_ping = 0.0
                 while True:
-                    message = await pubsub.get_message(timeout=5.0)
-                    if message is not None and message.get("type") == "message":
+                    if view is not None and ping_sent is None and time.monotonic() >= next_ping:
+                        seq += 1
+                        token = b"csp-view-%d" % seq
+                        ping_sent = (token, time.monotonic())
+                        await pubsub.ping(token)
+                        next_ping = ping_sent[1] + interval
+                    message = await pubsub.get_message(timeout=interval)
+                    if message is None:
+                        continue
+                    kind = message.get("type")
+                    if kind == "message":
                         self.dispatch(message["channel"], message["data"])
+                    elif (
+                        kind == "pong"
+                        and view is not None
+                        and ping_sent is not None
+                        and message.get("data") == ping_sent[0]
+                    ):
+                        view.confirmed(ping_sent[1])
+                        ping_sent = None
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 self.subscribed.clear()
+                if view is not None:
+                    view.lost()
                 log.warning("push subscription lost: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
+                if view is not None:
+                    view.lost()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
                 with contextlib.suppress(Exception):

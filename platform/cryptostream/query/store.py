@@ -27,7 +27,7 @@ from cryptostream.core.keys import (
     stats_key,
 )
 from cryptostream.query.errors import StoreUnavailable
-from cryptostream.query.fastredis import PipelinedReader
+from cryptostream.query.fastredis import PipelinedReader, RedisTimedOut
 
 __all__ = ["RedisStore", "StoreUnavailable", "make_client"]
 
@@ -76,11 +76,26 @@ class RedisStore:
 
     async def price(self, symbol: str) -> bytes | None:
         """The latest price's decimal string, or None if the symbol has none."""
+        key = price_key(symbol)
         try:
-            return await self.hot.hget(price_key(symbol), b"price")
+            return await self.hot.hget(key, b"price")
+        except RedisTimedOut:
+            raise  # a hung Redis: a retry would double the wait before the 503
         except StoreUnavailable:
             # A connection that died with a Redis restart: one retry on a fresh one.
-            return await self.hot.hget(price_key(symbol), b"price")
+            return await self.hot.hget(key, b"price")
+
+    async def price_and_trade_id(self, symbol: str) -> tuple[bytes | None, bytes | None]:
+        """The latest price and its trade id (one ``HMGET``), for the price view."""
+        key = price_key(symbol)
+        try:
+            reply = await self.hot.execute(b"HMGET", key.encode(), b"price", b"trade_id")
+        except RedisTimedOut:
+            raise
+        except StoreUnavailable:  # a connection that died with a Redis restart: one retry
+            reply = await self.hot.execute(b"HMGET", key.encode(), b"price", b"trade_id")
+        price, trade_id = reply
+        return price, trade_id
 
     async def prices(self, symbols: Sequence[str]) -> list[bytes | None]:
         """Many latest prices in one round trip (a pipeline, not a transaction)."""
