@@ -89,3 +89,15 @@ def uncovered(names: Iterable[str]) -> list[str]:
         reach[key] = max(reach.get(key, -1), r.last)
         out.append(name)
     return sorted(out)
+
+
+def committed(names: Iterable[str], marks: dict[tuple[str, int], int]) -> list[str]:
+    """The data files among ``names`` whose offset range ends at or before their partition's
+    newest commit marker (``marks``: (topic, partition) -> its last offset); on an object store
+    only those are read (archive/objects.py)."""
+    out = []
+    for name in names:
+        r = parse_name(name)
+        if r is not None and r.last <= marks.get((r.topic, r.partition), -1):
+            out.append(name)
+    return out

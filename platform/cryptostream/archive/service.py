@@ -14,11 +14,13 @@ import signal
 import time
 from typing import Any
 
+import pyarrow.fs as pafs
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from cryptostream.archive.core import SinkCore
 from cryptostream.archive.metrics import ArchiveMetrics
-from cryptostream.archive.store import ArchiveStore
+from cryptostream.archive.objects import ObjectRoot
+from cryptostream.archive.store import Store, archive_root, open_store
 from cryptostream.config import Settings
 from cryptostream.kafka_clients import make_consumer, security_config
 from cryptostream.logs import RateLimitedLog, setup_logging
@@ -30,7 +32,7 @@ POLL_MAX = 20_000
 
 
 class ArchiveSink:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         self.topic = settings.topic
         self.core = SinkCore(
@@ -38,12 +40,7 @@ class ArchiveSink:
             settings.archive_flush_s,
             int(settings.processor_max_future_s * 1000),
         )
-        self.store = ArchiveStore(
-            settings.archive_dir,
-            settings.topic,
-            settings.archive_scale,
-            settings.archive_row_group_rows,
-        )
+        self.store = open_store(settings) if store is None else store
         self.consumer: Consumer = make_consumer(
             settings,
             **{"group.id": settings.archive_group_id, "enable.partition.eof": False},
@@ -157,12 +154,24 @@ def main(settings: Settings) -> int:
     except TopicError as exc:
         log.error(str(exc))
         return 2
-    try:
-        settings.archive_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        log.error(f"cannot create the archive folder {settings.archive_dir}: {exc}")
-        return 2
-    sink = ArchiveSink(settings)
+    root = archive_root(settings)
+    if isinstance(root, ObjectRoot):
+        try:  # the bucket must exist (the sink creates no buckets) and be reachable
+            bucket = root.fs.get_file_info(root.bucket)
+            missing = bucket.type == pafs.FileType.NotFound
+        except OSError as exc:
+            log.error(f"cannot reach the archive {root.url()}: {exc}")
+            return 2
+        if missing:
+            log.error(f"the archive's bucket does not exist: {root.url(root.bucket)}")
+            return 2
+    else:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error(f"cannot create the archive folder {root}: {exc}")
+            return 2
+    sink = ArchiveSink(settings, open_store(settings, root))
     if settings.archive_metrics_port:
         sink.metrics.serve(settings.archive_metrics_port, settings.metrics_host)
 
