@@ -269,3 +269,24 @@ def test_local_store_is_unchanged_by_the_interface(tmp_path: Path) -> None:
     paths = st.commit(core.take(0))
     assert all(isinstance(p, Path) and p.exists() for p in paths)
     assert st.resume(0) == 10 and _count(tmp_path) == 10
+
+
+def test_the_sink_refuses_to_start_on_a_missing_bucket_or_an_unreachable_store(
+    s3_server: S3Server, s3_root: ObjectRoot, tmp_path: Path
+) -> None:
+    from cryptostream.archive.service import prepare_root
+    from cryptostream.stack.supervisor import free_port
+
+    assert prepare_root(s3_root) is None
+    missing = archive_root(s3_server.settings("s3://no-such-bucket/x"))
+    assert isinstance(missing, ObjectRoot)
+    assert prepare_root(missing) == "the archive's bucket does not exist: s3://no-such-bucket"
+    closed = s3_server.settings(s3_root.url()).model_copy(
+        update={"archive_s3_endpoint": f"http://127.0.0.1:{free_port()}"}  # nothing listens
+    )
+    dead = archive_root(closed)
+    assert isinstance(dead, ObjectRoot)
+    problem = prepare_root(dead)
+    assert problem is not None and problem.startswith("cannot reach the archive s3://")
+    assert prepare_root(tmp_path / "new" / "folder") is None
+    assert (tmp_path / "new" / "folder").is_dir()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -142,6 +143,24 @@ class ArchiveSink:
         )
 
 
+def prepare_root(root: Path | ObjectRoot) -> str | None:
+    """Make the archive's folder, or check that its bucket exists (the sink creates no buckets)
+    and answers; None if the sink can start, else why not."""
+    if isinstance(root, Path):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create the archive folder {root}: {exc}"
+        return None
+    try:
+        missing = root.fs.get_file_info(root.bucket).type == pafs.FileType.NotFound
+    except OSError as exc:
+        return f"cannot reach the archive {root.url()}: {exc}"
+    if missing:
+        return f"the archive's bucket does not exist: {root.url(root.bucket)}"
+    return None
+
+
 def main(settings: Settings) -> int:
     setup_logging("archive", settings.log_level)
     try:
@@ -155,22 +174,10 @@ def main(settings: Settings) -> int:
         log.error(str(exc))
         return 2
     root = archive_root(settings)
-    if isinstance(root, ObjectRoot):
-        try:  # the bucket must exist (the sink creates no buckets) and be reachable
-            bucket = root.fs.get_file_info(root.bucket)
-            missing = bucket.type == pafs.FileType.NotFound
-        except OSError as exc:
-            log.error(f"cannot reach the archive {root.url()}: {exc}")
-            return 2
-        if missing:
-            log.error(f"the archive's bucket does not exist: {root.url(root.bucket)}")
-            return 2
-    else:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.error(f"cannot create the archive folder {root}: {exc}")
-            return 2
+    problem = prepare_root(root)
+    if problem is not None:
+        log.error(problem)
+        return 2
     sink = ArchiveSink(settings, open_store(settings, root))
     if settings.archive_metrics_port:
         sink.metrics.serve(settings.archive_metrics_port, settings.metrics_host)
