@@ -239,7 +239,7 @@ def test_retention_removes_whole_old_days(tmp_path: Path) -> None:
     last = dt.date.fromisoformat(days[-1].removeprefix("date="))
     assert maintain.retain(tmp_path, 0, today=last) == []
     removed = maintain.retain(tmp_path, 2, today=last)
-    assert [p.name for p in removed] == days[:1]
+    assert [Path(p).name for p in removed] == days[:1]
     assert sorted(p.name for p in tmp_path.glob("date=*")) == days[1:]
 
 

@@ -252,13 +252,22 @@ def test_csp_history_sql_reads_the_object_store(s3_server: S3Server, s3_url: str
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[1] == "1000"
     compact = subprocess.run(
-        [sys.executable, "-m", "cryptostream", "archive", "compact"],
+        [sys.executable, "-m", "cryptostream", "archive", "compact", "--min-files", "2"],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert compact.returncode == 2 and "local archive folder only" in compact.stderr
+    assert compact.returncode == 0, compact.stderr
+    assert len([n for n in _objects(root) if n.endswith(".parquet")]) == 4  # a day and symbol
+    out = subprocess.run(
+        [sys.executable, "-m", "cryptostream", "history", "sql", "SELECT count(*) FROM trades"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.splitlines()[1] == "1000", out.stderr
 
 
 def test_local_store_is_unchanged_by_the_interface(tmp_path: Path) -> None:
@@ -290,3 +299,82 @@ def test_the_sink_refuses_to_start_on_a_missing_bucket_or_an_unreachable_store(
     assert problem is not None and problem.startswith("cannot reach the archive s3://")
     assert prepare_root(tmp_path / "new" / "folder") is None
     assert (tmp_path / "new" / "folder").is_dir()
+
+
+def test_compaction_on_s3_merges_committed_objects_and_a_crash_midway_never_duplicates(
+    s3_root: ObjectRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptostream.archive import maintain
+
+    ts = trades(["BTCUSDT", "ETHUSDT"], 3000, span_ms=DAY // 2)
+    sink_all(s3_root, values(ts), flush_rows=400)
+    query = "SELECT symbol, count(*), sum(quantity), sum(price) FROM trades GROUP BY 1 ORDER BY 1"
+    before = History(s3_root).sql(query).rows
+    # a flush of partition 0 killed before its commit point: its objects must stay untouched
+    core = SinkCore(10**9, 3600.0)
+    partition = values(ts[:1])[0][0]
+    nxt = ObjectStore(s3_root, "raw.trades", 8, 1024).resume(partition)
+    assert nxt is not None
+    late = [
+        t for t in trades(["BTCUSDT", "ETHUSDT"], 200, seed=9) if values([t])[0][0] == partition
+    ]
+    for i, t in enumerate(late):
+        core.add(partition, nxt + i, encode_trade(t, t.trade_time * 1000), 0.0)
+    with pytest.raises(Killed):
+        ObjectStore(Dying(s3_root, 2), "raw.trades", 8, 1024).commit(core.take(partition))
+    leftovers = {n for n in _objects(s3_root) if n.endswith(".parquet")}
+    n_files = len(leftovers)
+
+    def killed(self: ObjectRoot, rel: str) -> None:
+        raise Killed("after the merged object, before deleting its sources")
+
+    monkeypatch.setattr(ObjectRoot, "delete", killed)
+    with pytest.raises(Killed):
+        maintain.compact(s3_root, 2, 1024)
+    monkeypatch.undo()
+    assert len([n for n in _objects(s3_root) if n.endswith(".parquet")]) == n_files + 1
+    assert History(s3_root).sql(query).rows == before
+    report = maintain.compact(s3_root, 2, 1024)
+    assert report.removed_covered > 0 and not report.bad
+    assert History(s3_root).sql(query).rows == before
+    after = {n for n in _objects(s3_root) if n.endswith(".parquet")}
+    uncommitted = {n for n in leftovers if f"-{nxt:020d}-" in n}
+    assert uncommitted and uncommitted <= after  # left to the sink's resume
+    assert len(after - uncommitted) == 2  # one object per symbol folder
+    ObjectStore(s3_root, "raw.trades", 8, 1024).resume(partition)
+    assert not uncommitted & {n for n in _objects(s3_root) if n.endswith(".parquet")}
+    assert History(s3_root).sql(query).rows == before
+
+
+def test_compaction_on_s3_leaves_a_folder_with_a_corrupt_object_alone(s3_root: ObjectRoot) -> None:
+    from cryptostream.archive import maintain
+
+    sink_all(s3_root, values(trades(["BTCUSDT"], 3000, span_ms=DAY // 2)), flush_rows=1000)
+    files = sorted(n for n in _objects(s3_root) if n.endswith(".parquet"))
+    s3_root.put(files[1], s3_root.get(files[1])[:100])
+    report = maintain.compact(s3_root, 2, 1024)
+    assert report.written == 0 and [p for p, _ in report.bad] == [
+        s3_root.url(s3_root.key(files[1]))
+    ]
+    assert sorted(n for n in _objects(s3_root) if n.endswith(".parquet")) == files
+
+
+def test_retention_on_s3_removes_whole_old_days(s3_root: ObjectRoot) -> None:
+    from cryptostream.archive import maintain
+
+    sink_all(s3_root, values(trades(["BTCUSDT"], 3000, span_ms=3 * DAY)))
+    days = sorted({n.split("/")[0] for n in _objects(s3_root) if n.startswith("date=")})
+    assert len(days) == 3
+    last = dt.date.fromisoformat(days[-1].removeprefix("date="))
+    assert maintain.retain(s3_root, 0, today=last) == []
+    removed = maintain.retain(s3_root, 2, today=last)
+    assert removed == [s3_root.url(s3_root.key(days[0]))]
+    left = sorted({n.split("/")[0] for n in _objects(s3_root) if n.startswith("date=")})
+    assert left == days[1:]
+    assert _count(s3_root) == len(
+        [
+            t
+            for t in trades(["BTCUSDT"], 3000, span_ms=3 * DAY)
+            if day_of(t.trade_time) >= str(last - dt.timedelta(days=1))
+        ]
+    )

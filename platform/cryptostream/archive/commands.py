@@ -30,12 +30,6 @@ def _root() -> Path | ObjectRoot:
     return archive_root(Settings())
 
 
-def _local_root(settings: Settings, what: str) -> Path:
-    if settings.archive_url:
-        raise _fail(f"{what} works on a local archive folder only, not on {settings.archive_url}")
-    return settings.archive_dir
-
-
 @archive_app.callback()
 def archive(ctx: typer.Context) -> None:
     """raw.trades -> Parquet files under CSP_ARCHIVE_DIR, each record exactly once."""
@@ -67,7 +61,7 @@ def archive_compact(
 
     settings = Settings()
     report = compact(
-        _local_root(settings, "csp archive compact"),
+        _root(),
         min_files or settings.archive_compact_min_files,
         settings.archive_row_group_rows,
     )
@@ -91,7 +85,7 @@ def archive_retain(
 
     settings = Settings()
     removed = retain(
-        _local_root(settings, "csp archive retain"),
+        _root(),
         settings.archive_retention_days if days is None else days,
     )
     for folder in removed:
