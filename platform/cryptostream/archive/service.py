@@ -1,7 +1,7 @@
 """``csp archive``: a consumer-group member writing ``raw.trades`` to the Parquet archive.
 
-A thin shell around :class:`~cryptostream.archive.core.SinkCore` (what to write, when) and
-:class:`~cryptostream.archive.store.ArchiveStore` (how, durably). Run as many as you like in
+A thin shell around :class:`~cryptostream.archive.core.SinkCore` (what to write, when) and a
+:class:`~cryptostream.archive.store.Store` (how, durably: a local folder or an object store). Run as many as you like in
 the group ``CSP_ARCHIVE_GROUP_ID``: each owns some partitions, resumes each from the archive's
 own commit marker (never from Kafka's committed offset), and flushes a partition before giving
 it up in a rebalance. Kafka offsets are committed after a flush is durable, for lag tooling.

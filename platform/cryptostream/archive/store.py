@@ -1,5 +1,10 @@
 """The archive on disk: Parquet files written atomically, one commit marker per Kafka partition.
 
+Two stores share the :class:`Store` interface: :class:`ArchiveStore` (a local folder, below) and
+:class:`~cryptostream.archive.objects.ObjectStore` (an S3-compatible object store, which has no
+rename: its own protocol, same guarantee). :func:`archive_root` and :func:`open_store` pick one
+from the settings (``CSP_ARCHIVE_URL`` set: the object store).
+
 A flush of Kafka partition ``p`` over offsets ``first..last`` (archive/core.py) is committed in
 this order, each step durable before the next:
 
