@@ -50,6 +50,13 @@ def test_only_ranges_a_marker_covers_count_as_committed() -> None:
     assert layout.committed(names, marks) == names[:2]
 
 
+def test_the_object_stores_resume_plan() -> None:
+    plan = layout.resume_plan([300, 100], [400, 300, 500])
+    assert plan == layout.ResumePlan(301, [400, 500], [300], [100])
+    assert layout.resume_plan([], [99]) == layout.ResumePlan(None, [99], [], [])
+    assert layout.resume_plan([], []) == layout.ResumePlan(None, [], [], [])
+
+
 def test_flush_by_row_count_and_revocation_drops_the_buffer() -> None:
     core = SinkCore(flush_rows=2, flush_s=3600.0)
     t = Trade("ETHUSDT", 1, "1", "1", T0, T0, False)

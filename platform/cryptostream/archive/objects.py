@@ -165,22 +165,22 @@ class ObjectStore:
         """Delete what flushes killed before their commit point left behind and return the
         first offset not yet archived (None: nothing archived, start at the beginning)."""
         folder = self.partition_dir(partition)
-        markers, intents = self._bookkeeping(partition)
-        committed = markers[-1] if markers else -1
-        for last in intents:
+        plan = layout.resume_plan(*self._bookkeeping(partition))
+        for last in plan.uncommitted:
             rel = f"{folder}/{intent_name(last)}"
-            if last > committed:
-                doc = orjson.loads(self.root.get(rel))
-                for final in doc["files"]:
-                    self.root.delete(final)
-                    log.warning(
-                        "archive: removed an uncommitted object (its records are read again)",
-                        extra={"fields": {"file.path": self.root.url(self.root.key(final))}},
-                    )
+            doc = orjson.loads(self.root.get(rel))
+            for final in doc["files"]:
+                self.root.delete(final)
+                log.warning(
+                    "archive: removed an uncommitted object (its records are read again)",
+                    extra={"fields": {"file.path": self.root.url(self.root.key(final))}},
+                )
             self.root.delete(rel)
-        for old in markers[:-1]:
+        for last in plan.finished:
+            self.root.delete(f"{folder}/{intent_name(last)}")
+        for old in plan.old_markers:
             self.root.delete(f"{folder}/{layout.marker_name(old)}")
-        return committed + 1 if markers else None
+        return plan.resume_at
 
     def commit(self, flush: Flush) -> list[str]:
         """Write one flush (intent, data objects, marker); return the objects' URLs."""
