@@ -9,6 +9,10 @@
    sink's own core and store; the day's 1440 one-minute candles through ``History.candles``
    (first call on a fresh object, then the median of repeats) and through the real query API
    (``GET /candles/{symbol}?interval=1m&from=&to=``, uvicorn, Redis of the local stack).
+2b. **Query on S3** (``--s3``): the same one-day archive written through the object store's
+   commit protocol (archive/objects.py) to moto's S3 server on 127.0.0.1 (a pure-Python server
+   in this process: its speed, not a real store's, bounds these numbers), then the same
+   ``History.candles`` timing over the objects (Arrow datasets read by DuckDB).
 3. **Column types**: the same 1M rows with price/quantity as decimal128(38, 8) and as decimal
    strings: file size, DuckDB's candle query, pandas (pyarrow ``to_pandas``) and Polars reads,
    each with an exactness check of the quantity sum.
@@ -40,8 +44,9 @@ import uvicorn
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cryptostream.archive.core import DAY_MS, SinkCore
+from cryptostream.archive.objects import ObjectRoot, ObjectStore, object_root
 from cryptostream.archive.service import ArchiveSink
-from cryptostream.archive.store import ArchiveStore
+from cryptostream.archive.store import ArchiveStore, Store
 from cryptostream.config import Settings
 from cryptostream.core.codec import encode_trade
 from cryptostream.core.decimals import EXACT
@@ -144,10 +149,14 @@ def drain(settings: Settings, total: int) -> dict[str, float]:
     return out
 
 
-def one_day_archive(root: Path, total: int, symbol: str) -> None:
+def one_day_archive(root: Path | ObjectRoot, total: int, symbol: str) -> None:
     prices, qtys = pools(2)
     core = SinkCore(200_000, 3600.0)  # the default CSP_ARCHIVE_FLUSH_ROWS
-    store = ArchiveStore(root, "raw.trades", 8, 262_144)
+    store: Store
+    if isinstance(root, ObjectRoot):
+        store = ObjectStore(root, "raw.trades", 8, 262_144)
+    else:
+        store = ArchiveStore(root, "raw.trades", 8, 262_144)
     step = DAY_MS / total
     for i in range(total):
         t = BASE + int(i * step)
@@ -159,12 +168,12 @@ def one_day_archive(root: Path, total: int, symbol: str) -> None:
         store.commit(core.take(p))
 
 
-def time_query(root: Path, symbol: str, repeats: int) -> dict[str, Any]:
+def time_query(root: Path | ObjectRoot, symbol: str, repeats: int) -> dict[str, Any]:
     t = time.perf_counter()
     history = History(root)
     candles, bad = history.candles(symbol, BASE, BASE + DAY_MS)
     first_ms = (time.perf_counter() - t) * 1000
-    assert len(candles) == 1440 and not bad and sum(c.n for c in candles)
+    assert len(candles) == 1440 and not bad and sum(c.trades for c in candles)
     runs = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -175,9 +184,44 @@ def time_query(root: Path, symbol: str, repeats: int) -> dict[str, Any]:
         "median_ms": round(statistics.median(runs), 1),
         "max_ms": round(max(runs), 1),
         "candles": len(candles),
-        "trades": sum(c.n for c in candles),
+        "trades": sum(c.trades for c in candles),
     }
     print(f"History.candles, one day of 1m: {out}", flush=True)
+    return out
+
+
+def query_s3(total: int, symbol: str, repeats: int) -> dict[str, Any]:
+    import logging
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        pafs.S3FileSystem(
+            access_key="bench",
+            secret_key="bench",
+            scheme="http",
+            endpoint_override=f"{host}:{port}",
+            allow_bucket_creation=True,
+        ).create_dir("bench")
+        root = object_root(
+            "s3://bench/archive",
+            endpoint=f"http://{host}:{port}",
+            access_key_id="bench",
+            secret_access_key="bench",
+        )
+        t0 = time.perf_counter()
+        one_day_archive(root, total, symbol)
+        write_s = time.perf_counter() - t0
+        out = time_query(root, symbol, repeats)
+    finally:
+        server.stop()
+    out = {"server": "moto ThreadedMotoServer (in process)", "write_s": round(write_s, 2), **out}
+    print(f"on S3 (moto): {out}", flush=True)
     return out
 
 
@@ -283,6 +327,7 @@ def main() -> int:
     parser.add_argument("--query-trades", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--s3", action="store_true", help="also the query on S3 (moto)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-archive-"))
     base = Settings(run_dir=workdir, archive_dir=workdir / "archive")
@@ -315,6 +360,8 @@ def main() -> int:
             settings.model_copy(update={"archive_dir": qroot}), "BTCUSDT", args.repeats
         )
         results["column_types"] = column_types(qroot, workdir)
+        if args.s3:
+            results["query_s3"] = query_s3(args.query_trades, "BTCUSDT", args.repeats)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

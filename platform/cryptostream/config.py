@@ -153,6 +153,15 @@ class Settings(BaseSettings):
 
     # --- archive sink and history queries (archive/, history/) -------------------------------
     archive_dir: Path = Field(Path("archive"), description="root of the Parquet trade archive")
+    archive_url: str = Field(
+        "", description="s3://bucket/prefix: the archive on an object store (empty: archive_dir)"
+    )
+    archive_s3_endpoint: str = Field(
+        "", description="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (empty: AWS)"
+    )
+    archive_s3_region: str = Field("us-east-1", description="the bucket's region")
+    archive_s3_access_key_id: str = Field("", description="empty: the AWS default credentials")
+    archive_s3_secret_access_key: SecretStr = Field(SecretStr(""), description="never logged")
     archive_group_id: str = Field("archive-sink", description="the archive sinks' consumer group")
     archive_scale: int = Field(8, ge=0, le=18, description="fractional digits of price/quantity")
     archive_flush_rows: int = Field(200_000, ge=1, description="buffered trades that force a flush")
@@ -225,6 +234,31 @@ class Settings(BaseSettings):
             parts.scheme != "unix" and not parts.hostname
         ):
             raise ValueError("expected redis://host:port/db, rediss://... or unix:///path")
+        return value
+
+    @field_validator("archive_dir")
+    @classmethod
+    def _check_archive_dir(cls, value: Path) -> Path:
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(value)):
+            raise ValueError("a local folder; an object store goes in CSP_ARCHIVE_URL (s3://...)")
+        return value
+
+    @field_validator("archive_url")
+    @classmethod
+    def _check_archive_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment):
+            raise ValueError(
+                "expected s3://bucket or s3://bucket/prefix (a folder: CSP_ARCHIVE_DIR)"
+            )
+        return value.rstrip("/")
+
+    @field_validator("archive_s3_endpoint")
+    @classmethod
+    def _check_archive_s3_endpoint(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError("expected http(s)://host[:port]")
         return value
 
     @field_validator("kafka_bootstrap")
@@ -352,6 +386,11 @@ _KAFKA = frozenset({
     "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_file",
     "group_id",
 })  # fmt: skip
+# where the archive is (archive/objects.py): every reader of it needs these
+_ARCHIVE_WHERE = frozenset({
+    "archive_dir", "archive_url", "archive_s3_endpoint", "archive_s3_region",
+    "archive_s3_access_key_id", "archive_s3_secret_access_key",
+})  # fmt: skip
 _TOPICS = frozenset({
     "topic", "dlq_topic", "gap_topic", "partitions", "replication_factor", "min_insync_replicas",
     "depth_topic",
@@ -367,12 +406,12 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
         "redis_url", "group_id", "batch_max", "batch_timeout_s", "candle_history_minutes",
         "metrics_host", *(name for name in Settings.model_fields if name.startswith("processor_")),
     },
-    "query": _COMMON | {"redis_url", "archive_dir",
+    "query": _COMMON | _ARCHIVE_WHERE | {"redis_url",
                         *(n for n in Settings.model_fields if n.startswith(("query_", "history_")))},
     "archive": _COMMON | _KAFKA | _TOPICS | {
         "metrics_host", *(name for name in Settings.model_fields if name.startswith("archive_")),
     },
-    "history": _COMMON | {"archive_dir", "archive_scale",
+    "history": _COMMON | _ARCHIVE_WHERE | {"archive_scale",
                           *(n for n in Settings.model_fields if n.startswith("history_"))},
     "topics": _COMMON | _KAFKA | _TOPICS | {"replication_factor"},
     "stack": _COMMON | _TOPICS | {

@@ -7,7 +7,8 @@ import zlib
 from pathlib import Path
 
 from cryptostream.archive.core import SinkCore
-from cryptostream.archive.store import ArchiveStore
+from cryptostream.archive.objects import ObjectRoot, ObjectStore
+from cryptostream.archive.store import ArchiveStore, Store
 from cryptostream.core.codec import encode_trade
 from cryptostream.core.trades import Trade
 
@@ -36,12 +37,18 @@ def trades(symbols: list[str], count: int, seed: int = 1, span_ms: int = 2 * DAY
     return out
 
 
+def store_at(root: Path | ObjectRoot) -> Store:
+    if isinstance(root, ObjectRoot):
+        return ObjectStore(root, "raw.trades", 8, 1024)
+    return ArchiveStore(root, "raw.trades", 8, 1024)
+
+
 def sink_all(
-    root: Path, records: list[tuple[int, bytes | None]], flush_rows: int = 10**9
+    root: Path | ObjectRoot, records: list[tuple[int, bytes | None]], flush_rows: int = 10**9
 ) -> SinkCore:
     """Feed (partition, value) records with consecutive offsets per partition, flush everything."""
     core = SinkCore(flush_rows, 3600.0)
-    st = ArchiveStore(root, "raw.trades", 8, 1024)
+    st = store_at(root)
     offsets: dict[int, int] = {}
     for partition, value in records:
         offset = offsets.get(partition, 0)

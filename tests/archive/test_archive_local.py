@@ -37,6 +37,26 @@ def test_core_groups_by_day_symbol_and_partition_and_counts_bad_records() -> Non
     assert core.buffered == 0
 
 
+def test_only_ranges_a_marker_covers_count_as_committed() -> None:
+    names = [
+        layout.data_name("raw.trades", 0, 0, 99),
+        layout.data_name("raw.trades", 0, 100, 199),  # the marker's own flush
+        layout.data_name("raw.trades", 0, 200, 299),  # a flush killed before its marker
+        layout.data_name("raw.trades", 1, 0, 5),  # a partition without a marker
+        layout.data_name("raw.other", 0, 0, 50),  # another topic's partition 0
+        "notes.txt",
+    ]
+    marks = {("raw.trades", 0): 199, ("raw.other", 0): 49}
+    assert layout.committed(names, marks) == names[:2]
+
+
+def test_the_object_stores_resume_plan() -> None:
+    plan = layout.resume_plan([300, 100], [400, 300, 500])
+    assert plan == layout.ResumePlan(301, [400, 500], [300], [100])
+    assert layout.resume_plan([], [99]) == layout.ResumePlan(None, [99], [], [])
+    assert layout.resume_plan([], []) == layout.ResumePlan(None, [], [], [])
+
+
 def test_flush_by_row_count_and_revocation_drops_the_buffer() -> None:
     core = SinkCore(flush_rows=2, flush_s=3600.0)
     t = Trade("ETHUSDT", 1, "1", "1", T0, T0, False)
@@ -239,7 +259,7 @@ def test_retention_removes_whole_old_days(tmp_path: Path) -> None:
     last = dt.date.fromisoformat(days[-1].removeprefix("date="))
     assert maintain.retain(tmp_path, 0, today=last) == []
     removed = maintain.retain(tmp_path, 2, today=last)
-    assert [p.name for p in removed] == days[:1]
+    assert [Path(p).name for p in removed] == days[:1]
     assert sorted(p.name for p in tmp_path.glob("date=*")) == days[1:]
 
 

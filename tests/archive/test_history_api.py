@@ -11,6 +11,8 @@ import orjson
 import pytest
 import redis
 
+from cryptostream.archive.objects import ObjectRoot
+from cryptostream.archive.store import archive_root
 from cryptostream.config import Settings
 from cryptostream.core.keys import candle_member, candles_1m_key
 from cryptostream.core.trades import Trade
@@ -18,6 +20,7 @@ from cryptostream.core.views import compute_views
 from cryptostream.query import candles as candle_math
 from cryptostream.stack.redis_server import RedisServer
 from cryptostream.stack.supervisor import free_port
+from tests.archive.conftest import S3Server
 from tests.archive.helpers import DAY, T0, sink_all, trades, values
 from tests.query.conftest import redis_server, start_service, stop_service
 
@@ -28,12 +31,27 @@ CUTOFF = T0 + 3 * DAY // 2 + 7 * MIN  # Redis holds the minutes from here on (it
 LAG = T0 + 2 * DAY - 2 * 3_600_000  # the archive holds the trades before this (flush lag)
 
 
-@pytest.fixture
+World = tuple[httpx.Client, list[Trade], Path | ObjectRoot]
+
+
+@pytest.fixture(params=["local", "s3"])
 def world(
-    redis_server: RedisServer, tmp_path: Path
-) -> Iterator[tuple[httpx.Client, list[Trade], Path]]:
+    redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[World]:
+    """The same archive in a local folder, or on the S3 server (tests/archive/conftest.py)."""
     ts = trades(["BTCUSDT", "ETHUSDT"], 20_000)
-    archive = tmp_path / "archive"
+    settings = Settings(redis_url=redis_server.url, query_port=free_port(), run_dir=tmp_path)
+    archive: Path | ObjectRoot
+    if request.param == "s3":
+        s3: S3Server = request.getfixturevalue("s3_server")
+        url = request.getfixturevalue("s3_url")
+        settings = s3.settings(
+            url, redis_url=redis_server.url, query_port=settings.query_port, run_dir=tmp_path
+        )
+        archive = archive_root(settings)
+    else:
+        archive = tmp_path / "archive"
+        settings = settings.model_copy(update={"archive_dir": archive})
     sink_all(archive, values([t for t in ts if t.trade_time < LAG]), flush_rows=3000)
     r = redis.Redis.from_url(redis_server.url)
     r.flushall()
@@ -44,9 +62,6 @@ def world(
             if c.open_time >= CUTOFF
         }
         r.zadd(candles_1m_key(sym), members)
-    settings = Settings(
-        redis_url=redis_server.url, query_port=free_port(), run_dir=tmp_path, archive_dir=archive
-    )
     service = start_service(settings)
     try:
         with httpx.Client(base_url=service.url, timeout=30) as client:
@@ -72,7 +87,7 @@ def expected(
 
 
 def test_ranged_candles_join_the_archive_and_redis_exactly(
-    world: tuple[httpx.Client, list[Trade], Path],
+    world: World,
 ) -> None:
     http, ts, _ = world
     for interval, minutes, start, end in [
@@ -98,7 +113,7 @@ def test_ranged_candles_join_the_archive_and_redis_exactly(
 
 
 def test_the_current_candles_behaviour_is_unchanged(
-    world: tuple[httpx.Client, list[Trade], Path],
+    world: World,
 ) -> None:
     http, ts, _ = world
     body = http.get("/candles/BTCUSDT", params={"limit": 3}).json()
@@ -109,7 +124,7 @@ def test_the_current_candles_behaviour_is_unchanged(
     assert http.get("/candles/NOSUCH").status_code == 404  # still 404 without a range
 
 
-def test_empty_and_bad_ranges(world: tuple[httpx.Client, list[Trade], Path]) -> None:
+def test_empty_and_bad_ranges(world: World) -> None:
     http, ts, _ = world
     empty = http.get("/candles/BTCUSDT", params={"from": T0 - 3 * DAY, "to": T0 - 2 * DAY})
     assert empty.status_code == 200 and empty.json()["candles"] == []
@@ -134,7 +149,7 @@ def test_empty_and_bad_ranges(world: tuple[httpx.Client, list[Trade], Path]) -> 
 
 
 def test_history_trades_pages_cover_the_range_once(
-    world: tuple[httpx.Client, list[Trade], Path],
+    world: World,
 ) -> None:
     http, ts, _ = world
     start, end = T0 + DAY // 3, T0 + DAY
@@ -156,15 +171,23 @@ def test_history_trades_pages_cover_the_range_once(
 
 
 def test_a_truncated_file_is_named_and_skipped_not_served(
-    world: tuple[httpx.Client, list[Trade], Path],
+    world: World,
 ) -> None:
     http, _, archive = world
-    victim = sorted(archive.glob("date=*/symbol=BTCUSDT/*.parquet"))[0]
-    data = victim.read_bytes()
-    victim.write_bytes(data[: len(data) // 3])
+    if isinstance(archive, ObjectRoot):
+        names = [archive.rel(i.path) for i in archive.files()]
+        key = sorted(n for n in names if "symbol=BTCUSDT/" in n and n.endswith(".parquet"))[0]
+        data = archive.get(key)
+        archive.put(key, data[: len(data) // 3])  # an upload gone wrong
+        victim = archive.url(archive.key(key))
+    else:
+        path = sorted(archive.glob("date=*/symbol=BTCUSDT/*.parquet"))[0]
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+        victim = str(path)
     body = http.get("/candles/BTCUSDT", params={"interval": "1h", "from": T0, "to": T0 + DAY})
     assert body.status_code == 200
-    assert body.json()["skipped_files"] == [str(victim)]
+    assert body.json()["skipped_files"] == [victim]
     page = http.get("/history/trades/BTCUSDT", params={"from": T0, "to": T0 + DAY, "limit": 10})
-    assert page.status_code == 200 and page.json()["skipped_files"] == [str(victim)]
+    assert page.status_code == 200 and page.json()["skipped_files"] == [victim]
     assert len(page.json()["trades"]) == 10

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from confluent_kafka import Consumer, TopicPartition
 
+from cryptostream.archive.store import archive_root
 from cryptostream.config import Settings
 from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS, DecodeError, decode_trade
 from cryptostream.core.decimals import EXACT
@@ -142,6 +143,6 @@ def read_topic(settings: Settings, timeout_s: float = 120.0) -> list[bytes | Non
 def check(settings: Settings) -> ArchiveReport:
     values = read_topic(settings)
     expected, records, bad = truth(values, int(settings.processor_max_future_s * 1000))
-    actual, skipped = archive_totals(History(settings.archive_dir))
+    actual, skipped = archive_totals(History(archive_root(settings)))
     report = ArchiveReport(records=records, undecodable=bad, skipped_files=skipped)
     return compare(expected, actual, report)

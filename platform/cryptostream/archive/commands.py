@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cryptostream.config import Settings
+
+if TYPE_CHECKING:
+    from cryptostream.archive.objects import ObjectRoot
 
 archive_app = typer.Typer(
     help="The Parquet trade archive: `csp archive` runs a sink (a consumer-group member).",
@@ -19,6 +22,12 @@ history_app = typer.Typer(help="Questions to the Parquet archive (embedded DuckD
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=2)
+
+
+def _root() -> Path | ObjectRoot:
+    from cryptostream.archive.store import archive_root
+
+    return archive_root(Settings())
 
 
 @archive_app.callback()
@@ -52,7 +61,7 @@ def archive_compact(
 
     settings = Settings()
     report = compact(
-        settings.archive_dir,
+        _root(),
         min_files or settings.archive_compact_min_files,
         settings.archive_row_group_rows,
     )
@@ -76,7 +85,8 @@ def archive_retain(
 
     settings = Settings()
     removed = retain(
-        settings.archive_dir, settings.archive_retention_days if days is None else days
+        _root(),
+        settings.archive_retention_days if days is None else days,
     )
     for folder in removed:
         typer.echo(f"removed {folder}")
@@ -94,7 +104,7 @@ def history_sql(
     from cryptostream.history.queries import History
 
     try:
-        result = History(Settings().archive_dir).sql(statement)
+        result = History(_root()).sql(statement)
     except duckdb.Error as exc:
         raise _fail(str(exc)) from None
     for path, reason in result.skipped:
@@ -123,7 +133,7 @@ def history_export(
     except (InvalidSymbol, ValueError) as exc:
         raise _fail(str(exc)) from None
     path = out / f"{sym}-trades-{day}.csv"
-    rows, skipped = export_day(History(Settings().archive_dir), sym, day, path)
+    rows, skipped = export_day(History(_root()), sym, day, path)
     for bad, reason in skipped:
         typer.secho(f"skipped {bad}: {reason}", err=True, fg=typer.colors.YELLOW)
     typer.echo(f"{rows} trades -> {path}")

@@ -89,3 +89,37 @@ def uncovered(names: Iterable[str]) -> list[str]:
         reach[key] = max(reach.get(key, -1), r.last)
         out.append(name)
     return sorted(out)
+
+
+def committed(names: Iterable[str], marks: dict[tuple[str, int], int]) -> list[str]:
+    """The data files among ``names`` whose offset range ends at or before their partition's
+    newest commit marker (``marks``: (topic, partition) -> its last offset); on an object store
+    only those are read (archive/objects.py)."""
+    out = []
+    for name in names:
+        r = parse_name(name)
+        if r is not None and r.last <= marks.get((r.topic, r.partition), -1):
+            out.append(name)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlan:
+    """What a sink resuming a partition on an object store does (archive/objects.py)."""
+
+    resume_at: int | None  # the first offset not archived (None: nothing archived yet)
+    uncommitted: list[int]  # intents above the newest marker: delete their objects, then them
+    finished: list[int]  # intents at or below it: committed flushes, delete the intent only
+    old_markers: list[int]  # markers older than the newest: delete
+
+
+def resume_plan(markers: Iterable[int], intents: Iterable[int]) -> ResumePlan:
+    """The plan from a partition's marker and intent offsets (pure)."""
+    ms, its = sorted(markers), sorted(intents)
+    committed = ms[-1] if ms else -1
+    return ResumePlan(
+        committed + 1 if ms else None,
+        [i for i in its if i > committed],
+        [i for i in its if i <= committed],
+        ms[:-1],
+    )

@@ -6,6 +6,11 @@ deletes the sources. A crash in between leaves sources that the merged file *cov
 never read a covered file (archive/layout.py), and the next compaction deletes them. So a row is
 never served twice and never lost. A folder holding an unreadable file is not compacted (the
 merged range would hide it); the file is reported instead.
+
+On an object store the same holds with a PUT for the write-and-rename (atomic there); only
+committed objects are compacted (a range its partition's marker covers, archive/objects.py):
+the leftovers of a flush killed before its commit point are left to the sink's resume, which
+deletes them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cryptostream.archive import layout
+from cryptostream.archive.objects import ObjectRoot
 from cryptostream.archive.store import fsync_dir, write_parquet
 from cryptostream.history.files import ArchiveFiles
 
@@ -36,7 +42,15 @@ class CompactReport:
     bad: list[tuple[str, str]] = field(default_factory=list)
 
 
-def compact(root: Path, min_files: int, row_group_rows: int) -> CompactReport:
+def _merge(tables: list[pa.Table]) -> pa.Table:
+    merged = pa.concat_tables(tables)
+    merged = merged.take(pc.sort_indices(merged, [("trade_id", "ascending")]))
+    return merged.replace_schema_metadata(tables[0].schema.metadata)
+
+
+def compact(root: Path | ObjectRoot, min_files: int, row_group_rows: int) -> CompactReport:
+    if isinstance(root, ObjectRoot):
+        return compact_objects(root, min_files, row_group_rows)
     report = CompactReport()
     checker = ArchiveFiles(root)
     for folder in sorted(root.glob("date=*/symbol=*")):
@@ -65,16 +79,12 @@ def compact(root: Path, min_files: int, row_group_rows: int) -> CompactReport:
                 report.bad += bad
                 continue
             members.sort()
-            tables = [pq.read_table(folder / n) for _, n in members]
-            merged = pa.concat_tables(tables)
-            merged = merged.take(pc.sort_indices(merged, [("trade_id", "ascending")]))
+            merged = _merge([pq.read_table(folder / n) for _, n in members])
             target = folder / layout.data_name(
                 topic, partition, members[0][0].first, max(r.last for r, _ in members)
             )
             tmp = folder / layout.tmp_name(target.name)
-            write_parquet(
-                tmp, merged.replace_schema_metadata(tables[0].schema.metadata), row_group_rows
-            )
+            write_parquet(tmp, merged, row_group_rows)
             os.replace(tmp, target)
             fsync_dir(folder)
             for _, n in members:
@@ -90,18 +100,88 @@ def compact(root: Path, min_files: int, row_group_rows: int) -> CompactReport:
     return report
 
 
-def retain(root: Path, days: int, today: dt.date | None = None) -> list[Path]:
-    """Delete the ``date=`` folders older than ``days`` days (0 = keep everything)."""
+def compact_objects(root: ObjectRoot, min_files: int, row_group_rows: int) -> CompactReport:
+    """:func:`compact` on an object store (one listing; committed objects only)."""
+    report = CompactReport()
+    checker = ArchiveFiles(root)
+    marks = root.committed()
+    folders: dict[str, dict[str, tuple[int, int]]] = {}
+    for info in root.files():
+        parts = root.rel(info.path).split("/")
+        if (
+            len(parts) == 3
+            and layout.parse_date_dir(parts[0]) is not None
+            and layout.parse_symbol_dir(parts[1]) is not None
+        ):
+            stat = (int(info.size or 0), int(info.mtime_ns or 0))
+            folders.setdefault(f"{parts[0]}/{parts[1]}", {})[parts[2]] = stat
+    for folder, stats in sorted(folders.items()):
+        names = layout.committed(stats, marks)
+        live = set(layout.uncovered(names))
+        for name in names:  # covered leftovers: their rows are in a merged object already
+            if name not in live:
+                root.delete(f"{folder}/{name}")
+                report.removed_covered += 1
+        groups: dict[tuple[str, int], list[tuple[layout.FileRange, str]]] = {}
+        for name in live:
+            r = layout.parse_name(name)
+            assert r is not None
+            groups.setdefault((r.topic, r.partition), []).append((r, name))
+        for (topic, partition), members in sorted(groups.items()):
+            if len(members) < min_files:
+                continue
+            urls = {n: root.url(root.key(f"{folder}/{n}")) for _, n in members}
+            bad = [
+                (urls[n], why)
+                for _, n in members
+                if (why := checker.check(urls[n], stats[n]) or checker.verify(urls[n]))
+            ]
+            if bad:
+                report.bad += bad
+                continue
+            members.sort()
+            merged = _merge(
+                [pq.read_table(root.key(f"{folder}/{n}"), filesystem=root.fs) for _, n in members]
+            )
+            target = layout.data_name(
+                topic, partition, members[0][0].first, max(r.last for r, _ in members)
+            )
+            root.write_parquet(f"{folder}/{target}", merged, row_group_rows)  # atomic PUT
+            for _, n in members:
+                if n != target:
+                    root.delete(f"{folder}/{n}")
+            report.merged += len(members)
+            report.written += 1
+    for path, reason in report.bad:
+        log.error(
+            "archive file not compacted", extra={"fields": {"file.path": path, "reason": reason}}
+        )
+    return report
+
+
+def retain(root: Path | ObjectRoot, days: int, today: dt.date | None = None) -> list[str]:
+    """Delete the ``date=`` folders older than ``days`` days (0 = keep everything); return
+    them (paths, or ``s3://`` URLs)."""
     if days <= 0:
         return []
     today = today or dt.datetime.now(dt.UTC).date()
     oldest_kept = (today - dt.timedelta(days=days - 1)).isoformat()
+    if isinstance(root, ObjectRoot):
+        gone = set()
+        for info in root.files():
+            top = root.rel(info.path).split("/", 1)[0]
+            day = layout.parse_date_dir(top)
+            if day is not None and day < oldest_kept:
+                gone.add(top)
+        for top in sorted(gone):
+            root.fs.delete_dir(root.key(top))
+        return [root.url(root.key(top)) for top in sorted(gone)]
     removed = []
     for folder in sorted(root.glob("date=*")):
         day = layout.parse_date_dir(folder.name)
         if day is not None and day < oldest_kept and folder.is_dir():
             shutil.rmtree(folder)
-            removed.append(folder)
+            removed.append(str(folder))
     if removed:
         fsync_dir(root)
     return removed

@@ -1,7 +1,7 @@
 """``csp archive``: a consumer-group member writing ``raw.trades`` to the Parquet archive.
 
-A thin shell around :class:`~cryptostream.archive.core.SinkCore` (what to write, when) and
-:class:`~cryptostream.archive.store.ArchiveStore` (how, durably). Run as many as you like in
+A thin shell around :class:`~cryptostream.archive.core.SinkCore` (what to write, when) and a
+:class:`~cryptostream.archive.store.Store` (how, durably: a local folder or an object store). Run as many as you like in
 the group ``CSP_ARCHIVE_GROUP_ID``: each owns some partitions, resumes each from the archive's
 own commit marker (never from Kafka's committed offset), and flushes a partition before giving
 it up in a rebalance. Kafka offsets are committed after a flush is durable, for lag tooling.
@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from cryptostream.archive.core import SinkCore
 from cryptostream.archive.metrics import ArchiveMetrics
-from cryptostream.archive.store import ArchiveStore
+from cryptostream.archive.objects import ObjectRoot
+from cryptostream.archive.store import Store, archive_root, open_store
 from cryptostream.config import Settings
 from cryptostream.kafka_clients import make_consumer, security_config
 from cryptostream.logs import RateLimitedLog, setup_logging
@@ -30,7 +33,7 @@ POLL_MAX = 20_000
 
 
 class ArchiveSink:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         self.topic = settings.topic
         self.core = SinkCore(
@@ -38,12 +41,7 @@ class ArchiveSink:
             settings.archive_flush_s,
             int(settings.processor_max_future_s * 1000),
         )
-        self.store = ArchiveStore(
-            settings.archive_dir,
-            settings.topic,
-            settings.archive_scale,
-            settings.archive_row_group_rows,
-        )
+        self.store = open_store(settings) if store is None else store
         self.consumer: Consumer = make_consumer(
             settings,
             **{"group.id": settings.archive_group_id, "enable.partition.eof": False},
@@ -145,6 +143,24 @@ class ArchiveSink:
         )
 
 
+def prepare_root(root: Path | ObjectRoot) -> str | None:
+    """Make the archive's folder, or check that its bucket exists (the sink creates no buckets)
+    and answers; None if the sink can start, else why not."""
+    if isinstance(root, Path):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"cannot create the archive folder {root}: {exc}"
+        return None
+    try:
+        missing = root.fs.get_file_info(root.bucket).type == pafs.FileType.NotFound
+    except OSError as exc:
+        return f"cannot reach the archive {root.url()}: {exc}"
+    if missing:
+        return f"the archive's bucket does not exist: {root.url(root.bucket)}"
+    return None
+
+
 def main(settings: Settings) -> int:
     setup_logging("archive", settings.log_level)
     try:
@@ -157,12 +173,12 @@ def main(settings: Settings) -> int:
     except TopicError as exc:
         log.error(str(exc))
         return 2
-    try:
-        settings.archive_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        log.error(f"cannot create the archive folder {settings.archive_dir}: {exc}")
+    root = archive_root(settings)
+    problem = prepare_root(root)
+    if problem is not None:
+        log.error(problem)
         return 2
-    sink = ArchiveSink(settings)
+    sink = ArchiveSink(settings, open_store(settings, root))
     if settings.archive_metrics_port:
         sink.metrics.serve(settings.archive_metrics_port, settings.metrics_host)
 

@@ -1,5 +1,10 @@
 """The archive on disk: Parquet files written atomically, one commit marker per Kafka partition.
 
+Two stores share the :class:`Store` interface: :class:`ArchiveStore` (a local folder, below) and
+:class:`~cryptostream.archive.objects.ObjectStore` (an S3-compatible object store, which has no
+rename: its own protocol, same guarantee). :func:`archive_root` and :func:`open_store` pick one
+from the settings (``CSP_ARCHIVE_URL`` set: the object store).
+
 A flush of Kafka partition ``p`` over offsets ``first..last`` (archive/core.py) is committed in
 this order, each step durable before the next:
 
@@ -22,8 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 import pyarrow as pa
@@ -32,6 +38,10 @@ import pyarrow.parquet as pq
 
 from cryptostream.archive import layout
 from cryptostream.archive.core import Columns, Flush
+
+if TYPE_CHECKING:
+    from cryptostream.archive.objects import ObjectRoot
+    from cryptostream.config import Settings
 
 log = logging.getLogger("cryptostream.archive")
 
@@ -100,17 +110,19 @@ def to_table(cols: Columns, scale: int) -> tuple[pa.Table, list[int]]:
     return pa.Table.from_arrays(arrays, schema=schema(scale)), dropped
 
 
-def write_parquet(path: Path, table: pa.Table, row_group_rows: int) -> None:
+def parquet_options(row_group_rows: int) -> dict[str, object]:
     """zstd, dictionary-encoded, statistics on (DuckDB prunes row groups by trade_time)."""
-    pq.write_table(
-        table,
-        str(path),
-        compression="zstd",
-        compression_level=3,
-        row_group_size=row_group_rows,
-        use_dictionary=["exchange", "price"],
-        write_statistics=True,
-    )
+    return {
+        "compression": "zstd",
+        "compression_level": 3,
+        "row_group_size": row_group_rows,
+        "use_dictionary": ["exchange", "price"],
+        "write_statistics": True,
+    }
+
+
+def write_parquet(path: Path, table: pa.Table, row_group_rows: int) -> None:
+    pq.write_table(table, str(path), **parquet_options(row_group_rows))
     fsync_file(path)
 
 
@@ -140,8 +152,84 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+class Store(Protocol):
+    """The sink's side of the archive for one topic: a local folder (:class:`ArchiveStore`) or
+    an object store (:class:`~cryptostream.archive.objects.ObjectStore`), each with the commit
+    protocol its medium makes exact."""
+
+    topic: str
+    scale: int
+    unrepresentable: int
+
+    def resume(self, partition: int) -> int | None: ...
+
+    def commit(self, flush: Flush) -> Sequence[Path | str]: ...
+
+
+def prepare(store: Store, flush: Flush) -> list[tuple[str, pa.Table]]:
+    """The flush's files: (final name under the root, rows), in name order; trades with more
+    fractional digits than the scale are counted on the store and logged, and empty files left
+    out."""
+    out: list[tuple[str, pa.Table]] = []
+    for (day, symbol), cols in sorted(flush.groups.items()):
+        table, dropped = to_table(cols, store.scale)
+        if dropped:
+            store.unrepresentable += len(dropped)
+            log.error(
+                "archive: trades with more fractional digits than CSP_ARCHIVE_SCALE "
+                "are not archived",
+                extra={
+                    "fields": {
+                        "partition": flush.partition,
+                        "offsets": dropped[:20],
+                        "count": len(dropped),
+                        "scale": store.scale,
+                    }
+                },
+            )
+        if table.num_rows == 0:
+            continue
+        final = "/".join(
+            (
+                layout.date_dir(day),
+                layout.symbol_dir(symbol),
+                layout.data_name(store.topic, flush.partition, flush.first, flush.last),
+            )
+        )
+        out.append((final, table))
+    return out
+
+
+def archive_root(settings: Settings) -> Path | ObjectRoot:
+    """Where the archive is: ``CSP_ARCHIVE_URL`` (an object store) if set, else the folder
+    ``CSP_ARCHIVE_DIR``."""
+    if not settings.archive_url:
+        return settings.archive_dir
+    from cryptostream.archive.objects import object_root
+
+    return object_root(
+        settings.archive_url,
+        endpoint=settings.archive_s3_endpoint,
+        region=settings.archive_s3_region,
+        access_key_id=settings.archive_s3_access_key_id,
+        secret_access_key=settings.archive_s3_secret_access_key.get_secret_value(),
+    )
+
+
+def open_store(settings: Settings, root: Path | ObjectRoot | None = None) -> Store:
+    """The store for ``settings``' archive (``root``: one already opened)."""
+    root = archive_root(settings) if root is None else root
+    args = (settings.topic, settings.archive_scale, settings.archive_row_group_rows)
+    if isinstance(root, Path):
+        return ArchiveStore(root, *args)
+    from cryptostream.archive.objects import ObjectStore
+
+    return ObjectStore(root, *args)
+
+
 class ArchiveStore:
-    """The sink's side of the archive for one topic (one instance per sink process)."""
+    """The sink's side of an archive in a local folder, for one topic (one instance per sink
+    process)."""
 
     def __init__(self, root: Path, topic: str, scale: int, row_group_rows: int) -> None:
         self.root = root
@@ -212,33 +300,9 @@ class ArchiveStore:
         staging = folder / "staging"
         staging.mkdir(parents=True, exist_ok=True)
         files: list[list[str]] = []
-        for i, ((day, symbol), cols) in enumerate(sorted(flush.groups.items())):
-            table, dropped = to_table(cols, self.scale)
-            if dropped:
-                self.unrepresentable += len(dropped)
-                log.error(
-                    "archive: trades with more fractional digits than CSP_ARCHIVE_SCALE "
-                    "are not archived",
-                    extra={
-                        "fields": {
-                            "partition": flush.partition,
-                            "offsets": dropped[:20],
-                            "count": len(dropped),
-                            "scale": self.scale,
-                        }
-                    },
-                )
-            if table.num_rows == 0:
-                continue
+        for i, (final, table) in enumerate(prepare(self, flush)):
             staged = f"{flush.last:020d}-{i:05d}.parquet.tmp"
             write_parquet(staging / staged, table, self.row_group_rows)
-            final = "/".join(
-                (
-                    layout.date_dir(day),
-                    layout.symbol_dir(symbol),
-                    layout.data_name(self.topic, flush.partition, flush.first, flush.last),
-                )
-            )
             files.append([staged, final])
         fsync_dir(staging)
         previous = self._markers(flush.partition)

@@ -1,5 +1,10 @@
 """Which archive files a query may read: the uncovered, intact data files of a range.
 
+On an object store (archive/objects.py) a data object is also read only if its partition's
+newest commit marker covers its range: a listing there may show the objects of a flush that was
+killed before its commit point, and those are never read. Paths are local paths, or ``s3://``
+URLs on an object store (:meth:`ArchiveFiles.fs_path` gives the filesystem's path).
+
 A file is checked once (its Parquet footer and schema, cached by path, size and mtime) before
 any query reads it: a partial write or a truncated upload has no valid footer and is reported
 with its path and skipped, never served. Corruption the footer cannot show (a damaged page) is
@@ -12,18 +17,26 @@ import datetime as dt
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cryptostream.archive import layout
 from cryptostream.archive.core import DAY_MS
+from cryptostream.archive.objects import ObjectRoot
 
 log = logging.getLogger("cryptostream.history")
 
 REQUIRED = {"trade_id", "price", "quantity", "trade_time", "buyer_is_maker"}
+# the hive columns of the ad-hoc view `trades` (what DuckDB's hive_partitioning infers locally)
+HIVE = pa.schema([("date", pa.date32()), ("symbol", pa.string())])
+# a range touching more days than this is listed in one pass over the whole object store
+MAX_DAY_LISTINGS = 31
 
 
 @dataclass
@@ -47,15 +60,24 @@ def days_between(from_ms: int, to_ms: int) -> set[str] | None:
 class ArchiveFiles:
     """Lists and checks the archive's files; thread-safe (the API runs queries in threads)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path | ObjectRoot) -> None:
         self.root = root
+        self.objects = root if isinstance(root, ObjectRoot) else None
         self._checked: dict[str, tuple[int, int, str | None]] = {}  # path -> (size, mtime, err)
         self._lock = threading.Lock()
+
+    def fs_path(self, path: str) -> str:
+        """A listed path as its filesystem spells it (``bucket/key`` for an ``s3://`` URL)."""
+        if self.objects is not None:
+            return path.removeprefix(self.objects.scheme + "://")
+        return path
 
     def list(
         self, symbol: str | None = None, from_ms: int | None = None, to_ms: int | None = None
     ) -> Listing:
         days = None if from_ms is None or to_ms is None else days_between(from_ms, to_ms)
+        if isinstance(self.root, ObjectRoot):
+            return self._list_objects(self.root, symbol, days)
         listing = Listing()
         try:
             date_dirs = sorted(os.scandir(self.root), key=lambda e: e.name)
@@ -79,19 +101,65 @@ class ArchiveFiles:
                         listing.bad.append((path, reason))
         return listing
 
-    def check(self, path: str) -> str | None:
-        """None if the file is a readable archive file, else why not (cached per version)."""
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
+    def _list_objects(self, root: ObjectRoot, symbol: str | None, days: set[str] | None) -> Listing:
+        marks = root.committed()  # before the listing: a later commit is simply not seen yet
+        if days is not None and len(days) <= MAX_DAY_LISTINGS:
+            prefixes = [
+                layout.date_dir(d) + ("" if symbol is None else "/" + layout.symbol_dir(symbol))
+                for d in sorted(days)
+            ]
+        else:
+            prefixes = [""]
+        folders: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
+        for prefix in prefixes:
+            for info in root.files(prefix):
+                parts = root.rel(info.path).split("/")
+                if len(parts) != 3:
+                    continue
+                day, sym = layout.parse_date_dir(parts[0]), layout.parse_symbol_dir(parts[1])
+                if day is None or sym is None:
+                    continue
+                if (days is not None and day not in days) or (symbol is not None and sym != symbol):
+                    continue
+                stat = (int(info.size or 0), int(info.mtime_ns or 0))
+                folders.setdefault((parts[0], parts[1]), {})[parts[2]] = stat
+        listing = Listing()
+        for (day_dir, sym_dir), names in sorted(folders.items()):
+            for name in layout.uncovered(layout.committed(names, marks)):
+                path = root.url(root.key(f"{day_dir}/{sym_dir}/{name}"))
+                reason = self.check(path, names[name])
+                if reason is None:
+                    listing.files.append(path)
+                else:
+                    listing.bad.append((path, reason))
+        return listing
+
+    def _stat(self, path: str) -> tuple[int, int] | None:
+        if self.objects is None:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
+            return st.st_size, st.st_mtime_ns
+        info = self.objects.fs.get_file_info(self.fs_path(path))
+        if info.type != pafs.FileType.File:
+            return None
+        return int(info.size or 0), int(info.mtime_ns or 0)
+
+    def check(self, path: str, stat: tuple[int, int] | None = None) -> str | None:
+        """None if the file is a readable archive file, else why not (cached per version;
+        ``stat``: its size and mtime, if the listing knows them)."""
+        stat = stat or self._stat(path)
+        if stat is None:
             return "file vanished"
         with self._lock:
             known = self._checked.get(path)
-        if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
+        if known is not None and known[:2] == stat:
             return known[2]
         reason: str | None = None
         try:
-            meta = pq.read_schema(path)
+            fs = None if self.objects is None else self.objects.fs
+            meta = pq.read_schema(self.fs_path(path), filesystem=fs)
             missing = REQUIRED - set(meta.names)
             if missing:
                 reason = f"not an archive file: no column(s) {sorted(missing)}"
@@ -104,22 +172,38 @@ class ArchiveFiles:
                 "archive file skipped", extra={"fields": {"file.path": path, "reason": reason}}
             )
         with self._lock:
-            self._checked[path] = (st.st_size, st.st_mtime_ns, reason)
+            self._checked[path] = (*stat, reason)
         return reason
 
     def condemn(self, path: str, reason: str) -> None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
+        stat = self._stat(path)
+        if stat is None:
             return
         log.error("archive file skipped", extra={"fields": {"file.path": path, "reason": reason}})
         with self._lock:
-            self._checked[path] = (st.st_size, st.st_mtime_ns, reason)
+            self._checked[path] = (*stat, reason)
 
     def verify(self, path: str) -> str | None:
         """Read the whole file (every page): None if it decodes, else why not."""
         try:
-            pq.read_table(path)
+            fs = None if self.objects is None else self.objects.fs
+            pq.read_table(self.fs_path(path), filesystem=fs)
         except (pa.ArrowException, OSError) as exc:
             return f"corrupt Parquet: {exc}"
         return None
+
+    def dataset(self, files: Sequence[str], *, hive: bool = False) -> pads.Dataset:
+        """The files as one Arrow dataset (how DuckDB reads an object store here: pyarrow's S3
+        client, no httpfs extension to download); ``hive``: with ``date`` and ``symbol``."""
+        fs = None if self.objects is None else self.objects.fs
+        paths = [self.fs_path(f) for f in files]
+        if not hive:
+            return pads.dataset(paths, filesystem=fs, format="parquet")
+        base = self.objects.root if self.objects is not None else str(self.root)
+        return pads.dataset(
+            paths,
+            filesystem=fs,
+            format="parquet",
+            partitioning=pads.partitioning(HIVE, flavor="hive"),
+            partition_base_dir=base,
+        )

@@ -6,6 +6,12 @@ fails on a file (a damaged page behind a valid footer), each file is read once i
 ones are condemned (logged with their path) and the query runs again without them. No data in a
 range is an empty answer, never an error.
 
+On an object store the files are read through one Arrow dataset per query (pyarrow's own S3
+client, registered with DuckDB as a relation; DuckDB pushes the projection and the
+``trade_time`` filter into the scan): DuckDB's httpfs extension would have to be downloaded,
+and an fsspec filesystem registered with DuckDB would add s3fs and its aiobotocore stack for
+what pyarrow already does. Locally DuckDB reads the files itself (``read_parquet``), as before.
+
 Decimals stay exact: the archive's decimal128 columns sum as DuckDB DECIMALs and arrive here as
 :class:`~decimal.Decimal`.
 """
@@ -23,6 +29,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from cryptostream.archive.objects import ObjectRoot
 from cryptostream.core.decimals import EXACT, fmt
 from cryptostream.core.views import MINUTE_MS, Candle
 from cryptostream.history.files import ArchiveFiles, Listing
@@ -49,14 +56,14 @@ SELECT trade_time - trade_time % $width AS t,
        arg_min(price, trade_id) AS o, max(price) AS h, min(price) AS l,
        arg_max(price, trade_id) AS c, sum(quantity) AS v, sum(price * quantity) AS qv,
        count(*) AS n, min(trade_id) AS ft, max(trade_id) AS lt
-FROM read_parquet($files, hive_partitioning = false)
+FROM {source}
 WHERE trade_time >= $from AND trade_time < $to
 GROUP BY 1 ORDER BY 1
 """
 
 _TRADES_SQL = """
 SELECT trade_id, price, quantity, trade_time, event_time, buyer_is_maker
-FROM read_parquet($files, hive_partitioning = false)
+FROM {source}
 WHERE trade_time >= $from AND trade_time < $to AND trade_id > $after
 ORDER BY trade_id LIMIT $limit
 """
@@ -70,7 +77,7 @@ def _canonical(value: Decimal) -> Decimal:
 class History:
     """One per process; each call may run in its own thread (one DuckDB cursor per call)."""
 
-    def __init__(self, root: Path, *, threads: int = 2) -> None:
+    def __init__(self, root: Path | ObjectRoot, *, threads: int = 2) -> None:
         self.files = ArchiveFiles(root)
         self._db = duckdb.connect(":memory:", config={"threads": threads})
         self._lock = threading.Lock()
@@ -78,6 +85,25 @@ class History:
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
             return self._db.cursor()
+
+    def _source(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        files: list[str],
+        *,
+        hive: bool = False,
+        inline: bool = False,
+    ) -> tuple[str, dict[str, Any]]:
+        """What a query reads ``files`` as, and the parameter that takes: a ``read_parquet``
+        of the local paths, or the Arrow dataset of the objects registered on ``cur`` (one
+        cursor per call: no name clash). ``hive``: with ``date`` and ``symbol``; ``inline``: no
+        parameter (a view's definition or a COPY cannot hold one)."""
+        if self.files.objects is None:
+            if hive or inline:
+                return f"read_parquet({_sql_list(files)}, hive_partitioning = {hive})", {}
+            return "read_parquet($files, hive_partitioning = false)", {"files": files}
+        cur.register("archive_files", self.files.dataset(files, hive=hive))
+        return "archive_files", {}
 
     def _run(self, listing: Listing, query: Callable[[list[str]], T], empty: T) -> T:
         files = list(listing.files)
@@ -102,8 +128,11 @@ class History:
         width = minutes * MINUTE_MS
 
         def query(files: list[str]) -> list[Candle]:
-            params = {"files": files, "width": width, "from": from_ms, "to": to_ms}
-            rows = self._cursor().execute(_CANDLES_SQL, params).fetchall()
+            cur = self._cursor()
+            source, params = self._source(cur, files)
+            sql = _CANDLES_SQL.format(source=source)
+            params |= {"width": width, "from": from_ms, "to": to_ms}
+            rows = cur.execute(sql, params).fetchall()
             return [
                 Candle(
                     int(t),
@@ -129,14 +158,11 @@ class History:
         listing = self.files.list(symbol, from_ms, to_ms)
 
         def query(files: list[str]) -> list[tuple[Any, ...]]:
-            params = {
-                "files": files,
-                "from": from_ms,
-                "to": to_ms,
-                "after": after_id,
-                "limit": limit + 1,
-            }
-            return self._cursor().execute(_TRADES_SQL, params).fetchall()
+            cur = self._cursor()
+            source, params = self._source(cur, files)
+            sql = _TRADES_SQL.format(source=source)
+            params |= {"from": from_ms, "to": to_ms, "after": after_id, "limit": limit + 1}
+            return cur.execute(sql, params).fetchall()
 
         no_rows: list[tuple[Any, ...]] = []
         rows = self._run(listing, query, no_rows)
@@ -162,11 +188,8 @@ class History:
 
         def query(files: list[str]) -> SqlResult:
             cur = self._cursor()
-            cur.execute(
-                "CREATE OR REPLACE TEMP VIEW trades AS SELECT * FROM read_parquet("
-                + _sql_list(files)
-                + ", hive_partitioning = true)"
-            )
+            source, _ = self._source(cur, files, hive=True, inline=True)
+            cur.execute(f"CREATE OR REPLACE TEMP VIEW trades AS SELECT * FROM {source}")
             cur.execute(statement, list(params))
             columns = [d[0] for d in cur.description or []]
             return SqlResult(columns, cur.fetchall())
@@ -193,7 +216,7 @@ COPY (
   SELECT trade_id, CAST(price AS VARCHAR), CAST(quantity AS VARCHAR),
          CAST(price * quantity AS VARCHAR), trade_time,
          CASE WHEN buyer_is_maker THEN 'True' ELSE 'False' END, 'True'
-  FROM read_parquet({files}, hive_partitioning = false)
+  FROM {source}
   WHERE trade_time >= {start} AND trade_time < {end}
   ORDER BY trade_id
 ) TO {out} (FORMAT csv, HEADER false, QUOTE '')
@@ -215,10 +238,9 @@ def export_day(
 
     def query(files: list[str]) -> int:
         cur = history._cursor()
+        source, _ = history._source(cur, files, inline=True)
         cur.execute(
-            _EXPORT_SQL.format(
-                files=_sql_list(files), start=start, end=end, out=_sql_list([str(tmp)])[1:-1]
-            )
+            _EXPORT_SQL.format(source=source, start=start, end=end, out=_sql_list([str(tmp)])[1:-1])
         )
         row = cur.fetchone()
         return int(row[0]) if row else 0

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Path, Query
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from cryptostream.archive.store import archive_root
 from cryptostream.core.symbols import normalize_symbol
 from cryptostream.history.queries import History
 from cryptostream.query import candles as candle_math
@@ -91,7 +92,7 @@ class HistoryRoutes:
     def __init__(self, state: Any) -> None:
         settings = state.settings
         self.state = state
-        self.history = History(settings.archive_dir)
+        self.history = History(archive_root(settings))  # a folder or an object store
         self.max_rows = settings.history_max_rows
         self.max_candles = settings.history_max_candles
 
