@@ -80,13 +80,38 @@ def check_parquet(path: Path) -> None:
         raise ValueError(f"{path}: buyer_is_maker is not a boolean")
 
 
-def _strings(column: Any) -> list[str | None]:
+def _units(column: Any) -> list[int | None]:
+    """A price or quantity column in 1e-8 units; None for nulls and for values with non-zero
+    digits past the 8th decimal (never rounded). Decimals are read from their unscaled integers
+    (pyarrow's decimal-to-string cast writes small values in exponent notation: ``1E-8``)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    if pa.types.is_decimal(column.type):
-        column = pc.cast(column, pa.string())
-    out: list[str | None] = column.to_pylist()
+    n = len(column)
+    if not pa.types.is_decimal(column.type):  # decimal strings (a file written by other tools)
+        return [
+            parse8(text) if text is not None and _exact8(text) else None
+            for text in column.to_pylist()
+        ]
+    width = column.type.byte_width
+    data = memoryview(column.buffers()[1])[column.offset * width : (column.offset + n) * width]
+    raw = [
+        int.from_bytes(data[i : i + width], "little", signed=True)
+        for i in range(0, n * width, width)
+    ]
+    shift = column.type.scale - DECIMALS
+    out: list[int | None]
+    if shift == 0:
+        out = list(raw)
+    elif shift < 0:
+        mul = 10**-shift
+        out = [v * mul for v in raw]
+    else:
+        div = 10**shift
+        out = [v // div if v % div == 0 else None for v in raw]
+    if column.null_count:
+        for i, null in enumerate(column.is_null().to_pylist()):
+            if null:
+                out[i] = None
     return out
 
 
@@ -110,34 +135,21 @@ def read_parquet(
     if not sym:
         raise ValueError(f"{path}: no symbol= folder; pass --replay-symbol")
     spec = spec_for(sym)
-    prices: dict[str, int] = {}  # consecutive trades mostly share a price: parse each text once
     row = 0
     try:
         pf = pq.ParquetFile(path)
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=COLUMNS):
             ids = batch.column("trade_id").to_pylist()
-            ps = _strings(batch.column("price"))
-            qs = _strings(batch.column("quantity"))
+            ps = _units(batch.column("price"))
+            qs = _units(batch.column("quantity"))
             ts = batch.column("trade_time").to_pylist()
             ms = batch.column("buyer_is_maker").to_pylist()
-            for tid, p, q, t, m in zip(ids, ps, qs, ts, ms, strict=True):
+            for tid, price, qty, t, m in zip(ids, ps, qs, ts, ms, strict=True):
                 row += 1
                 stats.lines += 1
-                if tid is None or p is None or q is None or t is None or m is None:
-                    stats.skip("null value", f"{path}:row {row}")
+                if tid is None or price is None or qty is None or t is None or m is None:
+                    stats.skip("null or more than 8 decimals", f"{path}:row {row}")
                     continue
-                price = prices.get(p)
-                if price is None:
-                    if not _exact8(p):
-                        stats.skip("more than 8 decimals", f"{path}:row {row}")
-                        continue
-                    if len(prices) >= 4096:
-                        prices.clear()
-                    price = prices[p] = parse8(p)
-                if not _exact8(q):
-                    stats.skip("more than 8 decimals", f"{path}:row {row}")
-                    continue
-                qty = parse8(q)
                 bid, bq, ask, aq = _book(spec, price, qty, m)
                 stats.items += 1
                 yield Order(sym, tid, tid, price, [qty], t * 1000, m, bid, bq, ask, aq, tid)

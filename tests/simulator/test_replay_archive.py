@@ -16,6 +16,7 @@ import pytest
 from cryptostream.archive import layout
 from cryptostream.cli import _resolve_replay_args
 from cryptostream.core.trades import Trade
+from marketsim.model import Order
 from marketsim.replay import ReplaySource, replay_factory
 from marketsim.server import Simulator
 from tests.archive.helpers import DAY, T0, sink_all, trades, values
@@ -168,3 +169,38 @@ def test_csp_simulator_refuses_an_empty_or_unreadable_archive_at_start(tmp_path:
     assert "warning: skipped" in proc.stderr and "Traceback" not in proc.stderr
     proc = _csp("--replay", str(bad), "--replay-from", "yesterday")
     assert proc.returncode == 2 and "expected a day, YYYY-MM-DD" in proc.stderr
+
+
+@pytest.mark.parametrize("scale", [2, 8, 10])
+def test_any_archive_scale_renders_8_decimals_and_never_rounds(tmp_path: Path, scale: int) -> None:
+    from decimal import Decimal
+
+    from marketsim.units import fmt8
+
+    folder = tmp_path / "date=2024-06-10" / "symbol=BTCUSDT"
+    folder.mkdir(parents=True)
+    dec = pa.decimal128(38, scale)
+    prices = [Decimal("66398.85"), Decimal("0.0000000123") if scale >= 10 else Decimal("1.5")]
+    tiny = Decimal("0.00000001") if scale >= 8 else Decimal("0.01")  # pyarrow's str(): 1E-8
+    table = pa.table(
+        {
+            "trade_id": pa.array([1, 2], pa.int64()),
+            "price": pa.array(prices, dec),
+            "quantity": pa.array([tiny, Decimal("2")], dec),
+            "trade_time": pa.array([T0, T0 + 1], pa.int64()),
+            "buyer_is_maker": pa.array([True, False]),
+        }
+    )
+    path = folder / layout.data_name("raw.trades", 0, 0, 1)
+    pq.write_table(table, path)
+    source = ReplaySource([path])
+    got = []
+    while (item := source.next_item()) is not None:
+        assert isinstance(item, Order)
+        got.append(item)
+    assert fmt8(got[0].price) == "66398.85000000"
+    assert fmt8(got[0].qtys[0]) == f"{tiny:.8f}"
+    if scale >= 10:  # 9 significant fractional digits: skipped and counted, not rounded
+        assert len(got) == 1 and source.stats.skipped_reasons == {"null or more than 8 decimals": 1}
+    else:
+        assert len(got) == 2 and not source.stats.skipped
