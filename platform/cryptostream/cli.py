@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -266,7 +267,165 @@ def simulator(ctx: typer.Context) -> None:
     """The Binance-compatible market simulator (`csp simulator --help` for its options)."""
     from marketsim.cli import main as simulator_main
 
-    raise typer.Exit(simulator_main(list(ctx.args), prog="csp simulator"))
+    args = list(ctx.args)
+    if "-h" in args or "--help" in args:
+        import contextlib
+
+        with contextlib.suppress(SystemExit):  # argparse's --help exits
+            simulator_main(["--help"], prog="csp simulator")
+        typer.echo(_ARCHIVE_REPLAY_HELP)
+        raise typer.Exit(0)
+    try:
+        args = _resolve_replay_args(args)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(simulator_main(args, prog="csp simulator"))
+
+
+_ARCHIVE_REPLAY_HELP = """
+archive replay (csp simulator only):
+  --replay FOLDER|GLOB  the archive's root, a date= or symbol= folder, or a glob of folders or
+                        .parquet files: replays the files a history query would read (intact,
+                        not covered by a compacted file); damaged files are named and skipped
+  --replay-from DAY     only archive days from DAY (YYYY-MM-DD, UTC) ...
+  --replay-to DAY       ... to DAY, inclusive
+  --replay-symbols S,S  only these symbols of the archive"""
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _replay_day(flag: str, text: str) -> str:
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected a day, YYYY-MM-DD") from None
+
+
+def _resolve_replay_args(args: list[str]) -> list[str]:
+    """``csp simulator`` arguments with every archive folder or glob after ``--replay`` replaced
+    by the archive files to replay (``--replay FILE`` each), and the archive-only options
+    (``--replay-from/--replay-to/--replay-symbols``) consumed. Plain replay files pass through.
+    ValueError (one line) for an archive with nothing to replay or a bad option value."""
+    out: list[str] = []
+    targets: list[tuple[int, str]] = []  # (index in out, folder or glob)
+    opts: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if name in ("--replay-from", "--replay-to", "--replay-symbols"):
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ValueError(f"{name} needs a value")
+                i += 1
+                value = args[i]
+            opts[name] = value
+            i += 1
+            continue
+        if name != "--replay":
+            out.append(arg)
+            i += 1
+            continue
+        values = [value] if eq else []
+        i += 1
+        if not eq:
+            # the shell may have expanded an unquoted glob: every bare word after --replay
+            # (the simulator takes no positional arguments) is one more replay path
+            while i < len(args) and not args[i].startswith("-"):
+                values.append(args[i])
+                i += 1
+            if not values:
+                raise ValueError("--replay needs a file, an archive folder or a glob")
+        for v in values:
+            path = Path(v)
+            if path.is_file() and not (path.suffix == ".parquet" and _in_archive(path)):
+                out += ["--replay", v]  # a recording, a CSV, a Parquet file outside an archive
+            else:
+                targets.append((len(out), v))
+    if not targets:
+        if opts:
+            raise ValueError(f"{', '.join(sorted(opts))}: only with --replay of an archive folder")
+        return out
+    days = (
+        _replay_day("--replay-from", opts["--replay-from"]) if "--replay-from" in opts else None,
+        _replay_day("--replay-to", opts["--replay-to"]) if "--replay-to" in opts else None,
+    )
+    if days[0] and days[1] and days[0] > days[1]:
+        raise ValueError(f"--replay-from {days[0]} is after --replay-to {days[1]}")
+    symbols = None
+    if "--replay-symbols" in opts:
+        symbols = {s.strip().upper() for s in opts["--replay-symbols"].split(",") if s.strip()}
+        if not symbols:
+            raise ValueError("--replay-symbols: no symbol given")
+    for at, target in reversed(targets):
+        files = _archive_files(target, days, symbols)
+        out[at:at] = [a for f in files for a in ("--replay", f)]
+    return out
+
+
+def _in_archive(path: Path) -> bool:
+    from cryptostream.archive import layout
+
+    return (
+        layout.parse_symbol_dir(path.parent.name) is not None
+        and layout.parse_date_dir(path.parent.parent.name) is not None
+    )
+
+
+def _archive_files(
+    target: str, days: tuple[str | None, str | None], symbols: set[str] | None
+) -> list[str]:
+    """The files of an archive folder or glob a history reader would read: data files no other
+    file covers, whose footer and schema are intact (the damaged ones are named on stderr and
+    skipped), within the days and symbols asked for; ValueError if that leaves none."""
+    import glob
+    import os
+
+    from cryptostream.archive import layout
+    from cryptostream.history.files import ArchiveFiles
+
+    matches = sorted(glob.glob(target, recursive=True)) if _GLOB_CHARS & set(target) else [target]
+    matches = [m for m in matches if os.path.exists(m)]
+    if not matches:
+        raise ValueError(f"--replay {target}: no such file or folder")
+    wanted: set[str] = set()
+    listed: dict[str, list[str]] = {}  # archive root -> its readable files
+    bad: dict[str, str] = {}
+    for m in matches:
+        path = Path(os.path.abspath(m))
+        # find the archive root above a date=/symbol= folder or a data file
+        root = path.parent if path.is_file() else path
+        while layout.parse_symbol_dir(root.name) or layout.parse_date_dir(root.name):
+            root = root.parent
+        if str(root) not in listed:
+            listing = ArchiveFiles(root).list()
+            listed[str(root)] = listing.files
+            bad.update(listing.bad)
+        prefix = str(path) if path.is_file() else str(path) + os.sep
+        for f in listed[str(root)]:
+            if f == str(path) or f.startswith(prefix):
+                wanted.add(f)
+    files = []
+    for f in sorted(wanted):
+        fp = Path(f)
+        day, sym = layout.parse_date_dir(fp.parent.parent.name), fp.parent.name[len("symbol=") :]
+        if day is None or (days[0] and day < days[0]) or (days[1] and day > days[1]):
+            continue
+        if symbols is not None and sym not in symbols:
+            continue
+        files.append(f)
+    for f, reason in sorted(bad.items()):
+        typer.secho(f"warning: skipped {f}: {reason}", err=True, fg=typer.colors.YELLOW)
+    if not files:
+        narrowed = " for the days and symbols asked for" if days != (None, None) or symbols else ""
+        damaged = f" ({len(bad)} damaged file(s) skipped)" if bad else ""
+        raise ValueError(
+            f"--replay {target}: no archive trade files to replay{narrowed}{damaged} "
+            "(expected date=YYYY-MM-DD/symbol=SYMBOL/*.parquet, as `csp archive` writes)"
+        )
+    return files
 
 
 @app.command(epilog=_variables("ingest"))

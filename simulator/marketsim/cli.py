@@ -154,8 +154,8 @@ def build_parser(prog: str = "marketsim") -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="recorded frames (.jsonl[.gz]) or Binance archive CSV (trades/aggTrades, "
-        ".csv or .zip); repeatable, merged in time order",
+        help="recorded frames (.jsonl[.gz]), Binance archive CSV (trades/aggTrades, "
+        ".csv or .zip) or the pipeline archive's Parquet files; repeatable, merged in time order",
     )
     g.add_argument("--replay-symbol", help="symbol for archive files whose name does not tell")
     g.add_argument("--loop", action="store_true", help="replay the files again and again")

@@ -42,6 +42,13 @@ trade id; an aggTrades row becomes trades ``f..l`` (quantity split evenly in 1e-
 remainder on the last trade) and one aggTrade. Stream payloads are then built like the synthetic
 ones, so every stream (trade, aggTrade, bookTicker, kline_1m) works.
 
+The pipeline's own trade archive (Parquet, ``csp archive``)
+---------------------------------------------------------
+Files of ``date=.../symbol=.../`` folders, replayed like ``trades`` CSV rows: see
+:mod:`marketsim.replay_parquet` (told apart by content: Parquet's ``PAR1`` magic). An archive's
+days are disjoint in time, so its files are merged one day at a time (one day's files open at
+once, whatever the span replayed).
+
 Several files are merged in time order (stable: on equal times, the earlier file first), read
 line by line from disk: memory stays flat whatever the file sizes. With ``loop``, the files are
 read again; archive trades then get times shifted by the span of the data (+1 ms) and trade/agg
@@ -67,6 +74,8 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from marketsim.model import DepthInfo, Item, Order, RawFrame, TradeInfo
+from marketsim.replay_parquet import check_parquet, day_from_folder, is_parquet, read_parquet
+from marketsim.replay_parquet import symbol_from_folder as _parquet_symbol
 from marketsim.symbols import SymbolSpec, spec_for
 from marketsim.units import parse8
 
@@ -389,7 +398,10 @@ _TIMESTAMPED_RE = re.compile(r"\A(\d{13,19}|\d{4}-\d\d-\d\dT[0-9:.]+Z?) \{")
 
 
 def is_recorded(path: Path) -> bool:
-    """Recorded frames: a JSON record or ``<time> {...}`` per line; archives are CSV (or zip)."""
+    """Recorded frames: a JSON record or ``<time> {...}`` per line; archives are CSV (or zip)
+    or Parquet."""
+    if is_parquet(path):
+        return False
     with open_text(path) as f:
         for line in f:
             if line.strip():
@@ -405,6 +417,13 @@ def merged(iterators: Sequence[Iterator[Item]]) -> Iterator[Item]:
     return heapq.merge(*iterators, key=lambda it: it.time_us)
 
 
+def _kind(path: Path) -> str:
+    """The kind of a replay file: parquet (the pipeline archive), recorded (frames) or csv."""
+    if is_parquet(path):
+        return "parquet"
+    return "recorded" if is_recorded(path) else "csv"
+
+
 class ReplaySource:
     """Replay of several files, merged in time order, optionally looped."""
 
@@ -415,17 +434,28 @@ class ReplaySource:
             raise ValueError("no replay files")
         self.files = [Path(p) for p in files]
         for p in self.files:
+            if p.is_dir():
+                raise ValueError(
+                    f"{p} is a folder: the simulator replays files "
+                    "(`csp simulator --replay FOLDER` resolves an archive folder to its files)"
+                )
             if not p.is_file():
                 raise FileNotFoundError(f"replay file not found: {p}")
         self.loop = loop
         self.symbol = symbol
         self.stats = ReplayStats()
-        self._kinds = [is_recorded(p) for p in self.files]
-        for p, rec in zip(self.files, self._kinds, strict=True):
-            if not rec and not (symbol or symbol_from_name(p)):
+        self._kinds = [_kind(p) for p in self.files]
+        for p, kind in zip(self.files, self._kinds, strict=True):
+            if kind == "parquet":  # found at start, not when the market task first reads it
+                check_parquet(p)
+                sym = _parquet_symbol(p) or symbol
+                if not sym:
+                    raise ValueError(f"{p}: no symbol= folder; pass --replay-symbol")
+                spec_for(sym.upper())
+            elif kind == "csv" and not (symbol or symbol_from_name(p)):
                 # found at start, not when the market task first reads the file
                 raise ValueError(f"{p}: no symbol in the file name; pass --replay-symbol")
-            if not rec:
+            elif kind == "csv":
                 spec_for((symbol or symbol_from_name(p) or "").upper())  # a bad symbol, now
                 with open_text(p) as f:  # neither trades nor aggTrades: now, too
                     first_row = next(csv.reader(f), None)
@@ -443,16 +473,33 @@ class ReplaySource:
 
     def _open(self) -> Iterator[Item]:
         its: list[Iterator[Item]] = []
-        for p, rec in zip(self.files, self._kinds, strict=True):
-            its.append(
-                read_recorded(p, self.stats) if rec else read_archive(p, self.symbol, self.stats)
-            )
+        days: dict[str, list[Iterator[Item]]] = {}
+        days_at = -1  # where the archive's day-chained files go in the merge (stable ties)
+        for p, kind in zip(self.files, self._kinds, strict=True):
+            if kind == "parquet":
+                day = day_from_folder(p)
+                if day is not None:
+                    if days_at < 0:
+                        days_at = len(its)
+                    days.setdefault(day, []).append(read_parquet(p, self.symbol, self.stats))
+                    continue
+                its.append(read_parquet(p, self.symbol, self.stats))
+            elif kind == "recorded":
+                its.append(read_recorded(p, self.stats))
+            else:
+                its.append(read_archive(p, self.symbol, self.stats))
+        if days:
+            chained = itertools.chain.from_iterable(merged(days[d]) for d in sorted(days))
+            its.insert(days_at, chained)
         return merged(its)
 
     def initial_specs(self) -> list[SymbolSpec]:
         out: list[SymbolSpec] = []
-        for p, rec in zip(self.files, self._kinds, strict=True):
-            sym = None if rec else (self.symbol or symbol_from_name(p))
+        for p, kind in zip(self.files, self._kinds, strict=True):
+            if kind == "parquet":
+                sym = _parquet_symbol(p) or self.symbol
+            else:
+                sym = None if kind == "recorded" else (self.symbol or symbol_from_name(p))
             if sym:
                 spec = spec_for(sym)
                 if spec not in out:
