@@ -123,7 +123,7 @@ def test_recorded_books_reach_the_query_api_exactly(isolated: Env) -> None:
 
         report = check_books(isolated.redis, read_all(settings, settings.depth_topic))
         assert report.ok, report.summary()
-        assert report.symbols == len(symbols) and report.records > 2 * 3000
+        assert report.symbols == len(symbols) and report.records > 5000
         pipeline.check_alive()
     finally:
         pipeline.stop()
