@@ -33,7 +33,7 @@ from cryptostream.core.trades import Trade
 from cryptostream.kafka_clients import producer_config
 from cryptostream.stack.pipeline import Pipeline, SimulatorHandle, wait_for
 from cryptostream.stack.supervisor import ManagedProcess
-from cryptostream_lab.checker import check
+from cryptostream_lab.checker import CheckReport, check, check_books
 from cryptostream_lab.reliability.gaps import GapSummary, expected_trades, id_audit, summarize
 from cryptostream_lab.reliability.model import ScenarioResult
 from cryptostream_lab.reliability.recovery import RecoveryTimer, caught_up
@@ -455,6 +455,71 @@ def settle_and_finish(run: FaultRun, sim: SimulatorHandle, settings: Settings) -
         trade = decode_trade(value).trade
         topic_ids.append((trade.symbol, trade.trade_id))
     return run.finish(simulator_truth(sim), gap_summary(settings), topic_ids)
+
+
+# --- order books (raw.depth) --------------------------------------------------------------------
+
+
+def depth_ends(probe: Probe) -> dict[int, int]:
+    topic = probe.settings.depth_topic
+    return {
+        p: probe.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        for p in range(probe.settings.partitions)
+    }
+
+
+def depth_applied(probe: Probe) -> dict[int, int]:
+    stored = probe.redis.hgetall(offsets_key(probe.settings.depth_topic))
+    return {int(p): int(v) for p, v in stored.items()}
+
+
+def books_verdict(run: FaultRun, timeout: float = 120.0) -> CheckReport:
+    """Once ingest stopped producing depth records and Redis applied all of them, every book in
+    Redis against ``check_books``'s rebuild from the depth topic; a divergence counts as wrong
+    entries of the run's result (with the first ones in its notes)."""
+    seen: list[tuple[dict[int, int], bool]] = []
+
+    def drained() -> bool:
+        run.assert_others_alive()
+        ends = depth_ends(run.probe)
+        done = caught_up(depth_applied(run.probe), ends)
+        seen.append((ends, done))
+        # idle for two polls in a row (1 s apart) and all of it applied
+        return len(seen) >= 2 and seen[-2] == (ends, True) and done
+
+    try:
+        wait_for(drained, timeout, f"{run.scenario}: every depth record applied", interval=1.0)
+    except TimeoutError as exc:
+        run.result.notes += f" books: {exc}."
+    report = check_books(run.probe.redis, read_all(run.settings, run.settings.depth_topic))
+    run.result.wrong += len(report.discrepancies)
+    run.result.notes += f" books: {report.records} depth records, {report.symbols} symbols"
+    run.result.notes += f", {len(report.discrepancies)} wrong." if report.discrepancies else "."
+    if report.discrepancies:
+        run.result.notes += " " + "; ".join(map(str, report.discrepancies[:3]))
+    return report
+
+
+def settle_books_and_finish(
+    run: FaultRun, sim: SimulatorHandle, settings: Settings
+) -> tuple[ScenarioResult, CheckReport]:
+    """:func:`settle_and_finish` (the trades verdict), with the books verdict taken just before
+    the processes stop, in the same result row."""
+    reports: list[CheckReport] = []
+    armed = [True]
+
+    def books() -> None:
+        if armed[0]:  # not on an aborted run's way out
+            reports.append(books_verdict(run))
+
+    run.before_stop.insert(0, books)
+    try:
+        result = settle_and_finish(run, sim, settings)
+    except BaseException:
+        armed[0] = False
+        raise
+    (report,) = reports
+    return result, report
 
 
 def record(result: ScenarioResult) -> None:
