@@ -30,9 +30,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from cryptostream.binance.frames import ControlReply, Ignored, Malformed, parse_frame
 from cryptostream.core.codec import encode_trade
 from cryptostream.core.deadletter import encode_dead_letter
-from cryptostream.core.frames import ControlReply, Ignored, Malformed, parse_frame
 from cryptostream.core.trades import Trade
 from cryptostream.ingest.gaps import detected_record, final_records
 from cryptostream.ingest.metrics import IngestStats

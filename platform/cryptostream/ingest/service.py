@@ -33,14 +33,23 @@ from typing import Any
 import httpx
 from confluent_kafka import KafkaError, Message, Producer
 
-from cryptostream.config import Settings
-from cryptostream.ingest.backfill import (
-    BackfillPlan,
+from cryptostream.binance.rest import (
+    EXCHANGE_INFO_PATH,
     RestRequest,
     RowError,
+    newest_id,
+    newest_request,
     rest_base_url,
     trading_symbols,
 )
+from cryptostream.binance.streams import (
+    SUBSCRIBE_INTERVAL_S,
+    ConnectionPlan,
+    plan_connections,
+    subscribe_message,
+)
+from cryptostream.config import Settings
+from cryptostream.ingest.backfill import BackfillPlan
 from cryptostream.ingest.depth import depth_symbols
 from cryptostream.ingest.depthservice import DepthIngest
 from cryptostream.ingest.engine import Control, Tick, TradeEngine
@@ -48,15 +57,7 @@ from cryptostream.ingest.metrics import MetricsServer
 from cryptostream.ingest.recorder import Recorder
 from cryptostream.ingest.rest import BackfillError, rest_get
 from cryptostream.ingest.resume import Seed, read_resume_plan
-from cryptostream.ingest.streams import (
-    SUBSCRIBE_INTERVAL_S,
-    AttemptLimiter,
-    Backoff,
-    ConnectionPlan,
-    plan_connections,
-    subscribe_message,
-)
-from cryptostream.ingest.tail import newest_id, newest_request
+from cryptostream.ingest.streams import AttemptLimiter, Backoff
 from cryptostream.ingest.tracker import Gap
 from cryptostream.ingest.wsclient import WsConnection, next_connection_id, open_connection
 from cryptostream.kafka_clients import make_producer, security_config
@@ -526,7 +527,7 @@ class Ingest:
 
 async def discover_symbols(settings: Settings, rest_url: str) -> list[str]:
     async with httpx.AsyncClient(timeout=15.0) as client:
-        reply = await client.get(f"{rest_url}/api/v3/exchangeInfo")
+        reply = await client.get(f"{rest_url}{EXCHANGE_INFO_PATH}")
         reply.raise_for_status()
         symbols = trading_symbols(reply.json(), settings.quote_asset)
     if not symbols:
@@ -545,7 +546,7 @@ async def run(settings: Settings) -> int:
         try:
             symbols = await discover_symbols(settings, rest_url)
         except (httpx.HTTPError, ValueError) as exc:
-            raise ConfigError(f"cannot read the symbols from {rest_url}/api/v3/exchangeInfo: "
+            raise ConfigError(f"cannot read the symbols from {rest_url}{EXCHANGE_INFO_PATH}: "
                               f"{exc!r}") from None  # fmt: skip
     if not symbols:
         raise ConfigError("no symbols to ingest: set CSP_SYMBOLS or CSP_QUOTE_ASSET")
