@@ -119,24 +119,30 @@ class Publisher:
         stats = self.stats
         record = stats.latency.record
         now_ns = time.time_ns
+        index: dict[bytes, int] = {}  # value -> position in the batch, built on a first failure
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 stats.acked += 1
                 record(now_ns() // 1000 - recv_us)
             else:
-                self._delivery_failed(err, msg, batch, ids)
+                if not index:
+                    index.update((value, i) for i, (value, _) in enumerate(batch))
+                self._delivery_failed(err, msg, batch, ids, index)
 
         return on_delivery
 
     def _delivery_failed(
-        self, err: KafkaError, msg: Message, batch: list[tuple[bytes, bytes]], ids: list[int]
+        self,
+        err: KafkaError,
+        msg: Message,
+        batch: list[tuple[bytes, bytes]],
+        ids: list[int],
+        index: dict[bytes, int],
     ) -> None:
-        value = msg.value()
-        for i, (sent, key) in enumerate(batch):  # values are unique: (symbol, id) is in each
-            if sent == value:
-                self.engine.delivery_failed(key, ids[i])
-                break
+        i = index.get(msg.value() or b"")  # values are unique: each has its symbol and id
+        if i is not None:
+            self.engine.delivery_failed(batch[i][1], ids[i])
         else:
             self.stats.delivery_failed += 1
             self.stats.error("delivery_unattributed")
@@ -282,13 +288,14 @@ class Ingest:
         if self.recorder is not None:
             self.recorder.write(frames, recv_us)
         engine = self.engine
-        batch, ids = engine.on_frames(frames, recv_us, conn.id, time.monotonic())
+        now = time.monotonic()
+        batch, ids = engine.on_frames(frames, recv_us, conn.id, now)
         publisher = self.publisher
         produced = publisher.produce_batch(batch, ids, recv_us) if batch else 0
         if engine.outbox:
             publisher.produce_outbox()
         publisher.producer.poll(0)
-        if produced and engine.should_pause(conn.id, time.monotonic()):
+        if produced and engine.should_pause(conn.id, now):
             conn.pause_reading()
 
     # ----- the clock ---------------------------------------------------------------------
