@@ -5,7 +5,8 @@ de-duplication, gaps, flow control, overflow — frames in, actions out) and the
 (``ingest.backfill``, ``ingest.streams``, ``ingest.tail``, ``ingest.wsproto``):
 
 * the publisher (:class:`Publisher`): produces the engine's records, feeds deliveries back;
-* one supervisor task per planned connection: connect (backoff + jitter, attempt limit),
+* the connection supervisor (:class:`ConnectionSupervisor`), one task per planned connection:
+  connect (backoff + jitter, attempt limit),
   subscribe (paced), watch (closed, silent longer than ``ingest_silence_s``, older than
   ``ingest_lifetime_s`` or a ``serverShutdown`` notice), replace — proactively with an overlap:
   the new connection runs before the old one is closed, and the id tracker drops the duplicates;
@@ -16,7 +17,7 @@ de-duplication, gaps, flow control, overflow — frames in, actions out) and the
   ``ingest_buffer_timeout_s`` trades are dropped and recorded as ``buffer_overflow`` gaps (as are
   records Kafka refuses after all retries) until Kafka catches up;
 * gaps: detected after the reorder grace, published to ``raw.trades.gaps``, backfilled over REST
-  (one worker: the backfiller), then closed as backfilled / unrecoverable sub-ranges; quiet
+  (one worker: :class:`Backfiller`), then closed as backfilled / unrecoverable sub-ranges; quiet
   symbols are checked against REST's newest id when the engine's clock says so.
 """
 
@@ -59,7 +60,12 @@ from cryptostream.ingest.rest import BackfillError, rest_get
 from cryptostream.ingest.resume import Seed, read_resume_plan
 from cryptostream.ingest.streams import AttemptLimiter, Backoff
 from cryptostream.ingest.tracker import Gap
-from cryptostream.ingest.wsclient import WsConnection, next_connection_id, open_connection
+from cryptostream.ingest.wsclient import (
+    FramesHandler,
+    WsConnection,
+    next_connection_id,
+    open_connection,
+)
 from cryptostream.kafka_clients import make_producer, security_config
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.topics import TopicError, require_topic
@@ -223,122 +229,29 @@ class Publisher:
             stats.delivery_failed += in_flight
 
 
-class Ingest:
-    """The trade path: the engine, and its shells — the publisher (Kafka), the connection
-    supervisors (one task per planned connection), the backfiller and tail checker (REST)."""
+class Backfiller:
+    """The REST shell: backfills detected gaps (one worker) and runs the tail checks the engine's
+    clock asks for; what arrives goes back to the engine, its records to the publisher."""
 
-    def __init__(self, settings: Settings, symbols: list[str], rest_url: str) -> None:
+    def __init__(
+        self, settings: Settings, engine: TradeEngine, publisher: Publisher, rest_url: str
+    ) -> None:
         self.settings = settings
-        self.symbols = symbols
-        self.rest_url = rest_url
+        self.engine = engine
+        self.publisher = publisher
+        self.stats = engine.stats
         self.kind = settings.stream_kind
-        self.engine = TradeEngine(
-            symbols,
-            kind=settings.stream_kind,
-            grace_s=settings.ingest_gap_grace_s,
-            bound=settings.ingest_buffer_max,
-            buffer_timeout_s=settings.ingest_buffer_timeout_s,
-            max_frame=settings.max_frame_bytes,
-            gap_topic=settings.gap_topic,
-            dlq_topic=settings.dlq_topic,
-            tail_quiet_s=settings.ingest_tail_check_s,
-        )
-        self.stats = self.engine.stats
-        self.trackers = self.engine.trackers
-        self.publisher = Publisher(settings, self.engine)
+        self.rest_url = rest_url
         self.backfill_queue: asyncio.Queue[Gap] = asyncio.Queue()
         self.tail_queue: asyncio.Queue[str] = asyncio.Queue()
         self.in_backfill: Gap | None = None
-        self.connections: dict[int, WsConnection] = {}
-        self.stopping = asyncio.Event()
-        self.warn = RateLimitedLog(log)
-        self.limiter = AttemptLimiter()
-        self.recorder: Recorder | None = None
-        if settings.record_dir is not None:
-            rotate_bytes = int(settings.record_rotate_mb * 1e6)
-            self.recorder = Recorder(settings.record_dir, rotate_bytes, settings.record_rotate_s)
-        self.has_room = asyncio.Event()
+        self.has_room = asyncio.Event()  # set by the clock: Kafka takes backfilled trades
         self.has_room.set()
-        self.max_frame = settings.max_frame_bytes
-
-    @property
-    def producer(self) -> Producer:
-        return self.publisher.producer
-
-    @producer.setter
-    def producer(self, producer: Producer) -> None:
-        self.publisher.producer = producer
-
-    @property
-    def dropping(self) -> bool:
-        return self.engine.dropping
-
-    @property
-    def in_flight(self) -> int:
-        return self.engine.in_flight
-
-    def resume_from(self, plan: dict[str, Seed]) -> None:
-        """See :meth:`TradeEngine.resume_from`; unfinished backfills are queued again."""
-        for gap in self.engine.resume_from(plan, time.monotonic()):
-            self.backfill_queue.put_nowait(gap)
-
-    # ----- the hot path: frames -> engine -> produce -----------------------------------
-
-    def on_frames(self, frames: list[bytes], recv_us: int, conn: WsConnection) -> None:
-        if self.recorder is not None:
-            self.recorder.write(frames, recv_us)
-        engine = self.engine
-        now = time.monotonic()
-        batch, ids = engine.on_frames(frames, recv_us, conn.id, now)
-        publisher = self.publisher
-        produced = publisher.produce_batch(batch, ids, recv_us) if batch else 0
-        if engine.outbox:
-            publisher.produce_outbox()
-        publisher.producer.poll(0)
-        if produced and engine.should_pause(conn.id, now):
-            conn.pause_reading()
-
-    # ----- the clock ---------------------------------------------------------------------
-
-    def flow_step(self) -> None:
-        """Deliveries, the buffer bound, overflow mode, a fatal producer, due gaps and tail
-        checks (every few ms)."""
-        self.publisher.poll()
-        tick = self.engine.tick(time.monotonic(), _now_us())
-        self._apply(tick)
-        self.publisher.produce_outbox()
-        if self.engine.has_room:
-            self.has_room.set()
-        else:
-            self.has_room.clear()
-
-    def _apply(self, tick: Tick) -> None:
-        for conn_id in tick.resume:
-            conn = self.connections.get(conn_id)
-            if conn is not None:
-                conn.resume_reading()
-        for gap in tick.backfill:
-            self.backfill_queue.put_nowait(gap)
-        for symbol in tick.tail:
-            self.tail_queue.put_nowait(symbol)
-
-    def gap_step(self) -> None:
-        """Detect due gaps now (the clock does this every ``GAP_EVERY_S``)."""
-        for gap in self.engine.gap_step(time.monotonic(), _now_us()):
-            self.backfill_queue.put_nowait(gap)
-        self.publisher.produce_outbox()
-
-    async def flow_loop(self) -> None:
-        while True:
-            self.flow_step()
-            busy = self.engine.paused or self.in_flight
-            await asyncio.sleep(0.005 if busy else 0.05)
+        self.warn = RateLimitedLog(log)
 
     def finish_gap(self, gap: Gap) -> None:
         self.engine.finish_gap(gap, _now_us())
         self.publisher.produce_outbox()
-
-    # ----- backfill and tail checks (REST) -------------------------------------------
 
     async def tail_loop(self) -> None:
         """Check quiet symbols against REST's newest id (see :mod:`cryptostream.ingest.tail`);
@@ -395,12 +308,34 @@ class Ingest:
             if batch:
                 produced = self.publisher.produce_batch(batch, ids, now_us, live=False)
                 self.stats.backfilled_trades += produced
-            self.producer.poll(0)
+            self.publisher.producer.poll(0)
 
     async def _rest_get(self, client: httpx.AsyncClient, request: RestRequest) -> Any:
         return await rest_get(client, request.url(self.rest_url))
 
-    # ----- connection supervisor ---------------------------------------------------------
+
+class ConnectionSupervisor:
+    """The WebSocket shell: one :meth:`supervise` task per planned connection; the engine learns
+    of each connection (its id, and after a reconnect its symbols not seen yet) before its first
+    frame, and decides what a serverShutdown notice means."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: TradeEngine,
+        on_frames: FramesHandler,
+        stopping: asyncio.Event,
+        limiter: AttemptLimiter,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.stats = engine.stats
+        self.on_frames = on_frames
+        self.stopping = stopping
+        self.limiter = limiter
+        self.max_frame = settings.max_frame_bytes
+        self.connections: dict[int, WsConnection] = {}
+        self.warn = RateLimitedLog(log)
 
     async def _connect(
         self, plan: ConnectionPlan, backoff: Backoff, reconnect: bool
@@ -508,6 +443,135 @@ class Ingest:
             await self._sleep(delay)
             conn = await self._connect(plan, backoff, reconnect=True)
 
+
+class Ingest:
+    """The trade path wired together: the engine (every decision) and its shells — the publisher
+    (Kafka), the connection supervisor (WebSocket), the backfiller (REST) — driven by the clock
+    (:meth:`flow_loop`) and the reads (:meth:`on_frames`)."""
+
+    def __init__(self, settings: Settings, symbols: list[str], rest_url: str) -> None:
+        self.settings = settings
+        self.symbols = symbols
+        self.engine = TradeEngine(
+            symbols,
+            kind=settings.stream_kind,
+            grace_s=settings.ingest_gap_grace_s,
+            bound=settings.ingest_buffer_max,
+            buffer_timeout_s=settings.ingest_buffer_timeout_s,
+            max_frame=settings.max_frame_bytes,
+            gap_topic=settings.gap_topic,
+            dlq_topic=settings.dlq_topic,
+            tail_quiet_s=settings.ingest_tail_check_s,
+        )
+        self.stats = self.engine.stats
+        self.trackers = self.engine.trackers
+        self.stopping = asyncio.Event()
+        self.limiter = AttemptLimiter()
+        self.publisher = Publisher(settings, self.engine)
+        self.backfiller = Backfiller(settings, self.engine, self.publisher, rest_url)
+        self.supervisor = ConnectionSupervisor(
+            settings, self.engine, self.on_frames, self.stopping, self.limiter
+        )
+        self.recorder: Recorder | None = None
+        if settings.record_dir is not None:
+            rotate_bytes = int(settings.record_rotate_mb * 1e6)
+            self.recorder = Recorder(settings.record_dir, rotate_bytes, settings.record_rotate_s)
+
+    # the shells' state, by their old names
+
+    @property
+    def producer(self) -> Producer:
+        return self.publisher.producer
+
+    @producer.setter
+    def producer(self, producer: Producer) -> None:
+        self.publisher.producer = producer
+
+    @property
+    def connections(self) -> dict[int, WsConnection]:
+        return self.supervisor.connections
+
+    @property
+    def backfill_queue(self) -> asyncio.Queue[Gap]:
+        return self.backfiller.backfill_queue
+
+    @property
+    def has_room(self) -> asyncio.Event:
+        return self.backfiller.has_room
+
+    @property
+    def dropping(self) -> bool:
+        return self.engine.dropping
+
+    @property
+    def in_flight(self) -> int:
+        return self.engine.in_flight
+
+    async def _connect(
+        self, plan: ConnectionPlan, backoff: Backoff, reconnect: bool
+    ) -> WsConnection | None:
+        return await self.supervisor._connect(plan, backoff, reconnect)
+
+    def finish_gap(self, gap: Gap) -> None:
+        self.backfiller.finish_gap(gap)
+
+    def resume_from(self, plan: dict[str, Seed]) -> None:
+        """See :meth:`TradeEngine.resume_from`; unfinished backfills are queued again."""
+        for gap in self.engine.resume_from(plan, time.monotonic()):
+            self.backfill_queue.put_nowait(gap)
+
+    # ----- the hot path: frames -> engine -> produce -----------------------------------
+
+    def on_frames(self, frames: list[bytes], recv_us: int, conn: WsConnection) -> None:
+        if self.recorder is not None:
+            self.recorder.write(frames, recv_us)
+        engine = self.engine
+        now = time.monotonic()
+        batch, ids = engine.on_frames(frames, recv_us, conn.id, now)
+        publisher = self.publisher
+        produced = publisher.produce_batch(batch, ids, recv_us) if batch else 0
+        if engine.outbox:
+            publisher.produce_outbox()
+        publisher.producer.poll(0)
+        if produced and engine.should_pause(conn.id, now):
+            conn.pause_reading()
+
+    # ----- the clock ---------------------------------------------------------------------
+
+    def flow_step(self) -> None:
+        """Deliveries, the buffer bound, overflow mode, a fatal producer, due gaps and tail
+        checks (every few ms)."""
+        self.publisher.poll()
+        tick = self.engine.tick(time.monotonic(), _now_us())
+        self._apply(tick)
+        self.publisher.produce_outbox()
+        if self.engine.has_room:
+            self.has_room.set()
+        else:
+            self.has_room.clear()
+
+    def _apply(self, tick: Tick) -> None:
+        for conn_id in tick.resume:
+            conn = self.supervisor.connections.get(conn_id)
+            if conn is not None:
+                conn.resume_reading()
+        for gap in tick.backfill:
+            self.backfiller.backfill_queue.put_nowait(gap)
+        for symbol in tick.tail:
+            self.backfiller.tail_queue.put_nowait(symbol)
+
+    def gap_step(self) -> None:
+        """Detect due gaps now (the clock does this every ``GAP_EVERY_S``)."""
+        for gap in self.engine.gap_step(time.monotonic(), _now_us()):
+            self.backfiller.backfill_queue.put_nowait(gap)
+        self.publisher.produce_outbox()
+
+    async def flow_loop(self) -> None:
+        while True:
+            self.flow_step()
+            busy = self.engine.paused or self.in_flight
+            await asyncio.sleep(0.005 if busy else 0.05)
+
     # ----- health, shutdown ----------------------------------------------------------------
 
     def gauges(self) -> dict[str, float]:
@@ -520,8 +584,9 @@ class Ingest:
 
     def shutdown_gaps(self) -> None:
         """At exit every detected gap gets its final record (what is missing: unrecoverable)."""
-        queued = [self.backfill_queue.get_nowait() for _ in range(self.backfill_queue.qsize())]
-        in_backfill = [] if self.in_backfill is None else [self.in_backfill]
+        queue, current = self.backfill_queue, self.backfiller.in_backfill
+        queued = [queue.get_nowait() for _ in range(queue.qsize())]
+        in_backfill = [] if current is None else [current]
         self.engine.shutdown(queued, in_backfill, _now_us())
         self.publisher.produce_outbox()
 
@@ -586,9 +651,10 @@ async def run(settings: Settings) -> int:
     log.info("starting", extra={"fields": {
         "symbols": len(symbols), "connections": len(plans), "stream_kind": settings.stream_kind,
         "rest_url": rest_url, "record_dir": str(settings.record_dir or "")}})  # fmt: skip
-    supervisors = [asyncio.create_task(ingest.supervise(plan)) for plan in plans]
+    supervisors = [asyncio.create_task(ingest.supervisor.supervise(plan)) for plan in plans]
     workers = [asyncio.create_task(coro) for coro in (ingest.flow_loop(),
-               ingest.backfill_loop(), ingest.tail_loop(), ingest.progress_loop())]  # fmt: skip
+               ingest.backfiller.backfill_loop(), ingest.backfiller.tail_loop(),
+               ingest.progress_loop())]  # fmt: skip
     if depth is not None:  # its own tasks beside the trade path
         fields = {
             "symbols": len(depth_list),
