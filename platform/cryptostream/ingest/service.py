@@ -533,7 +533,7 @@ class Ingest:
         if engine.outbox:
             publisher.produce_outbox()
         publisher.producer.poll(0)
-        if produced and engine.should_pause(conn.id, now):
+        if produced and engine.in_flight >= engine.bound and engine.should_pause(conn.id, now):
             conn.pause_reading()
 
     # ----- the clock ---------------------------------------------------------------------
