@@ -233,7 +233,7 @@ def run_once(
 GROUPS = [
     ("websocket framing (wsproto.FrameParser.feed)", ("FrameParser.feed",)),
     (
-        "JSON parse + validation + Trade objects (core.frames, core.trades)",
+        "JSON parse + validation + Trade objects (binance.frames, core.trades)",
         (
             "parse_frame",
             "_parse_trade",
@@ -246,7 +246,10 @@ GROUPS = [
     ("id tracking (ingest.tracker)", ("SymbolTracker.", "Gap.fill")),
     ("record encoding (core.codec.encode_trade)", ("encode_trade",)),
     ("delivery callbacks + poll()", ("on_delivery", "LatencyHistogram.record", "poll")),
-    ("hot loop Ingest.on_frames itself (incl. the produce() C call)", ("Ingest.on_frames",)),
+    (
+        "hot loop: TradeEngine.on_frames, Publisher.produce_batch (incl. the produce() C call)",
+        ("TradeEngine.on_frames", "Ingest.on_frames", "Publisher.produce_batch"),
+    ),
     (
         "event loop, socket reads, timers (asyncio)",
         ("asyncio", "selectors", "_run_once", "data_received"),

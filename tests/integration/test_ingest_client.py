@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cryptostream.binance.frames import ControlReply, parse_frame
 from cryptostream.config import Settings
-from cryptostream.core.frames import ControlReply, parse_frame
 from cryptostream.ingest.service import Ingest
 from cryptostream.ingest.streams import Backoff, plan_connections
 from cryptostream.ingest.wsclient import WsConnection, open_connection

@@ -11,8 +11,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cryptostream.binance.frames import ControlReply, Ignored, Malformed, parse_frame
 from cryptostream.core.codec import DecodeError, TradeRecord, decode_trade, encode_trade
-from cryptostream.core.frames import ControlReply, Ignored, Malformed, parse_frame
 from cryptostream.core.trades import Trade
 from tests.unit.test_codec import trades
 from tests.unit.test_frames import json_values

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cryptostream.core.frames import ControlReply, Ignored, Malformed, parse_frame
+from cryptostream.binance.frames import ControlReply, Ignored, Malformed, parse_frame
 from cryptostream.core.trades import Trade
 
 TRADE = {
@@ -152,7 +152,7 @@ def test_fast_path_agrees_with_the_checked_path(
     """parse_frame (msgspec first) gives exactly what the field-by-field path gives."""
     import json
 
-    from cryptostream.core.frames import parse_frame_checked
+    from cryptostream.binance.frames import parse_frame_checked
 
     base = {**TRADE, "a": 42} if kind == "aggTrade" else TRADE
     payload = {k: v for k, v in {**base, "e": kind, **mutations}.items() if v is not _MISSING}

@@ -52,10 +52,10 @@ class FakeProducer:
 
 class FakeConnection:
     url = "ws://test"
+    ids = iter(range(1, 1000))
 
     def __init__(self) -> None:
-        self.unseen: set[str] = set()
-        self.shutdown_notice = False
+        self.id = next(self.ids)
         self.paused = False
 
     def pause_reading(self) -> None:
@@ -89,6 +89,7 @@ async def test_full_buffer_pauses_then_overflow_becomes_gaps_and_recovers() -> N
     conn = FakeConnection()
     ingest.on_frames([frame("BTCUSDT", i) for i in range(1, 121)], 1, conn)  # type: ignore[arg-type]
     assert conn.paused and ingest.in_flight == 120  # the read that crossed the bound is kept
+    ingest.connections[conn.id] = conn  # type: ignore[assignment]
     ingest.flow_step()  # still full after the timeout: overflow mode
     assert ingest.dropping and not conn.paused
     ingest.on_frames([frame("BTCUSDT", i) for i in range(121, 151)], 2, conn)  # type: ignore[arg-type]
@@ -128,8 +129,9 @@ async def test_stream_gap_and_malformed_frame() -> None:
     ingest, fake = make()
     conn = FakeConnection()
     ingest.on_frames([frame("BTCUSDT", 1), b"{bad", frame("BTCUSDT", 5)], 1, conn)  # type: ignore[arg-type]
-    conn.unseen = {"BTCUSDT"}  # a new connection after a reconnect
-    ingest.on_frames([frame("BTCUSDT", 9)], 2, conn)  # type: ignore[arg-type]
+    again = FakeConnection()  # a new connection after a reconnect
+    ingest.engine.connected(again.id, again.url, ["BTCUSDT"])
+    ingest.on_frames([frame("BTCUSDT", 9)], 2, again)  # type: ignore[arg-type]
     ingest.gap_step()
     assert gap_records(fake, ingest) == [
         (2, 4, "detected", "stream"),

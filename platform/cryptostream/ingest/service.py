@@ -1,19 +1,24 @@
 """The ingest process: Binance frames in, Kafka records out, every loss reported.
 
-I/O shell around the pure cores (``core.frames``, ``ingest.tracker``, ``ingest.backfill``,
-``ingest.streams``, ``ingest.gaps``, ``ingest.wsproto``):
+Thin I/O shells around the trade engine (``ingest.engine``: every decision about a trade —
+de-duplication, gaps, flow control, overflow — frames in, actions out) and the other pure cores
+(``ingest.backfill``, ``ingest.streams``, ``ingest.tail``, ``ingest.wsproto``):
 
-* one supervisor task per planned connection: connect (backoff + jitter, attempt limit),
+* the publisher (:class:`Publisher`): produces the engine's records, feeds deliveries back;
+* the connection supervisor (:class:`ConnectionSupervisor`), one task per planned connection:
+  connect (backoff + jitter, attempt limit),
   subscribe (paced), watch (closed, silent longer than ``ingest_silence_s``, older than
   ``ingest_lifetime_s`` or a ``serverShutdown`` notice), replace — proactively with an overlap:
   the new connection runs before the old one is closed, and the id tracker drops the duplicates;
 * the hot path (:meth:`Ingest.on_frames`) runs synchronously in the protocol's
-  ``data_received``: parse, de-duplicate, produce; counters are plain ints;
+  ``data_received``: the engine parses, de-duplicates and encodes the whole read, the publisher
+  produces the batch; counters are plain ints;
 * a bounded produce buffer: past ``ingest_buffer_max`` trades in flight, reading pauses; after
   ``ingest_buffer_timeout_s`` trades are dropped and recorded as ``buffer_overflow`` gaps (as are
   records Kafka refuses after all retries) until Kafka catches up;
 * gaps: detected after the reorder grace, published to ``raw.trades.gaps``, backfilled over REST
-  (one worker), then closed as backfilled / unrecoverable sub-ranges.
+  (one worker: :class:`Backfiller`), then closed as backfilled / unrecoverable sub-ranges; quiet
+  symbols are checked against REST's newest id when the engine's clock says so.
 """
 
 from __future__ import annotations
@@ -27,39 +32,40 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from cryptostream.config import Settings
-from cryptostream.core.codec import encode_trade
-from cryptostream.core.deadletter import encode_dead_letter
-from cryptostream.core.frames import ControlReply, Ignored, Malformed, parse_frame
-from cryptostream.core.trades import Trade
-from cryptostream.ingest.backfill import (
-    BackfillPlan,
+from cryptostream.binance.rest import (
+    EXCHANGE_INFO_PATH,
     RestRequest,
     RowError,
+    newest_id,
+    newest_request,
     rest_base_url,
     trading_symbols,
 )
-from cryptostream.ingest.depth import depth_symbols
-from cryptostream.ingest.depthservice import DepthIngest
-from cryptostream.ingest.gaps import detected_record, final_records
-from cryptostream.ingest.metrics import IngestStats, MetricsServer
-from cryptostream.ingest.recorder import Recorder
-from cryptostream.ingest.rest import BackfillError, rest_get
-from cryptostream.ingest.resume import Seed, read_resume_plan
-from cryptostream.ingest.streams import (
+from cryptostream.binance.streams import (
     SUBSCRIBE_INTERVAL_S,
-    AttemptLimiter,
-    Backoff,
     ConnectionPlan,
     plan_connections,
     subscribe_message,
 )
-from cryptostream.ingest.tail import TailWatch, newest_id, newest_request
-from cryptostream.ingest.tracker import Gap, SymbolTracker
-from cryptostream.ingest.wsclient import WsConnection, open_connection
+from cryptostream.config import Settings
+from cryptostream.ingest.backfill import BackfillPlan
+from cryptostream.ingest.depth import depth_symbols
+from cryptostream.ingest.depthservice import DepthIngest
+from cryptostream.ingest.engine import Control, Tick, TradeEngine
+from cryptostream.ingest.metrics import MetricsServer
+from cryptostream.ingest.recorder import Recorder
+from cryptostream.ingest.rest import BackfillError, rest_get
+from cryptostream.ingest.resume import Seed, read_resume_plan
+from cryptostream.ingest.streams import AttemptLimiter, Backoff
+from cryptostream.ingest.tracker import Gap
+from cryptostream.ingest.wsclient import (
+    FramesHandler,
+    WsConnection,
+    next_connection_id,
+    open_connection,
+)
 from cryptostream.kafka_clients import make_producer, security_config
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.topics import TopicError, require_topic
@@ -78,40 +84,24 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-class Ingest:
-    def __init__(self, settings: Settings, symbols: list[str], rest_url: str) -> None:
-        self.settings = settings
-        self.symbols = symbols
-        self.rest_url = rest_url
-        self.kind = settings.stream_kind
-        self.topic = settings.topic
-        self.stats = IngestStats()
-        self.trackers: dict[str, SymbolTracker] = {}
-        for symbol in symbols:
-            self._tracker(symbol)
-        self.bound = settings.ingest_buffer_max
-        self.producer = self._make_producer()
-        self.fatal: KafkaError | None = None
-        self.dropping = False
-        self.lost: dict[str, list[list[int]]] = {}  # per symbol: id ranges not published
-        self.backfill_queue: asyncio.Queue[Gap] = asyncio.Queue()
-        self.in_backfill: Gap | None = None
-        self.connections: set[WsConnection] = set()
-        self.paused: set[WsConnection] = set()
-        self.pause_started = 0.0
-        self.control_backlog: list[tuple[str, bytes | None, bytes]] = []
-        self.stopping = asyncio.Event()
-        self.warn = RateLimitedLog(log)
-        self.limiter = AttemptLimiter()
-        self.recorder: Recorder | None = None
-        if settings.record_dir is not None:
-            rotate_bytes = int(settings.record_rotate_mb * 1e6)
-            self.recorder = Recorder(settings.record_dir, rotate_bytes, settings.record_rotate_s)
-        self.has_room = asyncio.Event()
-        self.has_room.set()
-        self.max_frame = settings.max_frame_bytes
+class Publisher:
+    """The Kafka shell: produces what the engine decided, feeds deliveries back to it.
 
-    # ----- Kafka -------------------------------------------------------------------------
+    Live and backfilled records are produced with one delivery callback per batch; a failed
+    delivery finds its trade id in the batch the engine returned (by value: no re-decoding).
+    Gap and DLQ records (:class:`Control`) are never dropped for lack of room: a backlog retries
+    them."""
+
+    def __init__(self, settings: Settings, engine: TradeEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.stats = engine.stats
+        self.topic = settings.topic
+        self.bound = settings.ingest_buffer_max
+        self.fatal: KafkaError | None = None
+        self.control_backlog: list[Control] = []
+        self.warn = RateLimitedLog(log)
+        self.producer = self._make_producer()
 
     def _make_producer(self) -> Producer:
         return make_producer(
@@ -129,36 +119,71 @@ class Ingest:
         self.stats.error("kafka")
         self.warn.warning("kafka", "Kafka client error", **{"error.message": str(err)})
 
-    @property
-    def in_flight(self) -> int:
-        s = self.stats
-        return s.produced - s.acked - s.delivery_failed
-
-    def _delivery_callback(self, recv_us: int) -> DeliveryCallback:
+    def _delivery_callback(
+        self, recv_us: int, batch: list[tuple[bytes, bytes]], ids: list[int]
+    ) -> DeliveryCallback:
         stats = self.stats
         record = stats.latency.record
         now_ns = time.time_ns
+        index: dict[bytes, int] = {}  # value -> position in the batch, built on a first failure
 
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 stats.acked += 1
                 record(now_ns() // 1000 - recv_us)
             else:
-                self._delivery_failed(err, msg)
+                if not index:
+                    index.update((value, i) for i, (value, _) in enumerate(batch))
+                self._delivery_failed(err, msg, batch, ids, index)
 
         return on_delivery
 
-    def _delivery_failed(self, err: KafkaError, msg: Message) -> None:
-        self.stats.delivery_failed += 1
-        try:
-            value = orjson.loads(msg.value() or b"")
-            self._lose(str(value["symbol"]), int(value["trade_id"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    def _delivery_failed(
+        self,
+        err: KafkaError,
+        msg: Message,
+        batch: list[tuple[bytes, bytes]],
+        ids: list[int],
+        index: dict[bytes, int],
+    ) -> None:
+        i = index.get(msg.value() or b"")  # values are unique: each has its symbol and id
+        if i is not None:
+            self.engine.delivery_failed(batch[i][1], ids[i])
+        else:
+            self.stats.delivery_failed += 1
             self.stats.error("delivery_unattributed")
         self.warn.warning(
             "delivery", "Kafka did not take a trade after all retries: recorded as a gap",
             **{"error.message": str(err)},
         )  # fmt: skip
+
+    def produce_batch(
+        self, batch: list[tuple[bytes, bytes]], ids: list[int], recv_us: int, live: bool = True
+    ) -> int:
+        """Produce records; those the full queue refuses go back to the engine. Returns how many
+        were produced."""
+        on_delivery = self._delivery_callback(recv_us, batch, ids)
+        produce = self.producer.produce
+        topic = self.topic
+        engine = self.engine
+        i = refused = 0
+        n = len(batch)
+        while i < n:
+            try:
+                for value, key in batch[i:] if i else batch:
+                    produce(topic, value, key, on_delivery=on_delivery)
+                    i += 1
+            except BufferError:
+                key = batch[i][1]
+                if live:
+                    engine.refused(key, ids[i])
+                else:
+                    engine.lose(key, ids[i])
+                i += 1
+                refused += 1
+        produced = n - refused
+        self.stats.produced += produced
+        return produced
 
     def _on_control_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -168,18 +193,14 @@ class Ingest:
                 **{"error.message": str(err), "topic": msg.topic()},
             )  # fmt: skip
 
-    def _produce_control(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Gap and DLQ records: never dropped for lack of room; retried from a backlog."""
-        if self.control_backlog:
-            self.control_backlog.append((topic, key, value))
+    def produce_outbox(self) -> None:
+        """The engine's gap and DLQ records: never dropped; retried from a backlog."""
+        outbox = self.engine.outbox
+        if not outbox and not self.control_backlog:
             return
-        try:
-            self.producer.produce(topic, value, key, on_delivery=self._on_control_delivery)
-        except BufferError:
-            self.control_backlog.append((topic, key, value))
-
-    def _retry_control_backlog(self) -> None:
-        backlog, self.control_backlog = self.control_backlog, []
+        backlog = self.control_backlog + outbox
+        outbox.clear()
+        self.control_backlog = []
         for i, (topic, key, value) in enumerate(backlog):
             try:
                 self.producer.produce(topic, value, key, on_delivery=self._on_control_delivery)
@@ -187,157 +208,12 @@ class Ingest:
                 self.control_backlog = backlog[i:]
                 return
 
-    def _lose(self, symbol: str, tid: int) -> None:
-        ranges = self.lost.get(symbol)
-        if ranges is None:
-            ranges = self.lost[symbol] = []
-        if ranges and ranges[-1][1] == tid - 1:
-            ranges[-1][1] = tid
-        else:
-            ranges.append([tid, tid])
-
-    # ----- hot path ------------------------------------------------------------------------
-
-    def resume_from(self, plan: dict[str, Seed]) -> None:
-        """Continue after what a previous process published (see :mod:`.resume`): the first live
-        trade of each symbol then opens a ``reconnect`` gap over whatever was missed while nobody
-        listened; the holes it left below its last id are pending ``restart`` gaps again, and its
-        unfinished backfills are queued again under their own detection."""
-        now = time.monotonic()
-        for symbol, seed in plan.items():
-            tracker = self._tracker(symbol)
-            tracker.last = seed.last
-            tracker.after_reconnect = True
-            for lo, hi in seed.holes:
-                tracker.open_gap(lo, hi, "restart", now)
-            for again in seed.reopen:
-                gap = tracker.open_gap(again.first, again.last, again.cause, now,
-                                       detected_at_us=again.detected_at_us)  # fmt: skip
-                gap.missing = [[lo, hi] for lo, hi in again.missing]
-                self.backfill_queue.put_nowait(gap)
-
-    def _tracker(self, symbol: str) -> SymbolTracker:
-        tracker = self.trackers.get(symbol)
-        if tracker is None:
-            tracker = self.trackers[symbol] = SymbolTracker(
-                symbol, self.settings.ingest_gap_grace_s
-            )
-        return tracker
-
-    def on_frames(self, frames: list[bytes], recv_us: int, conn: WsConnection) -> None:
-        stats = self.stats
-        stats.frames += len(frames)
-        if self.recorder is not None:
-            self.recorder.write(frames, recv_us)
-        produce = self.producer.produce
-        topic = self.topic
-        trackers = self.trackers
-        kind = self.kind
-        max_frame = self.max_frame
-        dropping = self.dropping
-        on_delivery = self._delivery_callback(recv_us)
-        now = time.monotonic()
-        new = produced = 0
-        for raw in frames:
-            outcome = parse_frame(raw, max_bytes=max_frame, trade_event=kind)
-            if type(outcome) is Trade:
-                symbol = outcome.symbol
-                tid = outcome.trade_id
-                tracker = trackers.get(symbol) or self._tracker(symbol)
-                last = tracker.last
-                if last is not None and tid == last + 1 and not conn.unseen:
-                    tracker.last = tid
-                elif conn.unseen and symbol in conn.unseen:
-                    conn.unseen.discard(symbol)
-                    tracker.after_reconnect = True
-                    accepted = tracker.observe(tid, now)
-                    tracker.after_reconnect = False
-                    if not accepted:
-                        stats.duplicates += 1
-                        continue
-                elif not tracker.observe(tid, now):
-                    stats.duplicates += 1
-                    continue
-                new += 1
-                if dropping:
-                    self._lose(symbol, tid)
-                    stats.buffer_dropped += 1
-                    continue
-                try:
-                    produce(topic, encode_trade(outcome, recv_us), symbol.encode(),
-                            on_delivery=on_delivery)  # fmt: skip
-                    produced += 1
-                except BufferError:
-                    self._lose(symbol, tid)
-                    stats.buffer_dropped += 1
-            else:
-                self._other(outcome, raw, conn)  # type: ignore[arg-type]
-        stats.trades += new
-        stats.produced += produced
+    def poll(self) -> None:
+        """Deliveries, the control backlog, a fatal producer replaced."""
         self.producer.poll(0)
-        if produced and not dropping and self.in_flight >= self.bound:
-            self._pause(conn)
-
-    def _other(
-        self, outcome: Malformed | Ignored | ControlReply, raw: bytes, conn: WsConnection
-    ) -> None:
-        stats = self.stats
-        if isinstance(outcome, Malformed):
-            stats.error("malformed")
-            stats.dead_letters += 1
-            self.warn.warning("malformed", "malformed frame sent to the DLQ", reason=outcome.reason)
-            value = encode_dead_letter(outcome.reason, "ingest", conn.url, raw,
-                                       received_at_us=_now_us())  # fmt: skip
-            self._produce_control(self.settings.dlq_topic, None, value)
-        elif isinstance(outcome, Ignored):
-            stats.ignored[outcome.event_type] = stats.ignored.get(outcome.event_type, 0) + 1
-            if outcome.event_type == "serverShutdown":
-                conn.shutdown_notice = True
-        elif outcome.error is not None:
-            stats.error("control")
-            self.warn.warning("control", "the server rejected a request", reply=outcome.error)
-
-    # ----- flow control --------------------------------------------------------------------
-
-    def _pause(self, conn: WsConnection) -> None:
-        if not self.paused:
-            self.pause_started = time.monotonic()
-        self.paused.add(conn)
-        conn.pause_reading()
-
-    def _resume_all(self) -> None:
-        for conn in self.paused:
-            conn.resume_reading()
-        self.paused.clear()
-
-    def flow_step(self) -> None:
-        """Deliveries, the buffer bound, overflow mode, a fatal producer (every few ms)."""
-        self.producer.poll(0)
-        if self.control_backlog:
-            self._retry_control_backlog()
+        self.produce_outbox()
         if self.fatal is not None:
             self._replace_producer()
-        in_flight = self.in_flight
-        if self.dropping:
-            if in_flight < self.bound // 2:
-                self.dropping = False
-                log.warning("Kafka caught up: publishing again",
-                            extra={"fields": {"in_flight": in_flight}})  # fmt: skip
-        elif self.paused:
-            if in_flight < self.bound * 0.8:
-                self._resume_all()
-            elif time.monotonic() - self.pause_started >= self.settings.ingest_buffer_timeout_s:
-                self.dropping = True
-                self._resume_all()
-                log.error(
-                    "Kafka is not keeping up: trades are dropped and recorded as gaps "
-                    "(buffer_overflow) until it does",
-                    extra={"fields": {"in_flight": in_flight, "bound": self.bound}},
-                )
-        if self.dropping or in_flight >= self.bound * 0.8:
-            self.has_room.clear()
-        else:
-            self.has_room.set()
 
     def _replace_producer(self) -> None:
         err, self.fatal = self.fatal, None
@@ -347,87 +223,45 @@ class Ingest:
         self.producer = self._make_producer()
         old.flush(1.0)  # fails what it still holds: the delivery callbacks record the gaps
         stats = self.stats
-        if self.in_flight > 0:  # never reported by the old producer: count them as lost
-            stats.error("producer_replaced_unaccounted", self.in_flight)
-            stats.delivery_failed += self.in_flight
+        in_flight = self.engine.in_flight
+        if in_flight > 0:  # never reported by the old producer: count them as lost
+            stats.error("producer_replaced_unaccounted", in_flight)
+            stats.delivery_failed += in_flight
 
-    async def flow_loop(self) -> None:
-        while True:
-            self.flow_step()
-            await asyncio.sleep(0.005 if self.paused or self.in_flight else 0.05)
 
-    # ----- gaps ----------------------------------------------------------------------------
+class Backfiller:
+    """The REST shell: backfills detected gaps (one worker) and runs the tail checks the engine's
+    clock asks for; what arrives goes back to the engine, its records to the publisher."""
 
-    def gap_step(self, final: bool = False) -> None:
-        """Detect gaps past their grace, report lost ranges and evicted gaps."""
-        now = float("inf") if final else time.monotonic()
-        now_us = _now_us()
-        for tracker in self.trackers.values():
-            if tracker.gaps:
-                for gap in tracker.due(now, now_us):
-                    self._detected(gap)
-            if tracker.evicted:
-                evicted, tracker.evicted = tracker.evicted, []
-                for gap in evicted:
-                    if not gap.detected:
-                        gap.detected_at_us = now_us
-                        self._detected(gap, backfill=False)
-                    self._close(gap, gap.outcome())
-        if self.lost:
-            lost, self.lost = self.lost, {}
-            for symbol, ranges in lost.items():
-                tracker = self._tracker(symbol)
-                for lo, hi in ranges:
-                    self._detected(tracker.mark_lost(lo, hi, "buffer_overflow", now, now_us))
-
-    def _detected(self, gap: Gap, backfill: bool = True) -> None:
-        record = detected_record(gap, _now_us())
-        self.stats.gap("detected", record.count)
-        self._produce_control(self.settings.gap_topic, gap.symbol.encode(), record.encode())
-        self.warn.warning(
-            f"gap:{gap.symbol}", "gap in trade ids",
-            symbol=gap.symbol, first_id=gap.first, last_id=gap.last, count=record.count,
-            cause=gap.cause,
-        )  # fmt: skip
-        if backfill:
-            self.backfill_queue.put_nowait(gap)
-
-    def _close(self, gap: Gap, ranges: list[tuple[int, int, Any]]) -> None:
-        if gap.closed:  # evicted while queued for backfill: its final records exist
-            return
-        gap.closed = True
-        for record in final_records(gap, ranges, _now_us()):
-            self.stats.gap(record.status, record.count)
-            self._produce_control(self.settings.gap_topic, gap.symbol.encode(), record.encode())
-            if record.status == "unrecoverable":
-                self.warn.warning(
-                    f"unrecoverable:{gap.symbol}", "trades lost for good (reported as a gap)",
-                    symbol=gap.symbol, first_id=record.first_id, last_id=record.last_id,
-                    count=record.count, cause=gap.cause,
-                )  # fmt: skip
+    def __init__(
+        self, settings: Settings, engine: TradeEngine, publisher: Publisher, rest_url: str
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.publisher = publisher
+        self.stats = engine.stats
+        self.kind = settings.stream_kind
+        self.rest_url = rest_url
+        self.backfill_queue: asyncio.Queue[Gap] = asyncio.Queue()
+        self.tail_queue: asyncio.Queue[str] = asyncio.Queue()
+        self.in_backfill: Gap | None = None
+        self.has_room = asyncio.Event()  # set by the clock: Kafka takes backfilled trades
+        self.has_room.set()
+        self.warn = RateLimitedLog(log)
 
     def finish_gap(self, gap: Gap) -> None:
-        self._close(gap, self._tracker(gap.symbol).finish(gap))
-
-    async def gap_loop(self) -> None:
-        while True:
-            self.gap_step()
-            await asyncio.sleep(0.1)
+        self.engine.finish_gap(gap, _now_us())
+        self.publisher.produce_outbox()
 
     async def tail_loop(self) -> None:
-        """Check quiet symbols against REST's newest id (see :mod:`cryptostream.ingest.tail`)."""
-        quiet_s = self.settings.ingest_tail_check_s
-        if quiet_s <= 0:
+        """Check quiet symbols against REST's newest id (see :mod:`cryptostream.ingest.tail`);
+        the engine's clock says which."""
+        if self.settings.ingest_tail_check_s <= 0:
             return
-        watch = TailWatch(quiet_s)
         async with httpx.AsyncClient(timeout=10.0) as client:
             while True:
-                await asyncio.sleep(min(1.0, quiet_s / 2))
-                if self.paused or self.dropping:  # unread frames would look like losses
-                    continue
-                lasts = {symbol: t.last for symbol, t in self.trackers.items()}
-                for symbol in watch.due(lasts, time.monotonic()):
-                    await self.tail_check(client, symbol)
+                symbol = await self.tail_queue.get()
+                await self.tail_check(client, symbol)
 
     async def tail_check(self, client: httpx.AsyncClient, symbol: str) -> None:
         self.stats.tail_checks += 1
@@ -438,13 +272,7 @@ class Ingest:
             self.warn.warning("tail", "newest-id check failed", symbol=symbol,
                               **{"error.message": str(exc)})  # fmt: skip
             return
-        tracker = self._tracker(symbol)
-        if newest is not None and tracker.last is not None and newest > tracker.last:
-            # Pending, not detected: the WebSocket may still deliver these within the grace.
-            tracker.open_gap(tracker.last + 1, newest, "tail", time.monotonic())
-            tracker.last = newest
-
-    # ----- backfill ------------------------------------------------------------------------
+        self.engine.tail_result(symbol, newest, time.monotonic())
 
     async def backfill_loop(self) -> None:
         async with httpx.AsyncClient(timeout=10.0) as client:
@@ -476,24 +304,38 @@ class Ingest:
             if bad:
                 self.stats.error("backfill_row", bad)
             now_us = _now_us()
-            on_delivery = self._delivery_callback(now_us)
-            stats = self.stats
-            for trade in trades:
-                if gap.fill(trade.trade_id):
-                    try:
-                        self.producer.produce(self.topic, encode_trade(trade, now_us),
-                                              trade.symbol.encode(), on_delivery=on_delivery)  # fmt: skip
-                    except BufferError:
-                        self._lose(trade.symbol, trade.trade_id)
-                        continue
-                    stats.produced += 1
-                    stats.backfilled_trades += 1
-            self.producer.poll(0)
+            batch, ids = self.engine.backfilled(gap, trades, now_us)
+            if batch:
+                produced = self.publisher.produce_batch(batch, ids, now_us, live=False)
+                self.stats.backfilled_trades += produced
+            self.publisher.producer.poll(0)
 
     async def _rest_get(self, client: httpx.AsyncClient, request: RestRequest) -> Any:
         return await rest_get(client, request.url(self.rest_url))
 
-    # ----- connections ---------------------------------------------------------------------
+
+class ConnectionSupervisor:
+    """The WebSocket shell: one :meth:`supervise` task per planned connection; the engine learns
+    of each connection (its id, and after a reconnect its symbols not seen yet) before its first
+    frame, and decides what a serverShutdown notice means."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: TradeEngine,
+        on_frames: FramesHandler,
+        stopping: asyncio.Event,
+        limiter: AttemptLimiter,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.stats = engine.stats
+        self.on_frames = on_frames
+        self.stopping = stopping
+        self.limiter = limiter
+        self.max_frame = settings.max_frame_bytes
+        self.connections: dict[int, WsConnection] = {}
+        self.warn = RateLimitedLog(log)
 
     async def _connect(
         self, plan: ConnectionPlan, backoff: Backoff, reconnect: bool
@@ -505,13 +347,15 @@ class Ingest:
                                   wait_s=round(wait, 1))  # fmt: skip
                 await self._sleep(wait)
                 continue
+            conn_id = next_connection_id()  # known to the engine before its first frame
+            self.engine.connected(conn_id, plan.url, plan.symbols if reconnect else ())
             try:
                 conn = await open_connection(
                     plan.url, self.on_frames, max_size=max(4 * self.max_frame, 1 << 20),
-                    name=plan.url[:80],
-                    unseen=set(plan.symbols) if reconnect else set(),
+                    name=plan.url[:80], conn_id=conn_id,
                 )  # fmt: skip
             except (OSError, ConnectionError, TimeoutError) as exc:
+                self.engine.disconnected(conn_id)
                 self.stats.error("connect")
                 delay = backoff.next_delay()
                 self.warn.warning(
@@ -521,7 +365,7 @@ class Ingest:
                 )  # fmt: skip
                 await self._sleep(delay)
                 continue
-            self.connections.add(conn)
+            self.connections[conn.id] = conn
             log.info("connected", extra={"fields": {"url.full": plan.url[:200],
                                                     "streams": len(plan.streams)}})  # fmt: skip
             for i, batch in enumerate(plan.subscribe_batches):
@@ -529,6 +373,10 @@ class Ingest:
                 conn.send_text(subscribe_message(i + 1, batch))
             return conn
         return None
+
+    def _drop(self, conn: WsConnection) -> None:
+        self.connections.pop(conn.id, None)
+        self.engine.disconnected(conn.id)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -543,7 +391,7 @@ class Ingest:
             if conn.closed.done():
                 return "closed"
             now = time.monotonic()
-            if conn.shutdown_notice:
+            if self.engine.shutdown_notice(conn.id):
                 return "shutdown"
             if now - conn.opened_at >= s.ingest_lifetime_s:
                 return "lifetime"
@@ -577,14 +425,13 @@ class Ingest:
                 if new is not None:
                     await self._overlap(new, conn)
                 conn.close()
-                self.connections.discard(conn)
+                self._drop(conn)
                 conn = new
                 continue
             self.stats.error(f"connection_{why}")
             if why == "silent":
                 conn.abort(f"silent for more than {self.settings.ingest_silence_s} s")
-            self.connections.discard(conn)
-            self.paused.discard(conn)
+            self._drop(conn)
             if time.monotonic() - conn.opened_at > 60:
                 backoff.reset()
             delay = backoff.next_delay()
@@ -596,16 +443,139 @@ class Ingest:
             await self._sleep(delay)
             conn = await self._connect(plan, backoff, reconnect=True)
 
+
+class Ingest:
+    """The trade path wired together: the engine (every decision) and its shells — the publisher
+    (Kafka), the connection supervisor (WebSocket), the backfiller (REST) — driven by the clock
+    (:meth:`flow_loop`) and the reads (:meth:`on_frames`)."""
+
+    def __init__(self, settings: Settings, symbols: list[str], rest_url: str) -> None:
+        self.settings = settings
+        self.symbols = symbols
+        self.engine = TradeEngine(
+            symbols,
+            kind=settings.stream_kind,
+            grace_s=settings.ingest_gap_grace_s,
+            bound=settings.ingest_buffer_max,
+            buffer_timeout_s=settings.ingest_buffer_timeout_s,
+            max_frame=settings.max_frame_bytes,
+            gap_topic=settings.gap_topic,
+            dlq_topic=settings.dlq_topic,
+            tail_quiet_s=settings.ingest_tail_check_s,
+        )
+        self.stats = self.engine.stats
+        self.trackers = self.engine.trackers
+        self.stopping = asyncio.Event()
+        self.limiter = AttemptLimiter()
+        self.publisher = Publisher(settings, self.engine)
+        self.backfiller = Backfiller(settings, self.engine, self.publisher, rest_url)
+        self.supervisor = ConnectionSupervisor(
+            settings, self.engine, self.on_frames, self.stopping, self.limiter
+        )
+        self.recorder: Recorder | None = None
+        if settings.record_dir is not None:
+            rotate_bytes = int(settings.record_rotate_mb * 1e6)
+            self.recorder = Recorder(settings.record_dir, rotate_bytes, settings.record_rotate_s)
+
+    # the shells' state, by their old names
+
+    @property
+    def producer(self) -> Producer:
+        return self.publisher.producer
+
+    @producer.setter
+    def producer(self, producer: Producer) -> None:
+        self.publisher.producer = producer
+
+    @property
+    def connections(self) -> dict[int, WsConnection]:
+        return self.supervisor.connections
+
+    @property
+    def backfill_queue(self) -> asyncio.Queue[Gap]:
+        return self.backfiller.backfill_queue
+
+    @property
+    def has_room(self) -> asyncio.Event:
+        return self.backfiller.has_room
+
+    @property
+    def dropping(self) -> bool:
+        return self.engine.dropping
+
+    @property
+    def in_flight(self) -> int:
+        return self.engine.in_flight
+
+    async def _connect(
+        self, plan: ConnectionPlan, backoff: Backoff, reconnect: bool
+    ) -> WsConnection | None:
+        return await self.supervisor._connect(plan, backoff, reconnect)
+
+    def finish_gap(self, gap: Gap) -> None:
+        self.backfiller.finish_gap(gap)
+
+    def resume_from(self, plan: dict[str, Seed]) -> None:
+        """See :meth:`TradeEngine.resume_from`; unfinished backfills are queued again."""
+        for gap in self.engine.resume_from(plan, time.monotonic()):
+            self.backfill_queue.put_nowait(gap)
+
+    # ----- the hot path: frames -> engine -> produce -----------------------------------
+
+    def on_frames(self, frames: list[bytes], recv_us: int, conn: WsConnection) -> None:
+        if self.recorder is not None:
+            self.recorder.write(frames, recv_us)
+        engine = self.engine
+        now = time.monotonic()
+        batch, ids = engine.on_frames(frames, recv_us, conn.id, now)
+        publisher = self.publisher
+        produced = publisher.produce_batch(batch, ids, recv_us) if batch else 0
+        if engine.outbox:
+            publisher.produce_outbox()
+        publisher.producer.poll(0)
+        if produced and engine.in_flight >= engine.bound and engine.should_pause(conn.id, now):
+            conn.pause_reading()
+
+    # ----- the clock ---------------------------------------------------------------------
+
+    def flow_step(self) -> None:
+        """Deliveries, the buffer bound, overflow mode, a fatal producer, due gaps and tail
+        checks (every few ms)."""
+        self.publisher.poll()
+        tick = self.engine.tick(time.monotonic(), _now_us())
+        self._apply(tick)
+        self.publisher.produce_outbox()
+        if self.engine.has_room:
+            self.has_room.set()
+        else:
+            self.has_room.clear()
+
+    def _apply(self, tick: Tick) -> None:
+        for conn_id in tick.resume:
+            conn = self.supervisor.connections.get(conn_id)
+            if conn is not None:
+                conn.resume_reading()
+        for gap in tick.backfill:
+            self.backfiller.backfill_queue.put_nowait(gap)
+        for symbol in tick.tail:
+            self.backfiller.tail_queue.put_nowait(symbol)
+
+    def gap_step(self) -> None:
+        """Detect due gaps now (the clock does this every ``GAP_EVERY_S``)."""
+        for gap in self.engine.gap_step(time.monotonic(), _now_us()):
+            self.backfiller.backfill_queue.put_nowait(gap)
+        self.publisher.produce_outbox()
+
+    async def flow_loop(self) -> None:
+        while True:
+            self.flow_step()
+            busy = self.engine.paused or self.in_flight
+            await asyncio.sleep(0.005 if busy else 0.05)
+
     # ----- health, shutdown ----------------------------------------------------------------
 
     def gauges(self) -> dict[str, float]:
-        return {
-            "buffer_depth": self.in_flight,
-            "connections": len(self.connections),
-            "symbols": len(self.trackers),
-            "open_gaps": sum(len(t.gaps) for t in self.trackers.values()),
-            "dropping": int(self.dropping),
-        }
+        return {**self.engine.gauges(), "connections": len(self.connections)}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok = bool(self.connections) and not self.stopping.is_set()
@@ -614,12 +584,11 @@ class Ingest:
 
     def shutdown_gaps(self) -> None:
         """At exit every detected gap gets its final record (what is missing: unrecoverable)."""
-        self.gap_step(final=True)
-        queued = [self.backfill_queue.get_nowait() for _ in range(self.backfill_queue.qsize())]
-        if self.in_backfill is not None:
-            queued.append(self.in_backfill)
-        for gap in queued:
-            self.finish_gap(gap)
+        queue, current = self.backfill_queue, self.backfiller.in_backfill
+        queued = [queue.get_nowait() for _ in range(queue.qsize())]
+        in_backfill = [] if current is None else [current]
+        self.engine.shutdown(queued, in_backfill, _now_us())
+        self.publisher.produce_outbox()
 
     async def progress_loop(self) -> None:
         while True:
@@ -630,7 +599,7 @@ class Ingest:
 
 async def discover_symbols(settings: Settings, rest_url: str) -> list[str]:
     async with httpx.AsyncClient(timeout=15.0) as client:
-        reply = await client.get(f"{rest_url}/api/v3/exchangeInfo")
+        reply = await client.get(f"{rest_url}{EXCHANGE_INFO_PATH}")
         reply.raise_for_status()
         symbols = trading_symbols(reply.json(), settings.quote_asset)
     if not symbols:
@@ -649,7 +618,7 @@ async def run(settings: Settings) -> int:
         try:
             symbols = await discover_symbols(settings, rest_url)
         except (httpx.HTTPError, ValueError) as exc:
-            raise ConfigError(f"cannot read the symbols from {rest_url}/api/v3/exchangeInfo: "
+            raise ConfigError(f"cannot read the symbols from {rest_url}{EXCHANGE_INFO_PATH}: "
                               f"{exc!r}") from None  # fmt: skip
     if not symbols:
         raise ConfigError("no symbols to ingest: set CSP_SYMBOLS or CSP_QUOTE_ASSET")
@@ -682,9 +651,10 @@ async def run(settings: Settings) -> int:
     log.info("starting", extra={"fields": {
         "symbols": len(symbols), "connections": len(plans), "stream_kind": settings.stream_kind,
         "rest_url": rest_url, "record_dir": str(settings.record_dir or "")}})  # fmt: skip
-    supervisors = [asyncio.create_task(ingest.supervise(plan)) for plan in plans]
-    workers = [asyncio.create_task(coro) for coro in (ingest.flow_loop(), ingest.gap_loop(),
-               ingest.backfill_loop(), ingest.tail_loop(), ingest.progress_loop())]  # fmt: skip
+    supervisors = [asyncio.create_task(ingest.supervisor.supervise(plan)) for plan in plans]
+    workers = [asyncio.create_task(coro) for coro in (ingest.flow_loop(),
+               ingest.backfiller.backfill_loop(), ingest.backfiller.tail_loop(),
+               ingest.progress_loop())]  # fmt: skip
     if depth is not None:  # its own tasks beside the trade path
         fields = {
             "symbols": len(depth_list),
@@ -695,7 +665,7 @@ async def run(settings: Settings) -> int:
         workers += depth.tasks()
     failed = await _until_stopped_or_failed(ingest.stopping, supervisors + workers)
     await asyncio.wait(supervisors, timeout=5)
-    for conn in list(ingest.connections):
+    for conn in list(ingest.connections.values()):
         conn.close()
     for task in supervisors + workers:
         task.cancel()

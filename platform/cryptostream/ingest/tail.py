@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from cryptostream.core.trades import check_int
-from cryptostream.ingest.backfill import RestRequest, RowError
+from cryptostream.binance.rest import newest_id, newest_request
+
+__all__ = ["TailWatch", "newest_id", "newest_request"]
 
 
 @dataclass(slots=True)
@@ -53,27 +53,3 @@ class TailWatch:
                 quiet.next_at = now + quiet.interval
                 out.append(symbol)
         return out
-
-
-def newest_request(symbol: str) -> RestRequest:
-    """The newest aggregate trade: its ``a`` is the newest aggTrade id, its ``l`` the newest
-    trade id, so one cheap request serves both stream kinds."""
-    return RestRequest("/api/v3/aggTrades", {"symbol": symbol, "limit": "1"})
-
-
-def newest_id(kind: str, rows: Any) -> int | None:
-    """The newest id of stream ``kind`` in an ``aggTrades?limit=1`` reply (``None``: no trades)."""
-    if not isinstance(rows, list):
-        raise RowError("reply is not a list")
-    if not rows:
-        return None
-    row = rows[-1]
-    if not isinstance(row, dict):
-        raise RowError("row is not an object")
-    key = "l" if kind == "trade" else "a"
-    try:
-        return check_int(row[key], key)
-    except KeyError:
-        raise RowError(f"row is missing {key!r}") from None
-    except ValueError as exc:
-        raise RowError(str(exc)) from None

@@ -1,34 +1,30 @@
 """One WebSocket connection as an asyncio Protocol (the thin I/O shell around ``wsproto``).
 
 Received bytes are split into frames in one loop and handed to ``on_frames`` as a list together
-with one receive timestamp: no future, task or object per frame. Pings are answered with pongs
-echoing their payload; a close frame is answered and the connection ends.
+with one receive timestamp: no future, task or object per frame. The protocol state — handshake
+buffering, the pongs echoing pings, the reply to a close frame — lives in
+:class:`~cryptostream.ingest.wsproto.ClientProtocol`; this shell writes what it queues.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import ssl
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from cryptostream.ingest.wsproto import (
-    OP_CLOSE,
-    OP_PONG,
-    OP_TEXT,
-    FrameParser,
-    HandshakeError,
-    ProtocolError,
-    check_handshake,
-    client_frame,
-    close_payload,
-    handshake_request,
-)
+from cryptostream.ingest.wsproto import ClientProtocol, HandshakeError, ProtocolError
 
 FramesHandler = Callable[[list[bytes], int, "WsConnection"], None]
-MAX_HEAD = 65536
+_ids = itertools.count(1)
+
+
+def next_connection_id() -> int:
+    """A process-wide unique connection id (what the ingest engine knows a connection by)."""
+    return next(_ids)
 
 
 class WsConnection(asyncio.Protocol):
@@ -38,16 +34,14 @@ class WsConnection(asyncio.Protocol):
         on_frames: FramesHandler,
         max_size: int,
         name: str,
-        unseen: set[str] | None = None,
+        conn_id: int | None = None,
     ) -> None:
         self.url = url
         self.name = name
+        self.id = next_connection_id() if conn_id is None else conn_id
         self.on_frames = on_frames
-        self.parser = FrameParser(max_size)
+        self.proto = ClientProtocol(url, max_size)
         self.transport: asyncio.Transport | None = None
-        self.request, self.key = handshake_request(url)
-        self.head = b""
-        self.upgraded = False
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[str] = loop.create_future()
@@ -57,58 +51,44 @@ class WsConnection(asyncio.Protocol):
         self.got_frames = asyncio.Event()
         self.paused = False
         self.error: str | None = None
-        # for the ingest: symbols not seen yet on this connection (after a reconnect), and
-        # whether the server announced its shutdown
-        self.unseen: set[str] = unseen or set()
-        self.shutdown_notice = False
+        self.shutdown_notice = False  # for the depth path: the server announced its shutdown
 
     # ----- asyncio.Protocol -----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.write(self.request)
+        transport.write(self.proto.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
-        if not self.upgraded:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.head) > MAX_HEAD:
-                    self._fail("handshake response too large")
-                return
-            try:
-                check_handshake(self.head[:end], self.key)
-            except HandshakeError as exc:
-                self._fail(str(exc))
-                return
-            data, self.head, self.upgraded = self.head[end + 4 :], b"", True
-            if not self.ready.done():
-                self.ready.set_result(None)
-            if not data:
-                return
-        parser = self.parser
+        proto = self.proto
+        upgraded = proto.upgraded
         try:
-            frames = parser.feed(data)
-        except ProtocolError as exc:
-            self._fail(f"protocol error: {exc}")
+            frames = proto.receive_data(data)
+        except (HandshakeError, ProtocolError) as exc:
+            self._fail(str(exc) if isinstance(exc, HandshakeError) else f"protocol error: {exc}")
             return
-        if parser.pings:
-            transport = self.transport
-            assert transport is not None
-            for payload in parser.pings:
-                transport.write(client_frame(OP_PONG, payload))
-            parser.pings.clear()
+        if not upgraded and proto.upgraded and not self.ready.done():
+            self.ready.set_result(None)
+        if proto.outgoing:
+            self._flush()
         if frames:
             if not self.frames:
                 self.got_frames.set()
             self.frames += len(frames)
             self.on_frames(frames, time.time_ns() // 1000, self)
-        if parser.close is not None:
-            code, reason = parser.close
+        if proto.close_received is not None and self.error is None:
+            code, reason = proto.close_received
             self.error = f"server closed the connection: {code} {reason}".strip()
-            self.close(code if code not in (1005, 1006) else 1000)
+            if self.transport is not None:
+                self.transport.close()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(Exception):
+                transport.write(self.proto.data_to_send())
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self.error or (f"connection lost: {exc!r}" if exc else "connection closed")
@@ -132,14 +112,15 @@ class WsConnection(asyncio.Protocol):
 
     def send_text(self, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(client_frame(OP_TEXT, payload))
+            self.proto.send_text(payload)
+            self._flush()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        with contextlib.suppress(Exception):
-            transport.write(client_frame(OP_CLOSE, close_payload(code, reason)))
+        self.proto.send_close(code, reason)
+        self._flush()
         transport.close()
 
     def abort(self, why: str) -> None:
@@ -161,7 +142,7 @@ async def open_connection(
     *,
     max_size: int,
     name: str,
-    unseen: set[str] | None = None,
+    conn_id: int | None = None,
     open_timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
 ) -> WsConnection:
@@ -173,7 +154,7 @@ async def open_connection(
     port = parts.port or (443 if secure else 80)
     ctx = (ssl_context or ssl.create_default_context()) if secure else None
     loop = asyncio.get_running_loop()
-    conn = WsConnection(url, on_frames, max_size, name, unseen)
+    conn = WsConnection(url, on_frames, max_size, name, conn_id)
     async with asyncio.timeout(open_timeout):
         transport, _ = await loop.create_connection(
             lambda: conn, host, port, ssl=ctx, server_hostname=host if secure else None

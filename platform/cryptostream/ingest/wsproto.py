@@ -2,7 +2,8 @@
 
 Why not a general WebSocket library on the hot path: at tens of thousands of frames per second,
 per-frame futures and objects dominate. :class:`FrameParser` turns received bytes into a list of
-text payloads in one loop, and keeps control frames (ping, close) aside for the I/O shell.
+text payloads in one loop, and keeps control frames (ping, close) aside; :class:`ClientProtocol`
+adds the upgrade and queues the answers (pongs, the close reply) for the I/O shell to write.
 Fragmented messages are reassembled; frames larger than ``max_size`` are a protocol error.
 """
 
@@ -159,4 +160,65 @@ class FrameParser:
             else:
                 raise ProtocolError(f"unknown opcode {opcode:#x}")
         self._buf = buf[i:] if i < size else b""
+        return out
+
+
+MAX_HEAD = 65536
+
+
+class ClientProtocol:
+    """One client connection's protocol state: the upgrade, then frames (sans-I/O).
+
+    Feed it every received byte (:meth:`receive_data`); it buffers the handshake response,
+    returns complete data messages, and queues what must be sent back — the upgrade request,
+    pongs echoing pings, the reply to a close — for the shell to write (:meth:`data_to_send`).
+    """
+
+    __slots__ = ("_head", "close_received", "key", "outgoing", "parser", "upgraded")
+
+    def __init__(self, url: str, max_size: int = 1 << 20, key: str | None = None) -> None:
+        request, self.key = handshake_request(url, key)
+        self.outgoing: list[bytes] = [request]
+        self._head = b""
+        self.upgraded = False
+        self.parser = FrameParser(max_size)
+        self.close_received: tuple[int, str] | None = None  # (code, reason) from the server
+
+    def receive_data(self, data: bytes) -> list[bytes]:
+        """Complete data messages in ``data``; raises :class:`HandshakeError` (refused upgrade,
+        oversized response head) or :class:`ProtocolError`."""
+        if not self.upgraded:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._head) > MAX_HEAD:
+                    raise HandshakeError("handshake response too large")
+                return []
+            check_handshake(self._head[:end], self.key)
+            data, self._head, self.upgraded = self._head[end + 4 :], b"", True
+            if not data:
+                return []
+        parser = self.parser
+        frames = parser.feed(data)
+        if parser.pings:
+            self.outgoing.extend(client_frame(OP_PONG, payload) for payload in parser.pings)
+            parser.pings.clear()
+        if parser.close is not None and self.close_received is None:
+            self.close_received = parser.close
+            code = parser.close[0]
+            self.send_close(code if code not in (1005, 1006) else 1000)
+        return frames
+
+    def send_text(self, payload: bytes) -> None:
+        self.outgoing.append(client_frame(OP_TEXT, payload))
+
+    def send_close(self, code: int = 1000, reason: str = "") -> None:
+        self.outgoing.append(client_frame(OP_CLOSE, close_payload(code, reason)))
+
+    def data_to_send(self) -> bytes:
+        """Everything queued to write, once."""
+        if not self.outgoing:
+            return b""
+        out = b"".join(self.outgoing)
+        self.outgoing.clear()
         return out
