@@ -35,9 +35,14 @@ def _ensure_system_packages(session: nox.Session) -> None:
         session.log("redis-server is missing: installing Debian's package")
         session.run("apt-get", "update", "-qq", external=True)
         session.run(
-            "apt-get", "install", "-y", "-qq", "redis-server", external=True,
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "redis-server",
+            external=True,
             env={"DEBIAN_FRONTEND": "noninteractive"},
-        )  # fmt: skip
+        )
         return
     session.error("redis-server is not installed: sudo apt-get install redis-server")
 
@@ -50,9 +55,21 @@ def _install(session: nox.Session, extras: str = "dev") -> None:
         session.install("-e", f".[{extras}]")
         return
     constraints = os.path.join(session.virtualenv.location, "constraints.txt")
-    session.run_install("uv", "export", "--frozen", "--all-extras", "--no-hashes", "--no-emit-project",
-                "--format", "requirements-txt", "--quiet", "-o", constraints,
-                external=True, silent=True)  # fmt: skip
+    session.run_install(
+        "uv",
+        "export",
+        "--frozen",
+        "--all-extras",
+        "--no-hashes",
+        "--no-emit-project",
+        "--format",
+        "requirements-txt",
+        "--quiet",
+        "-o",
+        constraints,
+        external=True,
+        silent=True,
+    )
     session.install("-c", constraints, "-e", f".[{extras}]")
 
 
@@ -103,8 +120,13 @@ def bench_processor(session: nox.Session) -> None:
     _ensure_system_packages(session)
     _install(session)
     session.install("py-spy")  # the sampling profiler of the profiled drain
-    session.run("python", "benchmarks/bench_processor.py", "--json",
-                "reports/bench-processor.json", *session.posargs)  # fmt: skip
+    session.run(
+        "python",
+        "benchmarks/bench_processor.py",
+        "--json",
+        "reports/bench-processor.json",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)
@@ -115,16 +137,26 @@ def bench_books(session: nox.Session) -> None:
     _install(session)
     session.install("py-spy")  # the sampling profiler of the profiled drain
     session.run("csp", "stack", "fetch")
-    session.run("python", "benchmarks/bench_books.py", "--json", "reports/bench-books.json",
-                *session.posargs)  # fmt: skip
+    session.run(
+        "python",
+        "benchmarks/bench_books.py",
+        "--json",
+        "reports/bench-books.json",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)
 def bench_simulator(session: nox.Session) -> None:
     """Simulator frames/s to one client (synthetic and replay) and memory vs replay file size."""
     _install(session)
-    session.run("python", "benchmarks/bench_simulator.py", "--json",
-                "reports/bench-simulator.json", *session.posargs)  # fmt: skip
+    session.run(
+        "python",
+        "benchmarks/bench_simulator.py",
+        "--json",
+        "reports/bench-simulator.json",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)
@@ -138,8 +170,13 @@ def bench_query(session: nox.Session) -> None:
         else:
             session.error("wrk is not installed: sudo apt-get install wrk")
     _install(session)
-    session.run("python", "benchmarks/bench_query.py", "--json", "reports/bench-query.json",
-                *session.posargs)  # fmt: skip
+    session.run(
+        "python",
+        "benchmarks/bench_query.py",
+        "--json",
+        "reports/bench-query.json",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)
@@ -150,8 +187,13 @@ def bench_archive(session: nox.Session) -> None:
     _install(session)
     session.install("polars", "pandas")  # only for the column-type comparison
     session.run("csp", "stack", "fetch")
-    session.run("python", "benchmarks/bench_archive.py", "--json",
-                "reports/bench-archive.json", *session.posargs)  # fmt: skip
+    session.run(
+        "python",
+        "benchmarks/bench_archive.py",
+        "--json",
+        "reports/bench-archive.json",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)
@@ -167,8 +209,16 @@ def reliability(session: nox.Session) -> None:
     if os.path.exists(results):
         os.remove(results)
     try:
-        session.run("pytest", "tests/reliability", "-m", "reliability and slow and not soak", "-q", "-rxXs",
-                    *session.posargs, env={"RELIABILITY_REPORT_DIR": folder})  # fmt: skip
+        session.run(
+            "pytest",
+            "tests/reliability",
+            "-m",
+            "reliability and slow and not soak",
+            "-q",
+            "-rxXs",
+            *session.posargs,
+            env={"RELIABILITY_REPORT_DIR": folder},
+        )
     finally:
         session.run(
             "python", "-m", "cryptostream_lab.reliability.report", folder, success_codes=[0, 1]
@@ -242,8 +292,13 @@ def bench_ingest(session: nox.Session) -> None:
     _ensure_system_packages(session)
     _install(session)
     session.install("py-spy")  # the sampling profiler of the profiled run
-    session.run("python", "benchmarks/bench_ingest.py", "--json", "reports/bench-ingest.json",
-                *session.posargs)  # fmt: skip
+    session.run(
+        "python",
+        "benchmarks/bench_ingest.py",
+        "--json",
+        "reports/bench-ingest.json",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)
@@ -260,5 +315,15 @@ def soak(session: nox.Session) -> None:
             i = args.index(flag)
             env[name] = args[i + 1]
             del args[i : i + 2]
-    session.run("pytest", "tests/reliability/test_soak.py", "-m", "soak", "-s", "-q",
-                "--timeout", str(int(float(env["SOAK_MINUTES"]) * 60 + 900)), *args, env=env)  # fmt: skip
+    session.run(
+        "pytest",
+        "tests/reliability/test_soak.py",
+        "-m",
+        "soak",
+        "-s",
+        "-q",
+        "--timeout",
+        str(int(float(env["SOAK_MINUTES"]) * 60 + 900)),
+        *args,
+        env=env,
+    )

@@ -113,13 +113,20 @@ def prefill(settings: Settings, events: int, names: list[str], levels: int) -> N
         _produce(producer, DEPTH_TOPIC, symbol, market.snapshot(symbol, base_ms * 1000))
     weights = [1 / (i + 1) ** 0.5 for i in range(len(names))]
     for i, symbol in enumerate(market.rng.choices(names, weights, k=events)):
-        _produce(producer, DEPTH_TOPIC, symbol,
-                 market.diff(symbol, levels, base_ms + i // 50, (base_ms + i // 50) * 1000))  # fmt: skip
+        _produce(
+            producer,
+            DEPTH_TOPIC,
+            symbol,
+            market.diff(symbol, levels, base_ms + i // 50, (base_ms + i // 50) * 1000),
+        )
         if i % 20000 == 0:
             producer.poll(0)
     assert producer.flush(120) == 0
-    print(f"prefilled {len(names)} snapshots + {events:,} diffs ({levels} levels each) "
-          f"in {time.monotonic() - t0:.1f}s", flush=True)  # fmt: skip
+    print(
+        f"prefilled {len(names)} snapshots + {events:,} diffs ({levels} levels each) "
+        f"in {time.monotonic() - t0:.1f}s",
+        flush=True,
+    )
 
 
 def applied(client: redis.Redis, topic: str = DEPTH_TOPIC) -> int:
@@ -135,8 +142,9 @@ def drain(
     if profile is None:
         pipeline.start_processor(**env)
     else:
-        pipeline._spawn("processor-profiled", py_spy_argv(profile, "processor"),
-                        pipeline.env(**env))  # fmt: skip
+        pipeline._spawn(
+            "processor-profiled", py_spy_argv(profile, "processor"), pipeline.env(**env)
+        )
     wait_for(lambda: applied(client) > 0, 120, "the first applied batch")
     t0, n0 = time.monotonic(), applied(client)
     last_progress, last_done = time.monotonic(), n0
@@ -150,8 +158,11 @@ def drain(
         time.sleep(0.25)
     elapsed = time.monotonic() - t0
     rate = (total - n0) / elapsed
-    print(f"drain{' (profiled)' if profile else ''}: {total - n0:,} depth records in "
-          f"{elapsed:.1f}s = {rate:,.0f} events/s", flush=True)  # fmt: skip
+    print(
+        f"drain{' (profiled)' if profile else ''}: {total - n0:,} depth records in "
+        f"{elapsed:.1f}s = {rate:,.0f} events/s",
+        flush=True,
+    )
     if profile is not None:
         (spy,) = [p for p in pipeline.group.processes if p.proc is not None]
         assert spy.proc is not None
@@ -165,8 +176,13 @@ def drain(
 
 
 def read_topic(settings: Settings) -> list[bytes | None]:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-read",
-                         "enable.auto.commit": False})  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "bench-read",
+            "enable.auto.commit": False,
+        }
+    )
     parts = consumer.list_topics(DEPTH_TOPIC, timeout=10).topics[DEPTH_TOPIC].partitions
     ends = {p: consumer.get_watermark_offsets(TopicPartition(DEPTH_TOPIC, p))[1] for p in parts}
     consumer.assign([TopicPartition(DEPTH_TOPIC, p, 0) for p in parts])
@@ -186,8 +202,9 @@ def latency(
     client = redis.Redis.from_url(settings.redis_url)
     client.flushall()
     port = free_port()
-    pipeline.start_processor(CSP_GROUP_ID="bench-books-latency",
-                             CSP_PROCESSOR_METRICS_PORT=str(port))  # fmt: skip
+    pipeline.start_processor(
+        CSP_GROUP_ID="bench-books-latency", CSP_PROCESSOR_METRICS_PORT=str(port)
+    )
     histogram = HdrHistogram(1, 60_000, 3)  # ms
     stop = threading.Event()
     pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -225,8 +242,12 @@ def latency(
         f"p{q}": histogram.get_value_at_percentile(q) for q in (50, 90, 99, 99.9)
     }
     result["processor"] = breakdown
-    result |= {"max": histogram.get_max_value(), "updates": histogram.get_total_count(),
-               "rate": rate, "seconds": seconds}  # fmt: skip
+    result |= {
+        "max": histogram.get_max_value(),
+        "updates": histogram.get_total_count(),
+        "rate": rate,
+        "seconds": seconds,
+    }
     print(f"latency at {rate:,} events/s (event -> visible, ms): {result}", flush=True)
     return result
 
@@ -234,8 +255,12 @@ def latency(
 def _scrape(port: int) -> dict[str, float]:
     """The books processor's own view of the run: batches, their sizes, the Lua apply time."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name.startswith("csp_processor_books_") and not s.labels.get("le")}  # fmt: skip
+    samples = {
+        s.name: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name.startswith("csp_processor_books_") and not s.labels.get("le")
+    }
     p = "csp_processor_books_"
     batches = samples.get(p + "batch_size_count", 0) or 1
     applies = samples.get(p + "redis_apply_seconds_count", 0) or 1
@@ -276,15 +301,25 @@ def open_model_load(
 
 GROUPS = [
     ("Kafka fetch (GroupConsumer.poll)", ("ConfluentConsumer.poll",)),
-    ("record decode (books.decode_record)", ("decode_record", "_all_match", "decode_depth", "parse_levels",
-                                                 "scaled")),
-    ("fold: chain rule + levels (BookBatch.fold)", ("BookBatch.fold", "BookBatch._apply", "_Side.")),
+    (
+        "record decode (books.decode_record)",
+        ("decode_record", "_all_match", "decode_depth", "parse_levels", "scaled"),
+    ),
+    (
+        "fold: chain rule + levels (BookBatch.fold)",
+        ("BookBatch.fold", "BookBatch._apply", "_Side."),
+    ),
     ("Lua payload (BookBatch.script_call)", ("script_call", "BookBatch._row", "book_update")),
-    ("Redis apply: Lua script round trip (redis-py)", ("Script.__call__", "evalsha",
-                                                       "execute_command")),
+    (
+        "Redis apply: Lua script round trip (redis-py)",
+        ("Script.__call__", "evalsha", "execute_command"),
+    ),
     ("copies loaded from Redis (load_mirrors)", ("load_mirrors",)),
-    ("batch loop (BookProcessor.process, BookBatch.add)", ("BookProcessor.process", "BookBatch.add")),
-]  # fmt: skip
+    (
+        "batch loop (BookProcessor.process, BookBatch.add)",
+        ("BookProcessor.process", "BookBatch.add"),
+    ),
+]
 
 
 def main() -> int:
@@ -304,27 +339,42 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-books-"))
     base = Settings(run_dir=workdir)
     results: dict[str, Any] = {
-        "events": args.events, "symbols": args.symbols, "levels_per_event": args.levels,
+        "events": args.events,
+        "symbols": args.symbols,
+        "levels_per_event": args.levels,
         "batch_max": int(args.batch_max),
         "command": "flock /tmp/csp-heavy.lock nox -s bench_books",
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "platform": platform.platform()},
-    }  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
+    }
     with LocalStack(base, workdir / "stack") as stack:
-        settings = base.model_copy(update={"kafka_bootstrap": stack.kafka_bootstrap,
-                                           "redis_url": stack.redis_url})  # fmt: skip
-        create_topics(stack.kafka_bootstrap, [*required_topics(settings),
-                                              TopicSpec(DEPTH_TOPIC, settings.partitions, 1)])  # fmt: skip
-        env = {"CSP_PROCESSOR_BOOKS": "true", "CSP_DEPTH_TOPIC": DEPTH_TOPIC,
-               "CSP_BATCH_MAX": str(args.batch_max)}  # fmt: skip
+        settings = base.model_copy(
+            update={"kafka_bootstrap": stack.kafka_bootstrap, "redis_url": stack.redis_url}
+        )
+        create_topics(
+            stack.kafka_bootstrap,
+            [*required_topics(settings), TopicSpec(DEPTH_TOPIC, settings.partitions, 1)],
+        )
+        env = {
+            "CSP_PROCESSOR_BOOKS": "true",
+            "CSP_DEPTH_TOPIC": DEPTH_TOPIC,
+            "CSP_BATCH_MAX": str(args.batch_max),
+        }
         prefill(settings, args.events, names, args.levels)
         total = args.events + len(names)
-        pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, names[:3],
-                            extra_env=env)  # fmt: skip
+        pipeline = Pipeline(
+            workdir, stack.kafka_bootstrap, stack.redis_url, names[:3], extra_env=env
+        )
         runs = [drain(pipeline, settings, total) for _ in range(args.rounds)]
         median = statistics.median(r["events_per_s"] for r in runs)
-        results["drain"] = {"median_events_per_s": median, "runs": runs,
-                            "median_levels_per_s": median * args.levels}  # fmt: skip
+        results["drain"] = {
+            "median_events_per_s": median,
+            "runs": runs,
+            "median_levels_per_s": median * args.levels,
+        }
         if args.check:
             client = redis.Redis.from_url(settings.redis_url)
             report = check_books(client, read_topic(settings))
@@ -340,10 +390,16 @@ def main() -> int:
             print(orjson.dumps(results["profile"], option=orjson.OPT_INDENT_2).decode(), flush=True)
         # a topic of its own for the latency run, so it starts with nothing to catch up on
         lat_settings = settings.model_copy(update={"depth_topic": f"{DEPTH_TOPIC}.latency"})
-        create_topics(stack.kafka_bootstrap,
-                      [TopicSpec(lat_settings.depth_topic, settings.partitions, 1)])  # fmt: skip
-        pipeline = Pipeline(workdir, stack.kafka_bootstrap, stack.redis_url, names[:3],
-                            extra_env={**env, "CSP_DEPTH_TOPIC": lat_settings.depth_topic})  # fmt: skip
+        create_topics(
+            stack.kafka_bootstrap, [TopicSpec(lat_settings.depth_topic, settings.partitions, 1)]
+        )
+        pipeline = Pipeline(
+            workdir,
+            stack.kafka_bootstrap,
+            stack.redis_url,
+            names[:3],
+            extra_env={**env, "CSP_DEPTH_TOPIC": lat_settings.depth_topic},
+        )
         results["latency_ms"] = latency(
             pipeline, lat_settings, names, args.levels, args.rate, args.latency_seconds
         )

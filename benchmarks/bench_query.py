@@ -63,7 +63,10 @@ TARGET_RATIO = 0.9
 
 # Where the query worker's time goes (py-spy frame names, innermost match wins).
 GROUPS = [
-    ("redis reply parsing (fastredis data_received)", ("data_received (cryptostream/query/fastredis",)),
+    (
+        "redis reply parsing (fastredis data_received)",
+        ("data_received (cryptostream/query/fastredis",),
+    ),
     ("redis command write (fastredis)", ("cryptostream/query/fastredis",)),
     ("price view / store", ("cryptostream/query/store", "cryptostream/query/view")),
     ("response body (responses.py)", ("cryptostream/query/responses",)),
@@ -71,7 +74,7 @@ GROUPS = [
     ("metrics (prometheus_client)", ("prometheus_client",)),
     ("http parsing + response (uvicorn httptools_impl)", ("httptools_impl", "protocol.py")),
     ("event loop (uvloop)", ("uvloop",)),
-]  # fmt: skip
+]
 
 
 @dataclass
@@ -124,9 +127,20 @@ def server_argv(kind: str, port: int, profile: Path | None = None) -> list[str]:
         return [sys.executable, "-m", "cryptostream", "query", "--workers", "1"]
     if kind == "baseline":
         return [
-            sys.executable, "-m", "uvicorn", "query_baseline_app:app", "--app-dir", str(HERE),
-            "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "query_baseline_app:app",
+            "--app-dir",
+            str(HERE),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
     raise ValueError(kind)
 
 
@@ -134,9 +148,16 @@ def run_wrk(
     url: str, *, threads: int, connections: int, duration: int, n: int, path: str | None = None
 ) -> dict[str, Any]:
     argv = [
-        "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s",
-        "-s", str(LUA), url,
-    ]  # fmt: skip
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(LUA),
+        url,
+    ]
     env = {**os.environ, "SYMBOLS_N": str(n)}
     if path is not None:
         env["WRK_PATH"] = path

@@ -14,9 +14,23 @@ Groups = list[tuple[str, tuple[str, ...]]]
 
 def py_spy_argv(output: Path, service: str) -> list[str]:
     """``csp <service>`` under py-spy (sampling, non-blocking: the process runs at full speed)."""
-    return [shutil.which("py-spy") or "py-spy", "record", "--nonblocking", "--rate", "200",
-            "--function", "--format", "raw", "-o", str(output), "--", sys.executable, "-m",
-            "cryptostream", service]  # fmt: skip
+    return [
+        shutil.which("py-spy") or "py-spy",
+        "record",
+        "--nonblocking",
+        "--rate",
+        "200",
+        "--function",
+        "--format",
+        "raw",
+        "-o",
+        str(output),
+        "--",
+        sys.executable,
+        "-m",
+        "cryptostream",
+        service,
+    ]
 
 
 def summarize_profile(path: Path, groups: Groups) -> dict[str, Any]:
@@ -46,6 +60,7 @@ def summarize_profile(path: Path, groups: Groups) -> dict[str, Any]:
     return {
         "samples": total,
         "share_by_part": {g: round(n / total, 3) for g, n in inclusive.most_common()},
-        "top_self": [{"function": f[:140], "share": round(n / total, 3)}
-                     for f, n in leaf.most_common(15)],
-    }  # fmt: skip
+        "top_self": [
+            {"function": f[:140], "share": round(n / total, 3)} for f, n in leaf.most_common(15)
+        ],
+    }

@@ -22,8 +22,17 @@ def synthetic_trades(symbols: list[str], count: int, seed: int = 1) -> list[Trad
         symbol = rng.choice(symbols)
         next_id[symbol] += 1
         price = f"{rng.uniform(1, 70000):.8f}"
-        trades.append(Trade(symbol, next_id[symbol], price, f"{rng.uniform(0.001, 5):.8f}",
-                            1_718_000_000_000 + i, 1_718_000_000_001 + i, rng.random() < 0.5))  # fmt: skip
+        trades.append(
+            Trade(
+                symbol,
+                next_id[symbol],
+                price,
+                f"{rng.uniform(0.001, 5):.8f}",
+                1_718_000_000_000 + i,
+                1_718_000_000_001 + i,
+                rng.random() < 0.5,
+            )
+        )
     return trades
 
 

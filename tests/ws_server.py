@@ -16,8 +16,17 @@ from websockets.asyncio.server import ServerConnection, serve
 
 def trade_frame(symbol: str, trade_id: int, price: str) -> bytes:
     """A combined-stream trade frame exactly as Binance sends it."""
-    data = {"e": "trade", "E": 1_718_000_000_000 + trade_id, "s": symbol, "t": trade_id, "p": price,
-            "q": "0.5", "T": 1_718_000_000_000 + trade_id, "m": False, "M": True}  # fmt: skip
+    data = {
+        "e": "trade",
+        "E": 1_718_000_000_000 + trade_id,
+        "s": symbol,
+        "t": trade_id,
+        "p": price,
+        "q": "0.5",
+        "T": 1_718_000_000_000 + trade_id,
+        "m": False,
+        "M": True,
+    }
     return orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": data})
 
 
@@ -58,8 +67,9 @@ class ScriptedWsServer:
 
     @contextmanager
     def running(self) -> Iterator[ScriptedWsServer]:
-        thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),),
-                                  daemon=True)  # fmt: skip
+        thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(self._main(),), daemon=True
+        )
         thread.start()
         try:
             assert self.started.wait(10), "the scripted WebSocket server did not start"

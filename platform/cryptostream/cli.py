@@ -54,8 +54,10 @@ def _settings(service: str | None = None) -> Settings:
 
 def _variables(service: str) -> str:
     """The --help epilog: the variables the command reads, with default and meaning."""
-    lines = [f"- `{name}` = `{default}`: {meaning}" if default else f"- `{name}` (empty): {meaning}"
-             for name, default, meaning in describe_settings(service)]  # fmt: skip
+    lines = [
+        f"- `{name}` = `{default}`: {meaning}" if default else f"- `{name}` (empty): {meaning}"
+        for name, default, meaning in describe_settings(service)
+    ]
     return "**Environment variables** (default: meaning)\n\n" + "\n".join(lines)
 
 
@@ -93,8 +95,13 @@ def config_cmd(
     for name, value in effective_settings(settings):
         if used is not None and name.removeprefix("CSP_").lower() not in used:
             continue
-        origin = ("environment" if env_value(name) is not None
-                  else "default" if value == defaults[name] else "csp stack up")  # fmt: skip
+        origin = (
+            "environment"
+            if env_value(name) is not None
+            else "default"
+            if value == defaults[name]
+            else "csp stack up"
+        )
         typer.echo(f"{name}={value}  # {origin}")
 
 
@@ -160,8 +167,10 @@ def stack_status() -> None:
     addresses = read_live_stack_file(settings.stack_file)
     kafka, redis_url = addresses.get("kafka_bootstrap", "?"), addresses.get("redis_url", "?")
     kafka_ok, redis_ok = _kafka_answers(kafka, settings), _redis_answers(redis_url)
-    typer.echo(f"stack up (pid {pid}): Kafka {kafka} {'answers' if kafka_ok else 'DOES NOT ANSWER'}"
-               f", Redis {redis_url} {'answers' if redis_ok else 'DOES NOT ANSWER'}")  # fmt: skip
+    typer.echo(
+        f"stack up (pid {pid}): Kafka {kafka} {'answers' if kafka_ok else 'DOES NOT ANSWER'}"
+        f", Redis {redis_url} {'answers' if redis_ok else 'DOES NOT ANSWER'}"
+    )
     if not (kafka_ok and redis_ok):
         raise typer.Exit(1)
 
@@ -251,8 +260,12 @@ def topics_create() -> None:
     try:
         specs = required_topics(settings)
         config = security_config(settings)
-        for line in create_topics(settings.kafka_bootstrap, specs, client_config=config,
-                                  connect_timeout=settings.kafka_connect_timeout_s):  # fmt: skip
+        for line in create_topics(
+            settings.kafka_bootstrap,
+            specs,
+            client_config=config,
+            connect_timeout=settings.kafka_connect_timeout_s,
+        ):
             typer.echo(line)
     except TopicError as exc:
         raise _fail(str(exc)) from None
@@ -485,8 +498,11 @@ def _load_commands(target: typer.Typer) -> None:
         try:
             point.load()(target)
         except ImportError as exc:  # not installed (or made unimportable): the product still runs
-            typer.secho(f"warning: csp commands {point.value!r} not loaded: {exc}", err=True,
-                        fg=typer.colors.YELLOW)  # fmt: skip
+            typer.secho(
+                f"warning: csp commands {point.value!r} not loaded: {exc}",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
 
 
 _load_commands(app)

@@ -381,44 +381,96 @@ class ConfigError(ValueError):
 # setting belongs to its service by its prefix; tests/unit/test_service_settings.py checks that
 # every `settings.<field>` a service's code reads is in its set.
 _COMMON = frozenset({"run_dir", "log_level", "log_format"})
-_KAFKA = frozenset({
-    "kafka_bootstrap", "kafka_connect_timeout_s", "kafka_security_protocol",
-    "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_file",
-    "group_id",
-})  # fmt: skip
+_KAFKA = frozenset(
+    {
+        "kafka_bootstrap",
+        "kafka_connect_timeout_s",
+        "kafka_security_protocol",
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_ca_file",
+        "group_id",
+    }
+)
 # where the archive is (archive/objects.py): every reader of it needs these
-_ARCHIVE_WHERE = frozenset({
-    "archive_dir", "archive_url", "archive_s3_endpoint", "archive_s3_region",
-    "archive_s3_access_key_id", "archive_s3_secret_access_key",
-})  # fmt: skip
-_TOPICS = frozenset({
-    "topic", "dlq_topic", "gap_topic", "partitions", "replication_factor", "min_insync_replicas",
-    "depth_topic",
-})  # fmt: skip
+_ARCHIVE_WHERE = frozenset(
+    {
+        "archive_dir",
+        "archive_url",
+        "archive_s3_endpoint",
+        "archive_s3_region",
+        "archive_s3_access_key_id",
+        "archive_s3_secret_access_key",
+    }
+)
+_TOPICS = frozenset(
+    {
+        "topic",
+        "dlq_topic",
+        "gap_topic",
+        "partitions",
+        "replication_factor",
+        "min_insync_replicas",
+        "depth_topic",
+    }
+)
 SERVICE_FIELDS: dict[str, frozenset[str]] = {
-    "ingest": _COMMON | _KAFKA | _TOPICS | {
-        "binance_ws_url", "binance_rest_url", "symbols", "quote_asset", "stream_kind",
-        "max_frame_bytes", "group_id", "metrics_host", "record_dir", "record_rotate_mb",
+    "ingest": _COMMON
+    | _KAFKA
+    | _TOPICS
+    | {
+        "binance_ws_url",
+        "binance_rest_url",
+        "symbols",
+        "quote_asset",
+        "stream_kind",
+        "max_frame_bytes",
+        "group_id",
+        "metrics_host",
+        "record_dir",
+        "record_rotate_mb",
         "record_rotate_s",
         *(name for name in Settings.model_fields if name.startswith(("ingest_", "depth_"))),
     },
-    "processor": _COMMON | _KAFKA | _TOPICS | {
-        "redis_url", "group_id", "batch_max", "batch_timeout_s", "candle_history_minutes",
-        "metrics_host", *(name for name in Settings.model_fields if name.startswith("processor_")),
+    "processor": _COMMON
+    | _KAFKA
+    | _TOPICS
+    | {
+        "redis_url",
+        "group_id",
+        "batch_max",
+        "batch_timeout_s",
+        "candle_history_minutes",
+        "metrics_host",
+        *(name for name in Settings.model_fields if name.startswith("processor_")),
     },
-    "query": _COMMON | _ARCHIVE_WHERE | {"redis_url",
-                        *(n for n in Settings.model_fields if n.startswith(("query_", "history_")))},
-    "archive": _COMMON | _KAFKA | _TOPICS | {
-        "metrics_host", *(name for name in Settings.model_fields if name.startswith("archive_")),
+    "query": _COMMON
+    | _ARCHIVE_WHERE
+    | {"redis_url", *(n for n in Settings.model_fields if n.startswith(("query_", "history_")))},
+    "archive": _COMMON
+    | _KAFKA
+    | _TOPICS
+    | {
+        "metrics_host",
+        *(name for name in Settings.model_fields if name.startswith("archive_")),
     },
-    "history": _COMMON | _ARCHIVE_WHERE | {"archive_scale",
-                          *(n for n in Settings.model_fields if n.startswith("history_"))},
+    "history": _COMMON
+    | _ARCHIVE_WHERE
+    | {"archive_scale", *(n for n in Settings.model_fields if n.startswith("history_"))},
     "topics": _COMMON | _KAFKA | _TOPICS | {"replication_factor"},
-    "stack": _COMMON | _TOPICS | {
-        "replication_factor", "cache_dir", "kafka_version", "kafka_heap", "start_timeout_s",
-        "kafka_connect_timeout_s", "kafka_brokers",
+    "stack": _COMMON
+    | _TOPICS
+    | {
+        "replication_factor",
+        "cache_dir",
+        "kafka_version",
+        "kafka_heap",
+        "start_timeout_s",
+        "kafka_connect_timeout_s",
+        "kafka_brokers",
     },
-}  # fmt: skip
+}
 SERVICE_FIELDS["rebuild"] = SERVICE_FIELDS["processor"]
 
 # CSP_* variables that are not settings but are read on purpose (internal hand-overs).

@@ -103,8 +103,11 @@ def compare(
         elif have > totals.trades:
             report.duplicated += have - totals.trades
         want_stats = (totals.trades, totals.base_volume, totals.quote_volume)
-        got_stats = (have, Decimal(stats.get("base_volume", "0")),
-                     Decimal(stats.get("quote_volume", "0")))  # fmt: skip
+        got_stats = (
+            have,
+            Decimal(stats.get("base_volume", "0")),
+            Decimal(stats.get("quote_volume", "0")),
+        )
         if want_stats != got_stats:
             report.discrepancies.append(Discrepancy(symbol, "stats", want_stats, got_stats))
         stored = {c["t"]: c for c in actual.candles.get(symbol, [])}
@@ -228,12 +231,15 @@ def compare_books(
         for side, stored in (("bids", got.bids), ("asks", got.asks)):
             levels = _sorted_levels(want, side)
             if levels != stored:
-                at = next((i for i, (a, b) in enumerate(zip(levels, stored, strict=False))
-                           if a != b),
-                          min(len(levels), len(stored)))  # fmt: skip
-                wrong(f"book.{side}[{at}] of {len(levels)}",
-                      levels[at] if at < len(levels) else None,
-                      stored[at] if at < len(stored) else None)  # fmt: skip
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(levels, stored, strict=False)) if a != b),
+                    min(len(levels), len(stored)),
+                )
+                wrong(
+                    f"book.{side}[{at}] of {len(levels)}",
+                    levels[at] if at < len(levels) else None,
+                    stored[at] if at < len(stored) else None,
+                )
             name = side[:-1]  # bid, ask
             best = (state.get(f"best_{name}"), state.get(f"best_{name}_qty"))
             top = levels[0] if levels else (None, None)

@@ -107,8 +107,15 @@ def experiment(
     model = model.model_copy(update=updates)
     if file is not None and not file.exists():
         raise _fail(f"replay file {file} does not exist")
-    options = RunOptions(model, text, kafka_bootstrap=kafka_bootstrap, redis_url=redis_url,
-                         replay_file=file, progress=progress, out_dir=out)  # fmt: skip
+    options = RunOptions(
+        model,
+        text,
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        replay_file=file,
+        progress=progress,
+        out_dir=out,
+    )
     try:
         folder = run_experiment(options)
     except KeyboardInterrupt:

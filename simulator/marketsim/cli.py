@@ -215,8 +215,12 @@ def build_parser(prog: str = "marketsim") -> argparse.ArgumentParser:
         "--fault-drop-after-messages", type=int, help="drop a connection after N messages"
     )
     g.add_argument("--fault-drop-after-seconds", type=float, help="... or after N seconds")
-    g.add_argument("--fault-drop-mode", choices=("abort", "close"), default="abort",
-                   help="abort: reset the TCP connection; close: a WebSocket close frame")  # fmt: skip
+    g.add_argument(
+        "--fault-drop-mode",
+        choices=("abort", "close"),
+        default="abort",
+        help="abort: reset the TCP connection; close: a WebSocket close frame",
+    )
     g.add_argument("--fault-stall-after-messages", type=int, help="stop sending after N messages")
     g.add_argument("--fault-stall-after-seconds", type=float, help="... or after N seconds")
     g.add_argument("--fault-stall-seconds", type=float, help="stall duration (default: forever)")

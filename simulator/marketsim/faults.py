@@ -122,8 +122,14 @@ class FaultInjector:
         self._stalled = False
         self._held: bytes | None = None
         self._malform_next = 0
-        self.counts = {"malformed": 0, "duplicated": 0, "reordered": 0, "gaps": 0, "stalled": 0,
-                       "depth_gaps": 0}  # fmt: skip
+        self.counts = {
+            "malformed": 0,
+            "duplicated": 0,
+            "reordered": 0,
+            "gaps": 0,
+            "stalled": 0,
+            "depth_gaps": 0,
+        }
 
     def start_stall(self, now: float) -> None:
         self._stalled = True

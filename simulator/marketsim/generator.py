@@ -231,8 +231,20 @@ class SyntheticSource:
         st.book_id += 1 + n
         if self.config.max_trades is not None and self.trades + n >= self.config.max_trades:
             self.done = True
-        order = Order(spec.symbol, st.agg_id, st.trade_id, p, qtys, int(self._t), buyer_maker,
-                      bid, bid_qty, ask, ask_qty, st.book_id)  # fmt: skip
+        order = Order(
+            spec.symbol,
+            st.agg_id,
+            st.trade_id,
+            p,
+            qtys,
+            int(self._t),
+            buyer_maker,
+            bid,
+            bid_qty,
+            ask,
+            ask_qty,
+            st.book_id,
+        )
         st.agg_id += 1
         st.trade_id += n
         self.trades += n

@@ -563,8 +563,12 @@ def ticker_payload(
         for k in ("o", "h", "l", "v", "q", "O", "C", "F", "L", "n"):
             full[k] = common[k]
         return full
-    return {"e": f"{kind.removeprefix('ticker_')}Ticker", "E": _t(event_us, micro), "s": symbol,
-            **common}  # fmt: skip
+    return {
+        "e": f"{kind.removeprefix('ticker_')}Ticker",
+        "E": _t(event_us, micro),
+        "s": symbol,
+        **common,
+    }
 
 
 def avg_price_payload(

@@ -28,8 +28,13 @@ def test_an_archive_replayed_through_the_pipeline_ends_with_its_last_prices(
     expected = {s: float(t.price) for s, t in last.items()}
     args = _resolve_replay_args(["--replay", str(root)])
     assert len(args) > 2 * len(symbols)
-    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
-                        isolated.settings.redis_url, symbols, extra_env=isolated.env)  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        symbols,
+        extra_env=isolated.env,
+    )
     try:
         sim = pipeline.start_simulator(["--fast", "--wait-for-subscribers", "1", *args])
         pipeline.start_processor()
@@ -38,8 +43,10 @@ def test_an_archive_replayed_through_the_pipeline_ends_with_its_last_prices(
 
         def answers() -> dict[str, object]:
             pipeline.check_alive()
-            return {s: httpx.get(f"{query.base_url}/price/{s}", timeout=5).json().get("price")
-                    for s in symbols}  # fmt: skip
+            return {
+                s: httpx.get(f"{query.base_url}/price/{s}", timeout=5).json().get("price")
+                for s in symbols
+            }
 
         wait_for(lambda: answers() == expected, 90, "the archive's last prices")
     finally:

@@ -23,8 +23,12 @@ def test_version(csp: Run) -> None:
 
 
 def test_config_prints_every_setting_with_secrets_masked(csp: Run) -> None:
-    result = csp("config", CSP_PARTITIONS="4", CSP_KAFKA_SASL_PASSWORD="hunter2",
-                 CSP_REDIS_URL="redis://:s3cret@db.example:6380/1")  # fmt: skip
+    result = csp(
+        "config",
+        CSP_PARTITIONS="4",
+        CSP_KAFKA_SASL_PASSWORD="hunter2",
+        CSP_REDIS_URL="redis://:s3cret@db.example:6380/1",
+    )
     assert result.returncode == 0, result.stderr
     lines = dict(line.split("=", 1) for line in result.stdout.splitlines())
     assert set(lines) == {f"CSP_{name.upper()}" for name in Settings.model_fields}
@@ -45,9 +49,13 @@ def test_config_of_one_command(csp: Run) -> None:
 
 @pytest.mark.parametrize(
     ("command", "absent"),
-    [(["ingest"], "CSP_QUERY_PORT"), (["processor"], "CSP_SYMBOLS"),
-     (["query"], "CSP_PARTITIONS"), (["topics", "create"], "CSP_REDIS_URL")],
-)  # fmt: skip
+    [
+        (["ingest"], "CSP_QUERY_PORT"),
+        (["processor"], "CSP_SYMBOLS"),
+        (["query"], "CSP_PARTITIONS"),
+        (["topics", "create"], "CSP_REDIS_URL"),
+    ],
+)
 def test_service_help_lists_the_variables_it_reads(
     csp: Run, command: list[str], absent: str
 ) -> None:
@@ -98,8 +106,14 @@ def test_stack_status_and_down(csp: Run, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CSP_")}
     env["CSP_RUN_DIR"] = str(tmp_path)
     log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen([CSP, "stack", "up", "--no-create-topics"], env=env, cwd=ROOT,
-                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    up = subprocess.Popen(
+        [CSP, "stack", "up", "--no-create-topics"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "stack.json").exists():

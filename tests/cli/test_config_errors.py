@@ -54,8 +54,9 @@ def test_every_mistake_gets_its_own_line(csp: Run) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert [line.split("=")[0] for line in lines] == [
-        "error: CSP_PARTITIONS", "error: CSP_REPLICATION_FACTOR",
-    ]  # fmt: skip
+        "error: CSP_PARTITIONS",
+        "error: CSP_REPLICATION_FACTOR",
+    ]
 
 
 def test_a_service_validates_only_what_it_reads(csp: Run) -> None:

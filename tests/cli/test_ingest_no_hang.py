@@ -29,8 +29,14 @@ def test_ingest_exits_when_a_connection_task_dies(isolated: Env, url: str) -> No
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CSP_")}
     env.update(isolated.env, CSP_INGEST_RESUME_SCAN="0", CSP_INGEST_TAIL_CHECK_S="0")
     try:
-        result = subprocess.run([sys.executable, "-c", SCRIPT, url], env=env, capture_output=True,
-                                text=True, timeout=60, check=False)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-c", SCRIPT, url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"ingest still running 60 s after its connection task died: {exc.stdout!r}")
     assert result.returncode == 1, result.stdout + result.stderr

@@ -14,8 +14,11 @@ from cryptostream_lab import commands
 
 def _listed(app: typer.Typer) -> set[str]:
     output = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
-    return {line.split()[1] for line in output.splitlines()
-            if line.startswith("│ ") and len(line.split()) > 1}  # fmt: skip
+    return {
+        line.split()[1]
+        for line in output.splitlines()
+        if line.startswith("│ ") and len(line.split()) > 1
+    }
 
 
 def _app() -> typer.Typer:

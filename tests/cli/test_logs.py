@@ -52,8 +52,14 @@ def test_readable_lines_on_a_terminal(tmp_path: object) -> None:
     env.update(_unreachable_kafka(), CSP_RUN_DIR=str(tmp_path))
     leader, follower = pty.openpty()
     try:
-        proc = subprocess.Popen([CSP, "processor"], env=env, cwd=ROOT, stdout=follower,
-                                stderr=follower, stdin=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [CSP, "processor"],
+            env=env,
+            cwd=ROOT,
+            stdout=follower,
+            stderr=follower,
+            stdin=subprocess.DEVNULL,
+        )
         os.close(follower)
         follower = -1
         assert proc.wait(timeout=60) == 2

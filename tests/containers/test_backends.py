@@ -98,12 +98,26 @@ def test_pytest_with_docker_requested_and_no_engine_stops_with_the_reason(tmp_pa
     test.write_text("def test_uses_stack(stack):\n    raise AssertionError('must not run')\n")
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"--rootdir={root}", "-c", str(root / "pyproject.toml"),
-         "-p", "tests.conftest", str(test)],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--rootdir={root}",
+            "-c",
+            str(root / "pyproject.toml"),
+            "-p",
+            "tests.conftest",
+            str(test),
+        ],
         env={**os.environ, "CSP_TEST_BACKEND": "docker"},
-        capture_output=True, text=True, timeout=60, cwd=root,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 4, output
     assert "CSP_TEST_BACKEND=docker, but no Docker engine answers" in output

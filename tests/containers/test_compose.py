@@ -227,5 +227,10 @@ def test_dockerignore_keeps_the_context_small() -> None:
     lines = (ROOT / ".dockerignore").read_text().split()
     assert lines[lines.index("**")] == "**", "ignore everything but an allow-list"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "platform", "simulator",
-                       "benchmarks/experiments"}  # fmt: skip
+    assert allowed == {
+        "pyproject.toml",
+        "README.md",
+        "platform",
+        "simulator",
+        "benchmarks/experiments",
+    }

@@ -78,8 +78,18 @@ def _pulled_in(owners: set[str]) -> bool:
     return bool(owners & TRANSITIVE)
 
 
-TRANSITIVE = {"starlette", "hiredis", "uvloop", "httptools", "pydantic-core", "annotated-types",
-              "lz4", "cryptography", "numpy", "typing-extensions"}  # fmt: skip
+TRANSITIVE = {
+    "starlette",
+    "hiredis",
+    "uvloop",
+    "httptools",
+    "pydantic-core",
+    "annotated-types",
+    "lz4",
+    "cryptography",
+    "numpy",
+    "typing-extensions",
+}
 
 
 def test_the_image_installs_the_harness_extra() -> None:

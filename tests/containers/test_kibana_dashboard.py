@@ -50,8 +50,12 @@ def test_dashboard_charts_rates_errors_rebalances_and_dead_letters() -> None:
 def test_message_filters_match_what_the_services_log() -> None:
     """A chart filtering on a message that no code logs would stay empty forever."""
     source = _source_text()
-    wanted = {"partitions assigned", "partitions revoked", "poison record sent to the DLQ",
-              "malformed frame sent to the DLQ"}  # fmt: skip
+    wanted = {
+        "partitions assigned",
+        "partitions revoked",
+        "poison record sent to the DLQ",
+        "malformed frame sent to the DLQ",
+    }
     found = set()
     for chart in (o for o in _objects() if o["type"] == "visualization"):
         state = json.loads(chart["attributes"]["visState"])

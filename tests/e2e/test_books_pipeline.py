@@ -79,8 +79,13 @@ def test_recorded_books_reach_the_query_api_exactly(isolated: Env) -> None:
     expected = {sym: (last, bids, asks) for sym, last, bids, asks in map(file_book, files)}
     symbols = sorted(expected)
     settings = isolated.settings
-    pipeline = Pipeline(isolated.workdir, settings.kafka_bootstrap, settings.redis_url, symbols,
-                        extra_env=isolated.env)  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        settings.kafka_bootstrap,
+        settings.redis_url,
+        symbols,
+        extra_env=isolated.env,
+    )
     try:
         # Paced (not --fast): ingest must take its REST snapshot mid-replay and continue it
         # from the buffered diffs; 6 minutes of market in about 15 s.

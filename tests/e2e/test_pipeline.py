@@ -46,14 +46,27 @@ def _committed(env: Env, partitions: list[int]) -> dict[int, int]:
 
 def test_known_sequence_reaches_the_query_api(isolated: Env) -> None:
     pipeline = Pipeline(
-        isolated.workdir, isolated.settings.kafka_bootstrap, isolated.settings.redis_url,
-        SYMBOLS, extra_env=isolated.env,
-    )  # fmt: skip
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        SYMBOLS,
+        extra_env=isolated.env,
+    )
     try:
         sim = pipeline.start_simulator(
-            ["--symbols", ",".join(SYMBOLS), "--rate", "400", "--seed", "7",
-             "--max-trades", str(TOTAL), "--wait-for-subscribers", "1"]
-        )  # fmt: skip
+            [
+                "--symbols",
+                ",".join(SYMBOLS),
+                "--rate",
+                "400",
+                "--seed",
+                "7",
+                "--max-trades",
+                str(TOTAL),
+                "--wait-for-subscribers",
+                "1",
+            ]
+        )
         pipeline.start_processor()
         pipeline.start_processor()
         query = pipeline.start_query()
@@ -115,8 +128,12 @@ def test_known_sequence_reaches_the_query_api(isolated: Env) -> None:
             raise
 
         # The two processors share the partitions (once the cooperative rebalance settles).
-        admin = AdminClient({"bootstrap.servers": isolated.settings.kafka_bootstrap,
-                             "logger": logging.getLogger("quiet")})  # fmt: skip
+        admin = AdminClient(
+            {
+                "bootstrap.servers": isolated.settings.kafka_bootstrap,
+                "logger": logging.getLogger("quiet"),
+            }
+        )
 
         def assignment_sizes() -> list[int]:
             group_id = isolated.settings.group_id

@@ -65,8 +65,17 @@ def write_formats(folder: Path) -> dict[str, float]:
     lines = []
     for i in range(120):
         price = f"{0.5 + i / 10000:.8f}"
-        data = {"e": "trade", "E": 1_735_689_600_000 + i, "s": "XRPUSDT", "t": 5000 + i, "p": price,
-                "q": "10.00000000", "T": 1_735_689_600_000 + i, "m": False, "M": True}  # fmt: skip
+        data = {
+            "e": "trade",
+            "E": 1_735_689_600_000 + i,
+            "s": "XRPUSDT",
+            "t": 5000 + i,
+            "p": price,
+            "q": "10.00000000",
+            "T": 1_735_689_600_000 + i,
+            "m": False,
+            "M": True,
+        }
         frame = orjson.dumps({"stream": "xrpusdt@trade", "data": data}).decode()
         lines.append(orjson.dumps({"recv_time_us": 1_735_689_600_000_000 + i, "frame": frame}))
         expected["XRPUSDT"] = float(price)
@@ -124,8 +133,13 @@ def test_replayed_files_end_with_their_last_prices(isolated: Env, tmp_path: Path
         last_trades(path, merged)
     expected = {symbol: price / 1e8 for symbol, (_id, price) in merged.items()}
     symbols = sorted(expected)
-    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
-                        isolated.settings.redis_url, symbols, extra_env=isolated.env)  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        symbols,
+        extra_env=isolated.env,
+    )
     try:
         args = ["--fast", "--wait-for-subscribers", "1"]
         for path in files:
@@ -137,8 +151,10 @@ def test_replayed_files_end_with_their_last_prices(isolated: Env, tmp_path: Path
 
         def answers() -> dict[str, object]:
             pipeline.check_alive()
-            return {s: httpx.get(f"{query.base_url}/price/{s}", timeout=5).json().get("price")
-                    for s in symbols}  # fmt: skip
+            return {
+                s: httpx.get(f"{query.base_url}/price/{s}", timeout=5).json().get("price")
+                for s in symbols
+            }
 
         wait_for(lambda: answers() == expected, 90, f"last prices of {len(symbols)} symbols")
     finally:

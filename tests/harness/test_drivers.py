@@ -21,8 +21,12 @@ def test_every_trial_kind_has_exactly_one_driver() -> None:
 def test_local_workers_run_here_and_stop_with_the_group(tmp_path: Path) -> None:
     group = ProcessGroup()
     workers: Workers = LocalWorkers(group)
-    proc = workers.process("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
-                           env={}, log_path=tmp_path / "sleeper.log")  # fmt: skip
+    proc = workers.process(
+        "sleeper",
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env={},
+        log_path=tmp_path / "sleeper.log",
+    )
     assert proc.pid is None and len(group.processes) == 1  # in the group before it starts
     proc.start()
     try:

@@ -39,8 +39,12 @@ def test_typed_fields_read_as_their_types() -> None:
     trial = results.groups[0].trials[0]
     assert trial.kind == "fixed" and trial.loadgen is not None
     assert isinstance(trial.loadgen.sent, int)
-    sampled = [t for g in load_results(DATA / "results.json").groups for t in g.trials
-               if t.series is not None]  # fmt: skip
+    sampled = [
+        t
+        for g in load_results(DATA / "results.json").groups
+        for t in g.trials
+        if t.series is not None
+    ]
     assert sampled and all(len(t.series.t) == len(t.series.produced) for t in sampled if t.series)
     assert isinstance(results.environment.cores, int)
 

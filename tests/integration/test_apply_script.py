@@ -67,9 +67,16 @@ def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
     message = pubsub.get_message(timeout=5)
     assert message is not None
     assert orjson.loads(message["data"]) == [
-        {"symbol": "BTCUSDT", "price": "1.6", "quantity": "2", "trade_id": 11,
-         "trade_time": 102, "event_time": 103, "update_time": 999}
-    ]  # fmt: skip
+        {
+            "symbol": "BTCUSDT",
+            "price": "1.6",
+            "quantity": "2",
+            "trade_id": 11,
+            "trade_time": 102,
+            "event_time": 103,
+            "update_time": 999,
+        }
+    ]
 
     # The same batch again (a zombie, or a retry after a lost reply): nothing changes.
     # The same batch again, believing nothing was applied (a zombie, or a retry after a lost
@@ -109,9 +116,16 @@ def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.lists(st.tuples(st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("99999999"), places=8),
-                          st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("9999"), places=8)),
-                min_size=2, max_size=12))  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(
+            st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("99999999"), places=8),
+            st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("9999"), places=8),
+        ),
+        min_size=2,
+        max_size=12,
+    )
+)
 def test_lua_decimal_merge_equals_python_decimal(
     isolated: Env, rows: list[tuple[Decimal, Decimal]]
 ) -> None:
@@ -213,8 +227,9 @@ def test_ids_beyond_doubles_stay_exact_through_merges(isolated: Env) -> None:
     script = r.register_script(APPLY_SCRIPT)
     top = 2**63 - 1
     ids = [top - 3, top, top - 1, 2**53 + 1, 2**53, top - 2]  # arrival order
-    trades = [Trade("BTCUSDT", tid, f"{i + 1}.5", "1", 60_000, 60_001, False)
-              for i, tid in enumerate(ids)]  # fmt: skip
+    trades = [
+        Trade("BTCUSDT", tid, f"{i + 1}.5", "1", 60_000, 60_001, False) for i, tid in enumerate(ids)
+    ]
     for offset, t in enumerate(trades):
         batch = _batch(0, offset, [t])
         assert (

@@ -38,8 +38,10 @@ _ids = st.one_of(
 )
 _decimals = st.one_of(
     st.sampled_from(["1", "0.00000001", "66398.85000000", WIDEST, "1" * 20, "0." + "0" * 19 + "1"]),
-    st.builds(lambda i, f: f"{i}.{f}", st.integers(1, 10**20 - 1), st.text("0123456789", max_size=20)),
-)  # fmt: skip
+    st.builds(
+        lambda i, f: f"{i}.{f}", st.integers(1, 10**20 - 1), st.text("0123456789", max_size=20)
+    ),
+)
 _times = st.one_of(st.integers(BASE_MS, BASE_MS + 600_000), st.sampled_from([0, 1, MAX_TIME_MS]))
 _odd_text = st.text(st.characters(codec="utf-8"), max_size=30)
 
@@ -52,13 +54,19 @@ def _valid(draw: st.DrawFn) -> dict[str, Any]:
     lowest_ingest = max(0, (trade_time - DEFAULT_MAX_FUTURE_MS) * 1000)
     symbol = draw(st.sampled_from(SYMBOLS))
     doc: dict[str, Any] = {
-        "v": 1, "exchange": draw(_odd_text),
+        "v": 1,
+        "exchange": draw(_odd_text),
         "symbol": draw(st.sampled_from([symbol, symbol.lower()])),
-        "trade_id": draw(_ids), "price": draw(_decimals), "quantity": draw(_decimals),
-        "trade_time": trade_time, "event_time": draw(_times),
+        "trade_id": draw(_ids),
+        "price": draw(_decimals),
+        "quantity": draw(_decimals),
+        "trade_time": trade_time,
+        "event_time": draw(_times),
         "buyer_is_maker": draw(st.booleans()),
-        "ingest_time_us": draw(st.integers(lowest_ingest, min(MAX_TIME_US, lowest_ingest + 10**13))),
-    }  # fmt: skip
+        "ingest_time_us": draw(
+            st.integers(lowest_ingest, min(MAX_TIME_US, lowest_ingest + 10**13))
+        ),
+    }
     if draw(st.integers(0, 9)) == 0:
         doc["unused"] = draw(st.sampled_from(["x" * 100_000, "\u2028\u0000" * 1000]))
     return doc
@@ -66,13 +74,20 @@ def _valid(draw: st.DrawFn) -> dict[str, Any]:
 
 _near_miss = st.sampled_from(
     [
-        ("trade_id", MAX_ID + 1), ("trade_id", 10**30), ("event_time", MAX_TIME_MS + 1),
-        ("ingest_time_us", MAX_TIME_US + 1), ("v", True), ("v", 1.0), ("symbol", "BTC-USDT"),
-        ("symbol", "\uff22\uff34\uff23"), ("price", WIDEST + "9"), ("quantity", "0"),
+        ("trade_id", MAX_ID + 1),
+        ("trade_id", 10**30),
+        ("event_time", MAX_TIME_MS + 1),
+        ("ingest_time_us", MAX_TIME_US + 1),
+        ("v", True),
+        ("v", 1.0),
+        ("symbol", "BTC-USDT"),
+        ("symbol", "\uff22\uff34\uff23"),
+        ("price", WIDEST + "9"),
+        ("quantity", "0"),
         ("trade_time", 4_102_444_800_000),  # 2100, with an ingest time of today: too far ahead
         ("price", "x" * 800_000),  # its reason must not echo it, its dead letter must fit
     ]
-)  # fmt: skip
+)
 
 
 @st.composite
@@ -94,30 +109,46 @@ def _trade_key(value: bytes) -> tuple[str, str]:
 
 
 def _ordinary(i: int) -> bytes:
-    doc = {"v": 1, "exchange": "binance", "symbol": SYMBOLS[i % 3], "trade_id": 10**7 + i,
-           "price": f"{100 + i % 7}.5", "quantity": "0.25", "trade_time": BASE_MS + i,
-           "event_time": BASE_MS + i, "buyer_is_maker": False, "ingest_time_us": BASE_MS * 1000}  # fmt: skip
+    doc = {
+        "v": 1,
+        "exchange": "binance",
+        "symbol": SYMBOLS[i % 3],
+        "trade_id": 10**7 + i,
+        "price": f"{100 + i % 7}.5",
+        "quantity": "0.25",
+        "trade_time": BASE_MS + i,
+        "event_time": BASE_MS + i,
+        "buyer_is_maker": False,
+        "ingest_time_us": BASE_MS * 1000,
+    }
     return json.dumps(doc).encode()
 
 
 def _settings(stack: LocalStack | ContainerStack, run_dir: Any) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     return Settings(
-        kafka_bootstrap=stack.kafka_bootstrap, redis_url=stack.redis_url,
-        topic=f"raw.trades.{suffix}", dlq_topic=f"raw.trades.dlq.{suffix}",
-        gap_topic=f"raw.trades.gaps.{suffix}", group_id=f"stream-processor-{suffix}",
+        kafka_bootstrap=stack.kafka_bootstrap,
+        redis_url=stack.redis_url,
+        topic=f"raw.trades.{suffix}",
+        dlq_topic=f"raw.trades.dlq.{suffix}",
+        gap_topic=f"raw.trades.gaps.{suffix}",
+        group_id=f"stream-processor-{suffix}",
         depth_topic=f"raw.depth.{suffix}",  # required_topics creates it with these 2 partitions
-        partitions=2, run_dir=run_dir, batch_max=7,  # small batches: many Lua merges
-    )  # fmt: skip
+        partitions=2,
+        run_dir=run_dir,
+        batch_max=7,  # small batches: many Lua merges
+    )
 
 
 @settings(
     max_examples=5,
     deadline=None,
     suppress_health_check=[
-        HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
     ],
-)  # fmt: skip
+)
 @given(st.lists(_record(), min_size=5, max_size=25, unique_by=_trade_key))
 @example(  # the tester's three partition-stoppers, and the far-future trade, one of each
     [

@@ -17,9 +17,25 @@ from tests.ws_server import ScriptedWsServer, trade_frame
 pytestmark = pytest.mark.integration
 
 
-BAD_FRAMES = [b"{not json", b'{"e":"trade","s":"BTCUSDT"}', orjson.dumps(
-    {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 1, "p": "NaN",
-                                         "q": "1", "T": 1, "m": False}})]  # fmt: skip
+BAD_FRAMES = [
+    b"{not json",
+    b'{"e":"trade","s":"BTCUSDT"}',
+    orjson.dumps(
+        {
+            "stream": "btcusdt@trade",
+            "data": {
+                "e": "trade",
+                "E": 1,
+                "s": "BTCUSDT",
+                "t": 1,
+                "p": "NaN",
+                "q": "1",
+                "T": 1,
+                "m": False,
+            },
+        }
+    ),
+]
 
 
 class ScriptedServer(ScriptedWsServer):
@@ -47,8 +63,13 @@ def scripted_server() -> Iterator[ScriptedWsServer]:
 def test_trades_to_kafka_bad_frames_to_dlq_and_reconnect(
     isolated: Env, scripted_server: ScriptedWsServer
 ) -> None:
-    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap, isolated.settings.redis_url,
-                        ["BTCUSDT", "ETHUSDT"], extra_env=isolated.env)  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        ["BTCUSDT", "ETHUSDT"],
+        extra_env=isolated.env,
+    )
     try:
         pipeline.start_ingest(scripted_server.url)
 
@@ -64,8 +85,17 @@ def test_trades_to_kafka_bad_frames_to_dlq_and_reconnect(
             [("BTCUSDT", i) for i in range(1, 101)] + [("ETHUSDT", i) for i in range(1, 51)]
         )
         assert all(r.ingest_time_us > 1_600_000_000_000_000 for r in records)
-        wait_for(lambda: sum(h for _l, h in watermarks(isolated.settings, isolated.settings.dlq_topic).values()) == 3,
-                 30, "3 DLQ records")  # fmt: skip
+        wait_for(
+            lambda: (
+                sum(
+                    h
+                    for _l, h in watermarks(isolated.settings, isolated.settings.dlq_topic).values()
+                )
+                == 3
+            ),
+            30,
+            "3 DLQ records",
+        )
         dead = [orjson.loads(v) for v in read_all(isolated.settings, isolated.settings.dlq_topic)]
         assert sorted(d["raw"] for d in dead) == sorted(f.decode() for f in BAD_FRAMES)
         assert all(d["reason"] and d["source"].startswith("ws://127.0.0.1") for d in dead)

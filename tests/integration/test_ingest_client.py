@@ -20,8 +20,11 @@ from marketsim.tls import self_signed_cert
 
 
 def sim_config(**kw: object) -> SimConfig:
-    base: dict[str, object] = {"port": 0, "symbols": ("BTCUSDT", "ETHUSDT", "SOLUSDT"),
-                               "rate": 2000.0}  # fmt: skip
+    base: dict[str, object] = {
+        "port": 0,
+        "symbols": ("BTCUSDT", "ETHUSDT", "SOLUSDT"),
+        "rate": 2000.0,
+    }
     base.update(kw)
     return SimConfig(**base)  # type: ignore[arg-type]
 
@@ -34,9 +37,12 @@ async def test_wss_and_keepalive(tmp_path: Path) -> None:
     async with Simulator(config) as sim:
         got: list[bytes] = []
         conn = await open_connection(
-            f"{sim.ws_url}/stream?streams=btcusdt@trade", lambda f, _t, _c: got.extend(f),
-            max_size=1 << 20, name="t", ssl_context=ssl.create_default_context(cafile=str(cert)),
-        )  # fmt: skip
+            f"{sim.ws_url}/stream?streams=btcusdt@trade",
+            lambda f, _t, _c: got.extend(f),
+            max_size=1 << 20,
+            name="t",
+            ssl_context=ssl.create_default_context(cafile=str(cert)),
+        )
         await asyncio.sleep(1.5)  # several ping intervals: the pong timeout would close us
         assert not conn.closed.done() and len(got) > 100
         conn.close()
@@ -46,9 +52,12 @@ async def test_wss_and_keepalive(tmp_path: Path) -> None:
 async def test_refused_handshake_is_an_error() -> None:
     async with Simulator(sim_config()) as sim:
         with pytest.raises(ConnectionError, match="refused the upgrade"):
-            await open_connection(f"{sim.ws_url}/stream?streams=" + "/".join(
-                f"s{i}@trade" for i in range(1100)), lambda *_: None, max_size=1 << 20,
-                name="t")  # fmt: skip
+            await open_connection(
+                f"{sim.ws_url}/stream?streams=" + "/".join(f"s{i}@trade" for i in range(1100)),
+                lambda *_: None,
+                max_size=1 << 20,
+                name="t",
+            )
 
 
 async def test_streams_beyond_the_url_are_subscribed_paced() -> None:
@@ -82,8 +91,7 @@ async def test_error_envelope_reply() -> None:
             if replies:
                 got_reply.set()
 
-        conn = await open_connection(f"{sim.ws_url}/stream", on_frames, max_size=1 << 20,
-                                     name="t")  # fmt: skip
+        conn = await open_connection(f"{sim.ws_url}/stream", on_frames, max_size=1 << 20, name="t")
         conn.send_text(b'{"method":"SUBSCRIBE","params":["not a stream"],"id":9}')
         await asyncio.wait_for(got_reply.wait(), 5)
         reply = parse_frame(replies[0])

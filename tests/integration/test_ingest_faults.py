@@ -33,8 +33,13 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 @pytest.fixture
 def pipeline(isolated: Env) -> Iterator[Pipeline]:
-    p = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap, isolated.settings.redis_url,
-                 SYMBOLS, extra_env=isolated.env)  # fmt: skip
+    p = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        SYMBOLS,
+        extra_env=isolated.env,
+    )
     try:
         yield p
     finally:
@@ -63,8 +68,12 @@ class Outcome:
 
     @property
     def unrecoverable(self) -> set[tuple[str, int]]:
-        return {(g.symbol, i) for g in self.gaps if g.status == "unrecoverable"
-                for i in range(g.first_id, g.last_id + 1)}  # fmt: skip
+        return {
+            (g.symbol, i)
+            for g in self.gaps
+            if g.status == "unrecoverable"
+            for i in range(g.first_id, g.last_id + 1)
+        }
 
     def settled(self) -> bool:
         covered = set(self.trades) | self.unrecoverable
@@ -94,8 +103,14 @@ def outcome(env: Env, sim: SimulatorHandle) -> Outcome:
     return Outcome(trades, gaps, expected)
 
 
-def wait_settled(env: Env, sim: SimulatorHandle, ingest: ManagedProcess, port: int, total: int,
-                 timeout: float = 60) -> Outcome:  # fmt: skip
+def wait_settled(
+    env: Env,
+    sim: SimulatorHandle,
+    ingest: ManagedProcess,
+    port: int,
+    total: int,
+    timeout: float = 60,
+) -> Outcome:
     """Wait until the simulator is done, ingest is quiet (no open gap, nothing in flight, no new
     frame since the last look), and the topics account for every trade."""
     last: list[tuple[float, ...]] = []
@@ -112,8 +127,12 @@ def wait_settled(env: Env, sim: SimulatorHandle, ingest: ManagedProcess, port: i
             return False
         return outcome(env, sim).settled()
 
-    wait_for(done, timeout, f"all {total} trades in raw.trades or reported as unrecoverable",
-             interval=0.3)  # fmt: skip
+    wait_for(
+        done,
+        timeout,
+        f"all {total} trades in raw.trades or reported as unrecoverable",
+        interval=0.3,
+    )
     return outcome(env, sim)
 
 
@@ -128,9 +147,14 @@ def assert_exactly_once_or_reported(o: Outcome) -> None:
     assert not extra, f"trades the simulator never sent: {sorted(extra)[:10]}"
     # every detected gap is closed by final records covering exactly its range
     for d in (g for g in o.gaps if g.status == "detected"):
-        finals = [g for g in o.gaps if g.status != "detected" and g.symbol == d.symbol
-                  and g.detected_at_us == d.detected_at_us
-                  and d.first_id <= g.first_id <= g.last_id <= d.last_id]  # fmt: skip
+        finals = [
+            g
+            for g in o.gaps
+            if g.status != "detected"
+            and g.symbol == d.symbol
+            and g.detected_at_us == d.detected_at_us
+            and d.first_id <= g.first_id <= g.last_id <= d.last_id
+        ]
         assert sum(f.count for f in finals) == d.count, (d, finals)
 
 
@@ -150,10 +174,27 @@ def test_drops_gaps_duplicates_reorders_and_malformed_frames(
     """Two connections are dropped mid-stream, and on both the simulator skips, repeats,
     reorders and corrupts frames: the REST backfill recovers every trade, exactly once."""
     total = 9000
-    sim, ingest, port = start(pipeline, [
-        "--rate", "3000", "--max-trades", str(total), "--fault-drop-after-messages", "2500",
-        "--fault-connections", "2", "--fault-gap-rate", "0.01", "--fault-duplicate-rate", "0.01",
-        "--fault-reorder-rate", "0.01", "--fault-malformed-rate", "0.005"])  # fmt: skip
+    sim, ingest, port = start(
+        pipeline,
+        [
+            "--rate",
+            "3000",
+            "--max-trades",
+            str(total),
+            "--fault-drop-after-messages",
+            "2500",
+            "--fault-connections",
+            "2",
+            "--fault-gap-rate",
+            "0.01",
+            "--fault-duplicate-rate",
+            "0.01",
+            "--fault-reorder-rate",
+            "0.01",
+            "--fault-malformed-rate",
+            "0.005",
+        ],
+    )
     o = wait_settled(isolated, sim, ingest, port, total)
     assert_exactly_once_or_reported(o)
     assert not o.unrecoverable, "the simulator's REST history covers every gap"
@@ -186,9 +227,19 @@ def test_trades_lost_at_the_end_are_found_by_the_quiet_symbol_check(
     """The connection drops 100 trades before the end and the stream is over before ingest
     reconnects: no later trade reveals the loss; the quiet-symbol check finds and backfills it."""
     total = 3000
-    sim, ingest, port = start(pipeline, [
-        "--rate", "3000", "--max-trades", str(total), "--fault-drop-after-messages", "2900",
-        "--fault-connections", "1"])  # fmt: skip
+    sim, ingest, port = start(
+        pipeline,
+        [
+            "--rate",
+            "3000",
+            "--max-trades",
+            str(total),
+            "--fault-drop-after-messages",
+            "2900",
+            "--fault-connections",
+            "1",
+        ],
+    )
     o = wait_settled(isolated, sim, ingest, port, total)
     assert_exactly_once_or_reported(o)
     assert not o.unrecoverable
@@ -203,10 +254,20 @@ def test_silent_connection_is_replaced_and_the_stall_backfilled(
     total = 6000
     sim, ingest, port = start(
         pipeline,
-        ["--rate", "3000", "--max-trades", str(total), "--fault-stall-after-messages", "1000",
-         "--fault-connections", "1", "--ping-interval", "off"],
+        [
+            "--rate",
+            "3000",
+            "--max-trades",
+            str(total),
+            "--fault-stall-after-messages",
+            "1000",
+            "--fault-connections",
+            "1",
+            "--ping-interval",
+            "off",
+        ],
         CSP_INGEST_SILENCE_S="0.5",
-    )  # fmt: skip
+    )
     o = wait_settled(isolated, sim, ingest, port, total)
     assert_exactly_once_or_reported(o)
     assert not o.unrecoverable
@@ -220,10 +281,23 @@ def test_gaps_the_rest_api_cannot_fill_are_reported_unrecoverable(
 ) -> None:
     """The simulator keeps only the latest order per symbol for REST: gaps stay reported."""
     total = 5000
-    sim, ingest, port = start(pipeline, [
-        "--rate", "3000", "--max-trades", str(total), "--history", "1",
-        "--fault-gap-rate", "0.02", "--fault-drop-after-messages", "2000",
-        "--fault-connections", "1"])  # fmt: skip
+    sim, ingest, port = start(
+        pipeline,
+        [
+            "--rate",
+            "3000",
+            "--max-trades",
+            str(total),
+            "--history",
+            "1",
+            "--fault-gap-rate",
+            "0.02",
+            "--fault-drop-after-messages",
+            "2000",
+            "--fault-connections",
+            "1",
+        ],
+    )
     o = wait_settled(isolated, sim, ingest, port, total)
     assert_exactly_once_or_reported(o)
     assert len(o.unrecoverable) >= 20
@@ -235,8 +309,9 @@ def test_proactive_replacement_before_the_lifetime_loses_nothing(
     isolated: Env, pipeline: Pipeline
 ) -> None:
     total = 8000
-    sim, ingest, port = start(pipeline, ["--rate", "2500", "--max-trades", str(total)],
-                              CSP_INGEST_LIFETIME_S="0.8")  # fmt: skip
+    sim, ingest, port = start(
+        pipeline, ["--rate", "2500", "--max-trades", str(total)], CSP_INGEST_LIFETIME_S="0.8"
+    )
     o = wait_settled(isolated, sim, ingest, port, total)
     assert_exactly_once_or_reported(o)
     assert not o.unrecoverable
@@ -255,9 +330,11 @@ def test_kafka_restart_mid_stream(
         pytest.skip("needs the session stack to be the restartable local one")
     total = 15000
     sim, ingest, port = start(
-        pipeline, ["--rate", "3000", "--max-trades", str(total)],
-        CSP_INGEST_BUFFER_MAX="2000", CSP_INGEST_BUFFER_TIMEOUT_S="0.5",
-    )  # fmt: skip
+        pipeline,
+        ["--rate", "3000", "--max-trades", str(total)],
+        CSP_INGEST_BUFFER_MAX="2000",
+        CSP_INGEST_BUFFER_TIMEOUT_S="0.5",
+    )
     wait_for(lambda: metrics(port).get("csp_ingest_acked_total", 0) > 3000, 30, "trades flowing")
     assert local_stack.kafka is not None
     local_stack.kafka.restart()
@@ -282,8 +359,11 @@ def test_a_restarted_ingest_backfills_what_it_missed_while_down(
     assert ingest.proc is not None
     ingest.proc.wait(10)
     generated = sim.stats()["trades_generated"]
-    wait_for(lambda: sim.stats()["trades_generated"] > generated + 1000, 30,
-             "trades generated while no ingest listens")  # fmt: skip
+    wait_for(
+        lambda: sim.stats()["trades_generated"] > generated + 1000,
+        30,
+        "trades generated while no ingest listens",
+    )
     port = free_port()
     ingest = pipeline.start_ingest(
         sim.ws_url, CSP_INGEST_METRICS_PORT=str(port), CSP_INGEST_GAP_GRACE_S="0.3"
@@ -297,9 +377,11 @@ def test_a_restarted_ingest_backfills_what_it_missed_while_down(
 
 @pytest.mark.parametrize(
     ("kills", "least", "seconds"),
-    [pytest.param(4, 2, 30, id="fast"),
-     pytest.param(15, 8, 150, id="full", marks=pytest.mark.slow)],
-)  # fmt: skip
+    [
+        pytest.param(4, 2, 30, id="fast"),
+        pytest.param(15, 8, 150, id="full", marks=pytest.mark.slow),
+    ],
+)
 def test_sigkill_at_random_moments_with_stream_faults_loses_nothing_silently(
     isolated: Env, pipeline: Pipeline, kills: int, least: int, seconds: int
 ) -> None:
@@ -313,20 +395,33 @@ def test_sigkill_at_random_moments_with_stream_faults_loses_nothing_silently(
     seconds on a loaded machine), at least ``least`` of them while the victim was publishing."""
     rate = 1000
     total = rate * seconds
-    faults = ["--fault-gap-rate", "0.01", "--fault-duplicate-rate", "0.01",
-              "--fault-reorder-rate", "0.02", "--fault-malformed-rate", "0.005",
-              "--fault-drop-after-messages", "4000", "--fault-seed", "13"]  # fmt: skip
+    faults = [
+        "--fault-gap-rate",
+        "0.01",
+        "--fault-duplicate-rate",
+        "0.01",
+        "--fault-reorder-rate",
+        "0.02",
+        "--fault-malformed-rate",
+        "0.005",
+        "--fault-drop-after-messages",
+        "4000",
+        "--fault-seed",
+        "13",
+    ]
     sim, ingest, port = start(
-        pipeline, ["--rate", str(rate), "--max-trades", str(total), "--history", "1000000",
-                   *faults], CSP_INGEST_GAP_GRACE_S="1",
-    )  # fmt: skip
+        pipeline,
+        ["--rate", str(rate), "--max-trades", str(total), "--history", "1000000", *faults],
+        CSP_INGEST_GAP_GRACE_S="1",
+    )
     rng = random.Random(kills)
     publishing = 0
     for i in range(kills):
         live = i % 4 != 1  # mostly while it publishes, now and then while it starts up
         if live:
-            wait_for(lambda p=port: metrics(p).get("csp_ingest_acked_total", 0) > 0, 30,
-                     "trades flowing")  # fmt: skip
+            wait_for(
+                lambda p=port: metrics(p).get("csp_ingest_acked_total", 0) > 0, 30, "trades flowing"
+            )
         time.sleep(rng.uniform(0.1, 2.0))
         if sim.stats()["trades_generated"] >= total:
             break  # the stream is over: later kills would test less
@@ -334,9 +429,11 @@ def test_sigkill_at_random_moments_with_stream_faults_loses_nothing_silently(
         publishing += live
         port = free_port()
         ingest = pipeline.start_ingest(
-            sim.ws_url, CSP_INGEST_METRICS_PORT=str(port), CSP_INGEST_GAP_GRACE_S="1",
+            sim.ws_url,
+            CSP_INGEST_METRICS_PORT=str(port),
+            CSP_INGEST_GAP_GRACE_S="1",
             CSP_INGEST_TAIL_CHECK_S="1",
-        )  # fmt: skip
+        )
     assert publishing >= least, f"only {publishing} SIGKILLs while ingest published"
     try:
         o = wait_settled(isolated, sim, ingest, port, total, timeout=90)
@@ -349,22 +446,37 @@ def test_sigkill_at_random_moments_with_stream_faults_loses_nothing_silently(
 
 def _agg_ids(sim: SimulatorHandle, symbol: str) -> set[int]:
     ids: set[int] = set()
-    rows = httpx.get(f"{sim.rest_url}/api/v3/aggTrades",
-                     params={"symbol": symbol, "startTime": 0, "limit": 1000}, timeout=5).json()  # fmt: skip
+    rows = httpx.get(
+        f"{sim.rest_url}/api/v3/aggTrades",
+        params={"symbol": symbol, "startTime": 0, "limit": 1000},
+        timeout=5,
+    ).json()
     while rows:
         ids |= {r["a"] for r in rows}
-        rows = httpx.get(f"{sim.rest_url}/api/v3/aggTrades",
-                         params={"symbol": symbol, "fromId": max(ids) + 1, "limit": 1000}, timeout=5).json()  # fmt: skip
+        rows = httpx.get(
+            f"{sim.rest_url}/api/v3/aggTrades",
+            params={"symbol": symbol, "fromId": max(ids) + 1, "limit": 1000},
+            timeout=5,
+        ).json()
     return ids
 
 
 def test_agg_trade_streams_with_a_dropped_connection(isolated: Env, pipeline: Pipeline) -> None:
     total = 4000
     sim, ingest, port = start(
-        pipeline, ["--rate", "3000", "--max-trades", str(total), "--fault-drop-after-messages",
-                   "800", "--fault-connections", "1"],
+        pipeline,
+        [
+            "--rate",
+            "3000",
+            "--max-trades",
+            str(total),
+            "--fault-drop-after-messages",
+            "800",
+            "--fault-connections",
+            "1",
+        ],
         CSP_STREAM_KIND="aggTrade",
-    )  # fmt: skip
+    )
     s = isolated.settings
     expected: set[tuple[str, int]] = set()
 
@@ -388,10 +500,21 @@ def test_record_mode_and_quote_asset_discovery(isolated: Env, pipeline: Pipeline
     as the same trades."""
     total = 3000
     record_dir = isolated.workdir / "recording"
-    sim = pipeline.start_simulator(["--symbols", "BTCUSDT,ETHBTC,SOLUSDT", "--wait-for-subscribers",
-                                    "1", "--rate", "3000", "--max-trades", str(total)])  # fmt: skip
-    ingest = pipeline.start_ingest(sim.ws_url, CSP_SYMBOLS="XRPUSDT", CSP_QUOTE_ASSET="USDT",
-                                   CSP_RECORD_DIR=str(record_dir))  # fmt: skip
+    sim = pipeline.start_simulator(
+        [
+            "--symbols",
+            "BTCUSDT,ETHBTC,SOLUSDT",
+            "--wait-for-subscribers",
+            "1",
+            "--rate",
+            "3000",
+            "--max-trades",
+            str(total),
+        ]
+    )
+    ingest = pipeline.start_ingest(
+        sim.ws_url, CSP_SYMBOLS="XRPUSDT", CSP_QUOTE_ASSET="USDT", CSP_RECORD_DIR=str(record_dir)
+    )
     s = isolated.settings
     truth = {}
 
@@ -415,4 +538,8 @@ def test_record_mode_and_quote_asset_discovery(isolated: Env, pipeline: Pipeline
     for symbol, t in truth.items():
         r = replayed[symbol]  # type: ignore[index]
         assert (r["count"], r["first_trade_id"], r["last_trade_id"], r["last_price"]) == (
-            t["count"], t["first_trade_id"], t["last_trade_id"], t["last_price"])  # fmt: skip
+            t["count"],
+            t["first_trade_id"],
+            t["last_trade_id"],
+            t["last_price"],
+        )

@@ -34,9 +34,12 @@ def client(request: pytest.FixtureRequest) -> str:
 
 def _pipeline(env: Env, client: str, **extra: str) -> Pipeline:
     return Pipeline(
-        env.workdir, env.settings.kafka_bootstrap, env.settings.redis_url, SYMBOLS,
+        env.workdir,
+        env.settings.kafka_bootstrap,
+        env.settings.redis_url,
+        SYMBOLS,
         extra_env={**env.env, "CSP_PROCESSOR_KAFKA_CLIENT": client, **extra},
-    )  # fmt: skip
+    )
 
 
 def _all_applied(env: Env) -> bool:
@@ -67,8 +70,11 @@ def test_processors_share_partitions_views_exact_and_poison_to_dlq(
     isolated: Env, client: str
 ) -> None:
     trades = synthetic_trades(SYMBOLS, 20_000, seed=3)
-    poison = [(b"SYM1USDT", b"not json"), (b"SYM2USDT", b'{"v": 99}'),
-              (b"SYM3USDT", orjson.dumps({"v": 1, "symbol": "SYM3USDT"}))]  # fmt: skip
+    poison = [
+        (b"SYM1USDT", b"not json"),
+        (b"SYM2USDT", b'{"v": 99}'),
+        (b"SYM3USDT", orjson.dumps({"v": 1, "symbol": "SYM3USDT"})),
+    ]
     produce(isolated.settings, trades, poison)
     # Many small batches exercise the Lua merge.
     pipeline = _pipeline(isolated, client, CSP_BATCH_MAX="700")
@@ -119,9 +125,18 @@ def test_restart_resumes_from_redis_offsets_and_old_trades_never_win(
         wait_for(lambda: _all_applied(isolated), 60, "first round applied")
         proc.kill()  # SIGKILL: no clean shutdown, Kafka commits may lag behind Redis
         stale = Trade("SYM0USDT", 1, "0.00000001", "1", 1, 1, False)
-        second = [Trade(t.symbol, t.trade_id + 10_000, t.price, t.quantity, t.trade_time,
-                        t.event_time, t.buyer_is_maker)
-                  for t in synthetic_trades(SYMBOLS, 5_000, seed=5)]  # fmt: skip
+        second = [
+            Trade(
+                t.symbol,
+                t.trade_id + 10_000,
+                t.price,
+                t.quantity,
+                t.trade_time,
+                t.event_time,
+                t.buyer_is_maker,
+            )
+            for t in synthetic_trades(SYMBOLS, 5_000, seed=5)
+        ]
         produce(isolated.settings, [stale, *second])
         pipeline.start_processor()
         wait_for(lambda: _all_applied(isolated), 60, "second round applied")
@@ -144,9 +159,18 @@ def test_sigkill_and_join_under_load_then_rebuild_gives_identical_views(
         round_no = 0
         while not stop_producing.is_set() and round_no < 40:
             batch = synthetic_trades(SYMBOLS, 1_000, seed=100 + round_no)
-            batch = [Trade(t.symbol, t.trade_id + 2_000 * round_no, t.price, t.quantity,
-                           t.trade_time + 1_000 * round_no, t.event_time, t.buyer_is_maker)
-                     for t in batch]  # fmt: skip
+            batch = [
+                Trade(
+                    t.symbol,
+                    t.trade_id + 2_000 * round_no,
+                    t.price,
+                    t.quantity,
+                    t.trade_time + 1_000 * round_no,
+                    t.event_time,
+                    t.buyer_is_maker,
+                )
+                for t in batch
+            ]
             produced.append(produce(isolated.settings, batch))
             round_no += 1
             stop_producing.wait(rng.uniform(0.05, 0.15))

@@ -42,8 +42,12 @@ class Applier:
         missing = [s for s in batch.records_by_symbol if s not in self.mirrors]
         self.mirrors.update(load_mirrors(self.client, missing))
         batch.fold(self.mirrors)
-        keys, args = batch.script_call(TOPIC, self.positions if positions is None else positions,
-                                       1_700_000_000_000, self.mirrors)  # fmt: skip
+        keys, args = batch.script_call(
+            TOPIC,
+            self.positions if positions is None else positions,
+            1_700_000_000_000,
+            self.mirrors,
+        )
         reply = self.script(keys=keys, args=args)
         if int(reply[0]) == 0:
             self.mirrors.clear()
@@ -134,12 +138,22 @@ def test_fencing_a_stale_expected_offset_applies_nothing(isolated: Env) -> None:
     assert message is not None
     (update,) = orjson.loads(message["data"])
     assert update == {
-        "symbol": "BTCUSDT", "last_update_id": 102, "status": "synced", "reason": None,
-        "best_bid": "10", "best_bid_qty": "2", "best_ask": "11", "best_ask_qty": "3",
-        "event_time": 1_700_000_000_005, "ingest_time_us": 7, "update_time": 1_700_000_000_000,
-    }  # fmt: skip
-    before = {k: client.zrange(k, 0, -1) for k in (book_side_key("BTCUSDT", "bids"),
-                                                   book_side_key("BTCUSDT", "asks"))}  # fmt: skip
+        "symbol": "BTCUSDT",
+        "last_update_id": 102,
+        "status": "synced",
+        "reason": None,
+        "best_bid": "10",
+        "best_bid_qty": "2",
+        "best_ask": "11",
+        "best_ask_qty": "3",
+        "event_time": 1_700_000_000_005,
+        "ingest_time_us": 7,
+        "update_time": 1_700_000_000_000,
+    }
+    before = {
+        k: client.zrange(k, 0, -1)
+        for k in (book_side_key("BTCUSDT", "bids"), book_side_key("BTCUSDT", "asks"))
+    }
     assert before[book_side_key("BTCUSDT", "bids")] == [level_member("10", "2")]
     # The next batch from a member that believes nothing was applied yet (a zombie, a retry
     # after a lost reply): refused whole.

@@ -37,10 +37,18 @@ def _depth_topic(env: Env) -> str:
 
 def _pipeline(env: Env, depth_topic: str, client: str = "confluent", **extra: str) -> Pipeline:
     return Pipeline(
-        env.workdir, env.settings.kafka_bootstrap, env.settings.redis_url, SYMBOLS,
-        extra_env={**env.env, "CSP_PROCESSOR_KAFKA_CLIENT": client, "CSP_PROCESSOR_BOOKS": "true",
-                   "CSP_DEPTH_TOPIC": depth_topic, **extra},
-    )  # fmt: skip
+        env.workdir,
+        env.settings.kafka_bootstrap,
+        env.settings.redis_url,
+        SYMBOLS,
+        extra_env={
+            **env.env,
+            "CSP_PROCESSOR_KAFKA_CLIENT": client,
+            "CSP_PROCESSOR_BOOKS": "true",
+            "CSP_DEPTH_TOPIC": depth_topic,
+            **extra,
+        },
+    )
 
 
 def _produce_depth(env: Env, topic: str, records: list[tuple[str, bytes]]) -> int:
@@ -74,13 +82,31 @@ def test_books_and_trades_end_to_end_with_recordings_and_poison(isolated: Env, c
     depth = _depth_topic(isolated)
     synthetic = synthetic_depth(SYMBOLS, 6_000, seed=7)
     recordings = {name: recorded_values(name) for name in ("btcusdt_20240808", "ethusdt_20240808")}
-    poison = [("SYM1USDT", b"not json"), ("SYM2USDT", b'{"v": 99}'),
-              ("SYM3USDT", orjson.dumps({"v": 1, "kind": "diff", "symbol": "SYM3USDT",
-                                         "first_id": 9, "final_id": 3, "bids": [], "asks": [],
-                                         "event_time": 1, "ingest_time_us": 1}))]  # fmt: skip
+    poison = [
+        ("SYM1USDT", b"not json"),
+        ("SYM2USDT", b'{"v": 99}'),
+        (
+            "SYM3USDT",
+            orjson.dumps(
+                {
+                    "v": 1,
+                    "kind": "diff",
+                    "symbol": "SYM3USDT",
+                    "first_id": 9,
+                    "final_id": 3,
+                    "bids": [],
+                    "asks": [],
+                    "event_time": 1,
+                    "ingest_time_us": 1,
+                }
+            ),
+        ),
+    ]
     # interleave the streams (each symbol keeps its own order)
-    streams = [list(synthetic), *([(n[:7].upper(), v) for v in vals]
-                                  for n, vals in recordings.items())]  # fmt: skip
+    streams = [
+        list(synthetic),
+        *([(n[:7].upper(), v) for v in vals] for n, vals in recordings.items()),
+    ]
     rng = random.Random(1)
     mixed: list[tuple[str, bytes]] = []
     while any(streams):
@@ -95,8 +121,11 @@ def test_books_and_trades_end_to_end_with_recordings_and_poison(isolated: Env, c
     try:
         for port in ports:
             pipeline.start_processor(CSP_PROCESSOR_METRICS_PORT=str(port))
-        wait_for(lambda: pipeline.check_alive() or _all_applied(isolated, depth), 120,
-                 "all depth offsets applied")  # fmt: skip
+        wait_for(
+            lambda: pipeline.check_alive() or _all_applied(isolated, depth),
+            120,
+            "all depth offsets applied",
+        )
         wait_for(lambda: _all_applied(isolated, isolated.settings.topic), 60, "trades applied")
         records = _check_books(isolated, depth)
         assert records == len(mixed)
@@ -112,8 +141,10 @@ def test_books_and_trades_end_to_end_with_recordings_and_poison(isolated: Env, c
             best_bid = max(shadow["bids"])
             assert Decimal(state["best_bid"]) == best_bid
         # trades in the same processes are untouched by the books
-        report = check(isolated.redis, [decode_trade(v).trade
-                                        for v in read_all(isolated.settings, isolated.settings.topic)])  # fmt: skip
+        report = check(
+            isolated.redis,
+            [decode_trade(v).trade for v in read_all(isolated.settings, isolated.settings.topic)],
+        )
         assert report.ok, report.summary()
 
         def scraped() -> dict[str, float]:
@@ -137,8 +168,7 @@ def test_books_and_trades_end_to_end_with_recordings_and_poison(isolated: Env, c
         )
         assert metrics["csp_processor_records_total"] == len(trades)
         dead = [orjson.loads(v) for v in read_all(isolated.settings, isolated.settings.dlq_topic)]
-        assert sorted(d["reason"].split(" ")[0] for d in dead) == ["first_id", "not",
-                                                                    "unsupported"]  # fmt: skip
+        assert sorted(d["reason"].split(" ")[0] for d in dead) == ["first_id", "not", "unsupported"]
         assert all(d["topic"] == depth for d in dead)
         pipeline.check_alive()
     finally:
@@ -165,8 +195,11 @@ def test_sigkill_and_rebalance_mid_stream_zero_divergence(isolated: Env) -> None
     try:
         victim = pipeline.start_processor()
         producer.start()
-        wait_for(lambda: len(produced) >= 6 and isolated.redis.hlen(f"offsets:{depth}") > 0,
-                 60, "books applied under load")  # fmt: skip
+        wait_for(
+            lambda: len(produced) >= 6 and isolated.redis.hlen(f"offsets:{depth}") > 0,
+            60,
+            "books applied under load",
+        )
         victim.kill()  # SIGKILL: nothing flushed, Kafka's commits lag behind Redis
         survivors = [pipeline.start_processor(), pipeline.start_processor()]
         wait_for(lambda: len(produced) >= 16, 60, "more load")

@@ -176,8 +176,9 @@ def put_candle(
     """A stored 1m candle in the processor's member spelling (core/keys.py), its trade ids
     rising with time as an exchange's do."""
     first_id = t // 1000
-    candle = Candle(t, o, Decimal(h), Decimal(low), c, Decimal(v), Decimal(qv), n,
-                    first_id, first_id + n - 1)  # fmt: skip
+    candle = Candle(
+        t, o, Decimal(h), Decimal(low), c, Decimal(v), Decimal(qv), n, first_id, first_id + n - 1
+    )
     r.zadd(candles_1m_key(symbol), {orjson.dumps(candle_member(candle)): t})
 
 

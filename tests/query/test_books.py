@@ -65,13 +65,18 @@ def put_book(
     pipe.hset(
         book_key(symbol),
         mapping={
-            "last_update_id": str(last_update_id), "status": status, "reason": reason,
-            "best_bid": best_bid[0], "best_bid_qty": best_bid[1],
-            "best_ask": best_ask[0], "best_ask_qty": best_ask[1],
-            "event_time": str(now - 7), "ingest_time_us": str((now - 5) * 1000),
+            "last_update_id": str(last_update_id),
+            "status": status,
+            "reason": reason,
+            "best_bid": best_bid[0],
+            "best_bid_qty": best_bid[1],
+            "best_ask": best_ask[0],
+            "best_ask_qty": best_ask[1],
+            "event_time": str(now - 7),
+            "ingest_time_us": str((now - 5) * 1000),
             "update_time": str(now),
         },
-    )  # fmt: skip
+    )
     pipe.execute()
 
 
@@ -80,10 +85,18 @@ def book_update(symbol: str, bid: str, ask: str, last_update_id: int) -> dict[st
     the symbol and the book hash's fields)."""
     now = int(time.time() * 1000)
     return {
-        "symbol": symbol, "last_update_id": last_update_id, "status": "synced", "reason": None,
-        "best_bid": bid, "best_bid_qty": "1.5", "best_ask": ask, "best_ask_qty": "2.5",
-        "event_time": now - 3, "ingest_time_us": (now - 2) * 1000, "update_time": now,
-    }  # fmt: skip
+        "symbol": symbol,
+        "last_update_id": last_update_id,
+        "status": "synced",
+        "reason": None,
+        "best_bid": bid,
+        "best_bid_qty": "1.5",
+        "best_ask": ask,
+        "best_ask_qty": "2.5",
+        "event_time": now - 3,
+        "ingest_time_us": (now - 2) * 1000,
+        "update_time": now,
+    }
 
 
 def publish_books(r: redis.Redis, updates: list[dict[str, object]]) -> int:
@@ -96,18 +109,32 @@ def publish_books(r: redis.Redis, updates: list[dict[str, object]]) -> int:
 def test_levels_are_in_exact_price_order(http: httpx.Client, r: redis.Redis) -> None:
     # As strings "9.99" > "10.0" > "100.00000001"; as floats 100.00000001 would also tie with
     # nearby prices: the order must be the exact decimal order.
-    bids = [("9.99", "1"), ("100.00000001", "0.5"), ("10.0", "2"), ("0.00000001", "3"),
-            ("100", "4")]  # fmt: skip
+    bids = [
+        ("9.99", "1"),
+        ("100.00000001", "0.5"),
+        ("10.0", "2"),
+        ("0.00000001", "3"),
+        ("100", "4"),
+    ]
     asks = [("100.00000002", "1"), ("1000", "2"), ("100.000000015", "3"), ("99999.9", "4")]
     put_book(r, "BTCUSDT", bids, asks, last_update_id=42)
     resp = http.get("/book/btcusdt")
     assert resp.status_code == 200, resp.text
     doc = resp.json()
     assert doc["symbol"] == "BTCUSDT" and doc["lastUpdateId"] == 42
-    assert doc["bids"] == [["100.00000001", "0.5"], ["100", "4"], ["10.0", "2"], ["9.99", "1"],
-                           ["0.00000001", "3"]]  # fmt: skip
-    assert doc["asks"] == [["100.000000015", "3"], ["100.00000002", "1"], ["1000", "2"],
-                           ["99999.9", "4"]]  # fmt: skip
+    assert doc["bids"] == [
+        ["100.00000001", "0.5"],
+        ["100", "4"],
+        ["10.0", "2"],
+        ["9.99", "1"],
+        ["0.00000001", "3"],
+    ]
+    assert doc["asks"] == [
+        ["100.000000015", "3"],
+        ["100.00000002", "1"],
+        ["1000", "2"],
+        ["99999.9", "4"],
+    ]
     stored = r.hgetall(book_key("BTCUSDT"))
     assert doc["update_time"] == int(stored["update_time"])
     assert doc["event_time"] == int(stored["event_time"])
@@ -131,8 +158,13 @@ def test_depth_limits_each_side_to_the_best_levels(http: httpx.Client, r: redis.
 def test_depth_bound_comes_from_the_settings(
     redis_server: RedisServer, tmp_path: Path, r: redis.Redis
 ) -> None:
-    settings = Settings(redis_url=redis_server.url, query_port=free_port(), run_dir=tmp_path,
-                        query_max_book_depth=3, query_max_symbols=2)  # fmt: skip
+    settings = Settings(
+        redis_url=redis_server.url,
+        query_port=free_port(),
+        run_dir=tmp_path,
+        query_max_book_depth=3,
+        query_max_symbols=2,
+    )
     put_book(r, "BTCUSDT", [(f"{i}.5", "1") for i in range(1, 6)], [("9", "1")])
     running = start_service(settings)
     try:
@@ -164,8 +196,17 @@ def test_absent_book_is_404_and_bad_symbol_400(http: httpx.Client, r: redis.Redi
     resp = http.get("/book/BTCUSDT")
     assert resp.status_code == 404
     assert resp.json() == {"error": "book not available"}
-    for bad in ["BTC-USDT", "A", "X" * 21, "%00", "..%2F..%2Fsymbols", "BTC%0D%0AX", "B" * 4000,
-                "BTC%20USDT", "%F0%9F%92%A9"]:  # fmt: skip
+    for bad in [
+        "BTC-USDT",
+        "A",
+        "X" * 21,
+        "%00",
+        "..%2F..%2Fsymbols",
+        "BTC%0D%0AX",
+        "B" * 4000,
+        "BTC%20USDT",
+        "%F0%9F%92%A9",
+    ]:
         resp = http.get(f"/book/{bad}")
         # 400 from the symbol check; an encoded "/" makes another path, which no route has: 404
         assert resp.status_code == (404 if "%2F" in bad else 400), (bad, resp.text)
@@ -173,8 +214,14 @@ def test_absent_book_is_404_and_bad_symbol_400(http: httpx.Client, r: redis.Redi
 
 
 def test_unsynced_book_is_never_served(http: httpx.Client, r: redis.Redis) -> None:
-    put_book(r, "BTCUSDT", [("1", "1")], [("2", "1")], status="unsynced",
-             reason="gap in update ids: expected 101, got 105")  # fmt: skip
+    put_book(
+        r,
+        "BTCUSDT",
+        [("1", "1")],
+        [("2", "1")],
+        status="unsynced",
+        reason="gap in update ids: expected 101, got 105",
+    )
     resp = http.get("/book/BTCUSDT")
     assert resp.status_code == 503
     assert resp.json() == {
@@ -195,8 +242,10 @@ def test_a_concurrent_atomic_writer_never_yields_a_mixed_book(
 
     def levels(k: int) -> tuple[Levels, Levels]:
         n = 1 + k % 9
-        return ([(f"{1000 - i}.{k % 97}", str(k)) for i in range(n)],
-                [(f"{1001 + i}.{k % 89}", str(k)) for i in range(n)])  # fmt: skip
+        return (
+            [(f"{1000 - i}.{k % 97}", str(k)) for i in range(n)],
+            [(f"{1001 + i}.{k % 89}", str(k)) for i in range(n)],
+        )
 
     def write() -> None:
         writer = redis.Redis.from_url(redis_server.url, decode_responses=True)
@@ -272,8 +321,13 @@ def test_malformed_stored_levels_are_detected() -> None:
 
 
 def test_books_top_batch(http: httpx.Client, r: redis.Redis) -> None:
-    put_book(r, "BTCUSDT", [("66398.84", "1.2"), ("66398.1", "3")], [("66398.85", "0.5")],
-             last_update_id=9)  # fmt: skip
+    put_book(
+        r,
+        "BTCUSDT",
+        [("66398.84", "1.2"), ("66398.1", "3")],
+        [("66398.85", "0.5")],
+        last_update_id=9,
+    )
     put_book(r, "ETHUSDT", [("1", "1")], [("2", "1")], status="unsynced", reason="snapshot")
     put_book(r, "SOLUSDT", [], [("150.5", "2")], last_update_id=3)
     resp = http.get("/books/top", params={"symbols": "btcusdt,ETHUSDT,XYZUSDT,SOLUSDT,BTCUSDT"})
@@ -284,15 +338,23 @@ def test_books_top_batch(http: httpx.Client, r: redis.Redis) -> None:
     assert set(doc["books"]) == {"BTCUSDT", "SOLUSDT"}
     btc = doc["books"]["BTCUSDT"]
     assert (btc["best_bid"], btc["best_bid_qty"], btc["best_ask"], btc["best_ask_qty"]) == (
-        "66398.84", "1.2", "66398.85", "0.5")  # fmt: skip
+        "66398.84",
+        "1.2",
+        "66398.85",
+        "0.5",
+    )
     assert btc["lastUpdateId"] == 9 and 0 <= btc["age_ms"] < 10_000
     sol = doc["books"]["SOLUSDT"]
     assert sol["best_bid"] is None and sol["best_bid_qty"] is None and sol["best_ask"] == "150.5"
 
 
 def test_books_top_input_is_bounded_and_validated(http: httpx.Client, r: redis.Redis) -> None:
-    for params in [{"symbols": ""}, {"symbols": "BTC-USDT"}, {},
-                   {"symbols": ",".join(f"S{i:03d}" for i in range(101))}]:  # fmt: skip
+    for params in [
+        {"symbols": ""},
+        {"symbols": "BTC-USDT"},
+        {},
+        {"symbols": ",".join(f"S{i:03d}" for i in range(101))},
+    ]:
         resp = http.get("/books/top", params=params)
         assert resp.status_code == 400, (params, resp.text)
         assert "error" in resp.json()
@@ -350,22 +412,31 @@ def test_websocket_book_channel(service: RunningService, r: redis.Redis) -> None
     _wait_subscribed(r)
     with connect(service.ws_url + "/ws/prices?symbols=BTCUSDT") as ws:
         assert _recv(ws) == {"type": "subscribed", "symbols": ["BTCUSDT"]}
-        ws.send(orjson.dumps({"op": "subscribe", "channel": "book",
-                              "symbols": ["btcusdt", "ETHUSDT"]}).decode())  # fmt: skip
-        assert _recv(ws) == {"type": "subscribed", "channel": "book",
-                             "symbols": ["BTCUSDT", "ETHUSDT"]}  # fmt: skip
+        ws.send(
+            orjson.dumps(
+                {"op": "subscribe", "channel": "book", "symbols": ["btcusdt", "ETHUSDT"]}
+            ).decode()
+        )
+        assert _recv(ws) == {
+            "type": "subscribed",
+            "channel": "book",
+            "symbols": ["BTCUSDT", "ETHUSDT"],
+        }
         update = book_update("ETHUSDT", "3120.5", "3120.51", 77)
         publish_books(r, [update, book_update("SOLUSDT", "1", "2", 1)])
         assert _recv(ws) == {"type": "books", "updates": [update]}
         price = trade_update("BTCUSDT", "66398.85", trade_id=5)
         publish(r, [price])
         assert _recv(ws) == {"type": "prices", "updates": [price]}  # both on one connection
-        ws.send(orjson.dumps({"op": "unsubscribe", "channel": "book",
-                              "symbols": ["ETHUSDT"]}).decode())  # fmt: skip
+        ws.send(
+            orjson.dumps({"op": "unsubscribe", "channel": "book", "symbols": ["ETHUSDT"]}).decode()
+        )
         assert _recv(ws) == {"type": "subscribed", "channel": "book", "symbols": ["BTCUSDT"]}
-        for bad in ['{"op": "subscribe", "channel": "trades", "symbols": ["BTCUSDT"]}',
-                    '{"op": "subscribe", "channel": ["book"], "symbols": ["BTCUSDT"]}',
-                    '{"op": "subscribe", "channel": "book", "symbols": ["B-C"]}']:  # fmt: skip
+        for bad in [
+            '{"op": "subscribe", "channel": "trades", "symbols": ["BTCUSDT"]}',
+            '{"op": "subscribe", "channel": ["book"], "symbols": ["BTCUSDT"]}',
+            '{"op": "subscribe", "channel": "book", "symbols": ["B-C"]}',
+        ]:
             ws.send(bad)
             assert _recv(ws)["type"] == "error"
         publish_books(r, [book_update("ETHUSDT", "1", "2", 78)])  # unsubscribed: not sent

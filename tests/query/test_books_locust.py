@@ -26,11 +26,34 @@ def test_book_readers_load_the_book_routes(
     env = {**os.environ, "LOCUST_SYMBOLS": "3", "LOCUST_BOOK_USERS": "2"}
     prefix = tmp_path / "books"
     proc = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", service.url,
-         "--headless", "-u", "2", "-r", "2", "-t", "3s", "--only-summary",
-         "--csv", str(prefix), "--exit-code-on-error", "1", "BookReader"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--host",
+            service.url,
+            "--headless",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "3s",
+            "--only-summary",
+            "--csv",
+            str(prefix),
+            "--exit-code-on-error",
+            "1",
+            "BookReader",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(f"{prefix}_stats.csv", newline="") as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}

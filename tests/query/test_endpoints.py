@@ -90,9 +90,17 @@ def _minutes(r: redis.Redis, symbol: str, count: int, start: int = T0) -> None:
     for i in range(count):
         base = 100 + i
         put_candle(
-            r, symbol, start + i * MIN, f"{base}.10", f"{base}.90", f"{base}.00", f"{base}.50",
-            "0.10000001", "10.00000003", i + 1,
-        )  # fmt: skip
+            r,
+            symbol,
+            start + i * MIN,
+            f"{base}.10",
+            f"{base}.90",
+            f"{base}.00",
+            f"{base}.50",
+            "0.10000001",
+            "10.00000003",
+            i + 1,
+        )
 
 
 def test_candles_1m(http: httpx.Client, r: redis.Redis) -> None:
@@ -172,9 +180,17 @@ def test_metrics_exposes_request_counts(http: httpx.Client, r: redis.Redis) -> N
 def test_openapi_documents_every_endpoint_with_an_example(http: httpx.Client) -> None:
     schema = http.get("/openapi.json").json()
     expected = {
-        "/price/{symbol}", "/prices", "/trades/latest/{symbol}", "/candles/{symbol}",
-        "/stats/{symbol}", "/symbols", "/health", "/ready", "/metrics", "/stream/prices",
-    }  # fmt: skip
+        "/price/{symbol}",
+        "/prices",
+        "/trades/latest/{symbol}",
+        "/candles/{symbol}",
+        "/stats/{symbol}",
+        "/symbols",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/stream/prices",
+    }
     assert expected <= set(schema["paths"])
     components = schema["components"]["schemas"]
     for path in expected:

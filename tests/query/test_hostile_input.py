@@ -15,12 +15,44 @@ from hypothesis import strategies as st
 from tests.query.conftest import RunningService, put_candle, put_price, put_stats
 
 ATTACKS = [
-    "*", "?", "[A-Z]*", "BTC*", "..", "../", "../../etc/passwd", "..%2F..%2Fetc%2Fpasswd",
-    "%2e%2e%2f", "BTC\r\nSet-Cookie: pwned=1", "BTC\nUSDT", "BTC\rUSDT", "BTC\x00USDT", "\x00",
-    "A" * 21, "A" * 10_000, "BTCÜSDT", "比特币", "🚀🚀", "BTCUSDT ", " BTCUSDT", " ", "\t",
-    "price:BTCUSDT", "BTCUSDT;FLUSHALL", "BTCUSDT\r\nFLUSHALL", '{"$ne":1}', "' OR 1=1 --",
-    "<script>alert(1)</script>", "%", "%%", "%ZZ", "BTC%USDT", "B", "-1", "BTC-USDT", "BTC_USDT",
-]  # fmt: skip
+    "*",
+    "?",
+    "[A-Z]*",
+    "BTC*",
+    "..",
+    "../",
+    "../../etc/passwd",
+    "..%2F..%2Fetc%2Fpasswd",
+    "%2e%2e%2f",
+    "BTC\r\nSet-Cookie: pwned=1",
+    "BTC\nUSDT",
+    "BTC\rUSDT",
+    "BTC\x00USDT",
+    "\x00",
+    "A" * 21,
+    "A" * 10_000,
+    "BTCÜSDT",
+    "比特币",
+    "🚀🚀",
+    "BTCUSDT ",
+    " BTCUSDT",
+    " ",
+    "\t",
+    "price:BTCUSDT",
+    "BTCUSDT;FLUSHALL",
+    "BTCUSDT\r\nFLUSHALL",
+    '{"$ne":1}',
+    "' OR 1=1 --",
+    "<script>alert(1)</script>",
+    "%",
+    "%%",
+    "%ZZ",
+    "BTC%USDT",
+    "B",
+    "-1",
+    "BTC-USDT",
+    "BTC_USDT",
+]
 SYMBOL_ROUTES = ["/price/{}", "/trades/latest/{}", "/candles/{}", "/stats/{}"]
 QUERY_ROUTES = ["/prices?symbols={}", "/candles/BTCUSDT?interval={}", "/candles/BTCUSDT?limit={}"]
 WRITE_METHODS = ["POST", "PUT", "DELETE", "PATCH"]
@@ -38,8 +70,11 @@ def _snapshot(r: redis.Redis) -> dict[str, object]:
     out: dict[str, object] = {}
     for key in sorted(r.scan_iter("*")):
         kind = r.type(key)
-        out[key] = {"hash": r.hgetall, "set": r.smembers,
-                    "zset": lambda k: r.zrange(k, 0, -1, withscores=True)}[kind](key)  # fmt: skip
+        out[key] = {
+            "hash": r.hgetall,
+            "set": r.smembers,
+            "zset": lambda k: r.zrange(k, 0, -1, withscores=True),
+        }[kind](key)
     return out
 
 
@@ -97,8 +132,12 @@ def test_no_write_path(http: httpx.Client, seeded: redis.Redis) -> None:
     paths = [p.replace("{symbol}", "BTCUSDT") for p in schema["paths"]]
     for path in [*paths, "/", "/price", "/price/BTCUSDT/x", "/admin", "/flush"]:
         for method in WRITE_METHODS:
-            reply = http.request(method, path, content=b'{"price": "1"}',
-                                 headers={"content-type": "application/json"})  # fmt: skip
+            reply = http.request(
+                method,
+                path,
+                content=b'{"price": "1"}',
+                headers={"content-type": "application/json"},
+            )
             assert reply.status_code in (404, 405), (method, path, reply.status_code)
             assert "error" in reply.json(), (method, path, reply.text)
     assert _snapshot(seeded) == before

@@ -182,8 +182,9 @@ def test_view_is_never_older_than_redis_by_more_than_the_bound(
                 resp = http.get("/price/ETHUSDT")
                 assert resp.status_code == 200
                 served = int(resp.json()["price"])
-                must_have = max((tid for t, tid in list(visible) if t < sent - MAX_LAG_MS / 1000),
-                                default=0)  # fmt: skip
+                must_have = max(
+                    (tid for t, tid in list(visible) if t < sent - MAX_LAG_MS / 1000), default=0
+                )
                 assert served >= must_have, (served, must_have)
                 checked += 1
     finally:

@@ -27,8 +27,15 @@ def _python_block(text: str) -> str:
 
 def test_openapi_description_documents_the_websocket_protocol(http: httpx.Client) -> None:
     description = http.get("/openapi.json").json()["info"]["description"]
-    for needed in ["/ws/prices", '{"op": "subscribe"', '{"op": "unsubscribe"',
-                   '{"type": "subscribed"', '{"type": "prices"', '{"type": "error"', "1008"]:  # fmt: skip
+    for needed in [
+        "/ws/prices",
+        '{"op": "subscribe"',
+        '{"op": "unsubscribe"',
+        '{"type": "subscribed"',
+        '{"type": "prices"',
+        '{"type": "error"',
+        "1008",
+    ]:
         assert needed in description, needed
     assert _python_block(description) in README.read_text()  # the README shows the same
 

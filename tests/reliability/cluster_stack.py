@@ -47,12 +47,18 @@ def cluster_env(workdir: Path, brokers: int = 3) -> Iterator[ClusterEnv]:
             "CSP_REPLICATION_FACTOR": str(rf),
             "CSP_MIN_INSYNC_REPLICAS": str(min_isr),
         }
-        settings = base.model_copy(update={
-            "kafka_bootstrap": stack.kafka_bootstrap, "redis_url": stack.redis_url,
-            "topic": env["CSP_TOPIC"], "dlq_topic": env["CSP_DLQ_TOPIC"],
-            "gap_topic": env["CSP_GAP_TOPIC"], "group_id": env["CSP_GROUP_ID"],
-            "replication_factor": rf, "min_insync_replicas": min_isr,
-        })  # fmt: skip
+        settings = base.model_copy(
+            update={
+                "kafka_bootstrap": stack.kafka_bootstrap,
+                "redis_url": stack.redis_url,
+                "topic": env["CSP_TOPIC"],
+                "dlq_topic": env["CSP_DLQ_TOPIC"],
+                "gap_topic": env["CSP_GAP_TOPIC"],
+                "group_id": env["CSP_GROUP_ID"],
+                "replication_factor": rf,
+                "min_insync_replicas": min_isr,
+            }
+        )
         create_topics(stack.kafka_bootstrap, required_topics(settings))
         client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
         try:

@@ -93,9 +93,15 @@ class SteadyProducer:
         trade_id = self.next_id[symbol]
         self.next_id[symbol] += 1
         now_ms = time.time_ns() // 1_000_000
-        return Trade(symbol, trade_id, f"{self.rng.uniform(1, 70000):.8f}",
-                     f"{self.rng.uniform(0.001, 5):.8f}", now_ms, now_ms + 1,
-                     self.rng.random() < 0.5)  # fmt: skip
+        return Trade(
+            symbol,
+            trade_id,
+            f"{self.rng.uniform(1, 70000):.8f}",
+            f"{self.rng.uniform(0.001, 5):.8f}",
+            now_ms,
+            now_ms + 1,
+            self.rng.random() < 0.5,
+        )
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -106,9 +112,12 @@ class SteadyProducer:
                 value = encode_trade(trade, time.time_ns() // 1000)
                 while True:
                     try:
-                        self.producer.produce(self.settings.topic, value,
-                                              encode_key(trade.symbol),
-                                              on_delivery=self._on_delivery)  # fmt: skip
+                        self.producer.produce(
+                            self.settings.topic,
+                            value,
+                            encode_key(trade.symbol),
+                            on_delivery=self._on_delivery,
+                        )
                         break
                     except BufferError:
                         self.producer.poll(0.05)
@@ -138,10 +147,16 @@ class Probe:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                                  "group.id": "reliability-probe", "logger": _quiet})  # fmt: skip
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                          socket_timeout=3, socket_connect_timeout=2)  # fmt: skip
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": "reliability-probe",
+                "logger": _quiet,
+            }
+        )
+        self.redis = redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_timeout=3, socket_connect_timeout=2
+        )
 
     def ends(self) -> dict[int, int]:
         topic = self.settings.topic
@@ -155,8 +170,13 @@ class Probe:
         return {int(p): int(v) for p, v in stored.items()}
 
     def committed(self) -> dict[int, int]:
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
-                             "group.id": self.settings.group_id, "logger": _quiet})  # fmt: skip
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": self.settings.group_id,
+                "logger": _quiet,
+            }
+        )
         try:
             tps = [TopicPartition(self.settings.topic, p) for p in range(self.settings.partitions)]
             return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
@@ -210,8 +230,17 @@ def simulator_truth(sim: SimulatorHandle) -> list[Trade]:
                 ).json()
                 assert rows and rows[0]["id"] == next_id, f"history of {symbol} starts later"
                 for row in rows:
-                    trades.append(Trade(symbol, row["id"], row["price"], row["qty"],
-                                        row["time"], row["time"], row["isBuyerMaker"]))  # fmt: skip
+                    trades.append(
+                        Trade(
+                            symbol,
+                            row["id"],
+                            row["price"],
+                            row["qty"],
+                            row["time"],
+                            row["time"],
+                            row["isBuyerMaker"],
+                        )
+                    )
                 next_id = rows[-1]["id"] + 1
     return trades
 
@@ -420,8 +449,11 @@ def sim_last_ids(sim: SimulatorHandle) -> dict[str, int]:
 def settle_and_finish(run: FaultRun, sim: SimulatorHandle, settings: Settings) -> ScenarioResult:
     """Wait for the simulator to finish, for ingest to resolve its gaps and for the views to be
     as fresh as the simulator's last trade; then the verdict."""
-    wait_for(lambda: run.assert_others_alive() or sim.stats()["done"], 300,
-             "the simulator to emit all its trades")  # fmt: skip
+    wait_for(
+        lambda: run.assert_others_alive() or sim.stats()["done"],
+        300,
+        "the simulator to emit all its trades",
+    )
     done_at = time.monotonic()
     goal = sim_last_ids(sim)
 

@@ -126,8 +126,12 @@ def test_rules_are_complete_and_name_real_metrics() -> None:
         assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
     # the topics the design names: consumer lag, DLQ rate, gaps, fence conflicts
     text = " ".join(r["expr"] for r in rules)
-    for metric in ("csp_processor_consumer_lag", "csp_processor_poison_total",
-                   "csp_ingest_gap_trades_total", "csp_processor_conflicts_total"):  # fmt: skip
+    for metric in (
+        "csp_processor_consumer_lag",
+        "csp_processor_poison_total",
+        "csp_ingest_gap_trades_total",
+        "csp_processor_conflicts_total",
+    ):
         assert metric in text
 
 

@@ -33,8 +33,13 @@ BOOKS_ENV = {"CSP_PROCESSOR_BOOKS": "true", "CSP_DEPTH_SYMBOLS": "*"}
 
 
 def _pipeline(env: Env) -> Pipeline:
-    return Pipeline(env.workdir, env.settings.kafka_bootstrap, env.settings.redis_url, SYMBOLS,
-                    extra_env={**env.env, **BOOKS_ENV})  # fmt: skip
+    return Pipeline(
+        env.workdir,
+        env.settings.kafka_bootstrap,
+        env.settings.redis_url,
+        SYMBOLS,
+        extra_env={**env.env, **BOOKS_ENV},
+    )
 
 
 @pytest.fixture
@@ -49,18 +54,34 @@ def pipeline(isolated: Env) -> Iterator[Pipeline]:
 def _market(pipeline: Pipeline, profile: Profile, seconds: float, seed: int) -> SimulatorHandle:
     """The synthetic market for ``seconds`` at the profile's rate, and ingest with depth on."""
     sim = pipeline.start_simulator(
-        ["--symbols", ",".join(SYMBOLS), "--rate", str(profile.rate), "--seed", str(seed),
-         "--max-trades", str(int(profile.rate * seconds)), "--history", "1000000",
-         "--wait-for-subscribers", "1", "--rest-weight-limit", "0"]
-    )  # fmt: skip
+        [
+            "--symbols",
+            ",".join(SYMBOLS),
+            "--rate",
+            str(profile.rate),
+            "--seed",
+            str(seed),
+            "--max-trades",
+            str(int(profile.rate * seconds)),
+            "--history",
+            "1000000",
+            "--wait-for-subscribers",
+            "1",
+            "--rest-weight-limit",
+            "0",
+        ]
+    )
     pipeline.start_ingest(sim.ws_url, CSP_INGEST_TAIL_CHECK_S="2")
     return sim
 
 
 def _flowing(run: FaultRun) -> None:
     """Wait until trades are being applied (and so the books have their snapshots)."""
-    wait_for(lambda: run.assert_others_alive() or sum(run.probe.applied().values()) > 0,
-             60, "the first records in Redis")  # fmt: skip
+    wait_for(
+        lambda: run.assert_others_alive() or sum(run.probe.applied().values()) > 0,
+        60,
+        "the first records in Redis",
+    )
 
 
 def _verdict(run: FaultRun, sim: SimulatorHandle, env: Env) -> None:
@@ -144,9 +165,12 @@ def test_redis_restart_empty(isolated: Env, tmp_path: Path, profile: Profile) ->
     offsets went back and re-apply their partitions of both topics from Kafka, the books from
     the depth topic's first snapshot on."""
     server = RedisServer(tmp_path / "redis").start()
-    env = Env(isolated.settings.model_copy(update={"redis_url": server.url}),
-              {**isolated.env, "CSP_REDIS_URL": server.url}, isolated.redis,
-              isolated.workdir)  # fmt: skip
+    env = Env(
+        isolated.settings.model_copy(update={"redis_url": server.url}),
+        {**isolated.env, "CSP_REDIS_URL": server.url},
+        isolated.redis,
+        isolated.workdir,
+    )
     pipeline = _pipeline(env)
     run = FaultRun("books-redis-restart-empty", profile, pipeline, env.settings)
     try:

@@ -49,8 +49,13 @@ def cluster(tmp_path: Path) -> Iterator[ClusterEnv]:
 @pytest.fixture
 def pipeline(cluster: ClusterEnv) -> Iterator[Pipeline]:
     env = cluster.env
-    pipe = Pipeline(env.workdir, env.settings.kafka_bootstrap, env.settings.redis_url, SYMBOLS,
-                    extra_env=env.env)  # fmt: skip
+    pipe = Pipeline(
+        env.workdir,
+        env.settings.kafka_bootstrap,
+        env.settings.redis_url,
+        SYMBOLS,
+        extra_env=env.env,
+    )
     try:
         yield pipe
     finally:
@@ -60,10 +65,23 @@ def pipeline(cluster: ClusterEnv) -> Iterator[Pipeline]:
 def _start(pipeline: Pipeline, seconds: float, seed: int) -> SimulatorHandle:
     total = int(CLUSTER.rate * seconds)
     sim = pipeline.start_simulator(
-        ["--symbols", ",".join(SYMBOLS), "--rate", str(CLUSTER.rate), "--seed", str(seed),
-         "--max-trades", str(total), "--history", "1000000", "--wait-for-subscribers", "1",
-         "--rest-weight-limit", "0"]
-    )  # fmt: skip
+        [
+            "--symbols",
+            ",".join(SYMBOLS),
+            "--rate",
+            str(CLUSTER.rate),
+            "--seed",
+            str(seed),
+            "--max-trades",
+            str(total),
+            "--history",
+            "1000000",
+            "--wait-for-subscribers",
+            "1",
+            "--rest-weight-limit",
+            "0",
+        ]
+    )
     for _ in range(2):
         pipeline.start_processor()
     pipeline.start_ingest(sim.ws_url, CSP_INGEST_TAIL_CHECK_S="2")
@@ -73,8 +91,11 @@ def _start(pipeline: Pipeline, seconds: float, seed: int) -> SimulatorHandle:
 def _run(cluster: ClusterEnv, pipeline: Pipeline, name: str) -> FaultRun:
     run = FaultRun(name, CLUSTER, pipeline, cluster.env.settings)
     run.progress = lambda: run.probe.latest_ids(SYMBOLS)
-    wait_for(lambda: run.assert_others_alive() or run.probe.latest_ids(SYMBOLS), 90,
-             "the first trades in Redis")  # fmt: skip
+    wait_for(
+        lambda: run.assert_others_alive() or run.probe.latest_ids(SYMBOLS),
+        90,
+        "the first trades in Redis",
+    )
     return run
 
 
@@ -119,8 +140,9 @@ def _finish(run: FaultRun, sim: SimulatorHandle, cluster: ClusterEnv) -> None:
 def _restart(run: FaultRun, kafka: KafkaCluster, node: int, cluster: ClusterEnv) -> None:
     """Start the node again; every partition gets its three in-sync replicas back."""
     kafka.start_node(node)
-    took = _wait_partitions(cluster, lambda s: len(s.isr) == 3, f"node {node} back in every ISR",
-                            run, timeout=90)  # fmt: skip
+    took = _wait_partitions(
+        cluster, lambda s: len(s.isr) == 3, f"node {node} back in every ISR", run, timeout=90
+    )
     run.result.notes += f" node {node} back in every ISR {took:.1f}s after its start."
 
 
@@ -133,13 +155,17 @@ def test_sigkill_partition_leader(cluster: ClusterEnv, pipeline: Pipeline) -> No
         run.pause()
         leaders = Counter(kafka.leaders(topic).values())
         victim, led = leaders.most_common(1)[0]
-        run.inject(f"SIGKILL partition leader ({led} of {sum(leaders.values())} partitions)",
-                   lambda victim=victim: kafka.kill(victim),
-                   goal_after=lambda: sim_last_ids(sim))  # fmt: skip
+        run.inject(
+            f"SIGKILL partition leader ({led} of {sum(leaders.values())} partitions)",
+            lambda victim=victim: kafka.kill(victim),
+            goal_after=lambda: sim_last_ids(sim),
+        )
         took = _wait_partitions(
-            cluster, lambda s, v=victim: s.leader not in (v, -1) and v not in s.isr,
-            f"new leaders and ISR without node {victim}", run,
-        )  # fmt: skip
+            cluster,
+            lambda s, v=victim: s.leader not in (v, -1) and v not in s.isr,
+            f"new leaders and ISR without node {victim}",
+            run,
+        )
         run.result.notes += f" node {victim} killed: new leaders after {took:.1f}s."
         run.wait_recovered(timeout=120)
         _restart(run, kafka, victim, cluster)
@@ -155,10 +181,17 @@ def test_broker_down_and_back(cluster: ClusterEnv, pipeline: Pipeline) -> None:
     run.pause()
     controller = kafka.active_controller()
     victim = next(n for n in (3, 2, 1) if n != controller)
-    run.inject(f"broker down 12 s (node {victim})", lambda: kafka.kill(victim),
-               goal_after=lambda: sim_last_ids(sim))  # fmt: skip
-    took = _wait_partitions(cluster, lambda s: victim not in s.isr and len(s.isr) == 2,
-                            f"ISR shrunk to the two survivors of node {victim}", run)  # fmt: skip
+    run.inject(
+        f"broker down 12 s (node {victim})",
+        lambda: kafka.kill(victim),
+        goal_after=lambda: sim_last_ids(sim),
+    )
+    took = _wait_partitions(
+        cluster,
+        lambda s: victim not in s.isr and len(s.isr) == 2,
+        f"ISR shrunk to the two survivors of node {victim}",
+        run,
+    )
     run.result.notes += f" ISR shrank to 2 after {took:.1f}s."
     assert kafka.live_brokers() == {1, 2, 3} - {victim}
     run.wait_recovered(timeout=120)  # the views keep up while the broker is still down
@@ -175,8 +208,11 @@ def test_controller_failover(cluster: ClusterEnv, pipeline: Pipeline) -> None:
     run = _run(cluster, pipeline, "cluster-controller-failover")
     run.pause()
     old = kafka.active_controller()
-    run.inject(f"SIGKILL active controller (node {old})", lambda: kafka.kill(old),
-               goal_after=lambda: sim_last_ids(sim))  # fmt: skip
+    run.inject(
+        f"SIGKILL active controller (node {old})",
+        lambda: kafka.kill(old),
+        goal_after=lambda: sim_last_ids(sim),
+    )
     t0 = time.monotonic()
     new: list[int] = []
 

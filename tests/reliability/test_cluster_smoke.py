@@ -37,8 +37,13 @@ def test_three_broker_cluster_round_trip(tmp_path: Path) -> None:
         producer = Producer(producer_config(settings))
         producer.produce(settings.topic, b"hello", b"BTCUSDT")
         assert producer.flush(30) == 0
-        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                             "group.id": settings.group_id, "auto.offset.reset": "earliest"})  # fmt: skip
+        consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": settings.group_id,
+                "auto.offset.reset": "earliest",
+            }
+        )
         consumer.subscribe([settings.topic])
         try:
             deadline = time.monotonic() + 30

@@ -31,9 +31,12 @@ def sasl_broker(tmp_path: Path) -> Iterator[tuple[KafkaBroker, str]]:
     password = f"pw-{secrets.token_hex(8)}"
     settings = Settings()
     lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
-    broker = KafkaBroker(tmp_path / "kafka-sasl", lib, heap="256m",
-                         sasl_users={"admin": f"admin-{secrets.token_hex(4)}",
-                                     "pipeline": password})  # fmt: skip
+    broker = KafkaBroker(
+        tmp_path / "kafka-sasl",
+        lib,
+        heap="256m",
+        sasl_users={"admin": f"admin-{secrets.token_hex(4)}", "pipeline": password},
+    )
     broker.start(timeout=settings.start_timeout_s)
     try:
         yield broker, password
@@ -53,20 +56,26 @@ def test_clients_work_through_sasl_and_fail_clearly_without(
         "CSP_KAFKA_SASL_USERNAME": "pipeline",
         "CSP_KAFKA_SASL_PASSWORD": password,
     }
-    update = {"kafka_bootstrap": broker.bootstrap, "kafka_security_protocol": "SASL_PLAINTEXT",
-              "kafka_sasl_mechanism": "PLAIN", "kafka_sasl_username": "pipeline",
-              "kafka_sasl_password": SecretStr(password)}  # fmt: skip
+    update = {
+        "kafka_bootstrap": broker.bootstrap,
+        "kafka_security_protocol": "SASL_PLAINTEXT",
+        "kafka_sasl_mechanism": "PLAIN",
+        "kafka_sasl_username": "pipeline",
+        "kafka_sasl_password": SecretStr(password),
+    }
     settings = isolated.settings.model_copy(update=update)
     # Without credentials the admin client gets nowhere: a clear TopicError, not a hang.
     with pytest.raises(TopicError, match="cannot reach Kafka"):
         require_topic(broker.bootstrap, settings.topic, None, timeout=5)
-    create_topics(broker.bootstrap, required_topics(settings),
-                  client_config=security_config(settings))  # fmt: skip
+    create_topics(
+        broker.bootstrap, required_topics(settings), client_config=security_config(settings)
+    )
     trades = synthetic_trades(SYMBOLS, 3_000, seed=51)
     assert produce(settings, trades) == len(trades)  # producer_config carries the SASL settings
 
-    pipeline = Pipeline(isolated.workdir, broker.bootstrap, isolated.settings.redis_url, SYMBOLS,
-                        extra_env=env)  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir, broker.bootstrap, isolated.settings.redis_url, SYMBOLS, extra_env=env
+    )
     try:
         pipeline.start_processor()
         client = redis.Redis.from_url(isolated.settings.redis_url)
@@ -84,8 +93,10 @@ def test_clients_work_through_sasl_and_fail_clearly_without(
 
         def ingested() -> bool:
             assert ingest.alive(), ingest.log_tail()
-            marks = [reader.get_watermark_offsets(TopicPartition(settings.topic, p), timeout=5)
-                     for p in range(settings.partitions)]  # fmt: skip
+            marks = [
+                reader.get_watermark_offsets(TopicPartition(settings.topic, p), timeout=5)
+                for p in range(settings.partitions)
+            ]
             return sum(high for _low, high in marks) >= len(trades) + 500
 
         wait_for(ingested, 90, "ingest to publish trades through SASL")

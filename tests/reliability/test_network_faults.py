@@ -119,21 +119,48 @@ def _fault(
 
 
 def _processor_side_faults(run: FaultRun, tp: ToxiproxyClient, proxy: str) -> None:
-    _fault(run, tp, proxy, f"{proxy}: latency 150±100 ms", "latency",
-           {"latency": 150, "jitter": 100}, 6)  # fmt: skip
+    _fault(
+        run,
+        tp,
+        proxy,
+        f"{proxy}: latency 150±100 ms",
+        "latency",
+        {"latency": 150, "jitter": 100},
+        6,
+    )
     run.pause()
     _fault(run, tp, proxy, f"{proxy}: connection reset", "reset_peer", {"timeout": 0}, 2)
     run.pause()
-    _fault(run, tp, proxy, f"{proxy}: black hole {BLACK_HOLE_S:.0f} s (replies)", "timeout",
-           {"timeout": 0}, BLACK_HOLE_S, streams=("downstream",), stalls=True)  # fmt: skip
+    _fault(
+        run,
+        tp,
+        proxy,
+        f"{proxy}: black hole {BLACK_HOLE_S:.0f} s (replies)",
+        "timeout",
+        {"timeout": 0},
+        BLACK_HOLE_S,
+        streams=("downstream",),
+        stalls=True,
+    )
     run.pause()
-    _fault(run, tp, proxy, f"{proxy}: black hole {BLACK_HOLE_S:.0f} s (both ways)", "timeout",
-           {"timeout": 0}, BLACK_HOLE_S, stalls=True)  # fmt: skip
+    _fault(
+        run,
+        tp,
+        proxy,
+        f"{proxy}: black hole {BLACK_HOLE_S:.0f} s (both ways)",
+        "timeout",
+        {"timeout": 0},
+        BLACK_HOLE_S,
+        stalls=True,
+    )
 
 
 def _flowing(run: FaultRun) -> None:
-    wait_for(lambda: run.assert_others_alive() or sum(run.probe.applied().values()) > 0,
-             90, "the first records in Redis")  # fmt: skip
+    wait_for(
+        lambda: run.assert_others_alive() or sum(run.probe.applied().values()) > 0,
+        90,
+        "the first records in Redis",
+    )
 
 
 def _finish_processor_side(run: FaultRun, load: SteadyProducer, settings: Settings) -> None:
@@ -149,8 +176,13 @@ def test_processor_redis_network_faults(isolated: Env, toxiproxy: Toxi) -> None:
     redis_addr = urlsplit(isolated.settings.redis_url).netloc
     proxy = toxiproxy.client.create_proxy("redis", redis_addr)
     proxied = isolated.settings.redis_url.replace(redis_addr, proxy.listen)
-    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
-                        isolated.settings.redis_url, SYMBOLS, extra_env=isolated.env)  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        SYMBOLS,
+        extra_env=isolated.env,
+    )
     load = SteadyProducer(isolated.settings, SYMBOLS, NETWORK.rate, seed=41)
     try:
         run = FaultRun("net-processor-redis", NETWORK, pipeline, isolated.settings)
@@ -179,9 +211,14 @@ def test_processor_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path
     settings = Settings()
     lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
     port, cport, pport, xport = free_port(), free_port(), free_port(), free_port()
-    broker = KafkaBroker(tmp_path / "kafka", lib, heap="384m", port=port, controller_port=cport,
-                         extra_properties=_PROXIED_LISTENER.format(
-                             port=port, cport=cport, pport=pport, xport=xport))  # fmt: skip
+    broker = KafkaBroker(
+        tmp_path / "kafka",
+        lib,
+        heap="384m",
+        port=port,
+        controller_port=cport,
+        extra_properties=_PROXIED_LISTENER.format(port=port, cport=cport, pport=pport, xport=xport),
+    )
     pipeline: Pipeline | None = None
     load: SteadyProducer | None = None
     try:
@@ -190,8 +227,9 @@ def test_processor_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path
         env = {**isolated.env, "CSP_KAFKA_BOOTSTRAP": broker.bootstrap}
         own = isolated.settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
         create_topics(broker.bootstrap, required_topics(own))
-        pipeline = Pipeline(isolated.workdir, broker.bootstrap, own.redis_url, SYMBOLS,
-                            extra_env=env)  # fmt: skip
+        pipeline = Pipeline(
+            isolated.workdir, broker.bootstrap, own.redis_url, SYMBOLS, extra_env=env
+        )
         run = FaultRun("net-processor-kafka", NETWORK, pipeline, own)
         for _ in range(2):
             pipeline.start_processor(CSP_KAFKA_BOOTSTRAP=f"127.0.0.1:{xport}")
@@ -210,34 +248,60 @@ def test_processor_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path
 def _start_upstream(pipeline: Pipeline, tp: ToxiproxyClient, seconds: float) -> SimulatorHandle:
     total = int(NETWORK.rate * seconds)
     sim = pipeline.start_simulator(
-        ["--symbols", ",".join(UPSTREAM_SYMBOLS), "--rate", str(NETWORK.rate), "--seed", "43",
-         "--max-trades", str(total), "--history", "1000000", "--wait-for-subscribers", "1",
-         "--rest-weight-limit", "0"]
-    )  # fmt: skip
+        [
+            "--symbols",
+            ",".join(UPSTREAM_SYMBOLS),
+            "--rate",
+            str(NETWORK.rate),
+            "--seed",
+            "43",
+            "--max-trades",
+            str(total),
+            "--history",
+            "1000000",
+            "--wait-for-subscribers",
+            "1",
+            "--rest-weight-limit",
+            "0",
+        ]
+    )
     address = urlsplit(sim.ws_url).netloc
     proxy = tp.create_proxy("ws", address)
     for _ in range(2):
         pipeline.start_processor()
-    pipeline.start_ingest(sim.ws_url.replace(address, proxy.listen),
-                          CSP_BINANCE_REST_URL=sim.rest_url, CSP_INGEST_TAIL_CHECK_S="2",
-                          CSP_INGEST_SILENCE_S="3")  # fmt: skip
+    pipeline.start_ingest(
+        sim.ws_url.replace(address, proxy.listen),
+        CSP_BINANCE_REST_URL=sim.rest_url,
+        CSP_INGEST_TAIL_CHECK_S="2",
+        CSP_INGEST_SILENCE_S="3",
+    )
     return sim
 
 
 def test_ingest_simulator_network_faults(isolated: Env, toxiproxy: Toxi) -> None:
     """The WebSocket is reset, then black-holed (ingest's silence watchdog replaces it; new
     connections hang too until the fault clears); the gaps are recorded and backfilled."""
-    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
-                        isolated.settings.redis_url, UPSTREAM_SYMBOLS, extra_env=isolated.env)  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        UPSTREAM_SYMBOLS,
+        extra_env=isolated.env,
+    )
     try:
         sim = _start_upstream(pipeline, toxiproxy.client, seconds=50)
         run = FaultRun("net-ingest-simulator", NETWORK, pipeline, isolated.settings)
         run.progress = lambda: run.probe.latest_ids(UPSTREAM_SYMBOLS)
-        wait_for(lambda: run.assert_others_alive() or run.probe.latest_ids(UPSTREAM_SYMBOLS),
-                 60, "the first trades in Redis")  # fmt: skip
+        wait_for(
+            lambda: run.assert_others_alive() or run.probe.latest_ids(UPSTREAM_SYMBOLS),
+            60,
+            "the first trades in Redis",
+        )
         tp = toxiproxy.client
-        for label, kind, seconds in (("ws: connection reset", "reset_peer", 2.0),
-                                     ("ws: black hole 8 s", "timeout", 8.0)):  # fmt: skip
+        for label, kind, seconds in (
+            ("ws: connection reset", "reset_peer", 2.0),
+            ("ws: black hole 8 s", "timeout", 8.0),
+        ):
             run.pause()
 
             def action(kind: str = kind, seconds: float = seconds) -> None:

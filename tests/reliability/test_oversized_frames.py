@@ -53,11 +53,15 @@ def oversize_server() -> Iterator[ScriptedWsServer]:
 
 
 def test_oversized_frames(isolated: Env, oversize_server: ScriptedWsServer) -> None:
-    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
-                        isolated.settings.redis_url, ["BTCUSDT"], extra_env=isolated.env)  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        ["BTCUSDT"],
+        extra_env=isolated.env,
+    )
     try:
-        ingest = pipeline.start_ingest(oversize_server.url,
-                                       CSP_INGEST_BACKFILL="false")  # fmt: skip
+        ingest = pipeline.start_ingest(oversize_server.url, CSP_INGEST_BACKFILL="false")
 
         def dlq_count() -> int:
             pipeline.check_alive()
@@ -70,8 +74,11 @@ def test_oversized_frames(isolated: Env, oversize_server: ScriptedWsServer) -> N
         assert "exceeds" in dead[0]["reason"] and dead[0]["raw_bytes"] > OVER_FRAME_LIMIT
         assert len(dead[0]["raw"]) <= 65536  # the DLQ keeps a bounded prefix
 
-        wait_for(lambda: pipeline.check_alive() or oversize_server.connections >= 2, 60,
-                 "a new connection after the message over the limit")  # fmt: skip
+        wait_for(
+            lambda: pipeline.check_alive() or oversize_server.connections >= 2,
+            60,
+            "a new connection after the message over the limit",
+        )
 
         def ids() -> list[int]:
             values = read_all(isolated.settings, isolated.settings.topic)

@@ -27,14 +27,22 @@ PROFILES = [pytest.param(FAST, id="fast"), pytest.param(FULL, id="full", marks=p
 
 
 def _pipeline(env: Env, **extra: str) -> Pipeline:
-    return Pipeline(env.workdir, env.settings.kafka_bootstrap, env.settings.redis_url, SYMBOLS,
-                    extra_env={**env.env, **extra})  # fmt: skip
+    return Pipeline(
+        env.workdir,
+        env.settings.kafka_bootstrap,
+        env.settings.redis_url,
+        SYMBOLS,
+        extra_env={**env.env, **extra},
+    )
 
 
 def _flowing(run: FaultRun) -> None:
     """Wait until records are being applied before the first fault."""
-    wait_for(lambda: run.assert_others_alive() or sum(run.probe.applied().values()) > 0,
-             60, "the first records in Redis")  # fmt: skip
+    wait_for(
+        lambda: run.assert_others_alive() or sum(run.probe.applied().values()) > 0,
+        60,
+        "the first records in Redis",
+    )
 
 
 @pytest.fixture
@@ -146,9 +154,12 @@ def test_redis_restart(isolated: Env, tmp_path: Path, persistent: bool, profile:
     from the topic by themselves (no `csp rebuild` needed)."""
     extra = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else []
     server = RedisServer(tmp_path / "redis", extra_args=extra).start()
-    env = Env(isolated.settings.model_copy(update={"redis_url": server.url}),
-              {**isolated.env, "CSP_REDIS_URL": server.url}, isolated.redis,
-              isolated.workdir)  # fmt: skip
+    env = Env(
+        isolated.settings.model_copy(update={"redis_url": server.url}),
+        {**isolated.env, "CSP_REDIS_URL": server.url},
+        isolated.redis,
+        isolated.workdir,
+    )
     pipeline = _pipeline(env)
     name = "redis-restart-" + ("persistent" if persistent else "empty")
     run = FaultRun(name, profile, pipeline, env.settings)

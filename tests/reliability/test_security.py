@@ -54,8 +54,13 @@ def test_defaults_bind_loopback() -> None:
 
 
 def test_every_server_listens_on_loopback_only(isolated: Env, stack: LocalStack) -> None:
-    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
-                        isolated.settings.redis_url, SYMBOLS, extra_env=isolated.env)  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        SYMBOLS,
+        extra_env=isolated.env,
+    )
     try:
         sim = pipeline.start_simulator(["--symbols", ",".join(SYMBOLS), "--rate", "50"])
         ports = {"ingest": free_port(), "processor": free_port()}
@@ -65,8 +70,9 @@ def test_every_server_listens_on_loopback_only(isolated: Env, stack: LocalStack)
         for name, process in (("ingest", ingest), ("processor", processor)):
             process.wait_until(
                 lambda name=name: httpx.get(f"http://127.0.0.1:{ports[name]}/metrics").is_success,
-                timeout=60, what="its metrics server",
-            )  # fmt: skip
+                timeout=60,
+                what="its metrics server",
+            )
         servers: dict[str, int] = {
             "simulator": sim.process.pid or 0,
             "ingest": ingest.pid or 0,
@@ -101,8 +107,13 @@ def test_redis_auth_end_to_end(isolated: Env, tmp_path: Path) -> None:
     assert server.url == f"redis://:{password}@127.0.0.1:{server.port}/0"
     trades = synthetic_trades(SYMBOLS, 2_000, seed=41)
     produce(isolated.settings, trades)
-    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap, server.url, SYMBOLS,
-                        extra_env={**isolated.env, "CSP_REDIS_URL": server.url})  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        server.url,
+        SYMBOLS,
+        extra_env={**isolated.env, "CSP_REDIS_URL": server.url},
+    )
     try:
         pipeline.start_processor()
         query = pipeline.start_query()

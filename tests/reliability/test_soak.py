@@ -94,45 +94,66 @@ def _log_levels(folder: Path) -> dict[str, dict[str, int]]:
 
 def _markdown(doc: dict[str, Any]) -> str:
     lines = [
-        "# Soak report", "",
+        "# Soak report",
+        "",
         f"{doc['minutes']} min at {doc['rate']} trades/s; checker: {doc['checker']['verdict']}; "
-        f"memory: {'GROWING: ' + ', '.join(doc['growing']) if doc['growing'] else 'flat'}.", "",
+        f"memory: {'GROWING: ' + ', '.join(doc['growing']) if doc['growing'] else 'flat'}.",
+        "",
         "| process | RSS start (MB) | end | peak | slope (MB/h, after warm-up) | growing |",
         "| --- | --- | --- | --- | --- | --- |",
-    ]  # fmt: skip
+    ]
     for m in doc["memory"]:
         flag = "yes" if m["growing"] else "no"
         reason = next((r for p, r in GROWS_BY_DESIGN.items() if m["process"].startswith(p)), "")
         if reason:
             flag += f" (not judged: {reason})"
-        lines.append(f"| {m['process']} | {m['start_mb']} | {m['end_mb']} | {m['peak_mb']} | "
-                     f"{m['slope_mb_per_hour']} | {flag} |")  # fmt: skip
+        lines.append(
+            f"| {m['process']} | {m['start_mb']} | {m['end_mb']} | {m['peak_mb']} | "
+            f"{m['slope_mb_per_hour']} | {flag} |"
+        )
     lag = doc["lag"]
     lines += [
-        "", f"Consumer lag (records): max {lag['max']}, mean {lag['mean']:.1f}, final {lag['final']}.",
+        "",
+        f"Consumer lag (records): max {lag['max']}, mean {lag['mean']:.1f}, final {lag['final']}.",
         f"Query API: {doc['query']['ok']} good answers, errors {doc['query']['errors'] or 'none'}.",
         f"Warnings/errors in the logs: {doc['log_levels']}.",
         f"Checker: {doc['checker']['records_checked']} records, {doc['checker']['lost']} lost, "
         f"{doc['checker']['duplicated']} duplicated, {doc['checker']['wrong']} wrong entries.",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines) + "\n"
 
 
 def test_soak(isolated: Env, stack: LocalStack) -> None:
     seconds = MINUTES * 60
     profile = Profile("soak", faults=0, rate=RATE, spacing=(0, 0))
-    pipeline = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
-                        isolated.settings.redis_url, SYMBOLS, extra_env=isolated.env)  # fmt: skip
+    pipeline = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        SYMBOLS,
+        extra_env=isolated.env,
+    )
     run = FaultRun(f"soak-{MINUTES:g}min", profile, pipeline, isolated.settings)
     query_load: QueryLoad | None = None
     samples: dict[str, list[tuple[float, int]]] = {}
     lag: list[int] = []
     try:
         sim = pipeline.start_simulator(
-            ["--symbols", ",".join(SYMBOLS), "--rate", str(RATE), "--seed", "31",
-             "--max-trades", str(int(RATE * seconds)), "--history", "10000000",
-             "--wait-for-subscribers", "1"]
-        )  # fmt: skip
+            [
+                "--symbols",
+                ",".join(SYMBOLS),
+                "--rate",
+                str(RATE),
+                "--seed",
+                "31",
+                "--max-trades",
+                str(int(RATE * seconds)),
+                "--history",
+                "10000000",
+                "--wait-for-subscribers",
+                "1",
+            ]
+        )
         for _ in range(2):
             pipeline.start_processor()
         query = pipeline.start_query()

@@ -40,8 +40,13 @@ FULL_ONLY = [pytest.param(FULL, id="full", marks=pytest.mark.slow)]
 
 @pytest.fixture
 def pipeline(isolated: Env) -> Iterator[Pipeline]:
-    pipe = Pipeline(isolated.workdir, isolated.settings.kafka_bootstrap,
-                    isolated.settings.redis_url, SYMBOLS, extra_env=isolated.env)  # fmt: skip
+    pipe = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        SYMBOLS,
+        extra_env=isolated.env,
+    )
     try:
         yield pipe
     finally:
@@ -59,12 +64,26 @@ def _start(
     """Simulator (a fixed number of trades at the profile's rate), ingest, two processors."""
     total = int(profile.rate * seconds)
     sim = pipeline.start_simulator(
-        ["--symbols", ",".join(SYMBOLS), "--rate", str(profile.rate), "--seed", str(seed),
-         "--max-trades", str(total), "--history", "1000000", "--wait-for-subscribers", "1",
-         # REST limits off: the verdict reads the whole trade history back from the simulator's
-         # REST API, from the same address as ingest, and would be limited and then banned
-         "--rest-weight-limit", "0", *sim_args]
-    )  # fmt: skip
+        [
+            "--symbols",
+            ",".join(SYMBOLS),
+            "--rate",
+            str(profile.rate),
+            "--seed",
+            str(seed),
+            "--max-trades",
+            str(total),
+            "--history",
+            "1000000",
+            "--wait-for-subscribers",
+            "1",
+            # REST limits off: the verdict reads the whole trade history back from the simulator's
+            # REST API, from the same address as ingest, and would be limited and then banned
+            "--rest-weight-limit",
+            "0",
+            *sim_args,
+        ]
+    )
     for _ in range(2):
         pipeline.start_processor()
     # A quick quiet-symbol check: a finite run ends, and no later trade reveals a loss at its end.
@@ -84,12 +103,29 @@ def test_websocket_faults(isolated: Env, pipeline: Pipeline, profile: Profile) -
     """
     seconds = 15 if profile is FAST else 90
     faulty = 2 if profile is FAST else 4
-    sim = _start(pipeline, profile, seconds, [
-        "--fault-drop-after-messages", str(int(profile.rate * seconds / (2 * faulty))),
-        "--fault-malformed-rate", "0.01", "--fault-duplicate-rate", "0.02",
-        "--fault-gap-rate", "0.01", "--fault-reorder-rate", "0.01",
-        "--fault-connections", str(faulty), "--fault-seed", "5",
-    ], seed=21, CSP_INGEST_METRICS_PORT=str(port := free_port()))  # fmt: skip
+    sim = _start(
+        pipeline,
+        profile,
+        seconds,
+        [
+            "--fault-drop-after-messages",
+            str(int(profile.rate * seconds / (2 * faulty))),
+            "--fault-malformed-rate",
+            "0.01",
+            "--fault-duplicate-rate",
+            "0.02",
+            "--fault-gap-rate",
+            "0.01",
+            "--fault-reorder-rate",
+            "0.01",
+            "--fault-connections",
+            str(faulty),
+            "--fault-seed",
+            "5",
+        ],
+        seed=21,
+        CSP_INGEST_METRICS_PORT=str(port := free_port()),
+    )
     run = FaultRun("websocket-faults", profile, pipeline, isolated.settings)
     _settle_and_finish_with_counts(run, sim, isolated, port)
 
@@ -116,11 +152,13 @@ def _settle_and_finish_with_counts(
     def count_faults() -> None:  # ingest's counters, read before the processes stop
         with contextlib.suppress(httpx.HTTPError):
             seen = scrape()
-            for kind, name in (("reconnects", "csp_ingest_reconnects_total"),
-                               ("duplicate trades dropped", "csp_ingest_duplicates_total"),
-                               ("frames to DLQ", "csp_ingest_dead_letters_total"),
-                               ("gap trades", "csp_ingest_gap_trades_total:detected"),
-                               ("trades backfilled", "csp_ingest_backfilled_trades_total")):  # fmt: skip
+            for kind, name in (
+                ("reconnects", "csp_ingest_reconnects_total"),
+                ("duplicate trades dropped", "csp_ingest_duplicates_total"),
+                ("frames to DLQ", "csp_ingest_dead_letters_total"),
+                ("gap trades", "csp_ingest_gap_trades_total:detected"),
+                ("trades backfilled", "csp_ingest_backfilled_trades_total"),
+            ):
                 if seen.get(name):
                     run.result.add_fault(kind, int(seen[name]))
 
@@ -134,10 +172,20 @@ def test_websocket_stall(isolated: Env, pipeline: Pipeline, profile: Profile) ->
     """The stream stalls (connection open, nothing sent): ingest's silence watchdog replaces
     the connection and backfills what the stall skipped."""
     seconds = 20 if profile is FAST else 60
-    sim = _start(pipeline, profile, seconds, [
-        "--fault-stall-after-messages", str(int(profile.rate * 4)),
-        "--fault-connections", "1" if profile is FAST else "3",
-    ], seed=22, CSP_INGEST_SILENCE_S="3", CSP_INGEST_METRICS_PORT=str(port := free_port()))  # fmt: skip
+    sim = _start(
+        pipeline,
+        profile,
+        seconds,
+        [
+            "--fault-stall-after-messages",
+            str(int(profile.rate * 4)),
+            "--fault-connections",
+            "1" if profile is FAST else "3",
+        ],
+        seed=22,
+        CSP_INGEST_SILENCE_S="3",
+        CSP_INGEST_METRICS_PORT=str(port := free_port()),
+    )
     run = FaultRun("websocket-stall", profile, pipeline, isolated.settings)
     _settle_and_finish_with_counts(run, sim, isolated, port)
 
@@ -149,16 +197,34 @@ def test_sigkill_ingest(isolated: Env, pipeline: Pipeline, profile: Profile) -> 
     holes it had not reported yet and its unfinished backfills become backfilled (or reported)
     gaps."""
     seconds = 25 if profile is FAST else 90
-    sim = _start(pipeline, profile, seconds, [
-        "--fault-drop-after-messages", str(int(profile.rate * seconds / 8)),
-        "--fault-malformed-rate", "0.01", "--fault-duplicate-rate", "0.02",
-        "--fault-gap-rate", "0.01", "--fault-reorder-rate", "0.01", "--fault-seed", "6",
-    ], seed=23)  # fmt: skip
+    sim = _start(
+        pipeline,
+        profile,
+        seconds,
+        [
+            "--fault-drop-after-messages",
+            str(int(profile.rate * seconds / 8)),
+            "--fault-malformed-rate",
+            "0.01",
+            "--fault-duplicate-rate",
+            "0.02",
+            "--fault-gap-rate",
+            "0.01",
+            "--fault-reorder-rate",
+            "0.01",
+            "--fault-seed",
+            "6",
+        ],
+        seed=23,
+    )
     run = FaultRun("sigkill-ingest", profile, pipeline, isolated.settings)
     run.progress = lambda: run.probe.latest_ids(SYMBOLS)
     ingest = pipeline.group.processes[-1]
-    wait_for(lambda: run.assert_others_alive() or run.probe.latest_ids(SYMBOLS), 60,
-             "the first trades in Redis")  # fmt: skip
+    wait_for(
+        lambda: run.assert_others_alive() or run.probe.latest_ids(SYMBOLS),
+        60,
+        "the first trades in Redis",
+    )
     for _ in range(profile.faults):
         run.pause()
         if sim.stats()["done"]:
@@ -189,8 +255,11 @@ def test_kafka_restart_with_ingest(
     sim = _start(pipeline, profile, seconds, [], seed=24)
     run = FaultRun("kafka-restart-ingest", profile, pipeline, isolated.settings)
     run.progress = lambda: run.probe.latest_ids(SYMBOLS)
-    wait_for(lambda: run.assert_others_alive() or run.probe.latest_ids(SYMBOLS), 60,
-             "the first trades in Redis")  # fmt: skip
+    wait_for(
+        lambda: run.assert_others_alive() or run.probe.latest_ids(SYMBOLS),
+        60,
+        "the first trades in Redis",
+    )
     for _ in range(1 if profile is FAST else 2):
         run.pause()
         run.inject("Kafka broker stop+start", broker.restart, goal_after=lambda: sim_last_ids(sim))

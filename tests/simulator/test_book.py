@@ -16,9 +16,9 @@ from marketsim.symbols import spec_for
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "XRPUSDT", "DOGEUSDT", "ETHBTC", "ZZZUSDT")
 
 
-def _run(seed: int, trades: int, symbols: tuple[str, ...] = SYMBOLS, levels: int = 100) -> tuple[
-    list[Order], list[L2Book]
-]:  # fmt: skip
+def _run(
+    seed: int, trades: int, symbols: tuple[str, ...] = SYMBOLS, levels: int = 100
+) -> tuple[list[Order], list[L2Book]]:
     src = SyntheticSource(
         SyntheticConfig(symbols=symbols, seed=seed, max_trades=trades, book_levels=levels)
     )

@@ -119,8 +119,16 @@ async def test_cryptofeed_trades_ticker_candles(
     # the book's REST snapshot goes through aiohttp, whose verifying context was built at import
     # (before SSL_CERT_FILE was set): it trusts the certificate too (for this process)
     aiohttp_connector._SSL_CONTEXT_VERIFIED.load_verify_locations(str(cert))
-    args = ["--symbols", "BTCUSDT,ETHUSDT", "--rate", "400", "--tls-cert", str(cert),
-            "--tls-key", str(key)]  # fmt: skip
+    args = [
+        "--symbols",
+        "BTCUSDT,ETHUSDT",
+        "--rate",
+        "400",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    ]
     with SimulatorProcess(args, tmp_path / "sim") as sim:
 
         class SimBinance(Binance):  # type: ignore[misc]

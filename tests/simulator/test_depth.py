@@ -304,9 +304,12 @@ def _independent_book(snap: dict[str, Any], diffs: list[dict[str, Any]]) -> Loca
 
 RECORDED = [
     p
-    for p in (SHARED / "hftbacktest_spot_btcusdt_20240808.gz", SHARED / "hftbacktest_spot_ethusdt_20240808.gz")
+    for p in (
+        SHARED / "hftbacktest_spot_btcusdt_20240808.gz",
+        SHARED / "hftbacktest_spot_ethusdt_20240808.gz",
+    )
     if p.is_file()
-]  # fmt: skip
+]
 
 
 @pytest.mark.skipif(not RECORDED, reason="no genuine recordings in shared/data")
@@ -377,8 +380,16 @@ async def test_replayed_depth_rebuilds_the_recorded_book(path: Path) -> None:
 def test_cli_book_and_depth_fault_options() -> None:
     from marketsim.cli import build_parser, config_from_args
 
-    args = ["--book-levels", "7", "--fault-depth-gap-rate", "0.2", "--fault-stale-snapshots", "2",
-            "--fault-stale-snapshot-age", "3"]  # fmt: skip
+    args = [
+        "--book-levels",
+        "7",
+        "--fault-depth-gap-rate",
+        "0.2",
+        "--fault-stale-snapshots",
+        "2",
+        "--fault-stale-snapshot-age",
+        "3",
+    ]
     c = config_from_args(build_parser().parse_args(args))
     assert c.book_levels == 7
     assert (c.faults.depth_gap_rate, c.faults.stale_snapshots, c.faults.stale_snapshot_age) == (

@@ -291,8 +291,20 @@ def test_shared_collector_recordings_replay_trade_by_trade(path: Path) -> None:
 
 
 def test_timestamped_lines_in_ms_and_iso_8601(tmp_path: Path) -> None:
-    frame = {"stream": "btcusdt@trade", "data": {"e": "trade", "E": 2, "s": "BTCUSDT", "t": 9,
-             "p": "1.5", "q": "2", "T": 1, "m": False, "M": True}}  # fmt: skip
+    frame = {
+        "stream": "btcusdt@trade",
+        "data": {
+            "e": "trade",
+            "E": 2,
+            "s": "BTCUSDT",
+            "t": 9,
+            "p": "1.5",
+            "q": "2",
+            "T": 1,
+            "m": False,
+            "M": True,
+        },
+    }
     text = json.dumps(frame, separators=(",", ":"))
     path = tmp_path / "rec.txt"
     path.write_text(

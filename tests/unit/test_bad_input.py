@@ -18,15 +18,33 @@ from tests.unit.test_codec import trades
 from tests.unit.test_frames import json_values
 
 OUTCOMES = (Trade, ControlReply, Ignored, Malformed)
-RECORD_KEYS = ["v", "exchange", "symbol", "trade_id", "price", "quantity", "trade_time",
-               "event_time", "buyer_is_maker", "ingest_time_us"]  # fmt: skip
+RECORD_KEYS = [
+    "v",
+    "exchange",
+    "symbol",
+    "trade_id",
+    "price",
+    "quantity",
+    "trade_time",
+    "event_time",
+    "buyer_is_maker",
+    "ingest_time_us",
+]
 FRAME_KEYS = ["e", "E", "s", "t", "p", "q", "T", "m", "M"]
 
 
 def trade_payload(trade: Trade) -> dict[str, Any]:
-    return {"e": "trade", "E": trade.event_time, "s": trade.symbol, "t": trade.trade_id,
-            "p": trade.price, "q": trade.quantity, "T": trade.trade_time,
-            "m": trade.buyer_is_maker, "M": True}  # fmt: skip
+    return {
+        "e": "trade",
+        "E": trade.event_time,
+        "s": trade.symbol,
+        "t": trade.trade_id,
+        "p": trade.price,
+        "q": trade.quantity,
+        "T": trade.trade_time,
+        "m": trade.buyer_is_maker,
+        "M": True,
+    }
 
 
 def _decode(value: bytes) -> TradeRecord | None:

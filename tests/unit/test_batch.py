@@ -36,20 +36,33 @@ def test_script_call_carries_numbers_as_strings_and_declares_every_key() -> None
     batch = Batch()
     batch.add(record(1, 5, "BTCUSDT", 2**40, "1.5"))
     batch.add(record(1, 6, "ETHUSDT", 7, "2"))
-    keys, args = batch.script_call("raw.trades", {1: 4}, now_ms=123, history_ms=60_000,
-                                   max_future_ms=600_000)  # fmt: skip
-    assert keys == ["offsets:raw.trades", "symbols", "price:BTCUSDT", "candles:1m:BTCUSDT",
-                    "stats:BTCUSDT", "price:ETHUSDT", "candles:1m:ETHUSDT", "stats:ETHUSDT"]  # fmt: skip
+    keys, args = batch.script_call(
+        "raw.trades", {1: 4}, now_ms=123, history_ms=60_000, max_future_ms=600_000
+    )
+    assert keys == [
+        "offsets:raw.trades",
+        "symbols",
+        "price:BTCUSDT",
+        "candles:1m:BTCUSDT",
+        "stats:BTCUSDT",
+        "price:ETHUSDT",
+        "candles:1m:ETHUSDT",
+        "stats:ETHUSDT",
+    ]
     assert args[:4] == ["123", "60000", "600000", "updates:price"]
     payload = orjson.loads(args[4])
     assert payload["parts"] == [["1", "4", "6"]]
     row = payload["symbols"][0]
     assert row["s"] == "BTCUSDT" and row["id"] == str(2**40)
     assert dict(zip(row["p"][::2], row["p"][1::2], strict=True)) == {
-        "price": "1.5", "quantity": "1", "trade_id": str(2**40),
-        "trade_time": str(1000 + 2**40), "event_time": str(1001 + 2**40),
-        "ingest_time_us": "1718000000123456", "update_time": "123",
-    }  # fmt: skip
+        "price": "1.5",
+        "quantity": "1",
+        "trade_id": str(2**40),
+        "trade_time": str(1000 + 2**40),
+        "event_time": str(1001 + 2**40),
+        "ingest_time_us": "1718000000123456",
+        "update_time": "123",
+    }
     assert row["c"][0][-2:] == [str(2**40), str(2**40)]  # ids as strings
     assert orjson.loads(row["u"])["update_time"] == 123
     assert "n" not in row  # one candle: the script takes the totals from it
@@ -96,8 +109,11 @@ def test_an_exception_while_folding_makes_that_record_poison_not_the_batch(
 
     monkeypatch.setattr(Batch, "_fold", fold)
     batch = Batch()
-    for rec in [record(0, 1, "BTCUSDT", 5, "1"), record(0, 2, "BTCUSDT", 6, "2"),
-                record(0, 3, "BTCUSDT", 7, "3")]:  # fmt: skip
+    for rec in [
+        record(0, 1, "BTCUSDT", 5, "1"),
+        record(0, 2, "BTCUSDT", 6, "2"),
+        record(0, 3, "BTCUSDT", 7, "3"),
+    ]:
         batch.add(rec)
     assert [p.record.offset for p in batch.poison] == [2]
     assert "cannot apply: ArithmeticError: boom" in batch.poison[0].reason
@@ -110,15 +126,24 @@ def test_an_exception_while_folding_makes_that_record_poison_not_the_batch(
         st.tuples(
             st.sampled_from(["BTCUSDT", "ethusdt", "A1"]),
             st.integers(0, 2**63 - 1),
-            st.sampled_from(["1", "0.00000001", "66398.85000000", "9" * 20 + "." + "9" * 20,
-                             "12.5", "100", "0." + "0" * 19 + "1"]),
+            st.sampled_from(
+                [
+                    "1",
+                    "0.00000001",
+                    "66398.85000000",
+                    "9" * 20 + "." + "9" * 20,
+                    "12.5",
+                    "100",
+                    "0." + "0" * 19 + "1",
+                ]
+            ),
             st.sampled_from(["1", "0.5", "3.14159265", "9" * 20, "0.00000000000000000001"]),
             st.integers(0, 5 * 60_000),
         ),
         max_size=60,
         unique_by=lambda row: (row[0].upper(), row[1]),
     )
-)  # fmt: skip
+)
 def test_integer_folding_equals_the_reference_views(
     rows: list[tuple[str, int, str, str, int]],
 ) -> None:
@@ -142,8 +167,10 @@ def test_integer_folding_equals_the_reference_views(
         totals = views.totals
         trades_n, base, quote = got.totals()
         assert (trades_n, _dec(base), _dec(quote, 40)) == (
-            totals.trades, totals.base_volume, totals.quote_volume,
-        )  # fmt: skip
+            totals.trades,
+            totals.base_volume,
+            totals.quote_volume,
+        )
 
 
 def test_far_future_and_lower_case_records() -> None:

@@ -54,8 +54,9 @@ def depth_values(draw: Any, count: int = 60) -> list[tuple[str, bytes]]:
     for i in range(draw(st.integers(1, count))):
         symbol = draw(st.sampled_from(SYMBOLS))
         uid = ids[symbol]
-        kind = draw(st.sampled_from(["snapshot", "next", "next", "next", "next", "overlap",
-                                     "stale", "gap"]))  # fmt: skip
+        kind = draw(
+            st.sampled_from(["snapshot", "next", "next", "next", "next", "overlap", "stale", "gap"])
+        )
         if kind == "snapshot":
             uid += draw(st.integers(-3, 20))
             ids[symbol] = max(uid, 0)
@@ -77,8 +78,14 @@ def depth_values(draw: Any, count: int = 60) -> list[tuple[str, bytes]]:
         final = max(first + span, first)
         ids[symbol] = max(uid, final)
         # bids mostly below asks; the ranges overlap a little, so some diffs cross the book
-        diff = DepthDiff(symbol, first, final, draw(levels(0, 20, True)), draw(levels(16, 37, True)),
-                         1_700_000_000_000 + i)  # fmt: skip
+        diff = DepthDiff(
+            symbol,
+            first,
+            final,
+            draw(levels(0, 20, True)),
+            draw(levels(16, 37, True)),
+            1_700_000_000_000 + i,
+        )
         out.append((symbol, encode_diff(diff, 1_700_000_000_000_000 + i)))
     return out
 
@@ -144,9 +151,11 @@ def test_fold_equals_topicbook_and_its_net_changes_rebuild_the_sets(data: Any) -
                 assert sets[symbol][name] == {level_member(p, q) for p, q in expected}
             # a copy reloaded from what is stored continues identically
             if data.draw(st.integers(0, 9)) == 0:
-                stored = {"last_update_id": str(got.last_update_id),
-                          "snapshot_id": str(got.snapshot_id),
-                          "status": "synced" if got.synced else "unsynced"}  # fmt: skip
+                stored = {
+                    "last_update_id": str(got.last_update_id),
+                    "snapshot_id": str(got.snapshot_id),
+                    "status": "synced" if got.synced else "unsynced",
+                }
                 mirrors[symbol] = BookMirror.from_redis(
                     stored, sorted(sets[symbol]["b"]), sorted(sets[symbol]["a"])
                 )
@@ -174,8 +183,10 @@ def test_chain_outcomes_and_reasons() -> None:
     assert batch.parts == {3: [40, 46]}
     book = mirrors["BTCUSDT"]
     assert (book.synced, book.last_update_id, book.levels("bids")) == (
-        False, 12, [("9.5", "2"), ("9", "1")],
-    )  # fmt: skip
+        False,
+        12,
+        [("9.5", "2"), ("9", "1")],
+    )
     state, gone = BookBatch.state(book, batch.changes["BTCUSDT"], 99)
     assert gone == []  # both sides have levels; unsynced keeps its reason
     assert state["status"] == "unsynced" and state["reason"].startswith("update-id gap")
@@ -184,8 +195,11 @@ def test_chain_outcomes_and_reasons() -> None:
 
 def test_a_crossing_diff_breaks_the_book() -> None:
     batch = BookBatch()
-    batch.add(RawRecord(0, 0, encode_snapshot("ETHUSDT", DepthSnapshot(5, (("9", "1"),),
-                                                                      (("11", "1"),)), 1)))  # fmt: skip
+    batch.add(
+        RawRecord(
+            0, 0, encode_snapshot("ETHUSDT", DepthSnapshot(5, (("9", "1"),), (("11", "1"),)), 1)
+        )
+    )
     batch.add(RawRecord(0, 1, encode_diff(DepthDiff("ETHUSDT", 6, 6, (("11.0", "3"),), ()), 2)))
     mirrors = {"ETHUSDT": BookMirror()}
     batch.fold(mirrors)
@@ -199,8 +213,10 @@ def synthetic_depth(symbols: list[str], count: int, seed: int = 1) -> list[tuple
     crosses the book, each followed by a few diffs and then a resyncing snapshot, as ingest
     publishes them. ``count`` records in all, symbols interleaved."""
     rng = random.Random(seed)
-    state = {s: {"id": 1000 + 10 * i, "bids": {}, "asks": {}, "resync": True}
-             for i, s in enumerate(symbols)}  # fmt: skip
+    state = {
+        s: {"id": 1000 + 10 * i, "bids": {}, "asks": {}, "resync": True}
+        for i, s in enumerate(symbols)
+    }
     out: list[tuple[str, bytes]] = []
     for n in range(count):
         symbol = rng.choice(symbols)
@@ -237,25 +253,68 @@ def synthetic_depth(symbols: list[str], count: int, seed: int = 1) -> list[tuple
                     else:
                         book[price] = qty
         st_["id"] = final
-        diff = DepthDiff(symbol, first, final, tuple(changes["b"]), tuple(changes["a"]),
-                         1_700_000_000_000 + n)  # fmt: skip
+        diff = DepthDiff(
+            symbol, first, final, tuple(changes["b"]), tuple(changes["a"]), 1_700_000_000_000 + n
+        )
         out.append((symbol, encode_diff(diff, ingest)))
     return out
 
 
-_ODD = st.sampled_from(["1", "0", "0.0", "1.", ".5", "01.50", "1e5", "-1", "1.2.3", "\uff11", " 1",
-                        "1\n2", "1\n", "0\n0", ["1", "1\n2"],
-                        "1" * 21, "1." + "1" * 21, "5.00000000", "", True, 1, None, 2**63, -1,
-                        2**63 - 1, "btcusdt", "BTC-USDT", [], ["1"], ["1", "2", "x"],
-                        MAX_TIME_MS, MAX_TIME_MS + 1, MAX_TIME_US, MAX_TIME_US + 1])  # fmt: skip
+_ODD = st.sampled_from(
+    [
+        "1",
+        "0",
+        "0.0",
+        "1.",
+        ".5",
+        "01.50",
+        "1e5",
+        "-1",
+        "1.2.3",
+        "\uff11",
+        " 1",
+        "1\n2",
+        "1\n",
+        "0\n0",
+        ["1", "1\n2"],
+        "1" * 21,
+        "1." + "1" * 21,
+        "5.00000000",
+        "",
+        True,
+        1,
+        None,
+        2**63,
+        -1,
+        2**63 - 1,
+        "btcusdt",
+        "BTC-USDT",
+        [],
+        ["1"],
+        ["1", "2", "x"],
+        MAX_TIME_MS,
+        MAX_TIME_MS + 1,
+        MAX_TIME_US,
+        MAX_TIME_US + 1,
+    ]
+)
 
 
 @settings(max_examples=1500, deadline=None)
 @given(st.data())
 def test_the_fast_diff_decoder_accepts_exactly_what_decode_depth_does(data: Any) -> None:
-    doc: dict[str, Any] = {"v": 1, "kind": "diff", "exchange": "binance", "symbol": "btcUSDT",
-                           "first_id": 5, "final_id": 9, "event_time": 1, "bids": [["1.5", "2"]],
-                           "asks": [["2", "0"], ["3.25", "1"]], "ingest_time_us": 3}  # fmt: skip
+    doc: dict[str, Any] = {
+        "v": 1,
+        "kind": "diff",
+        "exchange": "binance",
+        "symbol": "btcUSDT",
+        "first_id": 5,
+        "final_id": 9,
+        "event_time": 1,
+        "bids": [["1.5", "2"]],
+        "asks": [["2", "0"], ["3.25", "1"]],
+        "ingest_time_us": 3,
+    }
     for _ in range(data.draw(st.integers(0, 3))):
         name = data.draw(
             st.sampled_from([*doc, "bids.level", "asks.price", "bids.qty", "asks.qty"])
@@ -288,7 +347,12 @@ def test_the_fast_diff_decoder_accepts_exactly_what_decode_depth_does(data: Any)
     if isinstance(got, Diff):
         d = want.diff
         assert (got.symbol, got.first_id, got.final_id, got.event_time, got.ingest_time_us) == (
-            d.symbol, d.first_id, d.final_id, d.event_time, want.ingest_time_us)  # fmt: skip
+            d.symbol,
+            d.first_id,
+            d.final_id,
+            d.event_time,
+            want.ingest_time_us,
+        )
         for mine, theirs in ((got.bids, d.bids), (got.asks, d.asks)):
             assert [(lv[0], lv[1]) for lv in mine] == list(theirs)
     else:

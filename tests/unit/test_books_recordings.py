@@ -56,8 +56,10 @@ def independent_book(name: str, diffs: int | None = None) -> tuple[int, Shadow]:
     """(last update id, {side: {price: qty}}) of the same prefix, by plain Decimal arithmetic."""
     frames = _frames(name)
     snapshot, rest = frames[0], frames[1 : None if diffs is None else diffs + 1]
-    book = {side: {Decimal(p): Decimal(q) for p, q in snapshot[side]}  # type: ignore[attr-defined]
-            for side in ("bids", "asks")}  # fmt: skip
+    book = {
+        side: {Decimal(p): Decimal(q) for p, q in snapshot[side]}  # type: ignore[attr-defined]
+        for side in ("bids", "asks")
+    }
     last = int(snapshot["lastUpdateId"])  # type: ignore[call-overload]
     for data in rest:
         if int(data["u"]) <= last:  # type: ignore[call-overload]

@@ -79,9 +79,18 @@ def test_arbitrary_bytes_raise_only_decode_error(value: bytes) -> None:
 
 
 # A valid record, and values for each field that are valid or wrong in the ways records go wrong.
-_VALID = {"v": 1, "exchange": "binance", "symbol": "BTCUSDT", "trade_id": 5, "price": "66398.85",
-          "quantity": "0.001", "trade_time": 1718000000000, "event_time": 1718000000001,
-          "buyer_is_maker": True, "ingest_time_us": 1718000000001234}  # fmt: skip
+_VALID = {
+    "v": 1,
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "trade_id": 5,
+    "price": "66398.85",
+    "quantity": "0.001",
+    "trade_time": 1718000000000,
+    "event_time": 1718000000001,
+    "buyer_is_maker": True,
+    "ingest_time_us": 1718000000001234,
+}
 _MISSING = object()
 _NEAR = {
     "v": [1, 1.0, True, 2, "1", None, 1.5],
@@ -167,8 +176,15 @@ def _assert_paths_agree(mutations: dict[str, object]) -> None:
 
 def test_schema_valid_extremes_decode_and_the_limits_are_refused_with_a_reason() -> None:
     widest = "9" * 20 + "." + "9" * 20
-    doc = {**_VALID, "trade_id": MAX_ID, "price": widest, "quantity": widest,
-           "trade_time": 0, "event_time": MAX_TIME_MS, "ingest_time_us": MAX_TIME_US}  # fmt: skip
+    doc = {
+        **_VALID,
+        "trade_id": MAX_ID,
+        "price": widest,
+        "quantity": widest,
+        "trade_time": 0,
+        "event_time": MAX_TIME_MS,
+        "ingest_time_us": MAX_TIME_US,
+    }
     record = decode_trade(json.dumps(doc).encode())
     assert record.trade.trade_id == MAX_ID and record.trade.price == widest
     for field, value, reason in [

@@ -16,8 +16,15 @@ from cryptostream.core.deadletter import (
 
 def test_an_800_kb_record_with_an_unbounded_reason_fits() -> None:
     raw = b'{"v": "' + b"\x01" * 800_000 + b'"}'  # every byte escapes to six in JSON
-    value = encode_dead_letter("x" * 2_000_000, "processor", "raw.trades/3/7", raw,
-                               topic="raw.trades", partition=3, offset=7)  # fmt: skip
+    value = encode_dead_letter(
+        "x" * 2_000_000,
+        "processor",
+        "raw.trades/3/7",
+        raw,
+        topic="raw.trades",
+        partition=3,
+        offset=7,
+    )
     assert len(value) <= DEFAULT_MAX_BYTES
     entry = decode_dead_letter(value)
     assert len(entry.reason) <= MAX_REASON_CHARS and entry.reason.startswith("xxx")

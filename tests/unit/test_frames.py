@@ -7,9 +7,16 @@ from cryptostream.binance.frames import ControlReply, Ignored, Malformed, parse_
 from cryptostream.core.trades import Trade
 
 TRADE = {
-    "e": "trade", "E": 1718000000001, "s": "BTCUSDT", "t": 42, "p": "66398.85000000",
-    "q": "0.00120000", "T": 1718000000000, "m": True, "M": True,
-}  # fmt: skip
+    "e": "trade",
+    "E": 1718000000001,
+    "s": "BTCUSDT",
+    "t": 42,
+    "p": "66398.85000000",
+    "q": "0.00120000",
+    "T": 1718000000000,
+    "m": True,
+    "M": True,
+}
 
 
 def test_raw_trade_payload() -> None:
@@ -99,8 +106,19 @@ def test_binance_error_envelope_is_a_control_error() -> None:
     assert isinstance(reply, ControlReply) and reply.error == {"msg": "weird"}
 
 
-AGG = {"e": "aggTrade", "E": 5, "s": "ETHUSDT", "a": 77, "p": "3000.10", "q": "2.5", "f": 100,
-       "l": 104, "T": 4, "m": False, "M": True}  # fmt: skip
+AGG = {
+    "e": "aggTrade",
+    "E": 5,
+    "s": "ETHUSDT",
+    "a": 77,
+    "p": "3000.10",
+    "q": "2.5",
+    "f": 100,
+    "l": 104,
+    "T": 4,
+    "m": False,
+    "M": True,
+}
 
 
 def test_agg_trade_mode() -> None:
@@ -121,8 +139,19 @@ _FRAME_NEAR: dict[str, list[object]] = {
     "s": ["BTCUSDT", "btcusdt", "B", "A" * 21, "BTC-USDT", "\uff22\uff34", 7],
     "t": [42, 0, 2**63 - 1, 2**63, -1, 1.0, False, "42"],
     "a": [42, -1, "x"],
-    "p": ["66398.85000000", "0", "0.0", "1.", ".5", "1e5", " 1", "9" * 20 + "." + "9" * 20,
-          "9" * 21, "\u0663", 1.5],
+    "p": [
+        "66398.85000000",
+        "0",
+        "0.0",
+        "1.",
+        ".5",
+        "1e5",
+        " 1",
+        "9" * 20 + "." + "9" * 20,
+        "9" * 21,
+        "\u0663",
+        1.5,
+    ],
     "q": ["0.00120000", "00.10", "-1", "NaN", 2],
     "T": [1718000000000, -5, 2**70, None],
     "m": [True, False, 0, "true"],
@@ -131,7 +160,7 @@ _FRAME_NEAR: dict[str, list[object]] = {
     "msg": ["x"],
     "stream": ["btcusdt@trade", 3],
     "data": [{"e": "trade"}, [1], "x"],
-}  # fmt: skip
+}
 _MISSING = object()
 _frame_mutations = st.lists(st.sampled_from(sorted(_FRAME_NEAR)), max_size=3, unique=True).flatmap(
     lambda keys: st.fixed_dictionaries(

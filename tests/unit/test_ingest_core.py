@@ -57,7 +57,9 @@ def test_tracker_in_order_duplicates_and_gap() -> None:
     assert t.due(0.9, 1) == []  # still in grace
     detected = t.due(1.0, 99)
     assert [(g.first, g.last, g.cause, g.detected_at_us) for g in detected] == [
-        (4, 4, "stream", 99), (6, 6, "stream", 99)]  # fmt: skip
+        (4, 4, "stream", 99),
+        (6, 6, "stream", 99),
+    ]
     assert t.observe(6, 2.0)  # arrives during backfill
     assert t.finish(detected[1]) == [(6, 6, "backfilled")]
     assert t.finish(detected[0]) == [(4, 4, "unrecoverable")]
@@ -136,13 +138,23 @@ def test_gap_records_round_trip_and_cover_the_detected_range() -> None:
     gap = Gap("BTCUSDT", 101, 120, "reconnect", 0.0, detected_at_us=5)
     det = detected_record(gap, 6)
     assert orjson.loads(det.encode()) == {
-        "v": 1, "symbol": "BTCUSDT", "first_id": 101, "last_id": 120, "count": 20,
-        "status": "detected", "cause": "reconnect", "detected_at_us": 5, "reported_at_us": 6}  # fmt: skip
+        "v": 1,
+        "symbol": "BTCUSDT",
+        "first_id": 101,
+        "last_id": 120,
+        "count": 20,
+        "status": "detected",
+        "cause": "reconnect",
+        "detected_at_us": 5,
+        "reported_at_us": 6,
+    }
     for i in range(101, 111):
         gap.fill(i)
     finals = final_records(gap, gap.outcome(), 9)
     assert [(r.first_id, r.last_id, r.status) for r in finals] == [
-        (101, 110, "backfilled"), (111, 120, "unrecoverable")]  # fmt: skip
+        (101, 110, "backfilled"),
+        (111, 120, "unrecoverable"),
+    ]
     assert all(decode_gap(r.encode()) == r for r in [det, *finals])
 
 
@@ -179,8 +191,18 @@ def test_rest_base_url() -> None:
 
 
 def _rows(ids: range) -> list[dict[str, object]]:
-    return [{"id": i, "price": "1.5", "qty": "2", "quoteQty": "3", "time": 1000 + i,
-             "isBuyerMaker": True, "isBestMatch": True} for i in ids]  # fmt: skip
+    return [
+        {
+            "id": i,
+            "price": "1.5",
+            "qty": "2",
+            "quoteQty": "3",
+            "time": 1000 + i,
+            "isBuyerMaker": True,
+            "isBestMatch": True,
+        }
+        for i in ids
+    ]
 
 
 def test_backfill_pages_and_evicted_history() -> None:
@@ -208,21 +230,28 @@ def test_backfill_empty_page_ends_and_agg_mode() -> None:
     plan = BackfillPlan("ETHUSDT", "aggTrade", 5, 6)
     req = plan.next_request()
     assert req is not None and req.path == "/api/v3/aggTrades"
-    trades, _ = plan.feed([{"a": 5, "p": "2.0", "q": "1.0", "f": 10, "l": 12, "T": 9, "m": False,
-                            "M": True}])  # fmt: skip
+    trades, _ = plan.feed(
+        [{"a": 5, "p": "2.0", "q": "1.0", "f": 10, "l": 12, "T": 9, "m": False, "M": True}]
+    )
     assert trades[0].trade_id == 5 and trades[0].quantity == "1.0" and not plan.done
     assert plan.feed([]) == ([], 0) and plan.done
     with pytest.raises(RowError):
-        row_to_trade("ETHUSDT", "trade", {"id": 1, "price": "NaN", "qty": "1", "time": 1,
-                                          "isBuyerMaker": True})  # fmt: skip
+        row_to_trade(
+            "ETHUSDT",
+            "trade",
+            {"id": 1, "price": "NaN", "qty": "1", "time": 1, "isBuyerMaker": True},
+        )
 
 
 def test_trading_symbols_from_exchange_info() -> None:
-    info = {"symbols": [
-        {"symbol": "BTCUSDT", "status": "TRADING", "quoteAsset": "USDT"},
-        {"symbol": "ETHBTC", "status": "TRADING", "quoteAsset": "BTC"},
-        {"symbol": "OLDUSDT", "status": "BREAK", "quoteAsset": "USDT"},
-        {"symbol": "ADAUSDT", "status": "TRADING", "quoteAsset": "USDT"}]}  # fmt: skip
+    info = {
+        "symbols": [
+            {"symbol": "BTCUSDT", "status": "TRADING", "quoteAsset": "USDT"},
+            {"symbol": "ETHBTC", "status": "TRADING", "quoteAsset": "BTC"},
+            {"symbol": "OLDUSDT", "status": "BREAK", "quoteAsset": "USDT"},
+            {"symbol": "ADAUSDT", "status": "TRADING", "quoteAsset": "USDT"},
+        ]
+    }
     assert trading_symbols(info, "usdt") == ["ADAUSDT", "BTCUSDT"]
     with pytest.raises(ValueError):
         trading_symbols({"nope": 1}, "USDT")
@@ -274,11 +303,15 @@ def test_plan_connections_respects_limits() -> None:
     assert plans[0].url.count("@aggTrade") == 100
     assert [len(b) for b in plans[0].subscribe_batches] == [300, 300, 300, 24]
     covered = [s for p in plans for s in p.url.split("=", 1)[1].split("/")] + [
-        s for p in plans for b in p.subscribe_batches for s in b]  # fmt: skip
+        s for p in plans for b in p.subscribe_batches for s in b
+    ]
     assert sorted(covered) == sorted(f"{s.lower()}@aggTrade" for s in symbols)
     assert plans[2].symbols[0] == "S2048"
     assert orjson.loads(subscribe_message(3, ("a@trade",))) == {
-        "method": "SUBSCRIBE", "params": ["a@trade"], "id": 3}  # fmt: skip
+        "method": "SUBSCRIBE",
+        "params": ["a@trade"],
+        "id": 3,
+    }
 
 
 def test_backoff_and_attempt_limiter() -> None:
@@ -321,8 +354,12 @@ def test_frame_parser_any_split(payloads: list[bytes], chunk: int) -> None:
 
 def test_frame_parser_control_fragments_and_limits() -> None:
     p = FrameParser(max_size=100)
-    data = (server_frame(OP_PING, b"hi") + server_frame(OP_TEXT, b"ab", fin=False)
-            + server_frame(0, b"cd") + server_frame(0x8, (1001).to_bytes(2, "big") + b"bye"))  # fmt: skip
+    data = (
+        server_frame(OP_PING, b"hi")
+        + server_frame(OP_TEXT, b"ab", fin=False)
+        + server_frame(0, b"cd")
+        + server_frame(0x8, (1001).to_bytes(2, "big") + b"bye")
+    )
     assert p.feed(data) == [b"abcd"]
     assert p.pings == [b"hi"] and p.close == (1001, "bye")
     with pytest.raises(ProtocolError):

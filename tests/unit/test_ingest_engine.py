@@ -27,14 +27,35 @@ GAPS, DLQ = "gaps", "dlq"
 
 
 def frame(symbol: str, tid: int) -> bytes:
-    return orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": {
-        "e": "trade", "E": 1, "s": symbol, "t": tid, "p": "1.5", "q": "2", "T": 1, "m": True}})  # fmt: skip
+    return orjson.dumps(
+        {
+            "stream": f"{symbol.lower()}@trade",
+            "data": {
+                "e": "trade",
+                "E": 1,
+                "s": symbol,
+                "t": tid,
+                "p": "1.5",
+                "q": "2",
+                "T": 1,
+                "m": True,
+            },
+        }
+    )
 
 
 def engine(**kw: float) -> TradeEngine:
-    e = TradeEngine(["BTCUSDT"], kind="trade", grace_s=0, bound=int(kw.get("bound", 100)),
-                    buffer_timeout_s=kw.get("timeout", 5.0), max_frame=1 << 16, gap_topic=GAPS,
-                    dlq_topic=DLQ, tail_quiet_s=kw.get("tail", 0.0))  # fmt: skip
+    e = TradeEngine(
+        ["BTCUSDT"],
+        kind="trade",
+        grace_s=0,
+        bound=int(kw.get("bound", 100)),
+        buffer_timeout_s=kw.get("timeout", 5.0),
+        max_frame=1 << 16,
+        gap_topic=GAPS,
+        dlq_topic=DLQ,
+        tail_quiet_s=kw.get("tail", 0.0),
+    )
     e.connected(1, "ws://a")
     return e
 
@@ -117,9 +138,14 @@ def test_backfill_publishes_only_what_is_missing_then_closes() -> None:
 
 def test_resume_and_tail_checks() -> None:
     e = engine(tail=10.0)
-    again = e.resume_from({"BTCUSDT": Seed(70, holes=[(40, 41)],
-                                           reopen=[Reopen(60, 70, "reconnect", 9, ((61, 62),))])},
-                          0.0)  # fmt: skip
+    again = e.resume_from(
+        {
+            "BTCUSDT": Seed(
+                70, holes=[(40, 41)], reopen=[Reopen(60, 70, "reconnect", 9, ((61, 62),))]
+            )
+        },
+        0.0,
+    )
     assert [(g.first, g.missing) for g in again] == [(60, [[61, 62]])]
     assert e.tick(0.0, 1).tail == []  # the quiet period starts
     assert e.tick(20.0, 2).tail == ["BTCUSDT"]

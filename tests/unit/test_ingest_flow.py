@@ -34,8 +34,13 @@ class FakeProducer:
         self.pending: list[tuple[FakeMessage, Callable[[Any, Any], None]]] = []
         self.delivered: list[FakeMessage] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes | None = None,
-                on_delivery: Callable[[Any, Any], None] | None = None) -> None:  # fmt: skip
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
         assert on_delivery is not None
         self.pending.append((FakeMessage(topic, value, key), on_delivery))
 
@@ -66,8 +71,21 @@ class FakeConnection:
 
 
 def frame(symbol: str, tid: int) -> bytes:
-    return orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": {
-        "e": "trade", "E": 1, "s": symbol, "t": tid, "p": "1.5", "q": "2", "T": 1, "m": True}})  # fmt: skip
+    return orjson.dumps(
+        {
+            "stream": f"{symbol.lower()}@trade",
+            "data": {
+                "e": "trade",
+                "E": 1,
+                "s": symbol,
+                "t": tid,
+                "p": "1.5",
+                "q": "2",
+                "T": 1,
+                "m": True,
+            },
+        }
+    )
 
 
 def make(**overrides: Any) -> tuple[Ingest, FakeProducer]:
@@ -80,8 +98,10 @@ def make(**overrides: Any) -> tuple[Ingest, FakeProducer]:
 
 def gap_records(fake: FakeProducer, ingest: Ingest) -> list[tuple[int, int, str, str]]:
     msgs = [m for m, _ in fake.pending] + fake.delivered
-    return [(g.first_id, g.last_id, g.status, g.cause) for g in
-            (decode_gap(m.value()) for m in msgs if m.topic() == ingest.settings.gap_topic)]  # fmt: skip
+    return [
+        (g.first_id, g.last_id, g.status, g.cause)
+        for g in (decode_gap(m.value()) for m in msgs if m.topic() == ingest.settings.gap_topic)
+    ]
 
 
 async def test_full_buffer_pauses_then_overflow_becomes_gaps_and_recovers() -> None:
@@ -106,8 +126,10 @@ async def test_full_buffer_pauses_then_overflow_becomes_gaps_and_recovers() -> N
     for tid in range(121, 141):  # as if backfilled
         assert gap.fill(tid)
     ingest.finish_gap(gap)
-    assert gap_records(fake, ingest)[1:] == [(121, 140, "backfilled", "buffer_overflow"),
-                                             (141, 150, "unrecoverable", "buffer_overflow")]  # fmt: skip
+    assert gap_records(fake, ingest)[1:] == [
+        (121, 140, "backfilled", "buffer_overflow"),
+        (141, 150, "unrecoverable", "buffer_overflow"),
+    ]
     assert ingest.stats.gap_trades == {"detected": 30, "backfilled": 20, "unrecoverable": 10}
 
 
@@ -161,10 +183,16 @@ async def test_a_resume_plan_reopens_holes_and_continues_unfinished_detections()
     records = [
         decode_gap(m.value()) for m, _ in fake.pending if m.topic() == ingest.settings.gap_topic
     ]
-    finals = [(g.first_id, g.last_id, g.status, g.detected_at_us) for g in records
-              if g.cause == "reconnect" and g.status != "detected"]  # fmt: skip
-    assert finals == [(60, 61, "backfilled", 123), (62, 62, "unrecoverable", 123),
-                      (63, 70, "backfilled", 123)]  # fmt: skip
+    finals = [
+        (g.first_id, g.last_id, g.status, g.detected_at_us)
+        for g in records
+        if g.cause == "reconnect" and g.status != "detected"
+    ]
+    assert finals == [
+        (60, 61, "backfilled", 123),
+        (62, 62, "unrecoverable", 123),
+        (63, 70, "backfilled", 123),
+    ]
 
 
 async def test_a_gap_evicted_while_queued_for_backfill_is_closed_once() -> None:

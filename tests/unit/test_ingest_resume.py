@@ -28,8 +28,11 @@ def gap(first: int, last: int, status: Status, at: int = 7, cause: Cause = "stre
 
 
 def test_highest_id_per_wanted_symbol() -> None:
-    tails = [tail([("BTCUSDT", 7), ("BTCUSDT", 6), ("ETHUSDT", 3), ("XRPUSDT", 99)]),
-             tail([("SOLUSDT", 1)]), tail([])]  # fmt: skip
+    tails = [
+        tail([("BTCUSDT", 7), ("BTCUSDT", 6), ("ETHUSDT", 3), ("XRPUSDT", 99)]),
+        tail([("SOLUSDT", 1)]),
+        tail([]),
+    ]
     plan = resume_plan(tails, [], SYMBOLS, SETTLE)
     assert {s: seed.last for s, seed in plan.items()} == {"BTCUSDT": 7, "ETHUSDT": 3, "SOLUSDT": 1}
     assert all(not seed.holes and not seed.reopen for seed in plan.values())
@@ -50,8 +53,11 @@ def test_holes_below_the_last_id_are_reopened_minus_the_unrecoverable_ones() -> 
 
 def test_an_unfinished_detection_is_continued_under_its_own_detection() -> None:
     ids = [("BTCUSDT", i) for i in (1, 2, 3, 9, 4, 6)]  # 4-8 detected; 4 and 6 backfilled
-    gaps = [gap(4, 8, "detected", at=50, cause="reconnect"), gap(20, 30, "detected", at=60),
-            gap(20, 30, "backfilled", at=60)]  # fmt: skip
+    gaps = [
+        gap(4, 8, "detected", at=50, cause="reconnect"),
+        gap(20, 30, "detected", at=60),
+        gap(20, 30, "backfilled", at=60),
+    ]
     (seed,) = resume_plan([tail(ids)], gaps, SYMBOLS, SETTLE).values()
     assert seed.reopen == [Reopen(4, 8, "reconnect", 50, ((5, 5), (7, 8)))]
     assert seed.holes == [] and seed.last == 9
@@ -65,8 +71,10 @@ def test_overlapping_unfinished_detections_backfill_each_id_once() -> None:
     ids = [("BTCUSDT", i) for i in (1, 2, 9)]
     gaps = [gap(3, 6, "detected", at=50), gap(5, 8, "detected", at=60)]
     (seed,) = resume_plan([tail(ids)], gaps, SYMBOLS, SETTLE).values()
-    assert seed.reopen == [Reopen(3, 6, "stream", 50, ((3, 6),)),
-                           Reopen(5, 8, "stream", 60, ((7, 8),))]  # fmt: skip
+    assert seed.reopen == [
+        Reopen(3, 6, "stream", 50, ((3, 6),)),
+        Reopen(5, 8, "stream", 60, ((7, 8),)),
+    ]
 
 
 def test_a_cut_window_trusts_only_ids_past_the_settle_time_outside_detected_ranges() -> None:

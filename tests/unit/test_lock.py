@@ -17,10 +17,22 @@ pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not in
 
 def _locked() -> dict[str, str]:
     out = subprocess.run(
-        ["uv", "export", "--frozen", "--all-extras", "--no-hashes", "--no-emit-project",
-         "--format", "requirements-txt", "--quiet"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            "uv",
+            "export",
+            "--frozen",
+            "--all-extras",
+            "--no-hashes",
+            "--no-emit-project",
+            "--format",
+            "requirements-txt",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     pins = {}
     for line in out.splitlines():
         if "==" not in line or line.lstrip().startswith("#"):
@@ -32,8 +44,13 @@ def _locked() -> dict[str, str]:
 
 
 def test_lock_is_in_sync_with_pyproject() -> None:
-    result = subprocess.run(["uv", "lock", "--locked", "--offline"], cwd=ROOT,
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        ["uv", "lock", "--locked", "--offline"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, f"uv.lock is stale: run `nox -s lock`\n{result.stderr}"
 
 

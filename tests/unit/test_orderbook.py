@@ -64,11 +64,17 @@ def test_a_snapshot_older_than_the_buffer_is_refused_and_a_crossed_book_breaks()
         ({"e": "depthUpdate", "s": "BTCUSDT", "U": 5, "u": 4, "b": [], "a": []}, "after u"),
         ({"e": "depthUpdate", "s": "BTC-USDT", "U": 1, "u": 1, "b": [], "a": []}, "symbol"),
         ({"e": "depthUpdate", "s": "BTCUSDT", "U": 1, "u": True, "b": [], "a": []}, "u must"),
-        ({"e": "depthUpdate", "s": "BTCUSDT", "U": 1, "u": 2, "b": [["1e5", "1"]], "a": []}, "price"),
-        ({"e": "depthUpdate", "s": "BTCUSDT", "U": 1, "u": 2, "b": [], "a": [["1", "-1"]]}, "quantity"),
+        (
+            {"e": "depthUpdate", "s": "BTCUSDT", "U": 1, "u": 2, "b": [["1e5", "1"]], "a": []},
+            "price",
+        ),
+        (
+            {"e": "depthUpdate", "s": "BTCUSDT", "U": 1, "u": 2, "b": [], "a": [["1", "-1"]]},
+            "quantity",
+        ),
         ({"e": "depthUpdate", "s": "BTCUSDT", "U": 1, "u": 2, "b": "x", "a": []}, "list"),
     ],
-)  # fmt: skip
+)
 def test_malformed_depth_says_why(payload: dict[str, object], reason: str) -> None:
     with pytest.raises(DepthError, match=reason):
         parse_depth_diff(payload)
@@ -104,8 +110,10 @@ def test_genuine_recordings_rebuild_exactly(path: Path) -> None:
                 for event in sync.on_snapshot(parse_depth_snapshot(frame)):
                     applied += isinstance(event, Applied)
                     breaks += isinstance(event, ChainBreak)
-                shadow = {side: {Decimal(p): Decimal(q) for p, q in frame[side]}
-                          for side in ("bids", "asks")}  # fmt: skip
+                shadow = {
+                    side: {Decimal(p): Decimal(q) for p, q in frame[side]}
+                    for side in ("bids", "asks")
+                }
                 shadow_id = frame["lastUpdateId"]
                 for data in early:  # diffs received before the snapshot that go past it
                     if data["u"] > shadow_id:
@@ -127,8 +135,10 @@ def test_genuine_recordings_rebuild_exactly(path: Path) -> None:
                     best_after[sync.book.last_update_id] = sync.book.best()
     assert breaks == 0 and applied > 1000 and sync.synced and shadow is not None
     assert not sync.book.crossed()
-    got = {side: {Decimal(p): Decimal(q) for p, q in levels.values()}
-           for side, levels in (("bids", sync.book.bids), ("asks", sync.book.asks))}  # fmt: skip
+    got = {
+        side: {Decimal(p): Decimal(q) for p, q in levels.values()}
+        for side, levels in (("bids", sync.book.bids), ("asks", sync.book.asks))
+    }
     assert got == shadow
     checked = 0
     for t in tickers:
@@ -136,8 +146,11 @@ def test_genuine_recordings_rebuild_exactly(path: Path) -> None:
         if best is not None:
             (bid, bid_qty), (ask, ask_qty) = best  # type: ignore[misc]
             assert (Decimal(bid), Decimal(bid_qty), Decimal(ask), Decimal(ask_qty)) == (
-                Decimal(t["b"]), Decimal(t["B"]), Decimal(t["a"]), Decimal(t["A"]),
-            )  # fmt: skip
+                Decimal(t["b"]),
+                Decimal(t["B"]),
+                Decimal(t["a"]),
+                Decimal(t["A"]),
+            )
             checked += 1
     assert checked > 0
 

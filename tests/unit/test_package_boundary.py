@@ -63,12 +63,21 @@ BLOCKED = textwrap.dedent(
 
 
 def test_every_product_module_imports_without_the_lab() -> None:
-    result = subprocess.run([sys.executable, "-c", BLOCKED], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKED],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     count = int(result.stdout.split(" modules", 1)[0])
     assert count > 50
-    commands = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("│ ")
-                and len(line.split()) > 1 and line.split()[1].isalpha()}  # fmt: skip
+    commands = {
+        line.split()[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("│ ") and len(line.split()) > 1 and line.split()[1].isalpha()
+    }
     assert {"ingest", "processor", "query", "stack", "topics", "simulator"} <= commands
     assert not commands & {"demo", "experiment", "report"}, commands

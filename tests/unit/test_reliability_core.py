@@ -22,16 +22,39 @@ from cryptostream_lab.reliability.report import (
 
 
 def _gap(symbol: str, first: int, last: int, status: str, detected_at_us: int = 1) -> bytes:
-    return orjson.dumps({"v": 1, "symbol": symbol, "first_id": first, "last_id": last,
-                         "count": last - first + 1, "status": status, "cause": "stream",
-                         "detected_at_us": detected_at_us, "reported_at_us": 2})  # fmt: skip
+    return orjson.dumps(
+        {
+            "v": 1,
+            "symbol": symbol,
+            "first_id": first,
+            "last_id": last,
+            "count": last - first + 1,
+            "status": status,
+            "cause": "stream",
+            "detected_at_us": detected_at_us,
+            "reported_at_us": 2,
+        }
+    )
 
 
 def test_result_verdict_and_json_round_trip(tmp_path: Path) -> None:
-    good = ScenarioResult("kill-processor", "fast", {"SIGKILL processor": 3}, 1000,
-                          recovery_s=[2.0, 4.0, 9.0], lag_zero=True)  # fmt: skip
-    bad = ScenarioResult("redis-restart", "full", records_checked=10, lost=2, lag_zero=True,
-                         unexpected_exits=["processor-3: 1"], notes="x|y")  # fmt: skip
+    good = ScenarioResult(
+        "kill-processor",
+        "fast",
+        {"SIGKILL processor": 3},
+        1000,
+        recovery_s=[2.0, 4.0, 9.0],
+        lag_zero=True,
+    )
+    bad = ScenarioResult(
+        "redis-restart",
+        "full",
+        records_checked=10,
+        lost=2,
+        lag_zero=True,
+        unexpected_exits=["processor-3: 1"],
+        notes="x|y",
+    )
     assert good.ok and good.recovery_max_s == 9.0 and good.recovery_median_s == 4.0
     assert not bad.ok and "2 lost" in bad.verdict() and "processor-3: 1" in bad.verdict()
     assert not ScenarioResult("empty", lag_zero=True).ok  # nothing checked proves nothing
@@ -111,17 +134,26 @@ def test_final_records_must_cover_their_own_detection_exactly_once() -> None:
     assert [(g.symbol, g.first_id) for g in summary.unresolved] == [("A", 10)]
     # missing fields, a wrong count, an unknown cause: all break the contract
     good = orjson.loads(_gap("C", 1, 2, "detected"))
-    for broken in ({**good, "count": 3}, {**good, "cause": "gremlins"},
-                   {k: v for k, v in good.items() if k != "reported_at_us"}):  # fmt: skip
+    for broken in (
+        {**good, "count": 3},
+        {**good, "cause": "gremlins"},
+        {k: v for k, v in good.items() if k != "reported_at_us"},
+    ):
         assert parse_gap_record(orjson.dumps(broken)) is None
 
 
 def test_every_upstream_problem_fails_the_scenario() -> None:
     base = {"records_checked": 10, "lag_zero": True}
     assert ScenarioResult("s", **base).ok  # type: ignore[arg-type]
-    for name, value in (("topic_missing", 1), ("topic_duplicated", 1), ("topic_unexpected", 1),
-                        ("gaps_unresolved", 1), ("gaps_invalid", 1), ("unrecovered", True),
-                        ("settle_timeout", True)):  # fmt: skip
+    for name, value in (
+        ("topic_missing", 1),
+        ("topic_duplicated", 1),
+        ("topic_unexpected", 1),
+        ("gaps_unresolved", 1),
+        ("gaps_invalid", 1),
+        ("unrecovered", True),
+        ("settle_timeout", True),
+    ):
         result = ScenarioResult("s", **base, **{name: value})  # type: ignore[arg-type]
         assert not result.ok, name
         assert "FAILED" in result.verdict() and result.upstream_problems(), name
@@ -138,8 +170,12 @@ def test_expected_trades_exclude_only_unrecoverable_ranges() -> None:
     summary = summarize([_gap("A", 3, 4, "unrecoverable"), _gap("B", 1, 9, "backfilled")])
     sent = [_T("A", i) for i in range(1, 7)] + [_T("B", 2)]
     assert [(t.symbol, t.trade_id) for t in expected_trades(sent, summary)] == [
-        ("A", 1), ("A", 2), ("A", 5), ("A", 6), ("B", 2)
-    ]  # fmt: skip
+        ("A", 1),
+        ("A", 2),
+        ("A", 5),
+        ("A", 6),
+        ("B", 2),
+    ]
 
 
 def test_id_audit() -> None:

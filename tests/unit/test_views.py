@@ -15,11 +15,27 @@ def trade(trade_id: int, price: str, qty: str, t: int, symbol: str = "BTCUSDT") 
 
 
 def test_candle_ohlcv_by_trade_id_not_arrival_order() -> None:
-    views = compute_views([trade(3, "10.5", "1", 5), trade(1, "10.0", "2", 1), trade(2, "12.25", "0.5", 3),
-                           trade(4, "9.00000001", "0.1", MINUTE_MS + 1)])  # fmt: skip
+    views = compute_views(
+        [
+            trade(3, "10.5", "1", 5),
+            trade(1, "10.0", "2", 1),
+            trade(2, "12.25", "0.5", 3),
+            trade(4, "9.00000001", "0.1", MINUTE_MS + 1),
+        ]
+    )
     first, second = views["BTCUSDT"].candles.values()
-    assert candle_member(first) == {"t": 0, "o": "10", "h": "12.25", "l": "10", "c": "10.5", "v": "3.5",
-                                 "qv": "36.625", "n": 3, "ft": 1, "lt": 3}  # fmt: skip
+    assert candle_member(first) == {
+        "t": 0,
+        "o": "10",
+        "h": "12.25",
+        "l": "10",
+        "c": "10.5",
+        "v": "3.5",
+        "qv": "36.625",
+        "n": 3,
+        "ft": 1,
+        "lt": 3,
+    }
     assert second.open_time == MINUTE_MS and candle_member(second)["qv"] == "0.900000001"
     totals = views["BTCUSDT"].totals
     assert (totals.trades, fmt(totals.base_volume)) == (4, "3.6")
@@ -45,8 +61,10 @@ def test_fmt_is_canonical() -> None:
 prices = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("100000"), places=8)
 
 
-@given(st.lists(st.tuples(prices, prices, st.integers(0, 5 * MINUTE_MS)), min_size=1, max_size=40),
-       st.integers(1, 10))  # fmt: skip
+@given(
+    st.lists(st.tuples(prices, prices, st.integers(0, 5 * MINUTE_MS)), min_size=1, max_size=40),
+    st.integers(1, 10),
+)
 def test_splitting_into_batches_changes_nothing(
     rows: list[tuple[Decimal, Decimal, int]], cut: int
 ) -> None:
@@ -66,11 +84,14 @@ def test_splitting_into_batches_changes_nothing(
 
 @given(
     st.lists(
-        st.tuples(st.integers(0, 30), st.decimals(1, 10**6, places=8), st.decimals(1, 99, places=8)),
-        min_size=1, max_size=40,
+        st.tuples(
+            st.integers(0, 30), st.decimals(1, 10**6, places=8), st.decimals(1, 99, places=8)
+        ),
+        min_size=1,
+        max_size=40,
     ),
     st.sampled_from([5, 15, 60]),
-)  # fmt: skip
+)
 def test_query_roll_ups_equal_candle_merge(
     rows: list[tuple[int, Decimal, Decimal]], minutes: int
 ) -> None:
@@ -83,8 +104,12 @@ def test_query_roll_ups_equal_candle_merge(
     from cryptostream.query import candles as candle_math
 
     trades = [trade(i, fmt(p), fmt(q), m * MINUTE_MS + i) for i, (m, p, q) in enumerate(rows)]
-    stored = [orjson.dumps(candle_member(c)) for c in sorted(
-        compute_views(trades)["BTCUSDT"].candles.values(), key=lambda c: c.open_time)]  # fmt: skip
+    stored = [
+        orjson.dumps(candle_member(c))
+        for c in sorted(
+            compute_views(trades)["BTCUSDT"].candles.values(), key=lambda c: c.open_time
+        )
+    ]
     rolled = candle_math.aggregate((candle_math.parse_candle(m) for m in stored), minutes)
     buckets: dict[int, list[object]] = {}
     for member in stored:

@@ -127,14 +127,20 @@ def _fast_trade(raw: bytes | str, trade_event: str) -> Trade | None:
     symbol = d.s
     if not (
         d.e == trade_event
-        and (combined or (d.result is _UNSET and (d.code is _UNSET or d.msg is _UNSET)
-                          and (d.stream is _UNSET or d.data is _UNSET)))
+        and (
+            combined
+            or (
+                d.result is _UNSET
+                and (d.code is _UNSET or d.msg is _UNSET)
+                and (d.stream is _UNSET or d.data is _UNSET)
+            )
+        )
         and 2 <= len(symbol) <= 20
         and symbol.isascii()
         and symbol.isalnum()
         and scaled(d.p)
         and scaled(d.q)
-    ):  # fmt: skip
+    ):
         return None
     return Trade(symbol.upper(), d.t, d.p, d.q, d.T, d.E, d.m)
 

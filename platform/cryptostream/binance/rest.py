@@ -59,15 +59,26 @@ def row_to_trade(symbol: str, kind: str, row: Any) -> Trade:
     try:
         if kind == "trade":
             tid, price, qty, time_ms, maker = (
-                row["id"], row["price"], row["qty"], row["time"], row["isBuyerMaker"]
-            )  # fmt: skip
+                row["id"],
+                row["price"],
+                row["qty"],
+                row["time"],
+                row["isBuyerMaker"],
+            )
         else:
             tid, price, qty, time_ms, maker = row["a"], row["p"], row["q"], row["T"], row["m"]
         if not isinstance(maker, bool):
             raise ValueError("buyer-is-maker must be a boolean")
         t = check_int(time_ms, "time")
-        return Trade(symbol, check_int(tid, "id"), check_positive_decimal(price, "price"),
-                     check_positive_decimal(qty, "qty"), t, t, maker)  # fmt: skip
+        return Trade(
+            symbol,
+            check_int(tid, "id"),
+            check_positive_decimal(price, "price"),
+            check_positive_decimal(qty, "qty"),
+            t,
+            t,
+            maker,
+        )
     except KeyError as exc:
         raise RowError(f"row is missing {exc.args[0]!r}") from None
     except ValueError as exc:

@@ -149,8 +149,16 @@ def decode_trade(value: bytes | None, max_future_ms: int = DEFAULT_MAX_FUTURE_MS
     """Decode and validate one record value into a :class:`Trade` (symbols upper-cased, as every
     service does: core/symbols.py); raise DecodeError with the reason."""
     r, _price, _qty = decode_scaled(value, max_future_ms)
-    trade = Trade(r.symbol.upper(), r.trade_id, r.price, r.quantity, r.trade_time, r.event_time,
-                  r.buyer_is_maker, r.exchange)  # fmt: skip
+    trade = Trade(
+        r.symbol.upper(),
+        r.trade_id,
+        r.price,
+        r.quantity,
+        r.trade_time,
+        r.event_time,
+        r.buyer_is_maker,
+        r.exchange,
+    )
     return TradeRecord(trade, r.ingest_time_us)
 
 

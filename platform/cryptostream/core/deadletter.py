@@ -54,9 +54,14 @@ def encode_dead_letter(
     """One DLQ value of at most ``max_bytes`` bytes, whatever ``reason`` and ``raw`` hold."""
     data = raw or b""
     doc: dict[str, object] = {
-        "reason": bounded_reason(reason), "stage": stage, "source": source[:500], **where,
-        "raw_bytes": len(data), "raw_truncated": False, "raw": "",
-    }  # fmt: skip
+        "reason": bounded_reason(reason),
+        "stage": stage,
+        "source": source[:500],
+        **where,
+        "raw_bytes": len(data),
+        "raw_truncated": False,
+        "raw": "",
+    }
     room = max_bytes - len(orjson.dumps(doc)) - 16
     cut = min(len(data), max_raw, max(room, 0))
     while True:

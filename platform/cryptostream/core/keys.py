@@ -50,12 +50,29 @@ BOOK_PREFIX = "book:"
 BOOK_CHANNEL = "updates:book"
 VIEW_PREFIXES = (PRICE_PREFIX, CANDLES_1M_PREFIX, STATS_PREFIX, BOOK_PREFIX)  # per-symbol views
 
-PRICE_FIELDS = ("price", "quantity", "trade_id", "trade_time", "event_time", "ingest_time_us",
-                "update_time")  # fmt: skip
+PRICE_FIELDS = (
+    "price",
+    "quantity",
+    "trade_id",
+    "trade_time",
+    "event_time",
+    "ingest_time_us",
+    "update_time",
+)
 STATS_FIELDS = ("trades", "base_volume", "quote_volume")
 CANDLE_FIELDS = ("t", "o", "h", "l", "c", "v", "qv", "n", "ft", "lt")
-BOOK_FIELDS = ("last_update_id", "status", "reason", "best_bid", "best_bid_qty", "best_ask",
-               "best_ask_qty", "event_time", "ingest_time_us", "update_time")  # fmt: skip
+BOOK_FIELDS = (
+    "last_update_id",
+    "status",
+    "reason",
+    "best_bid",
+    "best_bid_qty",
+    "best_ask",
+    "best_ask_qty",
+    "event_time",
+    "ingest_time_us",
+    "update_time",
+)
 BOOK_SIDES = ("bids", "asks")
 # The processor's own bookkeeping in ``book:{SYMBOL}`` (not for readers): the last_update_id of
 # the snapshot the book was built from, so "no diff applied since the snapshot" (the first-diff
@@ -136,8 +153,12 @@ def book_update(symbol: str, state: dict[str, str]) -> bytes:
     doc: dict[str, object] = {"symbol": symbol}
     for name in BOOK_FIELDS:
         value = state.get(name)
-        if value is not None and name in ("last_update_id", "event_time", "ingest_time_us",
-                                          "update_time"):  # fmt: skip
+        if value is not None and name in (
+            "last_update_id",
+            "event_time",
+            "ingest_time_us",
+            "update_time",
+        ):
             doc[name] = int(value)
         else:
             doc[name] = value
@@ -164,28 +185,52 @@ def price_fields(trade: TradeFields, ingest_time_us: int, update_ms: int) -> lis
     """The ``price:{SYMBOL}`` hash as field/value pairs, in :data:`PRICE_FIELDS` order (spelled
     out: this runs once per symbol and batch; a test holds it to PRICE_FIELDS)."""
     return [
-        "price", trade.price, "quantity", trade.quantity, "trade_id", str(trade.trade_id),
-        "trade_time", str(trade.trade_time), "event_time", str(trade.event_time),
-        "ingest_time_us", str(ingest_time_us), "update_time", str(update_ms),
-    ]  # fmt: skip
+        "price",
+        trade.price,
+        "quantity",
+        trade.quantity,
+        "trade_id",
+        str(trade.trade_id),
+        "trade_time",
+        str(trade.trade_time),
+        "event_time",
+        str(trade.event_time),
+        "ingest_time_us",
+        str(ingest_time_us),
+        "update_time",
+        str(update_ms),
+    ]
 
 
 def price_update(symbol: str, trade: TradeFields, update_ms: int) -> bytes:
     """One element of an ``updates:price`` message (a batch publishes a JSON array of them)."""
     return orjson.dumps(
         {
-            "symbol": symbol, "price": trade.price, "quantity": trade.quantity,
-            "trade_id": trade.trade_id, "trade_time": trade.trade_time,
-            "event_time": trade.event_time, "update_time": update_ms,
+            "symbol": symbol,
+            "price": trade.price,
+            "quantity": trade.quantity,
+            "trade_id": trade.trade_id,
+            "trade_time": trade.trade_time,
+            "event_time": trade.event_time,
+            "update_time": update_ms,
         }
-    )  # fmt: skip
+    )
 
 
 def candle_member(candle: Candle) -> dict[str, object]:
     """The JSON document of one ``candles:1m:{SYMBOL}`` member (decimals canonical, via fmt)."""
-    values = (candle.open_time, fmt(Decimal(candle.open)), fmt(candle.high), fmt(candle.low),
-              fmt(Decimal(candle.close)), fmt(candle.base_volume), fmt(candle.quote_volume),
-              candle.trades, candle.first_trade_id, candle.last_trade_id)  # fmt: skip
+    values = (
+        candle.open_time,
+        fmt(Decimal(candle.open)),
+        fmt(candle.high),
+        fmt(candle.low),
+        fmt(Decimal(candle.close)),
+        fmt(candle.base_volume),
+        fmt(candle.quote_volume),
+        candle.trades,
+        candle.first_trade_id,
+        candle.last_trade_id,
+    )
     return dict(zip(CANDLE_FIELDS, values, strict=True))
 
 
@@ -194,10 +239,16 @@ def parse_candle_member(member: bytes | str) -> Candle:
     try:
         doc: Any = orjson.loads(member)
         return Candle(
-            open_time=int(doc["t"]), open=fmt(Decimal(doc["o"])), high=Decimal(doc["h"]),
-            low=Decimal(doc["l"]), close=fmt(Decimal(doc["c"])), base_volume=Decimal(doc["v"]),
-            quote_volume=Decimal(doc["qv"]), trades=int(doc["n"]),
-            first_trade_id=int(doc["ft"]), last_trade_id=int(doc["lt"]),
-        )  # fmt: skip
+            open_time=int(doc["t"]),
+            open=fmt(Decimal(doc["o"])),
+            high=Decimal(doc["h"]),
+            low=Decimal(doc["l"]),
+            close=fmt(Decimal(doc["c"])),
+            base_volume=Decimal(doc["v"]),
+            quote_volume=Decimal(doc["qv"]),
+            trades=int(doc["n"]),
+            first_trade_id=int(doc["ft"]),
+            last_trade_id=int(doc["lt"]),
+        )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, InvalidOperation) as exc:
         raise ValueError(f"malformed candle {member!r:.120}: {exc!r}") from None

@@ -86,8 +86,9 @@ def parse_depth_diff(payload: dict[str, object]) -> DepthDiff:
     if payload.get("e") != "depthUpdate":
         raise DepthError("not a depthUpdate event")
     symbol = payload.get("s")
-    if not (isinstance(symbol, str) and 2 <= len(symbol) <= 20 and symbol.isascii()
-            and symbol.isalnum()):  # fmt: skip
+    if not (
+        isinstance(symbol, str) and 2 <= len(symbol) <= 20 and symbol.isascii() and symbol.isalnum()
+    ):
         raise DepthError(f"invalid symbol {str(symbol)[:40]!r}")
     first, final = parse_update_id(payload.get("U"), "U"), parse_update_id(payload.get("u"), "u")
     if first > final:
@@ -95,8 +96,14 @@ def parse_depth_diff(payload: dict[str, object]) -> DepthDiff:
     event_time = payload.get("E", 0)
     if type(event_time) is not int or event_time < 0:
         raise DepthError("E must be a non-negative integer")
-    return DepthDiff(symbol.upper(), first, final, parse_levels(payload.get("b"), "bids"),
-                     parse_levels(payload.get("a"), "asks"), event_time)  # fmt: skip
+    return DepthDiff(
+        symbol.upper(),
+        first,
+        final,
+        parse_levels(payload.get("b"), "bids"),
+        parse_levels(payload.get("a"), "asks"),
+        event_time,
+    )
 
 
 def parse_depth_snapshot(doc: dict[str, object]) -> DepthSnapshot:
@@ -230,21 +237,32 @@ class BookSync:
             and not pending[0].first_id <= snapshot.last_update_id + 1 <= pending[0].final_id
         ):
             self.synced = False
-            return [self._break(snapshot.last_update_id + 1, pending[0].first_id,
-                                "first diff does not continue the snapshot")]  # fmt: skip
+            return [
+                self._break(
+                    snapshot.last_update_id + 1,
+                    pending[0].first_id,
+                    "first diff does not continue the snapshot",
+                )
+            ]
         self.synced = True
         self.fresh = not pending  # the snapshot is newer than every buffered diff
         events: list[SyncEvent] = [Synced(snapshot.last_update_id, len(pending), dropped)]
         for i, diff in enumerate(pending):
             if i and diff.first_id != self.book.last_update_id + 1:
-                events.append(self._break(self.book.last_update_id + 1, diff.first_id,
-                                          "update-id gap in the buffer"))  # fmt: skip
+                events.append(
+                    self._break(
+                        self.book.last_update_id + 1, diff.first_id, "update-id gap in the buffer"
+                    )
+                )
                 return events
             self.book.apply(diff)
             events.append(Applied(diff))
         if self.book.crossed():
-            events.append(self._break(self.book.last_update_id + 1, self.book.last_update_id + 1,
-                                      "crossed book"))  # fmt: skip
+            events.append(
+                self._break(
+                    self.book.last_update_id + 1, self.book.last_update_id + 1, "crossed book"
+                )
+            )
         return events
 
     def _break(self, expected: int, got: int, reason: str) -> ChainBreak:

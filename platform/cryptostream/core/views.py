@@ -40,10 +40,16 @@ class Candle:
     def of(cls, trade: Trade, price: D, qty: D, notional: D) -> Candle:
         return cls(
             open_time=trade.trade_time - trade.trade_time % MINUTE_MS,
-            open=trade.price, high=price, low=price, close=trade.price,
-            base_volume=qty, quote_volume=notional, trades=1,
-            first_trade_id=trade.trade_id, last_trade_id=trade.trade_id,
-        )  # fmt: skip
+            open=trade.price,
+            high=price,
+            low=price,
+            close=trade.price,
+            base_volume=qty,
+            quote_volume=notional,
+            trades=1,
+            first_trade_id=trade.trade_id,
+            last_trade_id=trade.trade_id,
+        )
 
     def add(self, trade: Trade, price: D, qty: D, notional: D) -> None:
         # The sums before any field is stored: a fold happens whole or not at all.
@@ -67,13 +73,17 @@ class Candle:
         first = self if self.first_trade_id <= other.first_trade_id else other
         last = other if other.last_trade_id >= self.last_trade_id else self
         return Candle(
-            open_time=min(self.open_time, other.open_time), open=first.open,
-            high=max(self.high, other.high), low=min(self.low, other.low), close=last.close,
+            open_time=min(self.open_time, other.open_time),
+            open=first.open,
+            high=max(self.high, other.high),
+            low=min(self.low, other.low),
+            close=last.close,
             base_volume=_CTX.add(self.base_volume, other.base_volume),
             quote_volume=_CTX.add(self.quote_volume, other.quote_volume),
             trades=self.trades + other.trades,
-            first_trade_id=first.first_trade_id, last_trade_id=last.last_trade_id,
-        )  # fmt: skip
+            first_trade_id=first.first_trade_id,
+            last_trade_id=last.last_trade_id,
+        )
 
 
 @dataclass(slots=True)

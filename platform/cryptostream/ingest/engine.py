@@ -139,8 +139,9 @@ class TradeEngine:
             for lo, hi in seed.holes:
                 tracker.open_gap(lo, hi, "restart", now)
             for again in seed.reopen:
-                gap = tracker.open_gap(again.first, again.last, again.cause, now,
-                                       detected_at_us=again.detected_at_us)  # fmt: skip
+                gap = tracker.open_gap(
+                    again.first, again.last, again.cause, now, detected_at_us=again.detected_at_us
+                )
                 gap.missing = [[lo, hi] for lo, hi in again.missing]
                 again_gaps.append(gap)
         return again_gaps
@@ -222,8 +223,9 @@ class TradeEngine:
             stats.error("malformed")
             stats.dead_letters += 1
             self.warn.warning("malformed", "malformed frame sent to the DLQ", reason=outcome.reason)
-            value = encode_dead_letter(outcome.reason, "ingest", conn.url, raw,
-                                       received_at_us=recv_us)  # fmt: skip
+            value = encode_dead_letter(
+                outcome.reason, "ingest", conn.url, raw, received_at_us=recv_us
+            )
             self.outbox.append(Control(self.dlq_topic, None, value))
         elif isinstance(outcome, Ignored):
             stats.ignored[outcome.event_type] = stats.ignored.get(outcome.event_type, 0) + 1
@@ -275,8 +277,9 @@ class TradeEngine:
         if self.dropping:
             if in_flight < self.bound // 2:
                 self.dropping = False
-                log.warning("Kafka caught up: publishing again",
-                            extra={"fields": {"in_flight": in_flight}})  # fmt: skip
+                log.warning(
+                    "Kafka caught up: publishing again", extra={"fields": {"in_flight": in_flight}}
+                )
         elif self.paused:
             if in_flight < self.bound * 0.8:
                 out.resume = self._resume_all()
@@ -334,10 +337,14 @@ class TradeEngine:
         self.stats.gap("detected", record.count)
         self.outbox.append(Control(self.gap_topic, gap.symbol.encode(), record.encode()))
         self.warn.warning(
-            f"gap:{gap.symbol}", "gap in trade ids",
-            symbol=gap.symbol, first_id=gap.first, last_id=gap.last, count=record.count,
+            f"gap:{gap.symbol}",
+            "gap in trade ids",
+            symbol=gap.symbol,
+            first_id=gap.first,
+            last_id=gap.last,
+            count=record.count,
             cause=gap.cause,
-        )  # fmt: skip
+        )
 
     def _close(self, gap: Gap, ranges: list[tuple[int, int, Any]], now_us: int) -> None:
         if gap.closed:  # evicted while queued for backfill: its final records exist
@@ -348,10 +355,14 @@ class TradeEngine:
             self.outbox.append(Control(self.gap_topic, gap.symbol.encode(), record.encode()))
             if record.status == "unrecoverable":
                 self.warn.warning(
-                    f"unrecoverable:{gap.symbol}", "trades lost for good (reported as a gap)",
-                    symbol=gap.symbol, first_id=record.first_id, last_id=record.last_id,
-                    count=record.count, cause=gap.cause,
-                )  # fmt: skip
+                    f"unrecoverable:{gap.symbol}",
+                    "trades lost for good (reported as a gap)",
+                    symbol=gap.symbol,
+                    first_id=record.first_id,
+                    last_id=record.last_id,
+                    count=record.count,
+                    cause=gap.cause,
+                )
 
     def finish_gap(self, gap: Gap, now_us: int) -> None:
         """Close a detected gap: what arrived since detection is backfilled, the rest

@@ -112,8 +112,9 @@ class GapRecord:
 
 
 def detected_record(gap: Gap, now_us: int) -> GapRecord:
-    return GapRecord(gap.symbol, gap.first, gap.last, "detected", gap.cause, gap.detected_at_us,
-                     now_us)  # fmt: skip
+    return GapRecord(
+        gap.symbol, gap.first, gap.last, "detected", gap.cause, gap.detected_at_us, now_us
+    )
 
 
 def final_records(gap: Gap, ranges: list[tuple[int, int, Status]], now_us: int) -> list[GapRecord]:

@@ -183,9 +183,11 @@ def resume_plan(
         for symbol, wanted in candidates.items():
             floor: int | None = None
             if tail.complete:
-                floor = min(wanted, default=None) if tail.whole else (
-                    _first_outside(wanted, merged.get(symbol, []))
-                )  # fmt: skip
+                floor = (
+                    min(wanted, default=None)
+                    if tail.whole
+                    else (_first_outside(wanted, merged.get(symbol, [])))
+                )
             after = (0 if tail.whole else settled_ms) if tail.complete else -1
             if symbol in floors:  # in two partitions (repartitioned topic): be conservative
                 prev = floors[symbol]

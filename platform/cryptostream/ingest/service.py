@@ -153,9 +153,10 @@ class Publisher:
             self.stats.delivery_failed += 1
             self.stats.error("delivery_unattributed")
         self.warn.warning(
-            "delivery", "Kafka did not take a trade after all retries: recorded as a gap",
+            "delivery",
+            "Kafka did not take a trade after all retries: recorded as a gap",
             **{"error.message": str(err)},
-        )  # fmt: skip
+        )
 
     def produce_batch(
         self, batch: list[tuple[bytes, bytes]], ids: list[int], recv_us: int, live: bool = True
@@ -189,9 +190,10 @@ class Publisher:
         if err is not None:
             self.stats.error("control_delivery")
             self.warn.warning(
-                "control_delivery", "a gap or DLQ record was not delivered",
+                "control_delivery",
+                "a gap or DLQ record was not delivered",
                 **{"error.message": str(err), "topic": msg.topic()},
-            )  # fmt: skip
+            )
 
     def produce_outbox(self) -> None:
         """The engine's gap and DLQ records: never dropped; retried from a backlog."""
@@ -217,8 +219,10 @@ class Publisher:
 
     def _replace_producer(self) -> None:
         err, self.fatal = self.fatal, None
-        log.error("fatal Kafka producer error: replacing the producer; undelivered trades "
-                  "become gaps", extra={"fields": {"error.message": str(err)}})  # fmt: skip
+        log.error(
+            "fatal Kafka producer error: replacing the producer; undelivered trades become gaps",
+            extra={"fields": {"error.message": str(err)}},
+        )
         old = self.producer
         self.producer = self._make_producer()
         old.flush(1.0)  # fails what it still holds: the delivery callbacks record the gaps
@@ -269,8 +273,9 @@ class Backfiller:
             newest = newest_id(self.kind, await self._rest_get(client, newest_request(symbol)))
         except (BackfillError, RowError, ValueError) as exc:
             self.stats.error("tail_check")
-            self.warn.warning("tail", "newest-id check failed", symbol=symbol,
-                              **{"error.message": str(exc)})  # fmt: skip
+            self.warn.warning(
+                "tail", "newest-id check failed", symbol=symbol, **{"error.message": str(exc)}
+            )
             return
         self.engine.tail_result(symbol, newest, time.monotonic())
 
@@ -286,8 +291,11 @@ class Backfiller:
                         await self._backfill(client, gap)
                 except BackfillError as exc:
                     self.stats.error("backfill")
-                    self.warn.warning("backfill", "backfill failed; the rest of the gap stays "
-                                      "unrecoverable", **{"error.message": str(exc)})  # fmt: skip
+                    self.warn.warning(
+                        "backfill",
+                        "backfill failed; the rest of the gap stays unrecoverable",
+                        **{"error.message": str(exc)},
+                    )
                 finally:
                     self.in_backfill = None
                     self.finish_gap(gap)
@@ -343,31 +351,41 @@ class ConnectionSupervisor:
         while not self.stopping.is_set():
             wait = self.limiter.wait_s(time.monotonic())
             if wait > 0:
-                self.warn.warning("attempts", "connection attempt limit reached; waiting",
-                                  wait_s=round(wait, 1))  # fmt: skip
+                self.warn.warning(
+                    "attempts", "connection attempt limit reached; waiting", wait_s=round(wait, 1)
+                )
                 await self._sleep(wait)
                 continue
             conn_id = next_connection_id()  # known to the engine before its first frame
             self.engine.connected(conn_id, plan.url, plan.symbols if reconnect else ())
             try:
                 conn = await open_connection(
-                    plan.url, self.on_frames, max_size=max(4 * self.max_frame, 1 << 20),
-                    name=plan.url[:80], conn_id=conn_id,
-                )  # fmt: skip
+                    plan.url,
+                    self.on_frames,
+                    max_size=max(4 * self.max_frame, 1 << 20),
+                    name=plan.url[:80],
+                    conn_id=conn_id,
+                )
             except (OSError, ConnectionError, TimeoutError) as exc:
                 self.engine.disconnected(conn_id)
                 self.stats.error("connect")
                 delay = backoff.next_delay()
                 self.warn.warning(
-                    f"connect:{plan.url[:80]}", "cannot connect; retrying",
-                    **{"error.message": repr(exc)[:300], "url.full": plan.url[:200],
-                       "retry_in_s": round(delay, 2)},
-                )  # fmt: skip
+                    f"connect:{plan.url[:80]}",
+                    "cannot connect; retrying",
+                    **{
+                        "error.message": repr(exc)[:300],
+                        "url.full": plan.url[:200],
+                        "retry_in_s": round(delay, 2),
+                    },
+                )
                 await self._sleep(delay)
                 continue
             self.connections[conn.id] = conn
-            log.info("connected", extra={"fields": {"url.full": plan.url[:200],
-                                                    "streams": len(plan.streams)}})  # fmt: skip
+            log.info(
+                "connected",
+                extra={"fields": {"url.full": plan.url[:200], "streams": len(plan.streams)}},
+            )
             for i, batch in enumerate(plan.subscribe_batches):
                 await self._sleep(SUBSCRIBE_INTERVAL_S)
                 conn.send_text(subscribe_message(i + 1, batch))
@@ -437,9 +455,10 @@ class ConnectionSupervisor:
             delay = backoff.next_delay()
             reason = conn.closed.result() if conn.closed.done() else why
             self.warn.warning(
-                f"reconnect:{plan.url[:80]}", "connection lost; reconnecting",
+                f"reconnect:{plan.url[:80]}",
+                "connection lost; reconnecting",
                 **{"error.message": reason, "reason": why, "retry_in_s": round(delay, 2)},
-            )  # fmt: skip
+            )
             await self._sleep(delay)
             conn = await self._connect(plan, backoff, reconnect=True)
 
@@ -579,8 +598,12 @@ class Ingest:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok = bool(self.connections) and not self.stopping.is_set()
-        return ok, {"status": "ok" if ok else "degraded", **self.gauges(),
-                    "acked": self.stats.acked, "reconnects": self.stats.reconnects}  # fmt: skip
+        return ok, {
+            "status": "ok" if ok else "degraded",
+            **self.gauges(),
+            "acked": self.stats.acked,
+            "reconnects": self.stats.reconnects,
+        }
 
     def shutdown_gaps(self) -> None:
         """At exit every detected gap gets its final record (what is missing: unrecoverable)."""
@@ -593,8 +616,9 @@ class Ingest:
     async def progress_loop(self) -> None:
         while True:
             await asyncio.sleep(30)
-            log.info("progress", extra={"fields": {"ingest": self.stats.summary(),
-                                                   **self.gauges()}})  # fmt: skip
+            log.info(
+                "progress", extra={"fields": {"ingest": self.stats.summary(), **self.gauges()}}
+            )
 
 
 async def discover_symbols(settings: Settings, rest_url: str) -> list[str]:
@@ -608,18 +632,27 @@ async def discover_symbols(settings: Settings, rest_url: str) -> list[str]:
 
 
 async def run(settings: Settings) -> int:
-    for name, partitions in ((settings.topic, settings.partitions), (settings.dlq_topic, None),
-                             (settings.gap_topic, None)):  # fmt: skip
-        require_topic(settings.kafka_bootstrap, name, partitions, settings.kafka_connect_timeout_s,
-                      client_config=security_config(settings))  # fmt: skip
+    for name, partitions in (
+        (settings.topic, settings.partitions),
+        (settings.dlq_topic, None),
+        (settings.gap_topic, None),
+    ):
+        require_topic(
+            settings.kafka_bootstrap,
+            name,
+            partitions,
+            settings.kafka_connect_timeout_s,
+            client_config=security_config(settings),
+        )
     rest_url = settings.binance_rest_url.rstrip("/") or rest_base_url(settings.binance_ws_url)
     symbols = settings.symbols
     if settings.quote_asset:
         try:
             symbols = await discover_symbols(settings, rest_url)
         except (httpx.HTTPError, ValueError) as exc:
-            raise ConfigError(f"cannot read the symbols from {rest_url}{EXCHANGE_INFO_PATH}: "
-                              f"{exc!r}") from None  # fmt: skip
+            raise ConfigError(
+                f"cannot read the symbols from {rest_url}{EXCHANGE_INFO_PATH}: {exc!r}"
+            ) from None
     if not symbols:
         raise ConfigError("no symbols to ingest: set CSP_SYMBOLS or CSP_QUOTE_ASSET")
     depth_list = depth_symbols(settings.depth_symbols, symbols)
@@ -648,13 +681,28 @@ async def run(settings: Settings) -> int:
         metrics = MetricsServer(ingest.stats, gauges, ingest.health, depth_stats)
         await metrics.start(settings.metrics_host, settings.ingest_metrics_port)
     plans = plan_connections(settings.binance_ws_url, symbols, settings.stream_kind)
-    log.info("starting", extra={"fields": {
-        "symbols": len(symbols), "connections": len(plans), "stream_kind": settings.stream_kind,
-        "rest_url": rest_url, "record_dir": str(settings.record_dir or "")}})  # fmt: skip
+    log.info(
+        "starting",
+        extra={
+            "fields": {
+                "symbols": len(symbols),
+                "connections": len(plans),
+                "stream_kind": settings.stream_kind,
+                "rest_url": rest_url,
+                "record_dir": str(settings.record_dir or ""),
+            }
+        },
+    )
     supervisors = [asyncio.create_task(ingest.supervisor.supervise(plan)) for plan in plans]
-    workers = [asyncio.create_task(coro) for coro in (ingest.flow_loop(),
-               ingest.backfiller.backfill_loop(), ingest.backfiller.tail_loop(),
-               ingest.progress_loop())]  # fmt: skip
+    workers = [
+        asyncio.create_task(coro)
+        for coro in (
+            ingest.flow_loop(),
+            ingest.backfiller.backfill_loop(),
+            ingest.backfiller.tail_loop(),
+            ingest.progress_loop(),
+        )
+    ]
     if depth is not None:  # its own tasks beside the trade path
         fields = {
             "symbols": len(depth_list),

@@ -61,11 +61,20 @@ class SymbolBatch:
         """The script's candle partials: :data:`~cryptostream.core.keys.CANDLE_FIELDS` order, ids
         as strings (Lua's numbers are doubles; the script writes them into the member as is)."""
         return [
-            [minute, _canonical(c[_OPEN]), _canonical(c[_HIGH_TEXT]), _canonical(c[_LOW_TEXT]),
-             _canonical(c[_CLOSE]), _text(c[_BASE]), _text(c[_QUOTE], 2 * SCALE), c[_COUNT],
-             str(c[_FIRST]), str(c[_LAST])]
+            [
+                minute,
+                _canonical(c[_OPEN]),
+                _canonical(c[_HIGH_TEXT]),
+                _canonical(c[_LOW_TEXT]),
+                _canonical(c[_CLOSE]),
+                _text(c[_BASE]),
+                _text(c[_QUOTE], 2 * SCALE),
+                c[_COUNT],
+                str(c[_FIRST]),
+                str(c[_LAST]),
+            ]
             for minute, c in self.candles.items()
-        ]  # fmt: skip
+        ]
 
     def totals(self) -> tuple[int, int, int]:
         """(trades, base volume, quote volume) of the batch, the sums of its candles."""
@@ -81,9 +90,17 @@ class SymbolBatch:
         out = {}
         for minute, c in self.candles.items():
             out[minute] = Candle(
-                minute, _canonical(c[_OPEN]), _dec(c[_HIGH]), _dec(c[_LOW]), _canonical(c[_CLOSE]),
-                _dec(c[_BASE]), _dec(c[_QUOTE], 2 * SCALE), c[_COUNT], c[_FIRST], c[_LAST],
-            )  # fmt: skip
+                minute,
+                _canonical(c[_OPEN]),
+                _dec(c[_HIGH]),
+                _dec(c[_LOW]),
+                _canonical(c[_CLOSE]),
+                _dec(c[_BASE]),
+                _dec(c[_QUOTE], 2 * SCALE),
+                c[_COUNT],
+                c[_FIRST],
+                c[_LAST],
+            )
         return out
 
 
@@ -150,8 +167,19 @@ class Batch:
         c = views.candles.get(minute)
         if c is None:
             text = r.price
-            views.candles[minute] = [price, price, qty, price * qty, 1, tid, text, tid, text,
-                                     text, text]  # fmt: skip
+            views.candles[minute] = [
+                price,
+                price,
+                qty,
+                price * qty,
+                1,
+                tid,
+                text,
+                tid,
+                text,
+                text,
+                text,
+            ]
             return
         if price > c[_HIGH]:
             c[_HIGH], c[_HIGH_TEXT] = price, r.price
@@ -176,8 +204,13 @@ class Batch:
         """``KEYS`` and ``ARGV`` of the apply script (see apply_batch.lua); ``positions`` = the
         last applied offset of each partition, as this process believes."""
         keys = apply_keys(topic, list(self.symbols))
-        args: list[str | bytes] = [str(now_ms), str(history_ms), str(max_future_ms),
-                                   PRICE_CHANNEL, self.script_payload(positions, now_ms)]  # fmt: skip
+        args: list[str | bytes] = [
+            str(now_ms),
+            str(history_ms),
+            str(max_future_ms),
+            PRICE_CHANNEL,
+            self.script_payload(positions, now_ms),
+        ]
         return keys, args
 
     def script_payload(self, positions: dict[int, int], now_ms: int) -> bytes:

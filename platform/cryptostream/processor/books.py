@@ -119,8 +119,18 @@ def decode_record(value: bytes | None) -> Decoded:
     record = decode_depth(value)
     if isinstance(record, DiffRecord):
         d = record.diff
-        return Diff(SCHEMA_VERSION, "diff", d.symbol, d.first_id, d.final_id, d.event_time,
-                    d.bids, d.asks, record.ingest_time_us, record.exchange)  # fmt: skip
+        return Diff(
+            SCHEMA_VERSION,
+            "diff",
+            d.symbol,
+            d.first_id,
+            d.final_id,
+            d.event_time,
+            d.bids,
+            d.asks,
+            record.ingest_time_us,
+            record.exchange,
+        )
     return record
 
 
@@ -307,8 +317,11 @@ class BookBatch:
         ch.ingest_us = record.ingest_time_us
         if not fits:
             want = f"first_id <= {last + 1} <= final_id" if fresh else f"first_id == {last + 1}"
-            self._break(symbol, book, f"update-id gap: expected {want}, got "
-                        f"{diff.first_id}..{diff.final_id}")  # fmt: skip
+            self._break(
+                symbol,
+                book,
+                f"update-id gap: expected {want}, got {diff.first_id}..{diff.final_id}",
+            )
             return "break"
         book.bids.apply(diff.bids, ch.bids)
         book.asks.apply(diff.asks, ch.asks)

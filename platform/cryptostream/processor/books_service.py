@@ -25,9 +25,21 @@ from cryptostream.processor.service import Processor
 log = logging.getLogger("cryptostream.processor.books")
 
 BOOKS_SCRIPT = resources.files("cryptostream.processor").joinpath("apply_books.lua").read_text()
-BOOK_COUNTERS = ("records", "batches", "poison", "conflicts", "rebalances", "dlq_failed",
-                 "kafka_errors", "stale", "snapshots", "diffs", "stale_diffs", "unsynced",
-                 "breaks")  # fmt: skip
+BOOK_COUNTERS = (
+    "records",
+    "batches",
+    "poison",
+    "conflicts",
+    "rebalances",
+    "dlq_failed",
+    "kafka_errors",
+    "stale",
+    "snapshots",
+    "diffs",
+    "stale_diffs",
+    "unsynced",
+    "breaks",
+)
 BOOKS_PREFIX = "csp_processor_books_"
 
 
@@ -63,8 +75,9 @@ class BookProcessor(Processor):
         self.mirrors: dict[str, BookMirror] = {}
         for name in BOOK_COUNTERS:
             self.stats.setdefault(name, 0)
-        self.metrics = ProcessorMetrics(self.stats, lambda: self.lag, prefix=BOOKS_PREFIX,
-                                        counters=BOOK_COUNTERS)  # fmt: skip
+        self.metrics = ProcessorMetrics(
+            self.stats, lambda: self.lag, prefix=BOOKS_PREFIX, counters=BOOK_COUNTERS
+        )
 
     def process(self, records: list[RawRecord]) -> None:
         batch = BookBatch()
@@ -109,8 +122,12 @@ class BookProcessor(Processor):
         stats["unsynced"] += counts.get("unsynced", 0)
         stats["breaks"] += len(batch.breaks)
         for symbol, reason in batch.breaks:
-            self.warn.warning(f"break-{symbol}", "book unsynced until the next snapshot",
-                              symbol=symbol, reason=reason)  # fmt: skip
+            self.warn.warning(
+                f"break-{symbol}",
+                "book unsynced until the next snapshot",
+                symbol=symbol,
+                reason=reason,
+            )
 
     def _observe_books(self, batch: BookBatch, now_ms: int) -> None:
         self.metrics.batch_size.observe(batch.records)

@@ -78,21 +78,29 @@ class ProcessorMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(stats, lag, prefix, counters))
         self.batch_size = Histogram(
-            prefix + "batch_size", "records per applied batch", registry=self.registry,
+            prefix + "batch_size",
+            "records per applied batch",
+            registry=self.registry,
             buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000),
-        )  # fmt: skip
+        )
         self.redis_apply = Histogram(
-            prefix + "redis_apply_seconds", "Lua apply round trip", registry=self.registry,
+            prefix + "redis_apply_seconds",
+            "Lua apply round trip",
+            registry=self.registry,
             buckets=_LATENCY_BUCKETS,
-        )  # fmt: skip
+        )
         self.event_to_visible = Histogram(
-            prefix + "event_to_visible_seconds", "exchange event time to visible in Redis",
-            registry=self.registry, buckets=_LATENCY_BUCKETS,
-        )  # fmt: skip
+            prefix + "event_to_visible_seconds",
+            "exchange event time to visible in Redis",
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
         self.ingest_to_visible = Histogram(
-            prefix + "ingest_to_visible_seconds", "ingest receive time to visible in Redis",
-            registry=self.registry, buckets=_LATENCY_BUCKETS,
-        )  # fmt: skip
+            prefix + "ingest_to_visible_seconds",
+            "ingest receive time to visible in Redis",
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
 
     def include(self, other: ProcessorMetrics) -> None:
         """Export ``other``'s metrics too (one port for the trades and books processors)."""

@@ -78,9 +78,15 @@ class Processor:
         self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
         self.warn = RateLimitedLog(log)
         self.stats: dict[str, int] = {
-            "records": 0, "batches": 0, "poison": 0, "conflicts": 0, "rebalances": 0, "stale": 0,
-            "dlq_failed": 0, "kafka_errors": 0,
-        }  # fmt: skip
+            "records": 0,
+            "batches": 0,
+            "poison": 0,
+            "conflicts": 0,
+            "rebalances": 0,
+            "stale": 0,
+            "dlq_failed": 0,
+            "kafka_errors": 0,
+        }
         self.metrics = ProcessorMetrics(self.stats, lambda: self.lag)
 
     # --- rebalance callbacks (the consumer runs them inside poll(), between batches) ----------
@@ -154,8 +160,9 @@ class Processor:
         if not batch.parts:
             return
         now_ms = time.time_ns() // 1_000_000
-        keys, args = batch.script_call(self.settings.topic, self.positions, now_ms,
-                                       self.history_ms, self.max_future_ms)  # fmt: skip
+        keys, args = batch.script_call(
+            self.settings.topic, self.positions, now_ms, self.history_ms, self.max_future_ms
+        )
         # Folded while the previous batch was being applied; it counted on that one's offsets.
         refused = self.finish_inflight()
         if refused is not None:
@@ -225,9 +232,11 @@ class Processor:
         """
         self.stats["conflicts"] += 1
         self.warn.warning(
-            "conflict", "stored offsets differ from ours; nothing applied, re-seeking",
-            stored=stored, believed={p: self.positions.get(p) for p in stored},
-        )  # fmt: skip
+            "conflict",
+            "stored offsets differ from ours; nothing applied, re-seeking",
+            stored=stored,
+            believed={p: self.positions.get(p) for p in stored},
+        )
         for partition, (first, _last) in batch.parts.items():
             if partition in stored:
                 self.positions[partition] = stored[partition]
@@ -263,8 +272,9 @@ class Processor:
         self.warn.warning(
             "offsets-went-back",
             "Redis holds older offsets than were applied (data lost?); re-applying from them",
-            stored=behind, believed={p: self.positions[p] for p in behind},
-        )  # fmt: skip
+            stored=behind,
+            believed={p: self.positions[p] for p in behind},
+        )
         for partition, offset in behind.items():
             try:
                 self.consumer.seek(partition, _next(offset))
@@ -281,16 +291,23 @@ class Processor:
             self.stats["poison"] += 1
             record = poison.record
             where = f"{topic}/{record.partition}/{record.offset}"
-            self.warn.warning("poison", "poison record sent to the DLQ",
-                              reason=poison.reason[:200], source=where)  # fmt: skip
+            self.warn.warning(
+                "poison", "poison record sent to the DLQ", reason=poison.reason[:200], source=where
+            )
             value = encode_dead_letter(
-                poison.reason, "processor", where, record.value,
-                topic=topic, partition=record.partition, offset=record.offset,
-            )  # fmt: skip
+                poison.reason,
+                "processor",
+                where,
+                record.value,
+                topic=topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
             while True:
                 try:
-                    self.dlq.produce(self.settings.dlq_topic, value,
-                                     on_delivery=self._on_dlq_delivery(where))  # fmt: skip
+                    self.dlq.produce(
+                        self.settings.dlq_topic, value, on_delivery=self._on_dlq_delivery(where)
+                    )
                     break
                 except BufferError:
                     self.dlq.poll(0.1)
@@ -322,13 +339,24 @@ class Processor:
     def _recommit_lagging(self) -> None:
         """Async commits fail during rebalances; retry until Kafka holds what Redis holds."""
         committed = self.consumer.committed
-        self._try_commit({p: pos + 1 for p, pos in self.positions.items()
-                          if pos != NO_OFFSET and committed.get(p) != pos + 1})  # fmt: skip
+        self._try_commit(
+            {
+                p: pos + 1
+                for p, pos in self.positions.items()
+                if pos != NO_OFFSET and committed.get(p) != pos + 1
+            }
+        )
 
     def _commit_positions(self, partitions: list[int]) -> None:
         """Synchronously commit what was applied before partitions leave (lag tooling)."""
-        self._try_commit({p: self.positions[p] + 1 for p in partitions
-                          if self.positions.get(p, NO_OFFSET) != NO_OFFSET}, wait=True)  # fmt: skip
+        self._try_commit(
+            {
+                p: self.positions[p] + 1
+                for p in partitions
+                if self.positions.get(p, NO_OFFSET) != NO_OFFSET
+            },
+            wait=True,
+        )
 
     def _try_commit(self, offsets: dict[int, int], wait: bool = False) -> None:
         if not offsets:
@@ -420,8 +448,13 @@ def delete_views(client: redis.Redis, topic: str, depth_topic: str | None = None
 def rebuild(settings: Settings) -> int:
     """``csp rebuild``: empty the views, then replay the topic from its start."""
     setup_logging("rebuild", settings.log_level, settings.log_format)
-    require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions,
-                  settings.kafka_connect_timeout_s, client_config=security_config(settings))  # fmt: skip
+    require_topic(
+        settings.kafka_bootstrap,
+        settings.topic,
+        settings.partitions,
+        settings.kafka_connect_timeout_s,
+        client_config=security_config(settings),
+    )
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     deleted = delete_views(client, settings.topic, settings.depth_topic)
     log.info("views deleted", extra={"fields": {"keys": deleted}})
@@ -444,13 +477,24 @@ def main(settings: Settings) -> int:
     try:
         security = security_config(settings)
         timeout = settings.kafka_connect_timeout_s
-        require_topic(settings.kafka_bootstrap, settings.topic, settings.partitions, timeout,
-                      client_config=security)  # fmt: skip
-        require_topic(settings.kafka_bootstrap, settings.dlq_topic, None, timeout,
-                      client_config=security)  # fmt: skip
+        require_topic(
+            settings.kafka_bootstrap,
+            settings.topic,
+            settings.partitions,
+            timeout,
+            client_config=security,
+        )
+        require_topic(
+            settings.kafka_bootstrap, settings.dlq_topic, None, timeout, client_config=security
+        )
         if settings.processor_books:
-            require_topic(settings.kafka_bootstrap, settings.depth_topic, settings.partitions,
-                          timeout, client_config=security)  # fmt: skip
+            require_topic(
+                settings.kafka_bootstrap,
+                settings.depth_topic,
+                settings.partitions,
+                timeout,
+                client_config=security,
+            )
     except TopicError as exc:
         log.error(str(exc))
         return 2
@@ -484,8 +528,9 @@ def main(settings: Settings) -> int:
     failed: list[BaseException] = []
     thread = None
     if books is not None:
-        thread = threading.Thread(target=_run_books, args=(books, processor, failed),
-                                  name="books", daemon=True)  # fmt: skip
+        thread = threading.Thread(
+            target=_run_books, args=(books, processor, failed), name="books", daemon=True
+        )
         thread.start()
     try:
         _run(processor)
@@ -504,8 +549,9 @@ def _run(processor: Processor) -> None:
             raise
         # Asked to stop while waiting for Redis: nothing was applied that is not recorded
         # (offsets live in Redis with the views), so this is a clean stop, not a crash.
-        log.warning("stopped while Redis was unavailable",
-                    extra={"fields": {"error.message": str(exc)}})  # fmt: skip
+        log.warning(
+            "stopped while Redis was unavailable", extra={"fields": {"error.message": str(exc)}}
+        )
 
 
 def _run_books(books: Processor, trades: Processor, failed: list[BaseException]) -> None:

@@ -362,19 +362,23 @@ def _offline_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=str(app.openapi_url), title=f"{app.title} - Swagger UI",
+            openapi_url=str(app.openapi_url),
+            title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=favicon,
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=favicon,
             swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
-        )  # fmt: skip
+        )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
         return get_redoc_html(
-            openapi_url=str(app.openapi_url), title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js", redoc_favicon_url=favicon,
+            openapi_url=str(app.openapi_url),
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=favicon,
             with_google_fonts=False,
-        )  # fmt: skip
+        )
 
 
 def build_api(state: QueryState) -> FastAPI:

@@ -49,8 +49,17 @@ log = logging.getLogger("cryptostream.query")
 BOOK_NOT_AVAILABLE = orjson.dumps({"error": "book not available"})
 SYNCED = b"synced"
 # What GET /books/top reads of each ``book:{SYMBOL}`` hash, in this order.
-TOP_FIELDS = ("status", "reason", "best_bid", "best_bid_qty", "best_ask", "best_ask_qty",
-              "last_update_id", "event_time", "update_time")  # fmt: skip
+TOP_FIELDS = (
+    "status",
+    "reason",
+    "best_bid",
+    "best_bid_qty",
+    "best_ask",
+    "best_ask_qty",
+    "last_update_id",
+    "event_time",
+    "update_time",
+)
 
 BOOK_UPDATE_EXAMPLE = {
     "symbol": "BTCUSDT",
@@ -334,8 +343,9 @@ class BookRoutes:
             try:
                 status, body = book_answer(sym, fields, bids, asks, int(time.time() * 1000))
             except MalformedBook as exc:
-                log.error("malformed stored book", extra={"fields": {"symbol": sym,
-                                                                     "error": str(exc)}})  # fmt: skip
+                log.error(
+                    "malformed stored book", extra={"fields": {"symbol": sym, "error": str(exc)}}
+                )
                 return JSONBytes(error_body("stored book is malformed"), status_code=500)
             return JSONBytes(body, status_code=status)
 

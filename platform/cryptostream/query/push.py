@@ -356,10 +356,11 @@ async def serve_websocket(
         if "book" in wanted:
             await send(_ack("book", feeds["book"]))
         tasks = {
-            asyncio.create_task(_pump(websocket, FRAME_TYPES[name], feed, metrics, send,
-                                      send_timeout_s))
+            asyncio.create_task(
+                _pump(websocket, FRAME_TYPES[name], feed, metrics, send, send_timeout_s)
+            )
             for name, feed in feeds.items()
-        }  # fmt: skip
+        }
         tasks.add(asyncio.create_task(_read_commands(websocket, hub, feeds, send, max_symbols)))
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:

@@ -92,13 +92,20 @@ class KafkaCluster:
         rf, isr = self.replication
         self.nodes = [
             KafkaBroker(
-                self.workdir / f"node-{i + 1}", self.lib, heap=self.heap, port=client_ports[i],
-                controller_port=controller_ports[i], node_id=i + 1, voters=voters,
-                cluster_id=self.cluster_id, internal_rf=rf, internal_isr=isr,
+                self.workdir / f"node-{i + 1}",
+                self.lib,
+                heap=self.heap,
+                port=client_ports[i],
+                controller_port=controller_ports[i],
+                node_id=i + 1,
+                voters=voters,
+                cluster_id=self.cluster_id,
+                internal_rf=rf,
+                internal_isr=isr,
                 extra_properties=CLUSTER_PROPERTIES,
             )
             for i in range(self.size)
-        ]  # fmt: skip
+        ]
         try:
             t0 = time.monotonic()
             self._format_all(java)
@@ -118,8 +125,11 @@ class KafkaCluster:
         try:
             for node in self.nodes:
                 argv = node.format_argv(java)
-                running.append(subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT, text=True))  # fmt: skip
+                running.append(
+                    subprocess.Popen(
+                        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                    )
+                )
             for node, proc in zip(self.nodes, running, strict=True):
                 out, _ = proc.communicate(timeout=120)
                 if proc.returncode != 0:

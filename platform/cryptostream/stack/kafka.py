@@ -59,12 +59,19 @@ def resolve_kafka_jars(cache_dir: Path, version: str) -> Path:
         staging = Path(tmp) / "lib"
         result = subprocess.run(
             [
-                mvn, "-B", "-q", "-f", str(pom_path),
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(pom_path),
                 "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
-                "-DincludeScope=runtime", f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
             ],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
             output = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
             raise StackError(f"Maven could not resolve Apache Kafka {version}:\n{output}")
@@ -102,9 +109,12 @@ num.io.threads=2
 """
 
 _JVM_FLAGS = [
-    "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-    "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true",
-]  # fmt: skip
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+]
 
 
 def sasl_plain_properties(users: dict[str, str]) -> str:
@@ -165,8 +175,12 @@ class KafkaBroker:
         if not self.sasl_users:
             return {}
         user, password = next(iter(self.sasl_users.items()))
-        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
-                "sasl.username": user, "sasl.password": password}  # fmt: skip
+        return {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": user,
+            "sasl.password": password,
+        }
 
     @property
     def bootstrap(self) -> str:
@@ -175,9 +189,13 @@ class KafkaBroker:
     def _java_base(self, java: str, heap: str) -> list[str]:
         log4j = resources.files("cryptostream.stack").joinpath("kafka-log4j2.properties")
         return [
-            java, f"-Xmx{heap}", "-cp", f"{self.lib}/*",
-            f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={self.workdir / 'logs'}",
-        ]  # fmt: skip
+            java,
+            f"-Xmx{heap}",
+            "-cp",
+            f"{self.lib}/*",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={self.workdir / 'logs'}",
+        ]
 
     def start(self, timeout: float = 90.0) -> KafkaBroker:
         self.launch(check_java())
@@ -200,10 +218,18 @@ class KafkaBroker:
             if self.voters
             else f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
         )
-        properties = _SERVER_PROPERTIES.format(
-            port=self.port, cport=self.controller_port, data=data, node_id=self.node_id,
-            quorum=quorum, internal_rf=self.internal_rf, internal_isr=self.internal_isr,
-        ) + self.extra_properties  # fmt: skip
+        properties = (
+            _SERVER_PROPERTIES.format(
+                port=self.port,
+                cport=self.controller_port,
+                data=data,
+                node_id=self.node_id,
+                quorum=quorum,
+                internal_rf=self.internal_rf,
+                internal_isr=self.internal_isr,
+            )
+            + self.extra_properties
+        )
         if self.sasl_users:
             properties = properties.replace(
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n", ""
@@ -211,24 +237,39 @@ class KafkaBroker:
         props.write_text(properties)
         self.cluster_id = self.cluster_id or new_cluster_id()
         standalone = [] if self.voters else ["--standalone"]
-        return [*self._java_base(java, "256m"), "-XX:TieredStopAtLevel=1", STORAGE_TOOL,
-                "format", *standalone, "-t", self.cluster_id, "-c", str(props)]  # fmt: skip
+        return [
+            *self._java_base(java, "256m"),
+            "-XX:TieredStopAtLevel=1",
+            STORAGE_TOOL,
+            "format",
+            *standalone,
+            "-t",
+            self.cluster_id,
+            "-c",
+            str(props),
+        ]
 
     def launch(self, java: str, *, formatted: bool = False) -> None:
         """Format (unless ``formatted``: the caller ran :meth:`format_argv`'s command) and
         start the JVM; does not wait for readiness."""
         if not formatted:
-            fmt = subprocess.run(self.format_argv(java), capture_output=True, text=True,
-                                 check=False)  # fmt: skip
+            fmt = subprocess.run(
+                self.format_argv(java), capture_output=True, text=True, check=False
+            )
             if fmt.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
         self.process = ManagedProcess(
             f"kafka-{self.node_id}" if self.voters else "kafka",
-            [*self._java_base(java, self.heap), f"-Xms{self.heap}", *_JVM_FLAGS,
-             MAIN_CLASS, str(self.workdir / "server.properties")],
+            [
+                *self._java_base(java, self.heap),
+                f"-Xms{self.heap}",
+                *_JVM_FLAGS,
+                MAIN_CLASS,
+                str(self.workdir / "server.properties"),
+            ],
             log_path=self.workdir / "logs" / "stdout.log",
             env={**os.environ, "KAFKA_HEAP_OPTS": ""},
-        ).start()  # fmt: skip
+        ).start()
 
     def wait_ready(self, timeout: float) -> None:
         assert self.process is not None

@@ -40,15 +40,20 @@ class LocalStack:
             t2 = time.monotonic()
             if self.settings.kafka_brokers > 1:
                 self.cluster = KafkaCluster(
-                    self.workdir / "kafka", lib, size=self.settings.kafka_brokers,
-                    heap=self.settings.kafka_heap, first_port=self.kafka_port,
-                ).start(timeout=self.settings.start_timeout_s)  # fmt: skip
+                    self.workdir / "kafka",
+                    lib,
+                    size=self.settings.kafka_brokers,
+                    heap=self.settings.kafka_heap,
+                    first_port=self.kafka_port,
+                ).start(timeout=self.settings.start_timeout_s)
                 self.kafka = self.cluster.nodes[0]
             else:
                 self.kafka = KafkaBroker(
-                    self.workdir / "kafka", lib, heap=self.settings.kafka_heap,
+                    self.workdir / "kafka",
+                    lib,
+                    heap=self.settings.kafka_heap,
                     port=self.kafka_port,
-                ).start(timeout=self.settings.start_timeout_s)  # fmt: skip
+                ).start(timeout=self.settings.start_timeout_s)
             self.timings["kafka_s"] = time.monotonic() - t2
         except BaseException:
             self.stop()

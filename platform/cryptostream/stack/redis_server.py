@@ -39,11 +39,24 @@ class RedisServer:
         self.port = self.port or free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv = [
-            binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
-            "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
             *(["--requirepass", self.password] if self.password else []),
             *self.extra_args,
-        ]  # fmt: skip
+        ]
         self.process = ManagedProcess("redis", argv, log_path=self.workdir / "redis.log").start()
         self.process.wait_until(self.ping, timeout=timeout, what="a PING reply")
         return self

@@ -44,8 +44,14 @@ def ensure_toxiproxy(cache_dir: Path, version: str = TOXIPROXY_VERSION) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix="toxiproxy-build-") as tmp:
         env = {**os.environ, "GOBIN": tmp, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
-        result = subprocess.run([go, "install", f"{MODULE}@{version}"], capture_output=True,
-                                text=True, env=env, check=False, timeout=900)  # fmt: skip
+        result = subprocess.run(
+            [go, "install", f"{MODULE}@{version}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=900,
+        )
         built = Path(tmp) / "server"
         if result.returncode != 0 or not built.is_file():
             output = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
@@ -80,17 +86,27 @@ class ToxiproxyClient:
 
     def _ok(self, reply: httpx.Response) -> Any:
         if reply.status_code >= 400:
-            raise StackError(f"Toxiproxy {reply.request.method} {reply.request.url.path}: "
-                             f"{reply.status_code} {reply.text[:300]}")  # fmt: skip
+            raise StackError(
+                f"Toxiproxy {reply.request.method} {reply.request.url.path}: "
+                f"{reply.status_code} {reply.text[:300]}"
+            )
         return reply.json() if reply.content else None
 
     def version(self) -> str:
         return self.http.get("/version").text.strip()
 
     def create_proxy(self, name: str, upstream: str, listen: str = "127.0.0.1:0") -> Proxy:
-        doc = self._ok(self.http.post("/proxies", json={
-            "name": name, "listen": listen, "upstream": upstream, "enabled": True,
-        }))  # fmt: skip
+        doc = self._ok(
+            self.http.post(
+                "/proxies",
+                json={
+                    "name": name,
+                    "listen": listen,
+                    "upstream": upstream,
+                    "enabled": True,
+                },
+            )
+        )
         return Proxy(doc["name"], doc["listen"], doc["upstream"])
 
     def set_enabled(self, name: str, enabled: bool) -> None:
@@ -110,10 +126,18 @@ class ToxiproxyClient:
         """``kind``: latency {latency, jitter} (ms), timeout {timeout} (ms; 0 = a black hole
         until removed), reset_peer {timeout} (TCP RST after ms), bandwidth {rate} (KB/s)..."""
         toxic = name or f"{kind}_{stream}"
-        self._ok(self.http.post(f"/proxies/{proxy}/toxics", json={
-            "name": toxic, "type": kind, "stream": stream, "toxicity": toxicity,
-            "attributes": attributes,
-        }))  # fmt: skip
+        self._ok(
+            self.http.post(
+                f"/proxies/{proxy}/toxics",
+                json={
+                    "name": toxic,
+                    "type": kind,
+                    "stream": stream,
+                    "toxicity": toxicity,
+                    "attributes": attributes,
+                },
+            )
+        )
         return toxic
 
     def remove_toxic(self, proxy: str, toxic: str) -> None:

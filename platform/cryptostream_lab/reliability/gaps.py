@@ -115,8 +115,9 @@ def summarize(values: Iterable[bytes]) -> GapSummary:
             summary.unrecoverable.setdefault(record.symbol, []).append(
                 (record.first_id, record.last_id)
             )
-    open_ids = {key: [(r.first_id, r.last_id) for r in records]
-                for key, records in detected.items()}  # fmt: skip
+    open_ids = {
+        key: [(r.first_id, r.last_id) for r in records] for key, records in detected.items()
+    }
     for record in finals:
         key = (record.symbol, record.detected_at_us)
         if key not in open_ids:
@@ -131,9 +132,8 @@ def summarize(values: Iterable[bytes]) -> GapSummary:
     for key, records in detected.items():
         left = open_ids[key]
         summary.unresolved += [
-            r for r in records
-            if any(a <= r.last_id and b >= r.first_id for a, b in left)
-        ]  # fmt: skip
+            r for r in records if any(a <= r.last_id and b >= r.first_id for a, b in left)
+        ]
     return summary
 
 

@@ -16,10 +16,20 @@ import orjson
 from cryptostream_lab.reliability.model import ScenarioResult
 
 COLUMNS = (
-    "scenario", "variant", "faults injected", "records checked", "lost", "duplicated",
-    "wrong", "gaps (unrecoverable)", "recovery max / median (s)", "lag 0", "other exits",
-    "upstream checks", "verdict",
-)  # fmt: skip
+    "scenario",
+    "variant",
+    "faults injected",
+    "records checked",
+    "lost",
+    "duplicated",
+    "wrong",
+    "gaps (unrecoverable)",
+    "recovery max / median (s)",
+    "lag 0",
+    "other exits",
+    "upstream checks",
+    "verdict",
+)
 
 
 def _seconds(value: float | None) -> str:

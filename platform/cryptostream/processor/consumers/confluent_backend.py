@@ -29,8 +29,12 @@ class ConfluentConsumer:
 
     def subscribe(self, listener: Listener) -> None:
         self.listener = listener
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)  # fmt: skip
+        self.consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
 
     # librdkafka calls these from poll()/consume()/close(), in our thread, between batches.
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
