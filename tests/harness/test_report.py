@@ -88,3 +88,17 @@ def test_csp_report_command(folder: Path) -> None:
     assert (folder / "report.html").exists()
     missing = CliRunner().invoke(app, ["report", str(folder / "nowhere")])
     assert missing.exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["scaling-3-results.json", "scaling-budgeted-results.json"])
+def test_results_without_time_series_still_render(tmp_path: Path, name: str) -> None:
+    """Trimmed results (the series dropped to keep fixtures small) render their tables and the
+    plots that need no series, and skip the time-series plots instead of a KeyError."""
+    shutil.copy(FIXTURE.parent / name, tmp_path / "results.json")
+    report.write_report(tmp_path)
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert "throughput_vs_processors.png" in pngs
+    assert not {"lag_over_time.png", "search_lag.png", "throughput_over_time.png"} & set(pngs)
+    md = (tmp_path / "report.md").read_text()
+    assert all(f"({png})" in md for png in pngs)
+    assert "lag_over_time.png" not in md

@@ -62,13 +62,14 @@ def _varying(fixed: dict[tuple[int, int, float], list[dict[str, Any]]]) -> tuple
 
 
 def _shown_trials(r: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Repetition 1's fixed-rate, replay and at-capacity trials (at most 8)."""
+    """Repetition 1's fixed-rate, replay and at-capacity trials that kept their time series (at
+    most 8): a results.json trimmed of its series still renders, without these plots."""
     return [
         (g, t)
         for g in r["groups"]
         if g["repetition"] == 0
         for t in [*g["trials"], (g.get("search") or {}).get("capacity")]
-        if t and t["kind"] in ("fixed", "replay", "capacity")
+        if t and t["kind"] in ("fixed", "replay", "capacity") and t.get("series")
     ][:8]
 
 

@@ -318,8 +318,17 @@ def plot_lag(r: dict[str, Any], folder: Path) -> str | None:
     return _save(fig, folder, "lag_over_time.png")
 
 
+def _searched(search: dict[str, Any]) -> bool:
+    """Whether any trial of a search kept its time series (trimmed results have none)."""
+    return any(t.get("series") for t in [*search["trials"], *(search.get("confirmations") or [])])
+
+
 def plot_search(r: dict[str, Any], folder: Path) -> str | None:
-    groups = [g for g in r["groups"] if g["repetition"] == 0 and g.get("search")]
+    groups = [
+        g
+        for g in r["groups"]
+        if g["repetition"] == 0 and g.get("search") and _searched(g["search"])
+    ]
     if not groups:
         return None
     verdicts = scaling_verdicts(r)
@@ -330,7 +339,7 @@ def plot_search(r: dict[str, Any], folder: Path) -> str | None:
         confirmations = search.get("confirmations")
         if confirmations is None:
             confirmations = [search["capacity"]] if search.get("capacity") else []
-        trials = [*search["trials"], *confirmations]
+        trials = [t for t in [*search["trials"], *confirmations] if t.get("series")]
         for t, color in zip(trials, _cycle(len(trials)), strict=True):
             s = t["series"]
             total = [sum(v[i] for v in s["lag_per_partition"].values()) for i in range(len(s["t"]))]
