@@ -131,8 +131,7 @@ def drain(settings: Settings, total: int) -> dict[str, float]:
         sink.step(0.5)
         if started is None and sink.stats["records"]:
             started = time.perf_counter()
-    for partition in sink.core.due(time.monotonic(), everything=True):
-        sink._flush(partition)
+    sink.flush_all()
     ended = time.perf_counter()
     sink.consumer.close()
     assert started is not None and sink.stats["archived"] == total, sink.stats
