@@ -16,85 +16,10 @@ import pyarrow.parquet as pq
 
 from cryptostream.archive import layout, maintain
 from cryptostream.archive.check import compare_depth, depth_archive_totals, depth_truth
-from cryptostream.archive.core import DepthSinkCore
-from cryptostream.archive.store import ArchiveStore
-from cryptostream.core.depth import TopicBook, decode_depth, encode_diff, encode_snapshot
-from cryptostream.core.orderbook import Book, DepthDiff, DepthSnapshot
+from cryptostream.core.depth import decode_depth
+from cryptostream.core.orderbook import Book
 from cryptostream.history.queries import History
-from tests.archive.helpers import DAY, T0
-
-TOPIC = "raw.depth"
-
-
-def _price(rng: random.Random, mid: int, side: int) -> str:
-    ticks = rng.randint(1, 400)
-    # now and then 11 digits: more than CSP_ARCHIVE_SCALE's 8
-    digits = 11 if rng.random() < 0.002 else rng.choice([2, 4, 8])
-    value = (
-        Decimal(mid)
-        + side * Decimal(ticks) / 100
-        + side * Decimal(rng.randint(0, 99)) / (10**digits)
-    )
-    return f"{value:.{digits}f}"
-
-
-def _qty(rng: random.Random) -> str:
-    return f"{Decimal(rng.randint(1, 10**6)) / 10 ** rng.choice([3, 8]):f}"
-
-
-def depth_stream(
-    symbol: str, count: int, seed: int, start_us: int, span_us: int
-) -> list[tuple[int, bytes]]:
-    """(ingest_time_us, value) records as ingest publishes them: a snapshot, chained diffs (a
-    quantity of 0 removes a level), now and then a gap followed by a fresh snapshot."""
-    rng = random.Random(seed)
-    mid = rng.randint(100, 70_000)
-    truth = Book()
-    last = rng.randint(1000, 10**6)
-    out: list[tuple[int, bytes]] = []
-
-    def snapshot(t: int) -> bytes:
-        bids, asks = truth.top(10**6)
-        return encode_snapshot(symbol, DepthSnapshot(last, tuple(bids), tuple(asks)), t)
-
-    first_bids = tuple((_price(rng, mid, -1), _qty(rng)) for _ in range(40))
-    first_asks = tuple((_price(rng, mid, +1), _qty(rng)) for _ in range(40))
-    truth.reset(DepthSnapshot(last, first_bids, first_asks))
-    for i in range(count):
-        t = start_us + i * span_us // count
-        if i == 0:
-            out.append((t, snapshot(t)))
-            continue
-        gap = rng.random() < 0.02
-        first = last + (rng.randint(2, 9) if gap else 1)
-        final = first + rng.randint(0, 3)
-        bids: list[tuple[str, str]] = []
-        asks: list[tuple[str, str]] = []
-        for _ in range(rng.randint(0, 5)):
-            side, levels, sign = rng.choice([(truth.bids, bids, -1), (truth.asks, asks, +1)])
-            if side and rng.random() < 0.3:  # remove an existing level
-                levels.append((side[rng.choice(list(side))][0], "0"))
-            else:
-                levels.append((_price(rng, mid, sign), _qty(rng)))
-        diff = DepthDiff(symbol, first, final, tuple(bids), tuple(asks), t // 1000)
-        truth.apply(diff)
-        last = final
-        out.append((t, encode_diff(diff, t)))
-        if gap:  # ingest resyncs after a break: a snapshot of the exchange's book
-            out.append((t + 1, snapshot(t + 1)))
-    return out
-
-
-def _archive(root: Path, records: list[tuple[int, bytes | None]], flush_rows: int) -> None:
-    core = DepthSinkCore(flush_rows, 3600.0)
-    store = ArchiveStore(root, TOPIC, 8, 1024, dataset=layout.DEPTH)
-    for offset, (_, value) in enumerate(records):
-        core.add(0, offset, value, 0.0)
-        for p in core.due(0.0):
-            store.commit(core.take(p))
-    for p in core.due(0.0, everything=True):
-        store.commit(core.take(p))
-    assert store.unrepresentable == 0
+from tests.archive.helpers import DAY, T0, archive_depth, depth_stream, reference_book
 
 
 def _sides(book: Book) -> tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]:
@@ -102,17 +27,6 @@ def _sides(book: Book) -> tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]:
         {Decimal(p): Decimal(q) for p, q in book.bids.values()},
         {Decimal(p): Decimal(q) for p, q in book.asks.values()},
     )
-
-
-def _reference(records: list[tuple[int, bytes]], at_ms: int) -> TopicBook | None:
-    """TopicBook over every record from the first, up to the last one received by ``at_ms``."""
-    cut = max((i for i, (t, _) in enumerate(records) if t <= at_ms * 1000 + 999), default=-1)
-    if cut < 0:
-        return None
-    ref = TopicBook()
-    for _, value in records[: cut + 1]:
-        ref.apply(decode_depth(value))
-    return ref
 
 
 def _depth_files(root: Path) -> list[Path]:
@@ -125,7 +39,7 @@ def test_the_book_at_a_time_equals_topic_book_over_the_same_records(tmp_path: Pa
     eth = depth_stream("ETHUSDT", 300, 2, start, DAY * 1000)
     records: list[tuple[int, bytes | None]] = sorted([*btc, *eth])
     records.insert(10, (records[10][0], b"{not a depth record"))
-    _archive(tmp_path, records, flush_rows=200)
+    archive_depth(tmp_path, records, flush_rows=200)
     files = _depth_files(tmp_path)
     assert len(files) > 8 and {f.parent.parent.name for f in files} == {
         f"date={(dt.date(1970, 1, 1) + dt.timedelta(days=T0 // DAY + d)).isoformat()}"
@@ -145,7 +59,7 @@ def test_the_book_at_a_time_equals_topic_book_over_the_same_records(tmp_path: Pa
     ]
     for at in [*ats, start // 1000 + 2 * DAY]:
         got = history.book("BTCUSDT", at)
-        ref = _reference(list(btc), at)
+        ref = reference_book(btc, at)
         if ref is None:
             assert got.book is None and "no snapshot" in got.problem
             continue
@@ -180,7 +94,7 @@ def test_depth_compaction_retention_and_the_checker_catch_a_loss(tmp_path: Path)
     records: list[tuple[int, bytes | None]] = list(
         depth_stream("BTCUSDT", 900, 5, start, 3 * DAY * 1000)
     )
-    _archive(tmp_path, records, flush_rows=100)
+    archive_depth(tmp_path, records, flush_rows=100)
     history = History(tmp_path)
     at = (start + 2 * DAY * 1000) // 1000
     before = history.book("BTCUSDT", at)
