@@ -13,7 +13,8 @@ and an fsspec filesystem registered with DuckDB would add s3fs and its aiobotoco
 what pyarrow already does. Locally DuckDB reads the files itself (``read_parquet``), as before.
 
 Decimals stay exact: the archive's decimal128 columns sum as DuckDB DECIMALs and arrive here as
-:class:`~decimal.Decimal`.
+:class:`~decimal.Decimal`. Depth records (``depth/``) have their own file list and view;
+:meth:`History.book` rebuilds an order book at a time from them.
 """
 
 from __future__ import annotations
