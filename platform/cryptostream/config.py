@@ -163,7 +163,12 @@ class Settings(BaseSettings):
     archive_s3_access_key_id: str = Field("", description="empty: the AWS default credentials")
     archive_s3_secret_access_key: SecretStr = Field(SecretStr(""), description="never logged")
     archive_group_id: str = Field("archive-sink", description="the archive sinks' consumer group")
-    archive_scale: int = Field(8, ge=0, le=18, description="fractional digits of price/quantity")
+    archive_scale: int = Field(
+        8, ge=0, le=18, description="fractional digits of price/quantity (wider if a file needs)"
+    )
+    archive_depth: bool = Field(
+        False, description="also archive raw.depth (CSP_DEPTH_TOPIC; the topic must exist)"
+    )
     archive_flush_rows: int = Field(200_000, ge=1, description="buffered trades that force a flush")
     archive_flush_s: float = Field(30.0, gt=0, description="longest a trade waits for its file")
     archive_row_group_rows: int = Field(262_144, ge=1024, description="rows per Parquet row group")

@@ -14,6 +14,7 @@ from cryptostream.archive import layout, store
 from cryptostream.archive.core import SinkCore, day_of
 from cryptostream.archive.store import ArchiveStore
 from cryptostream.core.codec import encode_trade
+from cryptostream.core.decimals import EXACT, fmt
 from cryptostream.core.keys import candle_member
 from cryptostream.core.trades import Trade
 from cryptostream.core.views import compute_views
@@ -189,18 +190,53 @@ def test_resume_discards_a_flush_that_did_not_reach_its_commit_point(
     assert History(tmp_path).sql("SELECT count(*) FROM trades").rows == [(100,)]
 
 
-def test_more_fractional_digits_than_the_scale_are_refused_not_rounded(tmp_path: Path) -> None:
-    fine = Trade("BTCUSDT", 1, "1.10000000000", "2", T0, T0, False)  # trailing zeros fit
-    fine2 = Trade("BTCUSDT", 3, "1.2", "2", T0, T0, False)
-    tiny = Trade("BTCUSDT", 2, "1.000000001", "2", T0, T0, False)
+def test_trades_at_an_unusual_scale_round_trip_exactly(tmp_path: Path) -> None:
+    """More fractional digits than CSP_ARCHIVE_SCALE: the file is written at the scale its
+    values need, and queries over files of several scales read every digit (DuckDB's own
+    multi-file read would cast the second file to the first one's scale: rounding)."""
+    from cryptostream.archive import maintain
+
+    usual = [Trade("BTCUSDT", i, "1.5", "2", T0 + i, T0 + i, False) for i in range(1, 4)]
+    odd = [
+        Trade("BTCUSDT", 4, "1.000000001", "0.000000000012", T0 + 4, T0 + 4, True),
+        Trade("BTCUSDT", 5, "66398.10000000000", "3", T0 + 5, T0 + 5, False),  # zeros fit 8
+        Trade("BTCUSDT", 6, "12345678901234567890.123456789012345678", "1", T0 + 6, T0 + 6, True),
+    ]
+    huge = Trade("BTCUSDT", 7, "12345678901234567890.12345678901234567891", "1", T0, T0, False)
     st = ArchiveStore(tmp_path, "raw.trades", 8, 1024)
     core = SinkCore(10**9, 3600.0)
-    for i, t in enumerate([fine, tiny, fine2]):
+    for i, t in enumerate(usual):
         core.add(0, i, encode_trade(t, T0 * 1000), 0.0)
     st.commit(core.take(0))
+    for i, t in enumerate([*odd, huge], start=len(usual)):
+        core.add(0, i, encode_trade(t, T0 * 1000), 0.0)
+    st.commit(core.take(0))
+    # 40 significant digits fit no decimal128: the one record not archived, counted and logged
     assert st.unrepresentable == 1
-    rows = History(tmp_path).sql("SELECT trade_id, price FROM trades ORDER BY 1").rows
-    assert rows == [(1, Decimal("1.10000000")), (3, Decimal("1.20000000"))]
+    scales = sorted(pq.read_schema(f).field("price").type.scale for f in _data_files(tmp_path))
+    assert scales == [8, 18]
+    want = [(t.trade_id, Decimal(t.price), Decimal(t.quantity)) for t in [*usual, *odd]]
+
+    def check_exact(history: History) -> None:
+        rows = history.sql("SELECT trade_id, price, quantity FROM trades ORDER BY 1").rows
+        assert rows == want
+        page = history.trades("BTCUSDT", T0, T0 + DAY, -1, 100)
+        assert [(t["trade_id"], t["price"], t["quantity"]) for t in page.trades] == [
+            (t.trade_id, fmt(Decimal(t.price)), fmt(Decimal(t.quantity))) for t in [*usual, *odd]
+        ]
+        (candle,), bad = history.candles("BTCUSDT", T0, T0 + 60_000)
+        assert not bad and candle.base_volume == sum(Decimal(t.quantity) for t in [*usual, *odd])
+        quote = Decimal(0)
+        for t in [*usual, *odd]:
+            quote = EXACT.add(quote, EXACT.multiply(Decimal(t.price), Decimal(t.quantity)))
+        assert candle.quote_volume == quote
+        assert candle.high == Decimal(odd[2].price)
+
+    check_exact(History(tmp_path))
+    report = maintain.compact(tmp_path, 2, 1024)  # merging both scales keeps every digit
+    assert report.written == 1 and not report.bad
+    assert [pq.read_schema(f).field("price").type.scale for f in _data_files(tmp_path)] == [18]
+    check_exact(History(tmp_path))
     assert os.listdir(st.partition_dir(0) / "staging") == []
 
 
@@ -335,7 +371,7 @@ def test_the_sinks_counters_are_its_metrics(tmp_path: Path) -> None:
         for offset, value in enumerate([*records, b"{not json"]):
             sink.core.add(0, offset, value, now)
         sink.stats["records"] = 6
-        sink._flush(0)
+        sink._flush(sink.lanes[sink.topic], 0)
         text = generate_latest(sink.metrics.registry).decode()
     finally:
         sink.consumer.close()

@@ -21,7 +21,16 @@ from cryptostream.query import candles as candle_math
 from cryptostream.stack.redis_server import RedisServer
 from cryptostream.stack.supervisor import free_port
 from tests.archive.conftest import S3Server
-from tests.archive.helpers import DAY, T0, sink_all, trades, values
+from tests.archive.helpers import (
+    DAY,
+    T0,
+    archive_depth,
+    depth_stream,
+    reference_book,
+    sink_all,
+    trades,
+    values,
+)
 from tests.query.conftest import redis_server, start_service, stop_service
 
 __all__ = ["redis_server"]
@@ -32,6 +41,8 @@ LAG = T0 + 2 * DAY - 2 * 3_600_000  # the archive holds the trades before this (
 
 
 World = tuple[httpx.Client, list[Trade], Path | ObjectRoot]
+# depth records over the first day (ingest time); the book at a time answers from them
+DEPTH = depth_stream("BTCUSDT", 400, 7, T0 * 1000, DAY * 1000)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -53,6 +64,7 @@ def world(
         archive = tmp_path / "archive"
         settings = settings.model_copy(update={"archive_dir": archive})
     sink_all(archive, values([t for t in ts if t.trade_time < LAG]), flush_rows=3000)
+    archive_depth(archive, list(DEPTH), flush_rows=150)
     r = redis.Redis.from_url(redis_server.url)
     r.flushall()
     for sym, view in compute_views(ts).items():  # the processor's candles, trimmed to a "day"
@@ -191,3 +203,33 @@ def test_a_truncated_file_is_named_and_skipped_not_served(
     page = http.get("/history/trades/BTCUSDT", params={"from": T0, "to": T0 + DAY, "limit": 10})
     assert page.status_code == 200 and page.json()["skipped_files"] == [victim]
     assert len(page.json()["trades"]) == 10
+
+
+def test_history_book_at_a_time_equals_the_topic_book(world: World) -> None:
+    """GET /history/book rebuilds the book from the archived snapshot + diffs; it equals
+    core/depth.py's TopicBook over the same records from the first one."""
+    http, _, _ = world
+    compared = 0
+    for at in range(T0 + DAY // 40, T0 + DAY, DAY // 9):
+        ref = reference_book(DEPTH, at)
+        resp = http.get("/history/book/btcusdt", params={"at": at, "depth": 1000})
+        if ref is None or not ref.synced:
+            assert resp.status_code == 404 and "book not available" in resp.json()["error"]
+            continue
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        bids, asks = ref.book.top(1000)
+        assert body["last_update_id"] == ref.book.last_update_id
+        for side, want in (("bids", bids), ("asks", asks)):
+            assert [(Decimal(p), Decimal(q)) for p, q in body[side]] == [
+                (Decimal(p), Decimal(q)) for p, q in want
+            ]
+        compared += 1
+    assert compared >= 4
+    top = http.get("/history/book/BTCUSDT", params={"at": T0 + DAY - 1, "depth": 3}).json()
+    assert len(top["bids"]) == len(top["asks"]) == 3
+    before = http.get("/history/book/BTCUSDT", params={"at": T0 - 1})
+    assert before.status_code == 404
+    assert http.get("/history/book/ETHUSDT", params={"at": T0 + DAY}).status_code == 404
+    assert http.get("/history/book/BTCUSDT", params={"at": "soon"}).status_code == 400
+    assert http.get("/history/book/BTCUSDT", params={"depth": 0}).status_code == 400

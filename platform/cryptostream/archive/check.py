@@ -1,4 +1,6 @@
-"""The archive's checker: per symbol, its counts, volume sums and last trade equal the topic's.
+"""The archive's checker: per symbol, its counts, volume sums and last trade equal the topic's;
+with ``CSP_ARCHIVE_DEPTH``, also its depth record counts (all, and snapshots) and last update id
+(the ``final_id`` of the symbol's last record) equal ``raw.depth``'s.
 
 The truth is recomputed from the topic's records (decoded as the sink decodes them; undecodable
 ones are not archived by design, and counted apart). A row lost shows as a lower count, a row
@@ -18,6 +20,7 @@ from cryptostream.archive.store import archive_root
 from cryptostream.config import Settings
 from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS, DecodeError, decode_trade
 from cryptostream.core.decimals import EXACT
+from cryptostream.core.depth import DepthRecordError, DiffRecord, decode_depth
 from cryptostream.history.queries import History
 from cryptostream.kafka_clients import security_config
 
@@ -31,6 +34,13 @@ class SymbolTotals:
 
 
 @dataclass
+class DepthTotals:
+    count: int = 0
+    snapshots: int = 0
+    last_id: int = -1  # final_id (a snapshot's lastUpdateId) of the last record in topic order
+
+
+@dataclass
 class ArchiveReport:
     records: int = 0
     undecodable: int = 0
@@ -39,6 +49,8 @@ class ArchiveReport:
     duplicated: int = 0
     problems: list[str] = field(default_factory=list)
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    depth_records: int | None = None  # None: depth not checked
+    depth_undecodable: int = 0
 
     @property
     def ok(self) -> bool:
@@ -50,6 +62,8 @@ class ArchiveReport:
             f"{self.lost} lost, {self.duplicated} duplicated, {len(self.problems)} problems, "
             f"{len(self.skipped_files)} files skipped"
         )
+        if self.depth_records is not None:
+            head += f"; depth: {self.depth_records} records ({self.depth_undecodable} undecodable)"
         lines = [head, *(f"  {p}" for p in self.problems[:20])]
         lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped_files[:20]]
         return "\n".join(lines)
@@ -98,6 +112,59 @@ def compare(
     return report
 
 
+def depth_truth(values: Iterable[bytes | None]) -> tuple[dict[str, DepthTotals], int, int]:
+    """Per-symbol depth totals of the decodable records, in topic order; also the record and
+    undecodable counts."""
+    out: dict[str, DepthTotals] = {}
+    records = bad = 0
+    for value in values:
+        records += 1
+        try:
+            record = decode_depth(value)
+        except DepthRecordError:
+            bad += 1
+            continue
+        t = out.setdefault(record.symbol, DepthTotals())
+        t.count += 1
+        if isinstance(record, DiffRecord):
+            t.last_id = record.diff.final_id
+        else:
+            t.snapshots += 1
+            t.last_id = record.snapshot.last_update_id
+    return out, records, bad
+
+
+def compare_depth(
+    expected: dict[str, DepthTotals], actual: dict[str, DepthTotals], report: ArchiveReport
+) -> ArchiveReport:
+    for symbol in sorted(set(expected) | set(actual)):
+        e = expected.get(symbol, DepthTotals())
+        a = actual.get(symbol, DepthTotals())
+        for what, want, got in (
+            ("depth records", e.count, a.count),
+            ("depth snapshots", e.snapshots, a.snapshots),
+            ("last update id", e.last_id, a.last_id),
+        ):
+            if want != got:
+                report.problems.append(f"{symbol} {what}: topic {want}, archive {got}")
+    return report
+
+
+def depth_archive_totals(
+    history: History,
+) -> tuple[dict[str, DepthTotals], list[tuple[str, str]]]:
+    result = history.sql(
+        "SELECT symbol, count(*), count(*) FILTER (WHERE kind = 'snapshot'), "
+        "arg_max(final_id, kafka_offset) FROM depth GROUP BY symbol"
+    )
+    out = {
+        sym: DepthTotals(int(n), int(snaps), int(last))
+        for sym, n, snaps, last in result.rows
+        if sym is not None
+    }
+    return out, result.skipped
+
+
 def archive_totals(history: History) -> tuple[dict[str, SymbolTotals], list[tuple[str, str]]]:
     result = history.sql(
         "SELECT symbol, count(*), sum(quantity), max(trade_id), arg_max(price, trade_id) "
@@ -111,8 +178,12 @@ def archive_totals(history: History) -> tuple[dict[str, SymbolTotals], list[tupl
     return out, result.skipped
 
 
-def read_topic(settings: Settings, timeout_s: float = 120.0) -> list[bytes | None]:
-    """Every record value of the topic, from each partition's low to its high watermark."""
+def read_topic(
+    settings: Settings, timeout_s: float = 120.0, topic: str | None = None
+) -> list[bytes | None]:
+    """Every record value of the topic (``topic``, else the trades'), from each partition's low
+    to its high watermark, partition after partition (each in order)."""
+    topic = settings.topic if topic is None else topic
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -122,20 +193,22 @@ def read_topic(settings: Settings, timeout_s: float = 120.0) -> list[bytes | Non
         }
     )
     try:
-        meta = consumer.list_topics(settings.topic, timeout=15)
+        meta = consumer.list_topics(topic, timeout=15)
         marks = {
-            p: consumer.get_watermark_offsets(TopicPartition(settings.topic, p), timeout=15)
-            for p in meta.topics[settings.topic].partitions
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+            for p in meta.topics[topic].partitions
         }
-        consumer.assign([TopicPartition(settings.topic, p, lo) for p, (lo, _) in marks.items()])
+        consumer.assign([TopicPartition(topic, p, lo) for p, (lo, _) in marks.items()])
         total = sum(hi - lo for lo, hi in marks.values())
-        values: list[bytes | None] = []
+        by_partition: dict[int, list[bytes | None]] = {}
+        got = 0
         deadline = time.monotonic() + timeout_s
-        while len(values) < total and time.monotonic() < deadline:
+        while got < total and time.monotonic() < deadline:
             for msg in consumer.consume(10_000, timeout=0.2):
                 if msg.error() is None:
-                    values.append(msg.value())
-        return values
+                    by_partition.setdefault(msg.partition() or 0, []).append(msg.value())
+                    got += 1
+        return [v for p in sorted(by_partition) for v in by_partition[p]]
     finally:
         consumer.close()
 
@@ -143,6 +216,15 @@ def read_topic(settings: Settings, timeout_s: float = 120.0) -> list[bytes | Non
 def check(settings: Settings) -> ArchiveReport:
     values = read_topic(settings)
     expected, records, bad = truth(values, int(settings.processor_max_future_s * 1000))
-    actual, skipped = archive_totals(History(archive_root(settings)))
+    history = History(archive_root(settings))
+    actual, skipped = archive_totals(history)
     report = ArchiveReport(records=records, undecodable=bad, skipped_files=skipped)
-    return compare(expected, actual, report)
+    compare(expected, actual, report)
+    if settings.archive_depth:
+        depth_expected, report.depth_records, report.depth_undecodable = depth_truth(
+            read_topic(settings, topic=settings.depth_topic)
+        )
+        depth_actual, depth_skipped = depth_archive_totals(history)
+        report.skipped_files += depth_skipped
+        compare_depth(depth_expected, depth_actual, report)
+    return report

@@ -32,7 +32,7 @@ def _root() -> Path | ObjectRoot:
 
 @archive_app.callback()
 def archive(ctx: typer.Context) -> None:
-    """raw.trades -> Parquet files under CSP_ARCHIVE_DIR, each record exactly once."""
+    """raw.trades (+ raw.depth with CSP_ARCHIVE_DEPTH) -> Parquet files, each record once."""
     if ctx.invoked_subcommand is None:
         from cryptostream.archive.service import main as archive_main
 
@@ -41,7 +41,8 @@ def archive(ctx: typer.Context) -> None:
 
 @archive_app.command("check")
 def archive_check() -> None:
-    """Per symbol, the archive's counts, volume sums and last trade against the topic's."""
+    """Per symbol, the archive's counts, volume sums and last trade against the topic's (and
+    depth record counts and last update id, with CSP_ARCHIVE_DEPTH)."""
     from cryptostream.archive.check import check
 
     report = check(Settings())
@@ -95,10 +96,11 @@ def archive_retain(
 
 @history_app.command("sql")
 def history_sql(
-    statement: Annotated[str, typer.Argument(help="SQL over the view `trades`")],
+    statement: Annotated[str, typer.Argument(help="SQL over the views `trades` and `depth`")],
     csv: Annotated[bool, typer.Option("--csv", help="CSV instead of a table")] = False,
 ) -> None:
-    """An ad-hoc DuckDB query; the view `trades` has every archived trade (+ date, symbol)."""
+    """An ad-hoc DuckDB query; the view `trades` has every archived trade and `depth` every
+    archived depth record (both + date, symbol)."""
     import duckdb
 
     from cryptostream.history.queries import History

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS, DecodeError, decode_trade
+from cryptostream.core.depth import DepthRecordError, DiffRecord, decode_depth
 
 DAY_MS = 86_400_000
 
@@ -38,6 +40,32 @@ class Columns:
         return len(self.trade_id)
 
 
+@dataclass(slots=True)
+class DepthColumns:
+    """One depth file's rows, one per ``raw.depth`` record; the levels of all its records in
+    flat lists (``bid_count``/``ask_count`` levels per record, in order), decimals as text.
+
+    A snapshot has no ``first_id`` or ``event_time`` (None); its ``final_id`` is its
+    ``last_update_id``."""
+
+    kind: list[str] = field(default_factory=list)
+    first_id: list[int | None] = field(default_factory=list)
+    final_id: list[int] = field(default_factory=list)
+    event_time: list[int | None] = field(default_factory=list)
+    bid_count: list[int] = field(default_factory=list)
+    ask_count: list[int] = field(default_factory=list)
+    bid_price: list[str] = field(default_factory=list)
+    bid_qty: list[str] = field(default_factory=list)
+    ask_price: list[str] = field(default_factory=list)
+    ask_qty: list[str] = field(default_factory=list)
+    ingest_time_us: list[int] = field(default_factory=list)
+    exchange: list[str] = field(default_factory=list)
+    kafka_offset: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+
 @dataclass(frozen=True, slots=True)
 class Flush:
     """One Kafka partition's records from ``first`` to ``last`` (offsets, inclusive), by file.
@@ -49,7 +77,7 @@ class Flush:
     partition: int
     first: int
     last: int
-    groups: dict[tuple[str, str], Columns]  # (date "YYYY-MM-DD", symbol) -> rows
+    groups: dict[tuple[str, str], Columns | DepthColumns]  # (date, symbol) -> rows
 
     @property
     def rows(self) -> int:
@@ -62,7 +90,7 @@ class _Buffer:
     last: int
     since: float  # monotonic time of the first record buffered
     rows: int = 0
-    groups: dict[tuple[str, str], Columns] = field(default_factory=dict)
+    groups: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
 def day_of(trade_time_ms: int) -> str:
@@ -148,3 +176,60 @@ class SinkCore:
         buf = self.buffers.pop(partition)
         self.buffered -= buf.rows
         return Flush(partition, buf.first, buf.last, buf.groups)
+
+
+class DepthSinkCore(SinkCore):
+    """:class:`SinkCore` for ``raw.depth``: the same buffers, flushes and offset bookkeeping,
+    one row per decoded depth record (core/depth.py's public decoder), grouped by the UTC day
+    of its ingest receive time (a snapshot has no exchange time; one clock for both kinds)."""
+
+    def add(self, partition: int, offset: int, value: bytes | None, now: float) -> None:
+        expected = self.next_offset.get(partition)
+        if expected is not None and offset < expected:
+            self.stale += 1
+            return
+        self.next_offset[partition] = offset + 1
+        buf = self.buffers.get(partition)
+        if buf is None:
+            buf = self.buffers[partition] = _Buffer(offset, offset, now)
+        buf.last = offset
+        try:
+            record = decode_depth(value)
+        except DepthRecordError:
+            self.undecodable += 1  # counted; the range still covers it (as for trades)
+            return
+        day_no = record.ingest_time_us // 1000 // DAY_MS
+        day = self._days.get(day_no)
+        if day is None:
+            day = self._days[day_no] = day_of(record.ingest_time_us // 1000)
+        key = (day, record.symbol)
+        cols = buf.groups.get(key)
+        if cols is None:
+            cols = buf.groups[key] = DepthColumns()
+        if isinstance(record, DiffRecord):
+            diff = record.diff
+            cols.kind.append("diff")
+            cols.first_id.append(diff.first_id)
+            cols.final_id.append(diff.final_id)
+            cols.event_time.append(diff.event_time)
+            bids, asks = diff.bids, diff.asks
+        else:
+            snap = record.snapshot
+            cols.kind.append("snapshot")
+            cols.first_id.append(None)
+            cols.final_id.append(snap.last_update_id)
+            cols.event_time.append(None)
+            bids, asks = snap.bids, snap.asks
+        cols.bid_count.append(len(bids))
+        cols.ask_count.append(len(asks))
+        for price, qty in bids:
+            cols.bid_price.append(price)
+            cols.bid_qty.append(qty)
+        for price, qty in asks:
+            cols.ask_price.append(price)
+            cols.ask_qty.append(qty)
+        cols.ingest_time_us.append(record.ingest_time_us)
+        cols.exchange.append(record.exchange)
+        cols.kafka_offset.append(offset)
+        buf.rows += 1
+        self.buffered += 1

@@ -4,6 +4,8 @@
 
     <root>/date=2026-12-01/symbol=BTCUSDT/raw.trades-p003-00000000000000001000-00000000000000001999.parquet
     <root>/_sink/raw.trades/p003/00000000000000001999.json      # the partition's commit marker
+    <root>/depth/date=2026-12-01/symbol=BTCUSDT/raw.depth-p003-...-....parquet  # order books
+    <root>/_sink/raw.depth/p003/00000000000000000999.json
 
 A data file's name says which Kafka partition and which offset range its rows come from (the
 flush's range; the file holds that range's trades of one day and symbol). A compacted file
@@ -19,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 SINK_DIR = "_sink"
+DEPTH = "depth"  # raw.depth's files: <root>/depth/date=.../symbol=.../raw.depth-pNNN-....parquet
 SCHEMA_VERSION = 1
 _NAME_RE = re.compile(
     r"\A(?P<topic>.+)-p(?P<p>\d{3,})-(?P<first>\d{20})-(?P<last>\d{20})\.parquet\Z"

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from cryptostream.archive import layout
 from cryptostream.archive.objects import ObjectRoot
-from cryptostream.archive.store import fsync_dir, write_parquet
+from cryptostream.archive.store import depth_schema, fsync_dir, schema, write_parquet
 from cryptostream.history.files import ArchiveFiles
 
 log = logging.getLogger("cryptostream.archive")
@@ -43,17 +43,37 @@ class CompactReport:
 
 
 def _merge(tables: list[pa.Table]) -> pa.Table:
+    """One table of the sources, sorted (trades by trade id, depth records by Kafka offset:
+    their order is the book's); sources of several decimal scales are cast to the widest
+    (exact: a wider scale only adds zeros)."""
+    depth = "kind" in tables[0].column_names
+    scales = {_scale(t.schema, depth) for t in tables}
+    if len(scales) > 1:
+        target = (depth_schema if depth else schema)(max(scales))
+        tables = [t.select(target.names).cast(target) for t in tables]
     merged = pa.concat_tables(tables)
-    merged = merged.take(pc.sort_indices(merged, [("trade_id", "ascending")]))
+    key = "kafka_offset" if depth else "trade_id"
+    merged = merged.take(pc.sort_indices(merged, [(key, "ascending")]))
     return merged.replace_schema_metadata(tables[0].schema.metadata)
+
+
+def _scale(s: pa.Schema, depth: bool) -> int:
+    t = s.field("bids").type.value_type.field("price").type if depth else s.field("price").type
+    return int(t.scale)
 
 
 def compact(root: Path | ObjectRoot, min_files: int, row_group_rows: int) -> CompactReport:
     if isinstance(root, ObjectRoot):
         return compact_objects(root, min_files, row_group_rows)
     report = CompactReport()
-    checker = ArchiveFiles(root)
-    for folder in sorted(root.glob("date=*/symbol=*")):
+    checkers = {"": ArchiveFiles(root), layout.DEPTH: ArchiveFiles(root, layout.DEPTH)}
+    folders = [
+        (dataset, folder)
+        for dataset in checkers
+        for folder in sorted((root / dataset).glob("date=*/symbol=*"))
+    ]
+    for dataset, folder in folders:
+        checker = checkers[dataset]
         if not folder.is_dir():
             continue
         names = os.listdir(folder)
@@ -103,19 +123,22 @@ def compact(root: Path | ObjectRoot, min_files: int, row_group_rows: int) -> Com
 def compact_objects(root: ObjectRoot, min_files: int, row_group_rows: int) -> CompactReport:
     """:func:`compact` on an object store (one listing; committed objects only)."""
     report = CompactReport()
-    checker = ArchiveFiles(root)
+    checkers = {"": ArchiveFiles(root), layout.DEPTH: ArchiveFiles(root, layout.DEPTH)}
     marks = root.committed()
     folders: dict[str, dict[str, tuple[int, int]]] = {}
     for info in root.files():
         parts = root.rel(info.path).split("/")
+        if len(parts) == 4 and parts[0] == layout.DEPTH:
+            parts = [f"{parts[0]}/{parts[1]}", *parts[2:]]
         if (
             len(parts) == 3
-            and layout.parse_date_dir(parts[0]) is not None
+            and layout.parse_date_dir(parts[0].removeprefix(layout.DEPTH + "/")) is not None
             and layout.parse_symbol_dir(parts[1]) is not None
         ):
             stat = (int(info.size or 0), int(info.mtime_ns or 0))
             folders.setdefault(f"{parts[0]}/{parts[1]}", {})[parts[2]] = stat
     for folder, stats in sorted(folders.items()):
+        checker = checkers[layout.DEPTH if folder.startswith(layout.DEPTH + "/") else ""]
         names = layout.committed(stats, marks)
         live = set(layout.uncovered(names))
         for name in names:  # covered leftovers: their rows are in a merged object already
@@ -160,8 +183,8 @@ def compact_objects(root: ObjectRoot, min_files: int, row_group_rows: int) -> Co
 
 
 def retain(root: Path | ObjectRoot, days: int, today: dt.date | None = None) -> list[str]:
-    """Delete the ``date=`` folders older than ``days`` days (0 = keep everything); return
-    them (paths, or ``s3://`` URLs)."""
+    """Delete the ``date=`` folders (of the trades and of ``depth/``) older than ``days`` days
+    (0 = keep everything); return them (paths, or ``s3://`` URLs)."""
     if days <= 0:
         return []
     today = today or dt.datetime.now(dt.UTC).date()
@@ -169,19 +192,23 @@ def retain(root: Path | ObjectRoot, days: int, today: dt.date | None = None) -> 
     if isinstance(root, ObjectRoot):
         gone = set()
         for info in root.files():
-            top = root.rel(info.path).split("/", 1)[0]
-            day = layout.parse_date_dir(top)
+            parts = root.rel(info.path).split("/")
+            top = "/".join(parts[:2]) if parts[0] == layout.DEPTH else parts[0]
+            day = layout.parse_date_dir(top.removeprefix(layout.DEPTH + "/"))
             if day is not None and day < oldest_kept:
                 gone.add(top)
         for top in sorted(gone):
             root.fs.delete_dir(root.key(top))
         return [root.url(root.key(top)) for top in sorted(gone)]
     removed = []
-    for folder in sorted(root.glob("date=*")):
-        day = layout.parse_date_dir(folder.name)
-        if day is not None and day < oldest_kept and folder.is_dir():
-            shutil.rmtree(folder)
-            removed.append(str(folder))
-    if removed:
-        fsync_dir(root)
+    for base in (root, root / layout.DEPTH):
+        gone_here = False
+        for folder in sorted(base.glob("date=*")):
+            day = layout.parse_date_dir(folder.name)
+            if day is not None and day < oldest_kept and folder.is_dir():
+                shutil.rmtree(folder)
+                removed.append(str(folder))
+                gone_here = True
+        if gone_here:
+            fsync_dir(base)
     return removed

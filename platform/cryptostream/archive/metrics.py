@@ -4,11 +4,12 @@ path pays nothing per record).
 Exported names (all prefixed ``csp_archive_``):
 
 - ``records_total`` (consumed), ``archived_total`` (rows written), ``files_total``,
-  ``flushes_total``, ``undecodable_total`` (records that are not schema-v1 trades: the
-  processor dead-letters the same records), ``stale_total`` (records of a range already
-  archived, read again after a rebalance), ``unrepresentable_total`` (trades with more
-  fractional digits than ``CSP_ARCHIVE_SCALE``: not archived, logged with their offsets) —
-  counters
+  ``flushes_total``, ``undecodable_total`` (records that are not schema-v1 trades or
+  depth records: the processor dead-letters the same records), ``stale_total`` (records of a range already
+  archived, read again after a rebalance), ``unrepresentable_total`` (records with a decimal of
+  more than 38 significant digits, which no decimal128 holds: not archived, logged with their
+  offsets) — counters, summed over the sink's topics (trades, and depth with
+  ``CSP_ARCHIVE_DEPTH``)
 - ``buffered`` — gauge: trades waiting for their flush
 - ``flush_seconds`` — histogram: one durable flush (files, marker, renames)
 """

@@ -93,7 +93,9 @@ class ObjectRoot:
             self.fs.delete_file(self.key(rel))
 
     def write_parquet(self, rel: str, table: pa.Table, row_group_rows: int) -> None:
-        pq.write_table(table, self.key(rel), filesystem=self.fs, **parquet_options(row_group_rows))
+        pq.write_table(
+            table, self.key(rel), filesystem=self.fs, **parquet_options(row_group_rows, table)
+        )
 
     def committed(self) -> dict[tuple[str, int], int]:
         """(topic, partition) -> the last offset of its newest commit marker."""
@@ -138,9 +140,12 @@ def object_root(
 class ObjectStore:
     """The sink's side of an archive on an object store, for one topic (see the module doc)."""
 
-    def __init__(self, root: ObjectRoot, topic: str, scale: int, row_group_rows: int) -> None:
+    def __init__(
+        self, root: ObjectRoot, topic: str, scale: int, row_group_rows: int, *, dataset: str = ""
+    ) -> None:
         self.root = root
         self.topic = topic
+        self.dataset = dataset
         self.scale = scale
         self.row_group_rows = row_group_rows
         self.unrepresentable = 0

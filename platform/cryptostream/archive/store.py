@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cryptostream.archive import layout
-from cryptostream.archive.core import Columns, Flush
+from cryptostream.archive.core import Columns, DepthColumns, Flush
 
 if TYPE_CHECKING:
     from cryptostream.archive.objects import ObjectRoot
@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cryptostream.archive")
 
-# 38 digits is what decimal128 and DuckDB's DECIMAL hold; at scale <= 18 every schema-valid
-# integer part (<= 20 digits) fits, so only extra fractional digits can be unrepresentable.
+# 38 digits is what decimal128 and DuckDB's DECIMAL hold. A file's decimals are written at
+# CSP_ARCHIVE_SCALE unless one of its values has more fractional digits: then the whole file is
+# written at the scale its values need (readers unify the files' scales, history/files.py).
 PRECISION = 38
 
 
@@ -68,32 +69,79 @@ def schema(scale: int) -> pa.Schema:
     )
 
 
+def levels_type(scale: int) -> pa.DataType:
+    dec = pa.decimal128(PRECISION, scale)
+    return pa.list_(pa.struct([("price", dec), ("quantity", dec)]))
+
+
+def depth_schema(scale: int) -> pa.Schema:
+    """One row per ``raw.depth`` record; each side a list of (price, quantity) decimal structs
+    in the record's order (a diff's quantity 0 removes its level)."""
+    return pa.schema(
+        [
+            ("kind", pa.string()),  # "diff" or "snapshot"
+            ("first_id", pa.int64()),  # a diff's U; null for a snapshot
+            ("final_id", pa.int64()),  # a diff's u; a snapshot's lastUpdateId
+            ("event_time", pa.int64()),  # a diff's E (ms); null for a snapshot
+            ("bids", levels_type(scale)),
+            ("asks", levels_type(scale)),
+            ("ingest_time_us", pa.int64()),  # the archive's clock for both kinds (core.py)
+            ("exchange", pa.string()),
+            ("kafka_offset", pa.int64()),
+        ],
+        metadata={b"cryptostream.archive.schema": str(layout.SCHEMA_VERSION).encode()},
+    )
+
+
 def fits(text: str, scale: int) -> bool:
-    """Whether a schema-valid decimal string is exact at ``scale`` fractional digits."""
-    _, _, frac = text.partition(".")
-    return len(frac.rstrip("0")) <= scale
+    """Whether a schema-valid decimal string is exact in decimal128(38, ``scale``)."""
+    whole, _, frac = text.partition(".")
+    return len(frac.rstrip("0")) <= scale and len(whole.lstrip("0")) + scale <= PRECISION
+
+
+def file_scale(texts: Iterable[list[str]], scale: int) -> int:
+    """The scale a file's decimals are written at: ``scale``, or more if a value has more
+    fractional digits -- as many as the longest has, while every integer part still fits the
+    38 digits (a value needing more than 38 significant digits fits no decimal128)."""
+    frac = whole = 0
+    for column in texts:
+        for text in column:
+            w, _, f = text.partition(".")
+            frac = max(frac, len(f.rstrip("0")))
+            whole = max(whole, len(w.lstrip("0")))
+    return max(scale, min(frac, PRECISION - whole))
+
+
+def _cast(texts: list[str], scale: int) -> pa.Array:
+    return pc.cast(pa.array(texts, pa.string()), pa.decimal128(PRECISION, scale))
 
 
 def to_table(cols: Columns, scale: int) -> tuple[pa.Table, list[int]]:
-    """The rows as an Arrow table; also the offsets of rows dropped for more fractional digits
-    than ``scale`` (Arrow refuses to round, and so do we)."""
-    dec = pa.decimal128(PRECISION, scale)
-    dropped: list[int] = []
-    price_s = pa.array(cols.price, pa.string())
-    qty_s = pa.array(cols.quantity, pa.string())
+    """The rows as an Arrow table, exact: at ``scale``, or at the wider scale their values need
+    (:func:`file_scale`); also the offsets of rows no decimal128 holds exactly (more than 38
+    significant digits: Arrow refuses to round, and so do we)."""
+    keep = None
     try:
-        price = pc.cast(price_s, dec)
-        qty = pc.cast(qty_s, dec)
-        keep = None
+        price, qty = _cast(cols.price, scale), _cast(cols.quantity, scale)
     except pa.ArrowInvalid:
+        scale = file_scale((cols.price, cols.quantity), scale)
         mask = [
             fits(p, scale) and fits(q, scale)
             for p, q in zip(cols.price, cols.quantity, strict=True)
         ]
-        dropped = [o for o, ok in zip(cols.kafka_offset, mask, strict=True) if not ok]
-        keep = pa.array(mask)
-        price = pc.cast(pc.filter(price_s, keep), dec)
-        qty = pc.cast(pc.filter(qty_s, keep), dec)
+        if not all(mask):
+            keep = pa.array(mask)
+        price_s = pa.array(cols.price, pa.string())
+        qty_s = pa.array(cols.quantity, pa.string())
+        if keep is not None:
+            price_s, qty_s = pc.filter(price_s, keep), pc.filter(qty_s, keep)
+        dec = pa.decimal128(PRECISION, scale)
+        price, qty = pc.cast(price_s, dec), pc.cast(qty_s, dec)
+    dropped = (
+        []
+        if keep is None
+        else [o for o, ok in zip(cols.kafka_offset, keep.to_pylist(), strict=True) if not ok]
+    )
     arrays: list[pa.Array] = [
         pa.array(cols.trade_id, pa.int64()),
         price,
@@ -110,19 +158,95 @@ def to_table(cols: Columns, scale: int) -> tuple[pa.Table, list[int]]:
     return pa.Table.from_arrays(arrays, schema=schema(scale)), dropped
 
 
-def parquet_options(row_group_rows: int) -> dict[str, object]:
+def _levels(counts: list[int], prices: list[str], qtys: list[str], scale: int) -> pa.Array:
+    offsets = [0]
+    for n in counts:
+        offsets.append(offsets[-1] + n)
+    values = pa.StructArray.from_arrays(
+        [_cast(prices, scale), _cast(qtys, scale)], names=["price", "quantity"]
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, levels_type(scale))
+
+
+def depth_table(cols: DepthColumns, scale: int) -> tuple[pa.Table, list[int]]:
+    """One depth file's rows as an Arrow table, exact as :func:`to_table`'s; the offsets of
+    records with a level no decimal128 holds (left out whole: half a record is no record)."""
+    texts = (cols.bid_price, cols.bid_qty, cols.ask_price, cols.ask_qty)
+    try:
+        return _depth_arrays(cols, scale), []
+    except pa.ArrowInvalid:
+        scale = file_scale(texts, scale)
+    dropped: list[int] = []
+    keep: list[bool] = []
+    b = a = 0
+    for nb, na, offset in zip(cols.bid_count, cols.ask_count, cols.kafka_offset, strict=True):
+        ok = all(
+            fits(t, scale)
+            for t in (
+                *cols.bid_price[b : b + nb],
+                *cols.bid_qty[b : b + nb],
+                *cols.ask_price[a : a + na],
+                *cols.ask_qty[a : a + na],
+            )
+        )
+        keep.append(ok)
+        if not ok:
+            dropped.append(offset)
+        b, a = b + nb, a + na
+    if dropped:
+        cols = _select(cols, keep)
+    return _depth_arrays(cols, scale), dropped
+
+
+def _select(cols: DepthColumns, keep: list[bool]) -> DepthColumns:
+    out = DepthColumns()
+    b = a = 0
+    for i, ok in enumerate(keep):
+        nb, na = cols.bid_count[i], cols.ask_count[i]
+        if ok:
+            for name in ("kind", "first_id", "final_id", "event_time", "bid_count", "ask_count"):
+                getattr(out, name).append(getattr(cols, name)[i])
+            for name in ("ingest_time_us", "exchange", "kafka_offset"):
+                getattr(out, name).append(getattr(cols, name)[i])
+            out.bid_price += cols.bid_price[b : b + nb]
+            out.bid_qty += cols.bid_qty[b : b + nb]
+            out.ask_price += cols.ask_price[a : a + na]
+            out.ask_qty += cols.ask_qty[a : a + na]
+        b, a = b + nb, a + na
+    return out
+
+
+def _depth_arrays(cols: DepthColumns, scale: int) -> pa.Table:
+    arrays: list[pa.Array] = [
+        pa.array(cols.kind, pa.string()),
+        pa.array(cols.first_id, pa.int64()),
+        pa.array(cols.final_id, pa.int64()),
+        pa.array(cols.event_time, pa.int64()),
+        _levels(cols.bid_count, cols.bid_price, cols.bid_qty, scale),
+        _levels(cols.ask_count, cols.ask_price, cols.ask_qty, scale),
+        pa.array(cols.ingest_time_us, pa.int64()),
+        pa.array(cols.exchange, pa.string()),
+        pa.array(cols.kafka_offset, pa.int64()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=depth_schema(scale))
+
+
+DICTIONARY = ("exchange", "price", "kind")
+
+
+def parquet_options(row_group_rows: int, table: pa.Table) -> dict[str, object]:
     """zstd, dictionary-encoded, statistics on (DuckDB prunes row groups by trade_time)."""
     return {
         "compression": "zstd",
         "compression_level": 3,
         "row_group_size": row_group_rows,
-        "use_dictionary": ["exchange", "price"],
+        "use_dictionary": [c for c in DICTIONARY if c in table.column_names],
         "write_statistics": True,
     }
 
 
 def write_parquet(path: Path, table: pa.Table, row_group_rows: int) -> None:
-    pq.write_table(table, str(path), **parquet_options(row_group_rows))
+    pq.write_table(table, str(path), **parquet_options(row_group_rows, table))
     fsync_file(path)
 
 
@@ -158,6 +282,7 @@ class Store(Protocol):
     protocol its medium makes exact."""
 
     topic: str
+    dataset: str  # "" (trades: the root) or layout.DEPTH (depth: its own folder)
     scale: int
     unrepresentable: int
 
@@ -167,23 +292,26 @@ class Store(Protocol):
 
 
 def prepare(store: Store, flush: Flush) -> list[tuple[str, pa.Table]]:
-    """The flush's files: (final name under the root, rows), in name order; trades with more
-    fractional digits than the scale are counted on the store and logged, and empty files left
-    out."""
+    """The flush's files: (final name under the root, rows), in name order. A file is written
+    at the store's scale, or wider if its values need it; records no decimal128 can hold (more
+    than 38 significant digits) are counted on the store and logged; empty files left out."""
     out: list[tuple[str, pa.Table]] = []
     for (day, symbol), cols in sorted(flush.groups.items()):
-        table, dropped = to_table(cols, store.scale)
+        if isinstance(cols, DepthColumns):
+            table, dropped = depth_table(cols, store.scale)
+        else:
+            table, dropped = to_table(cols, store.scale)
         if dropped:
             store.unrepresentable += len(dropped)
             log.error(
-                "archive: trades with more fractional digits than CSP_ARCHIVE_SCALE "
+                "archive: records with a decimal of more than 38 significant digits "
                 "are not archived",
                 extra={
                     "fields": {
                         "partition": flush.partition,
                         "offsets": dropped[:20],
                         "count": len(dropped),
-                        "scale": store.scale,
+                        "topic": store.topic,
                     }
                 },
             )
@@ -191,6 +319,7 @@ def prepare(store: Store, flush: Flush) -> list[tuple[str, pa.Table]]:
             continue
         final = "/".join(
             (
+                *([store.dataset] if store.dataset else []),
                 layout.date_dir(day),
                 layout.symbol_dir(symbol),
                 layout.data_name(store.topic, flush.partition, flush.first, flush.last),
@@ -216,24 +345,32 @@ def archive_root(settings: Settings) -> Path | ObjectRoot:
     )
 
 
-def open_store(settings: Settings, root: Path | ObjectRoot | None = None) -> Store:
-    """The store for ``settings``' archive (``root``: one already opened)."""
+def open_store(
+    settings: Settings, root: Path | ObjectRoot | None = None, *, depth: bool = False
+) -> Store:
+    """The store for ``settings``' archive (``root``: one already opened) of ``raw.trades``, or
+    with ``depth`` of ``raw.depth`` (its own folder ``depth/``, its own markers)."""
     root = archive_root(settings) if root is None else root
-    args = (settings.topic, settings.archive_scale, settings.archive_row_group_rows)
+    topic = settings.depth_topic if depth else settings.topic
+    args = (topic, settings.archive_scale, settings.archive_row_group_rows)
+    dataset = layout.DEPTH if depth else ""
     if isinstance(root, Path):
-        return ArchiveStore(root, *args)
+        return ArchiveStore(root, *args, dataset=dataset)
     from cryptostream.archive.objects import ObjectStore
 
-    return ObjectStore(root, *args)
+    return ObjectStore(root, *args, dataset=dataset)
 
 
 class ArchiveStore:
     """The sink's side of an archive in a local folder, for one topic (one instance per sink
     process)."""
 
-    def __init__(self, root: Path, topic: str, scale: int, row_group_rows: int) -> None:
+    def __init__(
+        self, root: Path, topic: str, scale: int, row_group_rows: int, *, dataset: str = ""
+    ) -> None:
         self.root = root
         self.topic = topic
+        self.dataset = dataset
         self.scale = scale
         self.row_group_rows = row_group_rows
         self.unrepresentable = 0

@@ -33,6 +33,7 @@ from cryptostream.archive.objects import ObjectRoot
 log = logging.getLogger("cryptostream.history")
 
 REQUIRED = {"trade_id", "price", "quantity", "trade_time", "buyer_is_maker"}
+DEPTH_REQUIRED = {"kind", "final_id", "bids", "asks", "ingest_time_us", "kafka_offset"}
 # the hive columns of the ad-hoc view `trades` (what DuckDB's hive_partitioning infers locally)
 HIVE = pa.schema([("date", pa.date32()), ("symbol", pa.string())])
 # a range touching more days than this is listed in one pass over the whole object store
@@ -60,11 +61,18 @@ def days_between(from_ms: int, to_ms: int) -> set[str] | None:
 class ArchiveFiles:
     """Lists and checks the archive's files; thread-safe (the API runs queries in threads)."""
 
-    def __init__(self, root: Path | ObjectRoot) -> None:
+    def __init__(self, root: Path | ObjectRoot, dataset: str = "") -> None:
+        """``dataset``: "" for the trades (at the root), ``layout.DEPTH`` for the depth files."""
         self.root = root
+        self.dataset = dataset
+        self.depth = dataset == layout.DEPTH
         self.objects = root if isinstance(root, ObjectRoot) else None
-        self._checked: dict[str, tuple[int, int, str | None]] = {}  # path -> (size, mtime, err)
+        # path -> (size, mtime, why unreadable, the decimals' scale)
+        self._checked: dict[str, tuple[int, int, str | None, int]] = {}
         self._lock = threading.Lock()
+
+    def _rel(self, *parts: str) -> str:
+        return "/".join((self.dataset, *parts) if self.dataset else parts)
 
     def fs_path(self, path: str) -> str:
         """A listed path as its filesystem spells it (``bucket/key`` for an ``s3://`` URL)."""
@@ -80,7 +88,7 @@ class ArchiveFiles:
             return self._list_objects(self.root, symbol, days)
         listing = Listing()
         try:
-            date_dirs = sorted(os.scandir(self.root), key=lambda e: e.name)
+            date_dirs = sorted(os.scandir(self.root / self.dataset), key=lambda e: e.name)
         except FileNotFoundError:
             return listing
         for date_entry in date_dirs:
@@ -105,17 +113,22 @@ class ArchiveFiles:
         marks = root.committed()  # before the listing: a later commit is simply not seen yet
         if days is not None and len(days) <= MAX_DAY_LISTINGS:
             prefixes = [
-                layout.date_dir(d) + ("" if symbol is None else "/" + layout.symbol_dir(symbol))
+                self._rel(
+                    layout.date_dir(d),
+                    *([] if symbol is None else [layout.symbol_dir(symbol)]),
+                )
                 for d in sorted(days)
             ]
         else:
-            prefixes = [""]
+            prefixes = [self.dataset]
+        skip = 1 if self.dataset else 0
         folders: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
         for prefix in prefixes:
             for info in root.files(prefix):
                 parts = root.rel(info.path).split("/")
-                if len(parts) != 3:
+                if len(parts) != 3 + skip or (skip and parts[0] != self.dataset):
                     continue
+                parts = parts[skip:]
                 day, sym = layout.parse_date_dir(parts[0]), layout.parse_symbol_dir(parts[1])
                 if day is None or sym is None:
                     continue
@@ -126,7 +139,7 @@ class ArchiveFiles:
         listing = Listing()
         for (day_dir, sym_dir), names in sorted(folders.items()):
             for name in layout.uncovered(layout.committed(names, marks)):
-                path = root.url(root.key(f"{day_dir}/{sym_dir}/{name}"))
+                path = root.url(root.key(self._rel(day_dir, sym_dir, name)))
                 reason = self.check(path, names[name])
                 if reason is None:
                     listing.files.append(path)
@@ -157,14 +170,19 @@ class ArchiveFiles:
         if known is not None and known[:2] == stat:
             return known[2]
         reason: str | None = None
+        scale = 0
         try:
             fs = None if self.objects is None else self.objects.fs
             meta = pq.read_schema(self.fs_path(path), filesystem=fs)
-            missing = REQUIRED - set(meta.names)
+            missing = (DEPTH_REQUIRED if self.depth else REQUIRED) - set(meta.names)
             if missing:
                 reason = f"not an archive file: no column(s) {sorted(missing)}"
-            elif not pa.types.is_decimal(meta.field("price").type):
-                reason = "not an archive file: price is not a decimal"
+            else:
+                dec = _decimal_type(meta)
+                if dec is None:
+                    reason = "not an archive file: prices are not decimals"
+                else:
+                    scale = dec.scale
         except (pa.ArrowException, OSError) as exc:
             reason = f"unreadable Parquet: {exc}"
         if reason is not None:
@@ -172,8 +190,20 @@ class ArchiveFiles:
                 "archive file skipped", extra={"fields": {"file.path": path, "reason": reason}}
             )
         with self._lock:
-            self._checked[path] = (*stat, reason)
+            self._checked[path] = (*stat, reason, scale)
         return reason
+
+    def unified(self, files: Sequence[str]) -> pa.Schema | None:
+        """None if the (checked) files share one decimal scale, else the schema to read them
+        all exactly: their decimals at the widest scale among them. DuckDB's ``read_parquet``
+        reads every file as the first one's type, so a wider scale would be rounded there."""
+        with self._lock:
+            scales = {self._checked[f][3] for f in files if f in self._checked}
+        if len(scales) <= 1:
+            return None
+        from cryptostream.archive.store import depth_schema, schema
+
+        return (depth_schema if self.depth else schema)(max(scales))
 
     def condemn(self, path: str, reason: str) -> None:
         stat = self._stat(path)
@@ -181,7 +211,7 @@ class ArchiveFiles:
             return
         log.error("archive file skipped", extra={"fields": {"file.path": path, "reason": reason}})
         with self._lock:
-            self._checked[path] = (*stat, reason)
+            self._checked[path] = (*stat, reason, 0)
 
     def verify(self, path: str) -> str | None:
         """Read the whole file (every page): None if it decodes, else why not."""
@@ -192,18 +222,35 @@ class ArchiveFiles:
             return f"corrupt Parquet: {exc}"
         return None
 
-    def dataset(self, files: Sequence[str], *, hive: bool = False) -> pads.Dataset:
+    def arrow_dataset(
+        self, files: Sequence[str], *, hive: bool = False, schema: pa.Schema | None = None
+    ) -> pads.Dataset:
         """The files as one Arrow dataset (how DuckDB reads an object store here: pyarrow's S3
-        client, no httpfs extension to download); ``hive``: with ``date`` and ``symbol``."""
+        client, no httpfs extension to download, and files of several scales: ``schema``, see
+        :meth:`unified`); ``hive``: with ``date`` and ``symbol``."""
         fs = None if self.objects is None else self.objects.fs
         paths = [self.fs_path(f) for f in files]
         if not hive:
-            return pads.dataset(paths, filesystem=fs, format="parquet")
+            return pads.dataset(paths, schema=schema, filesystem=fs, format="parquet")
         base = self.objects.root if self.objects is not None else str(self.root)
+        if self.dataset:
+            base = f"{base}/{self.dataset}"
+        if schema is not None:
+            schema = pa.schema([*schema, *HIVE], metadata=schema.metadata)
         return pads.dataset(
             paths,
+            schema=schema,
             filesystem=fs,
             format="parquet",
             partitioning=pads.partitioning(HIVE, flavor="hive"),
             partition_base_dir=base,
         )
+
+
+def _decimal_type(meta: pa.Schema) -> pa.Decimal128Type | None:
+    """The type of a trade file's ``price``, or of a depth file's level prices."""
+    t = meta.field("price").type if "price" in meta.names else meta.field("bids").type
+    if pa.types.is_list(t) and pa.types.is_struct(t.value_type):
+        struct = t.value_type
+        t = struct.field("price").type if struct.get_field_index("price") >= 0 else None
+    return t if t is not None and pa.types.is_decimal128(t) else None

@@ -13,7 +13,8 @@ and an fsspec filesystem registered with DuckDB would add s3fs and its aiobotoco
 what pyarrow already does. Locally DuckDB reads the files itself (``read_parquet``), as before.
 
 Decimals stay exact: the archive's decimal128 columns sum as DuckDB DECIMALs and arrive here as
-:class:`~decimal.Decimal`.
+:class:`~decimal.Decimal`. Depth records (``depth/``) have their own file list and view;
+:meth:`History.book` rebuilds an order book at a time from them.
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+import pyarrow as pa
 
+from cryptostream.archive import layout
 from cryptostream.archive.objects import ObjectRoot
+from cryptostream.archive.store import depth_schema
 from cryptostream.core.decimals import EXACT, fmt
+from cryptostream.core.depth import DepthRecord, DiffRecord, SnapshotRecord, TopicBook
+from cryptostream.core.orderbook import Book, DepthDiff, DepthSnapshot
 from cryptostream.core.views import MINUTE_MS, Candle
-from cryptostream.history.files import ArchiveFiles, Listing
+from cryptostream.history.files import HIVE, ArchiveFiles, Listing
 
 T = TypeVar("T")
 
@@ -54,11 +60,19 @@ class SqlResult:
 _CANDLES_SQL = """
 SELECT trade_time - trade_time % $width AS t,
        arg_min(price, trade_id) AS o, max(price) AS h, min(price) AS l,
-       arg_max(price, trade_id) AS c, sum(quantity) AS v, sum(price * quantity) AS qv,
+       arg_max(price, trade_id) AS c, sum(quantity) AS v, {qv} AS qv,
        count(*) AS n, min(trade_id) AS ft, max(trade_id) AS lt
 FROM {source}
 WHERE trade_time >= $from AND trade_time < $to
 GROUP BY 1 ORDER BY 1
+"""
+
+# The exact quote volume when DuckDB's DECIMAL(38) product overflows (a file at a wide scale:
+# two scale-18 factors leave 2 integer digits), summed here with Python's exact decimals.
+_QUOTE_SQL = """
+SELECT trade_time - trade_time % $width AS t, price, quantity
+FROM {source}
+WHERE trade_time >= $from AND trade_time < $to
 """
 
 _TRADES_SQL = """
@@ -79,6 +93,7 @@ class History:
 
     def __init__(self, root: Path | ObjectRoot, *, threads: int = 2) -> None:
         self.files = ArchiveFiles(root)
+        self.depth_files = ArchiveFiles(root, layout.DEPTH)
         self._db = duckdb.connect(":memory:", config={"threads": threads})
         self._lock = threading.Lock()
 
@@ -93,17 +108,24 @@ class History:
         *,
         hive: bool = False,
         inline: bool = False,
+        depth: bool = False,
     ) -> tuple[str, dict[str, Any]]:
         """What a query reads ``files`` as, and the parameter that takes: a ``read_parquet``
         of the local paths, or the Arrow dataset of the objects registered on ``cur`` (one
         cursor per call: no name clash). ``hive``: with ``date`` and ``symbol``; ``inline``: no
-        parameter (a view's definition or a COPY cannot hold one)."""
-        if self.files.objects is None:
+        parameter (a view's definition or a COPY cannot hold one); ``depth``: depth files.
+
+        Files of several decimal scales (archive/store.py) are read as one Arrow dataset at
+        the widest, locally too: ``read_parquet`` would cast them all to the first one's."""
+        checked = self.depth_files if depth else self.files
+        unified = checked.unified(files)
+        if checked.objects is None and unified is None:
             if hive or inline:
                 return f"read_parquet({_sql_list(files)}, hive_partitioning = {hive})", {}
             return "read_parquet($files, hive_partitioning = false)", {"files": files}
-        cur.register("archive_files", self.files.dataset(files, hive=hive))
-        return "archive_files", {}
+        name = "depth_files" if depth else "archive_files"
+        cur.register(name, checked.arrow_dataset(files, hive=hive, schema=unified))
+        return name, {}
 
     def _run(self, listing: Listing, query: Callable[[list[str]], T], empty: T) -> T:
         files = list(listing.files)
@@ -130,9 +152,19 @@ class History:
         def query(files: list[str]) -> list[Candle]:
             cur = self._cursor()
             source, params = self._source(cur, files)
-            sql = _CANDLES_SQL.format(source=source)
             params |= {"width": width, "from": from_ms, "to": to_ms}
-            rows = cur.execute(sql, params).fetchall()
+            try:
+                sql = _CANDLES_SQL.format(source=source, qv="sum(price * quantity)")
+                rows = cur.execute(sql, params).fetchall()
+            except duckdb.OutOfRangeException:
+                sql = _CANDLES_SQL.format(source=source, qv="NULL")
+                quote: dict[int, Decimal] = {}
+                for t, p, q in cur.execute(_QUOTE_SQL.format(source=source), params).fetchall():
+                    quote[t] = EXACT.add(quote.get(t, Decimal(0)), EXACT.multiply(p, q))
+                rows = [
+                    (t, o, h, lo, c, v, quote[t], n, ft, lt)
+                    for t, o, h, lo, c, v, _, n, ft, lt in cur.execute(sql, params).fetchall()
+                ]
             return [
                 Candle(
                     int(t),
@@ -182,33 +214,127 @@ class History:
         return Page(trades, rows[-1][0] if more and rows else None, listing.bad)
 
     def sql(self, statement: str, params: Sequence[Any] = ()) -> SqlResult:
-        """An ad-hoc query; the view ``trades`` holds every intact trade (with ``date`` and
-        ``symbol`` columns from the folder names)."""
-        listing = self.files.list()
-
-        def query(files: list[str]) -> SqlResult:
+        """An ad-hoc query; the view ``trades`` holds every intact trade and ``depth`` every
+        intact depth record (both with ``date`` and ``symbol`` columns from the folder names)."""
+        trades, depth = self.files.list(), self.depth_files.list()
+        while True:
             cur = self._cursor()
-            source, _ = self._source(cur, files, hive=True, inline=True)
-            cur.execute(f"CREATE OR REPLACE TEMP VIEW trades AS SELECT * FROM {source}")
-            cur.execute(statement, list(params))
+            self._view(cur, "trades", trades.files, depth=False)
+            self._view(cur, "depth", depth.files, depth=True)
+            try:
+                cur.execute(statement, list(params))
+            except duckdb.Error:
+                if not self._condemn(self.files, trades) + self._condemn(self.depth_files, depth):
+                    raise
+                continue
             columns = [d[0] for d in cur.description or []]
-            return SqlResult(columns, cur.fetchall())
+            return SqlResult(columns, cur.fetchall(), trades.bad + depth.bad)
 
-        if not listing.files:
-            cur = self._cursor()
-            cur.execute(
-                "CREATE OR REPLACE TEMP VIEW trades AS SELECT * FROM (VALUES "
+    def _condemn(self, checked: ArchiveFiles, listing: Listing) -> int:
+        """Read each listed file in full; drop (and report) those that do not decode."""
+        bad = [(f, r) for f in listing.files if (r := checked.verify(f)) is not None]
+        for path, reason in bad:
+            checked.condemn(path, reason)
+            listing.bad.append((path, reason))
+            listing.files.remove(path)
+        return len(bad)
+
+    def _view(
+        self, cur: duckdb.DuckDBPyConnection, name: str, files: list[str], *, depth: bool
+    ) -> None:
+        if files:
+            source, _ = self._source(cur, files, hive=True, inline=True, depth=depth)
+        elif depth:  # no file yet: an empty view of the right columns
+            empty = depth_schema(8)
+            cur.register("no_depth", pa.schema([*empty, *HIVE]).empty_table())
+            source = "no_depth"
+        else:
+            source = (
+                "(SELECT * FROM (VALUES "
                 "(NULL::BIGINT, NULL::DECIMAL(38,8), NULL::DECIMAL(38,8), NULL::BIGINT, "
                 "NULL::BIGINT, NULL::BOOLEAN, NULL::BIGINT, NULL::VARCHAR, NULL::BIGINT, "
                 "NULL::DATE, NULL::VARCHAR)) t(trade_id, price, quantity, trade_time, "
                 "event_time, buyer_is_maker, ingest_time_us, exchange, kafka_offset, date, "
-                "symbol) WHERE false"
+                "symbol) WHERE false)"
             )
-            cur.execute(statement, list(params))
-            return SqlResult([d[0] for d in cur.description or []], cur.fetchall())
-        result = self._run(listing, query, SqlResult([], []))
-        result.skipped = listing.bad
+        cur.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {source}")
+
+    def book(self, symbol: str, at_ms: int) -> BookAt:
+        """The order book of ``symbol`` as the archive's depth records make it at ``at_ms``
+        (ingest receive time): the nearest snapshot at or before it, then every record after
+        it up to the last one received by then, applied in Kafka offset order (a symbol is one
+        partition) exactly as a consumer of ``raw.depth`` applies them (core/depth.py)."""
+        listing = self.depth_files.list(symbol)
+
+        def query(files: list[str]) -> pa.Table:
+            cur = self._cursor()
+            source, params = self._source(cur, files, depth=True)
+            params |= {"at_us": at_ms * 1000 + 999}
+            return cur.sql(_BOOK_SQL.format(source=source), params=params).to_arrow_table()
+
+        rows = self._run(listing, query, depth_schema(8).empty_table())
+        result = BookAt(symbol, at_ms, skipped=listing.bad)
+        if rows.num_rows == 0 or rows.column("kind")[0].as_py() != "snapshot":
+            result.problem = "no snapshot archived at or before that time"
+            return result
+        topic_book = TopicBook()
+        outcome = ""
+        for row in rows.to_pylist():
+            outcome = topic_book.apply(_record(symbol, row))
+            if outcome == "break":
+                result.breaks += 1
+        result.records = rows.num_rows
+        result.as_of_us = int(rows.column("ingest_time_us")[-1].as_py())
+        result.last_update_id = topic_book.book.last_update_id
+        if not topic_book.synced:
+            result.problem = f"the update-id chain broke after the snapshot ({outcome})"
+            return result
+        result.book = topic_book.book
         return result
+
+
+@dataclass
+class BookAt:
+    """:meth:`History.book`'s answer: ``book`` is None when there is none to give
+    (``problem`` says why)."""
+
+    symbol: str
+    at_ms: int
+    book: Book | None = None
+    last_update_id: int = -1
+    records: int = 0  # the snapshot and the records applied after it
+    breaks: int = 0
+    as_of_us: int = 0  # ingest time of the last record applied
+    problem: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+_BOOK_SQL = """
+WITH cut AS (SELECT max(kafka_offset) AS o FROM {source} WHERE ingest_time_us <= $at_us),
+snap AS (
+  SELECT max(kafka_offset) AS o FROM {source}, cut
+  WHERE kind = 'snapshot' AND kafka_offset <= cut.o
+)
+SELECT kind, first_id, final_id, event_time, bids, asks, ingest_time_us, exchange
+FROM {source}, cut, snap
+WHERE kafka_offset >= snap.o AND kafka_offset <= cut.o
+ORDER BY kafka_offset
+"""
+
+
+def _levels(side: list[dict[str, Decimal]] | None) -> tuple[tuple[str, str], ...]:
+    return tuple((fmt(level["price"]), fmt(level["quantity"])) for level in side or ())
+
+
+def _record(symbol: str, row: dict[str, Any]) -> DepthRecord:
+    """An archived row as the record it was (decimals in their canonical text)."""
+    bids, asks = _levels(row["bids"]), _levels(row["asks"])
+    exchange = row["exchange"] or "binance"
+    if row["kind"] == "snapshot":
+        snapshot = DepthSnapshot(row["final_id"], bids, asks)
+        return SnapshotRecord(symbol, snapshot, row["ingest_time_us"], exchange)
+    diff = DepthDiff(symbol, row["first_id"], row["final_id"], bids, asks, row["event_time"] or 0)
+    return DiffRecord(symbol, diff, row["ingest_time_us"], exchange)
 
 
 _EXPORT_SQL = """

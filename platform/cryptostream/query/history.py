@@ -1,6 +1,8 @@
 """History routes of the query API: the Parquet archive through embedded DuckDB.
 
-``GET /history/trades/{symbol}?from=&to=`` pages through archived trades; ``GET /candles/{symbol}``
+``GET /history/trades/{symbol}?from=&to=`` pages through archived trades;
+``GET /history/book/{symbol}?at=`` rebuilds an order book at a time from the archived depth
+records (the nearest snapshot before it, then the diffs); ``GET /candles/{symbol}``
 with ``from``/``to`` answers ranges older than Redis's day: the minutes before Redis's first
 candle of the range come from the archive, the rest from Redis (the archive lags by up to
 ``CSP_ARCHIVE_FLUSH_S``, Redis does not), then both are rolled up together with exact decimals.
@@ -80,6 +82,21 @@ class HistoryPageOut(BaseModel):
     )
 
 
+class HistoryBookOut(BaseModel):
+    symbol: str
+    at: int = Field(description="The time asked for, ms since the epoch")
+    last_update_id: int = Field(description="The book's update id at that time")
+    as_of_us: int = Field(description="Ingest receive time of the last record applied")
+    bids: list[list[str]] = Field(description="[price, quantity], best (highest) first")
+    asks: list[list[str]] = Field(description="[price, quantity], best (lowest) first")
+    skipped_files: list[str] = Field(default_factory=list)
+
+
+NO_BOOK = {
+    "description": "No archived book at that time",
+    "content": {"application/json": {"example": {"error": "book not available: ..."}}},
+}
+
 BAD_INPUT = {
     "description": "Malformed input",
     "content": {"application/json": {"example": {"error": "from must be ms since the epoch"}}},
@@ -95,6 +112,7 @@ class HistoryRoutes:
         self.history = History(archive_root(settings))  # a folder or an object store
         self.max_rows = settings.history_max_rows
         self.max_candles = settings.history_max_candles
+        self.max_depth = settings.query_max_book_depth
 
     async def ranged_candles(
         self, symbol: str, interval: str, from_: str | None, to: str | None
@@ -134,6 +152,58 @@ class HistoryRoutes:
 
     def register(self, app: FastAPI) -> None:
         max_rows = self.max_rows
+        max_depth = self.max_depth
+
+        @app.get(
+            "/history/book/{symbol}",
+            summary="An archived order book at a time",
+            description=(
+                "The book of `symbol` as the archived `raw.depth` records make it at `at` "
+                "(ingest receive time): the nearest snapshot at or before it, then every diff "
+                "received by then, applied as a consumer of the topic applies them. 404 when the "
+                "archive holds no snapshot before `at`, or the update-id chain broke after it."
+            ),
+            responses={200: {"model": HistoryBookOut}, 400: BAD_INPUT, 404: NO_BOOK},
+        )
+        async def history_book(
+            symbol: Annotated[
+                str,
+                Path(
+                    description="Trading pair, 2-20 ASCII letters or digits",
+                    examples=["BTCUSDT"],
+                    json_schema_extra={"pattern": inputs.SYMBOL_PATTERN},
+                ),
+            ],
+            at: Annotated[
+                str | None,
+                Query(description=TIME_DOC + " (default: now)", json_schema_extra=TIME_SCHEMA),
+            ] = None,
+            depth: Annotated[int, Query(ge=1, le=max_depth, description="Levels per side")] = min(
+                100, max_depth
+            ),
+        ) -> Response:
+            sym = normalize_symbol(symbol)
+            try:
+                at_ms = int(time.time() * 1000) if at is None else parse_time(at, "at")
+            except RangeError as exc:
+                return error_response(400, str(exc))
+            found = await asyncio.to_thread(self.history.book, sym, at_ms)
+            if found.book is None:
+                return error_response(404, f"book not available: {found.problem}")
+            bids, asks = found.book.top(depth)
+            return JSONBytes(
+                orjson.dumps(
+                    {
+                        "symbol": sym,
+                        "at": at_ms,
+                        "last_update_id": found.last_update_id,
+                        "as_of_us": found.as_of_us,
+                        "bids": [[p, q] for p, q in bids],  # canonical text (History.book)
+                        "asks": [[p, q] for p, q in asks],
+                        "skipped_files": [p for p, _ in found.skipped],
+                    }
+                )
+            )
 
         @app.get(
             "/history/trades/{symbol}",
