@@ -11,8 +11,13 @@
    in the batch, so this is the latency of the newest event per symbol and batch (as
    bench_processor measures trades).
 4. The books are checked against TopicBook after the drain (a fast wrong answer is no answer).
+5. ``--before REV``: the processor of that git revision too (``git archive REV platform``, run
+   with its ``PYTHONPATH``), on the same topic and machine in the same run: its drains alternate
+   with the current one's (before, after, before, after, ...) and it gets a latency run of its
+   own, so the after/before ratios hold even where the absolute figures drift with the load.
 
     nox -s bench_books        (python benchmarks/bench_books.py --json reports/bench-books.json)
+    nox -s bench_books -- --before origin/main
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import platform
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -52,6 +58,28 @@ from profiling import py_spy_argv, summarize_profile
 
 STALL_S = 60
 DEPTH_TOPIC = "raw.depth"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def export_tree(rev: str, into: Path) -> tuple[str, Path]:
+    """(commit, folder holding its ``platform/``): the source of ``rev``, as git archives it."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit, "platform"], capture_output=True, check=True
+    ).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return commit, into
+
+
+def tree_env(tree: Path | None) -> dict[str, str]:
+    """The environment that runs ``tree``'s processor (its package ahead of the installed one)."""
+    return {} if tree is None else {"PYTHONPATH": str(tree / "platform")}
 
 
 def symbols(count: int) -> list[str]:
@@ -134,11 +162,16 @@ def applied(client: redis.Redis, topic: str = DEPTH_TOPIC) -> int:
 
 
 def drain(
-    pipeline: Pipeline, settings: Settings, total: int, profile: Path | None = None
+    pipeline: Pipeline,
+    settings: Settings,
+    total: int,
+    profile: Path | None = None,
+    tree: Path | None = None,
 ) -> dict[str, float]:
+    """One drain of the whole topic into an emptied Redis; ``tree``: that source's processor."""
     client = redis.Redis.from_url(settings.redis_url)
     client.flushall()
-    env = {"CSP_GROUP_ID": f"bench-books-{time.monotonic_ns()}"}
+    env = {"CSP_GROUP_ID": f"bench-books-{time.monotonic_ns()}", **tree_env(tree)}
     if profile is None:
         pipeline.start_processor(**env)
     else:
@@ -158,8 +191,9 @@ def drain(
         time.sleep(0.25)
     elapsed = time.monotonic() - t0
     rate = (total - n0) / elapsed
+    label = "before" if tree is not None else "after"
     print(
-        f"drain{' (profiled)' if profile else ''}: {total - n0:,} depth records in "
+        f"drain ({label}{', profiled' if profile else ''}): {total - n0:,} depth records in "
         f"{elapsed:.1f}s = {rate:,.0f} events/s",
         flush=True,
     )
@@ -197,13 +231,21 @@ def read_topic(settings: Settings) -> list[bytes | None]:
 
 
 def latency(
-    pipeline: Pipeline, settings: Settings, names: list[str], levels: int, rate: int, seconds: float
+    pipeline: Pipeline,
+    settings: Settings,
+    names: list[str],
+    levels: int,
+    rate: int,
+    seconds: float,
+    tree: Path | None = None,
 ) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url)
     client.flushall()
     port = free_port()
     pipeline.start_processor(
-        CSP_GROUP_ID="bench-books-latency", CSP_PROCESSOR_METRICS_PORT=str(port)
+        CSP_GROUP_ID=f"bench-books-latency-{time.monotonic_ns()}",
+        CSP_PROCESSOR_METRICS_PORT=str(port),
+        **tree_env(tree),
     )
     histogram = HdrHistogram(1, 60_000, 3)  # ms
     stop = threading.Event()
@@ -248,7 +290,8 @@ def latency(
         "rate": rate,
         "seconds": seconds,
     }
-    print(f"latency at {rate:,} events/s (event -> visible, ms): {result}", flush=True)
+    label = "before" if tree is not None else "after"
+    print(f"latency ({label}) at {rate:,} events/s (event -> visible, ms): {result}", flush=True)
     return result
 
 
@@ -303,13 +346,16 @@ GROUPS = [
     ("Kafka fetch (GroupConsumer.poll)", ("ConfluentConsumer.poll",)),
     (
         "record decode (books.decode_record)",
-        ("decode_record", "_all_match", "decode_depth", "parse_levels", "scaled"),
+        ("decode_record", "_level_keys", "_valid_qtys", "_all_match", "decode_depth"),
     ),
     (
-        "fold: chain rule + levels (BookBatch.fold)",
-        ("BookBatch.fold", "BookBatch._apply", "_Side."),
+        "fold: chain rule + levels (BookBatch._apply, _SymbolFold, _settle)",
+        ("BookBatch._apply", "BookBatch.fold", "_SymbolFold.", "_settle", "_best_"),
     ),
-    ("Lua payload (BookBatch.script_call)", ("script_call", "BookBatch._row", "book_update")),
+    (
+        "Lua payload (BookBatch.script_call)",
+        ("script_call", "BookBatch._symbol_args", "BookBatch.state", "book_update"),
+    ),
     (
         "Redis apply: Lua script round trip (redis-py)",
         ("Script.__call__", "evalsha", "execute_command"),
@@ -322,6 +368,17 @@ GROUPS = [
 ]
 
 
+def ratios(after: list[float], before: list[float], higher_is_better: bool) -> dict[str, Any]:
+    """after/before per pair of runs (adjacent in time) and of the medians."""
+    pairs = [round(a / b, 3) for a, b in zip(after, before, strict=True)]
+    median = statistics.median(after) / statistics.median(before)
+    return {
+        "per_round": pairs,
+        "of_medians": round(median, 3),
+        "better": median > 1 if higher_is_better else median < 1,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300_000)
@@ -329,10 +386,15 @@ def main() -> int:
     parser.add_argument("--levels", type=int, default=20, help="changed levels per diff event")
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--latency-seconds", type=float, default=20)
-    parser.add_argument("--rounds", type=int, default=2, help="drains")
+    parser.add_argument("--rounds", type=int, default=2, help="drains (of each variant)")
     parser.add_argument("--batch-max", default=os.environ.get("CSP_BATCH_MAX", "5000"))
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also measure the processor of this git revision (e.g. origin/main), alternating",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     names = symbols(args.symbols)
@@ -343,21 +405,31 @@ def main() -> int:
         "symbols": args.symbols,
         "levels_per_event": args.levels,
         "batch_max": int(args.batch_max),
-        "command": "flock /tmp/csp-heavy.lock nox -s bench_books",
+        "command": "flock /tmp/csp-heavy.lock nox -s bench_books"
+        + (f" -- --before {args.before}" if args.before else ""),
         "machine": {
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg(),
         },
     }
+    before: Path | None = None
+    if args.before:
+        commit, before = export_tree(args.before, workdir / "before")
+        results["before"] = {"rev": args.before, "commit": commit}
+    variants: list[tuple[str, Path | None]] = [("after", None)]
+    if before is not None:
+        variants.insert(0, ("before", before))  # so each round ends with the current code
     with LocalStack(base, workdir / "stack") as stack:
         settings = base.model_copy(
-            update={"kafka_bootstrap": stack.kafka_bootstrap, "redis_url": stack.redis_url}
+            update={
+                "kafka_bootstrap": stack.kafka_bootstrap,
+                "redis_url": stack.redis_url,
+                "depth_topic": DEPTH_TOPIC,
+            }
         )
-        create_topics(
-            stack.kafka_bootstrap,
-            [*required_topics(settings), TopicSpec(DEPTH_TOPIC, settings.partitions, 1)],
-        )
+        create_topics(stack.kafka_bootstrap, required_topics(settings))  # raw.depth among them
         env = {
             "CSP_PROCESSOR_BOOKS": "true",
             "CSP_DEPTH_TOPIC": DEPTH_TOPIC,
@@ -368,14 +440,24 @@ def main() -> int:
         pipeline = Pipeline(
             workdir, stack.kafka_bootstrap, stack.redis_url, names[:3], extra_env=env
         )
-        runs = [drain(pipeline, settings, total) for _ in range(args.rounds)]
-        median = statistics.median(r["events_per_s"] for r in runs)
-        results["drain"] = {
-            "median_events_per_s": median,
-            "runs": runs,
-            "median_levels_per_s": median * args.levels,
-        }
-        if args.check:
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label, _ in variants}
+        for _ in range(args.rounds):
+            for label, tree in variants:
+                runs[label].append(drain(pipeline, settings, total, tree=tree))
+        for label, _tree in variants:
+            median = statistics.median(r["events_per_s"] for r in runs[label])
+            results["drain" if label == "after" else "drain_before"] = {
+                "median_events_per_s": median,
+                "runs": runs[label],
+                "median_levels_per_s": median * args.levels,
+            }
+        if before is not None:
+            results["drain_ratio_after_to_before"] = ratios(
+                [r["events_per_s"] for r in runs["after"]],
+                [r["events_per_s"] for r in runs["before"]],
+                higher_is_better=True,
+            )
+        if args.check:  # the books of the last drain: the current code's
             client = redis.Redis.from_url(settings.redis_url)
             report = check_books(client, read_topic(settings))
             client.close()
@@ -388,21 +470,25 @@ def main() -> int:
             results["profiled_drain"] = drain(pipeline, settings, total, spy)
             results["profile"] = summarize_profile(spy, GROUPS)
             print(orjson.dumps(results["profile"], option=orjson.OPT_INDENT_2).decode(), flush=True)
-        # a topic of its own for the latency run, so it starts with nothing to catch up on
-        lat_settings = settings.model_copy(update={"depth_topic": f"{DEPTH_TOPIC}.latency"})
-        create_topics(
-            stack.kafka_bootstrap, [TopicSpec(lat_settings.depth_topic, settings.partitions, 1)]
-        )
-        pipeline = Pipeline(
-            workdir,
-            stack.kafka_bootstrap,
-            stack.redis_url,
-            names[:3],
-            extra_env={**env, "CSP_DEPTH_TOPIC": lat_settings.depth_topic},
-        )
-        results["latency_ms"] = latency(
-            pipeline, lat_settings, names, args.levels, args.rate, args.latency_seconds
-        )
+        for label, tree in variants:
+            # a topic of its own per latency run, so it starts with nothing to catch up on
+            topic = f"{DEPTH_TOPIC}.latency.{label}"
+            lat_settings = settings.model_copy(update={"depth_topic": topic})
+            create_topics(stack.kafka_bootstrap, [TopicSpec(topic, settings.partitions, 1)])
+            pipeline = Pipeline(
+                workdir,
+                stack.kafka_bootstrap,
+                stack.redis_url,
+                names[:3],
+                extra_env={**env, "CSP_DEPTH_TOPIC": topic},
+            )
+            results["latency_ms" if label == "after" else "latency_ms_before"] = latency(
+                pipeline, lat_settings, names, args.levels, args.rate, args.latency_seconds, tree
+            )
+        if before is not None:
+            results["latency_p99_ratio_after_to_before"] = round(
+                results["latency_ms"]["p99"] / results["latency_ms_before"]["p99"], 3
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

@@ -2,14 +2,15 @@
 --
 -- KEYS: [1] the depth topic's offsets hash, then per symbol of the batch (in its order) three
 --       keys: book hash, bids zset, asks zset (core/keys.py book_apply_keys: the script builds none).
--- ARGV: [1] pub/sub channel  [2] JSON batch (processor/books.py BookBatch.script_call):
---   {"parts":   [[partition, expected_stored_offset, last_offset], ...],     (strings, -1 = none)
---    "symbols": [{"h": [field, value, ...]   (the book hash after the batch),
---                 "x": [field, ...]           (hash fields it no longer has),
---                 "u": "<pub/sub update JSON>",
---                 "r": 1                      (only after a snapshot: both sets are rewritten),
---                 "br"/"ar": [[member, ...], ...]   (bid/ask members to remove, in chunks),
---                 "ba"/"aa": [[member, ...], ...]   (bid/ask members to add, in chunks)}, ...]}
+-- ARGV (processor/books.py BookBatch.script_call; flat, so nothing is decoded here and every
+-- command takes its arguments straight from ARGV with unpack):
+--   [1] pub/sub channel, [2] P = number of partitions, then P triples
+--       partition, expected_stored_offset, last_offset                    (-1 = none)
+--   then per symbol, in KEYS order, seven counts
+--       r (1 after a snapshot: both sets are rewritten, else 0), nh, nx, nbr, nar, nba, naa
+--   and then: the pub/sub update JSON, nh items (the book hash after the batch, field value ...),
+--   nx items (hash fields it no longer has), nbr bid members to remove, nar ask members to
+--   remove, nba items of bids to add ("0" member "0" member ...), naa items of asks to add.
 --
 -- The chain rule (stale, gap, first diff after a snapshot, crossed book) was run by the processor
 -- on its copy of the books, which equals what Redis holds whenever the fence below passes: each
@@ -21,14 +22,16 @@
 -- {0, partition, stored, ...} comes back so the caller reloads its copies and re-seeks.
 -- On success returns {1, number_of_books_written}.
 local offsets_key, channel = KEYS[1], ARGV[1]
-local batch = cjson.decode(ARGV[2])
+local nparts = tonumber(ARGV[2])
+local CHUNK = 4000 -- ARGV items per call (unpack's stack limit is 8000); even: ZADD pairs stay whole
 
 -- 1. fencing
 local conflicts = {0}
-for _, part in ipairs(batch.parts) do
-  local stored = redis.call('HGET', offsets_key, part[1]) or '-1'
-  if stored ~= part[2] then
-    conflicts[#conflicts + 1] = part[1]
+for p = 0, nparts - 1 do
+  local partition, expected = ARGV[3 + 3 * p], ARGV[4 + 3 * p]
+  local stored = redis.call('HGET', offsets_key, partition) or '-1'
+  if stored ~= expected then
+    conflicts[#conflicts + 1] = partition
     conflicts[#conflicts + 1] = stored
   end
 end
@@ -36,45 +39,50 @@ if #conflicts > 1 then
   return conflicts
 end
 
-local function zrem(key, chunks)
-  for _, chunk in ipairs(chunks) do
-    redis.call('ZREM', key, unpack(chunk))
-  end
-end
-
-local function zadd(key, chunks)
-  for _, chunk in ipairs(chunks) do
-    local args = {}
-    for j, m in ipairs(chunk) do
-      args[2 * j - 1] = 0
-      args[2 * j] = m
-    end
-    redis.call('ZADD', key, unpack(args))
+-- ARGV[first .. first + n - 1] as the arguments of `command key ...`, in chunks
+local function each(command, key, first, n)
+  local last = first + n - 1
+  while first <= last do
+    local stop = math.min(first + CHUNK - 1, last)
+    redis.call(command, key, unpack(ARGV, first, stop))
+    first = stop + 1
   end
 end
 
 -- 2. books
 local published = {}
-for i, sym in ipairs(batch.symbols) do
-  local book_key, bids_key, asks_key = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
-  if sym.r then
+local i = 3 + 3 * nparts
+for s = 1, (#KEYS - 1) / 3 do
+  local book_key, bids_key, asks_key = KEYS[3 * s - 1], KEYS[3 * s], KEYS[3 * s + 1]
+  local replaced = ARGV[i] == '1'
+  local nh, nx = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local nbr, nar = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local nba, naa = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
+  published[#published + 1] = ARGV[i + 7]
+  i = i + 8
+  local hash_at = i
+  local gone_at = hash_at + nh
+  i = gone_at + nx
+  if replaced then
     redis.call('DEL', bids_key, asks_key)
-  else
-    zrem(bids_key, sym.br)
-    zrem(asks_key, sym.ar)
   end
-  zadd(bids_key, sym.ba)
-  zadd(asks_key, sym.aa)
-  if #sym.x > 0 then
-    redis.call('HDEL', book_key, unpack(sym.x))
+  each('ZREM', bids_key, i, nbr)
+  i = i + nbr
+  each('ZREM', asks_key, i, nar)
+  i = i + nar
+  each('ZADD', bids_key, i, nba)
+  i = i + nba
+  each('ZADD', asks_key, i, naa)
+  i = i + naa
+  if nx > 0 then
+    redis.call('HDEL', book_key, unpack(ARGV, gone_at, gone_at + nx - 1))
   end
-  redis.call('HSET', book_key, unpack(sym.h))
-  published[#published + 1] = sym.u
+  redis.call('HSET', book_key, unpack(ARGV, hash_at, hash_at + nh - 1))
 end
 
 -- 3. bookkeeping, in the same atomic step as the books
-for _, part in ipairs(batch.parts) do
-  redis.call('HSET', offsets_key, part[1], part[3])
+for p = 0, nparts - 1 do
+  redis.call('HSET', offsets_key, ARGV[3 + 3 * p], ARGV[5 + 3 * p])
 end
 if #published > 0 then
   redis.call('PUBLISH', channel, '[' .. table.concat(published, ',') .. ']')

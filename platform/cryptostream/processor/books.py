@@ -1,14 +1,24 @@
 """Turning a fetched batch of ``raw.depth`` records into one Redis apply of the books (sans-I/O).
 
 The processor keeps a copy (:class:`BookMirror`) of every book it has touched, exactly as Redis
-holds it: loaded from Redis the first time a symbol appears, changed only together with a
-successful apply, dropped whenever an apply is refused (its offsets were not what we believed:
-another member applied meanwhile, or Redis lost data) and then loaded again. The fold runs the
-chain rule of :class:`cryptostream.core.depth.TopicBook` on that copy record by record (stale
-diffs, gaps, the first-diff rule, a crossed book after a diff), so the script only has to apply
-the net result of the batch: per symbol the levels that changed (old member out, new member in;
-the whole sides after a snapshot) and the new book hash, fenced by the per-partition offsets
+holds it: loaded from Redis the first time a symbol appears, changed together with each apply
+sent, dropped whenever an apply is refused (its offsets were not what we believed: another
+member applied meanwhile, or Redis lost data) and then loaded again. The fold runs the chain
+rule of :class:`cryptostream.core.depth.TopicBook` on that copy record by record (stale diffs,
+gaps, the first-diff rule, a crossed book after a diff), so the script only has to apply the net
+result of the batch: per symbol the levels that changed (old member out, new member in; the
+whole sides after a snapshot) and the new book hash, fenced by the per-partition offsets
 (apply_books.lua). A level that changes 50 times in a batch costs Redis one ZREM and one ZADD.
+
+Where the time goes, and why it is shaped so (``nox -s bench_books``): a diff's levels never go
+through a Python loop. Decoding maps its price texts to level keys through a cache (a text in
+it was validated before) and checks its quantity texts against a set of validated ones; the
+fold writes a diff's ``(key, level)`` pairs into a per-batch overlay with one ``dict.update``
+(the last write per level wins, as it must), and only the overlay's distinct levels are turned
+into members, once per batch. The crossed-book check after each diff needs no sorted side: the
+fold keeps a bound per side (no bid above the bid bound, no ask below the ask bound) and moves
+it with ``max``/``min`` of the diff's keys; only when the bounds meet does it settle the overlay
+and look at the actual best levels.
 
 Levels are keyed by :func:`~cryptostream.core.keys.level_key` (fixed width, so string order is
 price order and ``"1.50"``/``"1.5"`` are one level) and keep the exchange's own text.
@@ -16,14 +26,13 @@ price order and ``"1.50"``/``"1.5"`` are one level) and keep the exchange's own 
 
 from __future__ import annotations
 
-import heapq
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Final, Literal
+from operator import itemgetter
+from typing import Annotated, Final, Literal, cast
 
 import msgspec
-import orjson
 
 from cryptostream.core.depth import (
     SCHEMA_VERSION,
@@ -48,12 +57,13 @@ from cryptostream.processor.batch import NO_OFFSET, Poison, RawRecord
 SYNCED: Final = "synced"
 UNSYNCED: Final = "unsynced"
 NO_SNAPSHOT: Final = "no snapshot yet"
-_INVERT = str.maketrans("0123456789", "9876543210")  # bids: a min-heap of inverted keys
-_CHUNK = 1000  # members per ZADD/ZREM call in the script (Lua's unpack has a stack limit)
+NO_BID: Final = ""  # the bid bound of an empty side: below every level key
+NO_ASK: Final = "~"  # the ask bound of an empty side: above every level key (digits, ".")
 
-
-_KEY_CACHE: dict[str, str] = {}  # price text -> level key (a book's prices repeat)
+_KEY_CACHE: dict[str, str] = {}  # validated price text -> level key (a book's prices repeat)
 _KEY_CACHE_MAX = 1 << 20
+_QTY_CACHE: set[str] = set()  # validated quantity texts (a book's quantities repeat too)
+_QTY_CACHE_MAX = 1 << 18
 _PLAIN = r"[0-9]{1,20}(?:\.[0-9]{1,20})?"  # a plain decimal of the schema
 _POSITIVE = rf"(?=[0-9.]*[1-9]){_PLAIN}"  # ... above 0
 # every price (or quantity) text of a diff at once, joined by newlines (one C call, no Python
@@ -61,9 +71,11 @@ _POSITIVE = rf"(?=[0-9.]*[1-9]){_PLAIN}"  # ... above 0
 _PRICES = re.compile(rf"{_POSITIVE}(?:\n{_POSITIVE})*")
 _QTYS = re.compile(rf"{_PLAIN}(?:\n{_PLAIN})*")
 _Id = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
+_price = itemgetter(0)
+_qty = itemgetter(1)
 
 
-def _all_match(texts: tuple[str, ...], pattern: re.Pattern[str]) -> bool:
+def _all_match(texts: Sequence[str], pattern: re.Pattern[str]) -> bool:
     """Each text matches the item pattern (the newline count rules out texts that hold one)."""
     if not texts:
         return True
@@ -71,10 +83,10 @@ def _all_match(texts: tuple[str, ...], pattern: re.Pattern[str]) -> bool:
     return joined.count("\n") == len(texts) - 1 and pattern.fullmatch(joined) is not None
 
 
-class Diff(msgspec.Struct):
+class Diff(msgspec.Struct, gc=False):
     """A decoded diff as the fold needs it (levels are ``(price, qty)`` pairs): also the hot
     path's schema, whose structure, types and integer bounds msgspec checks in one pass; the
-    decimal texts are checked by :func:`_all_match`."""
+    decimal texts are checked by :func:`_level_keys` and :func:`_valid_qtys`."""
 
     v: int
     kind: Literal["diff"]
@@ -88,38 +100,73 @@ class Diff(msgspec.Struct):
     exchange: str = "binance"
 
 
-Decoded = Diff | SnapshotRecord
+# A validated diff with the level key of each of its bids and asks, in their order.
+KeyedDiff = tuple[Diff, list[str], list[str]]
+Decoded = KeyedDiff | SnapshotRecord
 _decode_diff = msgspec.json.Decoder(Diff).decode
+
+
+def _level_keys(levels: Sequence[Level]) -> list[str] | None:
+    """The level key of each price, None if a price is not a positive plain decimal. Known
+    texts are one dict lookup each, in C; unknown ones are validated (one regex for all) and
+    remembered."""
+    cache = _KEY_CACHE
+    found = [*map(cache.get, map(_price, levels))]
+    if None not in found:
+        return cast(list[str], found)
+    prices = [*map(_price, levels)]
+    if not _all_match(prices, _PRICES):
+        return None
+    if len(cache) >= _KEY_CACHE_MAX:
+        cache.clear()
+    for price in prices:
+        if price not in cache:
+            cache[price] = level_key(price)
+    return [*map(cache.__getitem__, prices)]
+
+
+def _valid_qtys(levels: Sequence[Level]) -> bool:
+    """Every quantity is a plain decimal: known texts by one set lookup each, in C; unknown ones
+    by one regex over all of them, and then remembered."""
+    known = _QTY_CACHE
+    if known.issuperset(map(_qty, levels)):
+        return True
+    new = [*{*map(_qty, levels)}.difference(known)]
+    if not _all_match(new, _QTYS):
+        return False
+    if len(known) >= _QTY_CACHE_MAX:
+        known.clear()
+    known.update(new)
+    return True
 
 
 def decode_record(value: bytes | None) -> Decoded:
     """One ``raw.depth`` value for the fold; DepthRecordError with the reason.
 
-    The hot path decodes diffs with msgspec and two regular expressions, which accept only what
-    :func:`~cryptostream.core.depth.decode_depth` accepts (property-tested); anything else
-    (snapshots, levels with extra elements, every refusal) goes through decode_depth itself,
-    which says what is wrong."""
+    The hot path decodes diffs with msgspec and checks their texts through the caches above,
+    which accept only what :func:`~cryptostream.core.depth.decode_depth` accepts
+    (property-tested); anything else (snapshots, levels with extra elements, every refusal)
+    goes through decode_depth itself, which says what is wrong."""
     if value is not None:
         try:
             r = _decode_diff(value)
         except (msgspec.ValidationError, msgspec.DecodeError):
             pass
         else:
-            bids, asks = r.bids, r.asks
-            bid_prices, bid_qtys = zip(*bids, strict=True) if bids else ((), ())
-            ask_prices, ask_qtys = zip(*asks, strict=True) if asks else ((), ())
-            if (
-                r.v == SCHEMA_VERSION
-                and r.first_id <= r.final_id
-                and _all_match(bid_prices + ask_prices, _PRICES)
-                and _all_match(bid_qtys + ask_qtys, _QTYS)
-            ):
-                r.symbol = r.symbol.upper()
-                return r
+            if r.v == SCHEMA_VERSION and r.first_id <= r.final_id:
+                bid_keys, ask_keys = _level_keys(r.bids), _level_keys(r.asks)
+                if (
+                    bid_keys is not None
+                    and ask_keys is not None
+                    and _valid_qtys(r.bids)
+                    and _valid_qtys(r.asks)
+                ):
+                    r.symbol = r.symbol.upper()
+                    return r, bid_keys, ask_keys
     record = decode_depth(value)
     if isinstance(record, DiffRecord):
         d = record.diff
-        return Diff(
+        diff = Diff(
             SCHEMA_VERSION,
             "diff",
             d.symbol,
@@ -131,10 +178,16 @@ def decode_record(value: bytes | None) -> Decoded:
             record.ingest_time_us,
             record.exchange,
         )
+        return (
+            diff,
+            [*map(_level_key, map(_price, d.bids))],
+            [*map(_level_key, map(_price, d.asks))],
+        )
     return record
 
 
 def _level_key(price: str) -> str:
+    """level_key through the cache (for texts decode_depth validated)."""
     key = _KEY_CACHE.get(price)
     if key is None:
         if len(_KEY_CACHE) >= _KEY_CACHE_MAX:
@@ -143,58 +196,53 @@ def _level_key(price: str) -> str:
     return key
 
 
-class _Side:
-    """One side of a book: level key -> (price, qty), with a lazy heap for its best level."""
+def _member(key: str, price: str, qty: str) -> str:
+    """:func:`~cryptostream.core.keys.level_member` for a price whose key is known."""
+    return f"{key} {price} {qty}"
 
-    __slots__ = ("heap", "invert", "levels")
 
-    def __init__(self, invert: bool, levels: dict[str, Level] | None = None) -> None:
-        self.invert = invert
-        self.levels: dict[str, Level] = levels or {}
-        self.heap: list[str] = []
-        self._rebuild()
-
-    def _rebuild(self) -> None:
-        keys = self.levels.keys()
-        self.heap = [k.translate(_INVERT) for k in keys] if self.invert else list(keys)
-        heapq.heapify(self.heap)
-
-    def reset(self, levels: dict[str, Level]) -> None:
-        self.levels = levels
-        self._rebuild()
-
-    def best(self) -> str | None:
-        """The best level's key (highest bid, lowest ask), None if the side is empty."""
-        heap, levels = self.heap, self.levels
-        while heap:
-            top = heap[0].translate(_INVERT) if self.invert else heap[0]
-            if top in levels:
-                return top
-            heapq.heappop(heap)
-        return None
-
-    def apply(self, changes: Sequence[Level], touched: dict[str, Level | None]) -> None:
-        levels, cache = self.levels, _KEY_CACHE
-        for price, qty in changes:
-            key = cache.get(price) or _level_key(price)
-            old = levels.get(key)
-            touched.setdefault(key, old)
+def _settle(
+    side: dict[str, str], overlay: dict[str, Level], before: dict[str, str | None] | None
+) -> None:
+    """Write a side's overlay (key -> newest level of the batch so far) into the side; record in
+    ``before`` each changed level's member from before the batch (None: it had none)."""
+    get, pop = side.get, side.pop
+    if before is None:  # after a snapshot in this batch: the whole side is written anyway
+        for key, (price, qty) in overlay.items():
             if qty.strip("0."):  # a quantity above 0 (the text is a validated plain decimal)
-                if old is None:
-                    heapq.heappush(self.heap, key.translate(_INVERT) if self.invert else key)
-                levels[key] = (price, qty)
-            elif old is not None:
-                del levels[key]
-        if len(self.heap) > 2 * len(levels) + 64:  # stale entries of removed levels
-            self._rebuild()
+                side[key] = f"{key} {price} {qty}"
+            else:
+                pop(key, None)
+    else:
+        keep = before.setdefault
+        for key, (price, qty) in overlay.items():
+            keep(key, get(key))
+            if qty.strip("0."):
+                side[key] = f"{key} {price} {qty}"
+            else:
+                pop(key, None)
+    overlay.clear()
+
+
+def _best_bid(bids: dict[str, str], bound: str) -> str:
+    """The highest bid key (NO_BID if none), given a bound no bid is above."""
+    return bound if bound in bids else max(bids, default=NO_BID)
+
+
+def _best_ask(asks: dict[str, str], bound: str) -> str:
+    return bound if bound in asks else min(asks, default=NO_ASK)
 
 
 @dataclass
 class BookMirror:
-    """One symbol's book as Redis holds it (the processor's copy)."""
+    """One symbol's book as Redis holds it (the processor's copy): each side maps level key ->
+    stored member (``<key> <price> <qty>``). ``best_bid``/``best_ask`` are the best keys
+    (NO_BID/NO_ASK for an empty side) whenever the fold is not running."""
 
-    bids: _Side = field(default_factory=lambda: _Side(True))
-    asks: _Side = field(default_factory=lambda: _Side(False))
+    bids: dict[str, str] = field(default_factory=dict)
+    asks: dict[str, str] = field(default_factory=dict)
+    best_bid: str = NO_BID
+    best_ask: str = NO_ASK
     last_update_id: int = -1
     snapshot_id: int = -1
     synced: bool = False
@@ -205,33 +253,46 @@ class BookMirror:
     def from_redis(cls, state: dict[str, str], bids: list[str], asks: list[str]) -> BookMirror:
         """The copy of a stored book: its hash and the members of its two sets."""
 
-        def levels(members: list[str]) -> dict[str, Level]:
+        def levels(members: list[str]) -> dict[str, str]:
             out = {}
             for member in members:
-                price, qty = parse_level_member(member)
-                out[level_key(price)] = (price, qty)
+                price, _qty = parse_level_member(member)
+                out[level_key(price)] = member
             return out
 
         if not state:
             return cls()
-        return cls(
-            bids=_Side(True, levels(bids)),
-            asks=_Side(False, levels(asks)),
+        book = cls(
+            bids=levels(bids),
+            asks=levels(asks),
             last_update_id=int(state.get("last_update_id", -1)),
             snapshot_id=int(state.get(BOOK_SNAPSHOT_FIELD, -1)),
             synced=state.get("status") == SYNCED,
             reason=state.get("reason", ""),
             stored=True,
         )
+        book.best_bid = max(book.bids, default=NO_BID)
+        book.best_ask = min(book.asks, default=NO_ASK)
+        return book
 
     def crossed(self) -> bool:
-        bid, ask = self.bids.best(), self.asks.best()
-        return bid is not None and ask is not None and bid >= ask
+        return bool(self.bids and self.asks and max(self.bids) >= min(self.asks))
 
     def levels(self, side: str) -> list[Level]:
         """(price, qty) of one side, best first (for tests and the checker)."""
         book = self.bids if side == "bids" else self.asks
-        return [book.levels[k] for k in sorted(book.levels, reverse=side == "bids")]
+        return [_split(book[k]) for k in sorted(book, reverse=side == "bids")]
+
+    def best(self, side: str) -> Level | None:
+        """The best level of one side as (price, qty), None if the side is empty."""
+        key, levels = (self.best_bid, self.bids) if side == "bids" else (self.best_ask, self.asks)
+        member = levels.get(key)
+        return None if member is None else _split(member)
+
+
+def _split(member: str) -> Level:
+    _key, price, qty = member.split(" ")
+    return price, qty
 
 
 @dataclass
@@ -239,33 +300,124 @@ class _SymbolChanges:
     """What one batch did to one symbol's book."""
 
     replaced: bool = False  # a snapshot: both sets are rewritten whole
-    bids: dict[str, Level | None] = field(default_factory=dict)  # key -> level before the batch
-    asks: dict[str, Level | None] = field(default_factory=dict)
+    bids: dict[str, str | None] = field(default_factory=dict)  # key -> member before the batch
+    asks: dict[str, str | None] = field(default_factory=dict)
     changed: bool = False  # anything to write (levels or state)
     event_time: int | None = None  # of the newest applied diff
     ingest_us: int = 0  # of the newest applied record
 
 
-def _member(key: str, level: Level) -> str:
-    return f"{key} {level[0]} {level[1]}"
+class _SymbolFold:
+    """One symbol's part of a batch while it folds, record by record in topic order.
+
+    The overlays hold the levels written since they were last settled into the book; the
+    bounds stay valid throughout (a bid bound at or above every bid of book + overlay, an ask
+    bound at or below every ask), and are the best keys again after :meth:`finish`."""
+
+    __slots__ = (
+        "ask_bound",
+        "before_asks",
+        "before_bids",
+        "bid_bound",
+        "book",
+        "changes",
+        "over_asks",
+        "over_bids",
+    )
+
+    def __init__(self, book: BookMirror) -> None:
+        self.book = book
+        self.changes = _SymbolChanges(changed=not book.stored)
+        self.over_bids: dict[str, Level] = {}
+        self.over_asks: dict[str, Level] = {}
+        self.bid_bound, self.ask_bound = book.best_bid, book.best_ask
+        # where settling records the members from before the batch (None after a snapshot)
+        self.before_bids: dict[str, str | None] | None = self.changes.bids
+        self.before_asks: dict[str, str | None] | None = self.changes.asks
+
+    def snapshot(self, record: SnapshotRecord) -> str:
+        book, ch, snap = self.book, self.changes, record.snapshot
+        self.over_bids.clear()
+        self.over_asks.clear()
+        book.bids = {(k := _level_key(p)): f"{k} {p} {q}" for p, q in snap.bids}
+        book.asks = {(k := _level_key(p)): f"{k} {p} {q}" for p, q in snap.asks}
+        self.bid_bound = max(book.bids, default=NO_BID)
+        self.ask_bound = min(book.asks, default=NO_ASK)
+        book.last_update_id = book.snapshot_id = snap.last_update_id
+        book.synced, book.reason = True, ""
+        ch.replaced = ch.changed = True
+        ch.bids.clear()
+        ch.asks.clear()
+        self.before_bids = self.before_asks = None
+        ch.event_time, ch.ingest_us = None, record.ingest_time_us
+        return "snapshot"
+
+    def diff(self, diff: Diff, bid_keys: list[str], ask_keys: list[str]) -> str | None:
+        """Apply one diff; returns its outcome, or None for a break (the caller says why)."""
+        book = self.book
+        if not book.synced:
+            return "unsynced"
+        last = book.last_update_id
+        if diff.final_id <= last:
+            return "stale"
+        ch = self.changes
+        ch.changed = True
+        ch.ingest_us = diff.ingest_time_us
+        if last == book.snapshot_id:  # fresh: the first diff after the snapshot spans its id
+            if not diff.first_id <= last + 1:
+                return None
+        elif diff.first_id != last + 1:
+            return None
+        if bid_keys:
+            self.over_bids.update(
+                zip(bid_keys, diff.bids, strict=True)
+            )  # in order: the last write wins
+            top = max(bid_keys)
+            if top > self.bid_bound:
+                self.bid_bound = top
+        if ask_keys:
+            self.over_asks.update(zip(ask_keys, diff.asks, strict=True))
+            low = min(ask_keys)
+            if low < self.ask_bound:
+                self.ask_bound = low
+        book.last_update_id = diff.final_id
+        ch.event_time = diff.event_time
+        if self.bid_bound >= self.ask_bound:  # the bounds meet: look at the book itself
+            self.finish()
+            if self.bid_bound >= self.ask_bound:
+                return "crossed"
+        return "applied"
+
+    def finish(self) -> None:
+        """Settle the overlays into the book; the bounds are its best keys again."""
+        book = self.book
+        _settle(book.bids, self.over_bids, self.before_bids)
+        _settle(book.asks, self.over_asks, self.before_asks)
+        book.best_bid = self.bid_bound = _best_bid(book.bids, self.bid_bound)
+        book.best_ask = self.ask_bound = _best_ask(book.asks, self.ask_bound)
 
 
 @dataclass
 class BookBatch:
-    """One fetched batch of ``raw.depth``: offset span per partition, decoded records per symbol
-    (in topic order), poison; then :meth:`fold` runs them over the mirrors."""
+    """One fetched batch of ``raw.depth``: offset span per partition, poison, and its records
+    folded over the mirrors (see :meth:`add`, :meth:`missing`, :meth:`fold`)."""
 
+    # the copies of the books: the records of a symbol that has one fold as they are added (so
+    # that a record's objects die young); those of the others wait for fold()
+    mirrors: dict[str, BookMirror] = field(default_factory=dict)
     parts: dict[int, list[int]] = field(default_factory=dict)  # partition -> [first, last]
-    records_by_symbol: dict[str, list[Decoded]] = field(default_factory=dict)
+    pending: dict[str, list[Decoded]] = field(default_factory=dict)  # symbol -> records
     partition_of: dict[str, int] = field(default_factory=dict)
     poison: list[Poison] = field(default_factory=list)
     records: int = 0
     counts: dict[str, int] = field(default_factory=dict)  # TopicBook.apply outcome -> records
     breaks: list[tuple[str, str]] = field(default_factory=list)  # (symbol, reason)
     changes: dict[str, _SymbolChanges] = field(default_factory=dict)
+    _folds: dict[str, _SymbolFold] = field(default_factory=dict)
 
     def add(self, record: RawRecord) -> None:
-        """Decode one record; one that is not a valid depth record becomes poison."""
+        """Decode one record (one that is not a valid depth record becomes poison) and fold it
+        into its symbol's mirror if there is one."""
         self.records += 1
         span = self.parts.get(record.partition)
         if span is None:
@@ -280,57 +432,62 @@ class BookBatch:
         except Exception as exc:  # the decoder has a bug: still never kill the batch
             self.poison.append(Poison(record, f"cannot decode: {type(exc).__name__}: {exc}"))
             return
-        self.records_by_symbol.setdefault(decoded.symbol, []).append(decoded)
-        self.partition_of[decoded.symbol] = record.partition
+        symbol = decoded[0].symbol if isinstance(decoded, tuple) else decoded.symbol
+        self.partition_of[symbol] = record.partition
+        fold = self._folds.get(symbol)
+        if fold is None:
+            book = self.mirrors.get(symbol)
+            if book is None or symbol in self.pending:
+                self.pending.setdefault(symbol, []).append(decoded)
+                return
+            fold = self._folds[symbol] = _SymbolFold(book)
+            self.changes[symbol] = fold.changes
+        self._apply(symbol, fold, decoded)
 
-    def fold(self, mirrors: dict[str, BookMirror]) -> None:
-        """Apply every record to its symbol's mirror (which must be present: loaded from Redis)
-        with TopicBook's rule, recording the net changes for the script."""
-        counts = self.counts
-        for symbol, records in self.records_by_symbol.items():
-            book = mirrors[symbol]
-            ch = self.changes[symbol] = _SymbolChanges(changed=not book.stored)
+    def missing(self) -> list[str]:
+        """The symbols whose records wait for a copy of their book (load it, then fold)."""
+        return [s for s in self.pending if s not in self.mirrors]
+
+    @property
+    def records_by_symbol(self) -> dict[str, list[Decoded]]:
+        """The records still to fold, per symbol (all of them if the batch had no mirrors)."""
+        return self.pending
+
+    def fold(self, mirrors: dict[str, BookMirror] | None = None) -> None:
+        """Fold the records that waited (their mirrors must now be in ``mirrors``, by default
+        the batch's own), and settle every symbol's net changes for the script."""
+        if mirrors is not None:
+            self.mirrors = mirrors
+        for symbol, records in self.pending.items():
+            fold = self._folds[symbol] = _SymbolFold(self.mirrors[symbol])
+            self.changes[symbol] = fold.changes
             for record in records:
-                outcome = self._apply(symbol, book, ch, record)
-                counts[outcome] = counts.get(outcome, 0) + 1
+                self._apply(symbol, fold, record)
+        self.pending = {}
+        for fold in self._folds.values():
+            fold.finish()
 
-    def _apply(self, symbol: str, book: BookMirror, ch: _SymbolChanges, record: Decoded) -> str:
+    def _apply(self, symbol: str, fold: _SymbolFold, record: Decoded) -> None:
         if isinstance(record, SnapshotRecord):
-            snap = record.snapshot
-            book.bids.reset({level_key(p): (p, q) for p, q in snap.bids})
-            book.asks.reset({level_key(p): (p, q) for p, q in snap.asks})
-            book.last_update_id = book.snapshot_id = snap.last_update_id
-            book.synced, book.reason = True, ""
-            ch.replaced = ch.changed = True
-            ch.bids.clear()
-            ch.asks.clear()
-            ch.event_time, ch.ingest_us = None, record.ingest_time_us
-            return "snapshot"
-        diff, last = record, book.last_update_id
-        if not book.synced:
-            return "unsynced"
-        if diff.final_id <= last:
-            return "stale"
-        fresh = last == book.snapshot_id
-        fits = diff.first_id <= last + 1 if fresh else diff.first_id == last + 1
-        ch.changed = True
-        ch.ingest_us = record.ingest_time_us
-        if not fits:
-            want = f"first_id <= {last + 1} <= final_id" if fresh else f"first_id == {last + 1}"
-            self._break(
-                symbol,
-                book,
-                f"update-id gap: expected {want}, got {diff.first_id}..{diff.final_id}",
-            )
-            return "break"
-        book.bids.apply(diff.bids, ch.bids)
-        book.asks.apply(diff.asks, ch.asks)
-        book.last_update_id = diff.final_id
-        ch.event_time = diff.event_time
-        if book.crossed():
-            self._break(symbol, book, f"crossed book after update {diff.final_id}")
-            return "break"
-        return "applied"
+            outcome = fold.snapshot(record)
+        else:
+            diff, bid_keys, ask_keys = record
+            last = fold.book.last_update_id
+            result = fold.diff(diff, bid_keys, ask_keys)
+            if result is None:
+                if last == fold.book.snapshot_id:
+                    want = f"first_id <= {last + 1} <= final_id"
+                else:
+                    want = f"first_id == {last + 1}"
+                got = f"{diff.first_id}..{diff.final_id}"
+                self._break(symbol, fold.book, f"update-id gap: expected {want}, got {got}")
+                outcome = "break"
+            elif result == "crossed":
+                self._break(symbol, fold.book, f"crossed book after update {diff.final_id}")
+                outcome = "break"
+            else:
+                outcome = result
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
     def _break(self, symbol: str, book: BookMirror, reason: str) -> None:
         book.synced, book.reason = False, reason
@@ -340,45 +497,58 @@ class BookBatch:
     def script_call(
         self, topic: str, positions: dict[int, int], now_ms: int, mirrors: dict[str, BookMirror]
     ) -> tuple[list[str], list[str | bytes]]:
-        """``KEYS`` and ``ARGV`` of apply_books.lua (after :meth:`fold`); ``positions`` = the last
-        applied offset of each partition, as this process believes."""
+        """``KEYS`` and ``ARGV`` of apply_books.lua (after :meth:`fold`; the layout is described
+        there); ``positions`` = the last applied offset of each partition, as this process
+        believes."""
         symbols = [s for s, ch in self.changes.items() if ch.changed]
-        rows = [self._row(s, self.changes[s], mirrors[s], now_ms) for s in symbols]
-        parts = [
-            [str(p), str(positions.get(p, NO_OFFSET)), str(last)]
-            for p, (_first, last) in self.parts.items()
-        ]
-        payload = orjson.dumps({"parts": parts, "symbols": rows})
-        return book_apply_keys(topic, symbols), [BOOK_CHANNEL, payload]
+        args: list[str | bytes] = [BOOK_CHANNEL, str(len(self.parts))]
+        for partition, (_first, last) in self.parts.items():
+            args += (str(partition), str(positions.get(partition, NO_OFFSET)), str(last))
+        for symbol in symbols:
+            self._symbol_args(args, symbol, self.changes[symbol], mirrors[symbol], now_ms)
+        return book_apply_keys(topic, symbols), args
 
     @staticmethod
-    def _row(symbol: str, ch: _SymbolChanges, book: BookMirror, now_ms: int) -> dict[str, object]:
+    def _symbol_args(
+        args: list[str | bytes], symbol: str, ch: _SymbolChanges, book: BookMirror, now_ms: int
+    ) -> None:
         state, gone = BookBatch.state(book, ch, now_ms)
-        row: dict[str, object] = {
-            "h": [x for pair in state.items() for x in pair],
-            "x": gone,
-            "u": book_update(symbol, state).decode(),
-        }
-        for name, side, touched in (("b", book.bids, ch.bids), ("a", book.asks, ch.asks)):
-            levels = side.levels
+        hash_args = [x for pair in state.items() for x in pair]
+        out: list[list[str]] = []  # bid members out, ask members out
+        into: list[list[str]] = []  # bid score/member pairs in, ask pairs
+        for levels, before in ((book.bids, ch.bids), (book.asks, ch.asks)):
+            removed: list[str] = []
+            added: list[str] = []
             if ch.replaced:
-                removed: list[str] = []
-                added = [_member(k, v) for k, v in levels.items()]
+                for member in levels.values():
+                    added += ("0", member)
             else:
-                removed, added = [], []
-                for key, old in touched.items():
-                    new = levels.get(key)
-                    if new == old:
-                        continue
-                    if old is not None:
-                        removed.append(_member(key, old))
-                    if new is not None:
-                        added.append(_member(key, new))
-            row[name + "r"] = [removed[i : i + _CHUNK] for i in range(0, len(removed), _CHUNK)]
-            row[name + "a"] = [added[i : i + _CHUNK] for i in range(0, len(added), _CHUNK)]
-        if ch.replaced:
-            row["r"] = 1
-        return row
+                get = levels.get
+                for key, old in before.items():
+                    new = get(key)
+                    if new != old:
+                        if old is not None:
+                            removed.append(old)
+                        if new is not None:
+                            added += ("0", new)
+            out.append(removed)
+            into.append(added)
+        args += (
+            "1" if ch.replaced else "0",
+            str(len(hash_args)),
+            str(len(gone)),
+            str(len(out[0])),
+            str(len(out[1])),
+            str(len(into[0])),
+            str(len(into[1])),
+            book_update(symbol, state),
+            *hash_args,
+            *gone,
+            *out[0],
+            *out[1],
+            *into[0],
+            *into[1],
+        )
 
     @staticmethod
     def state(
@@ -395,13 +565,12 @@ class BookBatch:
             gone.append("reason")
         else:
             state["reason"] = book.reason
-        for name, side in (("bid", book.bids), ("ask", book.asks)):
-            best = side.best()
+        for name, side in (("bid", "bids"), ("ask", "asks")):
+            best = book.best(side)
             if best is None:
                 gone += (f"best_{name}", f"best_{name}_qty")
             else:
-                price, qty = side.levels[best]
-                state[f"best_{name}"], state[f"best_{name}_qty"] = price, qty
+                state[f"best_{name}"], state[f"best_{name}_qty"] = best
         if ch.event_time is not None:
             state["event_time"] = str(ch.event_time)
         elif ch.replaced:

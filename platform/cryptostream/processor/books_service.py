@@ -5,13 +5,22 @@ topic (same consumer group, same backends, same rebalance handling and resume-fr
 same DLQ), whose batches are folded by :mod:`cryptostream.processor.books` over its copies of the
 books and applied by apply_books.lua, fenced by the depth topic's offsets in Redis. The process
 runs it on a thread of its own next to the trades processor when ``CSP_PROCESSOR_BOOKS`` is on.
+
+Applies are pipelined as the trades' are (service.py): while Redis runs batch N's script on the
+apply thread, this thread fetches and folds batch N+1 over copies that already hold N. If N is
+refused, the copies are dropped and N+1 is not sent but re-read; if N+1 is refused (it expected
+N's offsets), nothing of it was applied either. At most one batch is in flight, and none across
+a rebalance, a check of the stored offsets or a stop.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
+from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import redis
 
@@ -19,6 +28,7 @@ from cryptostream.config import Settings
 from cryptostream.core.keys import book_key, book_side_key
 from cryptostream.processor.batch import NO_OFFSET, RawRecord
 from cryptostream.processor.books import BookBatch, BookMirror, parse_book_conflicts
+from cryptostream.processor.consumers import ConsumerError
 from cryptostream.processor.metrics import ProcessorMetrics
 from cryptostream.processor.service import Processor
 
@@ -68,11 +78,22 @@ def load_mirrors(client: redis.Redis, symbols: list[str]) -> dict[str, BookMirro
     return out
 
 
+@dataclass
+class BookInFlight:
+    """A books batch whose apply was sent and not yet answered."""
+
+    batch: BookBatch
+    reply: Future[Any]
+    now_ms: int
+    before: dict[int, int]  # its partitions' positions before it: restored if it is refused
+
+
 class BookProcessor(Processor):
     def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
         super().__init__(settings.model_copy(update={"topic": settings.depth_topic}), redis_client)
         self.books_script = redis_client.register_script(BOOKS_SCRIPT)
         self.mirrors: dict[str, BookMirror] = {}
+        self.books_inflight: BookInFlight | None = None
         for name in BOOK_COUNTERS:
             self.stats.setdefault(name, 0)
         self.metrics = ProcessorMetrics(
@@ -80,7 +101,7 @@ class BookProcessor(Processor):
         )
 
     def process(self, records: list[RawRecord]) -> None:
-        batch = BookBatch()
+        batch = BookBatch(self.mirrors)  # folds each record whose book is here as it is added
         positions = self.positions
         for record in records:
             if record.offset <= positions.get(record.partition, NO_OFFSET):
@@ -89,28 +110,66 @@ class BookProcessor(Processor):
             batch.add(record)
         if not batch.parts:
             return
-        self._dead_letter(batch)
-        missing = [s for s in batch.records_by_symbol if s not in self.mirrors]
+        missing = batch.missing()
         if missing:
+            # (none of them is in the batch in flight: its books stay here until it settles)
             self.mirrors.update(self._with_redis_retry(lambda: load_mirrors(self.redis, missing)))
         batch.fold(self.mirrors)
         now_ms = time.time_ns() // 1_000_000
         keys, args = batch.script_call(self.settings.topic, positions, now_ms, self.mirrors)
-        started = time.perf_counter()
-        reply = self._with_redis_retry(lambda: self.books_script(keys=keys, args=args))
-        self.metrics.redis_apply.observe(time.perf_counter() - started)
-        if int(reply[0]) == 0:
-            self.mirrors.clear()  # folded ahead of a Redis that holds something else: reload
-            self._resolve_conflicts(parse_book_conflicts(reply), batch)
+        # Folded while the previous batch was being applied; it counted on that one's offsets.
+        refused = self._settle()
+        if refused is not None:
+            self._reread_books(batch, refused)
             return
+        self._dead_letter(batch)
+        before = {p: positions.get(p, NO_OFFSET) for p in batch.parts}
+        for partition, (_first, last) in batch.parts.items():
+            positions[partition] = last  # as if applied: the next batch expects these
         for symbol, changes in batch.changes.items():
             if changes.changed:
                 self.mirrors[symbol].stored = True
-        for partition, (_first, last) in batch.parts.items():
-            self.positions[partition] = last
+        reply = self._applier.submit(self._apply_books, keys, args)
+        self.books_inflight = BookInFlight(batch, reply, now_ms, before)
+
+    def _apply_books(self, keys: list[str], args: list[Any]) -> Any:
+        """On the apply thread: one script call, retried while Redis is unavailable."""
+        started = time.perf_counter()
+        reply = self._with_redis_retry(lambda: self.books_script(keys=keys, args=args))
+        self.metrics.redis_apply.observe(time.perf_counter() - started)
+        return reply
+
+    def finish_inflight(self) -> None:
+        self._settle()
+
+    def _settle(self) -> BookBatch | None:
+        """Wait for the batch in flight, if any, and settle it; returns it if Redis refused it
+        (the copies are dropped, its partitions re-sought, positions are Redis's again)."""
+        pending, self.books_inflight = self.books_inflight, None
+        if pending is None:
+            return None
+        reply = pending.reply.result()  # re-raises what the apply thread raised
+        batch = pending.batch
+        if int(reply[0]) == 0:
+            self.positions.update(pending.before)
+            self.mirrors.clear()  # folded ahead of a Redis that holds something else: reload
+            self._resolve_conflicts(parse_book_conflicts(reply), batch)
+            return batch
         self._count(batch)
-        self._observe_books(batch, now_ms)
+        self._observe_books(batch, pending.now_ms)
         self._try_commit({p: last + 1 for p, (_f, last) in batch.parts.items()})
+        return None
+
+    def _reread_books(self, batch: BookBatch, refused: BookBatch) -> None:
+        """A folded batch not sent (the one before it was refused): seek its partitions back to
+        its first records, except those of the refused batch, re-sought below it already."""
+        for partition, (first, _last) in batch.parts.items():
+            if partition in refused.parts:
+                continue
+            try:
+                self.consumer.seek(partition, first)
+            except ConsumerError as exc:  # revoked meanwhile: its new owner resumes from Redis
+                self.warn.warning("seek", "seek failed", **{"error.message": str(exc)})
 
     def _count(self, batch: BookBatch) -> None:
         stats, counts = self.stats, batch.counts
