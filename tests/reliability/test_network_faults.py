@@ -21,13 +21,17 @@ directly. Toxiproxy is built from its Go module on first use (``ensure_toxiproxy
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
+import redis
 
 from cryptostream.config import Settings
 from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
@@ -58,6 +62,8 @@ SYMBOLS = [f"NET{i}USDT" for i in range(24)]  # spread over all 8 partitions
 UPSTREAM_SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"]
 NETWORK = Profile("full", faults=1, rate=400, spacing=(2.0, 4.0))
 BLACK_HOLE_S = 14.0  # longer than the processor's Redis socket timeout (10 s) and Kafka session
+BANDWIDTH_KBS = 16  # far below the load's ~400 trades/s of Redis or Kafka traffic
+SLOW_CLOSE_MS = 5000
 BOTH: tuple[Stream, ...] = ("upstream", "downstream")
 
 
@@ -90,15 +96,21 @@ def _fault(
     streams: tuple[Stream, ...] = BOTH,
     *,
     stalls: bool = False,
+    during: Callable[[], None] | None = None,
+    goal_after: Callable[[], Mapping[Any, int]] | None = None,
 ) -> None:
     """Toxics on ``streams`` for ``seconds``, then removed. Recovery is timed from the start
     (the report's column) and, in the notes, from the moment the fault cleared until Redis has
     applied everything Kafka held then. ``stalls``: the fault must stop the processors'
-    progress (from 1 s in until it clears), or it did not really cut them off."""
+    progress (from 1 s in until it clears), or it did not really cut them off. ``during`` runs
+    once the toxics are in place (e.g. the server closing the connections a slow close holds);
+    ``goal_after``: recovery's goal for faults upstream of Kafka (see :meth:`FaultRun.inject`)."""
     applied: list[int] = []
 
     def action() -> None:
         names = [tp.add_toxic(proxy, kind, attributes, stream=s) for s in streams]
+        if during is not None:
+            during()
         run.pause(1.0)
         applied.append(sum(run.probe.applied().values()))
         run.pause(seconds - 1.0)
@@ -106,7 +118,7 @@ def _fault(
         for name in names:
             tp.remove_toxic(proxy, name)
 
-    run.inject(label, action)
+    run.inject(label, action, goal_after=goal_after)
     healed, goal = time.monotonic(), run.probe.ends()
     run.wait_recovered(timeout=180)
     wait_for(lambda: caught_up(run.probe.applied(), goal), 180, f"catching up after {label}")
@@ -130,6 +142,16 @@ def _processor_side_faults(run: FaultRun, tp: ToxiproxyClient, proxy: str) -> No
     )
     run.pause()
     _fault(run, tp, proxy, f"{proxy}: connection reset", "reset_peer", {"timeout": 0}, 2)
+    run.pause()
+    _fault(
+        run,
+        tp,
+        proxy,
+        f"{proxy}: bandwidth {BANDWIDTH_KBS} KB/s",
+        "bandwidth",
+        {"rate": BANDWIDTH_KBS},
+        8,
+    )
     run.pause()
     _fault(
         run,
@@ -191,10 +213,42 @@ def test_processor_redis_network_faults(isolated: Env, toxiproxy: Toxi) -> None:
         load.start()
         _flowing(run)
         _processor_side_faults(run, toxiproxy.client, "redis")
+        run.pause()
+        _slow_close(run, toxiproxy.client, isolated.settings.redis_url)
         _finish_processor_side(run, load, isolated.settings)
     finally:
         load._stop.set()
         pipeline.stop()
+
+
+def _kill_redis_clients(redis_url: str) -> None:
+    """Redis closes every other client connection (the proxied ones and the probes', which
+    reconnect): the server-side close that a ``slow_close`` toxic then holds open."""
+    with redis.Redis.from_url(redis_url) as direct:
+        direct.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+
+def _slow_close(
+    run: FaultRun,
+    tp: ToxiproxyClient,
+    redis_url: str,
+    seconds: float = 8,
+    goal_after: Callable[[], Mapping[Any, int]] | None = None,
+) -> None:
+    """Redis drops its clients and the proxy delays passing the close on by SLOW_CLOSE_MS: the
+    clients sit on a connection whose server is gone, then see it close."""
+    _fault(
+        run,
+        tp,
+        "redis",
+        f"redis: server closes, slow close {SLOW_CLOSE_MS / 1000:.0f} s",
+        "slow_close",
+        {"delay": SLOW_CLOSE_MS},
+        seconds,
+        streams=("downstream",),
+        during=lambda: _kill_redis_clients(redis_url),
+        goal_after=goal_after,
+    )
 
 
 _PROXIED_LISTENER = """\
@@ -204,10 +258,12 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:
 """
 
 
-def test_processor_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _proxied_broker(tmp_path: Path, tp: ToxiproxyClient) -> Iterator[tuple[KafkaBroker, str]]:
     """A broker of its own with a second listener, ``PROXIED``, that advertises the proxy's
-    address: the processors bootstrap through the proxy and so reach the partition leader and
-    the group coordinator through it too; the load and the probes use the direct listener."""
+    address (yielded with the broker): a client bootstrapping through the proxy reaches the
+    partition leaders and the group coordinator through it too; the direct listener stays for
+    the load, the probes and the checker. Its topics are created."""
     settings = Settings()
     lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
     port, cport, pport, xport = free_port(), free_port(), free_port(), free_port()
@@ -219,33 +275,47 @@ def test_processor_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path
         controller_port=cport,
         extra_properties=_PROXIED_LISTENER.format(port=port, cport=cport, pport=pport, xport=xport),
     )
-    pipeline: Pipeline | None = None
-    load: SteadyProducer | None = None
     try:
         broker.start(timeout=settings.start_timeout_s)
-        toxiproxy.client.create_proxy("kafka", f"127.0.0.1:{pport}", listen=f"127.0.0.1:{xport}")
-        env = {**isolated.env, "CSP_KAFKA_BOOTSTRAP": broker.bootstrap}
-        own = isolated.settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
-        create_topics(broker.bootstrap, required_topics(own))
-        pipeline = Pipeline(
-            isolated.workdir, broker.bootstrap, own.redis_url, SYMBOLS, extra_env=env
-        )
-        run = FaultRun("net-processor-kafka", NETWORK, pipeline, own)
-        for _ in range(2):
-            pipeline.start_processor(CSP_KAFKA_BOOTSTRAP=f"127.0.0.1:{xport}")
-        load = SteadyProducer(own, SYMBOLS, NETWORK.rate, seed=42).start()
-        _flowing(run)
-        _processor_side_faults(run, toxiproxy.client, "kafka")
-        _finish_processor_side(run, load, own)
+        tp.create_proxy("kafka", f"127.0.0.1:{pport}", listen=f"127.0.0.1:{xport}")
+        yield broker, f"127.0.0.1:{xport}"
     finally:
-        if load is not None:
-            load._stop.set()
-        if pipeline is not None:
-            pipeline.stop()
         broker.stop()
 
 
-def _start_upstream(pipeline: Pipeline, tp: ToxiproxyClient, seconds: float) -> SimulatorHandle:
+def test_processor_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path: Path) -> None:
+    """Two processors reach Kafka only through the proxy; the load is produced directly."""
+    pipeline: Pipeline | None = None
+    load: SteadyProducer | None = None
+    with _proxied_broker(tmp_path, toxiproxy.client) as (broker, proxied):
+        try:
+            env = {**isolated.env, "CSP_KAFKA_BOOTSTRAP": broker.bootstrap}
+            own = isolated.settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+            create_topics(broker.bootstrap, required_topics(own))
+            pipeline = Pipeline(
+                isolated.workdir, broker.bootstrap, own.redis_url, SYMBOLS, extra_env=env
+            )
+            run = FaultRun("net-processor-kafka", NETWORK, pipeline, own)
+            for _ in range(2):
+                pipeline.start_processor(CSP_KAFKA_BOOTSTRAP=proxied)
+            load = SteadyProducer(own, SYMBOLS, NETWORK.rate, seed=42).start()
+            _flowing(run)
+            _processor_side_faults(run, toxiproxy.client, "kafka")
+            _finish_processor_side(run, load, own)
+        finally:
+            if load is not None:
+                load._stop.set()
+            if pipeline is not None:
+                pipeline.stop()
+
+
+def _start_upstream(
+    pipeline: Pipeline,
+    tp: ToxiproxyClient,
+    seconds: float,
+    proxy_ws: bool = True,
+    **ingest_env: str,
+) -> SimulatorHandle:
     total = int(NETWORK.rate * seconds)
     sim = pipeline.start_simulator(
         [
@@ -265,15 +335,18 @@ def _start_upstream(pipeline: Pipeline, tp: ToxiproxyClient, seconds: float) -> 
             "0",
         ]
     )
-    address = urlsplit(sim.ws_url).netloc
-    proxy = tp.create_proxy("ws", address)
+    ws_url = sim.ws_url
+    if proxy_ws:
+        address = urlsplit(ws_url).netloc
+        ws_url = ws_url.replace(address, tp.create_proxy("ws", address).listen)
     for _ in range(2):
         pipeline.start_processor()
     pipeline.start_ingest(
-        sim.ws_url.replace(address, proxy.listen),
+        ws_url,
         CSP_BINANCE_REST_URL=sim.rest_url,
         CSP_INGEST_TAIL_CHECK_S="2",
         CSP_INGEST_SILENCE_S="3",
+        **ingest_env,
     )
     return sim
 
@@ -318,6 +391,153 @@ def test_ingest_simulator_network_faults(isolated: Env, toxiproxy: Toxi) -> None
         assert gaps is not None and gaps.detected > 0, "the faults caused no gap: not tested"
         assert result.gaps_reported == 0, f"unrecoverable gaps with REST up: {result.notes}"
     finally:
+        pipeline.stop()
+
+
+def test_ingest_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path: Path) -> None:
+    """Ingest produces through the proxy (the simulator, the processors and the checker go
+    direct): latency, resets, a bandwidth limit and a black hole between ingest and Kafka. The
+    producer's retries must neither lose nor double a trade in ``raw.trades``."""
+    with _proxied_broker(tmp_path, toxiproxy.client) as (broker, proxied):
+        env = {**isolated.env, "CSP_KAFKA_BOOTSTRAP": broker.bootstrap}
+        own = isolated.settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        create_topics(broker.bootstrap, required_topics(own))
+        pipeline = Pipeline(
+            isolated.workdir, broker.bootstrap, own.redis_url, UPSTREAM_SYMBOLS, extra_env=env
+        )
+        try:
+            sim = _start_upstream(
+                pipeline, toxiproxy.client, 75, proxy_ws=False, CSP_KAFKA_BOOTSTRAP=proxied
+            )
+            run = FaultRun("net-ingest-kafka", NETWORK, pipeline, own)
+            run.progress = lambda: run.probe.latest_ids(UPSTREAM_SYMBOLS)
+            wait_for(
+                lambda: run.assert_others_alive() or run.probe.latest_ids(UPSTREAM_SYMBOLS),
+                60,
+                "the first trades in Redis",
+            )
+            tp, fresh = toxiproxy.client, (lambda: sim_last_ids(sim))
+            for label, kind, attributes, seconds, streams in (
+                ("kafka: latency 150±100 ms", "latency", {"latency": 150, "jitter": 100}, 6, BOTH),
+                ("kafka: connection reset", "reset_peer", {"timeout": 0}, 2, BOTH),
+                (
+                    f"kafka: bandwidth {BANDWIDTH_KBS} KB/s",
+                    "bandwidth",
+                    {"rate": BANDWIDTH_KBS},
+                    8,
+                    BOTH,
+                ),
+                (
+                    f"kafka: black hole {BLACK_HOLE_S:.0f} s",
+                    "timeout",
+                    {"timeout": 0},
+                    BLACK_HOLE_S,
+                    BOTH,
+                ),
+            ):
+                run.pause()
+                _fault(
+                    run, tp, "kafka", label, kind, attributes, seconds, streams, goal_after=fresh
+                )
+            result = settle_and_finish(run, sim, own)
+            assert result.ok, f"{result.verdict()}: {result.notes}"
+            assert result.topic_missing == result.topic_duplicated == 0, result.notes
+        finally:
+            pipeline.stop()
+
+
+@dataclass
+class _Poller:
+    """GET /price/{symbol} every 50 ms on its own thread: what each answer was and how long it
+    took (the query API must answer 200 or a quick 503, never hang or serve a wrong price)."""
+
+    url: str
+    answers: list[tuple[float, int, float, float | None]]  # (t, status, seconds, price)
+    ok: int = 0
+
+    def run(self, stop: threading.Event) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    response = client.get(self.url)
+                    status = response.status_code
+                except httpx.HTTPError:
+                    status = 0  # no answer at all: a hang or a dropped connection
+                elapsed = time.monotonic() - t0
+                price = response.json().get("price") if status == 200 else None
+                self.answers.append((t0, status, elapsed, price))
+                self.ok += status == 200
+                stop.wait(0.05)
+
+
+def test_query_redis_network_faults(isolated: Env, toxiproxy: Toxi) -> None:
+    """The query API reaches Redis through the proxy (processors and the load go direct). Under
+    latency and a bandwidth limit it answers; reset, black-holed or slow-closed, it answers 503
+    within its Redis deadline, never hangs and never serves a price the symbol never had; it
+    recovers after each fault (recovery = first 200 after the fault cleared)."""
+    redis_addr = urlsplit(isolated.settings.redis_url).netloc
+    proxy = toxiproxy.client.create_proxy("redis", redis_addr)
+    pipeline = Pipeline(
+        isolated.workdir,
+        isolated.settings.kafka_bootstrap,
+        isolated.settings.redis_url,
+        SYMBOLS,
+        extra_env=isolated.env,
+    )
+    load = SteadyProducer(isolated.settings, SYMBOLS, NETWORK.rate, seed=44)
+    stop = threading.Event()
+    try:
+        run = FaultRun("net-query-redis", NETWORK, pipeline, isolated.settings)
+        pipeline.start_processor()
+        load.start()
+        _flowing(run)
+        query = pipeline.start_query(
+            CSP_REDIS_URL=isolated.settings.redis_url.replace(redis_addr, proxy.listen)
+        )
+        poller = _Poller(f"{query.base_url}/price/{SYMBOLS[0]}", [])
+        wait_for(lambda: httpx.get(poller.url).status_code == 200, 60, "a first price")
+        thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
+        thread.start()
+        run.progress = lambda: {"query": poller.ok}
+        after = lambda: {"query": poller.ok + 1}  # noqa: E731
+        tp, windows = toxiproxy.client, {}
+        for label, kind, attributes, seconds in (
+            ("query-redis: latency 150±100 ms", "latency", {"latency": 150, "jitter": 100}, 6),
+            ("query-redis: connection reset", "reset_peer", {"timeout": 0}, 2),
+            ("query-redis: bandwidth 4 KB/s", "bandwidth", {"rate": 4}, 6),
+            ("query-redis: black hole 8 s", "timeout", {"timeout": 0}, 8),
+        ):
+            run.pause()
+            start = time.monotonic()
+            _fault(run, tp, "redis", label, kind, attributes, seconds, goal_after=after)
+            windows[kind] = (start, start + seconds)
+        run.pause()
+        _slow_close(run, tp, isolated.settings.redis_url, seconds=6, goal_after=after)
+        run.pause(3)
+        stop.set()
+        thread.join(15)
+        load.stop()
+        run.wait_drained(timeout=180)
+        truth = topic_trades(isolated.settings)
+        result = run.finish(truth)
+        assert result.ok, f"{result.verdict()}: {result.notes}"
+        deadline = isolated.settings.query_redis_timeout_s + 1.5
+        statuses = {status for _, status, _, _ in poller.answers}
+        assert statuses <= {200, 503}, f"answers other than 200/503: {statuses}"
+        slowest = max(elapsed for _, _, elapsed, _ in poller.answers)
+        assert slowest <= deadline, f"an answer took {slowest:.2f}s (deadline {deadline:.2f}s)"
+        hole = windows["timeout"]
+        assert any(
+            status == 503 and hole[0] + 1 <= t <= hole[1] for t, status, _, _ in poller.answers
+        ), "the black hole never made the query API answer 503: not tested"
+        prices = {float(t.price) for t in truth if t.symbol == SYMBOLS[0]}
+        wrong = [p for _, status, _, p in poller.answers if status == 200 and p not in prices]
+        assert not wrong, f"prices {SYMBOLS[0]} never had: {wrong[:5]}"
+        assert poller.answers[-1][1] == 200, "the query API did not recover"
+    finally:
+        stop.set()
+        load._stop.set()
         pipeline.stop()
 
 
@@ -370,5 +590,23 @@ def test_toxics_really_happen(toxiproxy: Toxi) -> None:
             round_trip()
         tp.remove_toxic("echo", reset)
         assert round_trip() < 0.1
+        # 64 KB through 32 KB/s takes about 2 s instead of a few ms
+        limit = tp.add_toxic("echo", "bandwidth", {"rate": 32}, stream="downstream")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+            t0, payload, got = time.monotonic(), b"x" * 65536, 0
+            sock.sendall(payload)
+            while got < len(payload):
+                got += len(sock.recv(65536))
+            assert time.monotonic() - t0 >= 1.5
+        tp.remove_toxic("echo", limit)
+        # the server's close reaches the client only after the slow close's delay
+        slow = tp.add_toxic("echo", "slow_close", {"delay": 800}, stream="downstream")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+            assert round_trip() < 0.1  # a second connection still echoes at full speed
+            sock.shutdown(socket.SHUT_WR)  # the echo server sees EOF and closes its side
+            t0 = time.monotonic()
+            assert sock.recv(16) == b""
+            assert time.monotonic() - t0 >= 0.7
+        tp.remove_toxic("echo", slow)
     finally:
         listener.close()
