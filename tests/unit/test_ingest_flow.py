@@ -32,7 +32,8 @@ class FakeProducer:
     librdkafka with ``delivery.report.only.error``: only failures call back; ``len()`` is what
     is still queued."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_delivery: Callable[[Any, Any], None]) -> None:
+        self.on_delivery = on_delivery  # the producer-level callback (config ``on_delivery``)
         self.pending: list[tuple[FakeMessage, Callable[[Any, Any], None]]] = []
         self.delivered: list[FakeMessage] = []
 
@@ -43,8 +44,7 @@ class FakeProducer:
         key: bytes | None = None,
         on_delivery: Callable[[Any, Any], None] | None = None,
     ) -> None:
-        assert on_delivery is not None
-        self.pending.append((FakeMessage(topic, value, key), on_delivery))
+        self.pending.append((FakeMessage(topic, value, key), on_delivery or self.on_delivery))
 
     def poll(self, _timeout: float = 0) -> int:
         return 0
@@ -97,7 +97,7 @@ def frame(symbol: str, tid: int) -> bytes:
 def make(**overrides: Any) -> tuple[Ingest, FakeProducer]:
     settings = Settings(kafka_bootstrap="127.0.0.1:1", ingest_gap_grace_s=0, **overrides)
     ingest = Ingest(settings, ["BTCUSDT"], "http://127.0.0.1:1")
-    fake = FakeProducer()
+    fake = FakeProducer(ingest.publisher.on_delivery)
     ingest.producer = fake  # type: ignore[assignment]
     return ingest, fake
 
