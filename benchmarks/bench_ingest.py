@@ -341,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     trees: list[Path | None] = [None] if ns.baseline is None else [None, ns.baseline]
     micro: dict[str, list[dict[str, float]]] = {str(t or "current"): [] for t in trees}
-    for _ in range(max(ns.rounds, 3)):
-        for tree in trees:
+    for round_ in range(max(ns.rounds, 3)):
+        for tree in trees if round_ % 2 == 0 else trees[::-1]:
             micro[str(tree or "current")].append(engine_micro(tree))
     report["engine_us_per_frame"] = {
         label: {size: statistics.median(r[size] for r in runs) for size in runs[0]}
@@ -362,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             runs: dict[str, list[dict[str, Any]]] = {str(t or "current"): [] for t in trees}
             for round_ in range(ns.rounds):
-                for tree in trees:
+                # ABBA: the first run after the stack starts is the slowest (a cold broker)
+                for tree in trees if round_ % 2 == 0 else trees[::-1]:
                     label = str(tree or "current")
                     print(f"run: {ns.trades} trades, simulator --fast -> ingest ({label})")
                     run = run_once(
