@@ -268,6 +268,7 @@ GROUPS = [
     (
         "JSON parse + validation + Trade objects (binance.frames, core.trades)",
         (
+            "fast_trade",
             "parse_frame",
             "_parse_trade",
             "check_positive_decimal",
@@ -277,8 +278,11 @@ GROUPS = [
         ),
     ),
     ("id tracking (ingest.tracker)", ("SymbolTracker.", "Gap.fill")),
-    ("record encoding (core.codec.encode_trade)", ("encode_trade",)),
-    ("delivery callbacks + poll()", ("on_delivery", "LatencyHistogram.record", "poll")),
+    ("record encoding (core.codec.encode_trade*)", ("encode_trade",)),
+    (
+        "delivery reports, acks, poll()",
+        ("on_delivery", "LatencyHistogram.record", "poll", "Publisher.settle"),
+    ),
     (
         "hot loop: TradeEngine.on_frames, Publisher.produce_batch (incl. the produce() C call)",
         ("TradeEngine.on_frames", "Ingest.on_frames", "Publisher.produce_batch"),

@@ -28,12 +28,16 @@ class FakeMessage:
 
 
 class FakeProducer:
-    """Queues what is produced; ``deliver`` acknowledges (or fails) the oldest ``n``. Like
-    librdkafka with ``delivery.report.only.error``: only failures call back; ``len()`` is what
-    is still queued."""
+    """Queues what is produced; ``deliver`` acknowledges (or fails) the oldest ``n``; ``len()``
+    is what is still queued. ``on_delivery``: the producer-level callback (config
+    ``on_delivery``) for records produced without one; ``only_errors``: like librdkafka with
+    ``delivery.report.only.error``, only failures call back."""
 
-    def __init__(self, on_delivery: Callable[[Any, Any], None]) -> None:
-        self.on_delivery = on_delivery  # the producer-level callback (config ``on_delivery``)
+    def __init__(
+        self, on_delivery: Callable[[Any, Any], None] | None = None, only_errors: bool = False
+    ) -> None:
+        self.on_delivery = on_delivery
+        self.only_errors = only_errors
         self.pending: list[tuple[FakeMessage, Callable[[Any, Any], None]]] = []
         self.delivered: list[FakeMessage] = []
 
@@ -44,7 +48,9 @@ class FakeProducer:
         key: bytes | None = None,
         on_delivery: Callable[[Any, Any], None] | None = None,
     ) -> None:
-        self.pending.append((FakeMessage(topic, value, key), on_delivery or self.on_delivery))
+        callback = on_delivery or self.on_delivery
+        assert callback is not None
+        self.pending.append((FakeMessage(topic, value, key), callback))
 
     def poll(self, _timeout: float = 0) -> int:
         return 0
@@ -57,7 +63,7 @@ class FakeProducer:
         for msg, callback in batch:
             if error is None:
                 self.delivered.append(msg)
-            else:
+            if error is not None or not self.only_errors:
                 callback(error, msg)
 
 
@@ -97,7 +103,7 @@ def frame(symbol: str, tid: int) -> bytes:
 def make(**overrides: Any) -> tuple[Ingest, FakeProducer]:
     settings = Settings(kafka_bootstrap="127.0.0.1:1", ingest_gap_grace_s=0, **overrides)
     ingest = Ingest(settings, ["BTCUSDT"], "http://127.0.0.1:1")
-    fake = FakeProducer(ingest.publisher.on_delivery)
+    fake = FakeProducer(ingest.publisher.on_delivery, only_errors=True)
     ingest.producer = fake  # type: ignore[assignment]
     return ingest, fake
 
