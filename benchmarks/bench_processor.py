@@ -262,12 +262,16 @@ def latency(
         probe_id += 1
     probe.flush(10)
     ready_s = time.monotonic() - t_start
-    measure_from[0] = time.time() + 1  # one second for the load to reach its rate
     # The load runs in its own process, so it never holds this process's GIL against the listener.
-    load = multiprocessing.get_context("spawn").Process(
-        target=open_model_load, args=(settings, names, rate, seconds)
+    context = multiprocessing.get_context("spawn")
+    load_ready = context.Event()
+    load = context.Process(
+        target=open_model_load, args=(settings, names, rate, seconds, load_ready)
     )
     load.start()
+    if not load_ready.wait(60):
+        raise RuntimeError("the load generator did not start within 60 s")
+    measure_from[0] = time.time() + 1  # one second for the load to reach its rate
     load.join(seconds + 60)
     time.sleep(1)
     stop.set()
@@ -290,9 +294,15 @@ def latency(
     return result
 
 
-def open_model_load(settings: Settings, names: list[str], rate: int, seconds: float) -> None:
-    """Send what the schedule says is due (open model), stamping each record's event time."""
+def open_model_load(
+    settings: Settings, names: list[str], rate: int, seconds: float, ready: Any
+) -> None:
+    """Send what the schedule says is due (open model), stamping each record's event time. The
+    topic's metadata is fetched first: a record stamped before its producer knows the partition
+    leaders would wait for them, and that wait is not the pipeline's latency."""
     producer = Producer(producer_config(settings, **{"linger.ms": 1}))
+    producer.list_topics(settings.topic, timeout=30)
+    ready.set()
     ids = dict.fromkeys(names, 10_000_000)
     rng = random.Random(5)
     start = time.monotonic()
