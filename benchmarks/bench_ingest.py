@@ -10,8 +10,15 @@ connection; one ``csp ingest`` process reads them and produces to a real local K
   (``csp_ingest_produce_latency_seconds``, bucket bounds), and frame received -> appended by the
   broker: an HDR histogram of (``LogAppendTime`` - ``ingest_time_us``) over every record of the
   topic (ms resolution: the broker's timestamps are in ms),
-* CPU: seconds of ingest CPU per million trades, and (``--profile``) a second run under
-  ``py-spy`` (sampling, ``--nonblocking``): the share of samples per function, grouped.
+* CPU: seconds of ingest CPU per million trades (split into the interpreter's main thread and
+  librdkafka's native threads), and (``--profile``) a second run under ``py-spy`` (sampling,
+  ``--nonblocking``): the share of samples per function, grouped,
+* the engine alone (:meth:`TradeEngine.on_frames` on synthetic combined-stream reads of 1 to 256
+  frames, no I/O): CPU µs per frame.
+
+``--baseline DIR`` (an export of an earlier commit, e.g. ``git archive REV | tar -x -C DIR``):
+its ingest alternates with this tree's on the same broker (``--rounds`` full-speed runs each),
+and its engine with this one's, so a change is measured as a ratio within one run.
 
     flock /tmp/csp-heavy.lock python benchmarks/bench_ingest.py --json reports/bench-ingest.json
 """
@@ -23,6 +30,9 @@ import os
 import platform
 import shutil
 import signal
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -133,6 +143,17 @@ def broker_latency(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     }
 
 
+def tree_env(tree: Path | None) -> dict[str, str]:
+    """The environment that runs ``tree``'s code instead of this checkout's."""
+    if tree is None:
+        return {}
+    return {"PYTHONPATH": f"{tree / 'platform'}{os.pathsep}{tree / 'simulator'}"}
+
+
+def thread_cpu(proc: psutil.Process) -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for t in proc.threads()}
+
+
 def run_once(
     stack: LocalStack,
     workdir: Path,
@@ -140,6 +161,7 @@ def run_once(
     partitions: int,
     profile: Path | None,
     rate: float | None = None,
+    tree: Path | None = None,
 ) -> dict[str, Any]:
     suffix = f"{os.getpid()}-{time.monotonic_ns()}"
     topics = create_topics(stack.kafka_bootstrap, suffix, partitions)
@@ -168,7 +190,7 @@ def run_once(
             ]
         )
         port = free_port()
-        env = {"CSP_INGEST_METRICS_PORT": str(port)}
+        env = {"CSP_INGEST_METRICS_PORT": str(port), **tree_env(tree)}
         if profile is None:
             ingest = pipeline.start_ingest(sim.ws_url, **env)
         else:
@@ -186,6 +208,7 @@ def run_once(
         samples: list[tuple[float, float]] = []
         t_start = time.monotonic()
         cpu0 = {p.pid: sum(p.cpu_times()[:2]) for p in procs}
+        threads0 = thread_cpu(procs[0])
         while True:
             m = scrape(port)
             now = time.monotonic()
@@ -194,6 +217,8 @@ def run_once(
                 break
             time.sleep(0.25)
         cpu = {p.pid: sum(p.cpu_times()[:2]) - cpu0[p.pid] for p in procs}
+        threads = thread_cpu(procs[0])
+        main_thread = threads.get(procs[0].pid, 0.0) - threads0.get(procs[0].pid, 0.0)
         final = scrape(port)
         sim_stats = sim.stats()
         acked = final.get("csp_ingest_acked_total", 0.0)
@@ -212,10 +237,18 @@ def run_once(
                 "p99": bucket_quantile(final, 0.99),
             },
             "ingest_cpu_s_per_million": round(sum(cpu.values()) / max(acked, 1) * 1e6, 2),
+            "ingest_cpu_s_per_million_main_thread": round(main_thread / max(acked, 1) * 1e6, 2),
+            "ingest_cpu_s_per_million_other_threads": round(
+                (sum(cpu.values()) - main_thread) / max(acked, 1) * 1e6, 2
+            ),
+            "code": "this tree" if tree is None else str(tree),
             "duplicates": final.get("csp_ingest_duplicates_total", 0.0),
             "gaps_detected": final.get('csp_ingest_gaps_total{status="detected"}', 0.0),
             "simulator_trades_generated": sim_stats["trades_generated"],
         }
+        if profile is not None:  # procs[0] is py-spy: no thread split
+            del result["ingest_cpu_s_per_million_main_thread"]
+            del result["ingest_cpu_s_per_million_other_threads"]
         if profile is None:
             result["latency_receive_to_broker_append"] = broker_latency(
                 stack.kafka_bootstrap, topics["CSP_TOPIC"], trades
@@ -235,6 +268,7 @@ GROUPS = [
     (
         "JSON parse + validation + Trade objects (binance.frames, core.trades)",
         (
+            "fast_trade",
             "parse_frame",
             "_parse_trade",
             "check_positive_decimal",
@@ -244,8 +278,11 @@ GROUPS = [
         ),
     ),
     ("id tracking (ingest.tracker)", ("SymbolTracker.", "Gap.fill")),
-    ("record encoding (core.codec.encode_trade)", ("encode_trade",)),
-    ("delivery callbacks + poll()", ("on_delivery", "LatencyHistogram.record", "poll")),
+    ("record encoding (core.codec.encode_trade*)", ("encode_trade",)),
+    (
+        "delivery reports, acks, poll()",
+        ("on_delivery", "LatencyHistogram.record", "poll", "Publisher.settle"),
+    ),
     (
         "hot loop: TradeEngine.on_frames, Publisher.produce_batch (incl. the produce() C call)",
         ("TradeEngine.on_frames", "Ingest.on_frames", "Publisher.produce_batch"),
@@ -257,12 +294,38 @@ GROUPS = [
 ]
 
 
+def engine_micro(tree: Path | None) -> dict[str, float]:
+    """µs per frame of the engine alone, per read size (benchmarks/ingest_engine_micro.py)."""
+    script = Path(__file__).with_name("ingest_engine_micro.py")
+    env = {**os.environ, **tree_env(tree)}
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, check=True, capture_output=True, timeout=600
+    )
+    result: dict[str, float] = orjson.loads(out.stdout)
+    return result
+
+
+def ratios(current: list[float], baseline: list[float]) -> dict[str, float]:
+    return {
+        "median_current": statistics.median(current),
+        "median_baseline": statistics.median(baseline),
+        "ratio_current_to_baseline": round(
+            statistics.median(current) / statistics.median(baseline), 3
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--json", type=Path, default=Path("reports/bench-ingest.json"))
     parser.add_argument("--trades", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--rate", type=float, default=50_000, help="trades/s of the paced run")
+    parser.add_argument("--baseline", type=Path, help="an earlier tree to alternate with")
+    parser.add_argument("--rounds", type=int, default=1, help="full-speed runs per tree")
+    parser.add_argument(
+        "--paced", action=argparse.BooleanOptionalAction, default=True, help="the paced run"
+    )
     parser.add_argument(
         "--profile",
         action=argparse.BooleanOptionalAction,
@@ -276,22 +339,70 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg(),
         },
         "command": "flock /tmp/csp-heavy.lock nox -s bench_ingest",
     }
+    trees: list[Path | None] = [None] if ns.baseline is None else [None, ns.baseline]
+    micro: dict[str, list[dict[str, float]]] = {str(t or "current"): [] for t in trees}
+    for round_ in range(max(ns.rounds, 3)):
+        for tree in trees if round_ % 2 == 0 else trees[::-1]:
+            micro[str(tree or "current")].append(engine_micro(tree))
+    report["engine_us_per_frame"] = {
+        label: {size: statistics.median(r[size] for r in runs) for size in runs[0]}
+        for label, runs in micro.items()
+    }
+    if ns.baseline is not None:
+        cur, base = micro["current"], micro[str(ns.baseline)]
+        report["engine_ratio_current_to_baseline"] = {
+            size: ratios([r[size] for r in cur], [r[size] for r in base])[
+                "ratio_current_to_baseline"
+            ]
+            for size in cur[0]
+        }
+    print(orjson.dumps(report["engine_us_per_frame"]).decode(), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         stack = LocalStack(Settings(), Path(tmp) / "stack").start()
         try:
-            print(f"run: {ns.trades} trades, simulator --fast -> ingest -> Kafka", flush=True)
-            report["run"] = run_once(stack, Path(tmp) / "run", ns.trades, ns.partitions, None)
-            print(orjson.dumps(report["run"], option=orjson.OPT_INDENT_2).decode(), flush=True)
-            print(f"paced run: {ns.rate:g} trades/s (latency at the target rate)", flush=True)
-            report["paced_run"] = run_once(
-                stack, Path(tmp) / "paced", ns.trades, ns.partitions, None, rate=ns.rate
-            )
-            print(
-                orjson.dumps(report["paced_run"], option=orjson.OPT_INDENT_2).decode(), flush=True
-            )
+            runs: dict[str, list[dict[str, Any]]] = {str(t or "current"): [] for t in trees}
+            for round_ in range(ns.rounds):
+                # ABBA: the first run after the stack starts is the slowest (a cold broker)
+                for tree in trees if round_ % 2 == 0 else trees[::-1]:
+                    label = str(tree or "current")
+                    print(f"run: {ns.trades} trades, simulator --fast -> ingest ({label})")
+                    run = run_once(
+                        stack,
+                        Path(tmp) / f"run-{round_}-{len(runs[label])}-{tree is None}",
+                        ns.trades,
+                        ns.partitions,
+                        None,
+                        tree=tree,
+                    )
+                    run["load_average_after"] = os.getloadavg()
+                    runs[label].append(run)
+                    print(orjson.dumps(run, option=orjson.OPT_INDENT_2).decode(), flush=True)
+            report["run"] = runs["current"][len(runs["current"]) // 2]
+            report["runs"] = runs
+            if ns.baseline is not None:
+                report["baseline"] = str(ns.baseline)
+                report["cpu_s_per_million_ratio_to_baseline"] = ratios(
+                    [r["ingest_cpu_s_per_million"] for r in runs["current"]],
+                    [r["ingest_cpu_s_per_million"] for r in runs[str(ns.baseline)]],
+                )
+                report["throughput_ratio_to_baseline"] = ratios(
+                    [r["throughput_trades_per_s"] for r in runs["current"]],
+                    [r["throughput_trades_per_s"] for r in runs[str(ns.baseline)]],
+                )
+                print(orjson.dumps(report["cpu_s_per_million_ratio_to_baseline"]).decode())
+            if ns.paced:
+                print(f"paced run: {ns.rate:g} trades/s (latency at the target rate)", flush=True)
+                report["paced_run"] = run_once(
+                    stack, Path(tmp) / "paced", ns.trades, ns.partitions, None, rate=ns.rate
+                )
+                print(
+                    orjson.dumps(report["paced_run"], option=orjson.OPT_INDENT_2).decode(),
+                    flush=True,
+                )
             if ns.profile and shutil.which("py-spy"):
                 prof = Path(tmp) / "ingest.prof.txt"
                 print("profiled run (py-spy)", flush=True)
@@ -305,11 +416,14 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
     ns.json.parent.mkdir(parents=True, exist_ok=True)
     ns.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    run, paced = report["run"], report["paced_run"]
-    for name, r in (("full speed", run), (f"paced at {ns.rate:g}/s", paced)):
+    named = [("full speed", report["run"])]
+    if "paced_run" in report:
+        named.append((f"paced at {ns.rate:g}/s", report["paced_run"]))
+    for name, r in named:
         hdr = r["latency_receive_to_broker_append"]
         print(
-            f"{name}: {r['throughput_trades_per_s']} trades/s acked; receive->ack p50 <= "
+            f"{name}: {r['throughput_trades_per_s']} trades/s acked, "
+            f"{r['ingest_cpu_s_per_million']} CPU-s per million; receive->ack p50 <= "
             f"{r['latency_receive_to_ack_ms_bucket_bound']['p50']} ms, p99 <= "
             f"{r['latency_receive_to_ack_ms_bucket_bound']['p99']} ms (bucket bounds); "
             f"receive->broker append p50 {hdr['p50_ms']} ms, p99 {hdr['p99_ms']} ms (HDR)"

@@ -217,33 +217,61 @@ def latency(
     seconds: float,
     backend: str,
 ) -> dict[str, Any]:
+    """Event -> visible at a steady rate, measured once the processor is consuming: a probe
+    record is produced every 100 ms until its update is visible (the processor's start-up and
+    group join are not latency), then the load starts. Also the worst latency per second of the
+    run (``per_second_max``), which tells a start-up transient from a slow round."""
     client = redis.Redis.from_url(settings.redis_url)
     client.flushall()
     pipeline.start_processor(CSP_PROCESSOR_KAFKA_CLIENT=backend, CSP_GROUP_ID=f"lat-{backend}")
     histogram = HdrHistogram(1, 60_000, 3)  # ms
+    per_second: dict[int, int] = {}
     stop = threading.Event()
+    visible = threading.Event()
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("updates:price")
-    warmup_until = time.time() + 3
+    measure_from = [float("inf")]  # set when the load starts (+ a short warm-up)
 
     def listen() -> None:
         while not stop.is_set():
             message = pubsub.get_message(timeout=0.2)
             if message is None:
                 continue
+            visible.set()
             now_ms = time.time() * 1000
-            if now_ms / 1000 < warmup_until:
+            if now_ms / 1000 < measure_from[0]:
                 continue
+            second = int(now_ms / 1000 - measure_from[0])
             for update in orjson.loads(message["data"]):
-                histogram.record_value(max(1, round(now_ms - update["event_time"])))
+                value = max(1, round(now_ms - update["event_time"]))
+                histogram.record_value(value)
+                per_second[second] = max(per_second.get(second, 0), value)
 
     listener = threading.Thread(target=listen)
     listener.start()
+    t_start = time.monotonic()
+    probe = Producer(producer_config(settings, **{"linger.ms": 0}))
+    probe_id = 1
+    while not visible.wait(0.1):
+        if time.monotonic() - t_start > 120:
+            raise RuntimeError(f"{backend} processor applied nothing within 120 s")
+        now_ms = int(time.time() * 1000)
+        trade = Trade(names[0], probe_id, "1", "1", now_ms, now_ms, False)
+        probe.produce(settings.topic, encode_trade(trade, now_ms * 1000), names[0].encode())
+        probe.poll(0)
+        probe_id += 1
+    probe.flush(10)
+    ready_s = time.monotonic() - t_start
     # The load runs in its own process, so it never holds this process's GIL against the listener.
-    load = multiprocessing.get_context("spawn").Process(
-        target=open_model_load, args=(settings, names, rate, seconds)
+    context = multiprocessing.get_context("spawn")
+    load_ready = context.Event()
+    load = context.Process(
+        target=open_model_load, args=(settings, names, rate, seconds, load_ready)
     )
     load.start()
+    if not load_ready.wait(60):
+        raise RuntimeError("the load generator did not start within 60 s")
+    measure_from[0] = time.time() + 1  # one second for the load to reach its rate
     load.join(seconds + 60)
     time.sleep(1)
     stop.set()
@@ -251,20 +279,30 @@ def latency(
     pubsub.close()
     pipeline.stop()
     client.close()
-    result = {f"p{q}": histogram.get_value_at_percentile(q) for q in (50, 90, 99, 99.9)}
+    result: dict[str, Any] = {
+        f"p{q}": histogram.get_value_at_percentile(q) for q in (50, 90, 99, 99.9)
+    }
     result |= {
         "max": histogram.get_max_value(),
         "updates": histogram.get_total_count(),
         "rate": rate,
         "seconds": seconds,
+        "processor_ready_s": round(ready_s, 2),
+        "per_second_max": [per_second.get(i, 0) for i in range(max(per_second, default=-1) + 1)],
     }
     print(f"latency at {rate:,}/s ({backend}; event -> visible, ms): {result}", flush=True)
     return result
 
 
-def open_model_load(settings: Settings, names: list[str], rate: int, seconds: float) -> None:
-    """Send what the schedule says is due (open model), stamping each record's event time."""
+def open_model_load(
+    settings: Settings, names: list[str], rate: int, seconds: float, ready: Any
+) -> None:
+    """Send what the schedule says is due (open model), stamping each record's event time. The
+    topic's metadata is fetched first: a record stamped before its producer knows the partition
+    leaders would wait for them, and that wait is not the pipeline's latency."""
     producer = Producer(producer_config(settings, **{"linger.ms": 1}))
+    producer.list_topics(settings.topic, timeout=30)
+    ready.set()
     ids = dict.fromkeys(names, 10_000_000)
     rng = random.Random(5)
     start = time.monotonic()
@@ -309,6 +347,9 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="drains per backend, alternating")
+    parser.add_argument(
+        "--latency-rounds", type=int, help="latency rounds per backend (default: --rounds)"
+    )
     parser.add_argument(
         "--profile",
         action=argparse.BooleanOptionalAction,
@@ -359,13 +400,16 @@ def main() -> int:
         runs: dict[str, list[dict[str, float]]] = {b: [] for b in backends}
         if args.baseline:
             runs["confluent@baseline"] = []
-        for _round in range(args.rounds):
+        for round_ in range(args.rounds):
             for backend in backends:
-                runs[backend].append(drain(pipeline, settings, args.trades, backend))
-                if args.baseline and backend == "confluent":
-                    runs["confluent@baseline"].append(
-                        drain(pipeline, settings, args.trades, backend, tree=args.baseline)
-                    )
+                # ABBA with a baseline: the first drain after the prefill is the slowest (a
+                # cold broker), and must not always be this tree's
+                trees = (
+                    [None, args.baseline] if args.baseline and backend == "confluent" else [None]
+                )
+                for tree in trees if round_ % 2 == 0 else trees[::-1]:
+                    label = backend if tree is None else "confluent@baseline"
+                    runs[label].append(drain(pipeline, settings, args.trades, backend, tree=tree))
         results["drain"] = {
             b: {
                 "median_trades_per_s": statistics.median(r["trades_per_s"] for r in runs_),
@@ -400,7 +444,7 @@ def main() -> int:
         # their after-effects (broker page cache, JVM), which an earlier version mistook for a
         # difference between the clients.
         latency_runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
-        for round_ in range(args.rounds):
+        for round_ in range(args.latency_rounds or args.rounds):
             for backend in backends:
                 topic = f"latency.{backend}.{round_}"
                 latency_settings = settings.model_copy(
@@ -422,6 +466,7 @@ def main() -> int:
             b: {
                 "median_p50": statistics.median(r["p50"] for r in runs_),
                 "median_p99": statistics.median(r["p99"] for r in runs_),
+                "worst_p99": max(r["p99"] for r in runs_),
                 "runs": runs_,
             }
             for b, runs_ in latency_runs.items()

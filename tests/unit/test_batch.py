@@ -32,6 +32,28 @@ def test_batch_keeps_offset_spans_and_newest_trade_per_symbol() -> None:
     assert batch.records == 5
 
 
+def test_one_fetch_folded_at_once_skips_what_was_applied_and_equals_one_by_one() -> None:
+    """add_all over interleaved partitions: records at or below a partition's applied offset are
+    skipped and counted; the rest fold exactly as record-by-record adds do."""
+    fetch = [
+        record(0, 10, "BTCUSDT", 5, "1.0"),
+        record(1, 3, "ETHUSDT", 1, "9.5"),  # at the applied offset: stale
+        record(0, 11, "BTCUSDT", 7, "3.0"),
+        record(1, 4, "ETHUSDT", 2, "9.0"),
+        RawRecord(0, 12, None),
+        record(2, 0, "BTCUSDT", 6, "2.0"),
+    ]
+    batch = Batch()
+    assert batch.add_all(fetch, {1: 3, 0: 9}) == 1
+    one_by_one = Batch()
+    for rec in fetch[:1] + fetch[2:]:
+        one_by_one.add(rec)
+    assert batch.parts == one_by_one.parts == {0: [10, 12], 1: [4, 4], 2: [0, 0]}
+    assert batch.records == one_by_one.records == 5
+    assert [(p.record.offset, p.reason) for p in batch.poison] == [(12, "record has no value")]
+    assert batch.script_payload({}, 1) == one_by_one.script_payload({}, 1)
+
+
 def test_script_call_carries_numbers_as_strings_and_declares_every_key() -> None:
     batch = Batch()
     batch.add(record(1, 5, "BTCUSDT", 2**40, "1.5"))

@@ -245,3 +245,36 @@ def test_scaled_is_the_exact_integer_of_exactly_the_plain_decimals(text: str) ->
     plain = re.fullmatch(DECIMAL_PATTERN, text) is not None and Decimal(text) > 0
     exact = Decimal(text).scaleb(20, context=Context(prec=100)) if plain else 0
     assert scaled(text) == int(exact)
+
+
+@given(
+    st.one_of(
+        decimals,
+        st.from_regex(r"0{1,3}(\.0{0,3}[0-9]?)?", fullmatch=True),
+        st.text(alphabet="0123456789.+-_ e\u0663\uff11", max_size=45),
+        st.text(max_size=10),
+    )
+)
+def test_positive_decimal_is_exactly_scaled_not_zero(text: str) -> None:
+    """Ingest's check (no integer built) accepts exactly what ``scaled`` turns into a number."""
+    from cryptostream.core.codec import positive_decimal, scaled
+
+    assert positive_decimal(text) == (scaled(text) != 0)
+
+
+@given(trade_records)
+def test_direct_encoding_is_byte_equal_to_encode_trade(record: tuple[Trade, int]) -> None:
+    """Ingest's formatted record is the very bytes of the reference encoder (the wire format)."""
+    from cryptostream.core.codec import encode_trade_fields
+
+    t, ingest_us = record
+    assert encode_trade_fields(
+        t.symbol,
+        t.trade_id,
+        t.price,
+        t.quantity,
+        t.trade_time,
+        t.event_time,
+        t.buyer_is_maker,
+        ingest_us,
+    ) == encode_trade(t, ingest_us)

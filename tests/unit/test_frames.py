@@ -190,3 +190,42 @@ def test_fast_path_agrees_with_the_checked_path(
     if not as_text:
         raw = raw.encode()
     assert parse_frame(raw, trade_event=kind) == parse_frame_checked(raw, trade_event=kind)
+
+
+@given(
+    _frame_mutations,
+    st.booleans(),
+    st.sampled_from(["trade", "aggTrade"]),
+)
+def test_engine_records_are_the_checked_paths(
+    mutations: dict[str, object], combined: bool, kind: str
+) -> None:
+    """The ingest engine's direct path (typed fields straight into the record's bytes) gives
+    exactly the record of the field-by-field path, or dead-letters what it refuses."""
+    import json
+
+    from cryptostream.binance.frames import parse_frame_checked
+    from cryptostream.core.codec import encode_trade
+    from cryptostream.ingest.engine import TradeEngine
+
+    base = {**TRADE, "a": 42} if kind == "aggTrade" else TRADE
+    payload = {k: v for k, v in {**base, "e": kind, **mutations}.items() if v is not _MISSING}
+    frame: object = {"stream": "btcusdt@trade", "data": payload} if combined else payload
+    raw = json.dumps(frame).encode()
+    e = TradeEngine(
+        [],
+        kind=kind,
+        grace_s=0,
+        bound=100,
+        buffer_timeout_s=1,
+        max_frame=1 << 16,
+        gap_topic="g",
+        dlq_topic="d",
+    )
+    records = e.on_frames([raw], 7, 1, 0.0)
+    expected = parse_frame_checked(raw, trade_event=kind)
+    if isinstance(expected, Trade):
+        assert records == [(encode_trade(expected, 7), expected.symbol.encode(), expected.trade_id)]
+    else:
+        assert records == []
+        assert len(e.outbox) == isinstance(expected, Malformed)

@@ -67,9 +67,10 @@ def gaps(e: TradeEngine) -> list[tuple[int, int, str, str]]:
 
 def test_one_batch_for_a_read_in_order_without_duplicates() -> None:
     e = engine()
-    batch, ids = e.on_frames([frame("BTCUSDT", i) for i in (1, 2, 3, 2, 4)], 7, 1, 0.0)
-    assert ids == [1, 2, 3, 4] and e.stats.duplicates == 1 and e.stats.trades == 4
-    value, key = batch[0]
+    batch = e.on_frames([frame("BTCUSDT", i) for i in (1, 2, 3, 2, 4)], 7, 1, 0.0)
+    assert [tid for _, _, tid in batch] == [1, 2, 3, 4]
+    assert e.stats.duplicates == 1 and e.stats.trades == 4
+    value, key, _ = batch[0]
     assert key == b"BTCUSDT" and decode_trade(value).ingest_time_us == 7
     assert e.outbox == []
 
@@ -91,12 +92,12 @@ def test_stream_and_reconnect_gaps_and_a_dead_letter() -> None:
 
 def test_pause_then_overflow_then_recover() -> None:
     e = engine(bound=10, timeout=1.0)
-    _, ids = e.on_frames([frame("BTCUSDT", i) for i in range(1, 13)], 1, 1, 0.0)
-    e.stats.produced += len(ids)  # the publisher produced them all
+    batch = e.on_frames([frame("BTCUSDT", i) for i in range(1, 13)], 1, 1, 0.0)
+    e.stats.produced += len(batch)  # the publisher produced them all
     assert e.should_pause(1, 0.0) and e.paused == {1}
     assert e.tick(0.5, 1).resume == []  # full, within the timeout: stays paused
     assert e.tick(1.0, 1).resume == [1] and e.dropping and not e.has_room
-    batch, _ = e.on_frames([frame("BTCUSDT", i) for i in range(13, 16)], 2, 1, 1.0)
+    batch = e.on_frames([frame("BTCUSDT", i) for i in range(13, 16)], 2, 1, 1.0)
     assert batch == [] and e.stats.buffer_dropped == 3
     assert gaps(e) == []
     e.stats.acked += 12
@@ -107,11 +108,11 @@ def test_pause_then_overflow_then_recover() -> None:
 
 def test_refused_and_failed_deliveries_are_lost_ranges() -> None:
     e = engine()
-    batch, ids = e.on_frames([frame("BTCUSDT", i) for i in range(1, 6)], 1, 1, 0.0)
+    batch = e.on_frames([frame("BTCUSDT", i) for i in range(1, 6)], 1, 1, 0.0)
     e.stats.produced += 3
-    e.refused(batch[3][1], ids[3])
-    e.refused(batch[4][1], ids[4])
-    e.delivery_failed(batch[2][1], ids[2])
+    e.refused(*batch[3][1:])
+    e.refused(*batch[4][1:])
+    e.delivery_failed(*batch[2][1:])
     assert e.stats.buffer_dropped == 2 and e.stats.delivery_failed == 1
     e.gap_step(0.0, 1)
     assert gaps(e) == [(4, 5, "detected", "buffer_overflow"), (3, 3, "detected", "buffer_overflow")]
@@ -125,9 +126,9 @@ def test_backfill_publishes_only_what_is_missing_then_closes() -> None:
     e = engine()
     e.on_frames([frame("BTCUSDT", 1), frame("BTCUSDT", 5)], 1, 1, 0.0)
     (gap,) = e.gap_step(0.0, 1)
-    batch, ids = e.backfilled(gap, [trade(t) for t in (2, 3, 3, 6)], 2)
-    assert ids == [2, 3] and decode_trade(batch[0][0]).ingest_time_us == 2
-    e.lose(batch[1][1], ids[1])  # the producer did not take 3: missing again, reported
+    batch = e.backfilled(gap, [trade(t) for t in (2, 3, 3, 6)], 2)
+    assert [tid for _, _, tid in batch] == [2, 3] and decode_trade(batch[0][0]).ingest_time_us == 2
+    e.lose(*batch[1][1:])  # the producer did not take 3: missing again, reported
     e.outbox.clear()
     e.finish_gap(gap, 3)
     assert gaps(e) == [(2, 3, "backfilled", "stream"), (4, 4, "unrecoverable", "stream")]
@@ -152,7 +153,7 @@ def test_resume_and_tail_checks() -> None:
     e.tail_result("BTCUSDT", 80, 20.0)
     backfill = e.tick(21.0, 3).backfill
     assert (71, 80, "tail") in [(g.first, g.last, g.cause) for g in backfill]
-    batch, _ = e.on_frames([frame("BTCUSDT", 75)], 1, 1, 21.0)  # late, within a detected gap
+    batch = e.on_frames([frame("BTCUSDT", 75)], 1, 1, 21.0)  # late, within a detected gap
     assert len(batch) == 1
 
 

@@ -28,9 +28,16 @@ class FakeMessage:
 
 
 class FakeProducer:
-    """Queues what is produced; ``deliver`` acknowledges (or fails) the oldest ``n``."""
+    """Queues what is produced; ``deliver`` acknowledges (or fails) the oldest ``n``; ``len()``
+    is what is still queued. ``on_delivery``: the producer-level callback (config
+    ``on_delivery``) for records produced without one; ``only_errors``: like librdkafka with
+    ``delivery.report.only.error``, only failures call back."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, on_delivery: Callable[[Any, Any], None] | None = None, only_errors: bool = False
+    ) -> None:
+        self.on_delivery = on_delivery
+        self.only_errors = only_errors
         self.pending: list[tuple[FakeMessage, Callable[[Any, Any], None]]] = []
         self.delivered: list[FakeMessage] = []
 
@@ -41,18 +48,23 @@ class FakeProducer:
         key: bytes | None = None,
         on_delivery: Callable[[Any, Any], None] | None = None,
     ) -> None:
-        assert on_delivery is not None
-        self.pending.append((FakeMessage(topic, value, key), on_delivery))
+        callback = on_delivery or self.on_delivery
+        assert callback is not None
+        self.pending.append((FakeMessage(topic, value, key), callback))
 
     def poll(self, _timeout: float = 0) -> int:
         return 0
 
+    def __len__(self) -> int:
+        return len(self.pending)
+
     def deliver(self, n: int | None = None, error: object = None) -> None:
         batch, self.pending = self.pending[:n], self.pending[len(self.pending[:n]) :]
         for msg, callback in batch:
-            callback(error, msg)
             if error is None:
                 self.delivered.append(msg)
+            if error is not None or not self.only_errors:
+                callback(error, msg)
 
 
 class FakeConnection:
@@ -91,7 +103,7 @@ def frame(symbol: str, tid: int) -> bytes:
 def make(**overrides: Any) -> tuple[Ingest, FakeProducer]:
     settings = Settings(kafka_bootstrap="127.0.0.1:1", ingest_gap_grace_s=0, **overrides)
     ingest = Ingest(settings, ["BTCUSDT"], "http://127.0.0.1:1")
-    fake = FakeProducer()
+    fake = FakeProducer(ingest.publisher.on_delivery, only_errors=True)
     ingest.producer = fake  # type: ignore[assignment]
     return ingest, fake
 
@@ -141,10 +153,30 @@ async def test_delivery_failures_become_gaps_and_duplicates_are_dropped() -> Non
     assert ingest.stats.duplicates == 1 and ingest.stats.produced == 5
     fake.deliver(2)
     fake.deliver(error="timed out")
+    ingest.flow_step()
     assert ingest.stats.acked == 2 and ingest.stats.delivery_failed == 3
     assert ingest.stats.latency.count == 2
     ingest.gap_step()
     assert gap_records(fake, ingest) == [(3, 5, "detected", "buffer_overflow")]
+
+
+async def test_acks_are_counted_from_the_queue_and_never_run_ahead() -> None:
+    """Only failures are reported: acknowledged = produced - failed - still queued; a DLQ record
+    in the queue makes the count lag, never go beyond what Kafka took, nor back."""
+    ingest, fake = make()
+    conn = FakeConnection()
+    ingest.on_frames([frame("BTCUSDT", i) for i in (1, 2, 3)], 1, conn)  # type: ignore[arg-type]
+    ingest.on_frames([b"{bad", frame("BTCUSDT", 4), frame("BTCUSDT", 5)], 2, conn)  # type: ignore[arg-type]
+    assert [m.topic() for m, _ in fake.pending].count(ingest.settings.dlq_topic) == 1
+    seen = []
+    for n in (2, 2, 1, 1):  # the oldest first; the DLQ record was queued last
+        fake.deliver(n)
+        ingest.publisher.poll()
+        seen.append((ingest.stats.acked, ingest.stats.latency.count))
+    # (acked, latency samples): one behind while the DLQ record is queued; a read's latency once
+    # all trades produced up to it have left the queue
+    assert seen == [(1, 0), (3, 3), (4, 3), (5, 5)]
+    assert ingest.in_flight == 0
 
 
 async def test_stream_gap_and_malformed_frame() -> None:

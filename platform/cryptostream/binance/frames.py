@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from cryptostream.core.codec import scaled
+from cryptostream.core.codec import match_positive_decimal
 from cryptostream.core.symbols import SYMBOL_RE
 from cryptostream.core.trades import (
     MAX_ID,
@@ -97,6 +97,9 @@ class _Combined(msgspec.Struct, frozen=True, gc=False):
     data: _Trade
 
 
+TradeFields = _Trade | _AggTrade  # .s symbol, .t id, .p price, .q quantity, .T, .E, .m
+
+
 class _CombinedAgg(msgspec.Struct, frozen=True, gc=False):
     stream: str
     data: _AggTrade
@@ -109,13 +112,16 @@ _FAST: dict[str, tuple[Callable[[bytes | str], Any], Callable[[bytes | str], Any
         msgspec.json.Decoder(_CombinedAgg).decode,
     ),
 }
+FAST_EVENTS = frozenset(_FAST)  # the trade events :func:`fast_trade` decodes
 _UNSET = msgspec.UNSET
 
 
-def _fast_trade(raw: bytes | str, trade_event: str) -> Trade | None:
-    """The trade of a well-formed trade frame in one typed decode (msgspec) and cheap string
+def fast_trade(raw: bytes | str, trade_event: str) -> TradeFields | None:
+    """The fields of a well-formed trade frame in one typed decode (msgspec) and cheap string
     checks; None for anything else, which the general path then classifies and explains. The
-    two agree on every frame (property-tested)."""
+    two agree on every frame (property-tested). The symbol is as sent (not upper-cased).
+
+    The ingest engine's hot path reads these fields directly (no :class:`Trade` per frame)."""
     decode_raw, decode_combined = _FAST[trade_event]
     combined = (
         raw.startswith(b'{"stream"') if isinstance(raw, bytes) else raw.startswith('{"stream"')
@@ -125,7 +131,7 @@ def _fast_trade(raw: bytes | str, trade_event: str) -> Trade | None:
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     symbol = d.s
-    if not (
+    if (
         d.e == trade_event
         and (
             combined
@@ -138,11 +144,18 @@ def _fast_trade(raw: bytes | str, trade_event: str) -> Trade | None:
         and 2 <= len(symbol) <= 20
         and symbol.isascii()
         and symbol.isalnum()
-        and scaled(d.p)
-        and scaled(d.q)
+        and match_positive_decimal(d.p)
+        and match_positive_decimal(d.q)
     ):
+        return d
+    return None
+
+
+def _fast_trade(raw: bytes | str, trade_event: str) -> Trade | None:
+    d = fast_trade(raw, trade_event)
+    if d is None:
         return None
-    return Trade(symbol.upper(), d.t, d.p, d.q, d.T, d.E, d.m)
+    return Trade(d.s.upper(), d.t, d.p, d.q, d.T, d.E, d.m)
 
 
 def parse_frame(

@@ -16,6 +16,7 @@ Anything outside is refused here, with a bounded reason, so no value can break a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -63,6 +64,36 @@ def encode_trade(trade: Trade, ingest_time_us: int) -> bytes:
     )
 
 
+def encode_trade_fields(
+    symbol: str,
+    trade_id: int,
+    price: str,
+    quantity: str,
+    trade_time: int,
+    event_time: int,
+    buyer_is_maker: bool,
+    ingest_time_us: int,
+) -> bytes:
+    """:func:`encode_trade`'s bytes from the fields of a trade already validated (ingest's hot
+    path: no :class:`Trade`, no dict; msgspec encodes the struct in its field order, the schema's,
+    about 3x faster than the dict through orjson). Byte-equality with :func:`encode_trade` is
+    property-tested."""
+    return _encode_struct(
+        RecordFields(
+            1,  # SCHEMA_VERSION
+            "binance",
+            symbol,
+            trade_id,
+            price,
+            quantity,
+            trade_time,
+            event_time,
+            buyer_is_maker,
+            ingest_time_us,
+        )
+    )
+
+
 def encode_key(symbol: str) -> bytes:
     return symbol.encode()
 
@@ -98,6 +129,7 @@ class RecordFields(msgspec.Struct, frozen=True, gc=False):
 
 
 _decode_fields = msgspec.json.Decoder(RecordFields).decode
+_encode_struct = msgspec.json.Encoder().encode
 
 
 def scaled(text: str) -> int:
@@ -113,6 +145,17 @@ def scaled(text: str) -> int:
         number: int = int(whole + frac) * _POW10[SCALE - len(frac)]
         return number
     return 0
+
+
+# A positive plain decimal of at most 20+20 ASCII digits ([0-9] is ASCII only): the lookahead
+# asks for one non-zero digit. One C-level match is cheaper than the string method checks.
+match_positive_decimal = re.compile(r"(?=[0.]*[1-9])[0-9]{1,20}(?:\.[0-9]{1,20})?").fullmatch
+
+
+def positive_decimal(text: str) -> bool:
+    """Whether ``text`` is a positive plain decimal of at most 20+20 ASCII digits: exactly when
+    :func:`scaled` is not 0 (property-tested), without building the integer."""
+    return match_positive_decimal(text) is not None
 
 
 def decode_scaled(

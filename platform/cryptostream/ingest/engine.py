@@ -17,7 +17,7 @@ In:
   :meth:`~TradeEngine.finish_gap` — the answers of the REST shells.
 
 Out: :meth:`~TradeEngine.on_frames` returns the records to produce as one list of
-``(value, key)`` for the whole read plus their trade ids (no object per trade); rare actions —
+``(value, key, trade id)`` for the whole read (no action object per trade); rare actions —
 dead letters and gap records to produce (:class:`Control`), connections to pause or resume, gaps
 to backfill, symbols to tail-check — are returned by the calls that decide them, or queued in
 :attr:`~TradeEngine.outbox` for the shell to produce.
@@ -30,8 +30,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from cryptostream.binance.frames import ControlReply, Ignored, Malformed, parse_frame
-from cryptostream.core.codec import encode_trade
+from cryptostream.binance.frames import (
+    FAST_EVENTS,
+    ControlReply,
+    Ignored,
+    Malformed,
+    fast_trade,
+    parse_frame,
+)
+from cryptostream.core.codec import encode_trade, encode_trade_fields
 from cryptostream.core.deadletter import encode_dead_letter
 from cryptostream.core.trades import Trade
 from cryptostream.ingest.gaps import detected_record, final_records
@@ -44,6 +51,8 @@ from cryptostream.logs import RateLimitedLog
 log = logging.getLogger("cryptostream.ingest")
 
 GAP_EVERY_S = 0.1  # how often pending gaps are checked against their grace
+
+Record = tuple[bytes, bytes, int]  # a trade record to produce: value, key (the symbol), trade id
 
 
 class Control(NamedTuple):
@@ -94,6 +103,7 @@ class TradeEngine:
         self.dlq_topic = dlq_topic
         self.stats = stats or IngestStats()
         self.trackers: dict[str, SymbolTracker] = {}
+        self._keys: dict[str, bytes] = {}  # symbol -> record key
         for symbol in symbols:
             self.tracker(symbol)
         self.conns: dict[int, _Conn] = {}
@@ -165,9 +175,13 @@ class TradeEngine:
 
     def on_frames(
         self, frames: list[bytes], recv_us: int, conn_id: int, now: float
-    ) -> tuple[list[tuple[bytes, bytes]], list[int]]:
-        """Parse, de-duplicate, encode: the records to produce (``(value, key)``, key = the
-        symbol) and their trade ids, in order. Dead letters go to :attr:`outbox`."""
+    ) -> list[Record]:
+        """Parse, de-duplicate, encode: the records to produce, ``(value, key, trade id)`` with
+        key = the symbol, in order. Dead letters go to :attr:`outbox`.
+
+        A well-formed trade frame takes the typed fast path (:func:`fast_trade`: its fields
+        straight into the record's bytes); anything else goes through :func:`parse_frame`,
+        which classifies it and says why it is refused."""
         stats = self.stats
         stats.frames += len(frames)
         conn = self.conns.get(conn_id)
@@ -175,45 +189,59 @@ class TradeEngine:
             conn = self.conns[conn_id] = _Conn("", set())
         unseen = conn.unseen
         trackers = self.trackers
+        keys = self._keys
         kind = self.kind
+        fast = fast_trade if kind in FAST_EVENTS else None
         max_frame = self.max_frame
         dropping = self.dropping
-        out: list[tuple[bytes, bytes]] = []
-        ids: list[int] = []
+        out: list[Record] = []
         append = out.append
-        append_id = ids.append
         new = 0
         for raw in frames:
-            outcome = parse_frame(raw, max_bytes=max_frame, trade_event=kind)
-            if type(outcome) is Trade:
+            d = fast(raw, kind) if fast is not None and len(raw) <= max_frame else None
+            if d is not None:
+                symbol = d.s
+                if not symbol.isupper():
+                    symbol = symbol.upper()
+                tid = d.t
+                value = None
+            else:
+                outcome = parse_frame(raw, max_bytes=max_frame, trade_event=kind)
+                if type(outcome) is not Trade:
+                    self._other(outcome, raw, conn, recv_us)  # type: ignore[arg-type]
+                    continue
                 symbol = outcome.symbol
                 tid = outcome.trade_id
-                tracker = trackers.get(symbol) or self.tracker(symbol)
-                last = tracker.last
-                if last is not None and tid == last + 1 and not unseen:
-                    tracker.last = tid
-                elif unseen and symbol in unseen:
-                    unseen.discard(symbol)
-                    tracker.after_reconnect = True
-                    accepted = tracker.observe(tid, now)
-                    tracker.after_reconnect = False
-                    if not accepted:
-                        stats.duplicates += 1
-                        continue
-                elif not tracker.observe(tid, now):
+                value = encode_trade(outcome, recv_us)
+            tracker = trackers.get(symbol) or self.tracker(symbol)
+            last = tracker.last
+            if last is not None and tid == last + 1 and not unseen:
+                tracker.last = tid
+            elif unseen and symbol in unseen:
+                unseen.discard(symbol)
+                tracker.after_reconnect = True
+                accepted = tracker.observe(tid, now)
+                tracker.after_reconnect = False
+                if not accepted:
                     stats.duplicates += 1
                     continue
-                new += 1
-                if dropping:
-                    self._lose(symbol, tid)
-                    stats.buffer_dropped += 1
-                    continue
-                append((encode_trade(outcome, recv_us), symbol.encode()))
-                append_id(tid)
-            else:
-                self._other(outcome, raw, conn, recv_us)  # type: ignore[arg-type]
+            elif not tracker.observe(tid, now):
+                stats.duplicates += 1
+                continue
+            new += 1
+            if dropping:
+                self._lose(symbol, tid)
+                stats.buffer_dropped += 1
+                continue
+            if value is None:
+                assert d is not None
+                value = encode_trade_fields(symbol, tid, d.p, d.q, d.T, d.E, d.m, recv_us)
+            key = keys.get(symbol)
+            if key is None:
+                key = keys[symbol] = symbol.encode()
+            append((value, key, tid))
         stats.trades += new
-        return out, ids
+        return out
 
     def _other(
         self, outcome: Malformed | Ignored | ControlReply, raw: bytes, conn: _Conn, recv_us: int
@@ -386,17 +414,13 @@ class TradeEngine:
             tracker.open_gap(tracker.last + 1, newest, "tail", now)
             tracker.last = newest
 
-    def backfilled(
-        self, gap: Gap, trades: Iterable[Trade], now_us: int
-    ) -> tuple[list[tuple[bytes, bytes]], list[int]]:
+    def backfilled(self, gap: Gap, trades: Iterable[Trade], now_us: int) -> list[Record]:
         """Backfilled trades: those still missing from ``gap``, as records to produce."""
-        out: list[tuple[bytes, bytes]] = []
-        ids: list[int] = []
-        for trade in trades:
-            if gap.fill(trade.trade_id):
-                out.append((encode_trade(trade, now_us), trade.symbol.encode()))
-                ids.append(trade.trade_id)
-        return out, ids
+        return [
+            (encode_trade(trade, now_us), trade.symbol.encode(), trade.trade_id)
+            for trade in trades
+            if gap.fill(trade.trade_id)
+        ]
 
     # ----- health --------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Ingest's counters and the Prometheus ``/metrics`` + ``/health`` server.
 
 The hot path only bumps plain ints (and one bucket of a latency histogram per acknowledged
-trade); the Prometheus families are built from them at scrape time.
+read); the Prometheus families are built from them at scrape time.
 
 Exported names (prefix ``csp_ingest_``): ``frames_total``, ``trades_total`` (new trades parsed),
 ``duplicates_total``, ``produced_total``, ``acked_total``, ``delivery_failed_total``,
@@ -80,6 +80,12 @@ class LatencyHistogram:
         self.counts[bisect_left(self.bounds, us)] += 1
         self.count += 1
         self.sum_us += us
+
+    def record_many(self, us: int, n: int) -> None:
+        """``n`` samples of the same latency (a read's trades, acknowledged together)."""
+        self.counts[bisect_left(self.bounds, us)] += n
+        self.count += n
+        self.sum_us += us * n
 
     def quantile(self, q: float) -> float | None:
         """Upper bound (µs) of the bucket holding quantile ``q``; None when empty."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -139,21 +140,46 @@ class Batch:
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
 
     def add(self, record: RawRecord) -> None:
-        """Fold one record in; a record that cannot be folded becomes poison, whatever the
-        cause, so no input can kill the batch and stop its partition."""
-        self.records += 1
-        span = self.parts.get(record.partition)
-        if span is None:
-            self.parts[record.partition] = [record.offset, record.offset]
-        else:
-            span[1] = record.offset
-        try:
-            r, price, qty = decode_scaled(record.value, self.max_future_ms)
-            self._fold(r, price, qty)
-        except DecodeError as exc:
-            self.poison.append(Poison(record, str(exc)))
-        except Exception as exc:  # a value the schema admits but the views cannot take: a bug
-            self.poison.append(Poison(record, f"cannot apply: {type(exc).__name__}: {exc}"))
+        """Fold one record in (see :meth:`add_all`)."""
+        self.add_all((record,))
+
+    def add_all(self, records: Iterable[RawRecord], positions: dict[int, int] | None = None) -> int:
+        """Fold records in, in order; a record that cannot be folded becomes poison, whatever
+        the cause, so no input can kill the batch and stop its partition. Records at or below
+        ``positions[partition]`` (already applied: a fetch racing a seek) are skipped; returns
+        how many. One loop for the whole fetch: the per-record cost is the processor's ceiling."""
+        parts = self.parts
+        poison = self.poison
+        fold = self._fold
+        max_future_ms = self.max_future_ms
+        floors = positions or {}
+        stale = added = 0
+        current = -1  # the partition of the previous record: fetches come in runs per partition
+        span: list[int] | None = None
+        floor = NO_OFFSET
+        for record in records:
+            partition, offset, value = record
+            if partition != current:
+                current = partition
+                span = parts.get(partition)
+                floor = floors.get(partition, NO_OFFSET)
+            if offset <= floor:
+                stale += 1
+                continue
+            added += 1
+            if span is None:
+                span = parts[partition] = [offset, offset]
+            else:
+                span[1] = offset
+            try:
+                r, price, qty = decode_scaled(value, max_future_ms)
+                fold(r, price, qty)
+            except DecodeError as exc:
+                poison.append(Poison(record, str(exc)))
+            except Exception as exc:  # a value the schema admits but the views cannot take: a bug
+                poison.append(Poison(record, f"cannot apply: {type(exc).__name__}: {exc}"))
+        self.records += added
+        return stale
 
     def _fold(self, r: RecordFields, price: int, qty: int) -> None:
         symbol = r.symbol.upper()

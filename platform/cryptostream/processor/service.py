@@ -150,13 +150,11 @@ class Processor:
         batch_max, so batches grow under load and a lone record is applied at once)."""
         batch = Batch(max_future_ms=self.max_future_ms)
         positions = self.positions
-        for record in records:
-            # Never re-apply: a client that hands back records at or below what was applied
-            # (a fetch racing a seek) would double-count the running totals.
-            if record.offset <= positions.get(record.partition, NO_OFFSET):
-                self.stats["stale"] += 1
-                continue
-            batch.add(record)
+        # Never re-apply: a client that hands back records at or below what was applied (a
+        # fetch racing a seek) would double-count the running totals.
+        stale = batch.add_all(records, positions)
+        if stale:
+            self.stats["stale"] += stale
         if not batch.parts:
             return
         now_ms = time.time_ns() // 1_000_000
