@@ -177,11 +177,12 @@ def drain(
 
 def read_topic(settings: Settings) -> list[bytes | None]:
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "bench-read",
-            "enable.auto.commit": False,
-        }
+        settings.kafka.librdkafka(
+            {
+                "group.id": "bench-read",
+                "enable.auto.commit": False,
+            }
+        )
     )
     parts = consumer.list_topics(DEPTH_TOPIC, timeout=10).topics[DEPTH_TOPIC].partitions
     ends = {p: consumer.get_watermark_offsets(TopicPartition(DEPTH_TOPIC, p))[1] for p in parts}
@@ -355,7 +356,7 @@ def main() -> int:
             update={"kafka_bootstrap": stack.kafka_bootstrap, "redis_url": stack.redis_url}
         )
         create_topics(
-            stack.kafka_bootstrap,
+            settings.kafka,
             [*required_topics(settings), TopicSpec(DEPTH_TOPIC, settings.partitions, 1)],
         )
         env = {
@@ -391,7 +392,7 @@ def main() -> int:
         # a topic of its own for the latency run, so it starts with nothing to catch up on
         lat_settings = settings.model_copy(update={"depth_topic": f"{DEPTH_TOPIC}.latency"})
         create_topics(
-            stack.kafka_bootstrap, [TopicSpec(lat_settings.depth_topic, settings.partitions, 1)]
+            lat_settings.kafka, [TopicSpec(lat_settings.depth_topic, settings.partitions, 1)]
         )
         pipeline = Pipeline(
             workdir,

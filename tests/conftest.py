@@ -98,7 +98,7 @@ def isolated(stack: LocalStack | ContainerStack, tmp_path: Path) -> Iterator[Env
         group_id=env["CSP_GROUP_ID"],
         run_dir=tmp_path,
     )
-    create_topics(stack.kafka_bootstrap, required_topics(settings))
+    create_topics(settings.kafka, required_topics(settings))
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     client.flushall()
     try:

@@ -126,7 +126,7 @@ def stack_up(
             t0 = time.monotonic()
             stack.start()
             if create_topics:
-                for line in make_topics(stack.kafka_bootstrap, required_topics(settings)):
+                for line in make_topics(stack.kafka_connection, required_topics(settings)):
                     typer.echo(f"topic {line}")
             write_stack_file(
                 settings.stack_file,
@@ -253,18 +253,13 @@ def stack_fetch() -> None:
 @topics_app.command("create", epilog=_variables("topics"))
 def topics_create() -> None:
     """Create raw.trades (CSP_PARTITIONS partitions) and the DLQ topic; safe to run twice."""
-    from cryptostream.kafka_clients import security_config
     from cryptostream.topics import TopicError, create_topics, required_topics
 
     settings = _settings("topics")
     try:
         specs = required_topics(settings)
-        config = security_config(settings)
         for line in create_topics(
-            settings.kafka_bootstrap,
-            specs,
-            client_config=config,
-            connect_timeout=settings.kafka_connect_timeout_s,
+            settings.kafka, specs, connect_timeout=settings.kafka_connect_timeout_s
         ):
             typer.echo(line)
     except TopicError as exc:

@@ -226,7 +226,7 @@ def test_processor_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path
         toxiproxy.client.create_proxy("kafka", f"127.0.0.1:{pport}", listen=f"127.0.0.1:{xport}")
         env = {**isolated.env, "CSP_KAFKA_BOOTSTRAP": broker.bootstrap}
         own = isolated.settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
-        create_topics(broker.bootstrap, required_topics(own))
+        create_topics(own.kafka, required_topics(own))
         pipeline = Pipeline(
             isolated.workdir, broker.bootstrap, own.redis_url, SYMBOLS, extra_env=env
         )

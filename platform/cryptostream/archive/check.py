@@ -19,7 +19,6 @@ from cryptostream.config import Settings
 from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS, DecodeError, decode_trade
 from cryptostream.core.decimals import EXACT
 from cryptostream.history.queries import History
-from cryptostream.kafka_clients import security_config
 
 
 @dataclass
@@ -114,12 +113,7 @@ def archive_totals(history: History) -> tuple[dict[str, SymbolTotals], list[tupl
 def read_topic(settings: Settings, timeout_s: float = 120.0) -> list[bytes | None]:
     """Every record value of the topic, from each partition's low to its high watermark."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "archive-checker",
-            "enable.auto.commit": False,
-            **security_config(settings),
-        }
+        settings.kafka.librdkafka({"group.id": "archive-checker", "enable.auto.commit": False})
     )
     try:
         meta = consumer.list_topics(settings.topic, timeout=15)

@@ -23,7 +23,7 @@ from cryptostream.archive.metrics import ArchiveMetrics
 from cryptostream.archive.objects import ObjectRoot
 from cryptostream.archive.store import Store, archive_root, open_store
 from cryptostream.config import Settings
-from cryptostream.kafka_clients import make_consumer, security_config
+from cryptostream.kafka_clients import make_consumer
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.topics import TopicError, require_topic
 
@@ -164,12 +164,7 @@ def prepare_root(root: Path | ObjectRoot) -> str | None:
 def main(settings: Settings) -> int:
     setup_logging("archive", settings.log_level)
     try:
-        require_topic(
-            settings.kafka_bootstrap,
-            settings.topic,
-            settings.partitions,
-            client_config=security_config(settings),
-        )
+        require_topic(settings.kafka, settings.topic, settings.partitions)
     except TopicError as exc:
         log.error(str(exc))
         return 2
