@@ -113,8 +113,8 @@ def stack_up(
 ) -> None:
     """Run Kafka and Redis until Ctrl-C; other commands find them through the stack file."""
     from cryptostream.stack.local import LocalStack
-    from cryptostream.stack.stackfile import remove_stack_file, write_stack_file
     from cryptostream.stack.supervisor import StackError, sigterm_as_keyboard_interrupt
+    from cryptostream.stackfile import remove_stack_file, write_stack_file
     from cryptostream.topics import TopicError, required_topics
     from cryptostream.topics import create_topics as make_topics
 
@@ -157,7 +157,7 @@ def stack_up(
 @stack_app.command("status")
 def stack_status() -> None:
     """Is a `csp stack up` running here, and do its Kafka and Redis answer? (exit 1 if not)"""
-    from cryptostream.stack.stackfile import live_stack_pid, read_live_stack_file
+    from cryptostream.stackfile import live_stack_pid, read_live_stack_file
 
     settings = _settings("stack")
     pid = live_stack_pid(settings.stack_file)
@@ -206,7 +206,7 @@ def stack_down(
     import os
     import signal
 
-    from cryptostream.stack.stackfile import live_stack_pid
+    from cryptostream.stackfile import live_stack_pid
 
     settings = _settings("stack")
     pid = live_stack_pid(settings.stack_file)

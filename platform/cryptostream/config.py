@@ -32,6 +32,7 @@ from cryptostream.kafka_connection import (
     SaslMechanism,
     SecurityProtocol,
 )
+from cryptostream.stackfile import read_live_stack_file
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # host:port, optionally with a listener scheme (PLAINTEXT://...), an IPv6 host in brackets.
@@ -358,8 +359,6 @@ class _StackFileSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        from cryptostream.stack.stackfile import read_live_stack_file
-
         run_dir = Path(os.environ.get("CSP_RUN_DIR", ".run"))
         return read_live_stack_file(run_dir / "stack.json")
 

@@ -47,6 +47,15 @@ def test_core_is_exchange_agnostic_and_pure() -> None:
     assert {name: names for name, names in offenders.items() if names} == {}
 
 
+def test_settings_sit_below_every_layer() -> None:
+    """config.py imports nothing from the layers that read it (it once reached up into stack/)."""
+    allowed = ("cryptostream.core", "cryptostream.kafka_connection", "cryptostream.stackfile")
+    names = _imports(ROOT / "platform" / "cryptostream" / "config.py")
+    assert (
+        sorted(n for n in names if n.startswith("cryptostream") and not n.startswith(allowed)) == []
+    )
+
+
 BLOCKED = textwrap.dedent(
     """
     import importlib, importlib.abc, pkgutil, sys
