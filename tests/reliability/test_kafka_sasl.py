@@ -21,13 +21,14 @@ from cryptostream.topics import TopicError, create_topics, require_topic, requir
 from cryptostream_lab.checker import check
 from tests.conftest import Env
 from tests.kafka_helpers import produce, synthetic_trades
+from tests.servers import server_fixture
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 
-@pytest.fixture
+@server_fixture()
 def sasl_broker(tmp_path: Path) -> Iterator[tuple[KafkaBroker, str]]:
     password = f"pw-{secrets.token_hex(8)}"
     settings = Settings()
