@@ -101,7 +101,7 @@ def prefill(settings: Settings, total: int, names: list[str], odd_every: int = 0
 
 
 def end_offsets(settings: Settings) -> int:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    consumer = Consumer(settings.kafka.librdkafka({"group.id": "probe"}))
     try:
         parts = consumer.list_topics(settings.topic, timeout=10).topics[settings.topic].partitions
         return sum(
@@ -422,7 +422,7 @@ def main() -> int:
                 "query_port": free_port(),
             }
         )
-        create_topics(stack.kafka_bootstrap, required_topics(settings))
+        create_topics(settings.kafka, required_topics(settings))
         prefill(settings, args.trades, [f"S{i:04d}USDT" for i in range(args.symbols)])
         assert end_offsets(settings) == args.trades
         results["sink"] = drain(settings, args.trades)
@@ -432,7 +432,7 @@ def main() -> int:
                 settings, args.before, after, args.trades, args.rounds
             )
             odd = settings.model_copy(update={"topic": settings.topic + ".odd"})
-            create_topics(stack.kafka_bootstrap, required_topics(odd)[:1])
+            create_topics(odd.kafka, required_topics(odd)[:1])
             prefill(
                 odd, args.trades, [f"S{i:04d}USDT" for i in range(args.symbols)], args.odd_every
             )

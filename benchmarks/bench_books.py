@@ -211,11 +211,12 @@ def drain(
 
 def read_topic(settings: Settings) -> list[bytes | None]:
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "bench-read",
-            "enable.auto.commit": False,
-        }
+        settings.kafka.librdkafka(
+            {
+                "group.id": "bench-read",
+                "enable.auto.commit": False,
+            }
+        )
     )
     parts = consumer.list_topics(DEPTH_TOPIC, timeout=10).topics[DEPTH_TOPIC].partitions
     ends = {p: consumer.get_watermark_offsets(TopicPartition(DEPTH_TOPIC, p))[1] for p in parts}
@@ -429,7 +430,7 @@ def main() -> int:
                 "depth_topic": DEPTH_TOPIC,
             }
         )
-        create_topics(stack.kafka_bootstrap, required_topics(settings))  # raw.depth among them
+        create_topics(settings.kafka, required_topics(settings))  # raw.depth among them
         env = {
             "CSP_PROCESSOR_BOOKS": "true",
             "CSP_DEPTH_TOPIC": DEPTH_TOPIC,
@@ -474,7 +475,7 @@ def main() -> int:
             # a topic of its own per latency run, so it starts with nothing to catch up on
             topic = f"{DEPTH_TOPIC}.latency.{label}"
             lat_settings = settings.model_copy(update={"depth_topic": topic})
-            create_topics(stack.kafka_bootstrap, [TopicSpec(topic, settings.partitions, 1)])
+            create_topics(lat_settings.kafka, [TopicSpec(topic, settings.partitions, 1)])
             pipeline = Pipeline(
                 workdir,
                 stack.kafka_bootstrap,

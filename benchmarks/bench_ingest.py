@@ -47,6 +47,7 @@ from confluent_kafka.cimpl import NewTopic
 from hdrh.histogram import HdrHistogram
 
 from cryptostream.config import Settings
+from cryptostream.kafka_connection import KafkaConnection
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
@@ -55,13 +56,13 @@ from profiling import py_spy_argv, summarize_profile
 SYMBOLS = "BTCUSDT,ETHUSDT,BNBUSDT,SOLUSDT,XRPUSDT,DOGEUSDT,ADAUSDT,ETHBTC,LTCUSDT,TRXUSDT"
 
 
-def create_topics(bootstrap: str, suffix: str, partitions: int) -> dict[str, str]:
+def create_topics(kafka: KafkaConnection, suffix: str, partitions: int) -> dict[str, str]:
     names = {
         "CSP_TOPIC": f"bench.trades.{suffix}",
         "CSP_DLQ_TOPIC": f"bench.dlq.{suffix}",
         "CSP_GAP_TOPIC": f"bench.gaps.{suffix}",
     }
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka.librdkafka())
     futures = admin.create_topics(
         [
             NewTopic(
@@ -106,15 +107,12 @@ def bucket_quantile(metrics: dict[str, float], q: float) -> float | None:
     return None
 
 
-def broker_latency(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
+def broker_latency(kafka: KafkaConnection, topic: str, expected: int) -> dict[str, Any]:
     """HDR histogram of LogAppendTime - ingest receive time over every record of the topic."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "bench-latency",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 50,
-        }
+        kafka.librdkafka(
+            {"group.id": "bench-latency", "enable.auto.commit": False, "fetch.wait.max.ms": 50}
+        )
     )
     meta = consumer.list_topics(topic, timeout=10)
     parts = list(meta.topics[topic].partitions)
@@ -164,7 +162,7 @@ def run_once(
     tree: Path | None = None,
 ) -> dict[str, Any]:
     suffix = f"{os.getpid()}-{time.monotonic_ns()}"
-    topics = create_topics(stack.kafka_bootstrap, suffix, partitions)
+    topics = create_topics(stack.kafka_connection, suffix, partitions)
     pipeline = Pipeline(
         workdir,
         stack.kafka_bootstrap,
@@ -251,7 +249,7 @@ def run_once(
             del result["ingest_cpu_s_per_million_other_threads"]
         if profile is None:
             result["latency_receive_to_broker_append"] = broker_latency(
-                stack.kafka_bootstrap, topics["CSP_TOPIC"], trades
+                stack.kafka_connection, topics["CSP_TOPIC"], trades
             )
         else:  # stop the profiled interpreter only: py-spy writes its file when it exits
             for child in psutil.Process(ingest.proc.pid).children(recursive=True):

@@ -98,7 +98,7 @@ def prefill(settings: Settings, total: int, names: list[str], seed: int) -> None
 
 
 def end_offsets(settings: Settings) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-probe"})
+    consumer = Consumer(settings.kafka.librdkafka({"group.id": "bench-probe"}))
     try:
         parts = consumer.list_topics(settings.topic, timeout=10).topics[settings.topic].partitions
         return {
@@ -380,7 +380,7 @@ def main() -> int:
         settings = base.model_copy(
             update={"kafka_bootstrap": stack.kafka_bootstrap, "redis_url": stack.redis_url}
         )
-        create_topics(stack.kafka_bootstrap, required_topics(settings))
+        create_topics(settings.kafka, required_topics(settings))
         prefill(settings, args.trades, names, seed=1)
         pipeline = Pipeline(
             workdir,
@@ -450,7 +450,7 @@ def main() -> int:
                 latency_settings = settings.model_copy(
                     update={"topic": topic, "dlq_topic": f"{topic}.dlq"}
                 )
-                create_topics(stack.kafka_bootstrap, required_topics(latency_settings))
+                create_topics(latency_settings.kafka, required_topics(latency_settings))
                 pipeline = Pipeline(
                     workdir,
                     stack.kafka_bootstrap,

@@ -14,9 +14,10 @@ from cryptostream.config import Settings
 from cryptostream.stack.local import LocalStack
 from cryptostream.topics import create_topics, required_topics
 from cryptostream_lab.backends import BackendError, ContainerStack, start_stack
+from tests.servers import SERVER_FIXTURES, server_fixture
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
 ) -> Iterator[LocalStack | ContainerStack]:
@@ -35,7 +36,7 @@ def stack(
         started.stop()
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def local_stack(
     stack: LocalStack | ContainerStack, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalStack]:
@@ -98,7 +99,7 @@ def isolated(stack: LocalStack | ContainerStack, tmp_path: Path) -> Iterator[Env
         group_id=env["CSP_GROUP_ID"],
         run_dir=tmp_path,
     )
-    create_topics(stack.kafka_bootstrap, required_topics(settings))
+    create_topics(settings.kafka, required_topics(settings))
     client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     client.flushall()
     try:
@@ -108,9 +109,10 @@ def isolated(stack: LocalStack | ContainerStack, tmp_path: Path) -> Iterator[Env
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that gets the real Kafka and Redis (the ``stack`` fixture, directly or through
-    another fixture) is an integration test whatever its module says, so that
-    ``-m "not integration"`` runs exactly the tests that need no server."""
+    """A test that gets a real Kafka or Redis (a fixture declared with ``server_fixture``:
+    ``stack``, ``local_stack``, the query tests' ``redis_server``, directly or through another
+    fixture) is an integration test whatever its module says, so that ``-m "not integration"``
+    runs exactly the tests that need no server."""
     for item in items:
-        if "stack" in getattr(item, "fixturenames", ()):
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)

@@ -57,7 +57,7 @@ def produce(
 
 def watermarks(settings: Settings, topic: str | None = None) -> dict[int, tuple[int, int]]:
     topic = topic or settings.topic
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "probe"})
+    consumer = Consumer(settings.kafka.librdkafka({"group.id": "probe"}))
     try:
         meta = consumer.list_topics(topic, timeout=10)
         return {
@@ -72,11 +72,12 @@ def read_all(settings: Settings, topic: str) -> list[bytes]:
     marks = watermarks(settings, topic)
     total = sum(high - low for low, high in marks.values())
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "reader",
-            "enable.auto.commit": False,
-        }
+        settings.kafka.librdkafka(
+            {
+                "group.id": "reader",
+                "enable.auto.commit": False,
+            }
+        )
     )
     consumer.assign([TopicPartition(topic, p, low) for p, (low, _h) in marks.items()])
     values: list[bytes] = []

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from cryptostream.binance.frames import parse_frame
 from cryptostream.core.codec import decode_trade, encode_trade
-from cryptostream.core.frames import parse_frame
 from cryptostream.core.trades import Trade
 from cryptostream.processor.batch import Batch, RawRecord
 from cryptostream_lab.harness.schedule import SyntheticTrades, symbol_names, symbol_sequence

@@ -113,8 +113,8 @@ def stack_up(
 ) -> None:
     """Run Kafka and Redis until Ctrl-C; other commands find them through the stack file."""
     from cryptostream.stack.local import LocalStack
-    from cryptostream.stack.stackfile import remove_stack_file, write_stack_file
     from cryptostream.stack.supervisor import StackError, sigterm_as_keyboard_interrupt
+    from cryptostream.stackfile import remove_stack_file, write_stack_file
     from cryptostream.topics import TopicError, required_topics
     from cryptostream.topics import create_topics as make_topics
 
@@ -126,7 +126,7 @@ def stack_up(
             t0 = time.monotonic()
             stack.start()
             if create_topics:
-                for line in make_topics(stack.kafka_bootstrap, required_topics(settings)):
+                for line in make_topics(stack.kafka_connection, required_topics(settings)):
                     typer.echo(f"topic {line}")
             write_stack_file(
                 settings.stack_file,
@@ -157,7 +157,7 @@ def stack_up(
 @stack_app.command("status")
 def stack_status() -> None:
     """Is a `csp stack up` running here, and do its Kafka and Redis answer? (exit 1 if not)"""
-    from cryptostream.stack.stackfile import live_stack_pid, read_live_stack_file
+    from cryptostream.stackfile import live_stack_pid, read_live_stack_file
 
     settings = _settings("stack")
     pid = live_stack_pid(settings.stack_file)
@@ -206,7 +206,7 @@ def stack_down(
     import os
     import signal
 
-    from cryptostream.stack.stackfile import live_stack_pid
+    from cryptostream.stackfile import live_stack_pid
 
     settings = _settings("stack")
     pid = live_stack_pid(settings.stack_file)
@@ -253,18 +253,13 @@ def stack_fetch() -> None:
 @topics_app.command("create", epilog=_variables("topics"))
 def topics_create() -> None:
     """Create raw.trades (CSP_PARTITIONS partitions) and the DLQ topic; safe to run twice."""
-    from cryptostream.kafka_clients import security_config
     from cryptostream.topics import TopicError, create_topics, required_topics
 
     settings = _settings("topics")
     try:
         specs = required_topics(settings)
-        config = security_config(settings)
         for line in create_topics(
-            settings.kafka_bootstrap,
-            specs,
-            client_config=config,
-            connect_timeout=settings.kafka_connect_timeout_s,
+            settings.kafka, specs, connect_timeout=settings.kafka_connect_timeout_s
         ):
             typer.echo(line)
     except TopicError as exc:

@@ -26,6 +26,13 @@ from pydantic_settings import (
 )
 
 from cryptostream.core.symbols import normalize_symbol
+from cryptostream.kafka_connection import (
+    DEFAULT_CLIENT_ID,
+    KafkaConnection,
+    SaslMechanism,
+    SecurityProtocol,
+)
+from cryptostream.stackfile import read_live_stack_file
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # host:port, optionally with a listener scheme (PLAINTEXT://...), an IPv6 host in brackets.
@@ -191,15 +198,18 @@ class Settings(BaseSettings):
 
     # --- client security (real clusters; the local stack runs without) ------------------------
     # Redis: AUTH and TLS go in the URL (rediss://:password@host:6380/0); it is redacted in repr.
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+    kafka_security_protocol: SecurityProtocol = Field(
         "PLAINTEXT", description="Kafka security.protocol of every client"
     )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+    kafka_sasl_mechanism: SaslMechanism = Field(
         "PLAIN", description="SASL mechanism (with a SASL_* protocol)"
     )
     kafka_sasl_username: str = Field("", description="SASL user name")
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="never logged")
     kafka_ssl_ca_file: Path | None = Field(None, description="CA bundle (PEM) for SSL/SASL_SSL")
+    kafka_client_id: str = Field(
+        DEFAULT_CLIENT_ID, min_length=1, description="client.id of every Kafka client"
+    )
 
     metrics_host: str = Field("127.0.0.1", description="bind address of metrics servers")
     log_level: str = Field("INFO", description="log level")
@@ -318,6 +328,19 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _StackFileSource(settings_cls))
 
     @property
+    def kafka(self) -> KafkaConnection:
+        """The one Kafka connection value every client and the topic checks are built from."""
+        return KafkaConnection(
+            bootstrap=self.kafka_bootstrap,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_ca_file=self.kafka_ssl_ca_file,
+            client_id=self.kafka_client_id,
+        )
+
+    @property
     def stack_file(self) -> Path:
         return self.run_dir / "stack.json"
 
@@ -341,8 +364,6 @@ class _StackFileSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        from cryptostream.stack.stackfile import read_live_stack_file
-
         run_dir = Path(os.environ.get("CSP_RUN_DIR", ".run"))
         return read_live_stack_file(run_dir / "stack.json")
 
@@ -386,18 +407,19 @@ class ConfigError(ValueError):
 # setting belongs to its service by its prefix; tests/unit/test_service_settings.py checks that
 # every `settings.<field>` a service's code reads is in its set.
 _COMMON = frozenset({"run_dir", "log_level", "log_format"})
-_KAFKA = frozenset(
+# what Settings.kafka reads: a service that builds any Kafka client validates all of them
+KAFKA_CONNECTION_FIELDS = frozenset(
     {
         "kafka_bootstrap",
-        "kafka_connect_timeout_s",
         "kafka_security_protocol",
         "kafka_sasl_mechanism",
         "kafka_sasl_username",
         "kafka_sasl_password",
         "kafka_ssl_ca_file",
-        "group_id",
+        "kafka_client_id",
     }
 )
+_KAFKA = KAFKA_CONNECTION_FIELDS | {"kafka_connect_timeout_s", "group_id"}
 # where the archive is (archive/objects.py): every reader of it needs these
 _ARCHIVE_WHERE = frozenset(
     {

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from cryptostream.config import Settings
+from cryptostream.kafka_connection import KafkaConnection
 
 
 class TopicError(RuntimeError):
@@ -42,16 +41,10 @@ def required_topics(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-def _admin(bootstrap: str, client_config: Mapping[str, Any] | None = None) -> AdminClient:
-    """``client_config``: extra librdkafka properties, e.g. ``kafka_clients.security_config``."""
+def _admin(kafka: KafkaConnection) -> AdminClient:
     quiet = logging.getLogger("cryptostream.topics.client")
     quiet.setLevel(logging.CRITICAL)
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "logger": quiet,
-        **(client_config or {}),
-    }
-    return AdminClient(config)
+    return AdminClient(kafka.librdkafka({"logger": quiet}))
 
 
 def _partition_counts(admin: AdminClient, timeout: float, bootstrap: str) -> dict[str, int]:
@@ -73,18 +66,19 @@ def unreachable(bootstrap: str, timeout: float, exc: BaseException) -> str:
 
 
 def create_topics(
-    bootstrap: str,
+    kafka: KafkaConnection,
     specs: list[TopicSpec],
     timeout: float = 30.0,
     *,
-    client_config: Mapping[str, Any] | None = None,
     connect_timeout: float = 5.0,
 ) -> list[str]:
     """Create what is missing; idempotent. Returns one human-readable line per topic.
 
-    ``connect_timeout`` bounds the first metadata request, so an unreachable broker fails fast;
-    ``timeout`` bounds the creation itself."""
-    admin = _admin(bootstrap, client_config)
+    ``kafka`` is the whole connection (``settings.kafka``), security included, so no caller can
+    forget the credentials. ``connect_timeout`` bounds the first metadata request, so an
+    unreachable broker fails fast; ``timeout`` bounds the creation itself."""
+    bootstrap = kafka.bootstrap
+    admin = _admin(kafka)
     existing = _partition_counts(admin, connect_timeout, bootstrap)
     report: list[str] = []
     missing = [spec for spec in specs if spec.name not in existing]
@@ -125,15 +119,11 @@ def create_topics(
 
 
 def require_topic(
-    bootstrap: str,
-    name: str,
-    partitions: int | None,
-    timeout: float = 5.0,
-    *,
-    client_config: Mapping[str, Any] | None = None,
+    kafka: KafkaConnection, name: str, partitions: int | None, timeout: float = 5.0
 ) -> int:
     """Check at service start that a topic exists (with the configured partitions)."""
-    existing = _partition_counts(_admin(bootstrap, client_config), timeout, bootstrap)
+    bootstrap = kafka.bootstrap
+    existing = _partition_counts(_admin(kafka), timeout, bootstrap)
     if name not in existing:
         raise TopicError(
             f"topic {name!r} does not exist on {bootstrap}; topics are created explicitly: "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from cryptostream.config import Settings
+from cryptostream.kafka_connection import KafkaConnection
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.supervisor import StackError, free_port
 
@@ -37,6 +38,9 @@ class Stack(Protocol):
 
     @property
     def kafka_bootstrap(self) -> str: ...
+
+    @property
+    def kafka_connection(self) -> KafkaConnection: ...
 
     @property
     def redis_url(self) -> str: ...
@@ -139,6 +143,11 @@ class ContainerStack:
         return self._kafka_bootstrap
 
     @property
+    def kafka_connection(self) -> KafkaConnection:
+        """The broker container runs without authentication."""
+        return KafkaConnection(self._kafka_bootstrap)
+
+    @property
     def redis_url(self) -> str:
         return self._redis_url
 
@@ -167,19 +176,20 @@ def kafka_container_env(advertised: str) -> dict[str, str]:
 
 
 def _wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
-    from cryptostream.topics import TopicError, _admin
+    from cryptostream.stack.kafka import metadata_ready
+    from cryptostream.topics import TopicError
 
     deadline = time.monotonic() + timeout_s
     while True:
+        error: Exception | None = None
         try:
-            _admin(bootstrap).list_topics(timeout=2)
-            return
+            if metadata_ready(KafkaConnection(bootstrap), timeout=2):
+                return
         except Exception as exc:
-            if time.monotonic() > deadline:
-                raise TopicError(
-                    f"the Kafka container at {bootstrap} never served metadata"
-                ) from exc
-            time.sleep(0.2)
+            error = exc
+        if time.monotonic() > deadline:
+            raise TopicError(f"the Kafka container at {bootstrap} never served metadata") from error
+        time.sleep(0.2)
 
 
 def _wait_for_redis(url: str, timeout_s: float) -> None:

@@ -32,7 +32,7 @@ def run_demo(
             t0 = time.monotonic()
             with console.status("starting Kafka and Redis (the first run fetches Kafka's jars)"):
                 stack.start()
-                create_topics(stack.kafka_bootstrap, required_topics(settings))
+                create_topics(stack.kafka_connection, required_topics(settings))
             console.print(
                 f"stack up in {time.monotonic() - t0:.1f}s: Kafka {stack.kafka_bootstrap}, "
                 f"Redis {stack.redis_url}; logs in {workdir}"

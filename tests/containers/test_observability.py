@@ -57,7 +57,7 @@ def run(
         "CSP_GROUP_ID": f"stream-processor-{suffix}",
     }
     settings = Settings(topic=env["CSP_TOPIC"], dlq_topic=env["CSP_DLQ_TOPIC"], run_dir=workdir)
-    create_topics(stack.kafka_bootstrap, required_topics(settings))
+    create_topics(stack.kafka_connection, required_topics(settings))
     pipeline = Pipeline(
         workdir, stack.kafka_bootstrap, stack.redis_url, ["BTCUSDT", "ETHUSDT"], extra_env=env
     )

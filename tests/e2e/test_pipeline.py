@@ -20,7 +20,7 @@ TOTAL = 800
 
 
 def _watermarks(env: Env) -> dict[int, tuple[int, int]]:
-    consumer = Consumer({"bootstrap.servers": env.settings.kafka_bootstrap, "group.id": "probe"})
+    consumer = Consumer(env.settings.kafka.librdkafka({"group.id": "probe"}))
     try:
         meta = consumer.list_topics(env.settings.topic, timeout=10)
         return {
@@ -32,9 +32,7 @@ def _watermarks(env: Env) -> dict[int, tuple[int, int]]:
 
 
 def _committed(env: Env, partitions: list[int]) -> dict[int, int]:
-    consumer = Consumer(
-        {"bootstrap.servers": env.settings.kafka_bootstrap, "group.id": env.settings.group_id}
-    )
+    consumer = Consumer(env.settings.kafka.librdkafka({"group.id": env.settings.group_id}))
     try:
         tps = consumer.committed(
             [TopicPartition(env.settings.topic, p) for p in partitions], timeout=10
@@ -129,10 +127,11 @@ def test_known_sequence_reaches_the_query_api(isolated: Env) -> None:
 
         # The two processors share the partitions (once the cooperative rebalance settles).
         admin = AdminClient(
-            {
-                "bootstrap.servers": isolated.settings.kafka_bootstrap,
-                "logger": logging.getLogger("quiet"),
-            }
+            isolated.settings.kafka.librdkafka(
+                {
+                    "logger": logging.getLogger("quiet"),
+                }
+            )
         )
 
         def assignment_sizes() -> list[int]:

@@ -171,7 +171,7 @@ def test_no_record_stops_a_partition(
     stack: LocalStack | ContainerStack, tmp_path: Any, hostile: list[bytes]
 ) -> None:
     cfg = _settings(stack, tmp_path)
-    create_topics(cfg.kafka_bootstrap, required_topics(cfg))
+    create_topics(cfg.kafka, required_topics(cfg))
     values = [v for i, h in enumerate(hostile) for v in (_ordinary(2 * i), h, _ordinary(2 * i + 1))]
     producer = make_producer(cfg)
     for i, value in enumerate(values):

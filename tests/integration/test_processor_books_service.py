@@ -31,7 +31,7 @@ SYMBOLS = [f"SYM{i}USDT" for i in range(12)]
 
 def _depth_topic(env: Env) -> str:
     topic = env.settings.topic.replace("raw.trades", "raw.depth")
-    create_topics(env.settings.kafka_bootstrap, [TopicSpec(topic, env.settings.partitions, 1)])
+    create_topics(env.settings.kafka, [TopicSpec(topic, env.settings.partitions, 1)])
     return topic
 
 

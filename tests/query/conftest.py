@@ -34,9 +34,10 @@ from cryptostream.query.app import QueryApp
 from cryptostream.query.server import uvicorn_config
 from cryptostream.stack.redis_server import RedisServer
 from cryptostream.stack.supervisor import free_port
+from tests.servers import server_fixture
 
 
-@pytest.fixture(scope="session")
+@server_fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("query-redis")).start()
     try:

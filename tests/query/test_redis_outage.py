@@ -16,6 +16,7 @@ from cryptostream.config import Settings
 from cryptostream.stack.redis_server import RedisServer
 from cryptostream.stack.supervisor import free_port
 from tests.query.conftest import put_price, start_service, stop_service, wait_for
+from tests.servers import server_fixture
 
 HUNG_TIMEOUT_S = 0.5
 VIEW_LAG_MS = 100.0
@@ -59,7 +60,7 @@ def test_503_while_redis_is_down_then_recovers(
     assert http.get("/price/BTCUSDT").json() == {"symbol": "BTCUSDT", "price": 101.25}
 
 
-@pytest.fixture
+@server_fixture()
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of this test alone: it gets frozen (SIGSTOP), which must not stall the
     session's server."""

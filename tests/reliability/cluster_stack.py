@@ -59,7 +59,7 @@ def cluster_env(workdir: Path, brokers: int = 3) -> Iterator[ClusterEnv]:
                 "min_insync_replicas": min_isr,
             }
         )
-        create_topics(stack.kafka_bootstrap, required_topics(settings))
+        create_topics(settings.kafka, required_topics(settings))
         client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
         try:
             yield ClusterEnv(stack, stack.cluster, Env(settings, env, client, workdir))

@@ -148,11 +148,12 @@ class Probe:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": "reliability-probe",
-                "logger": _quiet,
-            }
+            settings.kafka.librdkafka(
+                {
+                    "group.id": "reliability-probe",
+                    "logger": _quiet,
+                }
+            )
         )
         self.redis = redis.Redis.from_url(
             settings.redis_url, decode_responses=True, socket_timeout=3, socket_connect_timeout=2
@@ -171,11 +172,12 @@ class Probe:
 
     def committed(self) -> dict[int, int]:
         consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": self.settings.group_id,
-                "logger": _quiet,
-            }
+            self.settings.kafka.librdkafka(
+                {
+                    "group.id": self.settings.group_id,
+                    "logger": _quiet,
+                }
+            )
         )
         try:
             tps = [TopicPartition(self.settings.topic, p) for p in range(self.settings.partitions)]

@@ -28,7 +28,7 @@ def test_three_broker_cluster_round_trip(tmp_path: Path) -> None:
             for state in states.values():
                 assert sorted(state.replicas) == [1, 2, 3], (topic, state)
                 assert state.isr == (1, 2, 3), (topic, state)
-        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        admin = AdminClient(settings.kafka.librdkafka())
         resource = ConfigResource(ResourceType.TOPIC, settings.topic)
         configs = admin.describe_configs([resource])[resource].result(timeout=10)
         assert configs["min.insync.replicas"].value == "2"
@@ -38,11 +38,12 @@ def test_three_broker_cluster_round_trip(tmp_path: Path) -> None:
         producer.produce(settings.topic, b"hello", b"BTCUSDT")
         assert producer.flush(30) == 0
         consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": settings.group_id,
-                "auto.offset.reset": "earliest",
-            }
+            settings.kafka.librdkafka(
+                {
+                    "group.id": settings.group_id,
+                    "auto.offset.reset": "earliest",
+                }
+            )
         )
         consumer.subscribe([settings.topic])
         try:

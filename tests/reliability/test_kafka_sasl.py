@@ -13,20 +13,22 @@ from confluent_kafka import TopicPartition
 from pydantic import SecretStr
 
 from cryptostream.config import Settings
-from cryptostream.kafka_clients import make_consumer, security_config
+from cryptostream.kafka_clients import make_consumer
+from cryptostream.kafka_connection import KafkaConnection
 from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.topics import TopicError, create_topics, require_topic, required_topics
 from cryptostream_lab.checker import check
 from tests.conftest import Env
 from tests.kafka_helpers import produce, synthetic_trades
+from tests.servers import server_fixture
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 
-@pytest.fixture
+@server_fixture()
 def sasl_broker(tmp_path: Path) -> Iterator[tuple[KafkaBroker, str]]:
     password = f"pw-{secrets.token_hex(8)}"
     settings = Settings()
@@ -66,10 +68,10 @@ def test_clients_work_through_sasl_and_fail_clearly_without(
     settings = isolated.settings.model_copy(update=update)
     # Without credentials the admin client gets nowhere: a clear TopicError, not a hang.
     with pytest.raises(TopicError, match="cannot reach Kafka"):
-        require_topic(broker.bootstrap, settings.topic, None, timeout=5)
-    create_topics(
-        broker.bootstrap, required_topics(settings), client_config=security_config(settings)
-    )
+        require_topic(KafkaConnection(broker.bootstrap), settings.topic, None, timeout=5)
+    # The admin client, the producer and the consumers all take settings.kafka: one value.
+    assert settings.kafka.sasl and settings.kafka.bootstrap == broker.bootstrap
+    create_topics(settings.kafka, required_topics(settings))
     trades = synthetic_trades(SYMBOLS, 3_000, seed=51)
     assert produce(settings, trades) == len(trades)  # producer_config carries the SASL settings
 

@@ -291,7 +291,7 @@ def test_processor_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path
         try:
             env = {**isolated.env, "CSP_KAFKA_BOOTSTRAP": broker.bootstrap}
             own = isolated.settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
-            create_topics(broker.bootstrap, required_topics(own))
+            create_topics(own.kafka, required_topics(own))
             pipeline = Pipeline(
                 isolated.workdir, broker.bootstrap, own.redis_url, SYMBOLS, extra_env=env
             )
@@ -401,7 +401,7 @@ def test_ingest_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path: P
     with _proxied_broker(tmp_path, toxiproxy.client) as (broker, proxied):
         env = {**isolated.env, "CSP_KAFKA_BOOTSTRAP": broker.bootstrap}
         own = isolated.settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
-        create_topics(broker.bootstrap, required_topics(own))
+        create_topics(own.kafka, required_topics(own))
         pipeline = Pipeline(
             isolated.workdir, broker.bootstrap, own.redis_url, UPSTREAM_SYMBOLS, extra_env=env
         )

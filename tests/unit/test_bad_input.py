@@ -89,7 +89,10 @@ def test_a_mutated_frame_is_a_trade_or_rejected_with_a_reason(
 
 @given(st.dictionaries(st.sampled_from(RECORD_KEYS), json_values, max_size=12))
 def test_arbitrary_record_shaped_objects_raise_only_decode_error(doc: dict[str, object]) -> None:
-    _decode(orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS))
+    record = _decode(orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS))
+    if record is not None:  # accepted: then it is exactly what the object said
+        assert record.trade.trade_id == doc["trade_id"] and record.trade.price == doc["price"]
+        assert record.ingest_time_us == doc["ingest_time_us"]
 
 
 @given(trades, st.integers(0, 2**62), st.sampled_from(RECORD_KEYS), json_values)

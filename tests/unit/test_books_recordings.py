@@ -10,8 +10,8 @@ from decimal import Decimal
 
 import pytest
 
+from cryptostream.binance.depth import parse_depth_diff, parse_depth_snapshot
 from cryptostream.core.depth import TopicBook, decode_depth, encode_diff, encode_snapshot
-from cryptostream.core.orderbook import parse_depth_diff, parse_depth_snapshot
 from tests.shared_data import SHARED_DATA as SHARED
 
 RECORDINGS = {

@@ -74,9 +74,18 @@ def test_oversized_frames_are_rejected_before_parsing() -> None:
     assert isinstance(outcome, Malformed) and "exceeds" in outcome.reason
 
 
+def _check_outcome(raw: bytes) -> None:
+    """Never raises, and says what it got: a trade, a control reply, an ignored event, or
+    Malformed with a reason (an arbitrary input is never silently dropped)."""
+    outcome = parse_frame(raw)
+    assert isinstance(outcome, Trade | ControlReply | Ignored | Malformed)
+    if isinstance(outcome, Malformed):
+        assert outcome.reason
+
+
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
-    parse_frame(raw)
+    _check_outcome(raw)
 
 
 json_values = st.recursive(
@@ -96,7 +105,7 @@ json_values = st.recursive(
     st.dictionaries(st.sampled_from([*list(TRADE), "stream", "data", "result", "id"]), json_values)
 )
 def test_arbitrary_json_objects_never_raise(obj: dict[str, object]) -> None:
-    parse_frame(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
+    _check_outcome(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS))
 
 
 def test_binance_error_envelope_is_a_control_error() -> None:

@@ -22,6 +22,7 @@ from cryptostream.ingest.gaps import (
     GapDecodeError,
     GapRecord,
     decode_gap,
+    decode_gap_lenient,
     detected_record,
     final_records,
 )
@@ -156,6 +157,7 @@ def test_gap_records_round_trip_and_cover_the_detected_range() -> None:
         (111, 120, "unrecoverable"),
     ]
     assert all(decode_gap(r.encode()) == r for r in [det, *finals])
+    assert all(decode_gap_lenient(r.encode()) == r for r in [det, *finals])
 
 
 @pytest.mark.parametrize(
@@ -178,6 +180,9 @@ def test_gap_records_round_trip_and_cover_the_detected_range() -> None:
 def test_gap_decode_errors(value: bytes, reason: str) -> None:
     with pytest.raises(GapDecodeError, match=reason):
         decode_gap(value)
+    # the lenient decode (the checker's) refuses the same records for the same reason
+    error = decode_gap_lenient(value)
+    assert isinstance(error, GapDecodeError) and reason in str(error)
 
 
 # ---------- backfill ----------

@@ -12,10 +12,17 @@ from pathlib import Path
 import orjson
 import pytest
 
+from cryptostream.binance.depth import (
+    parse_depth_frame,
+    parse_depth_snapshot,
+    snapshot_request,
+    snapshot_weight,
+    stream_kind,
+)
+from cryptostream.binance.frames import ControlReply, Ignored, Malformed
 from cryptostream.config import Settings
 from cryptostream.core.depth import TopicBook, decode_depth, encode_diff, encode_snapshot
-from cryptostream.core.frames import ControlReply, Ignored, Malformed
-from cryptostream.core.orderbook import Book, DepthDiff, DepthSnapshot, parse_depth_snapshot
+from cryptostream.core.orderbook import Book, DepthDiff, DepthSnapshot
 from cryptostream.ingest.depth import (
     DepthAction,
     DepthEngine,
@@ -26,9 +33,6 @@ from cryptostream.ingest.depth import (
     SymbolDepth,
     WeightBudget,
     depth_symbols,
-    parse_depth_frame,
-    snapshot_weight,
-    stream_kind,
 )
 from cryptostream.ingest.gaps import (
     DepthBreakRecord,
@@ -401,6 +405,9 @@ def test_depth_settings_and_the_topic(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     assert depth_symbols([], ["BTCUSDT"]) == []
     assert stream_kind("100ms") == "depth@100ms" and stream_kind("1000ms") == "depth"
+    assert snapshot_request("BTCUSDT", 500).url("https://api.binance.com/") == (
+        "https://api.binance.com/api/v3/depth?symbol=BTCUSDT&limit=500"
+    )
     specs = {s.name: s.partitions for s in required_topics(settings)}
     assert specs["raw.depth"] == settings.partitions == 8
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cryptostream.binance.depth import parse_depth_diff, parse_depth_snapshot
 from cryptostream.core.orderbook import (
     Applied,
     BookSync,
@@ -18,8 +19,6 @@ from cryptostream.core.orderbook import (
     DepthError,
     DepthSnapshot,
     Synced,
-    parse_depth_diff,
-    parse_depth_snapshot,
 )
 from tests.shared_data import recordings
 

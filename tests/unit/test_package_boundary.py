@@ -34,6 +34,28 @@ def test_no_product_module_imports_the_lab() -> None:
     assert {path: names for path, names in offenders.items() if names} == {}
 
 
+def test_core_is_exchange_agnostic_and_pure() -> None:
+    """core/ imports no exchange adapter (Binance's formats are binance/'s) and no service or
+    I/O layer of the product: it is what every layer builds on."""
+    above = ("binance", "ingest", "processor", "query", "archive", "history", "stack")
+    offenders = {
+        path.name: sorted(
+            n for n in _imports(path) if n.startswith(tuple(f"cryptostream.{a}" for a in above))
+        )
+        for path in sorted((ROOT / "platform" / "cryptostream" / "core").glob("*.py"))
+    }
+    assert {name: names for name, names in offenders.items() if names} == {}
+
+
+def test_settings_sit_below_every_layer() -> None:
+    """config.py imports nothing from the layers that read it (it once reached up into stack/)."""
+    allowed = ("cryptostream.core", "cryptostream.kafka_connection", "cryptostream.stackfile")
+    names = _imports(ROOT / "platform" / "cryptostream" / "config.py")
+    assert (
+        sorted(n for n in names if n.startswith("cryptostream") and not n.startswith(allowed)) == []
+    )
+
+
 BLOCKED = textwrap.dedent(
     """
     import importlib, importlib.abc, pkgutil, sys

@@ -9,7 +9,8 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cryptostream_lab.reliability.gaps import expected_trades, id_audit, parse_gap_record, summarize
+from cryptostream.ingest.gaps import GapDecodeError, decode_gap_lenient
+from cryptostream_lab.reliability.gaps import expected_trades, id_audit, summarize
 from cryptostream_lab.reliability.memory import memory_verdict, slope
 from cryptostream_lab.reliability.model import ScenarioResult
 from cryptostream_lab.reliability.recovery import RecoveryTimer, caught_up, total_lag
@@ -115,31 +116,60 @@ def test_gap_records_contract() -> None:
     assert summary.unrecoverable == {"BTCUSDT": [(111, 120)]}
     assert [(g.symbol, g.first_id) for g in summary.unresolved] == [("ETHUSDT", 5)]
     assert summary.excused("BTCUSDT", 115) and not summary.excused("BTCUSDT", 110)
-    assert parse_gap_record(_gap("A", 1, 1, "lost")) is None
+    assert isinstance(decode_gap_lenient(_gap("AUSDT", 1, 1, "lost")), GapDecodeError)
 
 
 def test_final_records_must_cover_their_own_detection_exactly_once() -> None:
     values = [
-        _gap("A", 10, 19, "detected", detected_at_us=5),
-        _gap("A", 10, 14, "backfilled", detected_at_us=5),
-        _gap("A", 12, 12, "unrecoverable", detected_at_us=5),  # covered twice
-        _gap("A", 20, 21, "backfilled", detected_at_us=5),  # outside the detected range
-        _gap("A", 15, 19, "backfilled", detected_at_us=6),  # another detection's finals
-        _gap("B", 1, 2, "detected", detected_at_us=7),
-        _gap("B", 1, 1, "backfilled", detected_at_us=7),
-        _gap("B", 2, 2, "unrecoverable", detected_at_us=7),
+        _gap("AUSDT", 10, 19, "detected", detected_at_us=5),
+        _gap("AUSDT", 10, 14, "backfilled", detected_at_us=5),
+        _gap("AUSDT", 12, 12, "unrecoverable", detected_at_us=5),  # covered twice
+        _gap("AUSDT", 20, 21, "backfilled", detected_at_us=5),  # outside the detected range
+        _gap("AUSDT", 15, 19, "backfilled", detected_at_us=6),  # another detection's finals
+        _gap("BUSDT", 1, 2, "detected", detected_at_us=7),
+        _gap("BUSDT", 1, 1, "backfilled", detected_at_us=7),
+        _gap("BUSDT", 2, 2, "unrecoverable", detected_at_us=7),
     ]
     summary = summarize(values)
     assert summary.invalid == 3 and len(summary.problems) == 3
-    assert [(g.symbol, g.first_id) for g in summary.unresolved] == [("A", 10)]
+    assert [(g.symbol, g.first_id) for g in summary.unresolved] == [("AUSDT", 10)]
     # missing fields, a wrong count, an unknown cause: all break the contract
-    good = orjson.loads(_gap("C", 1, 2, "detected"))
+    good = orjson.loads(_gap("CUSDT", 1, 2, "detected"))
     for broken in (
         {**good, "count": 3},
         {**good, "cause": "gremlins"},
         {k: v for k, v in good.items() if k != "reported_at_us"},
     ):
-        assert parse_gap_record(orjson.dumps(broken)) is None
+        assert isinstance(decode_gap_lenient(orjson.dumps(broken)), GapDecodeError)
+
+
+def test_the_checker_reads_with_ingests_rules() -> None:
+    """What the two copies of the codec once disagreed on: a symbol or an id outside the
+    contract, and a malformed order-book break (once skipped by a substring match)."""
+    good = orjson.loads(_gap("AUSDT", 1, 2, "detected"))
+    depth_break = {
+        "v": 1,
+        "stream": "depth",
+        "symbol": "AUSDT",
+        "status": "depth_break",
+        "cause": "depth_gap",
+        "expected_id": 5,
+        "got_id": 9,
+        "reason": "update-id gap",
+        "detected_at_us": 1,
+        "reported_at_us": 2,
+    }
+    broken = [
+        {**good, "symbol": "a-b"},
+        {**good, "first_id": -1, "count": 4},
+        {**good, "detected_at_us": True},
+        {**depth_break, "cause": "gremlins"},
+    ]
+    summary = summarize([orjson.dumps(good), orjson.dumps(depth_break)])
+    assert summary.invalid == 0 and summary.detected == 2
+    summary = summarize([orjson.dumps(doc) for doc in broken])
+    assert summary.invalid == len(broken) and summary.detected == 0
+    assert "invalid symbol" in summary.problems[0] and "unknown cause" in summary.problems[3]
 
 
 def test_every_upstream_problem_fails_the_scenario() -> None:
@@ -167,14 +197,14 @@ class _T:
 
 
 def test_expected_trades_exclude_only_unrecoverable_ranges() -> None:
-    summary = summarize([_gap("A", 3, 4, "unrecoverable"), _gap("B", 1, 9, "backfilled")])
-    sent = [_T("A", i) for i in range(1, 7)] + [_T("B", 2)]
+    summary = summarize([_gap("AUSDT", 3, 4, "unrecoverable"), _gap("BUSDT", 1, 9, "backfilled")])
+    sent = [_T("AUSDT", i) for i in range(1, 7)] + [_T("BUSDT", 2)]
     assert [(t.symbol, t.trade_id) for t in expected_trades(sent, summary)] == [
-        ("A", 1),
-        ("A", 2),
-        ("A", 5),
-        ("A", 6),
-        ("B", 2),
+        ("AUSDT", 1),
+        ("AUSDT", 2),
+        ("AUSDT", 5),
+        ("AUSDT", 6),
+        ("BUSDT", 2),
     ]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cryptostream.config import SERVICE_FIELDS, Settings
+from cryptostream.config import KAFKA_CONNECTION_FIELDS, SERVICE_FIELDS, Settings
 
 PLATFORM = Path(__file__).resolve().parents[2] / "platform" / "cryptostream"
 # Modules whose settings reads happen inside the command (shared helpers included).
@@ -27,7 +27,10 @@ def _fields_read(parts: list[str]) -> set[str]:
     for part in parts:
         path = PLATFORM / part
         for file in [path] if path.is_file() else sorted(path.rglob("*.py")):
-            found |= set(re.findall(r"\bsettings\.([a-z_]+)\b", file.read_text()))
+            text = file.read_text()
+            found |= set(re.findall(r"\bsettings\.([a-z_]+)\b", text))
+            if re.search(r"\bsettings\.kafka\b", text):  # the connection value reads them all
+                found |= KAFKA_CONNECTION_FIELDS
     return found & set(Settings.model_fields)
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from cryptostream.config import Settings
 from cryptostream.ingest.streams import combined_stream_urls
-from cryptostream.stack.stackfile import read_live_stack_file, remove_stack_file, write_stack_file
+from cryptostream.stackfile import read_live_stack_file, remove_stack_file, write_stack_file
 
 
 def test_combined_urls_split_by_connection_limit() -> None:

@@ -22,7 +22,6 @@ from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS, DecodeError, decode_t
 from cryptostream.core.decimals import EXACT
 from cryptostream.core.depth import DepthRecordError, DiffRecord, decode_depth
 from cryptostream.history.queries import History
-from cryptostream.kafka_clients import security_config
 
 
 @dataclass
@@ -185,12 +184,7 @@ def read_topic(
     to its high watermark, partition after partition (each in order)."""
     topic = settings.topic if topic is None else topic
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": "archive-checker",
-            "enable.auto.commit": False,
-            **security_config(settings),
-        }
+        settings.kafka.librdkafka({"group.id": "archive-checker", "enable.auto.commit": False})
     )
     try:
         meta = consumer.list_topics(topic, timeout=15)

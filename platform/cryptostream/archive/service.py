@@ -27,7 +27,7 @@ from cryptostream.archive.metrics import ArchiveMetrics
 from cryptostream.archive.objects import ObjectRoot
 from cryptostream.archive.store import Store, archive_root, open_store
 from cryptostream.config import Settings
-from cryptostream.kafka_clients import make_consumer, security_config
+from cryptostream.kafka_clients import make_consumer
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.topics import TopicError, require_topic
 
@@ -198,12 +198,7 @@ def main(settings: Settings) -> int:
     topics = [settings.topic, *([settings.depth_topic] if settings.archive_depth else [])]
     try:
         for topic in topics:
-            require_topic(
-                settings.kafka_bootstrap,
-                topic,
-                settings.partitions,
-                client_config=security_config(settings),
-            )
+            require_topic(settings.kafka, topic, settings.partitions)
     except TopicError as exc:
         log.error(str(exc))
         return 2

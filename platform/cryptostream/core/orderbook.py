@@ -1,5 +1,6 @@
-"""Exact L2 order books from Binance depth streams (sans-I/O): the book, and the documented
-procedure that keeps a local book in step with the exchange.
+"""Exact L2 order books (sans-I/O): the book types, the book, and the documented procedure that
+keeps a local book in step with the exchange. Binance's wire formats that become these types
+(``depthUpdate`` frames, REST snapshots) are in :mod:`cryptostream.binance.depth`.
 
 Binance's procedure for a local book (``<symbol>@depth[@100ms]`` + ``GET /api/v3/depth``):
 buffer the diffs; fetch a snapshot; refetch it if its ``lastUpdateId`` is older than the first
@@ -25,7 +26,7 @@ Level = tuple[str, str]  # (price, quantity) as the exchange writes them
 
 
 class DepthError(ValueError):
-    """A depth frame or snapshot that is not what Binance sends; the message is the reason."""
+    """A depth diff, snapshot or level that is not valid; the message is the reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,40 +80,6 @@ def parse_update_id(value: object, name: str) -> int:
     if type(value) is not int or not 0 <= value <= MAX_ID:
         raise DepthError(f"{name} must be an integer in [0, 2^63-1]: {str(value)[:40]}")
     return value
-
-
-def parse_depth_diff(payload: dict[str, object]) -> DepthDiff:
-    """A ``depthUpdate`` payload (``e, E, s, U, u, b, a``); DepthError with the reason."""
-    if payload.get("e") != "depthUpdate":
-        raise DepthError("not a depthUpdate event")
-    symbol = payload.get("s")
-    if not (
-        isinstance(symbol, str) and 2 <= len(symbol) <= 20 and symbol.isascii() and symbol.isalnum()
-    ):
-        raise DepthError(f"invalid symbol {str(symbol)[:40]!r}")
-    first, final = parse_update_id(payload.get("U"), "U"), parse_update_id(payload.get("u"), "u")
-    if first > final:
-        raise DepthError(f"U {first} is after u {final}")
-    event_time = payload.get("E", 0)
-    if type(event_time) is not int or event_time < 0:
-        raise DepthError("E must be a non-negative integer")
-    return DepthDiff(
-        symbol.upper(),
-        first,
-        final,
-        parse_levels(payload.get("b"), "bids"),
-        parse_levels(payload.get("a"), "asks"),
-        event_time,
-    )
-
-
-def parse_depth_snapshot(doc: dict[str, object]) -> DepthSnapshot:
-    """A REST depth answer (``lastUpdateId, bids, asks``); DepthError with the reason."""
-    return DepthSnapshot(
-        parse_update_id(doc.get("lastUpdateId"), "lastUpdateId"),
-        parse_levels(doc.get("bids"), "bids"),
-        parse_levels(doc.get("asks"), "asks"),
-    )
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Order-book depth for ``raw.depth`` (sans-I/O): frames -> diffs, and per symbol the engine that
-turns diffs (with their receive time) and REST snapshots into what to publish.
+"""Order-book depth for ``raw.depth`` (sans-I/O): per symbol the engine that turns diffs (with
+their receive time) and REST snapshots into what to publish. Binance's formats of both (frames,
+stream names, snapshot requests and their weight) are in :mod:`cryptostream.binance.depth`.
 
 Binance's documented local-book procedure (see :mod:`cryptostream.core.orderbook`), kept so that
 what ingest publishes obeys the topic contract of :mod:`cryptostream.core.depth` exactly:
@@ -22,16 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import orjson
-
-from cryptostream.core.frames import ControlReply, Ignored, Malformed, parse_frame_checked
-from cryptostream.core.orderbook import (
-    Book,
-    DepthDiff,
-    DepthError,
-    DepthSnapshot,
-    parse_depth_diff,
-)
+from cryptostream.core.orderbook import Book, DepthDiff, DepthSnapshot
 from cryptostream.ingest.gaps import DepthCause
 
 # ----- settings helpers ------------------------------------------------------------------------
@@ -44,22 +36,6 @@ def depth_symbols(configured: Iterable[str], trade_symbols: Iterable[str]) -> li
     for symbol in configured:
         out.extend(trade_symbols if symbol == "*" else [symbol])
     return list(dict.fromkeys(out))
-
-
-def stream_kind(speed: str) -> str:
-    """The stream name's suffix: ``<symbol>@depth@100ms``, or ``<symbol>@depth`` (1000 ms)."""
-    return "depth@100ms" if speed == "100ms" else "depth"
-
-
-def snapshot_weight(limit: int) -> int:
-    """Binance's REST request weight of ``GET /api/v3/depth`` for a ``limit``."""
-    if limit <= 100:
-        return 5
-    if limit <= 500:
-        return 25
-    if limit <= 1000:
-        return 50
-    return 250
 
 
 class WeightBudget:
@@ -88,33 +64,6 @@ class WeightBudget:
             if freed >= need:
                 return max(t + self.window_s - now, 1e-3)
         return self.window_s  # pragma: no cover - the loop always reaches `need`
-
-
-# ----- frames ----------------------------------------------------------------------------------
-
-DepthFrame = DepthDiff | ControlReply | Ignored | Malformed
-
-
-def parse_depth_frame(raw: bytes | str, *, max_bytes: int = 65536) -> DepthFrame:
-    """Classify one frame of a depth connection (never raises): a ``depthUpdate`` (combined
-    wrapper or not) becomes a DepthDiff; control replies and other events as ``parse_frame``
-    says; everything else is Malformed with the reason."""
-    if len(raw) > max_bytes:
-        return Malformed(f"frame of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
-    try:
-        message = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Malformed(f"not JSON: {exc}")
-    data = message.get("data") if isinstance(message, dict) and "stream" in message else message
-    if isinstance(data, dict) and data.get("e") == "depthUpdate":
-        try:
-            return parse_depth_diff(data)
-        except DepthError as exc:
-            return Malformed(f"invalid depthUpdate: {exc}")
-    outcome = parse_frame_checked(raw, trade_event="depthUpdate")  # no trade event is read
-    if isinstance(outcome, ControlReply | Ignored | Malformed):
-        return outcome
-    return Malformed("unexpected frame on a depth stream")  # pragma: no cover
 
 
 # ----- the engine's actions --------------------------------------------------------------------

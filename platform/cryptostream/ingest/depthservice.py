@@ -27,12 +27,18 @@ from typing import Any
 import httpx
 from confluent_kafka import KafkaError, Message, Producer
 
+from cryptostream.binance.depth import (
+    parse_depth_frame,
+    parse_depth_snapshot,
+    snapshot_request,
+    snapshot_weight,
+    stream_kind,
+)
+from cryptostream.binance.frames import ControlReply, Ignored, Malformed
 from cryptostream.config import Settings
 from cryptostream.core.deadletter import encode_dead_letter
 from cryptostream.core.depth import encode_diff, encode_snapshot
-from cryptostream.core.frames import ControlReply, Ignored, Malformed
-from cryptostream.core.orderbook import DepthDiff, DepthError, parse_depth_snapshot
-from cryptostream.ingest.backfill import RestRequest
+from cryptostream.core.orderbook import DepthDiff, DepthError
 from cryptostream.ingest.depth import (
     DepthAction,
     DepthEngine,
@@ -41,9 +47,6 @@ from cryptostream.ingest.depth import (
     PublishSnapshot,
     RecordBreak,
     WeightBudget,
-    parse_depth_frame,
-    snapshot_weight,
-    stream_kind,
 )
 from cryptostream.ingest.gaps import DepthBreakRecord
 from cryptostream.ingest.metrics import DepthStats
@@ -265,7 +268,7 @@ class DepthIngest:
             if self.stopping.is_set():
                 return
         self.stats.snapshot_requests += 1
-        request = RestRequest("/api/v3/depth", {"symbol": symbol, "limit": str(self.limit)})
+        request = snapshot_request(symbol, self.limit)
         try:
             doc = await rest_get(client, request.url(self.rest_url))
             if not isinstance(doc, dict):

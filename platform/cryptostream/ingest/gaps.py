@@ -10,7 +10,8 @@ Schema version 1, key = the symbol (UTF-8)::
 A ``detected`` record is followed by final records (``backfilled`` / ``unrecoverable``), with
 its symbol and ``detected_at_us``, whose ranges exactly cover the detected range: one record, or
 several sub-ranges when only part could be backfilled (also by a later process, when the one that
-detected it died first: see :mod:`.resume`). Consumers count what was lost as the sum of ``unrecoverable`` counts.
+detected it died first: see :mod:`.resume`). Consumers count what was lost as the sum of
+``unrecoverable`` counts.
 
 Order-book breaks share the topic (key = the symbol), told apart by their status, so that no
 trade-gap consumer counts one as lost trades::
@@ -23,6 +24,10 @@ trade-gap consumer counts one as lost trades::
 ``expected_id`` is the update id that would have continued the chain published on the depth
 topic (its book's id + 1), ``got_id`` the ``U`` of the diff that came instead (null when no diff
 came: a lost connection, a record Kafka did not take). After it, ingest publishes a new snapshot.
+
+This is the topic's one codec: ingest writes with it, its resume reads with the strict
+:func:`decode_gap`, the lab's checker (``cryptostream_lab.reliability.gaps``) with
+:func:`decode_gap_lenient`; both apply the same rules.
 """
 
 from __future__ import annotations
@@ -165,13 +170,12 @@ def decode_depth_break(value: bytes | None) -> DepthBreakRecord:
         raise GapDecodeError(str(exc)) from None
 
 
-def decode_gap(value: bytes | None) -> GapRecord:
-    """A trade gap record; :class:`NotATradeGap` for a valid depth break (skip it), another
-    GapDecodeError for an invalid record."""
+def decode_gap_record(value: bytes | None) -> GapRecord | DepthBreakRecord:
+    """Any record of the gap topic (strict): a trade gap or an order-book break, else
+    :class:`GapDecodeError` saying why it breaks the contract."""
     obj = _load(value)
     if obj.get("status") == DEPTH_BREAK:
-        decode_depth_break(value)  # raises GapDecodeError when it is not a valid one either
-        raise NotATradeGap("an order-book break, not a trade gap")
+        return decode_depth_break(value)
     try:
         symbol = obj["symbol"]
         if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
@@ -199,3 +203,21 @@ def decode_gap(value: bytes | None) -> GapRecord:
         raise GapDecodeError(f"missing field {exc.args[0]!r}") from None
     except ValueError as exc:
         raise GapDecodeError(str(exc)) from None
+
+
+def decode_gap(value: bytes | None) -> GapRecord:
+    """A trade gap record (strict: what ingest's resume reads); :class:`NotATradeGap` for a
+    valid depth break (skip it), another GapDecodeError for an invalid record."""
+    record = decode_gap_record(value)
+    if isinstance(record, DepthBreakRecord):
+        raise NotATradeGap("an order-book break, not a trade gap")
+    return record
+
+
+def decode_gap_lenient(value: bytes | None) -> GapRecord | DepthBreakRecord | GapDecodeError:
+    """The same contract, for readers that must go on past a bad record (the lab's checker
+    counts and shows them): never raises, an invalid record comes back as its error."""
+    try:
+        return decode_gap_record(value)
+    except GapDecodeError as exc:
+        return exc

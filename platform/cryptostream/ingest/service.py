@@ -68,7 +68,7 @@ from cryptostream.ingest.wsclient import (
     next_connection_id,
     open_connection,
 )
-from cryptostream.kafka_clients import make_producer, security_config
+from cryptostream.kafka_clients import make_producer
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.topics import TopicError, require_topic
 
@@ -658,13 +658,7 @@ async def run(settings: Settings) -> int:
         (settings.dlq_topic, None),
         (settings.gap_topic, None),
     ):
-        require_topic(
-            settings.kafka_bootstrap,
-            name,
-            partitions,
-            settings.kafka_connect_timeout_s,
-            client_config=security_config(settings),
-        )
+        require_topic(settings.kafka, name, partitions, settings.kafka_connect_timeout_s)
     rest_url = settings.binance_rest_url.rstrip("/") or rest_base_url(settings.binance_ws_url)
     symbols = settings.symbols
     if settings.quote_asset:
@@ -679,11 +673,10 @@ async def run(settings: Settings) -> int:
     depth_list = depth_symbols(settings.depth_symbols, symbols)
     if depth_list:  # the depth topic is checked only when depth is on
         require_topic(
-            settings.kafka_bootstrap,
+            settings.kafka,
             settings.depth_topic,
             settings.partitions,
             settings.kafka_connect_timeout_s,
-            client_config=security_config(settings),
         )
     ingest = Ingest(settings, symbols, rest_url)
     ingest.resume_from(await asyncio.to_thread(read_resume_plan, settings, symbols))

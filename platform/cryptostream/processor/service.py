@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from cryptostream.config import Settings
 from cryptostream.core.deadletter import encode_dead_letter
 from cryptostream.core.keys import SYMBOLS_KEY, VIEW_PREFIXES, offsets_key
-from cryptostream.kafka_clients import make_producer, security_config
+from cryptostream.kafka_clients import make_producer
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.processor.batch import NO_OFFSET, Batch, RawRecord, parse_conflicts
 from cryptostream.processor.books import BookBatch
@@ -447,11 +447,7 @@ def rebuild(settings: Settings) -> int:
     """``csp rebuild``: empty the views, then replay the topic from its start."""
     setup_logging("rebuild", settings.log_level, settings.log_format)
     require_topic(
-        settings.kafka_bootstrap,
-        settings.topic,
-        settings.partitions,
-        settings.kafka_connect_timeout_s,
-        client_config=security_config(settings),
+        settings.kafka, settings.topic, settings.partitions, settings.kafka_connect_timeout_s
     )
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
     deleted = delete_views(client, settings.topic, settings.depth_topic)
@@ -473,26 +469,11 @@ def rebuild(settings: Settings) -> int:
 def main(settings: Settings) -> int:
     setup_logging("processor", settings.log_level, settings.log_format)
     try:
-        security = security_config(settings)
-        timeout = settings.kafka_connect_timeout_s
-        require_topic(
-            settings.kafka_bootstrap,
-            settings.topic,
-            settings.partitions,
-            timeout,
-            client_config=security,
-        )
-        require_topic(
-            settings.kafka_bootstrap, settings.dlq_topic, None, timeout, client_config=security
-        )
+        kafka, timeout = settings.kafka, settings.kafka_connect_timeout_s
+        require_topic(kafka, settings.topic, settings.partitions, timeout)
+        require_topic(kafka, settings.dlq_topic, None, timeout)
         if settings.processor_books:
-            require_topic(
-                settings.kafka_bootstrap,
-                settings.depth_topic,
-                settings.partitions,
-                timeout,
-                client_config=security,
-            )
+            require_topic(kafka, settings.depth_topic, settings.partitions, timeout)
     except TopicError as exc:
         log.error(str(exc))
         return 2

@@ -17,8 +17,9 @@ from typing import Any
 from starlette.types import Message, Receive, Scope, Send
 
 from cryptostream.config import Settings, load_settings
-from cryptostream.query.api import QueryState, build_api
+from cryptostream.query.api import build_api
 from cryptostream.query.responses import JSON_CONTENT_TYPE
+from cryptostream.query.state import QueryState
 
 PRICE_PREFIX = "/price/"
 _PREFIX_LEN = len(PRICE_PREFIX)

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from cryptostream.kafka_connection import KafkaConnection
 from cryptostream.stack.kafka import KafkaBroker, broker_ids, check_java, new_cluster_id
 from cryptostream.stack.supervisor import StackError, free_port, tail
 
@@ -155,7 +156,7 @@ class KafkaCluster:
                     )
             for node in self.nodes:
                 with contextlib.suppress(Exception):
-                    last[node.node_id] = broker_ids(node.bootstrap, timeout=2)
+                    last[node.node_id] = broker_ids(node.connection(), timeout=2)
             if all(last.get(n.node_id) == wanted for n in self.nodes):
                 return
             if time.monotonic() > deadline:
@@ -222,8 +223,7 @@ class KafkaCluster:
         quiet = logging.getLogger("cryptostream.stack.cluster.admin")
         quiet.setLevel(logging.CRITICAL)
         live = ",".join(n.bootstrap for n in self.nodes if n.process and n.process.alive())
-        config: dict[str, Any] = {"bootstrap.servers": live or self.bootstrap, "logger": quiet}
-        admin = AdminClient(config)
+        admin = AdminClient(KafkaConnection(live or self.bootstrap).librdkafka({"logger": quiet}))
         return admin.list_topics(timeout=timeout)
 
     def partitions(self, topic: str) -> dict[int, PartitionState]:

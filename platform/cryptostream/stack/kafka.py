@@ -15,6 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
+from cryptostream.kafka_connection import KafkaConnection
 from cryptostream.stack.supervisor import ManagedProcess, StackError, free_port, port_in_use
 
 MAIN_CLASS = "kafka.Kafka"
@@ -170,17 +173,18 @@ class KafkaBroker:
     internal_isr: int = 1
     extra_properties: str = ""
 
-    def client_config(self) -> dict[str, Any]:
-        """librdkafka properties a client needs for this broker (its first SASL user)."""
+    def connection(self) -> KafkaConnection:
+        """How a client reaches this broker (as its first SASL user, if it requires SASL)."""
         if not self.sasl_users:
-            return {}
+            return KafkaConnection(self.bootstrap)
         user, password = next(iter(self.sasl_users.items()))
-        return {
-            "security.protocol": "SASL_PLAINTEXT",
-            "sasl.mechanism": "PLAIN",
-            "sasl.username": user,
-            "sasl.password": password,
-        }
+        return KafkaConnection(
+            self.bootstrap,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            sasl_username=user,
+            sasl_password=SecretStr(password),
+        )
 
     @property
     def bootstrap(self) -> str:
@@ -274,7 +278,7 @@ class KafkaBroker:
     def wait_ready(self, timeout: float) -> None:
         assert self.process is not None
         self.process.wait_until(
-            lambda: port_in_use(self.port) and metadata_ready(self.bootstrap, self.client_config()),
+            lambda: port_in_use(self.port) and metadata_ready(self.connection()),
             timeout=timeout,
             what="a served metadata request",
         )
@@ -289,37 +293,24 @@ class KafkaBroker:
         self.process.stop(timeout=20)
         self.process.start()
         self.process.wait_until(
-            lambda: metadata_ready(self.bootstrap, self.client_config()),
+            lambda: metadata_ready(self.connection()),
             timeout=timeout,
             what="a served metadata request",
         )
 
 
-def metadata_ready(
-    bootstrap: str, client_config: dict[str, Any] | None = None, timeout: float = 3.0
-) -> bool:
+def _probe(kafka: KafkaConnection) -> Any:
     from confluent_kafka.admin import AdminClient
 
     quiet = logging.getLogger("cryptostream.stack.kafka.probe")
     quiet.setLevel(logging.CRITICAL)
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "logger": quiet,
-        **(client_config or {}),
-    }
-    admin = AdminClient(config)
-    meta = admin.list_topics(timeout=timeout)
-    return bool(meta.brokers)
+    return AdminClient(kafka.librdkafka({"logger": quiet}))
 
 
-def broker_ids(
-    bootstrap: str, client_config: dict[str, Any] | None = None, timeout: float = 3.0
-) -> set[int]:
-    """The ids of the brokers that ``bootstrap``'s metadata lists (registered and unfenced)."""
-    from confluent_kafka.admin import AdminClient
+def metadata_ready(kafka: KafkaConnection, timeout: float = 3.0) -> bool:
+    return bool(_probe(kafka).list_topics(timeout=timeout).brokers)
 
-    quiet = logging.getLogger("cryptostream.stack.kafka.probe")
-    quiet.setLevel(logging.CRITICAL)
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
-    admin = AdminClient({**config, **(client_config or {})})
-    return set(admin.list_topics(timeout=timeout).brokers)
+
+def broker_ids(kafka: KafkaConnection, timeout: float = 3.0) -> set[int]:
+    """The ids of the brokers that ``kafka``'s metadata lists (registered and unfenced)."""
+    return set(_probe(kafka).list_topics(timeout=timeout).brokers)

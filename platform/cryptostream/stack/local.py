@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptostream.config import Settings
+from cryptostream.kafka_connection import KafkaConnection
 from cryptostream.stack.cluster import KafkaCluster
 from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
 from cryptostream.stack.redis_server import RedisServer, check_redis_server
@@ -66,6 +67,11 @@ class LocalStack:
             return self.cluster.bootstrap
         assert self.kafka is not None
         return self.kafka.bootstrap
+
+    @property
+    def kafka_connection(self) -> KafkaConnection:
+        """The local brokers run without authentication."""
+        return KafkaConnection(self.kafka_bootstrap)
 
     @property
     def redis_url(self) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptostream.core.codec import encode_trade
 from cryptostream.core.trades import Trade
+from cryptostream.kafka_connection import KafkaConnection
 from cryptostream.stack.kafka import check_java
 from cryptostream.topics import TopicSpec, create_topics
 
@@ -123,10 +124,15 @@ def _run(argv: list[str], timeout: float) -> str:
 
 
 def kafka_ceilings(
-    lib: Path, bootstrap: str, partitions: int, records: int = 500_000, timeout: float = 180
+    lib: Path, kafka: KafkaConnection, partitions: int, records: int = 500_000, timeout: float = 180
 ) -> dict[str, Any]:
+    if kafka.security_protocol != "PLAINTEXT":
+        # Kafka's Java perf tools get only the address here; a secured cluster's credentials
+        # would need a JAAS config they are not given.
+        raise ValueError(f"the Kafka ceilings run against a PLAINTEXT cluster, not {kafka}")
+    bootstrap = kafka.bootstrap
     topic = "harness.ceiling"
-    create_topics(bootstrap, [TopicSpec(topic, partitions, 1)])
+    create_topics(kafka, [TopicSpec(topic, partitions, 1)])
     size = trade_value_size()
     producer_props = [
         f"bootstrap.servers={bootstrap}",

@@ -34,6 +34,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cryptostream.config import Settings
 from cryptostream.core.keys import price_key
+from cryptostream.kafka_connection import KafkaConnection
 from cryptostream.stack.kafka import resolve_kafka_jars
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
@@ -234,9 +235,7 @@ class Runner:
         task = ctx.progress.add_task("ceilings", total=2, info="kafka perf tools")
         lib = resolve_kafka_jars(ctx.settings.cache_dir, ctx.settings.kafka_version)
         out: dict[str, Any] = {}
-        out["kafka"] = ceilings.kafka_ceilings(
-            lib, ctx.settings.kafka_bootstrap, self.x.topology.partitions
-        )
+        out["kafka"] = ceilings.kafka_ceilings(lib, ctx.settings.kafka, self.x.topology.partitions)
         ctx.progress.update(task, advance=1, info="redis-benchmark")
         url = urlsplit(ctx.settings.redis_url)
         out["redis"] = ceilings.redis_ceilings(url.hostname or "127.0.0.1", url.port or 6379)
@@ -302,7 +301,7 @@ class Runner:
                 "partitions": topo.partitions,
             }
         )
-        create_topics(settings.kafka_bootstrap, required_topics(settings))
+        create_topics(settings.kafka, required_topics(settings))
         client = redis.Redis.from_url(settings.redis_url)
         client.flushdb()  # every group starts from empty views (the harness owns this Redis)
         extra_env = {
@@ -335,14 +334,14 @@ class Runner:
             "topic": topic,
             "trials": [],
         }
-        probe = OffsetProbe(settings.kafka_bootstrap, settings.redis_url, topic, topo.partitions)
+        probe = OffsetProbe(settings.kafka, settings.redis_url, topic, topo.partitions)
         try:
             t0 = time.monotonic()
             for i in range(processors):
                 proc = pipeline.start_processor()
                 ctx.budget(f"g{index}-processor-{i + 1}", self.x.budgets.processor_cpu, proc.pid)
             wait_group_stable(
-                settings.kafka_bootstrap,
+                settings.kafka,
                 group_id,
                 processors,
                 topic,
@@ -902,7 +901,7 @@ def drain(probe: OffsetProbe, timeout: float, check: Callable[[], None]) -> floa
 
 
 def wait_group_stable(
-    bootstrap: str,
+    kafka: KafkaConnection,
     group: str,
     members: int,
     topic: str,
@@ -913,8 +912,7 @@ def wait_group_stable(
     """Until the consumer group is STABLE with ``members`` members owning every partition."""
     quiet = logging.getLogger("cryptostream_lab.harness.admin")
     quiet.setLevel(logging.CRITICAL)
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet}
-    admin = AdminClient(config)
+    admin = AdminClient(kafka.librdkafka({"logger": quiet}))
 
     def stable() -> bool:
         check()

@@ -25,6 +25,7 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from cryptostream.core.keys import offsets_key
+from cryptostream.kafka_connection import KafkaConnection
 from cryptostream_lab.checker import read_views
 from cryptostream_lab.harness import stats
 from cryptostream_lab.harness.schedule import VisibilityTracker
@@ -35,11 +36,11 @@ UPDATES_CHANNEL = "updates:price"
 class OffsetProbe:
     """High watermarks (Kafka) and applied offsets (Redis) of one topic's partitions."""
 
-    def __init__(self, bootstrap: str, redis_url: str, topic: str, partitions: int) -> None:
+    def __init__(self, kafka: KafkaConnection, redis_url: str, topic: str, partitions: int) -> None:
         quiet = logging.getLogger("cryptostream_lab.harness.probe")
         quiet.setLevel(logging.CRITICAL)
         self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "csp-harness-probe", "logger": quiet}
+            kafka.librdkafka({"group.id": "csp-harness-probe", "logger": quiet})
         )
         self.redis = redis.Redis.from_url(redis_url)
         self.topic = topic

@@ -1,21 +1,25 @@
-"""Gap records on ``raw.trades.gaps`` (ingest's contract) and what they mean for the checker.
+"""What ingest's gap records on ``raw.trades.gaps`` mean for the checker.
 
-Record: ``{"v": 1, "symbol", "first_id", "last_id", "count", "status": "detected" | "backfilled"
-| "unrecoverable", "cause", "detected_at_us", "reported_at_us"}``. A "detected" record is followed
-by final records ("backfilled"/"unrecoverable") with its symbol and ``detected_at_us`` covering
-the same range exactly, possibly split. Only the unrecoverable trades are excused: the checker
-expects everything the exchange sent minus them.
+The record and its codec are ingest's (:mod:`cryptostream.ingest.gaps`); this reads them with its
+lenient decode, so a record that breaks the contract is counted and shown, not fatal. A
+"detected" record is followed by final records ("backfilled"/"unrecoverable") with its symbol and
+``detected_at_us`` covering the same range exactly, possibly split. Only the unrecoverable trades
+are excused: the checker expects everything the exchange sent minus them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
-
-import orjson
+from typing import Protocol, TypeVar
 
 from cryptostream.core.idranges import subtract as _subtract
+from cryptostream.ingest.gaps import (
+    DepthBreakRecord,
+    GapDecodeError,
+    GapRecord,
+    decode_gap_lenient,
+)
 
 
 class HasTradeId(Protocol):
@@ -27,20 +31,6 @@ class HasTradeId(Protocol):
 
 
 T = TypeVar("T", bound=HasTradeId)
-
-
-@dataclass(frozen=True, slots=True)
-class GapRecord:
-    symbol: str
-    first_id: int
-    last_id: int
-    status: str
-    cause: str = ""
-    detected_at_us: int = 0  # with the symbol, ties final records to their detected record(s)
-
-    @property
-    def count(self) -> int:
-        return self.last_id - self.first_id + 1
 
 
 @dataclass
@@ -55,31 +45,6 @@ class GapSummary:
 
     def excused(self, symbol: str, trade_id: int) -> bool:
         return any(a <= trade_id <= b for a, b in self.unrecoverable.get(symbol, ()))
-
-
-STATUSES = ("detected", "backfilled", "unrecoverable")
-CAUSES = ("stream", "reconnect", "buffer_overflow", "tail", "restart")
-
-
-def parse_gap_record(value: bytes) -> GapRecord | None:
-    """A record as the contract has it (every field present and typed, ``count`` consistent),
-    or None."""
-    try:
-        doc: Any = orjson.loads(value)
-        if not isinstance(doc, dict) or doc.get("v") != 1:
-            return None
-        first, last, count = doc["first_id"], doc["last_id"], doc["count"]
-        detected_at, reported_at = doc["detected_at_us"], doc["reported_at_us"]
-        if not all(type(x) is int for x in (first, last, count, detected_at, reported_at)):
-            return None
-        if last < first or count != last - first + 1 or detected_at <= 0:
-            return None
-        status, cause, symbol = doc["status"], doc["cause"], doc["symbol"]
-        if status not in STATUSES or cause not in CAUSES or not isinstance(symbol, str):
-            return None
-        return GapRecord(symbol, first, last, status, cause, detected_at)
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
 
 
 def summarize(values: Iterable[bytes]) -> GapSummary:
@@ -97,11 +62,11 @@ def summarize(values: Iterable[bytes]) -> GapSummary:
             summary.problems.append(why)
 
     for value in values:
-        record = parse_gap_record(value)
-        if record is None and b'"status":"depth_break"' in value:
-            continue  # an order-book resync (ingest/gaps.py) shares the topic: no trade lost
-        if record is None:
-            invalid(f"not a valid gap record: {value[:120]!r}")
+        record = decode_gap_lenient(value)
+        if isinstance(record, DepthBreakRecord):
+            continue  # an order-book resync shares the topic: no trade lost
+        if isinstance(record, GapDecodeError):
+            invalid(f"not a valid gap record ({record}): {value[:120]!r}")
             continue
         if record.status == "detected":
             summary.detected += record.count

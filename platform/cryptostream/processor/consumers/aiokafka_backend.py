@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from aiokafka.helpers import create_ssl_context
 
 from cryptostream.config import Settings
 from cryptostream.logs import RateLimitedLog
@@ -41,34 +40,20 @@ _RECORDS = "records"
 
 
 def consumer_options(settings: Settings) -> dict[str, Any]:
-    """aiokafka's spelling of the settings (same fetch sizes and timeouts as librdkafka's)."""
-    return {
-        **client_options(settings),
-        "group_id": settings.group_id,
-        "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": 50,
-        "max_partition_fetch_bytes": 8 << 20,
-        "fetch_max_bytes": 64 << 20,
-        "session_timeout_ms": 10_000,
-        "heartbeat_interval_ms": 1_000,
-    }
-
-
-def client_options(settings: Settings) -> dict[str, Any]:
-    """Where the cluster is and how to authenticate (consumer and admin client alike)."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    if settings.kafka_security_protocol.startswith("SASL_"):
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    if settings.kafka_security_protocol.endswith("SSL"):
-        ca = settings.kafka_ssl_ca_file
-        options["ssl_context"] = create_ssl_context(cafile=str(ca) if ca else None)
-    return options
+    """The group consumer's own options (same fetch sizes and timeouts as librdkafka's) on top
+    of the one connection value in aiokafka's spelling."""
+    return settings.kafka.aiokafka(
+        {
+            "group_id": settings.group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "fetch_max_wait_ms": 50,
+            "max_partition_fetch_bytes": 8 << 20,
+            "fetch_max_bytes": 64 << 20,
+            "session_timeout_ms": 10_000,
+            "heartbeat_interval_ms": 1_000,
+        }
+    )
 
 
 class _Bridge(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -97,7 +82,7 @@ class AiokafkaConsumer:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="aiokafka", daemon=True)
         self.thread.start()
-        self.admin_options = client_options(settings)
+        self.admin_options = settings.kafka.aiokafka()
         options = consumer_options(settings)
 
         async def start() -> AIOKafkaConsumer:

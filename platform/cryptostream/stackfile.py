@@ -1,4 +1,7 @@
-"""Where a running ``csp stack up`` publishes its addresses for the other commands."""
+"""Where a running ``csp stack up`` publishes its addresses for the other commands.
+
+The contract between the stack and the settings (``config.py`` reads it as its lowest-priority
+source), so it sits beside ``config.py``, below both, not inside ``stack/``."""
 
 from __future__ import annotations
 
