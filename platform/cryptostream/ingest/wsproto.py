@@ -87,7 +87,7 @@ class FrameParser:
     """Feed received bytes; get complete data messages. Control frames land in ``pings`` and
     ``close`` (``(code, reason)``) for the caller to answer."""
 
-    __slots__ = ("_buf", "_frag", "_frag_size", "close", "max_size", "pings", "pongs")
+    __slots__ = ("_buf", "_frag", "_frag_size", "close", "max_size", "pings")
 
     def __init__(self, max_size: int = 1 << 20) -> None:
         self._buf = b""
