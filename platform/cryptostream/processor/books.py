@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Final, Literal
 
@@ -263,6 +263,9 @@ class BookBatch:
     counts: dict[str, int] = field(default_factory=dict)  # TopicBook.apply outcome -> records
     breaks: list[tuple[str, str]] = field(default_factory=list)  # (symbol, reason)
     changes: dict[str, _SymbolChanges] = field(default_factory=dict)
+    # symbol -> its home partition (core/keys.py); a record elsewhere is misrouted: poison
+    home: Callable[[str], int] | None = None
+    misrouted: int = 0
 
     def add(self, record: RawRecord) -> None:
         """Decode one record; one that is not a valid depth record becomes poison."""
@@ -279,6 +282,15 @@ class BookBatch:
             return
         except Exception as exc:  # the decoder has a bug: still never kill the batch
             self.poison.append(Poison(record, f"cannot decode: {type(exc).__name__}: {exc}"))
+            return
+        if self.home is not None and self.home(decoded.symbol) != record.partition:
+            # A book has one writer (its home partition's owner) and one order (its home
+            # partition's): a record from elsewhere cannot be chained into it.
+            self.misrouted += 1
+            home = self.home(decoded.symbol)
+            self.poison.append(
+                Poison(record, f"misrouted: {decoded.symbol} belongs to partition {home}")
+            )
             return
         self.records_by_symbol.setdefault(decoded.symbol, []).append(decoded)
         self.partition_of[decoded.symbol] = record.partition
@@ -338,18 +350,31 @@ class BookBatch:
 
     # --- the script call -----------------------------------------------------------------------
     def script_call(
-        self, topic: str, positions: dict[int, int], now_ms: int, mirrors: dict[str, BookMirror]
+        self,
+        topic: str,
+        positions: dict[int, int],
+        now_ms: int,
+        mirrors: dict[str, BookMirror],
+        partitions: int,
+        partition: int | None = None,
     ) -> tuple[list[str], list[str | bytes]]:
-        """``KEYS`` and ``ARGV`` of apply_books.lua (after :meth:`fold`); ``positions`` = the last
-        applied offset of each partition, as this process believes."""
-        symbols = [s for s, ch in self.changes.items() if ch.changed]
-        rows = [self._row(s, self.changes[s], mirrors[s], now_ms) for s in symbols]
-        parts = [
-            [str(p), str(positions.get(p, NO_OFFSET)), str(last)]
-            for p, (_first, last) in self.parts.items()
+        """``KEYS`` and ``ARGV`` of apply_books.lua for one partition of the batch (after
+        :meth:`fold`; ``partition`` None: the batch's only one): its fence and its symbols, all
+        under its hash tag (core/keys.py). ``positions`` = the last applied offset of each
+        partition, as this process believes; ``partitions``: the layout's partition count."""
+        if partition is None:
+            (partition,) = self.parts
+        symbols = [
+            s
+            for s, ch in self.changes.items()
+            if ch.changed and self.partition_of.get(s) == partition
         ]
+        rows = [self._row(s, self.changes[s], mirrors[s], now_ms) for s in symbols]
+        last = self.parts[partition][1]
+        parts = [[str(partition), str(positions.get(partition, NO_OFFSET)), str(last)]]
         payload = orjson.dumps({"parts": parts, "symbols": rows})
-        return book_apply_keys(topic, symbols), [BOOK_CHANNEL, payload]
+        keys = book_apply_keys(topic, partition, symbols, partitions)
+        return keys, [BOOK_CHANNEL, payload]
 
     @staticmethod
     def _row(symbol: str, ch: _SymbolChanges, book: BookMirror, now_ms: int) -> dict[str, object]:

@@ -13,14 +13,13 @@ import logging
 import time
 from importlib import resources
 
-import redis
-
 from cryptostream.config import Settings
-from cryptostream.core.keys import book_key, book_side_key
+from cryptostream.core.keys import book_key, book_side_key, symbol_tag
 from cryptostream.processor.batch import NO_OFFSET, RawRecord
 from cryptostream.processor.books import BookBatch, BookMirror, parse_book_conflicts
 from cryptostream.processor.metrics import ProcessorMetrics
 from cryptostream.processor.service import Processor
+from cryptostream.redisconn import Client, ScriptRunner
 
 log = logging.getLogger("cryptostream.processor.books")
 
@@ -39,6 +38,7 @@ BOOK_COUNTERS = (
     "stale_diffs",
     "unsynced",
     "breaks",
+    "misrouted",
 )
 BOOKS_PREFIX = "csp_processor_books_"
 
@@ -47,31 +47,34 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def load_mirrors(client: redis.Redis, symbols: list[str]) -> dict[str, BookMirror]:
-    """The stored books of ``symbols`` (one atomic read: MULTI/EXEC), as the fold's copies."""
-    if not symbols:
-        return {}
-    pipe = client.pipeline(transaction=True)
+def load_mirrors(client: Client, symbols: list[str], partitions: int) -> dict[str, BookMirror]:
+    """The stored books of ``symbols`` as the fold's copies: one atomic read (MULTI/EXEC) per
+    hash tag (a transaction stays within one slot on a cluster; a book lives in one tag)."""
+    by_tag: dict[str, list[str]] = {}
     for symbol in symbols:
-        pipe.hgetall(book_key(symbol))
-        pipe.zrange(book_side_key(symbol, "bids"), 0, -1)
-        pipe.zrange(book_side_key(symbol, "asks"), 0, -1)
-    replies = pipe.execute()
+        by_tag.setdefault(symbol_tag(symbol, partitions), []).append(symbol)
     out = {}
-    for i, symbol in enumerate(symbols):
-        state, bids, asks = replies[3 * i : 3 * i + 3]
-        out[symbol] = BookMirror.from_redis(
-            {_text(k): _text(v) for k, v in state.items()},
-            [_text(m) for m in bids],
-            [_text(m) for m in asks],
-        )
+    for group in by_tag.values():
+        pipe = client.pipeline(transaction=True)
+        for symbol in group:
+            pipe.hgetall(book_key(symbol, partitions))
+            pipe.zrange(book_side_key(symbol, "bids", partitions), 0, -1)
+            pipe.zrange(book_side_key(symbol, "asks", partitions), 0, -1)
+        replies = pipe.execute()
+        for i, symbol in enumerate(group):
+            state, bids, asks = replies[3 * i : 3 * i + 3]
+            out[symbol] = BookMirror.from_redis(
+                {_text(k): _text(v) for k, v in state.items()},
+                [_text(m) for m in bids],
+                [_text(m) for m in asks],
+            )
     return out
 
 
 class BookProcessor(Processor):
-    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, redis_client: Client) -> None:
         super().__init__(settings.model_copy(update={"topic": settings.depth_topic}), redis_client)
-        self.books_script = redis_client.register_script(BOOKS_SCRIPT)
+        self.books_script = ScriptRunner(redis_client, BOOKS_SCRIPT)
         self.mirrors: dict[str, BookMirror] = {}
         for name in BOOK_COUNTERS:
             self.stats.setdefault(name, 0)
@@ -80,7 +83,7 @@ class BookProcessor(Processor):
         )
 
     def process(self, records: list[RawRecord]) -> None:
-        batch = BookBatch()
+        batch = BookBatch(home=self._home)
         positions = self.positions
         for record in records:
             if record.offset <= positions.get(record.partition, NO_OFFSET):
@@ -90,27 +93,47 @@ class BookProcessor(Processor):
         if not batch.parts:
             return
         self._dead_letter(batch)
+        n = self.layout_partitions
         missing = [s for s in batch.records_by_symbol if s not in self.mirrors]
         if missing:
-            self.mirrors.update(self._with_redis_retry(lambda: load_mirrors(self.redis, missing)))
+            self.mirrors.update(
+                self._with_redis_retry(lambda: load_mirrors(self.redis, missing, n))
+            )
         batch.fold(self.mirrors)
         now_ms = time.time_ns() // 1_000_000
-        keys, args = batch.script_call(self.settings.topic, positions, now_ms, self.mirrors)
+        # one call per partition (its hash tag: one slot on a cluster), in one round trip
+        partitions = list(batch.parts)
+        calls = [
+            batch.script_call(self.settings.topic, positions, now_ms, self.mirrors, n, p)
+            for p in partitions
+        ]
         started = time.perf_counter()
-        reply = self._with_redis_retry(lambda: self.books_script(keys=keys, args=args))
+        replies = self._with_redis_retry(lambda: self.books_script.many(calls))
         self.metrics.redis_apply.observe(time.perf_counter() - started)
-        if int(reply[0]) == 0:
-            self.mirrors.clear()  # folded ahead of a Redis that holds something else: reload
-            self._resolve_conflicts(parse_book_conflicts(reply), batch)
+        conflicts: dict[int, int] = {}
+        for partition, reply in zip(partitions, replies, strict=True):
+            if int(reply[0]) == 0:
+                stored = parse_book_conflicts(reply)
+                if stored.get(partition) != batch.parts[partition][1]:  # not our own, retried
+                    conflicts.update(stored)
+        if conflicts:
+            # folded ahead of a Redis that holds something else: reload every copy
+            self.mirrors.clear()
+            refused = {p: batch.parts[p] for p in partitions if p in conflicts}
+            self._resolve_conflicts(conflicts, refused)
+            applied = [p for p in partitions if p not in conflicts]
+        else:
+            applied = partitions
+            for symbol, changes in batch.changes.items():
+                if changes.changed:
+                    self.mirrors[symbol].stored = True
+        for partition in applied:
+            self.positions[partition] = batch.parts[partition][1]
+        if not applied:
             return
-        for symbol, changes in batch.changes.items():
-            if changes.changed:
-                self.mirrors[symbol].stored = True
-        for partition, (_first, last) in batch.parts.items():
-            self.positions[partition] = last
         self._count(batch)
         self._observe_books(batch, now_ms)
-        self._try_commit({p: last + 1 for p, (_f, last) in batch.parts.items()})
+        self._try_commit({p: batch.parts[p][1] + 1 for p in applied})
 
     def _count(self, batch: BookBatch) -> None:
         stats, counts = self.stats, batch.counts
@@ -121,6 +144,7 @@ class BookProcessor(Processor):
         stats["stale_diffs"] += counts.get("stale", 0)
         stats["unsynced"] += counts.get("unsynced", 0)
         stats["breaks"] += len(batch.breaks)
+        stats["misrouted"] += batch.misrouted
         for symbol, reason in batch.breaks:
             self.warn.warning(
                 f"break-{symbol}",
