@@ -49,6 +49,7 @@ from cryptostream.config import Settings
 from cryptostream.core.depth import encode_diff, encode_snapshot
 from cryptostream.core.orderbook import DepthDiff, DepthSnapshot, Level
 from cryptostream.kafka_clients import producer_config
+from cryptostream.redisconn import stored_offsets
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
@@ -157,8 +158,9 @@ def prefill(settings: Settings, events: int, names: list[str], levels: int) -> N
     )
 
 
-def applied(client: redis.Redis, topic: str = DEPTH_TOPIC) -> int:
-    return sum(int(v) + 1 for v in client.hgetall(f"offsets:{topic}").values())
+def applied(client: redis.Redis, topic: str = DEPTH_TOPIC, partitions: int = 8) -> int:
+    stored = stored_offsets(client, topic, range(partitions), partitions)
+    return sum(v + 1 for v in stored.values())
 
 
 def drain(

@@ -16,6 +16,11 @@
    confluent drains of that tree's processor alternate with the current one's on the same topic,
    so a code change is measured as a ratio within one run (``--backends confluent`` skips
    aiokafka to keep that run short).
+7. Redis topologies (``--redis single|cluster|both``, default both): confluent drains of the
+   same topic into one Redis node with each apply style (``CSP_PROCESSOR_APPLY``: ``batch``, one
+   script call per fetched batch; ``partition``, one per partition, pipelined) and into a local
+   Redis Cluster (3 masters with a replica each; always ``partition``), alternating
+   ``--rounds`` times: the throughput of each, as ratios within one run.
 
     nox -s bench_processor        (python benchmarks/bench_processor.py --json ...)
 """
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +53,11 @@ from cryptostream.core.codec import decode_trade, encode_trade
 from cryptostream.core.trades import Trade
 from cryptostream.kafka_clients import producer_config
 from cryptostream.processor.consumers import make_group_consumer
+from cryptostream.redisconn import make_client, stored_offsets
 from cryptostream.stack.kafka import resolve_kafka_jars
 from cryptostream.stack.local import LocalStack
 from cryptostream.stack.pipeline import Pipeline, wait_for
+from cryptostream.stack.redis_cluster import RedisCluster
 from cryptostream.topics import create_topics, required_topics
 from cryptostream_lab.harness import ceilings
 from profiling import py_spy_argv, summarize_profile
@@ -109,9 +117,19 @@ def end_offsets(settings: Settings) -> dict[int, int]:
         consumer.close()
 
 
-def applied(client: redis.Redis, topic: str) -> int:
-    stored = client.hgetall(f"offsets:{topic}")
-    return sum(int(v) + 1 for v in stored.values())
+def applied(client: Any, topic: str, partitions: int) -> int:
+    stored = stored_offsets(client, topic, range(partitions), partitions)
+    return sum(v + 1 for v in stored.values())
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a drain applies: one Redis node or a cluster, and the apply style."""
+
+    label: str
+    redis_url: str
+    cluster: bool
+    style: str  # CSP_PROCESSOR_APPLY
 
 
 def drain(
@@ -121,11 +139,21 @@ def drain(
     backend: str,
     profile: Path | None = None,
     tree: Path | None = None,
+    target: Target | None = None,
 ) -> dict[str, float]:
-    """One drain; ``tree``: run the processor of that checkout instead of this one."""
-    client = redis.Redis.from_url(settings.redis_url)
+    """One drain; ``tree``: run the processor of that checkout instead of this one; ``target``:
+    into that Redis with that apply style (default: the stack's one node, the default style)."""
+    url = target.redis_url if target else settings.redis_url
+    client = make_client(url, target.cluster if target else False)
     client.flushall()
     env = {"CSP_PROCESSOR_KAFKA_CLIENT": backend, "CSP_GROUP_ID": f"bench-{backend}"}
+    if target is not None:
+        env |= {
+            "CSP_REDIS_URL": url,
+            "CSP_REDIS_CLUSTER": str(target.cluster).lower(),
+            "CSP_PROCESSOR_APPLY": target.style,
+            "CSP_GROUP_ID": f"bench-{backend}-{target.label}",
+        }
     if tree is not None:
         env["PYTHONPATH"] = f"{tree / 'platform'}{os.pathsep}{tree / 'simulator'}"
     if profile is None:
@@ -134,16 +162,17 @@ def drain(
         pipeline._spawn(
             "processor-profiled", py_spy_argv(profile, "processor"), pipeline.env(**env)
         )
-    wait_for(lambda: applied(client, settings.topic) > 0, 120, "the first applied batch")
-    t0, n0 = time.monotonic(), applied(client, settings.topic)
+    n = settings.partitions
+    wait_for(lambda: applied(client, settings.topic, n) > 0, 120, "the first applied batch")
+    t0, n0 = time.monotonic(), applied(client, settings.topic, n)
     last_progress, last_done = time.monotonic(), n0
-    while (done := applied(client, settings.topic)) < total:
+    while (done := applied(client, settings.topic, n)) < total:
         pipeline.check_alive()
         now = time.monotonic()
         if done > last_done:
             last_progress, last_done = now, done
         elif now - last_progress > STALL_S:
-            stored = client.hgetall(f"offsets:{settings.topic}")
+            stored = stored_offsets(client, settings.topic, range(n), n)
             raise RuntimeError(
                 f"{backend} processor stalled: {done:,} of {total:,} applied, no progress for "
                 f"{STALL_S} s; offsets stored in Redis: {stored}"
@@ -151,7 +180,10 @@ def drain(
         time.sleep(0.25)
     elapsed = time.monotonic() - t0
     rate = (total - n0) / elapsed
-    label = f"{backend}{', profiled' if profile else ''}{f', baseline {tree}' if tree else ''}"
+    label = (
+        f"{backend}{', profiled' if profile else ''}{f', baseline {tree}' if tree else ''}"
+        f"{f', {target.label}' if target else ''}"
+    )
     print(
         f"drain ({label}): {total - n0:,} records in {elapsed:.1f}s = {rate:,.0f} trades/s",
         flush=True,
@@ -361,8 +393,23 @@ def main() -> int:
     parser.add_argument(
         "--backends", default=",".join(BACKENDS), help="comma-separated: confluent,aiokafka"
     )
+    parser.add_argument(
+        "--redis",
+        choices=("single", "cluster", "both"),
+        default="both",
+        help="Redis topologies of the topology drains (7.); single: one node only",
+    )
+    parser.add_argument(
+        "--apply-styles",
+        default="batch,partition",
+        help="apply styles on one Redis node in the topology drains (comma-separated)",
+    )
+    parser.add_argument(
+        "--only-topologies",
+        action="store_true",
+        help="only the topology drains (7.): no backend drains, consume loops, profile, latency",
+    )
     args = parser.parse_args()
-    backends = tuple(b for b in args.backends.split(",") if b)
     names = symbols(args.symbols)
     workdir = Path(tempfile.mkdtemp(prefix="bench-processor-"))
     base = Settings(run_dir=workdir)
@@ -376,106 +423,159 @@ def main() -> int:
             "platform": platform.platform(),
         },
     }
+    cluster: RedisCluster | None = None
     with LocalStack(base, workdir / "stack") as stack:
         settings = base.model_copy(
             update={"kafka_bootstrap": stack.kafka_bootstrap, "redis_url": stack.redis_url}
         )
-        create_topics(settings.kafka, required_topics(settings))
-        prefill(settings, args.trades, names, seed=1)
-        pipeline = Pipeline(
-            workdir,
-            stack.kafka_bootstrap,
-            stack.redis_url,
-            names[:3],
-            extra_env={"CSP_BATCH_MAX": os.environ.get("CSP_BATCH_MAX", "20000")},
-        )
-        lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
-        kafka_consumer = consumer_performance(
-            lib, stack.kafka_bootstrap, settings.topic, args.trades
-        )
-        print(
-            f"Kafka ConsumerPerformance on the same topic: {kafka_consumer:,.0f} records/s",
-            flush=True,
-        )
-        runs: dict[str, list[dict[str, float]]] = {b: [] for b in backends}
-        if args.baseline:
-            runs["confluent@baseline"] = []
-        for round_ in range(args.rounds):
-            for backend in backends:
-                # ABBA with a baseline: the first drain after the prefill is the slowest (a
-                # cold broker), and must not always be this tree's
-                trees = (
-                    [None, args.baseline] if args.baseline and backend == "confluent" else [None]
-                )
-                for tree in trees if round_ % 2 == 0 else trees[::-1]:
-                    label = backend if tree is None else "confluent@baseline"
-                    runs[label].append(drain(pipeline, settings, args.trades, backend, tree=tree))
-        results["drain"] = {
-            b: {
-                "median_trades_per_s": statistics.median(r["trades_per_s"] for r in runs_),
-                "runs": runs_,
-            }
-            for b, runs_ in runs.items()
-        }
-        rates = {b: results["drain"][b]["median_trades_per_s"] for b in runs}
-        results["kafka_consumer_performance_records_per_s"] = kafka_consumer
-        results["drain_fraction_of_kafka_consumer"] = {
-            b: round(rate / kafka_consumer, 3) for b, rate in rates.items()
-        }
-        if "aiokafka" in rates and "confluent" in rates:
-            results["drain_ratio_confluent_to_aiokafka"] = round(
-                rates["confluent"] / rates["aiokafka"], 3
-            )
-        if args.baseline:
-            results["baseline"] = str(args.baseline)
-            results["drain_ratio_to_baseline"] = round(
-                rates["confluent"] / rates["confluent@baseline"], 3
-            )
-        results["consume_loop_trades_per_s"] = {
-            b: consume_loop(settings, args.trades, b) for b in backends
-        }
-        print(f"consume loop (fetch + decode): {results['consume_loop_trades_per_s']}", flush=True)
-        if args.profile:
-            spy = workdir / "processor.spy.txt"
-            results["profiled_drain"] = drain(pipeline, settings, args.trades, "confluent", spy)
-            results["profile"] = summarize_profile(spy, GROUPS)
-            print(orjson.dumps(results["profile"], option=orjson.OPT_INDENT_2).decode(), flush=True)
-        # Alternating rounds here too: whichever backend runs first after the drains inherits
-        # their after-effects (broker page cache, JVM), which an earlier version mistook for a
-        # difference between the clients.
-        latency_runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
-        for round_ in range(args.latency_rounds or args.rounds):
-            for backend in backends:
-                topic = f"latency.{backend}.{round_}"
-                latency_settings = settings.model_copy(
-                    update={"topic": topic, "dlq_topic": f"{topic}.dlq"}
-                )
-                create_topics(latency_settings.kafka, required_topics(latency_settings))
-                pipeline = Pipeline(
-                    workdir,
-                    stack.kafka_bootstrap,
-                    stack.redis_url,
-                    names[:3],
-                    extra_env={"CSP_TOPIC": topic, "CSP_DLQ_TOPIC": f"{topic}.dlq"},
-                )
-                result = latency(
-                    pipeline, latency_settings, names, args.rate, args.latency_seconds, backend
-                )
-                latency_runs[backend].append(result)
-        results["latency_ms"] = {
-            b: {
-                "median_p50": statistics.median(r["p50"] for r in runs_),
-                "median_p99": statistics.median(r["p99"] for r in runs_),
-                "worst_p99": max(r["p99"] for r in runs_),
-                "runs": runs_,
-            }
-            for b, runs_ in latency_runs.items()
-        }
+        if args.redis != "single":
+            cluster = RedisCluster(workdir / "redis-cluster").start()
+        try:
+            run_all(args, stack, settings, names, results, cluster, workdir)
+        finally:
+            if cluster is not None:
+                cluster.stop()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def topology_drains(
+    args: argparse.Namespace,
+    pipeline: Pipeline,
+    settings: Settings,
+    cluster: RedisCluster | None,
+) -> dict[str, Any]:
+    """7.: the same topic drained into each Redis topology and apply style, alternating."""
+    targets = []
+    if args.redis != "cluster":
+        for style in (s for s in args.apply_styles.split(",") if s):
+            targets.append(Target(f"single-{style}", settings.redis_url, False, style))
+    if cluster is not None:
+        targets.append(Target("cluster-partition", cluster.url, True, "partition"))
+    runs: dict[str, list[dict[str, float]]] = {t.label: [] for t in targets}
+    for _round in range(args.rounds):
+        for target in targets:
+            runs[target.label].append(
+                drain(pipeline, settings, args.trades, "confluent", target=target)
+            )
+    rates = {label: statistics.median(r["trades_per_s"] for r in rs) for label, rs in runs.items()}
+    out: dict[str, Any] = {
+        label: {"median_trades_per_s": rates[label], "runs": rs} for label, rs in runs.items()
+    }
+    if "single-batch" in rates and "single-partition" in rates:
+        out["ratio_single_partition_to_batch"] = round(
+            rates["single-partition"] / rates["single-batch"], 3
+        )
+    single = [rates[k] for k in rates if k.startswith("single-")]
+    if single and "cluster-partition" in rates:
+        out["ratio_cluster_to_best_single"] = round(rates["cluster-partition"] / max(single), 3)
+    print(f"topology drains: {orjson.dumps(out).decode()}", flush=True)
+    return out
+
+
+def run_all(
+    args: argparse.Namespace,
+    stack: LocalStack,
+    settings: Settings,
+    names: list[str],
+    results: dict[str, Any],
+    cluster: RedisCluster | None,
+    workdir: Path,
+) -> None:
+    backends = tuple(b for b in args.backends.split(",") if b)
+    create_topics(settings.kafka, required_topics(settings))
+    prefill(settings, args.trades, names, seed=1)
+    pipeline = Pipeline(
+        workdir,
+        stack.kafka_bootstrap,
+        stack.redis_url,
+        names[:3],
+        extra_env={"CSP_BATCH_MAX": os.environ.get("CSP_BATCH_MAX", "20000")},
+    )
+    results["topologies"] = topology_drains(args, pipeline, settings, cluster)
+    if args.only_topologies:
+        return
+    lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
+    kafka_consumer = consumer_performance(lib, stack.kafka_bootstrap, settings.topic, args.trades)
+    print(
+        f"Kafka ConsumerPerformance on the same topic: {kafka_consumer:,.0f} records/s",
+        flush=True,
+    )
+    runs: dict[str, list[dict[str, float]]] = {b: [] for b in backends}
+    if args.baseline:
+        runs["confluent@baseline"] = []
+    for round_ in range(args.rounds):
+        for backend in backends:
+            # ABBA with a baseline: the first drain after the prefill is the slowest (a
+            # cold broker), and must not always be this tree's
+            trees = [None, args.baseline] if args.baseline and backend == "confluent" else [None]
+            for tree in trees if round_ % 2 == 0 else trees[::-1]:
+                label = backend if tree is None else "confluent@baseline"
+                runs[label].append(drain(pipeline, settings, args.trades, backend, tree=tree))
+    results["drain"] = {
+        b: {
+            "median_trades_per_s": statistics.median(r["trades_per_s"] for r in runs_),
+            "runs": runs_,
+        }
+        for b, runs_ in runs.items()
+    }
+    rates = {b: results["drain"][b]["median_trades_per_s"] for b in runs}
+    results["kafka_consumer_performance_records_per_s"] = kafka_consumer
+    results["drain_fraction_of_kafka_consumer"] = {
+        b: round(rate / kafka_consumer, 3) for b, rate in rates.items()
+    }
+    if "aiokafka" in rates and "confluent" in rates:
+        results["drain_ratio_confluent_to_aiokafka"] = round(
+            rates["confluent"] / rates["aiokafka"], 3
+        )
+    if args.baseline:
+        results["baseline"] = str(args.baseline)
+        results["drain_ratio_to_baseline"] = round(
+            rates["confluent"] / rates["confluent@baseline"], 3
+        )
+    results["consume_loop_trades_per_s"] = {
+        b: consume_loop(settings, args.trades, b) for b in backends
+    }
+    print(f"consume loop (fetch + decode): {results['consume_loop_trades_per_s']}", flush=True)
+    if args.profile:
+        spy = workdir / "processor.spy.txt"
+        results["profiled_drain"] = drain(pipeline, settings, args.trades, "confluent", spy)
+        results["profile"] = summarize_profile(spy, GROUPS)
+        print(orjson.dumps(results["profile"], option=orjson.OPT_INDENT_2).decode(), flush=True)
+    # Alternating rounds here too: whichever backend runs first after the drains inherits
+    # their after-effects (broker page cache, JVM), which an earlier version mistook for a
+    # difference between the clients.
+    latency_runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+    for round_ in range(args.latency_rounds or args.rounds):
+        for backend in backends:
+            topic = f"latency.{backend}.{round_}"
+            latency_settings = settings.model_copy(
+                update={"topic": topic, "dlq_topic": f"{topic}.dlq"}
+            )
+            create_topics(latency_settings.kafka, required_topics(latency_settings))
+            pipeline = Pipeline(
+                workdir,
+                stack.kafka_bootstrap,
+                stack.redis_url,
+                names[:3],
+                extra_env={"CSP_TOPIC": topic, "CSP_DLQ_TOPIC": f"{topic}.dlq"},
+            )
+            result = latency(
+                pipeline, latency_settings, names, args.rate, args.latency_seconds, backend
+            )
+            latency_runs[backend].append(result)
+    results["latency_ms"] = {
+        b: {
+            "median_p50": statistics.median(r["p50"] for r in runs_),
+            "median_p99": statistics.median(r["p99"] for r in runs_),
+            "worst_p99": max(r["p99"] for r in runs_),
+            "runs": runs_,
+        }
+        for b, runs_ in latency_runs.items()
+    }
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ import httpx
 import psutil
 import redis
 
-from cryptostream.core.keys import SYMBOLS_KEY, price_key
+from cryptostream.core.keys import home_partition, price_key, symbols_key
 from cryptostream.stack.redis_server import RedisServer
 from cryptostream.stack.supervisor import ManagedProcess, free_port
 from profiling import py_spy_argv, summarize_profile
@@ -93,6 +93,9 @@ class WrkResult:
     timeouts: int
 
 
+PARTITIONS = 8  # the services' CSP_PARTITIONS (the default): the key layout
+
+
 def symbols(n: int) -> list[str]:
     return [f"SYM{i:04d}USDT" for i in range(n)]
 
@@ -104,7 +107,7 @@ def fill_redis(url: str, n: int) -> None:
     pipe = client.pipeline(transaction=False)
     for i, symbol in enumerate(symbols(n)):
         pipe.hset(
-            price_key(symbol),
+            price_key(symbol, PARTITIONS),
             mapping={
                 "price": f"{100 + i}.{i % 100:02d}000000",
                 "quantity": "0.01000000",
@@ -115,7 +118,7 @@ def fill_redis(url: str, n: int) -> None:
                 "update_time": str(now + 3),
             },
         )
-        pipe.sadd(SYMBOLS_KEY, symbol)
+        pipe.sadd(symbols_key(home_partition(symbol, PARTITIONS), PARTITIONS), symbol)
     pipe.execute()
     client.close()
 

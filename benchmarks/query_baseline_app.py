@@ -14,13 +14,16 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from cryptostream.core.keys import price_key
+
 app = FastAPI()
 client = aioredis.Redis.from_url(os.environ.get("CSP_REDIS_URL", "redis://127.0.0.1:6379/0"))
+PARTITIONS = int(os.environ.get("CSP_PARTITIONS", "8"))  # the key layout's
 
 
 @app.get("/price/{symbol}")
 async def price(symbol: str) -> Any:
-    value = await client.hget(f"price:{symbol.upper()}", "price")
+    value = await client.hget(price_key(symbol.upper(), PARTITIONS), "price")
     if value is None:
         return JSONResponse({"error": "price not available"}, status_code=404)
     return {"symbol": symbol.upper(), "price": float(value)}

@@ -55,6 +55,18 @@ def produce(
     return count
 
 
+def produce_to(settings: Settings, placed: Iterable[tuple[int, Trade]]) -> int:
+    """Trades to the partitions given, whatever their keys hash to (a foreign producer)."""
+    producer = Producer(producer_config(settings))
+    count = 0
+    for partition, trade in placed:
+        value = encode_trade(trade, trade.trade_time * 1000)
+        producer.produce(settings.topic, value, encode_key(trade.symbol), partition=partition)
+        count += 1
+    assert producer.flush(30) == 0
+    return count
+
+
 def watermarks(settings: Settings, topic: str | None = None) -> dict[int, tuple[int, int]]:
     topic = topic or settings.topic
     consumer = Consumer(settings.kafka.librdkafka({"group.id": "probe"}))

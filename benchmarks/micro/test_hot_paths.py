@@ -13,7 +13,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from cryptostream.binance.frames import parse_frame
 from cryptostream.core.codec import decode_trade, encode_trade
 from cryptostream.core.trades import Trade
-from cryptostream.processor.batch import Batch, RawRecord
+from cryptostream.processor.batch import Batch, Group, RawRecord, apply_call
 from cryptostream_lab.harness.schedule import SyntheticTrades, symbol_names, symbol_sequence
 
 BatchPayload = tuple[Batch, dict[int, int]]
@@ -88,6 +88,12 @@ def test_redis_batch_payload(benchmark: BenchmarkFixture, symbols: int) -> None:
     batch = Batch()
     for record in _records(5000, symbols):
         batch.add(record)
-    payload = benchmark(batch.script_payload, {p: -1 for p in range(8)}, 1_700_000_000_000)
-    doc = orjson.loads(payload)
-    assert len(doc["symbols"]) == len(batch.symbols) and len(doc["parts"]) == 8
+    parts = [[str(p), "-1", str(last)] for p, (_first, last) in batch.parts.items()]
+    group = Group(0, parts, list(batch.symbols.items()))
+
+    def encode() -> tuple[list[str], list[str | bytes]]:
+        return apply_call([group], "raw.trades", 8, 1_700_000_000_000, 86_400_000, 600_000)
+
+    _keys, args = benchmark(encode)
+    doc = orjson.loads(args[4])
+    assert len(doc["symbols"]) == len(batch.symbols) and len(doc["groups"][0]["parts"]) == 8

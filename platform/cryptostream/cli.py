@@ -132,13 +132,21 @@ def stack_up(
                 settings.stack_file,
                 kafka_bootstrap=stack.kafka_bootstrap,
                 redis_url=stack.redis_url,
+                redis_cluster=settings.redis_cluster,
+            )
+            redis_what = (
+                f"Redis Cluster {', '.join(str(p) for p in stack.redis_cluster.ports)} (seed "
+                f"{stack.redis_url})"
+                if stack.redis_cluster is not None
+                else f"Redis {stack.redis_url}"
             )
             typer.echo(
                 f"stack up in {time.monotonic() - t0:.1f}s: Kafka {stack.kafka_bootstrap}, "
-                f"Redis {stack.redis_url} (data and logs in {workdir}); Ctrl-C to stop"
+                f"{redis_what} (data and logs in {workdir}); Ctrl-C to stop"
             )
+            redis_nodes = stack.redis_cluster.nodes if stack.redis_cluster else [stack.redis]
             while True:
-                for server in (stack.kafka, stack.redis):
+                for server in (stack.kafka, *redis_nodes):
                     if server and server.process and not server.process.alive():
                         raise StackError(
                             f"{server.process.name} exited unexpectedly; last lines of its log:\n"

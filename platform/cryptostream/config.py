@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     # --- where things run -------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
+    redis_cluster: bool = Field(
+        False,
+        description="CSP_REDIS_URL names one node of a Redis Cluster (the others are "
+        "discovered); the local stack then starts a cluster of 3 masters with a replica each",
+    )
+    redis_cluster_node_timeout_ms: int = Field(
+        5000, ge=100, description="cluster-node-timeout of the local stack's Redis Cluster"
+    )
     run_dir: Path = Field(Path(".run"), description="Local stack state: data, logs, stack.json")
     cache_dir: Path = Field(Path(".cache"), description="Resolved Kafka jars (git-ignored)")
     kafka_connect_timeout_s: float = Field(
@@ -119,6 +127,11 @@ class Settings(BaseSettings):
     batch_timeout_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
     candle_history_minutes: int = Field(1440, ge=1, description="1m candles kept per symbol")
     processor_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")
+    processor_apply: Literal["auto", "batch", "partition"] = Field(
+        "auto",
+        description="one script call per fetched batch (batch: one Redis node only) or one per "
+        "partition, pipelined (partition); auto: partition on a cluster, batch on one node",
+    )
     processor_max_future_s: float = Field(
         600.0, ge=0, description="a trade timed further after its ingest time goes to the DLQ"
     )
@@ -233,6 +246,38 @@ class Settings(BaseSettings):
             if "min_insync_replicas" not in self.model_fields_set:
                 self.min_insync_replicas = max(1, min(2, self.replication_factor - 1))
         return self
+
+    @model_validator(mode="after")
+    def _check_redis_cluster(self) -> Settings:
+        """A Redis Cluster has database 0 only, runs no script across slots (so no batch-wide
+        apply) and orders no pub/sub message against a PING (so no price view)."""
+        if not self.redis_cluster:
+            return self
+        parts = urlsplit(self.redis_url)
+        if parts.scheme == "unix" or parts.path.strip("/") not in ("", "0"):
+            raise ValueError(
+                "CSP_REDIS_CLUSTER=true: CSP_REDIS_URL must be redis://host:port (or /0) or "
+                "rediss://...: a Redis Cluster has database 0 only, reached over TCP"
+            )
+        if self.processor_apply == "batch":
+            raise ValueError(
+                "CSP_PROCESSOR_APPLY=batch needs one Redis node: on a cluster a script call "
+                "touches one hash slot, so the processor applies one call per partition"
+            )
+        if self.query_price_view:
+            raise ValueError(
+                "CSP_QUERY_PRICE_VIEW=true needs one Redis node: on a cluster, updates:price "
+                "reaches the subscriber over the cluster bus, so the PING on its connection "
+                "cannot prove the view has seen every write"
+            )
+        return self
+
+    @property
+    def processor_apply_style(self) -> Literal["batch", "partition"]:
+        """The apply style in effect (``auto`` resolved)."""
+        if self.processor_apply != "auto":
+            return self.processor_apply
+        return "partition" if self.redis_cluster else "batch"
 
     @field_validator("log_level")
     @classmethod
@@ -465,6 +510,7 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
     | _TOPICS
     | {
         "redis_url",
+        "redis_cluster",
         "group_id",
         "batch_max",
         "batch_timeout_s",
@@ -474,7 +520,12 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
     },
     "query": _COMMON
     | _ARCHIVE_WHERE
-    | {"redis_url", *(n for n in Settings.model_fields if n.startswith(("query_", "history_")))},
+    | {
+        "redis_url",
+        "redis_cluster",
+        "partitions",
+        *(n for n in Settings.model_fields if n.startswith(("query_", "history_"))),
+    },
     "archive": _COMMON
     | _KAFKA
     | _TOPICS
@@ -496,6 +547,8 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
         "start_timeout_s",
         "kafka_connect_timeout_s",
         "kafka_brokers",
+        "redis_cluster",
+        "redis_cluster_node_timeout_ms",
     },
 }
 SERVICE_FIELDS["rebuild"] = SERVICE_FIELDS["processor"]

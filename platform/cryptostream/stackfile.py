@@ -13,9 +13,17 @@ from typing import Any
 import orjson
 
 
-def write_stack_file(path: Path, *, kafka_bootstrap: str, redis_url: str) -> None:
+def write_stack_file(
+    path: Path, *, kafka_bootstrap: str, redis_url: str, redis_cluster: bool = False
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"pid": os.getpid(), "kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url}
+    doc: dict[str, Any] = {
+        "pid": os.getpid(),
+        "kafka_bootstrap": kafka_bootstrap,
+        "redis_url": redis_url,
+    }
+    if redis_cluster:  # the services started in other terminals must know
+        doc["redis_cluster"] = True
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     tmp.replace(path)
@@ -44,4 +52,6 @@ def read_live_stack_file(path: Path) -> dict[str, Any]:
         os.kill(int(doc["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         return {}
-    return {key: doc[key] for key in ("kafka_bootstrap", "redis_url") if key in doc}
+    return {
+        key: doc[key] for key in ("kafka_bootstrap", "redis_url", "redis_cluster") if key in doc
+    }

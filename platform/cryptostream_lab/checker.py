@@ -16,7 +16,6 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-import redis
 
 from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS
 from cryptostream.core.depth import DepthRecord, DepthRecordError, TopicBook, decode_depth
@@ -28,10 +27,14 @@ from cryptostream.core.keys import (
     parse_level_member,
     price_key,
     stats_key,
+    symbol_tag,
 )
 from cryptostream.core.orderbook import Level
 from cryptostream.core.trades import Trade
 from cryptostream.core.views import MINUTE_MS, SymbolViews, compute_views
+from cryptostream.redisconn import Client, layout_partitions
+
+DEFAULT_PARTITIONS = 8  # an empty Redis records no layout: any count finds nothing
 
 
 @dataclass(frozen=True)
@@ -130,15 +133,28 @@ def _candle_key(c: dict[str, Any]) -> tuple[object, ...]:
     )
 
 
+def stored_partitions(client: Client, partitions: int | None = None) -> int:
+    """The layout's partition count: given, else what the processor recorded in Redis."""
+    if partitions is not None:
+        return partitions
+    return layout_partitions(client) or DEFAULT_PARTITIONS
+
+
 def read_views(
-    client: redis.Redis, symbols: Iterable[str], candle_limit: int = 100_000
+    client: Client,
+    symbols: Iterable[str],
+    candle_limit: int = 100_000,
+    partitions: int | None = None,
 ) -> RedisViews:
+    """What Redis holds for ``symbols`` (one pipelined read; per master on a cluster), with
+    the layout of ``partitions`` (default: the one recorded in Redis)."""
     symbols = list(symbols)
+    n = stored_partitions(client, partitions)
     pipe = client.pipeline(transaction=False)
     for symbol in symbols:
-        pipe.hgetall(price_key(symbol))
-        pipe.zrange(candles_1m_key(symbol), 0, candle_limit)
-        pipe.hgetall(stats_key(symbol))
+        pipe.hgetall(price_key(symbol, n))
+        pipe.zrange(candles_1m_key(symbol, n), 0, candle_limit)
+        pipe.hgetall(stats_key(symbol, n))
     replies = pipe.execute()
 
     def text(mapping: dict[Any, Any]) -> dict[str, str]:
@@ -158,10 +174,14 @@ def _s(value: bytes | str) -> str:
 
 
 def check(
-    client: redis.Redis, trades: list[Trade], candle_history_minutes: int = 1440
+    client: Client,
+    trades: list[Trade],
+    candle_history_minutes: int = 1440,
+    partitions: int | None = None,
 ) -> CheckReport:
     expected = compute_views(trades)
-    return compare(expected, read_views(client, expected), len(trades), candle_history_minutes)
+    actual = read_views(client, expected, partitions=partitions)
+    return compare(expected, actual, len(trades), candle_history_minutes)
 
 
 # --- L2 books (raw.depth) --------------------------------------------------------------------
@@ -176,23 +196,30 @@ class StoredBook:
     asks: list[Level]
 
 
-def read_books(client: redis.Redis, symbols: Iterable[str]) -> dict[str, StoredBook]:
-    """The stored books of ``symbols`` (one atomic read); a malformed member raises ValueError."""
-    symbols = list(symbols)
-    pipe = client.pipeline(transaction=True)
+def read_books(
+    client: Client, symbols: Iterable[str], partitions: int | None = None
+) -> dict[str, StoredBook]:
+    """The stored books of ``symbols``, each read atomically (one MULTI/EXEC per hash tag: a
+    book's keys share its tag); a malformed member raises ValueError."""
+    n = stored_partitions(client, partitions)
+    by_tag: dict[str, list[str]] = {}
     for symbol in symbols:
-        pipe.hgetall(book_key(symbol))
-        pipe.zrange(book_side_key(symbol, "bids"), 0, -1)
-        pipe.zrange(book_side_key(symbol, "asks"), 0, -1)
-    replies = pipe.execute()
+        by_tag.setdefault(symbol_tag(symbol, n), []).append(symbol)
     out = {}
-    for i, symbol in enumerate(symbols):
-        state, bids, asks = replies[3 * i : 3 * i + 3]
-        out[symbol] = StoredBook(
-            {_s(k): _s(v) for k, v in state.items()},
-            [parse_level_member(m) for m in reversed(bids)],  # the set ascends: bids reversed
-            [parse_level_member(m) for m in asks],
-        )
+    for group in by_tag.values():
+        pipe = client.pipeline(transaction=True)
+        for symbol in group:
+            pipe.hgetall(book_key(symbol, n))
+            pipe.zrange(book_side_key(symbol, "bids", n), 0, -1)
+            pipe.zrange(book_side_key(symbol, "asks", n), 0, -1)
+        replies = pipe.execute()
+        for i, symbol in enumerate(group):
+            state, bids, asks = replies[3 * i : 3 * i + 3]
+            out[symbol] = StoredBook(
+                {_s(k): _s(v) for k, v in state.items()},
+                [parse_level_member(m) for m in reversed(bids)],  # the set ascends: reversed
+                [parse_level_member(m) for m in asks],
+            )
     return out
 
 
@@ -248,7 +275,9 @@ def compare_books(
     return report
 
 
-def check_books(client: redis.Redis, values: Iterable[bytes | None]) -> CheckReport:
+def check_books(
+    client: Client, values: Iterable[bytes | None], partitions: int | None = None
+) -> CheckReport:
     """Rebuild every book from the depth topic's values (in topic order per symbol; records that
     are not valid depth records are skipped, as the processor dead-letters them) and compare."""
     records = []
@@ -258,4 +287,4 @@ def check_books(client: redis.Redis, values: Iterable[bytes | None]) -> CheckRep
         except DepthRecordError:
             continue
     expected = expected_books(records)
-    return compare_books(expected, read_books(client, expected), len(records))
+    return compare_books(expected, read_books(client, expected, partitions), len(records))

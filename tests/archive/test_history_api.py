@@ -73,7 +73,7 @@ def world(
             for c in view.candles.values()
             if c.open_time >= CUTOFF
         }
-        r.zadd(candles_1m_key(sym), members)
+        r.zadd(candles_1m_key(sym, settings.partitions), members)
     service = start_service(settings)
     try:
         with httpx.Client(base_url=service.url, timeout=30) as client:

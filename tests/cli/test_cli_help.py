@@ -44,7 +44,8 @@ def test_config_of_one_command(csp: Run) -> None:
     assert result.returncode == 0, result.stderr
     names = {line.split("=", 1)[0] for line in result.stdout.splitlines()}
     assert names == {name for name, _, _ in describe_settings("query")}
-    assert "CSP_QUERY_PORT" in names and "CSP_PARTITIONS" not in names
+    assert "CSP_QUERY_PORT" in names and "CSP_BATCH_MAX" not in names
+    assert "CSP_PARTITIONS" in names  # the key layout: a symbol's keys carry its partition
 
 
 @pytest.mark.parametrize(
@@ -52,7 +53,7 @@ def test_config_of_one_command(csp: Run) -> None:
     [
         (["ingest"], "CSP_QUERY_PORT"),
         (["processor"], "CSP_SYMBOLS"),
-        (["query"], "CSP_PARTITIONS"),
+        (["query"], "CSP_BATCH_MAX"),
         (["topics", "create"], "CSP_REDIS_URL"),
     ],
 )

@@ -60,8 +60,8 @@ def test_every_mistake_gets_its_own_line(csp: Run) -> None:
 
 
 def test_a_service_validates_only_what_it_reads(csp: Run) -> None:
-    """The query API reads neither the partitions nor the symbols: only its Redis URL fails."""
-    result = csp("query", CSP_PARTITIONS="abc", CSP_SYMBOLS="BTC-USDT", CSP_REDIS_URL="nonsense")
+    """The query API reads neither the batch size nor the symbols: only its Redis URL fails."""
+    result = csp("query", CSP_BATCH_MAX="abc", CSP_SYMBOLS="BTC-USDT", CSP_REDIS_URL="nonsense")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: CSP_REDIS_URL='nonsense'"), lines

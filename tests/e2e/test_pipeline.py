@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from cryptostream.core.keys import price_key
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from tests.conftest import Env
 
@@ -90,7 +91,7 @@ def test_known_sequence_reaches_the_query_api(isolated: Env) -> None:
         except TimeoutError:
             for symbol, sent in truth.items():
                 print(symbol, sent, httpx.get(f"{query.base_url}/price/{symbol}").text)
-                print(isolated.redis.hgetall(f"price:{symbol}"))
+                print(isolated.redis.hgetall(price_key(symbol, isolated.partitions)))
             raise
 
         # The exact original contract, and clean 4xx for bad input.
@@ -111,17 +112,17 @@ def test_known_sequence_reaches_the_query_api(isolated: Env) -> None:
         assert len(with_data) >= 2
 
         def all_consumed() -> bool:
-            stored = isolated.redis.hgetall(f"offsets:{isolated.settings.topic}")
+            stored = isolated.applied()
             committed = _committed(isolated, with_data)
             return all(
-                int(stored.get(str(p), -1)) == marks[p][1] - 1 and committed[p] == marks[p][1]
+                stored.get(p, -1) == marks[p][1] - 1 and committed[p] == marks[p][1]
                 for p in with_data
             )
 
         try:
             wait_for(all_consumed, timeout=30, what="every partition with data to be consumed")
         except TimeoutError:
-            print("stored", isolated.redis.hgetall(f"offsets:{isolated.settings.topic}"))
+            print("stored", isolated.applied())
             print("committed", _committed(isolated, with_data), "marks", marks)
             raise
 

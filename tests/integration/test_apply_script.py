@@ -8,19 +8,41 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryptostream.core.codec import encode_trade
-from cryptostream.core.keys import candle_member, parse_candle_member
+from cryptostream.core.keys import (
+    candle_member,
+    candles_1m_key,
+    home_partition,
+    offsets_key,
+    parse_candle_member,
+    price_key,
+    stats_key,
+    symbols_key,
+)
 from cryptostream.core.trades import Trade
 from cryptostream.core.views import Candle, compute_views, fmt
 from cryptostream.processor.batch import Batch, RawRecord, parse_conflicts
 from cryptostream.processor.service import APPLY_SCRIPT
-from tests.conftest import Env
+from tests.conftest import Env, both_topologies
 
 pytestmark = pytest.mark.integration
+N = 8  # the layout's partitions (the default CSP_PARTITIONS)
+BTC, ETH = home_partition("BTCUSDT", N), home_partition("ETHUSDT", N)
+
+
+def price(symbol: str) -> str:
+    return price_key(symbol, N)
+
+
+def stats(symbol: str) -> str:
+    return stats_key(symbol, N)
+
+
+def candles(symbol: str) -> str:
+    return candles_1m_key(symbol, N)
 
 
 def _batch(partition: int, first_offset: int, trades: list[Trade]) -> Batch:
@@ -35,21 +57,22 @@ def _batch(partition: int, first_offset: int, trades: list[Trade]) -> Batch:
 def _run(
     script: Any,
     batch: Batch,
-    key: str,
+    topic: str,
     now: int | str,
     history: int | str,
     positions: dict[int, int],
     max_future: int | str = 10**15,
 ) -> Any:
     """Apply ``batch`` as the processor does (KEYS and ARGV from Batch.script_call)."""
-    topic = key.removeprefix("offsets:")
-    return script(*batch.script_call(topic, positions, int(now), int(history), int(max_future)))
+    return script(*batch.script_call(topic, positions, int(now), int(history), int(max_future), N))
 
 
+@both_topologies
 def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
-    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r = isolated.client()
     script = r.register_script(APPLY_SCRIPT)
-    key = f"offsets:{isolated.settings.topic}"
+    topic = isolated.settings.topic
+    key = offsets_key(topic, BTC, N)
     pubsub = r.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("updates:price")
     pubsub.get_message(timeout=1)
@@ -58,12 +81,13 @@ def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
         Trade("BTCUSDT", 10, "1.5", "2", 100, 101, False),
         Trade("BTCUSDT", 11, "1.6", "2", 102, 103, True),
     ]
-    batch = _batch(2, 50, trades)
+    batch = _batch(BTC, 50, trades)
     day = str(1440 * 60_000)
-    assert _run(script, batch, key, "999", day, {}) == [1, 1]
-    assert r.hget(key, "2") == b"51"
-    assert r.hget("price:BTCUSDT", "price") == b"1.6"
-    assert r.hget("price:BTCUSDT", "ingest_time_us") == b"1718000000123456"  # 16 digits intact
+    assert _run(script, batch, topic, "999", day, {}) == [1, 1]
+    assert r.hget(key, str(BTC)) == b"51"
+    assert r.hget(price("BTCUSDT"), "price") == b"1.6"
+    assert r.hget(price("BTCUSDT"), "ingest_time_us") == b"1718000000123456"  # 16 digits intact
+    assert r.smembers(symbols_key(BTC, N)) == {b"BTCUSDT"}
     message = pubsub.get_message(timeout=5)
     assert message is not None
     assert orjson.loads(message["data"]) == [
@@ -81,27 +105,27 @@ def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
     # The same batch again (a zombie, or a retry after a lost reply): nothing changes.
     # The same batch again, believing nothing was applied (a zombie, or a retry after a lost
     # reply): refused whole, nothing changes.
-    reply = _run(script, batch, key, "1000", day, {})
-    assert parse_conflicts(reply) == {2: 51}
-    assert r.hget("stats:BTCUSDT", "trades") == b"2"
+    reply = _run(script, batch, topic, "1000", day, {})
+    assert parse_conflicts(reply) == {BTC: 51}
+    assert r.hget(stats("BTCUSDT"), "trades") == b"2"
     # A processor that believes an older position is refused too.
-    newer = _batch(2, 52, [Trade("BTCUSDT", 12, "9.9", "1", 104, 105, False)])
-    assert parse_conflicts(_run(script, newer, key, "1000", day, {2: 49})) == {2: 51}
-    assert r.hget("price:BTCUSDT", "price") == b"1.6"
+    newer = _batch(BTC, 52, [Trade("BTCUSDT", 12, "9.9", "1", 104, 105, False)])
+    assert parse_conflicts(_run(script, newer, topic, "1000", day, {BTC: 49})) == {BTC: 51}
+    assert r.hget(price("BTCUSDT"), "price") == b"1.6"
 
     # An older trade id never overwrites a newer one, but its offset still counts as applied.
-    older = _batch(2, 52, [Trade("BTCUSDT", 5, "0.1", "1", 1, 1, False)])
-    assert _run(script, older, key, "1001", day, {2: 51}) == [1, 0]
-    assert r.hget("price:BTCUSDT", "price") == b"1.6" and r.hget(key, "2") == b"52"
+    older = _batch(BTC, 52, [Trade("BTCUSDT", 5, "0.1", "1", 1, 1, False)])
+    assert _run(script, older, topic, "1001", day, {BTC: 51}) == [1, 0]
+    assert r.hget(price("BTCUSDT"), "price") == b"1.6" and r.hget(key, str(BTC)) == b"52"
     # ...while candles and totals do count it, with exact decimal sums done in Lua.
-    assert r.hgetall("stats:BTCUSDT") == {
+    assert r.hgetall(stats("BTCUSDT")) == {
         b"trades": b"3",
         b"base_volume": b"5",
         b"quote_volume": b"6.3",
     }
-    candles = [orjson.loads(m) for m in r.zrange("candles:1m:BTCUSDT", 0, -1)]
-    assert len(candles) == 1
-    assert {k: candles[0][k] for k in "ohlcvn"} == {
+    stored = [orjson.loads(m) for m in r.zrange(candles("BTCUSDT"), 0, -1)]
+    assert len(stored) == 1
+    assert {k: stored[0][k] for k in "ohlcvn"} == {
         "o": "0.1",
         "h": "1.6",
         "l": "0.1",
@@ -130,7 +154,7 @@ def test_lua_decimal_merge_equals_python_decimal(
     isolated: Env, rows: list[tuple[Decimal, Decimal]]
 ) -> None:
     """Each trade in its own batch, so every sum, max and min is done by the Lua merge."""
-    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r = isolated.client()
     r.flushall()
     script = r.register_script(APPLY_SCRIPT)
     trades = [
@@ -138,13 +162,13 @@ def test_lua_decimal_merge_equals_python_decimal(
         for i, (p, q) in enumerate(rows, 1)
     ]
     for i, t in enumerate(trades):
-        batch = _batch(0, i, [t])
-        assert _run(script, batch, "offsets:t", "1", str(10**9), {0: i - 1} if i else {})[0] == 1
+        batch = _batch(ETH, i, [t])
+        assert _run(script, batch, "t", "1", str(10**9), {ETH: i - 1} if i else {})[0] == 1
     expected = compute_views(trades)["ETHUSDT"]
-    stats = r.hgetall("stats:ETHUSDT")
-    assert Decimal(stats[b"base_volume"].decode()) == expected.totals.base_volume
-    assert Decimal(stats[b"quote_volume"].decode()) == expected.totals.quote_volume
-    (member,) = r.zrange("candles:1m:ETHUSDT", 0, -1)
+    totals = r.hgetall(stats("ETHUSDT"))
+    assert Decimal(totals[b"base_volume"].decode()) == expected.totals.base_volume
+    assert Decimal(totals[b"quote_volume"].decode()) == expected.totals.quote_volume
+    (member,) = r.zrange(candles("ETHUSDT"), 0, -1)
     # Candle.merge is the reference of every candle merge: the Lua script's must equal it,
     # field for field, in the member spelling of core/keys.py.
     singles = [compute_views([t])["ETHUSDT"].candles[0] for t in trades]
@@ -171,7 +195,7 @@ def test_lua_dec_add_is_exact_and_canonical(isolated: Env, pairs: list[tuple[str
         "for i = 1, #ARGV, 2 do out[#out + 1] = dec_add(ARGV[i], ARGV[i + 1]) end\n"
         "return out\n"
     )
-    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r = isolated.client()
     got = [x.decode() for x in r.eval(body, 0, *[x for pair in pairs for x in pair])]
     r.close()
     exact = Context(prec=100)  # (the default 28 digits would round these sums)
@@ -181,7 +205,7 @@ def test_lua_dec_add_is_exact_and_canonical(isolated: Env, pairs: list[tuple[str
 def test_candle_history_keeps_the_newest_minutes(isolated: Env) -> None:
     """``CSP_CANDLE_HISTORY_MINUTES``: a new minute pushes the oldest out; merging into a kept
     minute keeps them all; a late trade for a minute already out of the history is not kept."""
-    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r = isolated.client()
     r.flushall()
     script = r.register_script(APPLY_SCRIPT)
     history = str(3 * 60_000)
@@ -190,17 +214,12 @@ def test_candle_history_keeps_the_newest_minutes(isolated: Env) -> None:
     def apply(trade_id: int, minute: int) -> None:
         nonlocal offset
         t = Trade("ETHUSDT", trade_id, "2", "1", minute * 60_000 + 5, minute * 60_000 + 5, False)
-        batch = _batch(0, offset + 1, [t])
-        assert (
-            _run(script, batch, "offsets:h", "1", history, {0: offset} if offset >= 0 else {})[0]
-            == 1
-        )
+        batch = _batch(ETH, offset + 1, [t])
+        assert _run(script, batch, "h", "1", history, {ETH: offset} if offset >= 0 else {})[0] == 1
         offset += 1
 
     def minutes() -> list[int]:
-        return [
-            int(s) // 60_000 for _m, s in r.zrange("candles:1m:ETHUSDT", 0, -1, withscores=True)
-        ]
+        return [int(s) // 60_000 for _m, s in r.zrange(candles("ETHUSDT"), 0, -1, withscores=True)]
 
     for i, minute in enumerate([0, 1, 2]):
         apply(i + 1, minute)
@@ -209,12 +228,12 @@ def test_candle_history_keeps_the_newest_minutes(isolated: Env) -> None:
     assert minutes() == [1, 2, 3]
     apply(11, 1)  # merged into a kept minute: nothing moves
     assert minutes() == [1, 2, 3]
-    assert orjson.loads(r.zrange("candles:1m:ETHUSDT", 0, 0)[0])["n"] == 2
+    assert orjson.loads(r.zrange(candles("ETHUSDT"), 0, 0)[0])["n"] == 2
     apply(12, 0)  # too old for the history
     assert minutes() == [1, 2, 3]
     apply(13, 5)
     assert minutes() == [3, 5]
-    assert int(r.hget("stats:ETHUSDT", "trades") or 0) == 7  # the totals keep every trade
+    assert int(r.hget(stats("ETHUSDT"), "trades") or 0) == 7  # the totals keep every trade
     r.close()
 
 
@@ -222,7 +241,7 @@ def test_ids_beyond_doubles_stay_exact_through_merges(isolated: Env) -> None:
     """19-digit ids (up to 2^63-1), each trade in its own batch and out of id order: Lua's doubles
     cannot tell these ids apart, so open, close, the latest price and the stored ids must come
     from digit-string comparisons."""
-    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r = isolated.client()
     r.flushall()
     script = r.register_script(APPLY_SCRIPT)
     top = 2**63 - 1
@@ -231,14 +250,13 @@ def test_ids_beyond_doubles_stay_exact_through_merges(isolated: Env) -> None:
         Trade("BTCUSDT", tid, f"{i + 1}.5", "1", 60_000, 60_001, False) for i, tid in enumerate(ids)
     ]
     for offset, t in enumerate(trades):
-        batch = _batch(0, offset, [t])
+        batch = _batch(BTC, offset, [t])
         assert (
-            _run(script, batch, "offsets:x", "1", str(10**9), {0: offset - 1} if offset else {})[0]
-            == 1
+            _run(script, batch, "x", "1", str(10**9), {BTC: offset - 1} if offset else {})[0] == 1
         )
-    assert r.hget("price:BTCUSDT", "trade_id") == str(top).encode()
-    assert r.hget("price:BTCUSDT", "price") == b"2.5"  # the trade with id 2^63-1
-    (member,) = r.zrange("candles:1m:BTCUSDT", 0, -1)
+    assert r.hget(price("BTCUSDT"), "trade_id") == str(top).encode()
+    assert r.hget(price("BTCUSDT"), "price") == b"2.5"  # the trade with id 2^63-1
+    (member,) = r.zrange(candles("BTCUSDT"), 0, -1)
     candle = orjson.loads(member)  # orjson reads 64-bit integers exactly
     assert (candle["ft"], candle["lt"]) == (2**53, top)
     assert (candle["o"], candle["c"], candle["n"]) == ("5.5", "2.5", 6)
@@ -248,7 +266,7 @@ def test_ids_beyond_doubles_stay_exact_through_merges(isolated: Env) -> None:
 def test_a_far_future_record_cannot_trim_the_real_candles(isolated: Env) -> None:
     """A record the decoder would refuse (trade time in 2100), written by a producer that also
     lies about its ingest time, still cannot move the candle history past the clock."""
-    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r = isolated.client()
     r.flushall()
     script = r.register_script(APPLY_SCRIPT)
     now_ms = 1_718_000_000_000
@@ -256,13 +274,13 @@ def test_a_far_future_record_cannot_trim_the_real_candles(isolated: Env) -> None
     real = [Trade("ETHUSDT", i, "2", "1", now_ms - i * 60_000, now_ms, False) for i in range(5)]
     future = Trade("ETHUSDT", 99, "3", "1", 4_102_444_800_000, 4_102_444_800_000, False)
     lying = Batch(max_future_ms=10**15)
-    lying.add(RawRecord(0, 5, encode_trade(future, 4_102_444_800_000_000)))
+    lying.add(RawRecord(ETH, 5, encode_trade(future, 4_102_444_800_000_000)))
     assert not lying.poison
     for offset, t in enumerate(real):
-        batch = _batch(0, offset, [t])
-        positions = {0: offset - 1} if offset else {}
-        assert _run(script, batch, "offsets:f", now_ms, history, positions, max_future)[0] == 1
-    assert _run(script, lying, "offsets:f", now_ms, history, {0: 4}, max_future)[0] == 1
-    kept = [int(s) for _m, s in r.zrange("candles:1m:ETHUSDT", 0, -1, withscores=True)]
+        batch = _batch(ETH, offset, [t])
+        positions = {ETH: offset - 1} if offset else {}
+        assert _run(script, batch, "f", now_ms, history, positions, max_future)[0] == 1
+    assert _run(script, lying, "f", now_ms, history, {ETH: 4}, max_future)[0] == 1
+    kept = [int(s) for _m, s in r.zrange(candles("ETHUSDT"), 0, -1, withscores=True)]
     assert len(kept) == 6  # the five real minutes and the bad one: nothing trimmed
     r.close()

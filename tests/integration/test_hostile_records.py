@@ -18,9 +18,11 @@ from hypothesis import strategies as st
 from cryptostream.config import Settings
 from cryptostream.core.codec import DEFAULT_MAX_FUTURE_MS, DecodeError, decode_trade
 from cryptostream.core.deadletter import decode_dead_letter
+from cryptostream.core.keys import outbox_key
 from cryptostream.core.trades import MAX_ID, MAX_TIME_MS, MAX_TIME_US, Trade
 from cryptostream.kafka_clients import make_producer
 from cryptostream.processor.service import Processor
+from cryptostream.redisconn import stored_offsets
 from cryptostream.stack.local import LocalStack
 from cryptostream.topics import create_topics, required_topics
 from cryptostream_lab.backends import ContainerStack
@@ -195,16 +197,21 @@ def test_no_record_stops_a_partition(
         ends = {p: high for p, (_low, high) in watermarks(cfg).items() if high > 0}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and thread.is_alive():
-            stored = client.hgetall(f"offsets:{cfg.topic}")
-            if all(int(stored.get(str(p).encode(), -1)) == end - 1 for p, end in ends.items()):
+            stored = stored_offsets(client, cfg.topic, ends, cfg.partitions)
+            if all(stored.get(p, -1) == end - 1 for p, end in ends.items()):
                 break
             time.sleep(0.1)
         assert not crashed, f"the processor died: {crashed[0]!r}"
         assert thread.is_alive(), "the processor stopped"
-        stored = client.hgetall(f"offsets:{cfg.topic}")
-        assert {p: int(stored.get(str(p).encode(), -1)) for p in ends} == {
-            p: end - 1 for p, end in ends.items()
-        }, "a partition stopped"
+        stored = stored_offsets(client, cfg.topic, ends, cfg.partitions)
+        assert {p: stored.get(p, -1) for p in ends} == {p: end - 1 for p, end in ends.items()}, (
+            "a partition stopped"
+        )
+        # records keyed by another symbol than their own: parked, then applied at their home
+        outboxes = [outbox_key(cfg.topic, p, cfg.partitions) for p in range(cfg.partitions)]
+        while time.monotonic() < deadline and any(client.llen(k) for k in outboxes):
+            time.sleep(0.1)
+        assert not any(client.llen(k) for k in outboxes), "misrouted records left parked"
     finally:
         processor.running = False
         thread.join(30)
@@ -217,7 +224,7 @@ def test_no_record_stops_a_partition(
             accepted.append(decode_trade(value).trade)
         except DecodeError:
             refused += 1
-    report = check(client, accepted)
+    report = check(client, accepted, partitions=cfg.partitions)
     assert report.ok and report.lost == report.duplicated == 0, report.summary()
     dead = [decode_dead_letter(v) for v in read_all(cfg, cfg.dlq_topic)]
     assert len(dead) == refused == processor.stats["poison"]

@@ -9,21 +9,36 @@ import threading
 import httpx
 import orjson
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from cryptostream.core.codec import decode_trade
+from cryptostream.core.keys import (
+    LAYOUT_KEY,
+    candles_1m_key,
+    home_partition,
+    layout_doc,
+    outbox_key,
+    price_key,
+    stats_key,
+    symbols_keys,
+)
 from cryptostream.core.trades import Trade
 from cryptostream.processor.service import rebuild
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
 from cryptostream_lab.checker import check
 from tests.conftest import Env
-from tests.kafka_helpers import produce, read_all, synthetic_trades, watermarks
+from tests.kafka_helpers import produce, produce_to, read_all, synthetic_trades, watermarks
 
 pytestmark = pytest.mark.integration
 
 SYMBOLS = [f"SYM{i}USDT" for i in range(40)]
+# Each Kafka client backend on one Redis node, and the default one on a Redis Cluster.
+CLIENTS_AND_TOPOLOGIES = pytest.mark.parametrize(
+    ("client", "redis_topology"),
+    [("confluent", "single"), ("aiokafka", "single"), ("confluent", "cluster")],
+    indirect=["redis_topology"],
+)
 
 
 @pytest.fixture(params=["confluent", "aiokafka"])
@@ -43,9 +58,9 @@ def _pipeline(env: Env, client: str, **extra: str) -> Pipeline:
 
 
 def _all_applied(env: Env) -> bool:
-    stored = env.redis.hgetall(f"offsets:{env.settings.topic}")
+    stored = env.applied()
     return all(
-        int(stored.get(str(p), -1)) == high - 1
+        stored.get(p, -1) == high - 1
         for p, (low, high) in watermarks(env.settings).items()
         if high > low
     )
@@ -60,12 +75,17 @@ def _topic_trades(env: Env) -> list[Trade]:
 
 
 def _check(env: Env) -> None:
-    client = redis.Redis.from_url(env.settings.redis_url)
+    client = env.client()
     report = check(client, _topic_trades(env))
     client.close()
     assert report.ok and report.lost == 0 and report.duplicated == 0, report.summary()
 
 
+def _all_symbols(env: Env) -> set[str]:
+    return set().union(*(env.redis.smembers(k) for k in symbols_keys(env.partitions)))
+
+
+@CLIENTS_AND_TOPOLOGIES
 def test_processors_share_partitions_views_exact_and_poison_to_dlq(
     isolated: Env, client: str
 ) -> None:
@@ -104,7 +124,7 @@ def test_processors_share_partitions_views_exact_and_poison_to_dlq(
         assert metrics["csp_processor_batch_size_sum"] == len(trades) + len(poison)
         applies = metrics["csp_processor_redis_apply_seconds_count"]
         assert applies == metrics["csp_processor_batches_total"] > 0
-        assert isolated.redis.smembers("symbols") == set(SYMBOLS)
+        assert _all_symbols(isolated) == set(SYMBOLS)
         dead = [orjson.loads(v) for v in read_all(isolated.settings, isolated.settings.dlq_topic)]
         reasons = sorted(d["reason"].split(" ")[0] for d in dead)
         assert reasons == ["missing", "not", "unsupported"], reasons
@@ -140,12 +160,14 @@ def test_restart_resumes_from_redis_offsets_and_old_trades_never_win(
         produce(isolated.settings, [stale, *second])
         pipeline.start_processor()
         wait_for(lambda: _all_applied(isolated), 60, "second round applied")
-        assert isolated.redis.hget("price:SYM0USDT", "price") != "0.00000001"
+        stored = isolated.redis.hget(price_key("SYM0USDT", isolated.partitions), "price")
+        assert stored != "0.00000001"
         _check(isolated)
     finally:
         pipeline.stop()
 
 
+@CLIENTS_AND_TOPOLOGIES
 def test_sigkill_and_join_under_load_then_rebuild_gives_identical_views(
     isolated: Env, client: str
 ) -> None:
@@ -203,15 +225,81 @@ def test_sigkill_and_join_under_load_then_rebuild_gives_identical_views(
 
 def _snapshot(env: Env) -> dict[str, object]:
     """All view keys except update times, which record when a write happened."""
-    client = env.redis
+    client, n = env.redis, env.partitions
     out: dict[str, object] = {}
-    for symbol in client.smembers("symbols"):
-        price = client.hgetall(f"price:{symbol}")
+    for symbol in _all_symbols(env):
+        price = client.hgetall(price_key(symbol, n))
         price.pop("update_time")
         out[f"price:{symbol}"] = price
-        out[f"stats:{symbol}"] = client.hgetall(f"stats:{symbol}")
+        out[f"stats:{symbol}"] = client.hgetall(stats_key(symbol, n))
         out[f"candles:{symbol}"] = [
-            orjson.loads(m) for m in client.zrange(f"candles:1m:{symbol}", 0, -1)
+            orjson.loads(m) for m in client.zrange(candles_1m_key(symbol, n), 0, -1)
         ]
-    out["offsets"] = client.hgetall(f"offsets:{env.settings.topic}")
+    out["offsets"] = env.applied()
     return out
+
+
+@pytest.mark.parametrize(
+    "redis_topology",
+    # one node: the same outbox through the batch-wide apply (slow: CI time)
+    [pytest.param("single", marks=pytest.mark.slow), "cluster"],
+    indirect=True,
+)
+def test_misrouted_records_are_applied_at_their_home_exactly_once(isolated: Env) -> None:
+    """Records produced to other partitions than their symbols' (a foreign producer): parked in
+    the outbox with their partition's fence, applied under their symbols' home tag (one slot per
+    script call on the cluster), counted; a SIGKILL and a second processor apply nothing twice."""
+    n = isolated.partitions
+    trades = synthetic_trades(SYMBOLS, 6_000, seed=21)
+    produce(isolated.settings, trades[:3_000])
+    wrong = [
+        ((home_partition(t.symbol, n) + 1 + i % (n - 1)) % n, t)
+        for i, t in enumerate(trades[3_000:4_000])
+    ]
+    assert all(p != home_partition(t.symbol, n) for p, t in wrong)
+    produce_to(isolated.settings, wrong)
+    produce(isolated.settings, trades[4_000:])
+    pipeline = _pipeline(isolated, "confluent", CSP_BATCH_MAX="300")
+    port = free_port()
+    try:
+        first = pipeline.start_processor()
+        wait_for(lambda: sum(isolated.applied().values()) > 1_500, 60, "some records applied")
+        first.kill()  # mid-stream: parked entries may be left for the next owner
+        survivors = [
+            pipeline.start_processor(CSP_PROCESSOR_METRICS_PORT=str(port)),
+            pipeline.start_processor(),
+        ]
+
+        def alive() -> None:
+            for survivor in survivors:
+                assert survivor.alive(), survivor.log_tail()
+
+        def outboxes_empty() -> bool:
+            return all(
+                isolated.redis.llen(outbox_key(isolated.settings.topic, p, n)) == 0
+                for p in range(n)
+            )
+
+        wait_for(
+            lambda: alive() or (_all_applied(isolated) and outboxes_empty()),
+            90,
+            "all offsets applied and the outboxes drained",
+        )
+        _check(isolated)
+        alive()
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert "csp_processor_misrouted_total" in text
+    finally:
+        pipeline.stop()
+
+
+def test_a_redis_holding_another_layout_is_refused_with_exit_2(isolated: Env) -> None:
+    """Views written with another CSP_PARTITIONS are not where this processor would look."""
+    isolated.redis.set(LAYOUT_KEY, layout_doc(4))
+    pipeline = _pipeline(isolated, "confluent")
+    try:
+        proc = pipeline.start_processor()
+        assert proc.wait(60) == 2, proc.log_tail()
+        assert "csp rebuild" in proc.log_tail() and "CSP_PARTITIONS=8" in proc.log_tail()
+    finally:
+        pipeline.stop()

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cryptostream.core.codec import decode_trade, encode_key
 from cryptostream.core.depth import decode_depth
+from cryptostream.core.keys import book_key, book_side_key
 from cryptostream.kafka_clients import producer_config
 from cryptostream.stack.pipeline import Pipeline, wait_for
 from cryptostream.stack.supervisor import free_port
@@ -62,9 +63,9 @@ def _produce_depth(env: Env, topic: str, records: list[tuple[str, bytes]]) -> in
 
 
 def _all_applied(env: Env, topic: str) -> bool:
-    stored = env.redis.hgetall(f"offsets:{topic}")
+    stored = env.applied(topic)
     return all(
-        int(stored.get(str(p), -1)) == high - 1
+        stored.get(p, -1) == high - 1
         for p, (low, high) in watermarks(env.settings, topic).items()
         if high > low
     )
@@ -132,10 +133,11 @@ def test_books_and_trades_end_to_end_with_recordings_and_poison(isolated: Env, c
         # the genuine recordings: exactly the independently reconstructed book
         for name in recordings:
             last, shadow = independent_book(name)
-            state = isolated.redis.hgetall(f"book:{name[:7].upper()}")
+            symbol, n = name[:7].upper(), isolated.partitions
+            state = isolated.redis.hgetall(book_key(symbol, n))
             assert (state["status"], int(state["last_update_id"])) == ("synced", last)
             for side in ("bids", "asks"):
-                members = isolated.redis.zrange(f"book:{name[:7].upper()}:{side}", 0, -1)
+                members = isolated.redis.zrange(book_side_key(symbol, side, n), 0, -1)
                 stored = [tuple(m.split(" ")[1:]) for m in members]
                 assert as_decimal(stored) == shadow[side]  # type: ignore[arg-type]
             best_bid = max(shadow["bids"])
@@ -175,6 +177,13 @@ def test_books_and_trades_end_to_end_with_recordings_and_poison(isolated: Env, c
         pipeline.stop()
 
 
+@pytest.mark.parametrize(
+    "redis_topology",
+    # on the cluster (slow: CI time; its per-partition apply is also tested fast, fenced,
+    # in test_processor_books_apply.py)
+    ["single", pytest.param("cluster", marks=pytest.mark.slow)],
+    indirect=True,
+)
 def test_sigkill_and_rebalance_mid_stream_zero_divergence(isolated: Env) -> None:
     """One books processor SIGKILLed mid-stream, two more join and share the partitions while
     records keep coming: every book equals TopicBook's over the whole topic."""
@@ -196,7 +205,7 @@ def test_sigkill_and_rebalance_mid_stream_zero_divergence(isolated: Env) -> None
         victim = pipeline.start_processor()
         producer.start()
         wait_for(
-            lambda: len(produced) >= 6 and isolated.redis.hlen(f"offsets:{depth}") > 0,
+            lambda: len(produced) >= 6 and bool(isolated.applied(depth)),
             60,
             "books applied under load",
         )

@@ -3,6 +3,10 @@
 The service runs exactly as in production (uvicorn, uvloop, httptools) in a background thread
 on a free port; tests talk to it over loopback HTTP/WebSocket and populate Redis the way the
 processor does (:mod:`cryptostream.core.keys`). Redis is flushed before every test.
+
+A test parametrized over ``redis_topology`` (``both_topologies``) gets, on ``cluster``, a
+second service on the session's Redis Cluster (``CSP_REDIS_CLUSTER=true``) and a cluster
+client as ``r``.
 """
 
 from __future__ import annotations
@@ -17,24 +21,28 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-import redis
 import uvicorn
 
 from cryptostream.config import Settings
 from cryptostream.core.keys import (
     PRICE_CHANNEL,
-    SYMBOLS_KEY,
     candle_member,
     candles_1m_key,
+    home_partition,
     price_key,
     stats_key,
+    symbols_key,
 )
 from cryptostream.core.views import Candle
 from cryptostream.query.app import QueryApp
 from cryptostream.query.server import uvicorn_config
+from cryptostream.redisconn import Client, make_client
+from cryptostream.stack.redis_cluster import RedisCluster
 from cryptostream.stack.redis_server import RedisServer
 from cryptostream.stack.supervisor import free_port
 from tests.servers import server_fixture
+
+N = Settings().partitions  # the layout's partition count of the services under test
 
 
 @server_fixture(scope="session")
@@ -93,13 +101,38 @@ def service(
         stop_service(running)
 
 
+@pytest.fixture(scope="session")
+def cluster_service(
+    redis_cluster: RedisCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
+    """The query service on the session's Redis Cluster."""
+    settings = Settings(
+        redis_url=redis_cluster.url,
+        redis_cluster=True,
+        query_host="127.0.0.1",
+        query_port=free_port(),
+        run_dir=tmp_path_factory.mktemp("query-cluster-run"),
+    )
+    running = start_service(settings)
+    try:
+        yield running
+    finally:
+        stop_service(running)
+
+
 @pytest.fixture
-def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A plain client on the test Redis, flushed first (restarted if a test left it stopped)."""
-    if redis_server.process is not None and not redis_server.process.alive():
-        redis_server.process.start()
-        redis_server.process.wait_until(redis_server.ping, timeout=20, what="a PING reply")
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+def r(redis_topology: str, request: pytest.FixtureRequest) -> Iterator[Client]:
+    """A client on the test Redis, flushed first (restarted if a test left it stopped); on the
+    cluster topology, a cluster client (FLUSHALL reaches every master)."""
+    if redis_topology == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        client: Client = make_client(cluster.url, True, decode_responses=True)
+    else:
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        if redis_server.process is not None and not redis_server.process.alive():
+            redis_server.process.start()
+            redis_server.process.wait_until(redis_server.ping, timeout=20, what="a PING reply")
+        client = make_client(redis_server.url, False, decode_responses=True)
     client.flushall()
     try:
         yield client
@@ -108,7 +141,10 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def http(service: RunningService) -> Iterator[httpx.Client]:
+def http(redis_topology: str, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    service: RunningService = request.getfixturevalue(
+        "cluster_service" if redis_topology == "cluster" else "service"
+    )
     with httpx.Client(base_url=service.url, timeout=10) as client:
         yield client
 
@@ -139,11 +175,11 @@ def trade_update(
     }
 
 
-def put_price(r: redis.Redis, symbol: str, price: str, **kw: int | str) -> dict[str, object]:
-    """HSET ``price:{SYMBOL}`` + SADD ``symbols``, as the processor's Lua script does."""
+def put_price(r: Client, symbol: str, price: str, **kw: int | str) -> dict[str, object]:
+    """HSET ``price:{pP}:SYMBOL`` + SADD ``symbols:{pP}``, as the processor's Lua script does."""
     update = trade_update(symbol, price, **kw)  # type: ignore[arg-type]
     r.hset(
-        price_key(symbol),
+        price_key(symbol, N),
         mapping={
             "price": price,
             "quantity": str(update["quantity"]),
@@ -154,16 +190,16 @@ def put_price(r: redis.Redis, symbol: str, price: str, **kw: int | str) -> dict[
             "update_time": str(update["update_time"]),
         },
     )
-    r.sadd(SYMBOLS_KEY, symbol)
+    r.sadd(symbols_key(home_partition(symbol, N), N), symbol)
     return update
 
 
-def publish(r: redis.Redis, updates: list[dict[str, object]]) -> int:
+def publish(r: Client, updates: list[dict[str, object]]) -> int:
     return int(r.publish(PRICE_CHANNEL, orjson.dumps(updates)))
 
 
 def put_candle(
-    r: redis.Redis,
+    r: Client,
     symbol: str,
     t: int,
     o: str,
@@ -180,12 +216,12 @@ def put_candle(
     candle = Candle(
         t, o, Decimal(h), Decimal(low), c, Decimal(v), Decimal(qv), n, first_id, first_id + n - 1
     )
-    r.zadd(candles_1m_key(symbol), {orjson.dumps(candle_member(candle)): t})
+    r.zadd(candles_1m_key(symbol, N), {orjson.dumps(candle_member(candle)): t})
 
 
-def put_stats(r: redis.Redis, symbol: str, trades: int, base: str, quote: str) -> None:
+def put_stats(r: Client, symbol: str, trades: int, base: str, quote: str) -> None:
     r.hset(
-        stats_key(symbol),
+        stats_key(symbol, N),
         mapping={"trades": str(trades), "base_volume": base, "quote_volume": quote},
     )
 

@@ -27,7 +27,9 @@ from cryptostream.core.keys import (
 from cryptostream.query.books import MalformedBook, book_answer, tops_answer
 from cryptostream.stack.redis_server import RedisServer
 from cryptostream.stack.supervisor import free_port
+from tests.conftest import both_topologies
 from tests.query.conftest import (
+    N,
     RunningService,
     publish,
     start_service,
@@ -57,13 +59,13 @@ def put_book(
     best_bid = max(bids, key=lambda level: float(level[0]), default=("", ""))
     best_ask = min(asks, key=lambda level: float(level[0]), default=("", ""))
     pipe = r.pipeline(transaction=True)
-    pipe.delete(book_side_key(symbol, "bids"), book_side_key(symbol, "asks"))
+    pipe.delete(book_side_key(symbol, "bids", N), book_side_key(symbol, "asks", N))
     if bids:
-        pipe.zadd(book_side_key(symbol, "bids"), {level_member(p, q): 0 for p, q in bids})
+        pipe.zadd(book_side_key(symbol, "bids", N), {level_member(p, q): 0 for p, q in bids})
     if asks:
-        pipe.zadd(book_side_key(symbol, "asks"), {level_member(p, q): 0 for p, q in asks})
+        pipe.zadd(book_side_key(symbol, "asks", N), {level_member(p, q): 0 for p, q in asks})
     pipe.hset(
-        book_key(symbol),
+        book_key(symbol, N),
         mapping={
             "last_update_id": str(last_update_id),
             "status": status,
@@ -106,6 +108,7 @@ def publish_books(r: redis.Redis, updates: list[dict[str, object]]) -> int:
 # --- GET /book/{symbol} ------------------------------------------------------------------------
 
 
+@both_topologies
 def test_levels_are_in_exact_price_order(http: httpx.Client, r: redis.Redis) -> None:
     # As strings "9.99" > "10.0" > "100.00000001"; as floats 100.00000001 would also tie with
     # nearby prices: the order must be the exact decimal order.
@@ -135,7 +138,7 @@ def test_levels_are_in_exact_price_order(http: httpx.Client, r: redis.Redis) -> 
         ["1000", "2"],
         ["99999.9", "4"],
     ]
-    stored = r.hgetall(book_key("BTCUSDT"))
+    stored = r.hgetall(book_key("BTCUSDT", N))
     assert doc["update_time"] == int(stored["update_time"])
     assert doc["event_time"] == int(stored["event_time"])
     assert doc["ingest_time_us"] == int(stored["ingest_time_us"])
@@ -213,6 +216,7 @@ def test_absent_book_is_404_and_bad_symbol_400(http: httpx.Client, r: redis.Redi
         assert "error" in resp.json()
 
 
+@both_topologies
 def test_unsynced_book_is_never_served(http: httpx.Client, r: redis.Redis) -> None:
     put_book(
         r,
@@ -320,6 +324,7 @@ def test_malformed_stored_levels_are_detected() -> None:
 # --- GET /books/top ----------------------------------------------------------------------------
 
 
+@both_topologies
 def test_books_top_batch(http: httpx.Client, r: redis.Redis) -> None:
     put_book(
         r,

@@ -11,6 +11,7 @@ import redis
 from cryptostream.config import Settings
 from cryptostream.stack.redis_server import RedisServer
 from cryptostream.stack.supervisor import free_port
+from tests.conftest import both_topologies
 from tests.query.conftest import (
     put_candle,
     put_price,
@@ -23,6 +24,7 @@ MIN = 60_000
 T0 = 1_718_000_040_000 - 1_718_000_040_000 % (60 * MIN)  # an hour boundary
 
 
+@both_topologies
 def test_prices_many_with_missing(http: httpx.Client, r: redis.Redis) -> None:
     put_price(r, "BTCUSDT", "66398.85000000")
     put_price(r, "ETHUSDT", "3120.50")
@@ -48,6 +50,7 @@ def test_prices_input_is_bounded_and_validated(http: httpx.Client, r: redis.Redi
         assert set(resp.json()) == {"error"}
 
 
+@both_topologies
 def test_latest_trade_record_and_age(http: httpx.Client, r: redis.Redis) -> None:
     now = int(time.time() * 1000)
     put_price(r, "BTCUSDT", "66398.85000000", trade_id=42, quantity="0.5", trade_time=now - 1000)
@@ -65,6 +68,7 @@ def test_latest_trade_record_and_age(http: httpx.Client, r: redis.Redis) -> None
     assert http.get("/trades/latest/N-O").status_code == 400
 
 
+@both_topologies
 def test_stats(http: httpx.Client, r: redis.Redis) -> None:
     put_stats(r, "BTCUSDT", 1234, "18.12000000", "1210554.77")
     assert http.get("/stats/BTCUSDT").json() == {
@@ -78,6 +82,7 @@ def test_stats(http: httpx.Client, r: redis.Redis) -> None:
     assert resp.json() == {"error": "stats not available"}
 
 
+@both_topologies
 def test_symbols(http: httpx.Client, r: redis.Redis) -> None:
     assert http.get("/symbols").json() == {"symbols": [], "count": 0}
     for s in ["ETHUSDT", "BTCUSDT"]:
@@ -125,6 +130,7 @@ def test_candles_1m(http: httpx.Client, r: redis.Redis) -> None:
     }
 
 
+@both_topologies
 def test_candles_5m_rolled_up_exactly(http: httpx.Client, r: redis.Redis) -> None:
     _minutes(r, "BTCUSDT", 12)  # minutes 0-11: buckets [0-4], [5-9], [10-11]
     body = http.get("/candles/BTCUSDT", params={"interval": "5m", "limit": 2}).json()

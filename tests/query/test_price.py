@@ -9,9 +9,11 @@ import pytest
 import redis
 
 from cryptostream.query.app import create_app
+from tests.conftest import both_topologies
 from tests.query.conftest import RunningService, put_price
 
 
+@both_topologies
 def test_price_of_a_known_symbol(http: httpx.Client, r: redis.Redis) -> None:
     put_price(r, "BTCUSDT", "66398.85000000")
     resp = http.get("/price/BTCUSDT")
@@ -26,6 +28,7 @@ def test_lower_case_is_normalized(http: httpx.Client, r: redis.Redis) -> None:
     assert http.get("/price/ethusdt").json() == {"symbol": "ETHUSDT", "price": 3120.5}
 
 
+@both_topologies
 def test_unknown_symbol_is_404(http: httpx.Client, r: redis.Redis) -> None:
     resp = http.get("/price/NOPEUSDT")
     assert resp.status_code == 404

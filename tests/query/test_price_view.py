@@ -14,11 +14,12 @@ import pytest
 import redis
 
 from cryptostream.config import Settings
-from cryptostream.core.keys import PRICE_CHANNEL, SYMBOLS_KEY, price_key
+from cryptostream.core.keys import PRICE_CHANNEL, home_partition, price_key, symbols_key
 from cryptostream.query.view import PriceView
 from cryptostream.stack.redis_server import RedisServer
 from cryptostream.stack.supervisor import free_port
 from tests.query.conftest import (
+    N,
     RunningService,
     start_service,
     stop_service,
@@ -64,8 +65,8 @@ def write_like_the_processor(r: redis.Redis, symbol: str, price: str, trade_id: 
     """HSET price:{SYMBOL} + PUBLISH in one MULTI/EXEC, as apply_batch.lua does atomically."""
     update = trade_update(symbol, price, trade_id=trade_id)
     pipe = r.pipeline(transaction=True)
-    pipe.hset(price_key(symbol), mapping={"price": price, "trade_id": str(trade_id)})
-    pipe.sadd(SYMBOLS_KEY, symbol)
+    pipe.hset(price_key(symbol, N), mapping={"price": price, "trade_id": str(trade_id)})
+    pipe.sadd(symbols_key(home_partition(symbol, N), N), symbol)
     pipe.publish(PRICE_CHANNEL, orjson.dumps([update]))
     pipe.execute()
 
@@ -125,7 +126,7 @@ def test_unknown_symbol_is_404_and_served_as_soon_as_redis_has_it(
         for _ in range(3):
             assert http.get("/price/NEWUSDT").status_code == 404
         # Written without any channel message: a 404 is never cached.
-        r.hset(price_key("NEWUSDT"), mapping={"price": "3.25", "trade_id": "1"})
+        r.hset(price_key("NEWUSDT", N), mapping={"price": "3.25", "trade_id": "1"})
         assert http.get("/price/NEWUSDT").json() == {"symbol": "NEWUSDT", "price": 3.25}
         assert http.get("/price/bad-symbol").status_code == 400
 
@@ -208,7 +209,7 @@ def test_lost_channel_falls_back_to_redis(view_service: RunningService, r: redis
         subscribers = _subscribers(r)
         assert r.client_kill_filter(_type="pubsub") >= 1  # every worker's, the session's too
         # A change the channel never carries (as if published while unsubscribed).
-        r.hset(price_key("SOLUSDT"), mapping={"price": "151.0", "trade_id": "2"})
+        r.hset(price_key("SOLUSDT", N), mapping={"price": "151.0", "trade_id": "2"})
         time.sleep(MAX_LAG_MS / 1000)
         assert http.get("/price/SOLUSDT").json() == {"symbol": "SOLUSDT", "price": 151.0}
         wait_for(lambda: view.generation > generation, timeout=5)  # it noticed the loss

@@ -17,6 +17,7 @@ import redis
 from websockets.sync.client import ClientConnection, connect
 
 from cryptostream.core.keys import PRICE_CHANNEL
+from cryptostream.stack.redis_cluster import RedisCluster
 from cryptostream.stack.redis_server import RedisServer
 from tests.query.conftest import RunningService, publish, trade_update, wait_for
 
@@ -246,3 +247,23 @@ def test_push_survives_a_redis_restart(
             assert _recv(ws) == {"type": "prices", "updates": [update]}
         finally:
             fresh.close()
+
+
+def test_push_on_a_cluster_reaches_clients_whatever_master_publishes(
+    cluster_service: RunningService, redis_cluster: RedisCluster
+) -> None:
+    """The hub subscribes on one node (the seed); a batch's PUBLISH runs on the master of its
+    partition's slot, and the cluster bus forwards it to every node."""
+    seed = redis.Redis.from_url(redis_cluster.url)
+    wait_for(lambda: dict(seed.pubsub_numsub(PRICE_CHANNEL)).get(PRICE_CHANNEL.encode(), 0) >= 1)
+    other = next(port for port in redis_cluster.ports[1:3])  # another master
+    publisher = redis.Redis(host="127.0.0.1", port=other)
+    try:
+        with connect(f"{cluster_service.ws_url}/ws/prices?symbols=BTCUSDT") as ws:
+            assert _recv(ws) == {"type": "subscribed", "symbols": ["BTCUSDT"]}
+            update = trade_update("BTCUSDT", "66398.85000000", trade_id=7)
+            publisher.publish(PRICE_CHANNEL, orjson.dumps([update]))
+            assert _recv(ws) == {"type": "prices", "updates": [update]}
+    finally:
+        seed.close()
+        publisher.close()

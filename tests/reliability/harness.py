@@ -28,9 +28,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from cryptostream.config import Settings
 from cryptostream.core.codec import decode_trade, encode_key, encode_trade
-from cryptostream.core.keys import offsets_key, price_key
+from cryptostream.core.keys import price_key
 from cryptostream.core.trades import Trade
 from cryptostream.kafka_clients import producer_config
+from cryptostream.redisconn import RETRYABLE, make_client, stored_offsets
 from cryptostream.stack.pipeline import Pipeline, SimulatorHandle, wait_for
 from cryptostream.stack.supervisor import ManagedProcess
 from cryptostream_lab.checker import CheckReport, check, check_books
@@ -155,8 +156,12 @@ class Probe:
                 }
             )
         )
-        self.redis = redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=3, socket_connect_timeout=2
+        self.redis = make_client(
+            settings.redis_url,
+            settings.redis_cluster,
+            decode_responses=True,
+            socket_timeout=3,
+            socket_connect_timeout=2,
         )
 
     def ends(self) -> dict[int, int]:
@@ -166,9 +171,10 @@ class Probe:
             for p in range(self.settings.partitions)
         }
 
-    def applied(self) -> dict[int, int]:
-        stored = self.redis.hgetall(offsets_key(self.settings.topic))
-        return {int(p): int(v) for p, v in stored.items()}
+    def applied(self, topic: str | None = None) -> dict[int, int]:
+        """Partition -> the last applied offset the processors stored in Redis."""
+        n = self.settings.partitions
+        return stored_offsets(self.redis, topic or self.settings.topic, range(n), n)
 
     def committed(self) -> dict[int, int]:
         consumer = Consumer(
@@ -188,7 +194,7 @@ class Probe:
     def latest_ids(self, symbols: Iterable[str]) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
         for symbol in symbols:
-            pipe.hget(price_key(symbol), "trade_id")
+            pipe.hget(price_key(symbol, self.settings.partitions), "trade_id")
         return {s: int(v) for s, v in zip(symbols, pipe.execute(), strict=True) if v is not None}
 
     def close(self) -> None:
@@ -304,7 +310,7 @@ class FaultRun:
 
     def observe(self) -> None:
         if self.timer.pending:
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(redis.RedisError, *RETRYABLE):
                 self.timer.observe(time.monotonic(), self.current())
 
     def inject(
@@ -503,8 +509,7 @@ def depth_ends(probe: Probe) -> dict[int, int]:
 
 
 def depth_applied(probe: Probe) -> dict[int, int]:
-    stored = probe.redis.hgetall(offsets_key(probe.settings.depth_topic))
-    return {int(p): int(v) for p, v in stored.items()}
+    return probe.applied(probe.settings.depth_topic)
 
 
 def books_verdict(run: FaultRun, timeout: float = 120.0) -> CheckReport:

@@ -4,10 +4,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryptostream.core.codec import RecordFields, encode_trade
-from cryptostream.core.keys import candle_member
+from cryptostream.core.keys import candle_member, home_partition, partition_tag
 from cryptostream.core.trades import Trade
 from cryptostream.core.views import compute_views
-from cryptostream.processor.batch import Batch, RawRecord, _dec, parse_conflicts
+from cryptostream.processor.batch import (
+    Batch,
+    Group,
+    RawRecord,
+    _dec,
+    apply_call,
+    parse_conflicts,
+)
+
+N = 8  # the layout's partition count in these tests
+
+
+def _payload(batch: Batch, positions: dict[int, int], now_ms: int) -> dict:  # type: ignore[type-arg]
+    """The script's batch argument for every symbol of ``batch`` in one group (partition 0)."""
+    parts = [
+        [str(p), str(positions.get(p, -1)), str(last)] for p, (_f, last) in batch.parts.items()
+    ]
+    group = Group(0, parts, list(batch.symbols.items()))
+    _keys, args = apply_call([group], "raw.trades", N, now_ms, 60_000, 600_000)
+    return orjson.loads(args[4])  # type: ignore[no-any-return]
 
 
 def record(partition: int, offset: int, symbol: str, trade_id: int, price: str) -> RawRecord:
@@ -55,25 +74,31 @@ def test_one_fetch_folded_at_once_skips_what_was_applied_and_equals_one_by_one()
 
 
 def test_script_call_carries_numbers_as_strings_and_declares_every_key() -> None:
+    # two symbols of one home partition, as the processor's per-partition batches hold them
+    names = [f"S{i}USDT" for i in range(200)]
+    p = home_partition("BTCUSDT", N)
+    other = next(s for s in names if home_partition(s, N) == p)
     batch = Batch()
-    batch.add(record(1, 5, "BTCUSDT", 2**40, "1.5"))
-    batch.add(record(1, 6, "ETHUSDT", 7, "2"))
+    batch.add(record(p, 5, "BTCUSDT", 2**40, "1.5"))
+    batch.add(record(p, 6, other, 7, "2"))
     keys, args = batch.script_call(
-        "raw.trades", {1: 4}, now_ms=123, history_ms=60_000, max_future_ms=600_000
+        "raw.trades", {p: 4}, now_ms=123, history_ms=60_000, max_future_ms=600_000, partitions=N
     )
+    tag = partition_tag(p, N)
     assert keys == [
-        "offsets:raw.trades",
-        "symbols",
-        "price:BTCUSDT",
-        "candles:1m:BTCUSDT",
-        "stats:BTCUSDT",
-        "price:ETHUSDT",
-        "candles:1m:ETHUSDT",
-        "stats:ETHUSDT",
+        f"offsets:{tag}:raw.trades",
+        f"symbols:{tag}",
+        f"outbox:{tag}:raw.trades",
+        f"price:{tag}:BTCUSDT",
+        f"candles:1m:{tag}:BTCUSDT",
+        f"stats:{tag}:BTCUSDT",
+        f"price:{tag}:{other}",
+        f"candles:1m:{tag}:{other}",
+        f"stats:{tag}:{other}",
     ]
     assert args[:4] == ["123", "60000", "600000", "updates:price"]
     payload = orjson.loads(args[4])
-    assert payload["parts"] == [["1", "4", "6"]]
+    assert payload["groups"] == [{"parts": [[str(p), "4", "6"]]}]
     row = payload["symbols"][0]
     assert row["s"] == "BTCUSDT" and row["id"] == str(2**40)
     assert dict(zip(row["p"][::2], row["p"][1::2], strict=True)) == {
@@ -87,14 +112,35 @@ def test_script_call_carries_numbers_as_strings_and_declares_every_key() -> None
     }
     assert row["c"][0][-2:] == [str(2**40), str(2**40)]  # ids as strings
     assert orjson.loads(row["u"])["update_time"] == 123
-    assert "n" not in row  # one candle: the script takes the totals from it
-    assert orjson.loads(batch.script_payload({}, now_ms=1))["parts"] == [["1", "-1", "6"]]
+    assert "n" not in row and "g" not in row  # one candle: the totals are its own; group 1
+    assert _payload(batch, {}, now_ms=1)["groups"][0]["parts"] == [[str(p), "-1", "6"]]
     two_minutes = Batch()
     for offset, t in enumerate([1_000, 61_000]):
         trade = Trade("BTCUSDT", offset, "1.5", "2", t, t, False)
         two_minutes.add(RawRecord(0, offset, encode_trade(trade, 1_718_000_000_123_456)))
-    (row,) = orjson.loads(two_minutes.script_payload({}, now_ms=1))["symbols"]
+    (row,) = _payload(two_minutes, {}, now_ms=1)["symbols"]
     assert (row["n"], row["v"], row["qv"]) == (2, "4", "6")
+
+
+def test_groups_put_each_symbol_in_its_home_partition_and_refuse_a_misrouted_one() -> None:
+    names = [f"S{i}USDT" for i in range(200)]
+    a = names[0]
+    b = next(s for s in names if home_partition(s, N) != home_partition(a, N))
+    batch = Batch()
+    batch.add(record(home_partition(a, N), 1, a, 1, "1"))
+    batch.add(record(home_partition(b, N), 1, b, 1, "1"))
+    groups = batch.groups({}, N)
+    assert {g.tag: [s for s, _ in g.symbols] for g in groups} == {
+        home_partition(a, N): [a],
+        home_partition(b, N): [b],
+    }
+    keys, args = apply_call(groups, "t", N, 1, 60_000, 600_000)
+    assert len(keys) == 3 * 2 + 3 * 2  # two groups' offsets/symbols/outbox, 3 keys per symbol
+    assert [row.get("g", 1) for row in orjson.loads(args[4])["symbols"]] == [1, 2]
+    stray = Batch()
+    stray.add(record(home_partition(b, N), 2, a, 2, "1"))  # a's record on b's partition
+    with pytest.raises(ValueError, match="not in this batch"):
+        stray.groups({}, N)
 
 
 def test_parse_conflicts() -> None:
@@ -116,7 +162,7 @@ def test_widest_schema_decimals_sum_exactly_in_one_batch() -> None:
     notional = wide.multiply(Decimal(widest), Decimal(widest))
     (candle,) = batch.symbols["BTCUSDT"].views().values()
     assert candle.quote_volume == wide.add(notional, notional)
-    orjson.loads(batch.script_payload({}, 1))  # encodable
+    _payload(batch, {}, 1)  # encodable
 
 
 def test_an_exception_while_folding_makes_that_record_poison_not_the_batch(

@@ -148,7 +148,7 @@ def test_fold_equals_topicbook_and_its_net_changes_rebuild_the_sets(data: Any) -
         for symbol in batch.records_by_symbol:
             mirrors.setdefault(symbol, BookMirror())
         batch.fold(mirrors)
-        _keys, args = batch.script_call("raw.depth", {}, 1, mirrors)
+        _keys, args = batch.script_call("raw.depth", {}, 1, mirrors, 8)
         _apply_rows(sets, batch, args)
         for symbol, changes in batch.changes.items():
             if changes.changed:

@@ -1,11 +1,18 @@
 -- Apply one processor batch atomically: every view update and the per-partition offsets together.
 --
--- KEYS: [1] offsets hash, [2] symbol set, then per symbol of the batch (in its order) three keys:
---       price hash, 1m candle zset, stats hash (core/keys.py apply_keys: the script builds none).
+-- The batch is one or more groups, one per hash tag (core/keys.py): on Redis Cluster a call
+-- holds a single group (one partition's symbols and fence: one slot); on one node a call may
+-- hold every partition of a fetched batch.
+-- KEYS: [1..G] the groups' offsets hashes, [G+1..2G] their symbol sets, [2G+1..3G] their
+--       outboxes, then per symbol of the batch (in its order) three keys: price hash, 1m candle
+--       zset, stats hash (core/keys.py apply_keys: the script builds none).
 -- ARGV: [1] now (ms)  [2] candle history (ms)  [3] how far (ms) past now the history's horizon
 --       may move  [4] pub/sub channel  [5] JSON batch:
---   {"parts":   [[partition, expected_stored_offset, last_offset], ...],     (strings, -1 = none)
---    "symbols": [{"s": symbol, "id": trade id of the latest trade,
+--   {"groups":  [{"parts": [[partition, expected_stored_offset, last_offset], ...],
+--                                                                   (strings, -1 = none)
+--                 "out":   ["<outbox entry>", ...]   (optional: misrouted records, parked)}, ...],
+--    "symbols": [{"g": its group (1-based; absent = 1),
+--                 "s": symbol, "id": trade id of the latest trade,
 --                 "p": [field, value, ...]   (the price hash, core/keys.py price_fields),
 --                 "u": "<pub/sub update JSON>",
 --                 "c": [[t, o, h, l, c, v, qv, n, ft, lt], ...],   (1m candle partials)
@@ -13,18 +20,22 @@
 --                  candles: with one, its own values are the batch's totals)}, ...]}
 --
 -- Fencing (compare-and-set per partition): the batch applies only if every partition's stored
--- offset is what the processor believes it is. Otherwise (a zombie after a rebalance, a retry
--- after a lost reply, a Redis that lost its data) nothing is applied and {0, partition, stored,
--- ...} comes back so the caller re-seeks. On success returns {1, number_of_price_updates}.
+-- offset (field `partition` of its group's offsets hash) is what the processor believes it is.
+-- Otherwise (a zombie after a rebalance, a retry after a lost reply, a Redis that lost its data)
+-- nothing is applied and {0, partition, stored, ...} comes back so the caller re-seeks. On
+-- success returns {1, number_of_price_updates}. The same fence guards the application of
+-- misrouted records at their symbols' home: field Q of the home's offsets hash.
 --
 -- Numbers that must stay exact travel as strings (Lua's numbers are doubles: exact below 2^53,
 -- and cjson writes only 14 significant digits): trade ids are compared as digit strings and
 -- written into the candle members verbatim; volumes and prices are decimal strings added and
 -- compared digit by digit. Times (ms, below year 10000) and counts are exact as doubles.
-local offsets_key, symbols_key = KEYS[1], KEYS[2]
 local now, history, max_future = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local channel = ARGV[4]
 local batch = cjson.decode(ARGV[5])
+local groups = batch.groups
+local ngroups = #groups
+local first_symbol_key = 3 * ngroups + 1
 
 -- a < b for non-negative integers written without leading zeros (any length)
 local function id_less(a, b)
@@ -93,11 +104,13 @@ end
 
 -- 1. fencing
 local conflicts = {0}
-for _, part in ipairs(batch.parts) do
-  local stored = redis.call('HGET', offsets_key, part[1]) or '-1'
-  if stored ~= part[2] then
-    conflicts[#conflicts + 1] = part[1]
-    conflicts[#conflicts + 1] = stored
+for g, group in ipairs(groups) do
+  for _, part in ipairs(group.parts) do
+    local stored = redis.call('HGET', KEYS[g], part[1]) or '-1'
+    if stored ~= part[2] then
+      conflicts[#conflicts + 1] = part[1]
+      conflicts[#conflicts + 1] = stored
+    end
   end
 end
 if #conflicts > 1 then
@@ -107,7 +120,8 @@ end
 -- 2. views
 local published = {}
 for i, sym in ipairs(batch.symbols) do
-  local price_key, candles_key, stats_key = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
+  local base = first_symbol_key + 3 * (i - 1)
+  local price_key, candles_key, stats_key = KEYS[base], KEYS[base + 1], KEYS[base + 2]
   -- the batch's totals: given, or (one candle) that candle's own, read before it is merged
   local n, v, qv = sym.n, sym.v, sym.qv
   if not n then n, v, qv = sym.c[1][8], sym.c[1][6], sym.c[1][7] end
@@ -115,7 +129,7 @@ for i, sym in ipairs(batch.symbols) do
   local current = redis.call('HGET', price_key, 'trade_id')
   if (not current) or id_less(current, sym.id) then
     redis.call('HSET', price_key, unpack(sym.p))
-    if not current then redis.call('SADD', symbols_key, sym.s) end  -- its first price
+    if not current then redis.call('SADD', KEYS[ngroups + (sym.g or 1)], sym.s) end  -- 1st price
     published[#published + 1] = sym.u
   end
 
@@ -156,8 +170,13 @@ for i, sym in ipairs(batch.symbols) do
 end
 
 -- 3. bookkeeping, in the same atomic step as the views
-for _, part in ipairs(batch.parts) do
-  redis.call('HSET', offsets_key, part[1], part[3])
+for g, group in ipairs(groups) do
+  for _, part in ipairs(group.parts) do
+    redis.call('HSET', KEYS[g], part[1], part[3])
+  end
+  if group.out and #group.out > 0 then
+    redis.call('RPUSH', KEYS[2 * ngroups + g], unpack(group.out))
+  end
 end
 if #published > 0 then
   redis.call('PUBLISH', channel, '[' .. table.concat(published, ',') .. ']')

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -17,7 +17,13 @@ from cryptostream.core.codec import (
     decode_scaled,
 )
 from cryptostream.core.decimals import EXACT
-from cryptostream.core.keys import PRICE_CHANNEL, apply_keys, price_fields, price_update
+from cryptostream.core.keys import (
+    PRICE_CHANNEL,
+    apply_keys,
+    home_partition,
+    price_fields,
+    price_update,
+)
 from cryptostream.core.views import MINUTE_MS, Candle
 
 NO_OFFSET = -1
@@ -138,6 +144,7 @@ class Batch:
     poison: list[Poison] = field(default_factory=list)
     records: int = 0
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+    misrouted: int = 0  # records of other partitions' symbols, parked in the outbox instead
 
     def add(self, record: RawRecord) -> None:
         """Fold one record in (see :meth:`add_all`)."""
@@ -219,6 +226,23 @@ class Batch:
         elif tid > c[_LAST]:
             c[_LAST], c[_CLOSE] = tid, r.price
 
+    def groups(self, positions: dict[int, int], partitions: int) -> list[Group]:
+        """One group per partition of the batch, fenced by ``positions`` (the last applied
+        offset of each partition, as this process believes), each symbol in its home
+        partition's group. A symbol homed at a partition the batch does not hold is misrouted:
+        the processor routes such records (through the outbox) before, so here it is an error."""
+        groups = {
+            p: Group(p, [[str(p), str(positions.get(p, NO_OFFSET)), str(last)]])
+            for p, (_first, last) in self.parts.items()
+        }
+        for symbol, views in self.symbols.items():
+            home = home_partition(symbol, partitions)
+            group = groups.get(home)
+            if group is None:
+                raise ValueError(f"{symbol} (home partition {home}) is not in this batch's parts")
+            group.symbols.append((symbol, views))
+        return list(groups.values())
+
     def script_call(
         self,
         topic: str,
@@ -226,40 +250,84 @@ class Batch:
         now_ms: int,
         history_ms: int,
         max_future_ms: int,
+        partitions: int,
     ) -> tuple[list[str], list[str | bytes]]:
-        """``KEYS`` and ``ARGV`` of the apply script (see apply_batch.lua); ``positions`` = the
-        last applied offset of each partition, as this process believes."""
-        keys = apply_keys(topic, list(self.symbols))
-        args: list[str | bytes] = [
-            str(now_ms),
-            str(history_ms),
-            str(max_future_ms),
-            PRICE_CHANNEL,
-            self.script_payload(positions, now_ms),
-        ]
-        return keys, args
+        """``KEYS`` and ``ARGV`` of one apply script call for the whole batch (see
+        apply_batch.lua): one group per partition (on a cluster, only valid for a batch of one
+        partition: a call touches one slot)."""
+        return apply_call(
+            self.groups(positions, partitions), topic, partitions, now_ms, history_ms, max_future_ms
+        )
 
-    def script_payload(self, positions: dict[int, int], now_ms: int) -> bytes:
-        """The batch argument: per partition the compare-and-set, per symbol its contributions."""
-        symbols = []
-        for symbol, views in self.symbols.items():
-            r = views.latest
-            row: dict[str, object] = {
-                "s": symbol,
-                "id": str(r.trade_id),
-                "p": price_fields(r, r.ingest_time_us, now_ms),
-                "u": price_update(symbol, r, now_ms).decode(),
-                "c": views.partials(),
-            }
-            if len(views.candles) > 1:  # else the script takes the totals from the one candle
-                trades, base, quote = views.totals()
-                row.update(n=trades, v=_text(base), qv=_text(quote, 2 * SCALE))
-            symbols.append(row)
-        parts = [
-            [str(p), str(positions.get(p, NO_OFFSET)), str(last)]
-            for p, (_first, last) in self.parts.items()
-        ]
-        return orjson.dumps({"parts": parts, "symbols": symbols})
+
+@dataclass
+class Group:
+    """One hash tag's share of an apply call (on a cluster: of one slot): the fences of its
+    offsets hash (``[partition, expected, last]``), the symbols it writes (all homed at
+    ``tag``) and the misrouted records it parks in its outbox."""
+
+    tag: int  # the partition whose hash tag its keys carry
+    parts: list[list[str]] = field(default_factory=list)
+    symbols: list[tuple[str, SymbolBatch]] = field(default_factory=list)
+    out: list[str] = field(default_factory=list)
+
+
+def apply_call(
+    groups: Sequence[Group],
+    topic: str,
+    partitions: int,
+    now_ms: int,
+    history_ms: int,
+    max_future_ms: int,
+) -> tuple[list[str], list[str | bytes]]:
+    """``KEYS`` and ``ARGV`` of one call of apply_batch.lua for ``groups``."""
+    names: list[str] = []
+    rows: list[dict[str, object]] = []
+    docs: list[dict[str, object]] = []
+    for index, group in enumerate(groups, 1):
+        for symbol, views in group.symbols:
+            names.append(symbol)
+            rows.append(symbol_row(symbol, views, now_ms, index))
+        doc: dict[str, object] = {"parts": group.parts}
+        if group.out:
+            doc["out"] = group.out
+        docs.append(doc)
+    keys = apply_keys(topic, [g.tag for g in groups], names, partitions)
+    args: list[str | bytes] = [
+        str(now_ms),
+        str(history_ms),
+        str(max_future_ms),
+        PRICE_CHANNEL,
+        orjson.dumps({"groups": docs, "symbols": rows}),
+    ]
+    return keys, args
+
+
+def symbol_row(symbol: str, views: SymbolBatch, now_ms: int, group: int = 1) -> dict[str, object]:
+    """One symbol's contributions in the script's batch argument (its group 1-based)."""
+    r = views.latest
+    row: dict[str, object] = {
+        "s": symbol,
+        "id": str(r.trade_id),
+        "p": price_fields(r, r.ingest_time_us, now_ms),
+        "u": price_update(symbol, r, now_ms).decode(),
+        "c": views.partials(),
+    }
+    if len(views.candles) > 1:  # else the script takes the totals from the one candle
+        trades, base, quote = views.totals()
+        row.update(n=trades, v=_text(base), qv=_text(quote, 2 * SCALE))
+    if group != 1:
+        row["g"] = group
+    return row
+
+
+def record_symbol(value: bytes | None, max_future_ms: int) -> str | None:
+    """The (canonical) symbol of a record the fold would accept, None for poison."""
+    try:
+        r, _price, _qty = decode_scaled(value, max_future_ms)
+    except Exception:
+        return None
+    return r.symbol.upper()
 
 
 def parse_conflicts(reply: list[object]) -> dict[int, int]:

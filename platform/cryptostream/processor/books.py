@@ -27,7 +27,7 @@ price order and ``"1.50"``/``"1.5"`` are one level) and keep the exchange's own 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Annotated, Final, Literal, cast
@@ -414,6 +414,9 @@ class BookBatch:
     breaks: list[tuple[str, str]] = field(default_factory=list)  # (symbol, reason)
     changes: dict[str, _SymbolChanges] = field(default_factory=dict)
     _folds: dict[str, _SymbolFold] = field(default_factory=dict)
+    # symbol -> its home partition (core/keys.py); a record elsewhere is misrouted: poison
+    home: Callable[[str], int] | None = None
+    misrouted: int = 0
 
     def add(self, record: RawRecord) -> None:
         """Decode one record (one that is not a valid depth record becomes poison) and fold it
@@ -433,6 +436,13 @@ class BookBatch:
             self.poison.append(Poison(record, f"cannot decode: {type(exc).__name__}: {exc}"))
             return
         symbol = decoded[0].symbol if isinstance(decoded, tuple) else decoded.symbol
+        if self.home is not None and self.home(symbol) != record.partition:
+            # A book has one writer (its home partition's owner) and one order (its home
+            # partition's): a record from elsewhere cannot be chained into it.
+            self.misrouted += 1
+            home = self.home(symbol)
+            self.poison.append(Poison(record, f"misrouted: {symbol} belongs to partition {home}"))
+            return
         self.partition_of[symbol] = record.partition
         fold = self._folds.get(symbol)
         if fold is None:
@@ -495,18 +505,32 @@ class BookBatch:
 
     # --- the script call -----------------------------------------------------------------------
     def script_call(
-        self, topic: str, positions: dict[int, int], now_ms: int, mirrors: dict[str, BookMirror]
+        self,
+        topic: str,
+        positions: dict[int, int],
+        now_ms: int,
+        mirrors: dict[str, BookMirror],
+        partitions: int,
+        partition: int | None = None,
     ) -> tuple[list[str], list[str | bytes]]:
-        """``KEYS`` and ``ARGV`` of apply_books.lua (after :meth:`fold`; the layout is described
-        there); ``positions`` = the last applied offset of each partition, as this process
-        believes."""
-        symbols = [s for s, ch in self.changes.items() if ch.changed]
-        args: list[str | bytes] = [BOOK_CHANNEL, str(len(self.parts))]
-        for partition, (_first, last) in self.parts.items():
-            args += (str(partition), str(positions.get(partition, NO_OFFSET)), str(last))
+        """``KEYS`` and ``ARGV`` of apply_books.lua for one partition of the batch (after
+        :meth:`fold`; ``partition`` None: the batch's only one; the ARGV layout is described
+        there): its fence and its symbols, all under its hash tag (core/keys.py).
+        ``positions`` = the last applied offset of each partition, as this process believes;
+        ``partitions``: the layout's partition count."""
+        if partition is None:
+            (partition,) = self.parts
+        symbols = [
+            s
+            for s, ch in self.changes.items()
+            if ch.changed and self.partition_of.get(s) == partition
+        ]
+        last = self.parts[partition][1]
+        args: list[str | bytes] = [BOOK_CHANNEL, "1"]
+        args += (str(partition), str(positions.get(partition, NO_OFFSET)), str(last))
         for symbol in symbols:
             self._symbol_args(args, symbol, self.changes[symbol], mirrors[symbol], now_ms)
-        return book_apply_keys(topic, symbols), args
+        return book_apply_keys(topic, partition, symbols, partitions), args
 
     @staticmethod
     def _symbol_args(

@@ -22,15 +22,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis
-
 from cryptostream.config import Settings
-from cryptostream.core.keys import book_key, book_side_key
+from cryptostream.core.keys import book_key, book_side_key, symbol_tag
 from cryptostream.processor.batch import NO_OFFSET, RawRecord
 from cryptostream.processor.books import BookBatch, BookMirror, parse_book_conflicts
 from cryptostream.processor.consumers import ConsumerError
 from cryptostream.processor.metrics import ProcessorMetrics
 from cryptostream.processor.service import Processor
+from cryptostream.redisconn import Client, ScriptRunner
 
 log = logging.getLogger("cryptostream.processor.books")
 
@@ -49,6 +48,7 @@ BOOK_COUNTERS = (
     "stale_diffs",
     "unsynced",
     "breaks",
+    "misrouted",
 )
 BOOKS_PREFIX = "csp_processor_books_"
 
@@ -57,24 +57,27 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def load_mirrors(client: redis.Redis, symbols: list[str]) -> dict[str, BookMirror]:
-    """The stored books of ``symbols`` (one atomic read: MULTI/EXEC), as the fold's copies."""
-    if not symbols:
-        return {}
-    pipe = client.pipeline(transaction=True)
+def load_mirrors(client: Client, symbols: list[str], partitions: int) -> dict[str, BookMirror]:
+    """The stored books of ``symbols`` as the fold's copies: one atomic read (MULTI/EXEC) per
+    hash tag (a transaction stays within one slot on a cluster; a book lives in one tag)."""
+    by_tag: dict[str, list[str]] = {}
     for symbol in symbols:
-        pipe.hgetall(book_key(symbol))
-        pipe.zrange(book_side_key(symbol, "bids"), 0, -1)
-        pipe.zrange(book_side_key(symbol, "asks"), 0, -1)
-    replies = pipe.execute()
+        by_tag.setdefault(symbol_tag(symbol, partitions), []).append(symbol)
     out = {}
-    for i, symbol in enumerate(symbols):
-        state, bids, asks = replies[3 * i : 3 * i + 3]
-        out[symbol] = BookMirror.from_redis(
-            {_text(k): _text(v) for k, v in state.items()},
-            [_text(m) for m in bids],
-            [_text(m) for m in asks],
-        )
+    for group in by_tag.values():
+        pipe = client.pipeline(transaction=True)
+        for symbol in group:
+            pipe.hgetall(book_key(symbol, partitions))
+            pipe.zrange(book_side_key(symbol, "bids", partitions), 0, -1)
+            pipe.zrange(book_side_key(symbol, "asks", partitions), 0, -1)
+        replies = pipe.execute()
+        for i, symbol in enumerate(group):
+            state, bids, asks = replies[3 * i : 3 * i + 3]
+            out[symbol] = BookMirror.from_redis(
+                {_text(k): _text(v) for k, v in state.items()},
+                [_text(m) for m in bids],
+                [_text(m) for m in asks],
+            )
     return out
 
 
@@ -89,9 +92,9 @@ class BookInFlight:
 
 
 class BookProcessor(Processor):
-    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, redis_client: Client) -> None:
         super().__init__(settings.model_copy(update={"topic": settings.depth_topic}), redis_client)
-        self.books_script = redis_client.register_script(BOOKS_SCRIPT)
+        self.books_script = ScriptRunner(redis_client, BOOKS_SCRIPT)
         self.mirrors: dict[str, BookMirror] = {}
         self.books_inflight: BookInFlight | None = None
         for name in BOOK_COUNTERS:
@@ -101,7 +104,8 @@ class BookProcessor(Processor):
         )
 
     def process(self, records: list[RawRecord]) -> None:
-        batch = BookBatch(self.mirrors)  # folds each record whose book is here as it is added
+        # folds each record whose book is here as it is added
+        batch = BookBatch(self.mirrors, home=self._home)
         positions = self.positions
         for record in records:
             if record.offset <= positions.get(record.partition, NO_OFFSET):
@@ -110,61 +114,82 @@ class BookProcessor(Processor):
             batch.add(record)
         if not batch.parts:
             return
+        n = self.layout_partitions
         missing = batch.missing()
         if missing:
             # (none of them is in the batch in flight: its books stay here until it settles)
-            self.mirrors.update(self._with_redis_retry(lambda: load_mirrors(self.redis, missing)))
+            self.mirrors.update(
+                self._with_redis_retry(lambda: load_mirrors(self.redis, missing, n))
+            )
         batch.fold(self.mirrors)
         now_ms = time.time_ns() // 1_000_000
-        keys, args = batch.script_call(self.settings.topic, positions, now_ms, self.mirrors)
+        # one call per partition (its hash tag: one slot on a cluster), in one round trip
+        partitions = list(batch.parts)
+        calls = [
+            batch.script_call(self.settings.topic, positions, now_ms, self.mirrors, n, p)
+            for p in partitions
+        ]
         # Folded while the previous batch was being applied; it counted on that one's offsets.
         refused = self._settle()
         if refused is not None:
             self._reread_books(batch, refused)
             return
         self._dead_letter(batch)
-        before = {p: positions.get(p, NO_OFFSET) for p in batch.parts}
-        for partition, (_first, last) in batch.parts.items():
-            positions[partition] = last  # as if applied: the next batch expects these
+        before = {p: positions.get(p, NO_OFFSET) for p in partitions}
+        for partition in partitions:
+            positions[partition] = batch.parts[partition][1]  # as if applied: the next expects it
         for symbol, changes in batch.changes.items():
             if changes.changed:
                 self.mirrors[symbol].stored = True
-        reply = self._applier.submit(self._apply_books, keys, args)
+        reply = self._applier.submit(self._apply_books, calls)
         self.books_inflight = BookInFlight(batch, reply, now_ms, before)
 
-    def _apply_books(self, keys: list[str], args: list[Any]) -> Any:
-        """On the apply thread: one script call, retried while Redis is unavailable."""
+    def _apply_books(self, calls: list[tuple[list[str], list[str | bytes]]]) -> Any:
+        """On the apply thread: the batch's script calls in one round trip, retried while Redis
+        is unavailable."""
         started = time.perf_counter()
-        reply = self._with_redis_retry(lambda: self.books_script(keys=keys, args=args))
+        replies = self._with_redis_retry(lambda: self.books_script.many(calls))
         self.metrics.redis_apply.observe(time.perf_counter() - started)
-        return reply
+        return replies
 
     def finish_inflight(self) -> None:
         self._settle()
 
-    def _settle(self) -> BookBatch | None:
-        """Wait for the batch in flight, if any, and settle it; returns it if Redis refused it
-        (the copies are dropped, its partitions re-sought, positions are Redis's again)."""
+    def _settle(self) -> dict[int, list[int]] | None:
+        """Wait for the batch in flight, if any, and settle it; returns the parts Redis refused
+        (their positions are Redis's again and they are re-sought; every copy is dropped)."""
         pending, self.books_inflight = self.books_inflight, None
         if pending is None:
             return None
-        reply = pending.reply.result()  # re-raises what the apply thread raised
+        replies = pending.reply.result()  # re-raises what the apply thread raised
         batch = pending.batch
-        if int(reply[0]) == 0:
-            self.positions.update(pending.before)
+        partitions = list(pending.before)
+        conflicts: dict[int, int] = {}
+        for partition, reply in zip(partitions, replies, strict=True):
+            if int(reply[0]) == 0:
+                stored = parse_book_conflicts(reply)
+                if stored.get(partition) != batch.parts[partition][1]:  # not our own, retried
+                    conflicts.update(stored)
+        applied = [p for p in partitions if p not in conflicts]
+        refused: dict[int, list[int]] | None = None
+        if conflicts:
+            for partition in partitions:
+                if partition in conflicts:
+                    self.positions[partition] = pending.before[partition]
             self.mirrors.clear()  # folded ahead of a Redis that holds something else: reload
-            self._resolve_conflicts(parse_book_conflicts(reply), batch)
-            return batch
-        self._count(batch)
-        self._observe_books(batch, pending.now_ms)
-        self._try_commit({p: last + 1 for p, (_f, last) in batch.parts.items()})
-        return None
+            refused = {p: list(batch.parts[p]) for p in partitions if p in conflicts}
+            self._resolve_conflicts(conflicts, refused)
+        if applied:
+            self._count(batch)
+            self._observe_books(batch, pending.now_ms)
+            self._try_commit({p: batch.parts[p][1] + 1 for p in applied})
+        return refused
 
-    def _reread_books(self, batch: BookBatch, refused: BookBatch) -> None:
+    def _reread_books(self, batch: BookBatch, refused: dict[int, list[int]]) -> None:
         """A folded batch not sent (the one before it was refused): seek its partitions back to
-        its first records, except those of the refused batch, re-sought below it already."""
+        its first records, except the refused ones, re-sought from Redis's offsets already."""
         for partition, (first, _last) in batch.parts.items():
-            if partition in refused.parts:
+            if partition in refused:
                 continue
             try:
                 self.consumer.seek(partition, first)
@@ -180,6 +205,7 @@ class BookProcessor(Processor):
         stats["stale_diffs"] += counts.get("stale", 0)
         stats["unsynced"] += counts.get("unsynced", 0)
         stats["breaks"] += len(batch.breaks)
+        stats["misrouted"] += batch.misrouted
         for symbol, reason in batch.breaks:
             self.warn.warning(
                 f"break-{symbol}",

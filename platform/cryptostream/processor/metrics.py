@@ -6,7 +6,9 @@ Exported names (all prefixed ``csp_processor_``):
 - ``records_total``, ``batches_total``, ``poison_total`` (sent to the DLQ), ``conflicts_total``
   (batches refused by the offset compare-and-set), ``rebalances_total``, ``dlq_failed_total``
   (dead letters the DLQ producer could not write), ``kafka_errors_total`` (DLQ producer client
-  errors) — counters
+  errors), ``misrouted_total`` (records on another partition than their symbol's home, applied
+  there through the outbox), ``misrouted_reapplied_total`` (of those, applied again after their
+  home's Redis master lost them in a failover) — counters
 - ``consumer_lag{partition}`` — gauge: high watermark minus the next offset to apply
 - ``batch_size`` — histogram of records per applied batch
 - ``redis_apply_seconds`` — histogram of the Lua apply round trip
@@ -14,8 +16,9 @@ Exported names (all prefixed ``csp_processor_``):
 
 With ``CSP_PROCESSOR_BOOKS`` on, the same set again as ``csp_processor_books_*`` for raw.depth
 (on the same port), with the counters ``snapshots``, ``diffs`` (applied), ``stale_diffs`` (already
-in the book), ``unsynced`` (diffs skipped while a book waits for a snapshot) and ``breaks`` (gaps
-and crossed books; each also logged, rate-limited, and written to the book's ``reason``).
+in the book), ``unsynced`` (diffs skipped while a book waits for a snapshot), ``breaks`` (gaps
+and crossed books; each also logged, rate-limited, and written to the book's ``reason``) and
+``misrouted`` (depth records on another partition than their symbol's home: dead-lettered).
 """
 
 from __future__ import annotations
@@ -27,7 +30,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 PREFIX = "csp_processor_"
-COUNTERS = ("records", "batches", "poison", "conflicts", "rebalances", "dlq_failed", "kafka_errors")
+COUNTERS = (
+    "records",
+    "batches",
+    "poison",
+    "conflicts",
+    "rebalances",
+    "dlq_failed",
+    "kafka_errors",
+    "misrouted",
+    "misrouted_reapplied",
+)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 

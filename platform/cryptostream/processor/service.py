@@ -5,12 +5,26 @@ last applied offset of each of its partitions are written by one Lua script, and
 is assigned to us resumes from the offset stored in Redis. Kafka offsets are committed afterwards
 only so that lag tooling works.
 
+A fetched batch is folded per partition, and each partition's views and fence live under that
+partition's hash tag (core/keys.py), so one apply touches one hash slot. On one Redis node the
+whole batch is one script call (``CSP_PROCESSOR_APPLY=batch``, the default there) or one call
+per partition in one pipelined round trip (``partition``); on a Redis Cluster it is always one
+call per partition, pipelined (one round trip per node, in parallel). Each call is atomic on
+its own: a refused call (its partition's fence) leaves the others applied.
+
 Applies are pipelined: while Redis runs batch N's script (on an apply thread that waits on the
 socket, GIL released), this thread fetches and folds batch N+1, whose expected offsets assume N
 succeeds. That is safe because of the fencing: if N is refused, N+1, which expects N's offsets,
 is refused too, or (if it touches only other partitions) is not sent at all; both are re-read
 after a re-seek. At most one batch is in flight, and none across a rebalance, a check of the
 stored offsets or a stop.
+
+Misrouted records (a symbol's record on another partition than its home, core/keys.py: another
+producer's keys, a topic whose partition count changed) are not lost and not applied under the
+wrong tag: the apply of their partition Q parks them in ``outbox:{pQ}`` atomically with Q's
+fence; then each parked entry is applied under its symbols' home tag P, fenced by field Q of
+``offsets:{pP}`` (records at or below it are already there), and removed. Counted
+(``csp_processor_misrouted_total``) and logged.
 """
 
 from __future__ import annotations
@@ -19,21 +33,40 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
-import redis
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from redis.exceptions import RedisClusterException
 
 from cryptostream.config import Settings
 from cryptostream.core.deadletter import encode_dead_letter
-from cryptostream.core.keys import SYMBOLS_KEY, VIEW_PREFIXES, offsets_key
+from cryptostream.core.keys import (
+    LAYOUT_KEY,
+    OFFSETS_PREFIX,
+    VIEW_PREFIXES,
+    home_partition,
+    offsets_key,
+    outbox_key,
+)
 from cryptostream.kafka_clients import make_producer
 from cryptostream.logs import RateLimitedLog, setup_logging
-from cryptostream.processor.batch import NO_OFFSET, Batch, RawRecord, parse_conflicts
+from cryptostream.processor.batch import (
+    NO_OFFSET,
+    Batch,
+    Group,
+    RawRecord,
+    apply_call,
+    parse_conflicts,
+    record_symbol,
+)
 from cryptostream.processor.books import BookBatch
 from cryptostream.processor.consumers import (
     BEGINNING,
@@ -43,30 +76,58 @@ from cryptostream.processor.consumers import (
 )
 from cryptostream.processor.metrics import ProcessorMetrics
 from cryptostream.redis_check import credentials_error
+from cryptostream.redisconn import (
+    RETRYABLE,
+    Client,
+    LayoutMismatch,
+    ScriptRunner,
+    ensure_layout,
+    make_client,
+    stored_offsets,
+)
 from cryptostream.topics import TopicError, require_topic
 
 log = logging.getLogger("cryptostream.processor")
 
 APPLY_SCRIPT = resources.files("cryptostream.processor").joinpath("apply_batch.lua").read_text()
+_PARTITION = itemgetter(0)  # a RawRecord's partition
+
+
+@dataclass
+class Call:
+    """One script call of an apply, and the partitions whose fences it carries."""
+
+    partitions: list[int]
+    keys: list[str]
+    args: list[Any]
 
 
 @dataclass
 class InFlight:
-    """A batch whose apply was sent and not yet answered."""
+    """A fetched batch whose apply was sent and not yet answered."""
 
-    batch: Batch
-    reply: Future[Any]
+    batches: dict[int, Batch]  # per partition
+    calls: list[Call]
+    reply: Future[Any]  # the calls' replies, in order
     now_ms: int
     before: dict[int, int]  # its partitions' positions before it: restored if it is refused
+    parked: set[int] = field(default_factory=set)  # partitions whose apply parks records
+
+
+# Parked entries kept in memory per (partition, home) after they were applied: if the home's
+# Redis master loses them (a failover to a replica that had not received them), they are
+# applied again from here (the fence at home says which records are missing).
+_DRAINED_KEPT = 256
 
 
 class Processor:
-    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, redis_client: Client) -> None:
         self.settings = settings
         self.redis = redis_client
-        self.apply_script = redis_client.register_script(APPLY_SCRIPT)
+        self.layout_partitions = settings.partitions  # the key layout's partition count
+        self.apply_style = settings.processor_apply_style
+        self.runner = ScriptRunner(redis_client, APPLY_SCRIPT)
         self.dlq: Producer = make_producer(settings, error_cb=self._on_dlq_error)
-        self.offsets_key = offsets_key(settings.topic)
         self.max_future_ms = int(settings.processor_max_future_s * 1000)
         self.history_ms = settings.candle_history_minutes * 60_000
         self.consumer: GroupConsumer = make_group_consumer(settings)
@@ -77,6 +138,10 @@ class Processor:
         self.inflight: InFlight | None = None
         self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
         self.warn = RateLimitedLog(log)
+        self._homes: dict[str, int] = {}  # symbol -> home partition (a cache)
+        # (partition, home) -> the parked entries applied there lately, and the fence set
+        self._drained: dict[tuple[int, int], deque[bytes]] = {}
+        self._drained_fence: dict[tuple[int, int], int] = {}
         self.stats: dict[str, int] = {
             "records": 0,
             "batches": 0,
@@ -86,6 +151,8 @@ class Processor:
             "stale": 0,
             "dlq_failed": 0,
             "kafka_errors": 0,
+            "misrouted": 0,
+            "misrouted_reapplied": 0,
         }
         self.metrics = ProcessorMetrics(self.stats, lambda: self.lag)
 
@@ -110,22 +177,32 @@ class Processor:
         self._commit_positions(partitions)
         for partition in partitions:
             self.positions.pop(partition, None)
+        for pair in [pair for pair in self._drained if pair[0] in partitions]:
+            del self._drained[pair]
+            self._drained_fence.pop(pair, None)
         log.info("partitions revoked", extra={"fields": {"partitions": partitions}})
 
     def _stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         if not partitions:
             return {}
-        values = self._with_redis_retry(
-            lambda: self.redis.hmget(self.offsets_key, [str(p) for p in partitions])
+        result: dict[int, int] = self._with_redis_retry(
+            lambda: stored_offsets(
+                self.redis, self.settings.topic, partitions, self.layout_partitions
+            )
         )
-        return {p: int(v) for p, v in zip(partitions, values, strict=True) if v is not None}
+        return result
 
     # --- the loop ------------------------------------------------------------------------------
+    def check_layout(self) -> None:
+        """Refuse Redis views written with another layout (LayoutMismatch), else record ours."""
+        self._with_redis_retry(lambda: ensure_layout(self.redis, self.layout_partitions))
+
     def run(self) -> None:
-        self.consumer.subscribe(self)
-        log.info("consuming", extra={"fields": {"kafka_client": self.consumer.name}})
-        last_report = last_recommit = time.monotonic()
         try:
+            self.check_layout()  # before consuming: views of another layout are refused
+            self.consumer.subscribe(self)
+            log.info("consuming", extra={"fields": {"kafka_client": self.consumer.name}})
+            last_report = last_recommit = time.monotonic()
             while self.running:
                 records = self.consumer.poll(self.settings.batch_max, self.settings.batch_timeout_s)
                 if records:
@@ -137,6 +214,7 @@ class Processor:
                     last_recommit = time.monotonic()
                     self.finish_inflight()
                     self._verify_stored_offsets()
+                    self.drain_outboxes()
                     self._recommit_lagging()
                     self._update_lag()
                 if time.monotonic() - last_report >= 10:
@@ -148,73 +226,287 @@ class Processor:
     def process(self, records: list[RawRecord]) -> None:
         """Apply one fetched batch (natural batching: the consumer returns what it has, up to
         batch_max, so batches grow under load and a lone record is applied at once)."""
-        batch = Batch(max_future_ms=self.max_future_ms)
+        batches: dict[int, Batch] = {}
         positions = self.positions
+        max_future = self.max_future_ms
+        stale = 0
         # Never re-apply: a client that hands back records at or below what was applied (a
-        # fetch racing a seek) would double-count the running totals.
-        stale = batch.add_all(records, positions)
+        # fetch racing a seek) would double-count the running totals. Records come in runs of
+        # one partition; each run is folded in one loop into its partition's batch.
+        for partition, run in groupby(records, _PARTITION):
+            found = batches.get(partition)
+            if found is None:
+                found = batches[partition] = Batch(max_future_ms=max_future)
+            stale += found.add_all(run, positions)
         if stale:
             self.stats["stale"] += stale
-        if not batch.parts:
+            batches = {p: b for p, b in batches.items() if b.parts}
+        if not batches:
             return
+        parked = self._park_misrouted(batches, records)
         now_ms = time.time_ns() // 1_000_000
-        keys, args = batch.script_call(
-            self.settings.topic, self.positions, now_ms, self.history_ms, self.max_future_ms
-        )
+        calls = self._calls(batches, parked, now_ms)
         # Folded while the previous batch was being applied; it counted on that one's offsets.
         refused = self.finish_inflight()
-        if refused is not None:
-            self._reread(batch, refused)
+        if refused:
+            self._reread(batches, refused)
             return
-        self._dead_letter(batch)
-        before = {p: positions.get(p, NO_OFFSET) for p in batch.parts}
-        for partition, (_first, last) in batch.parts.items():
-            positions[partition] = last  # as if applied: the next batch expects these
-        reply = self._applier.submit(self._apply, keys, args)
-        self.inflight = InFlight(batch, reply, now_ms, before)
+        for batch in batches.values():
+            self._dead_letter(batch)
+        before = {p: positions.get(p, NO_OFFSET) for p in batches}
+        for partition, batch in batches.items():
+            positions[partition] = batch.parts[partition][1]  # as if applied: the next expects it
+        reply = self._applier.submit(self._apply, calls)
+        self.inflight = InFlight(batches, calls, reply, now_ms, before, set(parked))
 
-    def _apply(self, keys: list[str], args: list[Any]) -> Any:
-        """On the apply thread: one script call, retried while Redis is unavailable."""
+    def _calls(
+        self, batches: dict[int, Batch], parked: dict[int, list[str]], now_ms: int
+    ) -> list[Call]:
+        """The script calls of one fetched batch: one per partition, or (batch style, one Redis
+        node) one for all."""
+        n, topic = self.layout_partitions, self.settings.topic
+        groups: list[Group] = []
+        for partition, batch in batches.items():
+            (group,) = batch.groups(self.positions, n)
+            group.out = parked.get(partition, [])
+            groups.append(group)
+        history, future = self.history_ms, self.max_future_ms
+        if self.apply_style == "batch":
+            keys, args = apply_call(groups, topic, n, now_ms, history, future)
+            return [Call(list(batches), keys, args)]
+        calls = []
+        for group in groups:
+            keys, args = apply_call([group], topic, n, now_ms, history, future)
+            calls.append(Call([group.tag], keys, args))
+        return calls
+
+    def _home(self, symbol: str) -> int:
+        home = self._homes.get(symbol)
+        if home is None:
+            if len(self._homes) >= 100_000:
+                self._homes.clear()
+            home = self._homes[symbol] = home_partition(symbol, self.layout_partitions)
+        return home
+
+    def _park_misrouted(
+        self, batches: dict[int, Batch], records: list[RawRecord]
+    ) -> dict[int, list[str]]:
+        """Take every misrouted record out of its partition's batch (rare: the fold is redone
+        for that partition) into outbox entries, one per home partition: partition -> entries.
+        The partition's fence still covers them: they are parked in the same atomic step."""
+        homes = self._homes
+        suspect = []
+        for partition, batch in batches.items():
+            for symbol in batch.symbols:
+                home = homes.get(symbol)
+                if home is None:
+                    home = self._home(symbol)
+                if home != partition:
+                    suspect.append(partition)
+                    break
+        parked: dict[int, list[str]] = {}
+        for partition in suspect:
+            old = batches[partition]
+            main = Batch(max_future_ms=self.max_future_ms)
+            away: dict[int, list[list[object]]] = {}
+            floor = self.positions.get(partition, NO_OFFSET)
+            for record in records:
+                if record.partition != partition or record.offset <= floor:
+                    continue
+                name = record_symbol(record.value, self.max_future_ms)
+                home = partition if name is None else self._home(name)
+                if home == partition or record.value is None:
+                    main.add(record)
+                else:
+                    away.setdefault(home, []).append([record.offset, record.value.decode()])
+            main.parts[partition] = list(old.parts[partition])  # the fence covers them all
+            main.records = old.records
+            main.misrouted = sum(len(rows) for rows in away.values())
+            batches[partition] = main
+            parked[partition] = [
+                orjson.dumps({"q": partition, "h": home, "r": rows}).decode()
+                for home, rows in away.items()
+            ]
+            self.warn.warning(
+                f"misrouted-{partition}",
+                "records on a partition other than their symbol's home partition (a producer "
+                "keyed differently, or a changed partition count): parked, then applied at "
+                "their symbols' home",
+                partition=partition,
+                homes={h: len(rows) for h, rows in away.items()},
+                layout_partitions=self.layout_partitions,
+            )
+        return parked
+
+    def _apply(self, calls: list[Call]) -> Any:
+        """On the apply thread: the calls in one round trip, retried while Redis is
+        unavailable (a call applied before a lost reply is refused by its fence on the retry,
+        and recognized as ours, see finish_inflight)."""
         started = time.perf_counter()
-        reply = self._with_redis_retry(lambda: self.apply_script(keys=keys, args=args))
+        reply = self._with_redis_retry(lambda: self.runner.many([(c.keys, c.args) for c in calls]))
         self.metrics.redis_apply.observe(time.perf_counter() - started)
         return reply
 
-    def finish_inflight(self) -> Batch | None:
-        """Wait for the batch in flight, if any, and settle it; returns it if Redis refused it
-        (its partitions are re-sought from the stored offsets; positions are Redis's again)."""
+    def finish_inflight(self) -> set[int] | None:
+        """Wait for the batch in flight, if any, and settle it; returns the partitions Redis
+        refused (re-sought from the stored offsets; their positions are Redis's again)."""
         pending, self.inflight = self.inflight, None
         if pending is None:
             return None
-        reply = pending.reply.result()  # re-raises what the apply thread raised
-        batch = pending.batch
-        if int(reply[0]) == 0:
-            self.positions.update(pending.before)
-            self._resolve_conflicts(parse_conflicts(reply), batch)
-            return batch
-        self.stats["records"] += batch.records
-        self.stats["batches"] += 1
-        self._observe(batch, pending.now_ms)
-        self._commit(batch)
-        return None
+        replies = pending.reply.result()  # re-raises what the apply thread raised
+        applied: list[int] = []
+        refused: set[int] = set()
+        conflicts: dict[int, int] = {}
+        for call, reply in zip(pending.calls, replies, strict=True):
+            if int(reply[0]) == 1:
+                applied += call.partitions
+                continue
+            stored = parse_conflicts(reply)
+            lasts = {p: pending.batches[p].parts[p][1] for p in call.partitions}
+            if all(stored.get(p) == last for p, last in lasts.items()):
+                # Redis holds exactly this call's offsets: our own apply, whose reply was lost
+                # (a retry after a broken connection or a failover). Applied, exactly once.
+                applied += call.partitions
+                continue
+            refused.update(call.partitions)
+            conflicts.update(stored)
+        if applied:
+            done = [pending.batches[p] for p in applied]
+            self.stats["batches"] += 1
+            self.stats["records"] += sum(b.records for b in done)
+            self.stats["misrouted"] += sum(b.misrouted for b in done)
+            self._observe(done, pending.now_ms)
+            self._try_commit({p: pending.batches[p].parts[p][1] + 1 for p in applied})
+            if pending.parked & set(applied):
+                self.drain_outboxes(sorted(pending.parked & set(applied)))
+        if not refused:
+            return None
+        for partition in refused:
+            self.positions[partition] = pending.before[partition]
+        self._resolve_conflicts(
+            conflicts, {p: pending.batches[p].parts[p] for p in sorted(refused)}
+        )
+        return refused
 
-    def _reread(self, batch: Batch, refused: Batch) -> None:
+    def _reread(self, batches: dict[int, Batch], refused: set[int]) -> None:
         """A folded batch not sent (the one before it was refused): seek its partitions back to
-        its first records, except those of the refused batch, re-sought below it already."""
-        for partition, (first, _last) in batch.parts.items():
-            if partition in refused.parts:
+        their first records, except those refused, re-sought below it already."""
+        for partition, batch in batches.items():
+            if partition in refused:
                 continue
             try:
-                self.consumer.seek(partition, first)
+                self.consumer.seek(partition, batch.parts[partition][0])
             except ConsumerError as exc:  # revoked meanwhile: its new owner resumes from Redis
                 self.warn.warning("seek", "seek failed", **{"error.message": str(exc)})
 
-    def _observe(self, batch: Batch, now_ms: int) -> None:
-        self.metrics.batch_size.observe(batch.records)
+    # --- misrouted records: the outboxes ---------------------------------------------------------
+    def drain_outboxes(self, partitions: Iterable[int] | None = None) -> None:
+        """Apply every parked entry of our partitions' outboxes at its symbols' home, then
+        remove it. Safe to repeat and to race with another member (a zombie): the home's fence
+        for the source partition admits each record once."""
+        topic, n = self.settings.topic, self.layout_partitions
+        owned = sorted(self.positions) if partitions is None else list(partitions)
+        if not owned:
+            return
+
+        def lengths() -> list[int]:
+            pipe = self.redis.pipeline(transaction=False)
+            for q in owned:
+                pipe.llen(outbox_key(topic, q, n))
+            return [int(x) for x in pipe.execute()]
+
+        for q, length in zip(owned, self._with_redis_retry(lengths), strict=True):
+            if not length:
+                continue
+            key = outbox_key(topic, q, n)
+            entries: list[bytes] = self._with_redis_retry(
+                lambda key=key: self.redis.lrange(key, 0, -1)
+            )
+            for entry in entries:
+                self._drain_entry(q, entry)
+                self._with_redis_retry(lambda key=key, entry=entry: self.redis.lrem(key, 1, entry))
+
+    def _drain_entry(self, q: int, entry: bytes) -> int:
+        """Apply one parked entry at home (the records above the home's fence for ``q``);
+        returns how many records it applied."""
+        doc = orjson.loads(entry)
+        home, rows = int(doc["h"]), doc["r"]
+        topic, n = self.settings.topic, self.layout_partitions
+        fence_key = offsets_key(topic, home, n)
+        while True:
+            raw = self._with_redis_retry(lambda: self.redis.hget(fence_key, str(q)))
+            fence = NO_OFFSET if raw is None else int(raw)
+            batch = Batch(max_future_ms=self.max_future_ms)
+            last = fence
+            for offset, value in rows:
+                if offset > fence:
+                    batch.add(RawRecord(q, offset, value.encode()))
+                    last = max(last, offset)
+            if not batch.symbols:
+                applied = 0
+                break
+            group = Group(home, [[str(q), str(fence), str(last)]], list(batch.symbols.items()))
+            now_ms = time.time_ns() // 1_000_000
+            keys, args = apply_call([group], topic, n, now_ms, self.history_ms, self.max_future_ms)
+            reply = self._with_redis_retry(lambda keys=keys, args=args: self.runner(keys, args))
+            if int(reply[0]) == 1:
+                applied = batch.records
+                break
+            # another member drained it meanwhile (or Redis went back): read the fence again
+        pair = (q, home)
+        kept = self._drained.setdefault(pair, deque(maxlen=_DRAINED_KEPT))
+        kept.append(entry)
+        self._drained_fence[pair] = max(self._drained_fence.get(pair, NO_OFFSET), last)
+        return applied
+
+    def _verify_drained(self) -> None:
+        """A home whose fence for one of our partitions went below what we applied there lost
+        those writes (a failover to a replica that lagged): apply them again from memory."""
+        pairs = [pair for pair in self._drained_fence if pair[0] in self.positions]
+        if not pairs:
+            return
+        topic, n = self.settings.topic, self.layout_partitions
+
+        def fences() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for q, home in pairs:
+                pipe.hget(offsets_key(topic, home, n), str(q))
+            return list(pipe.execute())
+
+        for (q, home), raw in zip(pairs, self._with_redis_retry(fences), strict=True):
+            stored = NO_OFFSET if raw is None else int(raw)
+            if stored >= self._drained_fence[(q, home)]:
+                continue
+            kept = list(self._drained[(q, home)])
+            oldest = min((r[0] for e in kept for r in orjson.loads(e)["r"]), default=None)
+            evicted = len(kept) >= _DRAINED_KEPT  # older entries may have left the memory
+            if oldest is None or (evicted and oldest > stored + 1):
+                log.error(
+                    "misrouted records applied at their home were lost by Redis and are no "
+                    "longer in memory; run `csp rebuild`",
+                    extra={"fields": {"partition": q, "home": home, "stored": stored}},
+                )
+            self.warn.warning(
+                "misrouted-lost",
+                "Redis lost misrouted records applied at their home; applying them again",
+                partition=q,
+                home=home,
+                stored=stored,
+                believed=self._drained_fence[(q, home)],
+            )
+            self._drained_fence[(q, home)] = stored
+            for entry in kept:
+                self.stats["misrouted_reapplied"] += self._drain_entry(q, entry)
+
+    def _observe(self, batches: list[Batch], now_ms: int) -> None:
+        """One applied fetched batch (its applied partitions)."""
+        self.metrics.batch_size.observe(sum(b.records for b in batches))
         now_us = now_ms * 1000
-        for views in batch.symbols.values():
-            self.metrics.event_to_visible.observe(max(0, now_ms - views.latest.event_time) / 1e3)
-            self.metrics.ingest_to_visible.observe(max(0, now_us - views.ingest_us) / 1e6)
+        event, ingest = self.metrics.event_to_visible, self.metrics.ingest_to_visible
+        for batch in batches:
+            for views in batch.symbols.values():
+                event.observe(max(0, now_ms - views.latest.event_time) / 1e3)
+                ingest.observe(max(0, now_us - views.ingest_us) / 1e6)
 
     def _update_lag(self) -> None:
         highs = self.consumer.high_watermarks(list(self.positions))
@@ -222,7 +514,7 @@ class Processor:
             p: max(0, highs[p] - (pos + 1)) for p, pos in self.positions.items() if p in highs
         }
 
-    def _resolve_conflicts(self, stored: dict[int, int], batch: Batch | BookBatch) -> None:
+    def _resolve_conflicts(self, stored: dict[int, int], parts: dict[int, list[int]]) -> None:
         """Redis holds other offsets than we believed: nothing was applied; re-read from Redis's.
 
         Causes: another member applied the partition meanwhile (we are a zombie), or Redis lost
@@ -235,7 +527,7 @@ class Processor:
             stored=stored,
             believed={p: self.positions.get(p) for p in stored},
         )
-        for partition, (first, _last) in batch.parts.items():
+        for partition, (first, _last) in parts.items():
             if partition in stored:
                 self.positions[partition] = stored[partition]
                 offset = _next(stored[partition])
@@ -255,6 +547,7 @@ class Processor:
         themselves from the topic; ``csp rebuild`` is not needed. (A stored offset above ours
         means we are a zombie; the next apply's compare-and-set handles that.)
         """
+        self._verify_drained()
         mine = [p for p, pos in self.positions.items() if pos != NO_OFFSET]
         if not mine:
             return
@@ -331,9 +624,6 @@ class Processor:
         self.stats["kafka_errors"] += 1
         self.warn.warning("dlq-producer", "DLQ producer error", **{"error.message": str(err)})
 
-    def _commit(self, batch: Batch) -> None:
-        self._try_commit({p: last + 1 for p, (_f, last) in batch.parts.items()})
-
     def _recommit_lagging(self) -> None:
         """Async commits fail during rebalances; retry until Kafka holds what Redis holds."""
         committed = self.consumer.committed
@@ -370,7 +660,7 @@ class Processor:
         while True:
             try:
                 return call()
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            except RETRYABLE as exc:
                 if not self.running:
                     raise
                 self.warn.warning(
@@ -393,10 +683,12 @@ class Processor:
         def done() -> bool:
             return all(self.positions[p] >= ends[p] - 1 for p in partitions)
 
+        self.check_layout()
         while self.running:
             if done():
                 self.finish_inflight()
                 if done():  # and not re-sought by a refused last batch
+                    self.drain_outboxes()
                     break
             records = self.consumer.poll(self.settings.batch_max, self.settings.batch_timeout_s)
             if records:
@@ -423,13 +715,17 @@ def _next(position: int) -> int:
     return position + 1 if position != NO_OFFSET else BEGINNING
 
 
-def delete_views(client: redis.Redis, topic: str, depth_topic: str | None = None) -> int:
-    """Remove every derived key (admin use only: SCAN over our own fixed prefixes). The books
-    (``book:*``) go too, with the depth topic's offsets, so a running books processor sees its
-    offsets go back and re-applies raw.depth from its start."""
+def delete_views(client: Client, topic: str, depth_topic: str | None = None) -> int:
+    """Remove every derived key (admin use only: SCAN over our own fixed prefixes, on every
+    master of a cluster). The books (``book:*``) go too, with the depth topic's offsets, so a
+    running books processor sees its offsets go back and re-applies raw.depth from its start.
+    Keys of the layout before hash tags (``offsets:TOPIC``, ``symbols``) go as well."""
+    patterns = [prefix + "*" for prefix in VIEW_PREFIXES]
+    for name in (topic, depth_topic):
+        if name:
+            patterns.append(f"{OFFSETS_PREFIX}*:{name}")
     deleted = 0
-    for prefix in VIEW_PREFIXES:
-        pattern = prefix + "*"
+    for pattern in patterns:
         batch = []
         for key in client.scan_iter(match=pattern, count=1000):
             batch.append(key)
@@ -438,9 +734,36 @@ def delete_views(client: redis.Redis, topic: str, depth_topic: str | None = None
                 batch = []
         if batch:
             deleted += int(client.unlink(*batch))
-    extra = [offsets_key(depth_topic)] if depth_topic else []
-    deleted += int(client.unlink(SYMBOLS_KEY, offsets_key(topic), *extra))
+    legacy = [OFFSETS_PREFIX + topic, "symbols", LAYOUT_KEY]
+    if depth_topic:
+        legacy.append(OFFSETS_PREFIX + depth_topic)
+    for key in legacy:  # one by one: on a cluster, keys of different slots
+        deleted += int(client.unlink(key))
     return deleted
+
+
+_STARTUP_RETRYABLE: tuple[type[Exception], ...] = (*RETRYABLE, RedisClusterException)
+
+
+def _client(settings: Settings) -> Client:
+    """The processor's Redis client; on a cluster, retried until a node answers (the cluster
+    client needs the slot map before its first command)."""
+    delay = 0.5
+    while True:
+        try:
+            return make_client(
+                settings.redis_url,
+                settings.redis_cluster,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+            )
+        except _STARTUP_RETRYABLE as exc:  # "cannot be connected" while no node answers
+            log.warning(
+                "Redis Cluster not reachable yet; retrying",
+                extra={"fields": {"error.message": str(exc)}},
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def rebuild(settings: Settings) -> int:
@@ -449,7 +772,7 @@ def rebuild(settings: Settings) -> int:
     require_topic(
         settings.kafka, settings.topic, settings.partitions, settings.kafka_connect_timeout_s
     )
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    client = _client(settings)
     deleted = delete_views(client, settings.topic, settings.depth_topic)
     log.info("views deleted", extra={"fields": {"keys": deleted}})
     rebuild_settings = settings.model_copy(update={"group_id": f"{settings.group_id}-rebuild"})
@@ -481,7 +804,7 @@ def main(settings: Settings) -> int:
     if auth_error is not None:
         log.error(auth_error)
         return 2
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    client = _client(settings)
     books: Processor | None = None
     try:
         processor = Processor(settings, client)
@@ -513,6 +836,9 @@ def main(settings: Settings) -> int:
         thread.start()
     try:
         _run(processor)
+    except LayoutMismatch as exc:
+        log.error(str(exc))
+        return 2
     finally:
         if books is not None and thread is not None:
             books.running = False
@@ -523,7 +849,7 @@ def main(settings: Settings) -> int:
 def _run(processor: Processor) -> None:
     try:
         processor.run()
-    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+    except RETRYABLE as exc:
         if processor.running:  # not a stop request: the retry loop gave up on its own
             raise
         # Asked to stop while waiting for Redis: nothing was applied that is not recorded

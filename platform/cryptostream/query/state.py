@@ -40,16 +40,36 @@ class QueryState:
     @property
     def store(self) -> RedisStore:
         if self._store is None:  # only before the lifespan started (e.g. a misconfigured test)
-            self._store = RedisStore(
-                self.settings.redis_url, timeout=self.settings.query_redis_timeout_s
-            )
+            self._store = self._new_store()
         return self._store
 
-    async def start(self) -> None:
-        self._store = RedisStore(
-            self.settings.redis_url, timeout=self.settings.query_redis_timeout_s
+    def _new_store(self) -> RedisStore:
+        settings = self.settings
+        return RedisStore(
+            settings.redis_url,
+            timeout=settings.query_redis_timeout_s,
+            partitions=settings.partitions,
+            cluster=settings.redis_cluster,
         )
+
+    async def start(self) -> None:
+        self._store = self._new_store()
         self.hub.start()
+        await self._check_layout(self._store)
+
+    async def _check_layout(self, store: RedisStore) -> None:
+        """Say so at start if Redis holds views of another partition count: every symbol's
+        keys would be looked up under the wrong tag (404s). Not fatal: Redis may be down."""
+        try:
+            stored = await store.layout_partitions()
+        except StoreUnavailable:
+            return
+        if stored is not None and stored != self.settings.partitions:
+            log.error(
+                "Redis holds views written with another partition count: set CSP_PARTITIONS "
+                "to the processors' (or run `csp rebuild` with this one)",
+                extra={"fields": {"stored": stored, "CSP_PARTITIONS": self.settings.partitions}},
+            )
 
     async def stop(self) -> None:
         await self.hub.stop()

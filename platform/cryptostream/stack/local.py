@@ -2,7 +2,9 @@
 
 ``CSP_KAFKA_BROKERS=3`` makes Kafka a replicated cluster of three KRaft nodes
 (:class:`~cryptostream.stack.cluster.KafkaCluster`); ``kafka`` is then its first node and
-``cluster`` all of them."""
+``cluster`` all of them. ``CSP_REDIS_CLUSTER=true`` makes Redis a Redis Cluster of 3 masters
+with a replica each (:class:`~cryptostream.stack.redis_cluster.RedisCluster`, in
+``redis_cluster``; ``redis_url`` is then its seed node's)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from cryptostream.config import Settings
 from cryptostream.kafka_connection import KafkaConnection
 from cryptostream.stack.cluster import KafkaCluster
 from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
+from cryptostream.stack.redis_cluster import RedisCluster
 from cryptostream.stack.redis_server import RedisServer, check_redis_server
 
 
@@ -26,6 +29,7 @@ class LocalStack:
     kafka: KafkaBroker | None = None
     cluster: KafkaCluster | None = None
     redis: RedisServer | None = None
+    redis_cluster: RedisCluster | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def start(self) -> LocalStack:
@@ -36,7 +40,14 @@ class LocalStack:
         try:
             t1 = time.monotonic()
             self.workdir = self.workdir.resolve()
-            self.redis = RedisServer(self.workdir / "redis", port=self.redis_port).start()
+            if self.settings.redis_cluster:
+                self.redis_cluster = RedisCluster(
+                    self.workdir / "redis-cluster",
+                    node_timeout_ms=self.settings.redis_cluster_node_timeout_ms,
+                ).start()
+                self.redis = self.redis_cluster.nodes[0]
+            else:
+                self.redis = RedisServer(self.workdir / "redis", port=self.redis_port).start()
             self.timings["redis_s"] = time.monotonic() - t1
             t2 = time.monotonic()
             if self.settings.kafka_brokers > 1:
@@ -75,6 +86,8 @@ class LocalStack:
 
     @property
     def redis_url(self) -> str:
+        if self.redis_cluster is not None:
+            return self.redis_cluster.url
         assert self.redis is not None
         return self.redis.url
 
@@ -83,7 +96,9 @@ class LocalStack:
             self.cluster.stop()
         elif self.kafka is not None:
             self.kafka.stop()
-        if self.redis is not None:
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
+        elif self.redis is not None:
             self.redis.stop()
 
     def __enter__(self) -> LocalStack:

@@ -588,7 +588,10 @@ class DirectLoad:
                     wants_locust
                     and locust_proc is None
                     and elapsed >= w.warmup_s
-                    and (elapsed >= trial.duration_s / 2 or prices_present(probe.redis, names))
+                    and (
+                        elapsed >= trial.duration_s / 2
+                        or prices_present(probe.redis, names, len(probe.partitions))
+                    )
                 ):
                     assert query_url is not None
                     served_before = (time.monotonic(), server_requests(query_url))
@@ -881,10 +884,10 @@ def server_requests(base_url: str) -> float | None:
     return total
 
 
-def prices_present(client: redis.Redis, symbols: list[str]) -> bool:
+def prices_present(client: redis.Redis, symbols: list[str], partitions: int) -> bool:
     pipe = client.pipeline(transaction=False)
     for symbol in symbols:
-        pipe.exists(price_key(symbol))
+        pipe.exists(price_key(symbol, partitions))
     return all(pipe.execute())
 
 

@@ -24,8 +24,8 @@ import psutil
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from cryptostream.core.keys import offsets_key
 from cryptostream.kafka_connection import KafkaConnection
+from cryptostream.redisconn import stored_offsets
 from cryptostream_lab.checker import read_views
 from cryptostream_lab.harness import stats
 from cryptostream_lab.harness.schedule import VisibilityTracker
@@ -56,10 +56,10 @@ class OffsetProbe:
         return out
 
     def applied(self) -> dict[int, int]:
-        stored = self.redis.hgetall(offsets_key(self.topic))
+        stored = stored_offsets(self.redis, self.topic, self.partitions, len(self.partitions))
         out = dict.fromkeys(self.partitions, 0)
-        for key, value in stored.items():
-            out[int(key)] = int(value) + 1
+        for partition, value in stored.items():
+            out[partition] = value + 1
         return out
 
     def close(self) -> None:
