@@ -352,8 +352,9 @@ def _start_upstream(
 
 
 def test_ingest_simulator_network_faults(isolated: Env, toxiproxy: Toxi) -> None:
-    """The WebSocket is reset, then black-holed (ingest's silence watchdog replaces it; new
-    connections hang too until the fault clears); the gaps are recorded and backfilled."""
+    """The WebSocket is slowed (latency with jitter, then a bandwidth limit below the stream's
+    rate), reset, then black-holed (ingest's silence watchdog replaces it; new connections hang
+    too until the fault clears); the gaps are recorded and backfilled."""
     pipeline = Pipeline(
         isolated.workdir,
         isolated.settings.kafka_bootstrap,
@@ -362,7 +363,7 @@ def test_ingest_simulator_network_faults(isolated: Env, toxiproxy: Toxi) -> None
         extra_env=isolated.env,
     )
     try:
-        sim = _start_upstream(pipeline, toxiproxy.client, seconds=50)
+        sim = _start_upstream(pipeline, toxiproxy.client, seconds=75)
         run = FaultRun("net-ingest-simulator", NETWORK, pipeline, isolated.settings)
         run.progress = lambda: run.probe.latest_ids(UPSTREAM_SYMBOLS)
         wait_for(
@@ -371,14 +372,18 @@ def test_ingest_simulator_network_faults(isolated: Env, toxiproxy: Toxi) -> None
             "the first trades in Redis",
         )
         tp = toxiproxy.client
-        for label, kind, seconds in (
-            ("ws: connection reset", "reset_peer", 2.0),
-            ("ws: black hole 8 s", "timeout", 8.0),
+        for label, kind, attributes, seconds in (
+            ("ws: latency 150±100 ms", "latency", {"latency": 150, "jitter": 100}, 6.0),
+            ("ws: connection reset", "reset_peer", {"timeout": 0}, 2.0),
+            ("ws: bandwidth 8 KB/s", "bandwidth", {"rate": 8}, 8.0),  # below the stream's rate
+            ("ws: black hole 8 s", "timeout", {"timeout": 0}, 8.0),
         ):
             run.pause()
 
-            def action(kind: str = kind, seconds: float = seconds) -> None:
-                names = [tp.add_toxic("ws", kind, {"timeout": 0}, stream=s) for s in BOTH]
+            def action(
+                kind: str = kind, attributes: dict[str, int] = attributes, seconds: float = seconds
+            ) -> None:
+                names = [tp.add_toxic("ws", kind, attributes, stream=s) for s in BOTH]
                 time.sleep(seconds)
                 for name in names:
                     tp.remove_toxic("ws", name)
