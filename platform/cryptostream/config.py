@@ -127,10 +127,10 @@ class Settings(BaseSettings):
     batch_timeout_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
     candle_history_minutes: int = Field(1440, ge=1, description="1m candles kept per symbol")
     processor_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")
-    processor_apply: Literal["auto", "batch", "partition"] = Field(
-        "auto",
-        description="one script call per fetched batch (batch: one Redis node only) or one per "
-        "partition, pipelined (partition); auto: partition on a cluster, batch on one node",
+    processor_apply: Literal["batch", "partition"] = Field(
+        "partition",
+        description="one script call per partition, pipelined (partition: both topologies) or "
+        "one per fetched batch (batch: one Redis node only)",
     )
     processor_max_future_s: float = Field(
         600.0, ge=0, description="a trade timed further after its ingest time goes to the DLQ"
@@ -271,13 +271,6 @@ class Settings(BaseSettings):
                 "cannot prove the view has seen every write"
             )
         return self
-
-    @property
-    def processor_apply_style(self) -> Literal["batch", "partition"]:
-        """The apply style in effect (``auto`` resolved)."""
-        if self.processor_apply != "auto":
-            return self.processor_apply
-        return "partition" if self.redis_cluster else "batch"
 
     @field_validator("log_level")
     @classmethod

@@ -9,6 +9,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import orjson
+import psutil
 import pytest
 
 from cryptostream.config import Settings, describe_settings
@@ -101,11 +103,15 @@ def test_every_simulator_option_has_a_description() -> None:
 
 
 @pytest.mark.integration
-def test_stack_status_and_down(csp: Run, tmp_path: Path) -> None:
-    """A real `csp stack up`: status sees it and its servers, down stops it, status then not."""
+@pytest.mark.parametrize("redis_cluster", [False, True], ids=["redis", "redis-cluster"])
+def test_stack_status_and_down(csp: Run, tmp_path: Path, redis_cluster: bool) -> None:
+    """A real `csp stack up`: status sees it and its servers, down stops it, status then not.
+    With CSP_REDIS_CLUSTER=true its Redis is a cluster of 6 nodes, all gone after down."""
     assert csp("stack", "status").returncode == 1
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CSP_")}
     env["CSP_RUN_DIR"] = str(tmp_path)
+    if redis_cluster:
+        env["CSP_REDIS_CLUSTER"] = "true"
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [CSP, "stack", "up", "--no-create-topics"],
@@ -125,11 +131,23 @@ def test_stack_status_and_down(csp: Run, tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         assert f"stack up (pid {up.pid}): Kafka 127.0.0.1:" in status.stdout
         assert status.stdout.count(" answers") == 2
+        nodes = []
+        if redis_cluster:  # the other commands learn it from the stack file
+            assert orjson.loads((tmp_path / "stack.json").read_bytes())["redis_cluster"] is True
+            config = csp("config", CSP_RUN_DIR=str(tmp_path))
+            assert "CSP_REDIS_CLUSTER=true  # csp stack up" in config.stdout, config.stdout
+            nodes = [
+                p
+                for p in psutil.Process(up.pid).children(recursive=True)
+                if p.name() == "redis-server"
+            ]
+            assert len(nodes) == 6
         down = csp("stack", "down")
         assert down.returncode == 0, down.stdout + down.stderr
         assert down.stdout.strip() == f"stack stopped (pid {up.pid})"
         assert up.wait(timeout=5) == 0
         assert csp("stack", "status").returncode == 1
+        assert not [p for p in nodes if p.is_running() and p.status() != "zombie"]
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)

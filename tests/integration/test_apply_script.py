@@ -284,3 +284,28 @@ def test_a_far_future_record_cannot_trim_the_real_candles(isolated: Env) -> None
     kept = [int(s) for _m, s in r.zrange(candles("ETHUSDT"), 0, -1, withscores=True)]
     assert len(kept) == 6  # the five real minutes and the bad one: nothing trimmed
     r.close()
+
+
+def test_one_call_for_several_partitions_is_all_or_nothing(isolated: Env) -> None:
+    """CSP_PROCESSOR_APPLY=batch on one node: one call holds each partition's group (its own
+    offsets hash, symbol set and keys); a stale fence in one refuses the whole call."""
+    assert BTC != ETH
+    r = isolated.client()
+    script = r.register_script(APPLY_SCRIPT)
+    topic, day = isolated.settings.topic, str(1440 * 60_000)
+    batch = _batch(BTC, 10, [Trade("BTCUSDT", 1, "2", "1", 100, 101, False)])
+    for i, trade in enumerate([Trade("ETHUSDT", 1, "3", "1", 100, 101, False)]):
+        batch.add(RawRecord(ETH, 20 + i, encode_trade(trade, 1_718_000_000_123_456)))
+    assert _run(script, batch, topic, "1", day, {}) == [1, 2]
+    assert r.hget(offsets_key(topic, BTC, N), str(BTC)) == b"10"
+    assert r.hget(offsets_key(topic, ETH, N), str(ETH)) == b"20"
+    assert r.smembers(symbols_key(ETH, N)) == {b"ETHUSDT"}
+    later = _batch(BTC, 11, [Trade("BTCUSDT", 2, "4", "1", 102, 103, False)])
+    later.add(RawRecord(ETH, 21, encode_trade(Trade("ETHUSDT", 2, "5", "1", 102, 103, False), 1)))
+    # BTC's position is right, ETH's is stale: nothing of either is applied
+    reply = _run(script, later, topic, "1", day, {BTC: 10, ETH: 19})
+    assert parse_conflicts(reply) == {ETH: 20}
+    assert r.hget(price("BTCUSDT"), "price") == b"2" and r.hget(stats("ETHUSDT"), "trades") == b"1"
+    assert _run(script, later, topic, "1", day, {BTC: 10, ETH: 20}) == [1, 2]
+    assert (r.hget(price("BTCUSDT"), "price"), r.hget(price("ETHUSDT"), "price")) == (b"4", b"5")
+    r.close()

@@ -106,9 +106,9 @@ def test_cluster_settings_refuse_what_a_cluster_cannot_do() -> None:
 
     from cryptostream.config import Settings
 
-    assert Settings(redis_cluster=True).processor_apply_style == "partition"
-    assert Settings().processor_apply_style == "batch"
-    assert Settings(processor_apply="partition").processor_apply_style == "partition"
+    assert Settings(redis_cluster=True).processor_apply == "partition"
+    assert Settings().processor_apply == "partition"
+    assert Settings(processor_apply="batch").processor_apply == "batch"  # one node: allowed
     for bad, message in (
         ({"redis_url": "redis://127.0.0.1:7000/2"}, "database 0 only"),
         ({"processor_apply": "batch"}, "needs one Redis node"),

@@ -6,10 +6,10 @@ is assigned to us resumes from the offset stored in Redis. Kafka offsets are com
 only so that lag tooling works.
 
 A fetched batch is folded per partition, and each partition's views and fence live under that
-partition's hash tag (core/keys.py), so one apply touches one hash slot. On one Redis node the
-whole batch is one script call (``CSP_PROCESSOR_APPLY=batch``, the default there) or one call
-per partition in one pipelined round trip (``partition``); on a Redis Cluster it is always one
-call per partition, pipelined (one round trip per node, in parallel). Each call is atomic on
+partition's hash tag (core/keys.py), so one apply touches one hash slot. The batch is sent as one
+script call per partition in one pipelined round trip (``CSP_PROCESSOR_APPLY=partition``, the
+default; on a Redis Cluster one round trip per node, in parallel), or on one Redis node as one
+call for the whole batch (``batch``: measured no faster, see the README). Each call is atomic on
 its own: a refused call (its partition's fence) leaves the others applied.
 
 Applies are pipelined: while Redis runs batch N's script (on an apply thread that waits on the
@@ -125,7 +125,7 @@ class Processor:
         self.settings = settings
         self.redis = redis_client
         self.layout_partitions = settings.partitions  # the key layout's partition count
-        self.apply_style = settings.processor_apply_style
+        self.apply_style = settings.processor_apply
         self.runner = ScriptRunner(redis_client, APPLY_SCRIPT)
         self.dlq: Producer = make_producer(settings, error_cb=self._on_dlq_error)
         self.max_future_ms = int(settings.processor_max_future_s * 1000)
