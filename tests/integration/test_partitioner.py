@@ -20,7 +20,7 @@ KEYS = [f"S{i:03d}USDT" for i in range(300)] + ["BTCUSDT", "ETHUSDT", "btcusdt",
 @pytest.mark.parametrize("partitions", [8, 5])
 def test_records_land_in_the_computed_partition(isolated: Env, partitions: int) -> None:
     topic = f"{isolated.settings.topic}.p{partitions}"
-    create_topics(isolated.settings.kafka_bootstrap, [TopicSpec(topic, partitions, 1)])
+    create_topics(isolated.settings.kafka, [TopicSpec(topic, partitions, 1)])
     producer = Producer(producer_config(isolated.settings))  # the services' partitioner
     for key in KEYS:
         producer.produce(topic, key.encode() or b"-", key.encode())

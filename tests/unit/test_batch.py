@@ -14,6 +14,7 @@ from cryptostream.processor.batch import (
     _dec,
     apply_call,
     parse_conflicts,
+    symbol_row,
 )
 
 N = 8  # the layout's partition count in these tests
@@ -70,7 +71,9 @@ def test_one_fetch_folded_at_once_skips_what_was_applied_and_equals_one_by_one()
     assert batch.parts == one_by_one.parts == {0: [10, 12], 1: [4, 4], 2: [0, 0]}
     assert batch.records == one_by_one.records == 5
     assert [(p.record.offset, p.reason) for p in batch.poison] == [(12, "record has no value")]
-    assert batch.script_payload({}, 1) == one_by_one.script_payload({}, 1)
+    rows = {s: symbol_row(s, v, 0) for s, v in batch.symbols.items()}
+    assert rows == {s: symbol_row(s, v, 0) for s, v in one_by_one.symbols.items()}
+    assert set(rows) == {"BTCUSDT", "ETHUSDT"}
 
 
 def test_script_call_carries_numbers_as_strings_and_declares_every_key() -> None:
