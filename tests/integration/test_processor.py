@@ -291,8 +291,14 @@ def test_misrouted_records_are_applied_at_their_home_exactly_once(isolated: Env)
         )
         _check(isolated)
         alive()
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        assert "csp_processor_misrouted_total" in text
+        wait_for(  # the survivor's metrics server may still be starting on a loaded machine
+            lambda: (
+                "csp_processor_misrouted_total"
+                in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            ),
+            30,
+            "the misrouted counter on the survivor's /metrics",
+        )
     finally:
         pipeline.stop()
 

@@ -123,8 +123,10 @@ def test_hung_redis_answers_503_within_the_timeout_then_recovers(
                     answers = list(pool.map(timed_get, range(16)))
                 for status, body, elapsed in answers:
                     assert (status, body) == (503, {"error": "redis unavailable"})
-                    # Not before the deadline, and well short of a second one.
-                    assert HUNG_TIMEOUT_S * 0.9 <= elapsed < HUNG_TIMEOUT_S * 1.8, elapsed
+                    # Not long before the deadline, and well short of a second one. The
+                    # deadline is the connection's (one watchdog per Redis connection), so a
+                    # request that joins a connection already waiting may hear a little early.
+                    assert HUNG_TIMEOUT_S * 0.8 <= elapsed < HUNG_TIMEOUT_S * 1.8, elapsed
             finally:
                 os.kill(proc.proc.pid, signal.SIGCONT)
             wait_for(lambda: http.get("/price/BTCUSDT").status_code == 200, timeout=10)
