@@ -5,11 +5,13 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cryptostream.ingest.gaps import GapRecord
+from cryptostream.ingest.gaps import DepthBreakRecord, GapRecord
 from cryptostream.ingest.resume import (
     PartitionTail,
     Reopen,
     Scanned,
+    _Tail,
+    gap_records,
     resume_plan,
     start_offsets,
 )
@@ -149,3 +151,17 @@ def test_a_seeded_tracker_turns_the_downtime_into_a_reconnect_gap() -> None:
     assert tracker.observe(151, now=0.0)
     (gap,) = tracker.due(now=1.0, now_us=1)
     assert (gap.first, gap.last, gap.cause) == (101, 150, "reconnect")
+
+
+def test_undecodable_gap_records_are_reported_and_depth_breaks_skipped() -> None:
+    good = gap(3, 5, "detected")
+    depth_break = DepthBreakRecord("BTCUSDT", "depth_gap", 10, 12, "a diff was missed", 7, 8)
+    tails = {
+        0: _Tail(True, True, [(good.encode(), 1), (b"not json", 2)]),
+        1: _Tail(True, True, [(depth_break.encode(), 3), (None, 4)]),
+    }
+    records, bad = gap_records(tails)
+    assert records == [good]
+    assert len(bad) == 2
+    assert bad[0].startswith("partition 0, timestamp 2: ")
+    assert bad[1].startswith("partition 1, timestamp 4: ")

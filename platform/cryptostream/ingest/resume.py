@@ -49,7 +49,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from cryptostream.config import Settings
 from cryptostream.core.codec import DecodeError, decode_trade
 from cryptostream.core.idranges import subtract as _subtract
-from cryptostream.ingest.gaps import GapDecodeError, GapRecord, decode_gap
+from cryptostream.ingest.gaps import GapDecodeError, GapRecord, NotATradeGap, decode_gap
 from cryptostream.ingest.tracker import Cause
 from cryptostream.kafka_clients import make_consumer
 
@@ -282,15 +282,20 @@ def trade_tails(tails: dict[int, _Tail]) -> list[PartitionTail]:
     return out
 
 
-def gap_records(tails: dict[int, _Tail]) -> list[GapRecord]:
+def gap_records(tails: dict[int, _Tail]) -> tuple[list[GapRecord], list[str]]:
+    """The gap records of the scanned tails, and the reasons of those that do not decode (a gap
+    topic is written by ingest alone, so one that does not decode is reported, not skipped)."""
     out: list[GapRecord] = []
-    for tail in tails.values():
-        for value, _ts in tail.messages:
+    bad: list[str] = []
+    for partition, tail in tails.items():
+        for value, ts in tail.messages:
             try:
                 out.append(decode_gap(value))
-            except GapDecodeError:
+            except NotATradeGap:  # an order-book break: valid, and not about trades
                 continue
-    return out
+            except GapDecodeError as exc:
+                bad.append(f"partition {partition}, timestamp {ts}: {exc}")
+    return out, bad
 
 
 def read_resume_plan(
@@ -318,7 +323,14 @@ def read_resume_plan(
     finally:
         consumer.close()
     settle_ms = int((2 * settings.ingest_gap_grace_s + 5.0) * 1000)
-    plan = resume_plan(trade_tails(trades), gap_records(gaps), set(symbols), settle_ms)
+    records, undecodable = gap_records(gaps)
+    if undecodable:
+        log.warning(
+            "gap records that do not decode were left out of the resume plan: the holes they "
+            "would have reported are not known to this run",
+            extra={"fields": {"count": len(undecodable), "first": undecodable[:5]}},
+        )
+    plan = resume_plan(trade_tails(trades), records, set(symbols), settle_ms)
     log.info(
         "resuming from what raw.trades holds",
         extra={
@@ -326,6 +338,7 @@ def read_resume_plan(
                 "symbols_resumed": len(plan),
                 "records_read": sum(len(t.messages) for t in trades.values()),
                 "gap_records_read": sum(len(t.messages) for t in gaps.values()),
+                "gap_records_undecodable": len(undecodable),
                 "holes": sum(len(s.holes) for s in plan.values()),
                 "hole_ids": sum(hi - lo + 1 for s in plan.values() for lo, hi in s.holes),
                 "detections_reopened": sum(len(s.reopen) for s in plan.values()),
