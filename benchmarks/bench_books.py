@@ -56,6 +56,7 @@ from cryptostream.stack.supervisor import free_port
 from cryptostream.topics import TopicSpec, create_topics, required_topics
 from cryptostream_lab.checker import check_books
 from profiling import py_spy_argv, summarize_profile
+from resources import RoundResources
 
 STALL_S = 60
 DEPTH_TOPIC = "raw.depth"
@@ -241,11 +242,12 @@ def latency(
     rate: int,
     seconds: float,
     tree: Path | None = None,
+    parts: dict[str, int | None] | None = None,
 ) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url)
     client.flushall()
     port = free_port()
-    pipeline.start_processor(
+    processor = pipeline.start_processor(
         CSP_GROUP_ID=f"bench-books-latency-{time.monotonic_ns()}",
         CSP_PROCESSOR_METRICS_PORT=str(port),
         **tree_env(tree),
@@ -274,7 +276,9 @@ def latency(
         target=open_model_load, args=(settings, names, levels, rate, seconds)
     )
     load.start()
+    resources = RoundResources({**(parts or {}), "processor": processor.pid, "bench": os.getpid()})
     load.join(seconds + 60)
+    used = resources.finish()
     time.sleep(1)
     stop.set()
     listener.join()
@@ -287,6 +291,7 @@ def latency(
         f"p{q}": histogram.get_value_at_percentile(q) for q in (50, 90, 99, 99.9)
     }
     result["processor"] = breakdown
+    result["resources"] = used
     result |= {
         "max": histogram.get_max_value(),
         "updates": histogram.get_total_count(),
@@ -325,7 +330,9 @@ def open_model_load(
 ) -> None:
     """Snapshots first, then what the schedule says is due (open model), event time = now."""
     market = Market(names, seed=5)
-    producer = Producer(producer_config(settings, **{"linger.ms": 1}))
+    # ingest's own producer settings (its linger included): the load stands in for ingest,
+    # and a 1 ms linger doubled the broker's CPU (tiny produce requests) on these 2 cores
+    producer = Producer(producer_config(settings))
     now_us = time.time_ns() // 1000
     for symbol in names:
         _produce(producer, settings.depth_topic, symbol, market.snapshot(symbol, now_us))
@@ -389,6 +396,13 @@ def main() -> int:
     parser.add_argument("--levels", type=int, default=20, help="changed levels per diff event")
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument(
+        "--latency-warmup",
+        type=float,
+        default=40,
+        help="seconds of the latency load on a throw-away topic before the latency runs (0: "
+        "none), reported apart: the broker's JIT compiles the small requests' paths meanwhile",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="drains (of each variant)")
     parser.add_argument("--batch-max", default=os.environ.get("CSP_BATCH_MAX", "5000"))
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
@@ -473,7 +487,14 @@ def main() -> int:
             results["profiled_drain"] = drain(pipeline, settings, total, spy)
             results["profile"] = summarize_profile(spy, GROUPS)
             print(orjson.dumps(results["profile"], option=orjson.OPT_INDENT_2).decode(), flush=True)
-        for label, tree in variants:
+        parts = {
+            "broker": stack.kafka.process.pid if stack.kafka and stack.kafka.process else None,
+            "redis": stack.redis.process.pid if stack.redis and stack.redis.process else None,
+        }
+        schedule: list[tuple[str, Path | None]] = list(variants)
+        if args.latency_warmup > 0:
+            schedule.insert(0, ("warmup", None))
+        for label, tree in schedule:
             # a topic of its own per latency run, so it starts with nothing to catch up on
             topic = f"{DEPTH_TOPIC}.latency.{label}"
             lat_settings = settings.model_copy(update={"depth_topic": topic})
@@ -485,8 +506,12 @@ def main() -> int:
                 names[:3],
                 extra_env={**env, "CSP_DEPTH_TOPIC": topic},
             )
-            results["latency_ms" if label == "after" else "latency_ms_before"] = latency(
-                pipeline, lat_settings, names, args.levels, args.rate, args.latency_seconds, tree
+            seconds = args.latency_warmup if label == "warmup" else args.latency_seconds
+            key = {"after": "latency_ms", "before": "latency_ms_before"}.get(
+                label, "latency_warmup"
+            )
+            results[key] = latency(
+                pipeline, lat_settings, names, args.levels, args.rate, seconds, tree, parts
             )
         if before is not None:
             results["latency_p99_ratio_after_to_before"] = round(

@@ -61,6 +61,7 @@ from cryptostream.stack.redis_cluster import RedisCluster
 from cryptostream.topics import create_topics, required_topics
 from cryptostream_lab.harness import ceilings
 from profiling import py_spy_argv, summarize_profile
+from resources import RoundResources
 
 STALL_S = 60  # a drain with no progress for this long has failed (never hang the session)
 
@@ -248,6 +249,7 @@ def latency(
     rate: int,
     seconds: float,
     backend: str,
+    parts: dict[str, int | None] | None = None,
 ) -> dict[str, Any]:
     """Event -> visible at a steady rate, measured once the processor is consuming: a probe
     record is produced every 100 ms until its update is visible (the processor's start-up and
@@ -255,7 +257,9 @@ def latency(
     run (``per_second_max``), which tells a start-up transient from a slow round."""
     client = redis.Redis.from_url(settings.redis_url)
     client.flushall()
-    pipeline.start_processor(CSP_PROCESSOR_KAFKA_CLIENT=backend, CSP_GROUP_ID=f"lat-{backend}")
+    processor = pipeline.start_processor(
+        CSP_PROCESSOR_KAFKA_CLIENT=backend, CSP_GROUP_ID=f"lat-{backend}"
+    )
     histogram = HdrHistogram(1, 60_000, 3)  # ms
     per_second: dict[int, int] = {}
     stop = threading.Event()
@@ -304,7 +308,9 @@ def latency(
     if not load_ready.wait(60):
         raise RuntimeError("the load generator did not start within 60 s")
     measure_from[0] = time.time() + 1  # one second for the load to reach its rate
+    resources = RoundResources({**(parts or {}), "processor": processor.pid, "bench": os.getpid()})
     load.join(seconds + 60)
+    used = resources.finish()
     time.sleep(1)
     stop.set()
     listener.join()
@@ -320,6 +326,7 @@ def latency(
         "rate": rate,
         "seconds": seconds,
         "processor_ready_s": round(ready_s, 2),
+        "resources": used,
         "per_second_max": [per_second.get(i, 0) for i in range(max(per_second, default=-1) + 1)],
     }
     print(f"latency at {rate:,}/s ({backend}; event -> visible, ms): {result}", flush=True)
@@ -332,7 +339,9 @@ def open_model_load(
     """Send what the schedule says is due (open model), stamping each record's event time. The
     topic's metadata is fetched first: a record stamped before its producer knows the partition
     leaders would wait for them, and that wait is not the pipeline's latency."""
-    producer = Producer(producer_config(settings, **{"linger.ms": 1}))
+    # ingest's own producer settings (its linger included): the load stands in for ingest,
+    # and a 1 ms linger doubled the broker's CPU (tiny produce requests) on these 2 cores
+    producer = Producer(producer_config(settings))
     producer.list_topics(settings.topic, timeout=30)
     ready.set()
     ids = dict.fromkeys(names, 10_000_000)
@@ -381,6 +390,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="drains per backend, alternating")
     parser.add_argument(
         "--latency-rounds", type=int, help="latency rounds per backend (default: --rounds)"
+    )
+    parser.add_argument(
+        "--latency-warmup",
+        type=float,
+        default=20,
+        help="seconds of the latency load on a throw-away topic before the rounds (0: none); "
+        "reported apart, not in the verdicts",
     )
     parser.add_argument(
         "--profile",
@@ -549,23 +565,37 @@ def run_all(
     # their after-effects (broker page cache, JVM), which an earlier version mistook for a
     # difference between the clients.
     latency_runs: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
-    for round_ in range(args.latency_rounds or args.rounds):
-        for backend in backends:
-            topic = f"latency.{backend}.{round_}"
-            latency_settings = settings.model_copy(
-                update={"topic": topic, "dlq_topic": f"{topic}.dlq"}
-            )
-            create_topics(latency_settings.kafka, required_topics(latency_settings))
-            pipeline = Pipeline(
-                workdir,
-                stack.kafka_bootstrap,
-                stack.redis_url,
-                names[:3],
-                extra_env={"CSP_TOPIC": topic, "CSP_DLQ_TOPIC": f"{topic}.dlq"},
-            )
-            result = latency(
-                pipeline, latency_settings, names, args.rate, args.latency_seconds, backend
-            )
+    parts: dict[str, int | None] = {"broker": None, "redis": None}
+    if stack.kafka is not None and stack.kafka.process is not None:
+        parts["broker"] = stack.kafka.process.pid
+    if stack.redis is not None and stack.redis.process is not None:
+        parts["redis"] = stack.redis.process.pid
+    # The first latency round after the drains ran at about twice its successors' p99, and
+    # the broker then used more CPU and compiled more methods (see each round's "resources"):
+    # the JVM compiling the paths of small, frequent requests that the drains' large batches
+    # never took. A running broker has compiled them long before; so one warm-up round first.
+    schedule = [("warmup", backends[0])] if args.latency_warmup > 0 else []
+    schedule += [
+        (str(round_), backend)
+        for round_ in range(args.latency_rounds or args.rounds)
+        for backend in backends
+    ]
+    for round_, backend in schedule:
+        topic = f"latency.{backend}.{round_}"
+        latency_settings = settings.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
+        create_topics(latency_settings.kafka, required_topics(latency_settings))
+        pipeline = Pipeline(
+            workdir,
+            stack.kafka_bootstrap,
+            stack.redis_url,
+            names[:3],
+            extra_env={"CSP_TOPIC": topic, "CSP_DLQ_TOPIC": f"{topic}.dlq"},
+        )
+        seconds = args.latency_warmup if round_ == "warmup" else args.latency_seconds
+        result = latency(pipeline, latency_settings, names, args.rate, seconds, backend, parts)
+        if round_ == "warmup":
+            results["latency_warmup"] = {"backend": backend, **result}
+        else:
             latency_runs[backend].append(result)
     results["latency_ms"] = {
         b: {
