@@ -133,6 +133,11 @@ def stack_up(
                 kafka_bootstrap=stack.kafka_bootstrap,
                 redis_url=stack.redis_url,
                 redis_cluster=settings.redis_cluster,
+                redis_cluster_nodes=(
+                    [f"127.0.0.1:{port}" for port in stack.redis_cluster.ports]
+                    if stack.redis_cluster is not None
+                    else None
+                ),
             )
             redis_what = (
                 f"Redis Cluster {', '.join(str(p) for p in stack.redis_cluster.ports)} (seed "
