@@ -121,3 +121,37 @@ def test_clients_start_with_the_first_seed_down(redis_cluster: RedisCluster) -> 
             await store.close()
 
     asyncio.run(query_side())
+
+
+@pytest.mark.integration
+def test_live_push_subscribes_on_the_next_seed(redis_cluster: RedisCluster) -> None:
+    """Live push's one subscription: the first seed refuses, the hub moves on to the next."""
+    from cryptostream.core.keys import PRICE_CHANNEL
+    from cryptostream.query.metrics import QueryMetrics
+    from cryptostream.query.push import PushHub
+
+    port = free_port()
+    live = redis_cluster.ports[2]
+    seeds = [("127.0.0.1", port), ("127.0.0.1", live)]
+    hub = PushHub(f"redis://127.0.0.1:{port}/0", QueryMetrics(), seeds=seeds)
+    assert hub.urls == [f"redis://127.0.0.1:{port}/0", f"redis://127.0.0.1:{live}/0"]
+
+    node = redis_cluster.client(live)
+
+    def subscribers() -> int:
+        return int(dict(node.pubsub_numsub(PRICE_CHANNEL)).get(PRICE_CHANNEL, 0))
+
+    before = subscribers()
+
+    async def subscribe() -> int:
+        hub.start()
+        try:
+            await asyncio.wait_for(hub.subscribed.wait(), 10)
+            return subscribers()
+        finally:
+            await hub.stop()
+
+    try:
+        assert asyncio.run(subscribe()) == before + 1  # the hub's subscription, on the live seed
+    finally:
+        node.close()
