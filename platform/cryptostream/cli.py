@@ -112,7 +112,7 @@ def stack_up(
     create_topics: Annotated[bool, typer.Option(help="Create the topics after start")] = True,
 ) -> None:
     """Run Kafka and Redis until Ctrl-C; other commands find them through the stack file."""
-    from cryptostream.stack.local import LocalStack
+    from cryptostream.stack.local import LocalStack, first_exit
     from cryptostream.stack.supervisor import StackError, sigterm_as_keyboard_interrupt
     from cryptostream.stackfile import remove_stack_file, write_stack_file
     from cryptostream.topics import TopicError, required_topics
@@ -133,6 +133,11 @@ def stack_up(
                 kafka_bootstrap=stack.kafka_bootstrap,
                 redis_url=stack.redis_url,
                 redis_cluster=settings.redis_cluster,
+                redis_cluster_nodes=(
+                    [f"127.0.0.1:{port}" for port in stack.redis_cluster.ports]
+                    if stack.redis_cluster is not None
+                    else None
+                ),
             )
             redis_what = (
                 f"Redis Cluster {', '.join(str(p) for p in stack.redis_cluster.ports)} (seed "
@@ -144,15 +149,10 @@ def stack_up(
                 f"stack up in {time.monotonic() - t0:.1f}s: Kafka {stack.kafka_bootstrap}, "
                 f"{redis_what} (data and logs in {workdir}); Ctrl-C to stop"
             )
-            redis_nodes = stack.redis_cluster.nodes if stack.redis_cluster else [stack.redis]
-            while True:
-                for server in (stack.kafka, *redis_nodes):
-                    if server and server.process and not server.process.alive():
-                        raise StackError(
-                            f"{server.process.name} exited unexpectedly; last lines of its log:\n"
-                            f"{server.process.log_tail()}"
-                        )
+            watched = stack.watched()  # every Kafka node and every Redis node
+            while (exited := first_exit(watched)) is None:
                 time.sleep(1)
+            raise StackError(exited)
         except KeyboardInterrupt:
             typer.echo("stopping the stack")
         except (StackError, TopicError) as exc:
@@ -174,12 +174,17 @@ def stack_status() -> None:
         raise typer.Exit(1)
     addresses = read_live_stack_file(settings.stack_file)
     kafka, redis_url = addresses.get("kafka_bootstrap", "?"), addresses.get("redis_url", "?")
-    kafka_ok, redis_ok = _kafka_answers(kafka, settings), _redis_answers(redis_url)
+    # each broker of a cluster on its own (the cluster as a whole answers with one node down)
+    brokers = {address: _kafka_answers(address, settings) for address in kafka.split(",")}
+    redis_ok = _redis_answers(redis_url)
+    kafka_what = ", ".join(
+        f"{address} {'answers' if ok else 'DOES NOT ANSWER'}" for address, ok in brokers.items()
+    )
     typer.echo(
-        f"stack up (pid {pid}): Kafka {kafka} {'answers' if kafka_ok else 'DOES NOT ANSWER'}"
+        f"stack up (pid {pid}): Kafka {kafka_what}"
         f", Redis {redis_url} {'answers' if redis_ok else 'DOES NOT ANSWER'}"
     )
-    if not (kafka_ok and redis_ok):
+    if not (all(brokers.values()) and redis_ok):
         raise typer.Exit(1)
 
 

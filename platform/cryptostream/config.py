@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="CSP_REDIS_URL names one node of a Redis Cluster (the others are "
         "discovered); the local stack then starts a cluster of 3 masters with a replica each",
     )
+    redis_cluster_nodes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="more seed nodes of the Redis Cluster than CSP_REDIS_URL's, host:port "
+        "comma-separated (CSP_REDIS_URL's scheme and password apply to them): a process "
+        "started while one seed is down reaches the cluster through another",
+    )
     redis_cluster_node_timeout_ms: int = Field(
         5000, ge=100, description="cluster-node-timeout of the local stack's Redis Cluster"
     )
@@ -252,6 +258,11 @@ class Settings(BaseSettings):
         """A Redis Cluster has database 0 only, runs no script across slots (so no batch-wide
         apply) and orders no pub/sub message against a PING (so no price view)."""
         if not self.redis_cluster:
+            if self.redis_cluster_nodes:
+                raise ValueError(
+                    "CSP_REDIS_CLUSTER_NODES names seed nodes of a Redis Cluster: it needs "
+                    "CSP_REDIS_CLUSTER=true (one Redis node is CSP_REDIS_URL alone)"
+                )
             return self
         parts = urlsplit(self.redis_url)
         if parts.scheme == "unix" or parts.path.strip("/") not in ("", "0"):
@@ -288,6 +299,36 @@ class Settings(BaseSettings):
         ):
             raise ValueError("expected redis://host:port/db, rediss://... or unix:///path")
         return value
+
+    @field_validator("redis_cluster_nodes", mode="before")
+    @classmethod
+    def _split_redis_nodes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _check_redis_nodes(cls, value: list[str]) -> list[str]:
+        for node in value:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in node:
+                raise ValueError(
+                    f"expected host:port[,host:port...], got {node!r} (the scheme and password "
+                    "come from CSP_REDIS_URL)"
+                )
+        return value
+
+    @property
+    def redis_seeds(self) -> list[tuple[str, int]]:
+        """Every seed node of the Redis Cluster: CSP_REDIS_URL's node, then the others."""
+        parts = urlsplit(self.redis_url)
+        first = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        rest = [
+            (h.strip("[]"), int(p))
+            for h, _, p in (n.rpartition(":") for n in self.redis_cluster_nodes)
+        ]
+        return [first, *(node for node in rest if node != first)]
 
     @field_validator("archive_dir")
     @classmethod
@@ -403,7 +444,11 @@ class _StackFileSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         run_dir = Path(os.environ.get("CSP_RUN_DIR", ".run"))
-        return read_live_stack_file(run_dir / "stack.json")
+        values = read_live_stack_file(run_dir / "stack.json")
+        named = {key.upper() for key in os.environ}
+        if named & {"CSP_REDIS_URL", "CSP_REDIS_CLUSTER"}:  # another Redis: not its seeds
+            values.pop("redis_cluster_nodes", None)
+        return values
 
 
 def settings_json(settings: Settings) -> str:
@@ -504,6 +549,7 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
     | {
         "redis_url",
         "redis_cluster",
+        "redis_cluster_nodes",
         "group_id",
         "batch_max",
         "batch_timeout_s",
@@ -516,6 +562,7 @@ SERVICE_FIELDS: dict[str, frozenset[str]] = {
     | {
         "redis_url",
         "redis_cluster",
+        "redis_cluster_nodes",
         "partitions",
         *(n for n in Settings.model_fields if n.startswith(("query_", "history_"))),
     },

@@ -4,6 +4,8 @@
 Cluster: redis-py's ``RedisCluster`` discovers the others, routes every command to the master
 of its key's slot and follows the cluster's MOVED/ASK redirections and failovers. The layout
 (core/keys.py) keeps each atomic write within one slot, so the same calls run on both.
+``CSP_REDIS_CLUSTER_NODES`` adds seed nodes (``Settings.redis_seeds``): a client starts from
+whichever answers first, so one seed being down does not hold a starting process up.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
     ClusterDownError,
     ClusterError,
@@ -45,12 +48,30 @@ RETRYABLE: tuple[type[Exception], ...] = (
 
 
 def make_client(
-    url: str, cluster: bool, *, decode_responses: bool = False, **options: Any
+    url: str,
+    cluster: bool,
+    *,
+    seeds: Sequence[tuple[str, int]] = (),
+    decode_responses: bool = False,
+    **options: Any,
 ) -> Client:
-    """A client of the one node at ``url``, or (``cluster``) of the cluster it belongs to."""
+    """A client of the one node at ``url``, or (``cluster``) of the cluster it belongs to,
+    discovered from ``url``'s node or any of ``seeds`` (``url``'s scheme, password and options
+    apply to all)."""
     if cluster:
-        return RedisCluster.from_url(url, decode_responses=decode_responses, **options)
+        startup = [ClusterNode(host, port) for host, port in seeds]  # type: ignore[no-untyped-call]
+        return RedisCluster.from_url(
+            url, startup_nodes=startup, decode_responses=decode_responses, **options
+        )
     return redis.Redis.from_url(url, decode_responses=decode_responses, **options)
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """``url`` pointed at another node (same scheme, credentials, database and options)."""
+    parts = urlsplit(url)
+    auth, at, _ = parts.netloc.rpartition("@")
+    address = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=f"{auth}{at}{address}:{port}"))
 
 
 def is_cluster(client: object) -> bool:

@@ -14,8 +14,15 @@ import orjson
 
 
 def write_stack_file(
-    path: Path, *, kafka_bootstrap: str, redis_url: str, redis_cluster: bool = False
+    path: Path,
+    *,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_cluster: bool = False,
+    redis_cluster_nodes: list[str] | None = None,
 ) -> None:
+    """``redis_cluster_nodes``: every node of a Redis Cluster as host:port, the seeds a process
+    started while ``redis_url``'s node is down reaches the cluster through."""
     path.parent.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "pid": os.getpid(),
@@ -24,6 +31,8 @@ def write_stack_file(
     }
     if redis_cluster:  # the services started in other terminals must know
         doc["redis_cluster"] = True
+    if redis_cluster_nodes:
+        doc["redis_cluster_nodes"] = redis_cluster_nodes
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     tmp.replace(path)
@@ -53,5 +62,7 @@ def read_live_stack_file(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         return {}
     return {
-        key: doc[key] for key in ("kafka_bootstrap", "redis_url", "redis_cluster") if key in doc
+        key: doc[key]
+        for key in ("kafka_bootstrap", "redis_url", "redis_cluster", "redis_cluster_nodes")
+        if key in doc
     }

@@ -133,9 +133,12 @@ def test_stack_status_and_down(csp: Run, tmp_path: Path, redis_cluster: bool) ->
         assert status.stdout.count(" answers") == 2
         nodes = []
         if redis_cluster:  # the other commands learn it from the stack file
-            assert orjson.loads((tmp_path / "stack.json").read_bytes())["redis_cluster"] is True
+            doc = orjson.loads((tmp_path / "stack.json").read_bytes())
+            assert doc["redis_cluster"] is True
+            assert len(set(doc["redis_cluster_nodes"])) == 6, doc  # every node is a seed
             config = csp("config", CSP_RUN_DIR=str(tmp_path))
             assert "CSP_REDIS_CLUSTER=true  # csp stack up" in config.stdout, config.stdout
+            assert "CSP_REDIS_CLUSTER_NODES=127.0.0.1:" in config.stdout, config.stdout
             nodes = [
                 p
                 for p in psutil.Process(up.pid).children(recursive=True)

@@ -10,9 +10,15 @@ made slow, jittery, reset or black-holed, then healed; the views must end exact.
   refused by the offset compare-and-set, not applied twice. Kafka is reached through a second
   broker listener that advertises the proxy's address, so every connection of the processors
   (bootstrap, partition leader, group coordinator) goes through it.
-- ingest <-> simulator (the WebSocket; REST backfill goes direct): resets and a black hole;
-  ingest reconnects, records the gaps and backfills them (truth: the simulator's history; no
-  trade may stay unrecoverable, and the faults must have caused gaps).
+- ingest <-> simulator (the WebSocket; REST backfill goes direct): a slow close (the simulator
+  drops ingest's first connection while the proxy holds the close back: ingest's silence
+  watchdog must give up on it), latency, a bandwidth limit, resets and a black hole; ingest
+  reconnects, records the gaps and backfills them (truth: the simulator's history; no trade may
+  stay unrecoverable, and the faults must have caused gaps).
+- ingest <-> Kafka: a slow close (the stream stalls, the broker closes the producer's idle
+  connection, the proxy holds that close back; the trades produced once the stream resumes wait
+  on the dead connection until the close arrives), then latency, resets, a bandwidth limit and a
+  black hole; nothing lost or doubled in ``raw.trades``.
 
 Only the faulty path is proxied: the load, the probes and the checker talk to Kafka and Redis
 directly. Toxiproxy is built from its Go module on first use (``ensure_toxiproxy``).
@@ -21,6 +27,7 @@ directly. Toxiproxy is built from its Go module on first use (``ensure_toxiproxy
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -64,6 +71,11 @@ NETWORK = Profile("full", faults=1, rate=400, spacing=(2.0, 4.0))
 BLACK_HOLE_S = 14.0  # longer than the processor's Redis socket timeout (10 s) and Kafka session
 BANDWIDTH_KBS = 16  # far below the load's ~400 trades/s of Redis or Kafka traffic
 SLOW_CLOSE_MS = 5000
+WS_DROP_AFTER_S = 20.0  # the simulator drops ingest's first connection this long after it opened
+KAFKA_STALL_AFTER_S = 25.0  # the stream of ingest's first connection stalls this long after...
+KAFKA_STALL_S = 7.0  # ... for this long: longer than the broker's idle limit, shorter than...
+KAFKA_IDLE_MS = 4000  # (above the consumers' 3 s heartbeats: only truly idle connections close)
+KAFKA_SLOW_CLOSE_MS = 8000  # ... the idle limit plus the held close
 BOTH: tuple[Stream, ...] = ("upstream", "downstream")
 
 
@@ -259,11 +271,14 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:
 
 
 @contextlib.contextmanager
-def _proxied_broker(tmp_path: Path, tp: ToxiproxyClient) -> Iterator[tuple[KafkaBroker, str]]:
+def _proxied_broker(
+    tmp_path: Path, tp: ToxiproxyClient, idle_ms: int | None = None
+) -> Iterator[tuple[KafkaBroker, str]]:
     """A broker of its own with a second listener, ``PROXIED``, that advertises the proxy's
     address (yielded with the broker): a client bootstrapping through the proxy reaches the
     partition leaders and the group coordinator through it too; the direct listener stays for
-    the load, the probes and the checker. Its topics are created."""
+    the load, the probes and the checker. ``idle_ms``: its ``connections.max.idle.ms`` (Kafka
+    4.3 reads it broker-wide only; a ``listener.name.proxied.`` prefix is ignored)."""
     settings = Settings()
     lib = resolve_kafka_jars(settings.cache_dir, settings.kafka_version)
     port, cport, pport, xport = free_port(), free_port(), free_port(), free_port()
@@ -273,7 +288,8 @@ def _proxied_broker(tmp_path: Path, tp: ToxiproxyClient) -> Iterator[tuple[Kafka
         heap="384m",
         port=port,
         controller_port=cport,
-        extra_properties=_PROXIED_LISTENER.format(port=port, cport=cport, pport=pport, xport=xport),
+        extra_properties=_PROXIED_LISTENER.format(port=port, cport=cport, pport=pport, xport=xport)
+        + ("" if idle_ms is None else f"connections.max.idle.ms={idle_ms}\n"),
     )
     try:
         broker.start(timeout=settings.start_timeout_s)
@@ -314,8 +330,13 @@ def _start_upstream(
     tp: ToxiproxyClient,
     seconds: float,
     proxy_ws: bool = True,
+    sim_args: tuple[str, ...] = (),
+    before_ingest: Callable[[], object] | None = None,
     **ingest_env: str,
 ) -> SimulatorHandle:
+    """The simulator (``sim_args``: its faults), two processors and ingest (its WebSocket
+    through the ``ws`` proxy if ``proxy_ws``); ``before_ingest`` runs just before ingest
+    connects (e.g. a toxic that must be in place before a timed simulator fault)."""
     total = int(NETWORK.rate * seconds)
     sim = pipeline.start_simulator(
         [
@@ -333,6 +354,7 @@ def _start_upstream(
             "1",
             "--rest-weight-limit",
             "0",
+            *sim_args,
         ]
     )
     ws_url = sim.ws_url
@@ -341,20 +363,68 @@ def _start_upstream(
         ws_url = ws_url.replace(address, tp.create_proxy("ws", address).listen)
     for _ in range(2):
         pipeline.start_processor()
-    pipeline.start_ingest(
-        ws_url,
-        CSP_BINANCE_REST_URL=sim.rest_url,
-        CSP_INGEST_TAIL_CHECK_S="2",
-        CSP_INGEST_SILENCE_S="3",
-        **ingest_env,
-    )
+    if before_ingest is not None:
+        before_ingest()
+    env = {"CSP_INGEST_TAIL_CHECK_S": "2", "CSP_INGEST_SILENCE_S": "3", **ingest_env}
+    pipeline.start_ingest(ws_url, CSP_BINANCE_REST_URL=sim.rest_url, **env)
     return sim
 
 
+def _ingest_metrics(port: int) -> dict[str, float]:
+    """Ingest's counters by sample (``csp_ingest_errors_total{kind="connection_silent"}``...)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if m := re.match(r"^(csp_ingest_[a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line):
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+SILENT = 'csp_ingest_errors_total{kind="connection_silent"}'
+CLOSED = 'csp_ingest_errors_total{kind="connection_closed"}'
+
+
+def _ws_slow_close(run: FaultRun, tp: ToxiproxyClient, sim: SimulatorHandle, port: int) -> None:
+    """The simulator drops ingest's first connection (``--fault-drop-after-seconds``: it aborts
+    the TCP connection) while a ``slow_close`` toxic, in place since before ingest connected,
+    holds the close back SLOW_CLOSE_MS: ingest sits on a connection whose server is gone. Its
+    silence watchdog (3 s) must replace it; a close that arrived at once would be counted as
+    ``connection_closed`` instead, so ``connection_silent`` moving proves the close was held."""
+    before = _ingest_metrics(port)
+    stats: Any = sim.stats()
+    assert stats["connections_total"] == 1 and before.get(SILENT, 0) == 0, (
+        f"ingest's first connection was gone before the scenario watched: raise "
+        f"WS_DROP_AFTER_S ({stats['connections_total']} connections, {before.get(SILENT)})"
+    )
+
+    def dropped() -> bool:
+        run.assert_others_alive()
+        now: Any = sim.stats()
+        return bool(now["connections"] == 0 or now["connections_total"] > 1)
+
+    wait_for(dropped, WS_DROP_AFTER_S + 60, "the simulator dropping ingest's first connection")
+
+    def action() -> None:
+        at = time.monotonic()
+        wait_for(lambda: sim.stats()["connections_total"] > 1, 60, "ingest reconnecting")  # type: ignore[operator]
+        # the held close must pass before the toxic goes: removing it would swallow the close
+        time.sleep(max(0.0, at + SLOW_CLOSE_MS / 1000 + 1 - time.monotonic()))
+        tp.remove_toxic("ws", "slow_close_downstream")
+
+    label = f"ws: simulator drops the connection, slow close {SLOW_CLOSE_MS / 1000:.0f} s"
+    run.inject(label, action, goal_after=lambda: sim_last_ids(sim))
+    run.wait_recovered(timeout=120)
+    after = _ingest_metrics(port)
+    silent, closed = (after.get(k, 0) - before.get(k, 0) for k in (SILENT, CLOSED))
+    run.result.notes += f" {label}: ingest saw {silent:.0f} silent, {closed:.0f} closed."
+    assert silent >= 1, f"the close was not held: ingest saw it at once ({closed} closed)"
+
+
 def test_ingest_simulator_network_faults(isolated: Env, toxiproxy: Toxi) -> None:
-    """The WebSocket is slowed (latency with jitter, then a bandwidth limit below the stream's
-    rate), reset, then black-holed (ingest's silence watchdog replaces it; new connections hang
-    too until the fault clears); the gaps are recorded and backfilled."""
+    """The simulator's close of the WebSocket is held back (slow close), then the WebSocket is
+    slowed (latency with jitter, then a bandwidth limit below the stream's rate), reset, then
+    black-holed (ingest's silence watchdog replaces it; new connections hang too until the
+    fault clears); the gaps are recorded and backfilled."""
     pipeline = Pipeline(
         isolated.workdir,
         isolated.settings.kafka_bootstrap,
@@ -363,7 +433,20 @@ def test_ingest_simulator_network_faults(isolated: Env, toxiproxy: Toxi) -> None
         extra_env=isolated.env,
     )
     try:
-        sim = _start_upstream(pipeline, toxiproxy.client, seconds=75)
+        tp, port = toxiproxy.client, free_port()
+        sim = _start_upstream(
+            pipeline,
+            tp,
+            seconds=100,
+            sim_args=(
+                "--fault-drop-after-seconds",
+                str(WS_DROP_AFTER_S),
+                "--fault-connections",
+                "1",
+            ),
+            before_ingest=lambda: tp.add_toxic("ws", "slow_close", {"delay": SLOW_CLOSE_MS}),
+            CSP_INGEST_METRICS_PORT=str(port),
+        )
         run = FaultRun("net-ingest-simulator", NETWORK, pipeline, isolated.settings)
         run.progress = lambda: run.probe.latest_ids(UPSTREAM_SYMBOLS)
         wait_for(
@@ -371,7 +454,7 @@ def test_ingest_simulator_network_faults(isolated: Env, toxiproxy: Toxi) -> None
             60,
             "the first trades in Redis",
         )
-        tp = toxiproxy.client
+        _ws_slow_close(run, tp, sim, port)
         for label, kind, attributes, seconds in (
             ("ws: latency 150±100 ms", "latency", {"latency": 150, "jitter": 100}, 6.0),
             ("ws: connection reset", "reset_peer", {"timeout": 0}, 2.0),
@@ -399,11 +482,75 @@ def test_ingest_simulator_network_faults(isolated: Env, toxiproxy: Toxi) -> None
         pipeline.stop()
 
 
+PRODUCED, ACKED = "csp_ingest_produced_total", "csp_ingest_acked_total"
+
+
+def _kafka_slow_close(run: FaultRun, tp: ToxiproxyClient, sim: SimulatorHandle, port: int) -> None:
+    """The stream of ingest's first connection stalls (``--fault-stall-after-seconds``) for
+    KAFKA_STALL_S, so ingest produces nothing and the broker closes its idle connection after
+    KAFKA_IDLE_MS; a ``slow_close`` toxic, in place since before ingest started, holds that
+    close back KAFKA_SLOW_CLOSE_MS, past the stall's end. The trades produced once the stream
+    resumes go into the dead connection: 1.5 s after the stall, ingest must have produced but
+    Kafka acknowledged nothing (without the broker's close, or with the close passed on at
+    once, the acks would follow within milliseconds); then the close arrives, the producer
+    reconnects and retries (idempotent: nothing doubled)."""
+
+    def stalled() -> int:
+        faults: Any = sim.stats()["faults"]
+        return int(faults.get("0", {}).get("stalled", 0))
+
+    assert stalled() == 0, "the stream stalled before the scenario watched: raise the stall's delay"
+    wait_for(
+        lambda: run.assert_others_alive() or stalled() > 0,
+        KAFKA_STALL_AFTER_S + 60,
+        "the stall of ingest's stream",
+    )
+    seen: dict[str, dict[str, float]] = {}
+
+    def action() -> None:
+        at = time.monotonic()
+        time.sleep(1.0)  # the last deliveries before the stall settle
+        seen["start"] = _ingest_metrics(port)
+        time.sleep(max(0.0, at + KAFKA_STALL_S + 1.5 - time.monotonic()))
+        seen["resumed"] = _ingest_metrics(port)
+        wait_for(
+            lambda: _ingest_metrics(port)[ACKED] > seen["resumed"][ACKED],
+            60,
+            "Kafka acknowledging ingest's trades again",
+        )
+        seen["acked"] = _ingest_metrics(port)
+        # the held close must pass before the toxic goes: removing it would swallow the close
+        held_until = at + (KAFKA_IDLE_MS + KAFKA_SLOW_CLOSE_MS) / 1000 + 1
+        time.sleep(max(0.0, held_until - time.monotonic()))
+        tp.remove_toxic("kafka", "slow_close_downstream")
+
+    label = (
+        f"kafka: stream stalls {KAFKA_STALL_S:.0f} s, the broker closes the idle connection, "
+        f"slow close {KAFKA_SLOW_CLOSE_MS / 1000:.0f} s"
+    )
+    run.inject(label, action, goal_after=lambda: sim_last_ids(sim))
+    run.wait_recovered(timeout=180)
+    start, resumed, acked = seen["start"], seen["resumed"], seen["acked"]
+    kafka = 'csp_ingest_errors_total{kind="kafka"}'
+    run.result.notes += (
+        f" {label}: {resumed[PRODUCED] - start[PRODUCED]:.0f} trades produced after the stall "
+        f"waited for the close; Kafka client errors {start.get(kafka, 0):.0f} -> "
+        f"{acked.get(kafka, 0):.0f}."
+    )
+    assert resumed[PRODUCED] > start[PRODUCED], f"the stream did not resume: {resumed}"
+    assert resumed[ACKED] == start[ACKED], (
+        "trades were acknowledged during the held close: the broker did not close the idle "
+        f"connection, or its close was not held ({start[ACKED]} -> {resumed[ACKED]})"
+    )
+
+
 def test_ingest_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path: Path) -> None:
     """Ingest produces through the proxy (the simulator, the processors and the checker go
-    direct): latency, resets, a bandwidth limit and a black hole between ingest and Kafka. The
-    producer's retries must neither lose nor double a trade in ``raw.trades``."""
-    with _proxied_broker(tmp_path, toxiproxy.client) as (broker, proxied):
+    direct): a slow close of a connection the broker closed, latency, resets, a bandwidth limit
+    and a black hole between ingest and Kafka. The producer's retries must neither lose nor
+    double a trade in ``raw.trades``."""
+    tp, port = toxiproxy.client, free_port()
+    with _proxied_broker(tmp_path, tp, idle_ms=KAFKA_IDLE_MS) as (broker, proxied):
         env = {**isolated.env, "CSP_KAFKA_BOOTSTRAP": broker.bootstrap}
         own = isolated.settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
         create_topics(own.kafka, required_topics(own))
@@ -412,7 +559,27 @@ def test_ingest_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path: P
         )
         try:
             sim = _start_upstream(
-                pipeline, toxiproxy.client, 75, proxy_ws=False, CSP_KAFKA_BOOTSTRAP=proxied
+                pipeline,
+                tp,
+                100,
+                proxy_ws=False,
+                sim_args=(
+                    "--fault-stall-after-seconds",
+                    str(KAFKA_STALL_AFTER_S),
+                    "--fault-stall-seconds",
+                    str(KAFKA_STALL_S),
+                    "--fault-connections",
+                    "1",
+                ),
+                before_ingest=lambda: tp.add_toxic(
+                    "kafka", "slow_close", {"delay": KAFKA_SLOW_CLOSE_MS}
+                ),
+                CSP_KAFKA_BOOTSTRAP=proxied,
+                CSP_INGEST_METRICS_PORT=str(port),
+                # neither the watchdog nor the quiet-symbol check may act during the stall: the
+                # producer must stay idle (the stall's gap is found when the stream resumes)
+                CSP_INGEST_SILENCE_S="20",
+                CSP_INGEST_TAIL_CHECK_S="20",
             )
             run = FaultRun("net-ingest-kafka", NETWORK, pipeline, own)
             run.progress = lambda: run.probe.latest_ids(UPSTREAM_SYMBOLS)
@@ -421,7 +588,8 @@ def test_ingest_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path: P
                 60,
                 "the first trades in Redis",
             )
-            tp, fresh = toxiproxy.client, (lambda: sim_last_ids(sim))
+            _kafka_slow_close(run, tp, sim, port)
+            fresh = lambda: sim_last_ids(sim)  # noqa: E731
             for label, kind, attributes, seconds, streams in (
                 ("kafka: latency 150±100 ms", "latency", {"latency": 150, "jitter": 100}, 6, BOTH),
                 ("kafka: connection reset", "reset_peer", {"timeout": 0}, 2, BOTH),
@@ -447,6 +615,7 @@ def test_ingest_kafka_network_faults(isolated: Env, toxiproxy: Toxi, tmp_path: P
             result = settle_and_finish(run, sim, own)
             assert result.ok, f"{result.verdict()}: {result.notes}"
             assert result.topic_missing == result.topic_duplicated == 0, result.notes
+            assert result.gaps_reported == 0, f"unrecoverable gaps with REST up: {result.notes}"
         finally:
             pipeline.stop()
 

@@ -754,6 +754,7 @@ def _client(settings: Settings) -> Client:
             return make_client(
                 settings.redis_url,
                 settings.redis_cluster,
+                seeds=settings.redis_seeds,
                 socket_timeout=10,
                 socket_connect_timeout=5,
             )

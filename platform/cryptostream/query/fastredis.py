@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
@@ -258,10 +258,11 @@ class ClusterReader:
     """:class:`PipelinedReader`'s batching on a Redis Cluster: one pipelined connection per
     master, each command sent to the master of its slot (see the module's description)."""
 
-    def __init__(self, url: str, *, timeout: float) -> None:
+    def __init__(self, url: str, *, timeout: float, seeds: Sequence[Node] = ()) -> None:
         parsed = urlparse(url)
         self.url = url
         self.seed: Node = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
+        self.seeds: list[Node] = [s for s in dict.fromkeys(seeds) if s != self.seed]
         self.timeout = timeout
         self._credentials = url.split("://", 1)[1].rpartition("@")[0] if "@" in url else ""
         self._scheme = parsed.scheme or "redis"
@@ -296,7 +297,8 @@ class ClusterReader:
     async def _load(self) -> None:
         self._refreshed_at = asyncio.get_running_loop().time()
         self.refreshes += 1
-        candidates = [self.seed, *(n for n in self.nodes if n != self.seed)]
+        seeds = [self.seed, *self.seeds]
+        candidates = [*seeds, *(n for n in self.nodes if n not in seeds)]
         last: Exception | None = None
         for node in candidates:
             try:

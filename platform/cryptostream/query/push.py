@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -41,6 +41,7 @@ from cryptostream.core.symbols import InvalidSymbol
 from cryptostream.query.inputs import parse_symbol_list, parse_symbols
 from cryptostream.query.metrics import QueryMetrics
 from cryptostream.query.view import PriceView
+from cryptostream.redisconn import node_url
 
 log = logging.getLogger("cryptostream.query.push")
 
@@ -163,9 +164,16 @@ class PushHub:
     connection) and one :class:`Topic` per channel."""
 
     def __init__(
-        self, redis_url: str, metrics: QueryMetrics, view: PriceView | None = None
+        self,
+        redis_url: str,
+        metrics: QueryMetrics,
+        view: PriceView | None = None,
+        seeds: Sequence[tuple[str, int]] = (),
     ) -> None:
+        """``seeds``: the nodes of a Redis Cluster to subscribe on (any one node receives every
+        ``PUBLISH``), tried in turn while the current one fails."""
         self.redis_url = redis_url
+        self.urls = [redis_url] if not seeds else [node_url(redis_url, h, p) for h, p in seeds]
         self.metrics = metrics
         self.view = view
         self.prices = Topic("price", PRICE_CHANNEL, metrics.stream_updates)
@@ -206,9 +214,11 @@ class PushHub:
         channels = [topic.channel for topic in self.topics.values()]
         view = self.view
         interval = 5.0 if view is None else view.max_lag_s / 4
+        turn = 0
         while True:
+            url = self.urls[turn % len(self.urls)]
             client = aioredis.Redis.from_url(
-                self.redis_url, socket_connect_timeout=1.0, health_check_interval=15
+                url, socket_connect_timeout=1.0, health_check_interval=15
             )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
@@ -252,6 +262,7 @@ class PushHub:
                 if view is not None:
                     view.lost()
                 log.warning("push subscription lost: %s", exc)
+                turn += 1  # on a cluster: the next node
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:

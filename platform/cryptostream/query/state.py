@@ -35,7 +35,12 @@ class QueryState:
             if settings.query_price_view
             else None
         )
-        self.hub = PushHub(settings.redis_url, self.metrics, self.view)
+        self.hub = PushHub(
+            settings.redis_url,
+            self.metrics,
+            self.view,
+            seeds=settings.redis_seeds if settings.redis_cluster else (),
+        )
 
     @property
     def store(self) -> RedisStore:
@@ -50,6 +55,7 @@ class QueryState:
             timeout=settings.query_redis_timeout_s,
             partitions=settings.partitions,
             cluster=settings.redis_cluster,
+            seeds=settings.redis_seeds,
         )
 
     async def start(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -71,18 +72,25 @@ T = TypeVar("T")
 
 
 def make_client(
-    url: str, *, timeout: float = 1.0, pool_size: int = 64, cluster: bool = False
+    url: str,
+    *,
+    timeout: float = 1.0,
+    pool_size: int = 64,
+    cluster: bool = False,
+    seeds: Sequence[tuple[str, int]] = (),
 ) -> Any:
     """A redis-py asyncio client: bounded pool, short timeouts, one retry on a broken connection.
 
     The single retry (connection errors only, not timeouts) absorbs pooled connections that
     died with a Redis restart; beyond that a request fails fast with 503 rather than queue up
     behind a dead server. On a cluster: redis-py's cluster client (at most ``pool_size``
-    connections per master), which follows MOVED/ASK and reloads the slot map after a failover.
+    connections per master), which follows MOVED/ASK and reloads the slot map after a failover;
+    it starts from ``url``'s node or any of ``seeds``.
     """
     if cluster:
         return AsyncRedisCluster.from_url(
             url,
+            startup_nodes=[AsyncClusterNode(host, port) for host, port in seeds],
             max_connections=pool_size,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -104,14 +112,21 @@ class RedisStore:
     """The views of :mod:`cryptostream.core.keys`, read with redis-py asyncio (hiredis parser)."""
 
     def __init__(
-        self, url: str, *, timeout: float = 1.0, partitions: int = 8, cluster: bool = False
+        self,
+        url: str,
+        *,
+        timeout: float = 1.0,
+        partitions: int = 8,
+        cluster: bool = False,
+        seeds: Sequence[tuple[str, int]] = (),
     ) -> None:
+        """``seeds``: more nodes of the cluster to start from (``Settings.redis_seeds``)."""
         self.url = url
         self.partitions = partitions
         self.cluster = cluster
-        self.client: Any = make_client(url, timeout=timeout, cluster=cluster)
+        self.client: Any = make_client(url, timeout=timeout, cluster=cluster, seeds=seeds)
         self.hot: PipelinedReader | ClusterReader = (
-            ClusterReader(url, timeout=timeout)
+            ClusterReader(url, timeout=timeout, seeds=seeds)
             if cluster
             else PipelinedReader(url, timeout=timeout)
         )

@@ -4,13 +4,16 @@
 (:class:`~cryptostream.stack.cluster.KafkaCluster`); ``kafka`` is then its first node and
 ``cluster`` all of them. ``CSP_REDIS_CLUSTER=true`` makes Redis a Redis Cluster of 3 masters
 with a replica each (:class:`~cryptostream.stack.redis_cluster.RedisCluster`, in
-``redis_cluster``; ``redis_url`` is then its seed node's)."""
+``redis_cluster``; ``redis_url`` is then its seed node's). :meth:`LocalStack.watched` and
+:func:`first_exit` let ``csp stack up`` notice any of its processes exiting."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptostream.config import Settings
 from cryptostream.kafka_connection import KafkaConnection
@@ -18,6 +21,28 @@ from cryptostream.stack.cluster import KafkaCluster
 from cryptostream.stack.kafka import KafkaBroker, resolve_kafka_jars
 from cryptostream.stack.redis_cluster import RedisCluster
 from cryptostream.stack.redis_server import RedisServer, check_redis_server
+from cryptostream.stack.supervisor import ManagedProcess
+
+
+class Watchable(Protocol):
+    """What :func:`first_exit` needs of a process (a ``ManagedProcess``, or a fake in tests)."""
+
+    def alive(self) -> bool: ...
+    def returncode(self) -> int | None: ...
+    def log_tail(self, lines: int = 25) -> str: ...
+
+
+def first_exit(watched: Iterable[tuple[str, Watchable | None]]) -> str | None:
+    """The report of the first watched process that has exited (its label, exit code and log
+    tail), or None while all run. Each is checked, not only the first node: a cluster that
+    lost one broker keeps answering, so nothing else would tell."""
+    for label, process in watched:
+        if process is not None and not process.alive():
+            return (
+                f"{label} exited unexpectedly (exit code {process.returncode()}); last lines of "
+                f"its log:\n{process.log_tail()}"
+            )
+    return None
 
 
 @dataclass
@@ -90,6 +115,25 @@ class LocalStack:
             return self.redis_cluster.url
         assert self.redis is not None
         return self.redis.url
+
+    def watched(self) -> list[tuple[str, ManagedProcess | None]]:
+        """Every process of the stack with a label naming it: each Kafka node (of a cluster:
+        its node id and address) and each Redis node."""
+        out: list[tuple[str, ManagedProcess | None]] = []
+        if self.cluster is not None:
+            out += [
+                (f"Kafka node {n.node_id} ({n.bootstrap})", n.process) for n in self.cluster.nodes
+            ]
+        elif self.kafka is not None:
+            out.append((f"Kafka ({self.kafka.bootstrap})", self.kafka.process))
+        if self.redis_cluster is not None:
+            out += [
+                (f"Redis Cluster node 127.0.0.1:{n.port}", n.process)
+                for n in self.redis_cluster.nodes
+            ]
+        elif self.redis is not None:
+            out.append((f"Redis (127.0.0.1:{self.redis.port})", self.redis.process))
+        return out
 
     def stop(self) -> None:
         if self.cluster is not None:
