@@ -182,7 +182,7 @@ class BookProcessor(Processor):
         if applied:
             self._count(batch)
             self._observe_books(batch, pending.now_ms)
-            self._try_commit({p: batch.parts[p][1] + 1 for p in applied})
+            self._commit_applied()
         return refused
 
     def _reread_books(self, batch: BookBatch, refused: dict[int, list[int]]) -> None:

@@ -91,6 +91,7 @@ log = logging.getLogger("cryptostream.processor")
 
 APPLY_SCRIPT = resources.files("cryptostream.processor").joinpath("apply_batch.lua").read_text()
 _PARTITION = itemgetter(0)  # a RawRecord's partition
+COMMIT_INTERVAL_S = 0.5  # at most this often a Kafka offset commit after applied batches
 
 
 @dataclass
@@ -126,6 +127,7 @@ class Processor:
         self.redis = redis_client
         self.layout_partitions = settings.partitions  # the key layout's partition count
         self.apply_style = settings.processor_apply
+        self._last_commit = 0.0  # monotonic time of the last commit after an applied batch
         self.runner = ScriptRunner(redis_client, APPLY_SCRIPT)
         self.dlq: Producer = make_producer(settings, error_cb=self._on_dlq_error)
         self.max_future_ms = int(settings.processor_max_future_s * 1000)
@@ -376,7 +378,7 @@ class Processor:
             self.stats["records"] += sum(b.records for b in done)
             self.stats["misrouted"] += sum(b.misrouted for b in done)
             self._observe(done, pending.now_ms)
-            self._try_commit({p: pending.batches[p].parts[p][1] + 1 for p in applied})
+            self._commit_applied()
             if pending.parked & set(applied):
                 self.drain_outboxes(sorted(pending.parked & set(applied)))
         if not refused:
@@ -623,6 +625,16 @@ class Processor:
     def _on_dlq_error(self, err: KafkaError) -> None:
         self.stats["kafka_errors"] += 1
         self.warn.warning("dlq-producer", "DLQ producer error", **{"error.message": str(err)})
+
+    def _commit_applied(self) -> None:
+        """After an applied batch: Kafka's committed offsets serve lag tooling only (Redis holds
+        the offsets that count), so they follow at most every COMMIT_INTERVAL_S instead of once
+        per batch: at low rates batches are small, and each commit is a write to
+        __consumer_offsets that cost the broker more CPU than the records themselves."""
+        now = time.monotonic()
+        if now - self._last_commit >= COMMIT_INTERVAL_S:
+            self._last_commit = now
+            self._recommit_lagging()
 
     def _recommit_lagging(self) -> None:
         """Async commits fail during rebalances; retry until Kafka holds what Redis holds."""
