@@ -399,7 +399,7 @@ def main() -> int:
     parser.add_argument(
         "--latency-warmup",
         type=float,
-        default=40,
+        default=60,
         help="seconds of the latency load on a throw-away topic before the latency runs (0: "
         "none), reported apart: the broker's JIT compiles the small requests' paths meanwhile",
     )

@@ -394,7 +394,7 @@ def main() -> int:
     parser.add_argument(
         "--latency-warmup",
         type=float,
-        default=20,
+        default=60,
         help="seconds of the latency load on a throw-away topic before the rounds (0: none); "
         "reported apart, not in the verdicts",
     )
