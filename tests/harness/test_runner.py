@@ -113,16 +113,20 @@ def test_ctrl_c_stops_every_process_and_keeps_the_partial_results(
 
     from cryptostream_lab.harness import cgroups
 
-    name = "tiny"
+    # tiny's 2-s load, stretched: the interrupt must land while the load runs, however late
+    # this test sees the load generator start (it once arrived after a 2-s run had completed)
+    tiny = (Path(cgroups.__file__).with_name("experiments") / "tiny.toml").read_text()
+    assert "duration_s = 2\n" in tiny
+    toml = tiny.replace("duration_s = 2\n", "duration_s = 120\n")
     base: Path | None = None
     if budgeted:
         found = cgroups.find_hierarchy()
         if isinstance(found, cgroups.BudgetError):
             pytest.skip(str(found))
         base = found.base
-        tiny = Path(cgroups.__file__).with_name("experiments") / "tiny.toml"
-        name = str(tmp_path / "tiny-budgeted.toml")
-        Path(name).write_text(tiny.read_text() + BUDGETED)
+        toml += BUDGETED
+    name = str(tmp_path / "tiny-long.toml")
+    Path(name).write_text(toml)
     out = tmp_path / "report"
     proc = subprocess.Popen(
         [
