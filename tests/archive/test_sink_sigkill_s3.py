@@ -72,9 +72,12 @@ def test_sigkilled_sinks_archive_every_record_exactly_once_on_s3(
     chunks = [trades[i : i + 8_000] for i in range(0, len(trades), 8_000)]
 
     def producer(chunk: list[Trade], raw: list[tuple[bytes, bytes]]) -> None:
-        for i in range(0, len(chunk), 1000):  # trades keep arriving through the kill
+        # Trades keep arriving through the kill, for ~4 s: flushes still start after a round's
+        # first commit, so the mid-flush rounds find one under way (at 0.1 s apart the whole
+        # chunk was once flushed before the test looked, and no kill landed mid-flush).
+        for i in range(0, len(chunk), 1000):
             produce(settings, chunk[i : i + 1000], raw if i == 0 else ())
-            time.sleep(0.1)
+            time.sleep(0.5)
 
     rng = random.Random(21)
     kills = mid_flush = 0
