@@ -372,6 +372,8 @@ class Processor:
                 continue
             refused.update(call.partitions)
             conflicts.update(stored)
+        for partition in refused:  # before the commit below, which commits what positions hold
+            self.positions[partition] = pending.before[partition]
         if applied:
             done = [pending.batches[p] for p in applied]
             self.stats["batches"] += 1
@@ -383,8 +385,6 @@ class Processor:
                 self.drain_outboxes(sorted(pending.parked & set(applied)))
         if not refused:
             return None
-        for partition in refused:
-            self.positions[partition] = pending.before[partition]
         self._resolve_conflicts(
             conflicts, {p: pending.batches[p].parts[p] for p in sorted(refused)}
         )
