@@ -61,6 +61,7 @@ from cryptostream.stack.redis_cluster import RedisCluster
 from cryptostream.topics import create_topics, required_topics
 from cryptostream_lab.harness import ceilings
 from profiling import py_spy_argv, summarize_profile
+from recorded import TextWalk
 from resources import RoundResources
 
 STALL_S = 60  # a drain with no progress for this long has failed (never hang the session)
@@ -70,24 +71,24 @@ def symbols(count: int) -> list[str]:
     return [f"S{i:04d}USDT" for i in range(count)]
 
 
-def prefill(settings: Settings, total: int, names: list[str], seed: int) -> None:
+def prefill(settings: Settings, total: int, names: list[str], seed: int) -> str:
+    """Fill the topic; returns where the price and quantity texts came from (recorded.py)."""
     rng = random.Random(seed)
     producer = Producer(producer_config(settings, **{"linger.ms": 20}))
     ids = dict.fromkeys(names, 0)
     base = 1_718_000_000_000
-    # Pre-encode a small pool of price/qty strings: the benchmark measures the processor, not us.
-    prices = [f"{rng.uniform(1, 70000):.8f}" for _ in range(1000)]
-    qtys = [f"{rng.uniform(0.001, 5):.8f}" for _ in range(1000)]
+    texts = TextWalk(names, rng)
     weights = [1 / (i + 1) for i in range(len(names))]  # Zipf-like: a few symbols dominate
     chosen = rng.choices(names, weights, k=total)
     t0 = time.monotonic()
     for i, symbol in enumerate(chosen):
         ids[symbol] += 1
+        price, qty = texts.next(symbol)
         trade = Trade(
             symbol,
             ids[symbol],
-            prices[i % 1000],
-            qtys[(i * 7) % 1000],
+            price,
+            qty,
             base + i // 50,
             base + i // 50,
             bool(i & 1),
@@ -103,7 +104,10 @@ def prefill(settings: Settings, total: int, names: list[str], seed: int) -> None
         if i % 20000 == 0:
             producer.poll(0)
     assert producer.flush(120) == 0
-    print(f"prefilled {total:,} trades in {time.monotonic() - t0:.1f}s", flush=True)
+    print(
+        f"prefilled {total:,} trades ({texts.source}) in {time.monotonic() - t0:.1f}s", flush=True
+    )
+    return texts.source
 
 
 def end_offsets(settings: Settings) -> dict[int, int]:
@@ -503,7 +507,7 @@ def run_all(
 ) -> None:
     backends = tuple(b for b in args.backends.split(",") if b)
     create_topics(settings.kafka, required_topics(settings))
-    prefill(settings, args.trades, names, seed=1)
+    results["prefill_texts"] = prefill(settings, args.trades, names, seed=1)
     pipeline = Pipeline(
         workdir,
         stack.kafka_bootstrap,

@@ -1,6 +1,7 @@
 """The ingest engine alone: CPU µs per frame of ``TradeEngine.on_frames`` (no I/O).
 
-Synthetic combined-stream trade frames of 10 symbols, consecutive ids, in reads of 1 to 256
+Combined-stream trade frames of 8 symbols, consecutive ids, the genuine recordings' price and
+quantity texts (``recorded.py``: repeats as often as in real trading), in reads of 1 to 256
 frames (a read's frames share one call). Run by ``bench_ingest.py`` in a subprocess per tree
 (``PYTHONPATH`` chooses the code), so an earlier commit's engine is measured the same way;
 prints one JSON object ``{read size: µs per frame}`` (the best of ``--repeat`` passes).
@@ -9,11 +10,13 @@ prints one JSON object ``{read size: µs per frame}`` (the best of ``--repeat`` 
 from __future__ import annotations
 
 import argparse
+import random
 import time
 
 import orjson
 
 from cryptostream.ingest.engine import TradeEngine
+from recorded import TextWalk
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "ADAUSDT", "ETHBTC"]
 READ_SIZES = (1, 4, 16, 64, 256)
@@ -21,20 +24,22 @@ READ_SIZES = (1, 4, 16, 64, 256)
 
 def reads(size: int, frames: int) -> list[list[bytes]]:
     next_id = dict.fromkeys(SYMBOLS, 1)
+    texts = TextWalk(SYMBOLS, random.Random(size))
     out: list[list[bytes]] = []
     k = 0
     for _ in range(frames // size):
         read = []
         for _ in range(size):
             symbol = SYMBOLS[k % len(SYMBOLS)]
+            price, qty = texts.next(symbol)
             k += 1
             payload = {
                 "e": "trade",
                 "E": 1718000000001 + k,
                 "s": symbol,
                 "t": next_id[symbol],
-                "p": "66398.85000000",
-                "q": "0.00120000",
+                "p": price,
+                "q": qty,
                 "T": 1718000000000 + k,
                 "m": bool(k & 1),
                 "M": True,

@@ -173,10 +173,10 @@ def test_an_exception_while_folding_makes_that_record_poison_not_the_batch(
 ) -> None:
     real_fold = Batch._fold
 
-    def fold(self: Batch, r: RecordFields, price: int, qty: int) -> None:
+    def fold(self: Batch, r: RecordFields, symbol: str, price: int, qty: int) -> None:
         if r.trade_id == 6:
             raise ArithmeticError("boom")
-        real_fold(self, r, price, qty)
+        real_fold(self, r, symbol, price, qty)
 
     monkeypatch.setattr(Batch, "_fold", fold)
     batch = Batch()

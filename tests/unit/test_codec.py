@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cryptostream.core import codec
 from cryptostream.core.codec import (
     DEFAULT_MAX_FUTURE_MS,
     DecodeError,
@@ -171,11 +172,22 @@ def _assert_paths_agree(mutations: dict[str, object]) -> None:
         expected: TradeRecord | str = _decode_checked(value)
     except DecodeError as exc:
         expected = str(exc)
-    try:
-        got: TradeRecord | str = decode_trade(value)
-    except DecodeError as exc:
-        got = str(exc)
-    assert got == expected
+    for _memoized in range(2):  # the second time, accepted texts come from the decode memos
+        try:
+            got: TradeRecord | str = decode_trade(value)
+        except DecodeError as exc:
+            got = str(exc)
+        assert got == expected
+
+
+def test_decode_memos_are_bounded_and_keep_exact_values() -> None:
+    for i in range(codec.MEMO_MAX + 10):
+        price = f"{i + 1}.5"
+        doc = {**_VALID, "price": price, "symbol": f"S{i}USDT"}
+        _fields, symbol, scaled_price, _qty = codec.decode_scaled(json.dumps(doc).encode())
+        assert scaled_price == codec.scaled(price) and symbol == f"S{i}USDT"
+    assert 0 < len(codec._scaled_memo) <= codec.MEMO_MAX
+    assert 0 < len(codec._symbol_memo) <= codec.MEMO_MAX
 
 
 def test_schema_valid_extremes_decode_and_the_limits_are_refused_with_a_reason() -> None:

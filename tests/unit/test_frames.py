@@ -198,7 +198,21 @@ def test_fast_path_agrees_with_the_checked_path(
     raw: bytes | str = json.dumps(frame)
     if not as_text:
         raw = raw.encode()
-    assert parse_frame(raw, trade_event=kind) == parse_frame_checked(raw, trade_event=kind)
+    for _memoized in range(2):  # the second time, accepted texts come from the fast path's memos
+        assert parse_frame(raw, trade_event=kind) == parse_frame_checked(raw, trade_event=kind)
+
+
+def test_fast_path_memos_are_bounded() -> None:
+    import json
+
+    from cryptostream.binance import frames
+    from cryptostream.core.codec import MEMO_MAX
+
+    for i in range(MEMO_MAX + 10):
+        frame = {**TRADE, "s": f"S{i}USDT", "p": f"{i + 1}.5"}
+        trade = parse_frame(json.dumps(frame).encode())
+        assert isinstance(trade, Trade) and trade.price == f"{i + 1}.5"
+    assert all(0 < len(memo) <= MEMO_MAX for memo in frames._MEMOS)
 
 
 @given(

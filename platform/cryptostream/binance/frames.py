@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from cryptostream.core.codec import match_positive_decimal
+from cryptostream.core.codec import MEMO_MAX, match_positive_decimal
 from cryptostream.core.symbols import SYMBOL_RE
 from cryptostream.core.trades import (
     MAX_ID,
@@ -141,14 +141,39 @@ def fast_trade(raw: bytes | str, trade_event: str) -> TradeFields | None:
                 and (d.stream is _UNSET or d.data is _UNSET)
             )
         )
-        and 2 <= len(symbol) <= 20
-        and symbol.isascii()
-        and symbol.isalnum()
-        and match_positive_decimal(d.p)
-        and match_positive_decimal(d.q)
+        and (symbol in _good_symbols or _good_symbol(symbol))
+        and (d.p in _good_decimals or _good_decimal(d.p))
+        and (d.q in _good_decimals or _good_decimal(d.q))
     ):
         return d
     return None
+
+
+# Texts the fast path accepted: real trades repeat their symbols, prices and quantities, and a
+# set lookup costs a fraction of the checks (see core/codec.py's decode memos). Bounded.
+_good_symbols: set[str] = set()
+_good_decimals: set[str] = set()
+_MEMOS = (_good_symbols, _good_decimals)
+
+
+def _good_symbol(text: str) -> bool:
+    if 2 <= len(text) <= 20 and text.isascii() and text.isalnum():
+        _remember(_good_symbols, text)
+        return True
+    return False
+
+
+def _good_decimal(text: str) -> bool:
+    if match_positive_decimal(text):
+        _remember(_good_decimals, text)
+        return True
+    return False
+
+
+def _remember(memo: set[str], text: str) -> None:
+    if len(memo) >= MEMO_MAX:
+        memo.clear()
+    memo.add(text)
 
 
 def _fast_trade(raw: bytes | str, trade_event: str) -> Trade | None:

@@ -158,15 +158,24 @@ def positive_decimal(text: str) -> bool:
     return match_positive_decimal(text) is not None
 
 
+# Memos of the fast path: a decimal text's integer, a symbol text's canonical form. Real trades
+# repeat their texts (in the genuine recordings of ../shared/data, 70-90 % of the prices and
+# 50-70 % of the quantities of a 5,000-trade window occurred earlier in it), and a dict hit costs
+# a tenth of the conversion. Only accepted texts are stored; cleared when full (bounded memory).
+MEMO_MAX = 65_536
+_scaled_memo: dict[str, int] = {}
+_symbol_memo: dict[str, str] = {}
+
+
 def decode_scaled(
     value: bytes | None, max_future_ms: int = DEFAULT_MAX_FUTURE_MS
-) -> tuple[RecordFields, int, int]:
-    """Decode and validate one record value: its fields (the symbol not yet upper-cased), and
+) -> tuple[RecordFields, str, int, int]:
+    """Decode and validate one record value: its fields, its canonical (upper-case) symbol, and
     price and quantity as integers at ``SCALE`` digits; raise DecodeError with the reason.
 
     The processor's hot path: msgspec decodes and bounds the integers in one pass, cheap string
-    checks do the rest. Anything refused here goes through the field-by-field checks, which say
-    exactly what is wrong (the two accept the same values: property-tested).
+    checks (memoized) do the rest. Anything refused here goes through the field-by-field checks,
+    which say exactly what is wrong (the two accept the same values: property-tested).
     """
     if value is not None:
         try:
@@ -174,16 +183,37 @@ def decode_scaled(
         except (msgspec.ValidationError, msgspec.DecodeError):
             pass
         else:
-            price, qty, symbol = scaled(r.price), scaled(r.quantity), r.symbol
+            memo = _scaled_memo
+            text = r.price
+            price = memo.get(text)
+            if price is None:
+                price = scaled(text)
+                if price:
+                    if len(memo) >= MEMO_MAX:
+                        memo.clear()
+                    memo[text] = price
+            text = r.quantity
+            qty = memo.get(text)
+            if qty is None:
+                qty = scaled(text)
+                if qty:
+                    if len(memo) >= MEMO_MAX:
+                        memo.clear()
+                    memo[text] = qty
+            text = r.symbol
+            symbol = _symbol_memo.get(text)
+            if symbol is None and 2 <= len(text) <= 20 and text.isascii() and text.isalnum():
+                symbol = text.upper()
+                if len(_symbol_memo) >= MEMO_MAX:
+                    _symbol_memo.clear()
+                _symbol_memo[text] = symbol
             if (
                 price
                 and qty
-                and 2 <= len(symbol) <= 20
-                and symbol.isascii()
-                and symbol.isalnum()
+                and symbol is not None
                 and r.trade_time * 1000 <= r.ingest_time_us + max_future_ms * 1000
             ):
-                return r, price, qty
+                return r, symbol, price, qty
     _decode_checked(value, max_future_ms)  # raises with the reason
     raise DecodeError("the record passes the field checks but not the fast path (a bug)")
 
@@ -191,9 +221,9 @@ def decode_scaled(
 def decode_trade(value: bytes | None, max_future_ms: int = DEFAULT_MAX_FUTURE_MS) -> TradeRecord:
     """Decode and validate one record value into a :class:`Trade` (symbols upper-cased, as every
     service does: core/symbols.py); raise DecodeError with the reason."""
-    r, _price, _qty = decode_scaled(value, max_future_ms)
+    r, symbol, _price, _qty = decode_scaled(value, max_future_ms)
     trade = Trade(
-        r.symbol.upper(),
+        symbol,
         r.trade_id,
         r.price,
         r.quantity,

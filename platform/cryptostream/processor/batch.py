@@ -179,8 +179,8 @@ class Batch:
             else:
                 span[1] = offset
             try:
-                r, price, qty = decode_scaled(value, max_future_ms)
-                fold(r, price, qty)
+                r, symbol, price, qty = decode_scaled(value, max_future_ms)
+                fold(r, symbol, price, qty)
             except DecodeError as exc:
                 poison.append(Poison(record, str(exc)))
             except Exception as exc:  # a value the schema admits but the views cannot take: a bug
@@ -188,8 +188,7 @@ class Batch:
         self.records += added
         return stale
 
-    def _fold(self, r: RecordFields, price: int, qty: int) -> None:
-        symbol = r.symbol.upper()
+    def _fold(self, r: RecordFields, symbol: str, price: int, qty: int) -> None:
         views = self.symbols.get(symbol)
         if views is None:
             views = self.symbols[symbol] = SymbolBatch(r)
@@ -324,10 +323,10 @@ def symbol_row(symbol: str, views: SymbolBatch, now_ms: int, group: int = 1) -> 
 def record_symbol(value: bytes | None, max_future_ms: int) -> str | None:
     """The (canonical) symbol of a record the fold would accept, None for poison."""
     try:
-        r, _price, _qty = decode_scaled(value, max_future_ms)
+        _r, symbol, _price, _qty = decode_scaled(value, max_future_ms)
     except Exception:
         return None
-    return r.symbol.upper()
+    return symbol
 
 
 def parse_conflicts(reply: list[object]) -> dict[int, int]:
