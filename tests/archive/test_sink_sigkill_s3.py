@@ -43,6 +43,7 @@ def _sink_objects(root: ObjectRoot) -> tuple[set[str], set[str]]:
     return {n for n in names if n.endswith(".json")} - intents, intents
 
 
+@pytest.mark.slow  # ~37 s; on every run: the local-store SIGKILL test and S3's kill-at-every-step
 def test_sigkilled_sinks_archive_every_record_exactly_once_on_s3(
     isolated: Env, s3_server: S3Server, s3_url: str
 ) -> None:

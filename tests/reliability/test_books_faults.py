@@ -137,7 +137,12 @@ def test_rebalance_storm(isolated: Env, pipeline: Pipeline, profile: Profile) ->
     _verdict(run, sim, isolated)
 
 
-@pytest.mark.parametrize("profile", PROFILES)
+# (fast variant slow too: ~36 s, and the processor's consumer meets a broker restart in
+# test_processor_faults.py in every run)
+@pytest.mark.parametrize(
+    "profile",
+    [pytest.param(FAST, id="fast", marks=pytest.mark.slow), PROFILES[1]],
+)
 def test_kafka_broker_restart(
     isolated: Env, local_stack: LocalStack, pipeline: Pipeline, profile: Profile
 ) -> None:
