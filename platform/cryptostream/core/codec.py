@@ -167,6 +167,15 @@ _scaled_memo: dict[str, int] = {}
 _symbol_memo: dict[str, str] = {}
 
 
+def _scaled_remembered(text: str) -> int:
+    number = scaled(text)
+    if number:
+        if len(_scaled_memo) >= MEMO_MAX:
+            _scaled_memo.clear()
+        _scaled_memo[text] = number
+    return number
+
+
 def decode_scaled(
     value: bytes | None, max_future_ms: int = DEFAULT_MAX_FUTURE_MS
 ) -> tuple[RecordFields, str, int, int]:
@@ -183,23 +192,9 @@ def decode_scaled(
         except (msgspec.ValidationError, msgspec.DecodeError):
             pass
         else:
-            memo = _scaled_memo
-            text = r.price
-            price = memo.get(text)
-            if price is None:
-                price = scaled(text)
-                if price:
-                    if len(memo) >= MEMO_MAX:
-                        memo.clear()
-                    memo[text] = price
-            text = r.quantity
-            qty = memo.get(text)
-            if qty is None:
-                qty = scaled(text)
-                if qty:
-                    if len(memo) >= MEMO_MAX:
-                        memo.clear()
-                    memo[text] = qty
+            memo = _scaled_memo  # (a hit is never 0: only accepted texts are stored)
+            price = memo.get(r.price) or _scaled_remembered(r.price)
+            qty = memo.get(r.quantity) or _scaled_remembered(r.quantity)
             text = r.symbol
             symbol = _symbol_memo.get(text)
             if symbol is None and 2 <= len(text) <= 20 and text.isascii() and text.isalnum():
