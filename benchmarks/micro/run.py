@@ -55,7 +55,9 @@ def main() -> int:
     if not BASELINE.exists():
         print(f"no baseline at {BASELINE}: run with --save-baseline first", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="bench-storage-") as storage:
+    # Inside the checkout: pytest-benchmark prints the storage path relative to the working
+    # directory when the machine info differs from the baseline's, and crashes on one outside it.
+    with tempfile.TemporaryDirectory(prefix=".bench-storage-", dir=ROOT) as storage:
         machine = Path(storage) / get_machine_id()
         machine.mkdir()
         shutil.copy(BASELINE, machine / "0001_baseline.json")

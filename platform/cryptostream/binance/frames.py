@@ -156,6 +156,12 @@ _good_decimals: set[str] = set()
 _MEMOS = (_good_symbols, _good_decimals)
 
 
+def clear_memos() -> None:
+    """Forget every remembered text (tests and benchmarks of the checks' own cost)."""
+    for memo in _MEMOS:
+        memo.clear()
+
+
 def _good_symbol(text: str) -> bool:
     if 2 <= len(text) <= 20 and text.isascii() and text.isalnum():
         _remember(_good_symbols, text)

@@ -167,6 +167,12 @@ _scaled_memo: dict[str, int] = {}
 _symbol_memo: dict[str, str] = {}
 
 
+def clear_memos() -> None:
+    """Forget every remembered text (tests and benchmarks of the checks' own cost)."""
+    _scaled_memo.clear()
+    _symbol_memo.clear()
+
+
 def _scaled_remembered(text: str) -> int:
     number = scaled(text)
     if number:
