@@ -8,14 +8,17 @@
    topic (fetch + decode, no Redis).
 3. Latency: an open-model producer at a steady rate (default 10,000 trades/s) stamps each record's
    event time; a pub/sub subscriber to ``updates:price`` records now - event time when each update
-   becomes visible (HDR histogram); per backend, alternating, ``--rounds`` times.
+   becomes visible (HDR histogram), split at the processor's batch (``update_time``) into
+   event -> batch (Kafka, fetch, fold) and batch -> visible (the Redis apply, pub/sub); after a
+   warm-up round, per backend, alternating, ``--rounds`` times (``--only-latency``: nothing
+   else).
 4. ``--profile``: one more confluent drain under py-spy: where the processor's CPU goes.
 5. Kafka's own consumer (ConsumerPerformance) reading the same prefilled topic in the same run:
    the drain is reported as a fraction of it.
 6. ``--baseline DIR`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/base HEAD~3``):
-   confluent drains of that tree's processor alternate with the current one's on the same topic,
-   so a code change is measured as a ratio within one run (``--backends confluent`` skips
-   aiokafka to keep that run short).
+   confluent drains and latency rounds of that tree's processor alternate with the current
+   one's (ABBA), so a code change is measured as a ratio within one run (``--backends
+   confluent`` skips aiokafka to keep that run short).
 7. Redis topologies (``--redis single|cluster|both``, default both): confluent drains of the
    same topic into one Redis node with each apply style (``CSP_PROCESSOR_APPLY``: ``batch``, one
    script call per fetched batch; ``partition``, one per partition, pipelined) and into a local
@@ -49,8 +52,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from hdrh.histogram import HdrHistogram
 
 from cryptostream.config import Settings
-from cryptostream.core.codec import decode_trade, encode_trade
+from cryptostream.core.codec import decode_trade, encode_trade, encode_trade_fields
 from cryptostream.core.trades import Trade
+from cryptostream.gc_tuning import tune_gc
 from cryptostream.kafka_clients import producer_config
 from cryptostream.processor.consumers import make_group_consumer
 from cryptostream.redisconn import make_client, stored_offsets
@@ -254,17 +258,24 @@ def latency(
     seconds: float,
     backend: str,
     parts: dict[str, int | None] | None = None,
+    tree: Path | None = None,
 ) -> dict[str, Any]:
     """Event -> visible at a steady rate, measured once the processor is consuming: a probe
     record is produced every 100 ms until its update is visible (the processor's start-up and
     group join are not latency), then the load starts. Also the worst latency per second of the
     run (``per_second_max``), which tells a start-up transient from a slow round."""
+    tune_gc()  # (a full collection of this process would delay the listener: not latency)
     client = redis.Redis.from_url(settings.redis_url)
     client.flushall()
-    processor = pipeline.start_processor(
-        CSP_PROCESSOR_KAFKA_CLIENT=backend, CSP_GROUP_ID=f"lat-{backend}"
-    )
+    env = {"CSP_PROCESSOR_KAFKA_CLIENT": backend, "CSP_GROUP_ID": f"lat-{backend}"}
+    if tree is not None:  # that checkout's processor instead of this one's
+        env["PYTHONPATH"] = f"{tree / 'platform'}{os.pathsep}{tree / 'simulator'}"
+    processor = pipeline.start_processor(**env)
     histogram = HdrHistogram(1, 60_000, 3)  # ms
+    # where the time goes: event -> the processor's batch (update_time: Kafka, fetch, fold)
+    # and from there -> visible (the Redis apply, pub/sub, this listener)
+    to_batch = HdrHistogram(1, 60_000, 3)
+    to_visible = HdrHistogram(1, 60_000, 3)
     per_second: dict[int, int] = {}
     stop = threading.Event()
     visible = threading.Event()
@@ -285,6 +296,8 @@ def latency(
             for update in orjson.loads(message["data"]):
                 value = max(1, round(now_ms - update["event_time"]))
                 histogram.record_value(value)
+                to_batch.record_value(max(1, update["update_time"] - update["event_time"]))
+                to_visible.record_value(max(1, round(now_ms - update["update_time"])))
                 per_second[second] = max(per_second.get(second, 0), value)
 
     listener = threading.Thread(target=listen)
@@ -305,16 +318,21 @@ def latency(
     # The load runs in its own process, so it never holds this process's GIL against the listener.
     context = multiprocessing.get_context("spawn")
     load_ready = context.Event()
+    load_cpu = context.Queue()
     load = context.Process(
-        target=open_model_load, args=(settings, names, rate, seconds, load_ready)
+        target=open_model_load, args=(settings, names, rate, seconds, load_ready, load_cpu)
     )
+    # Sampled before the load starts: its jstat calls start JVMs, which must not compete with
+    # the measured seconds (they did, and the first seconds of each round paid for them).
+    resources = RoundResources({**(parts or {}), "processor": processor.pid, "bench": os.getpid()})
     load.start()
     if not load_ready.wait(60):
         raise RuntimeError("the load generator did not start within 60 s")
     measure_from[0] = time.time() + 1  # one second for the load to reach its rate
-    resources = RoundResources({**(parts or {}), "processor": processor.pid, "bench": os.getpid()})
     load.join(seconds + 60)
     used = resources.finish()
+    if not load_cpu.empty():
+        used["load_cpu_pct"] = round(100 * load_cpu.get() / seconds, 1)
     time.sleep(1)
     stop.set()
     listener.join()
@@ -324,6 +342,8 @@ def latency(
     result: dict[str, Any] = {
         f"p{q}": histogram.get_value_at_percentile(q) for q in (50, 90, 99, 99.9)
     }
+    for name, part in (("event_to_batch", to_batch), ("batch_to_visible", to_visible)):
+        result[name] = {f"p{q}": part.get_value_at_percentile(q) for q in (50, 99)}
     result |= {
         "max": histogram.get_max_value(),
         "updates": histogram.get_total_count(),
@@ -333,12 +353,13 @@ def latency(
         "resources": used,
         "per_second_max": [per_second.get(i, 0) for i in range(max(per_second, default=-1) + 1)],
     }
-    print(f"latency at {rate:,}/s ({backend}; event -> visible, ms): {result}", flush=True)
+    label = backend if tree is None else f"{backend}, baseline {tree}"
+    print(f"latency at {rate:,}/s ({label}; event -> visible, ms): {result}", flush=True)
     return result
 
 
 def open_model_load(
-    settings: Settings, names: list[str], rate: int, seconds: float, ready: Any
+    settings: Settings, names: list[str], rate: int, seconds: float, ready: Any, cpu: Any
 ) -> None:
     """Send what the schedule says is due (open model), stamping each record's event time. The
     topic's metadata is fetched first: a record stamped before its producer knows the partition
@@ -350,7 +371,9 @@ def open_model_load(
     ready.set()
     ids = dict.fromkeys(names, 10_000_000)
     rng = random.Random(5)
+    keys = {name: name.encode() for name in names}
     start = time.monotonic()
+    cpu_start = time.process_time()
     sent = 0
     while (elapsed := time.monotonic() - start) < seconds:
         due = int(elapsed * rate)
@@ -358,14 +381,22 @@ def open_model_load(
             symbol = names[rng.randrange(len(names))]
             ids[symbol] += 1
             now_ms = int(time.time() * 1000)
-            trade = Trade(
-                symbol, ids[symbol], f"{rng.uniform(1, 100):.8f}", "1", now_ms, now_ms, False
-            )
-            producer.produce(settings.topic, encode_trade(trade, now_ms * 1000), symbol.encode())
+            value = encode_trade_fields(
+                symbol,
+                ids[symbol],
+                f"{rng.uniform(1, 100):.8f}",
+                "1",
+                now_ms,
+                now_ms,
+                False,
+                now_ms * 1000,
+            )  # (ingest's encoder: the load costs the machine what ingest would)
+            producer.produce(settings.topic, value, keys[symbol])
             sent += 1
         producer.poll(0)
         time.sleep(0.001)
     producer.flush(30)
+    cpu.put(time.process_time() - cpu_start)
 
 
 BACKENDS = ("confluent", "aiokafka")
@@ -428,6 +459,11 @@ def main() -> int:
         "--only-topologies",
         action="store_true",
         help="only the topology drains (7.): no backend drains, consume loops, profile, latency",
+    )
+    parser.add_argument(
+        "--only-latency",
+        action="store_true",
+        help="only the latency rounds (3.): no prefill, drains, consume loops or profile",
     )
     args = parser.parse_args()
     names = symbols(args.symbols)
@@ -506,6 +542,9 @@ def run_all(
     workdir: Path,
 ) -> None:
     backends = tuple(b for b in args.backends.split(",") if b)
+    if args.only_latency:
+        latency_rounds(args, stack, settings, names, results, backends, workdir)
+        return
     create_topics(settings.kafka, required_topics(settings))
     results["prefill_texts"] = prefill(settings, args.trades, names, seed=1)
     pipeline = Pipeline(
@@ -565,6 +604,19 @@ def run_all(
         results["profiled_drain"] = drain(pipeline, settings, args.trades, "confluent", spy)
         results["profile"] = summarize_profile(spy, GROUPS)
         print(orjson.dumps(results["profile"], option=orjson.OPT_INDENT_2).decode(), flush=True)
+    latency_rounds(args, stack, settings, names, results, backends, workdir)
+
+
+def latency_rounds(
+    args: argparse.Namespace,
+    stack: LocalStack,
+    settings: Settings,
+    names: list[str],
+    results: dict[str, Any],
+    backends: tuple[str, ...],
+    workdir: Path,
+) -> None:
+    """3.: event -> visible latency, a warm-up round then alternating rounds per backend."""
     # Alternating rounds here too: whichever backend runs first after the drains inherits
     # their after-effects (broker page cache, JVM), which an earlier version mistook for a
     # difference between the clients.
@@ -578,14 +630,20 @@ def run_all(
     # the broker then used more CPU and compiled more methods (see each round's "resources"):
     # the JVM compiling the paths of small, frequent requests that the drains' large batches
     # never took. A running broker has compiled them long before; so one warm-up round first.
-    schedule = [("warmup", backends[0])] if args.latency_warmup > 0 else []
-    schedule += [
-        (str(round_), backend)
-        for round_ in range(args.latency_rounds or args.rounds)
-        for backend in backends
-    ]
-    for round_, backend in schedule:
-        topic = f"latency.{backend}.{round_}"
+    schedule: list[tuple[str, str, Path | None]] = []
+    if args.latency_warmup > 0:
+        schedule.append(("warmup", backends[0], None))
+    for round_ in range(args.latency_rounds or args.rounds):
+        for backend in backends:
+            # with a baseline, its confluent rounds alternate with this tree's (ABBA)
+            trees = [None, args.baseline] if args.baseline and backend == "confluent" else [None]
+            for tree in trees if round_ % 2 == 0 else trees[::-1]:
+                schedule.append((str(round_), backend, tree))
+    if args.baseline:
+        latency_runs["confluent@baseline"] = []
+    for round_, backend, tree in schedule:
+        label = backend if tree is None else f"{backend}@baseline"
+        topic = f"latency.{label.replace('@', '.')}.{round_}"
         latency_settings = settings.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
         create_topics(latency_settings.kafka, required_topics(latency_settings))
         pipeline = Pipeline(
@@ -596,11 +654,13 @@ def run_all(
             extra_env={"CSP_TOPIC": topic, "CSP_DLQ_TOPIC": f"{topic}.dlq"},
         )
         seconds = args.latency_warmup if round_ == "warmup" else args.latency_seconds
-        result = latency(pipeline, latency_settings, names, args.rate, seconds, backend, parts)
+        result = latency(
+            pipeline, latency_settings, names, args.rate, seconds, backend, parts, tree
+        )
         if round_ == "warmup":
             results["latency_warmup"] = {"backend": backend, **result}
         else:
-            latency_runs[backend].append(result)
+            latency_runs[label].append(result)
     results["latency_ms"] = {
         b: {
             "median_p50": statistics.median(r["p50"] for r in runs_),

@@ -24,7 +24,8 @@ from cryptostream.core.keys import (
 )
 from cryptostream.core.trades import Trade
 from cryptostream.core.views import Candle, compute_views, fmt
-from cryptostream.processor.batch import Batch, RawRecord, parse_conflicts
+from cryptostream.processor.batch import Batch, Group, RawRecord, apply_call, parse_conflicts
+from cryptostream.processor.known import KnownViews
 from cryptostream.processor.service import APPLY_SCRIPT
 from tests.conftest import Env, both_topologies
 
@@ -83,7 +84,7 @@ def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
     ]
     batch = _batch(BTC, 50, trades)
     day = str(1440 * 60_000)
-    assert _run(script, batch, topic, "999", day, {}) == [1, 1]
+    assert _run(script, batch, topic, "999", day, {})[:2] == [1, 1]
     assert r.hget(key, str(BTC)) == b"51"
     assert r.hget(price("BTCUSDT"), "price") == b"1.6"
     assert r.hget(price("BTCUSDT"), "ingest_time_us") == b"1718000000123456"  # 16 digits intact
@@ -115,7 +116,7 @@ def test_apply_then_reapply_is_fenced(isolated: Env) -> None:
 
     # An older trade id never overwrites a newer one, but its offset still counts as applied.
     older = _batch(BTC, 52, [Trade("BTCUSDT", 5, "0.1", "1", 1, 1, False)])
-    assert _run(script, older, topic, "1001", day, {BTC: 51}) == [1, 0]
+    assert _run(script, older, topic, "1001", day, {BTC: 51})[:2] == [1, 0]
     assert r.hget(price("BTCUSDT"), "price") == b"1.6" and r.hget(key, str(BTC)) == b"52"
     # ...while candles and totals do count it, with exact decimal sums done in Lua.
     assert r.hgetall(stats("BTCUSDT")) == {
@@ -296,7 +297,7 @@ def test_one_call_for_several_partitions_is_all_or_nothing(isolated: Env) -> Non
     batch = _batch(BTC, 10, [Trade("BTCUSDT", 1, "2", "1", 100, 101, False)])
     for i, trade in enumerate([Trade("ETHUSDT", 1, "3", "1", 100, 101, False)]):
         batch.add(RawRecord(ETH, 20 + i, encode_trade(trade, 1_718_000_000_123_456)))
-    assert _run(script, batch, topic, "1", day, {}) == [1, 2]
+    assert _run(script, batch, topic, "1", day, {})[:2] == [1, 2]
     assert r.hget(offsets_key(topic, BTC, N), str(BTC)) == b"10"
     assert r.hget(offsets_key(topic, ETH, N), str(ETH)) == b"20"
     assert r.smembers(symbols_key(ETH, N)) == {b"ETHUSDT"}
@@ -306,6 +307,131 @@ def test_one_call_for_several_partitions_is_all_or_nothing(isolated: Env) -> Non
     reply = _run(script, later, topic, "1", day, {BTC: 10, ETH: 19})
     assert parse_conflicts(reply) == {ETH: 20}
     assert r.hget(price("BTCUSDT"), "price") == b"2" and r.hget(stats("ETHUSDT"), "trades") == b"1"
-    assert _run(script, later, topic, "1", day, {BTC: 10, ETH: 20}) == [1, 2]
+    assert _run(script, later, topic, "1", day, {BTC: 10, ETH: 20})[:2] == [1, 2]
     assert (r.hget(price("BTCUSDT"), "price"), r.hget(price("ETHUSDT"), "price")) == (b"4", b"5")
+    r.close()
+
+
+_prices = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("99999"), places=6)
+_sizes = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("500"), places=8)
+_trade_rows = st.tuples(st.sampled_from(["BTCUSDT", "ETHUSDT", "btcusdt"]), _prices, _sizes)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(_trade_rows, st.integers(0, 2)), min_size=1, max_size=6),
+            st.lists(_trade_rows, max_size=2),  # another writer's trades, before this call
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(0, 2),
+)
+def test_expectations_write_what_the_lua_merge_would(
+    isolated: Env,
+    calls: list[tuple[list[tuple[tuple[str, Decimal, Decimal], int]], list[Any]]],
+    clears: int,
+) -> None:
+    """Calls with the processor's expectations (processor/known.py), built as the processor
+    builds them (the next before the previous one's reply is settled), interleaved with another
+    writer of the same views (as the outbox drain is): the candles and totals equal the
+    reference views of all the trades, whichever calls met their expectations."""
+    r = isolated.client()
+    r.flushall()
+    script = r.register_script(APPLY_SCRIPT)
+    known = KnownViews()
+    topic, day, now = "t", 10**12, 10**6
+    positions: dict[int, int] = {}
+    offsets: dict[int, int] = {}
+    other_fence: dict[int, int] = {}
+    ids = iter(range(1, 10**6))
+    trades: list[Trade] = []
+    pending: tuple[int, list[str], Any] | None = None
+
+    def trade(symbol: str, p: Decimal, q: Decimal, minute: int) -> Trade:
+        tid = next(ids)
+        at = minute * 60_000 + tid
+        trades.append(Trade(symbol.upper(), tid, fmt(p), fmt(q), at, at, False))
+        return Trade(symbol, tid, fmt(p), fmt(q), at, at, False)
+
+    for index, (rows, others) in enumerate(calls):
+        for symbol, p, q in others:  # a writer the expectations know nothing of
+            home = home_partition(symbol.upper(), N)
+            fence = other_fence.get(home, -1)
+            record = RawRecord(99, fence + 1, encode_trade(trade(symbol, p, q, 1), 1))
+            batch = Batch(max_future_ms=10**15)
+            batch.add(record)
+            (views,) = batch.symbols.items()
+            group = Group(home, [["99", str(fence), str(fence + 1)]], [views])
+            keys, args = apply_call([group], topic, N, now, day, 10**15)
+            assert script(keys=keys, args=args)[0] == 1
+            other_fence[home] = fence + 1
+        batch = Batch(max_future_ms=10**15)
+        for (symbol, p, q), minute in rows:
+            home = home_partition(symbol.upper(), N)
+            offsets[home] = offsets.get(home, -1) + 1
+            batch.add(RawRecord(home, offsets[home], encode_trade(trade(symbol, p, q, minute), 1)))
+        groups = batch.groups(positions, N)
+        number = known.next_call()
+        keys, args = apply_call(groups, topic, N, now, day, 10**15, known, number)
+        names = [symbol for group in groups for symbol, _views in group.symbols]
+        if pending is not None:  # the previous call's reply, settled after this one was built
+            known.settle(*pending)
+        reply = script(keys=keys, args=args)
+        assert reply[0] == 1
+        pending = (number, names, reply)
+        for partition, (_first, last) in batch.parts.items():
+            positions[partition] = last
+        if index < clears:
+            known.clear()  # (a rebalance: everything is learnt again from seeds)
+
+    for symbol, views in compute_views(trades).items():
+        stored = [parse_candle_member(m) for m in r.zrange(candles(symbol), 0, -1)]
+        assert [candle_member(c) for c in stored] == [
+            candle_member(views.candles[m]) for m in sorted(views.candles)
+        ]
+        totals = r.hgetall(stats(symbol))
+        assert int(totals[b"trades"]) == views.totals.trades
+        assert Decimal(totals[b"base_volume"].decode()) == views.totals.base_volume
+        assert Decimal(totals[b"quote_volume"].decode()) == views.totals.quote_volume
+    r.close()
+
+
+def test_expectations_spare_the_merge_and_survive_a_stale_one(isolated: Env) -> None:
+    """Once a candle and its totals are known, a call writes the merged texts computed in
+    Python (no seed comes back); a text changed behind the processor's back is merged in Lua
+    instead (a seed comes back), and the result is exact either way."""
+    r = isolated.client()
+    r.flushall()
+    script = r.register_script(APPLY_SCRIPT)
+    known = KnownViews()
+    positions: dict[int, int] = {}
+    replies = []
+    sent: list[Trade] = []
+    for i in range(1, 6):
+        t = Trade("ETHUSDT", i, f"{i}.5", "0.1", 60_000 + i, 60_000 + i, False)
+        sent.append(t)
+        batch = _batch(ETH, i, [t])
+        groups = batch.groups(positions, N)
+        number = known.next_call()
+        keys, args = apply_call(groups, "t", N, 1, 10**12, 10**15, known, number)
+        replies.append(script(keys=keys, args=args))
+        known.settle(number, ["ETHUSDT"], replies[-1])
+        positions[ETH] = i
+        if i == 3:  # another writer changes the totals: the next expectation is stale
+            r.hset(stats("ETHUSDT"), "trades", "1000")
+    seeds = [(list(reply[2]) != [], list(reply[3]) != []) for reply in replies]
+    # 1: new, seeded; 2, 3: expected and met; 4: totals stale (merged in Lua, seeded); 5: met
+    assert seeds == [(True, True), (False, False), (False, False), (False, True), (False, False)]
+    assert known.stats["expected"] == 8
+    reference = compute_views(sent)["ETHUSDT"]
+    (member,) = r.zrange(candles("ETHUSDT"), 0, -1)
+    assert candle_member(parse_candle_member(member)) == candle_member(reference.candles[60_000])
+    totals = r.hgetall(stats("ETHUSDT"))
+    assert totals[b"trades"] == b"1002"  # 1000 + the two trades after the change
+    assert Decimal(totals[b"base_volume"].decode()) == reference.totals.base_volume
     r.close()

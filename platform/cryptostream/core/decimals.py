@@ -21,3 +21,17 @@ def fmt(value: decimal.Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text or "0"
+
+
+def scaled_text(value: int, scale: int) -> str:
+    """An integer at ``scale`` fractional digits as canonical text (what :func:`fmt` writes)."""
+    digits = str(value).rjust(scale + 1, "0")
+    whole, frac = digits[:-scale], digits[-scale:].rstrip("0")
+    return f"{whole}.{frac}" if frac else whole
+
+
+def canonical(text: str) -> str:
+    """A plain decimal text (already validated) in :func:`fmt`'s canonical form."""
+    whole, _, frac = text.partition(".")
+    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
+    return f"{whole}.{frac}" if frac else whole

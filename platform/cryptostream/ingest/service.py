@@ -52,6 +52,7 @@ from cryptostream.binance.streams import (
 from cryptostream.config import Settings
 from cryptostream.core.codec import DecodeError, decode_trade
 from cryptostream.core.trades import MAX_TIME_MS
+from cryptostream.gc_tuning import tune_gc
 from cryptostream.ingest.backfill import BackfillPlan
 from cryptostream.ingest.depth import depth_symbols
 from cryptostream.ingest.depthservice import DepthIngest
@@ -688,6 +689,7 @@ async def run(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, ingest.stopping.set)
+    tune_gc()
     metrics: MetricsServer | None = None
     if settings.ingest_metrics_port:
         gauges = ingest.gauges if depth is None else lambda: {**ingest.gauges(), **depth.gauges()}

@@ -15,16 +15,29 @@
 --                 "s": symbol, "id": trade id of the latest trade,
 --                 "p": [field, value, ...]   (the price hash, core/keys.py price_fields),
 --                 "u": "<pub/sub update JSON>",
---                 "c": [[t, o, h, l, c, v, qv, n, ft, lt], ...],   (1m candle partials)
+--                 "c": [[t, o, h, l, c, v, qv, n, ft, lt, (expected, merged)], ...],
+--                                               (1m candle partials, see "Expectations")
 --                 "n": trades, "v": base volume, "qv": quote volume   (only with several
---                  candles: with one, its own values are the batch's totals)}, ...]}
+--                  candles: with one, its own values are the batch's totals)
+--                 "te": [trades, base, quote] expected totals, "tn": the same, merged
+--                  (optional)}, ...]}
 --
 -- Fencing (compare-and-set per partition): the batch applies only if every partition's stored
 -- offset (field `partition` of its group's offsets hash) is what the processor believes it is.
 -- Otherwise (a zombie after a rebalance, a retry after a lost reply, a Redis that lost its data)
 -- nothing is applied and {0, partition, stored, ...} comes back so the caller re-seeks. On
--- success returns {1, number_of_price_updates}. The same fence guards the application of
--- misrouted records at their symbols' home: field Q of the home's offsets hash.
+-- success returns {1, number_of_price_updates, candle_seeds, totals_seeds}. The same fence
+-- guards the application of misrouted records at their symbols' home: field Q of the home's
+-- offsets hash.
+--
+-- Expectations (processor/known.py): merging decimal strings was most of this script's cost,
+-- so a processor that knows what a candle member or a symbol's totals hold now (it wrote them)
+-- sends that stored spelling and the merged result it computed with exact integers. Where
+-- Redis holds exactly the expected text, the merged one is written as is; anywhere else (an
+-- expectation gone stale, or none) the partial is merged here as before, and what was written
+-- comes back as a seed ({symbol index, member, ...} and {symbol index, trades, base, quote,
+-- ...}) for the processor's next expectations. A wrong expectation costs a merge, never a
+-- wrong value: the merged text is only written over the very text it was computed from.
 --
 -- Numbers that must stay exact travel as strings (Lua's numbers are doubles: exact below 2^53,
 -- and cjson writes only 14 significant digits): trade ids are compared as digit strings and
@@ -118,7 +131,7 @@ if #conflicts > 1 then
 end
 
 -- 2. views
-local published = {}
+local published, candle_seeds, totals_seeds = {}, {}, {}
 for i, sym in ipairs(batch.symbols) do
   local base = first_symbol_key + 3 * (i - 1)
   local price_key, candles_key, stats_key = KEYS[base], KEYS[base + 1], KEYS[base + 2]
@@ -137,21 +150,29 @@ for i, sym in ipairs(batch.symbols) do
   -- core/views.py Candle.merge does: open and close by trade id)
   local added = false
   for _, c in ipairs(sym.c) do
-    local stored = redis.call('ZRANGEBYSCORE', candles_key, c[1], c[1])
-    if stored[1] then
-      local old = cjson.decode(stored[1])
-      local old_ft = string.match(stored[1], '"ft":(%d+)')
-      local old_lt = string.match(stored[1], '"lt":(%d+)')
-      if not id_less(c[9], old_ft) then c[2], c[9] = old.o, old_ft end
-      if id_less(c[10], old_lt) then c[5], c[10] = old.c, old_lt end
-      if dec_cmp(old.h, c[3]) > 0 then c[3] = old.h end
-      if dec_cmp(old.l, c[4]) < 0 then c[4] = old.l end
-      c[6], c[7], c[8] = dec_add(old.v, c[6]), dec_add(old.qv, c[7]), old.n + c[8]
-      redis.call('ZREMRANGEBYSCORE', candles_key, c[1], c[1])
+    -- the expected member removed (so it was there, and nothing else at its minute): its merge
+    if c[11] and redis.call('ZREM', candles_key, c[11]) == 1 then
+      redis.call('ZADD', candles_key, c[1], c[12])
     else
-      added = true
+      local stored = redis.call('ZRANGEBYSCORE', candles_key, c[1], c[1])
+      if stored[1] then
+        local old = cjson.decode(stored[1])
+        local old_ft = string.match(stored[1], '"ft":(%d+)')
+        local old_lt = string.match(stored[1], '"lt":(%d+)')
+        if not id_less(c[9], old_ft) then c[2], c[9] = old.o, old_ft end
+        if id_less(c[10], old_lt) then c[5], c[10] = old.c, old_lt end
+        if dec_cmp(old.h, c[3]) > 0 then c[3] = old.h end
+        if dec_cmp(old.l, c[4]) < 0 then c[4] = old.l end
+        c[6], c[7], c[8] = dec_add(old.v, c[6]), dec_add(old.qv, c[7]), old.n + c[8]
+        redis.call('ZREMRANGEBYSCORE', candles_key, c[1], c[1])
+      else
+        added = true
+      end
+      local written = member(c)
+      redis.call('ZADD', candles_key, c[1], written)
+      candle_seeds[#candle_seeds + 1] = i
+      candle_seeds[#candle_seeds + 1] = written
     end
-    redis.call('ZADD', candles_key, c[1], member(c))
   end
   if added then  -- only a new minute can push the oldest one out of the history
     local newest = redis.call('ZREVRANGE', candles_key, 0, 0, 'WITHSCORES')
@@ -163,10 +184,25 @@ for i, sym in ipairs(batch.symbols) do
   end
 
   -- running totals since the start of the topic (deliberately not idempotent)
-  local totals = redis.call('HMGET', stats_key, 'base_volume', 'quote_volume')
-  redis.call('HINCRBY', stats_key, 'trades', n)
-  redis.call('HSET', stats_key, 'base_volume', dec_add(totals[1] or '0', v),
-    'quote_volume', dec_add(totals[2] or '0', qv))
+  local te, merged = sym.te, false
+  if te then
+    local t = redis.call('HMGET', stats_key, 'trades', 'base_volume', 'quote_volume')
+    if t[1] == te[1] and t[2] == te[2] and t[3] == te[3] then
+      redis.call('HSET', stats_key, 'trades', sym.tn[1], 'base_volume', sym.tn[2],
+        'quote_volume', sym.tn[3])
+      merged = true
+    end
+  end
+  if not merged then
+    local totals = redis.call('HMGET', stats_key, 'base_volume', 'quote_volume')
+    local trades = redis.call('HINCRBY', stats_key, 'trades', n)
+    local base, quote = dec_add(totals[1] or '0', v), dec_add(totals[2] or '0', qv)
+    redis.call('HSET', stats_key, 'base_volume', base, 'quote_volume', quote)
+    totals_seeds[#totals_seeds + 1] = i
+    totals_seeds[#totals_seeds + 1] = string.format('%.0f', trades)
+    totals_seeds[#totals_seeds + 1] = base
+    totals_seeds[#totals_seeds + 1] = quote
+  end
 end
 
 -- 3. bookkeeping, in the same atomic step as the views
@@ -181,4 +217,4 @@ end
 if #published > 0 then
   redis.call('PUBLISH', channel, '[' .. table.concat(published, ',') .. ']')
 end
-return {1, #published}
+return {1, #published, candle_seeds, totals_seeds}

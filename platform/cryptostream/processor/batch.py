@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -16,7 +16,7 @@ from cryptostream.core.codec import (
     RecordFields,
     decode_scaled,
 )
-from cryptostream.core.decimals import EXACT
+from cryptostream.core.decimals import EXACT, canonical, scaled_text
 from cryptostream.core.keys import (
     PRICE_CHANNEL,
     apply_keys,
@@ -25,6 +25,9 @@ from cryptostream.core.keys import (
     price_update,
 )
 from cryptostream.core.views import MINUTE_MS, Candle
+
+if TYPE_CHECKING:
+    from cryptostream.processor.known import KnownViews
 
 NO_OFFSET = -1
 
@@ -70,12 +73,12 @@ class SymbolBatch:
         return [
             [
                 minute,
-                _canonical(c[_OPEN]),
-                _canonical(c[_HIGH_TEXT]),
-                _canonical(c[_LOW_TEXT]),
-                _canonical(c[_CLOSE]),
-                _text(c[_BASE]),
-                _text(c[_QUOTE], 2 * SCALE),
+                canonical(c[_OPEN]),
+                canonical(c[_HIGH_TEXT]),
+                canonical(c[_LOW_TEXT]),
+                canonical(c[_CLOSE]),
+                scaled_text(c[_BASE], SCALE),
+                scaled_text(c[_QUOTE], 2 * SCALE),
                 c[_COUNT],
                 str(c[_FIRST]),
                 str(c[_LAST]),
@@ -98,10 +101,10 @@ class SymbolBatch:
         for minute, c in self.candles.items():
             out[minute] = Candle(
                 minute,
-                _canonical(c[_OPEN]),
+                canonical(c[_OPEN]),
                 _dec(c[_HIGH]),
                 _dec(c[_LOW]),
-                _canonical(c[_CLOSE]),
+                canonical(c[_CLOSE]),
                 _dec(c[_BASE]),
                 _dec(c[_QUOTE], 2 * SCALE),
                 c[_COUNT],
@@ -109,20 +112,6 @@ class SymbolBatch:
                 c[_LAST],
             )
         return out
-
-
-def _text(value: int, scale: int = SCALE) -> str:
-    """An integer at ``scale`` fractional digits as canonical decimal text (core/decimals fmt)."""
-    digits = str(value).rjust(scale + 1, "0")
-    whole, frac = digits[:-scale], digits[-scale:].rstrip("0")
-    return f"{whole}.{frac}" if frac else whole
-
-
-def _canonical(text: str) -> str:
-    """A plain decimal text (already validated) in the canonical form of core/decimals fmt."""
-    whole, _, frac = text.partition(".")
-    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
-    return f"{whole}.{frac}" if frac else whole
 
 
 def _dec(value: int, scale: int = SCALE) -> Decimal:
@@ -278,15 +267,21 @@ def apply_call(
     now_ms: int,
     history_ms: int,
     max_future_ms: int,
+    known: KnownViews | None = None,
+    call: int = 0,
 ) -> tuple[list[str], list[str | bytes]]:
-    """``KEYS`` and ``ARGV`` of one call of apply_batch.lua for ``groups``."""
+    """``KEYS`` and ``ARGV`` of one call of apply_batch.lua for ``groups``; with ``known``,
+    the expectations of call number ``call`` (processor/known.py)."""
     names: list[str] = []
     rows: list[dict[str, object]] = []
     docs: list[dict[str, object]] = []
     for index, group in enumerate(groups, 1):
         for symbol, views in group.symbols:
             names.append(symbol)
-            rows.append(symbol_row(symbol, views, now_ms, index))
+            row = symbol_row(symbol, views, now_ms, index)
+            if known is not None:
+                expect(row, symbol, views, known, call)
+            rows.append(row)
         doc: dict[str, object] = {"parts": group.parts}
         if group.out:
             doc["out"] = group.out
@@ -314,10 +309,31 @@ def symbol_row(symbol: str, views: SymbolBatch, now_ms: int, group: int = 1) -> 
     }
     if len(views.candles) > 1:  # else the script takes the totals from the one candle
         trades, base, quote = views.totals()
-        row.update(n=trades, v=_text(base), qv=_text(quote, 2 * SCALE))
+        row.update(n=trades, v=scaled_text(base, SCALE), qv=scaled_text(quote, 2 * SCALE))
     if group != 1:
         row["g"] = group
     return row
+
+
+def expect(
+    row: dict[str, Any], symbol: str, views: SymbolBatch, known: KnownViews, call: int
+) -> None:
+    """Add to a symbol's row what ``known`` expects Redis to hold and the merged results."""
+    candle = known.candle
+    for partial, c in zip(row["c"], views.candles.values(), strict=True):
+        # the partial with the row's canonical texts: open, close, high, low
+        state = [*c[:_OPEN], partial[1], c[_LAST], partial[4], partial[2], partial[3]]
+        pair = candle(call, symbol, partial[0], state)
+        if pair is not None:
+            partial.extend(pair)
+    if len(views.candles) == 1:
+        (c,) = views.candles.values()
+        totals = (c[_COUNT], c[_BASE], c[_QUOTE])
+    else:
+        totals = views.totals()
+    pair_totals = known.total(call, symbol, totals)
+    if pair_totals is not None:
+        row["te"], row["tn"] = pair_totals
 
 
 def record_symbol(value: bytes | None, max_future_ms: int) -> str | None:

@@ -56,6 +56,7 @@ from cryptostream.core.keys import (
     offsets_key,
     outbox_key,
 )
+from cryptostream.gc_tuning import tune_gc
 from cryptostream.kafka_clients import make_producer
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.processor.batch import (
@@ -74,6 +75,7 @@ from cryptostream.processor.consumers import (
     GroupConsumer,
     make_group_consumer,
 )
+from cryptostream.processor.known import KnownViews
 from cryptostream.processor.metrics import ProcessorMetrics
 from cryptostream.redis_check import credentials_error
 from cryptostream.redisconn import (
@@ -101,6 +103,8 @@ class Call:
     partitions: list[int]
     keys: list[str]
     args: list[Any]
+    number: int = 0  # its number for the expectations (processor/known.py)
+    names: list[str] = field(default_factory=list)  # its symbols, in the call's order
 
 
 @dataclass
@@ -138,6 +142,7 @@ class Processor:
         # partition -> last offset applied to Redis, as far as this process knows (-1 = none)
         self.positions: dict[int, int] = {}
         self.inflight: InFlight | None = None
+        self.known = KnownViews()  # what we wrote: expectations that spare Lua its merges
         self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
         self.warn = RateLimitedLog(log)
         self._homes: dict[str, int] = {}  # symbol -> home partition (a cache)
@@ -161,6 +166,7 @@ class Processor:
     # --- rebalance callbacks (the consumer runs them inside poll(), between batches) ----------
     def assigned(self, partitions: list[int]) -> dict[int, int]:
         self.finish_inflight()
+        self.known.clear()
         self.stats["rebalances"] += 1
         stored = self._stored_offsets(partitions)
         starts = {}
@@ -175,6 +181,7 @@ class Processor:
 
     def revoked(self, partitions: list[int]) -> None:
         self.finish_inflight()  # nothing of ours may land after the partitions leave
+        self.known.clear()
         self.stats["rebalances"] += 1
         self._commit_positions(partitions)
         for partition in partitions:
@@ -272,14 +279,18 @@ class Processor:
             (group,) = batch.groups(self.positions, n)
             group.out = parked.get(partition, [])
             groups.append(group)
-        history, future = self.history_ms, self.max_future_ms
+        history, future, known = self.history_ms, self.max_future_ms, self.known
         if self.apply_style == "batch":
-            keys, args = apply_call(groups, topic, n, now_ms, history, future)
-            return [Call(list(batches), keys, args)]
+            number = known.next_call()
+            keys, args = apply_call(groups, topic, n, now_ms, history, future, known, number)
+            names = [symbol for group in groups for symbol, _views in group.symbols]
+            return [Call(list(batches), keys, args, number, names)]
         calls = []
         for group in groups:
-            keys, args = apply_call([group], topic, n, now_ms, history, future)
-            calls.append(Call([group.tag], keys, args))
+            number = known.next_call()
+            keys, args = apply_call([group], topic, n, now_ms, history, future, known, number)
+            names = [symbol for symbol, _views in group.symbols]
+            calls.append(Call([group.tag], keys, args, number, names))
         return calls
 
     def _home(self, symbol: str) -> int:
@@ -362,7 +373,11 @@ class Processor:
         for call, reply in zip(pending.calls, replies, strict=True):
             if int(reply[0]) == 1:
                 applied += call.partitions
+                self.known.settle(call.number, call.names, reply)
                 continue
+            # its expectations, and those of the calls built on them (the next batch's, not
+            # sent if this one is refused), are unknown
+            self.known.clear()
             stored = parse_conflicts(reply)
             lasts = {p: pending.batches[p].parts[p][1] for p in call.partitions}
             if all(stored.get(p) == last for p, last in lasts.items()):
@@ -840,6 +855,7 @@ def main(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    tune_gc()
     failed: list[BaseException] = []
     thread = None
     if books is not None:

@@ -8,7 +8,6 @@ variable (``CSP_QUERY_SETTINGS_JSON``) that :func:`app_from_env` reads.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import shutil
 import socket
@@ -19,6 +18,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from cryptostream.config import Settings, load_settings, settings_json
+from cryptostream.gc_tuning import tune_gc
 from cryptostream.query.app import QueryApp, create_app
 from cryptostream.query.metrics import MULTIPROC_ENV
 from cryptostream.query.protocol import (
@@ -40,17 +40,6 @@ def app_from_env() -> QueryApp:
     app = create_app(settings)
     tune_gc()
     return app
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper collections: the hot path allocates short-lived objects only.
-
-    Freezing the start-up heap keeps every collection from re-scanning the imported modules,
-    and a larger young-generation threshold turns many small pauses into few (tail latency).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
 
 
 def uvicorn_config(settings: Settings, workers: int = 1) -> uvicorn.Config:
