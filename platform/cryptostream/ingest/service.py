@@ -52,7 +52,6 @@ from cryptostream.binance.streams import (
 from cryptostream.config import Settings
 from cryptostream.core.codec import DecodeError, decode_trade
 from cryptostream.core.trades import MAX_TIME_MS
-from cryptostream.gc_tuning import tune_gc
 from cryptostream.ingest.backfill import BackfillPlan
 from cryptostream.ingest.depth import depth_symbols
 from cryptostream.ingest.depthservice import DepthIngest
@@ -71,6 +70,7 @@ from cryptostream.ingest.wsclient import (
 )
 from cryptostream.kafka_clients import make_producer
 from cryptostream.logs import RateLimitedLog, setup_logging
+from cryptostream.runtime import tune_gc
 from cryptostream.topics import TopicError, require_topic
 
 log = logging.getLogger("cryptostream.ingest")

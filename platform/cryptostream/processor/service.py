@@ -56,7 +56,6 @@ from cryptostream.core.keys import (
     offsets_key,
     outbox_key,
 )
-from cryptostream.gc_tuning import tune_gc
 from cryptostream.kafka_clients import make_producer
 from cryptostream.logs import RateLimitedLog, setup_logging
 from cryptostream.processor.batch import (
@@ -87,6 +86,7 @@ from cryptostream.redisconn import (
     make_client,
     stored_offsets,
 )
+from cryptostream.runtime import tune_gc, tune_thread_switching
 from cryptostream.topics import TopicError, require_topic
 
 log = logging.getLogger("cryptostream.processor")
@@ -228,7 +228,8 @@ class Processor:
                     self._update_lag()
                 if time.monotonic() - last_report >= 10:
                     last_report = time.monotonic()
-                    log.info("progress", extra={"fields": {"processor": dict(self.stats)}})
+                    fields = {"processor": dict(self.stats), "expectations": dict(self.known.stats)}
+                    log.info("progress", extra={"fields": fields})
         finally:
             self.close()
 
@@ -856,6 +857,7 @@ def main(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     tune_gc()
+    tune_thread_switching()
     failed: list[BaseException] = []
     thread = None
     if books is not None:

@@ -18,7 +18,6 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from cryptostream.config import Settings, load_settings, settings_json
-from cryptostream.gc_tuning import tune_gc
 from cryptostream.query.app import QueryApp, create_app
 from cryptostream.query.metrics import MULTIPROC_ENV
 from cryptostream.query.protocol import (
@@ -26,6 +25,7 @@ from cryptostream.query.protocol import (
     GuardedHttpToolsProtocol,
     QueryServerConfig,
 )
+from cryptostream.runtime import tune_gc
 
 SETTINGS_ENV = "CSP_QUERY_SETTINGS_JSON"
 
