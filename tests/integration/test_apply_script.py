@@ -435,3 +435,38 @@ def test_expectations_spare_the_merge_and_survive_a_stale_one(isolated: Env) -> 
     assert totals[b"trades"] == b"1002"  # 1000 + the two trades after the change
     assert Decimal(totals[b"base_volume"].decode()) == reference.totals.base_volume
     r.close()
+
+
+def test_expectations_keep_the_schemas_extremes_exact(isolated: Env) -> None:
+    """The longest prices and quantities the schema admits and trade ids next to 2^63, merged
+    through expectations (Python integers) and seeds (Lua strings): exact to the digit."""
+    r = isolated.client()
+    r.flushall()
+    script = r.register_script(APPLY_SCRIPT)
+    known = KnownViews()
+    big = "9" * 20 + "." + "9" * 20
+    tiny = "0." + "0" * 19 + "1"
+    top = 2**63 - 1
+    sent = [
+        Trade("ETHUSDT", top - 3, big, big, 60_000, 60_000, False),
+        Trade("ETHUSDT", top - 1, tiny, big, 60_001, 60_001, False),
+        Trade("ETHUSDT", top - 2, big, tiny, 60_002, 60_002, False),
+        Trade("ETHUSDT", top, "1", big, 60_003, 60_003, False),
+    ]
+    positions: dict[int, int] = {}
+    for i, trade in enumerate(sent):
+        groups = _batch(ETH, i, [trade]).groups(positions, N)
+        number = known.next_call()
+        keys, args = apply_call(groups, "t", N, 1, 10**12, 10**15, known, number)
+        reply = script(keys=keys, args=args)
+        assert reply[0] == 1
+        known.settle(number, ["ETHUSDT"], reply)
+        positions[ETH] = i
+    assert known.stats["expected"] == 6  # calls 2-4: the candle and the totals each
+    reference = compute_views(sent)["ETHUSDT"]
+    (member,) = r.zrange(candles("ETHUSDT"), 0, -1)
+    assert candle_member(parse_candle_member(member)) == candle_member(reference.candles[60_000])
+    totals = r.hgetall(stats("ETHUSDT"))
+    assert Decimal(totals[b"base_volume"].decode()) == reference.totals.base_volume
+    assert Decimal(totals[b"quote_volume"].decode()) == reference.totals.quote_volume
+    r.close()
