@@ -133,10 +133,11 @@ class Settings(BaseSettings):
     batch_timeout_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
     candle_history_minutes: int = Field(1440, ge=1, description="1m candles kept per symbol")
     processor_metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics server")
-    processor_apply: Literal["batch", "partition"] = Field(
-        "partition",
-        description="one script call per partition, pipelined (partition: both topologies) or "
-        "one per fetched batch (batch: one Redis node only)",
+    processor_apply: Literal["auto", "batch", "partition"] = Field(
+        "auto",
+        description="how a fetched batch reaches Redis: one script call per fetched batch "
+        "(batch: one Redis node only), one per partition, pipelined (partition: both "
+        "topologies), or auto: batch on one node, partition on a cluster",
     )
     processor_max_future_s: float = Field(
         600.0, ge=0, description="a trade timed further after its ingest time goes to the DLQ"
@@ -318,6 +319,14 @@ class Settings(BaseSettings):
                     "come from CSP_REDIS_URL)"
                 )
         return value
+
+    @property
+    def apply_style(self) -> Literal["batch", "partition"]:
+        """CSP_PROCESSOR_APPLY resolved: ``auto`` is one call per batch on one Redis node (p99
+        15 against 18.5 ms at 10,000 trades/s, README), one per partition on a cluster."""
+        if self.processor_apply == "auto":
+            return "partition" if self.redis_cluster else "batch"
+        return self.processor_apply
 
     @property
     def redis_seeds(self) -> list[tuple[str, int]]:

@@ -106,9 +106,10 @@ def test_cluster_settings_refuse_what_a_cluster_cannot_do() -> None:
 
     from cryptostream.config import Settings
 
-    assert Settings(redis_cluster=True).processor_apply == "partition"
-    assert Settings().processor_apply == "partition"
-    assert Settings(processor_apply="batch").processor_apply == "batch"  # one node: allowed
+    assert Settings(redis_cluster=True).apply_style == "partition"
+    assert Settings().apply_style == "batch"  # auto: one call per fetched batch on one node
+    assert Settings(processor_apply="batch").apply_style == "batch"  # one node: allowed
+    assert Settings(processor_apply="partition").apply_style == "partition"
     for bad, message in (
         ({"redis_url": "redis://127.0.0.1:7000/2"}, "database 0 only"),
         ({"processor_apply": "batch"}, "needs one Redis node"),

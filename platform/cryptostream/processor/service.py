@@ -8,9 +8,10 @@ only so that lag tooling works.
 A fetched batch is folded per partition, and each partition's views and fence live under that
 partition's hash tag (core/keys.py), so one apply touches one hash slot. The batch is sent as one
 script call per partition in one pipelined round trip (``CSP_PROCESSOR_APPLY=partition``, the
-default; on a Redis Cluster one round trip per node, in parallel), or on one Redis node as one
-call for the whole batch (``batch``: measured no faster, see the README). Each call is atomic on
-its own: a refused call (its partition's fence) leaves the others applied.
+one choice on a Redis Cluster: one round trip per node, in parallel), or on one Redis node as one
+call for the whole batch (``batch``, what ``auto`` picks there: a flatter latency tail, see the
+README). Each call is atomic on its own: a refused call (its partition's fence) leaves the
+others applied; in batch style one call holds every partition's fence.
 
 Applies are pipelined: while Redis runs batch N's script (on an apply thread that waits on the
 socket, GIL released), this thread fetches and folds batch N+1, whose expected offsets assume N
@@ -130,7 +131,7 @@ class Processor:
         self.settings = settings
         self.redis = redis_client
         self.layout_partitions = settings.partitions  # the key layout's partition count
-        self.apply_style = settings.processor_apply
+        self.apply_style = settings.apply_style
         self._last_commit = 0.0  # monotonic time of the last commit after an applied batch
         self.runner = ScriptRunner(redis_client, APPLY_SCRIPT)
         self.dlq: Producer = make_producer(settings, error_cb=self._on_dlq_error)
