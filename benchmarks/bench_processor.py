@@ -9,9 +9,10 @@
 3. Latency: an open-model producer at a steady rate (default 10,000 trades/s) stamps each record's
    event time; a pub/sub subscriber to ``updates:price`` records now - event time when each update
    becomes visible (HDR histogram), split at the processor's batch (``update_time``) into
-   event -> batch (Kafka, fetch, fold) and batch -> visible (the Redis apply, pub/sub); after a
-   warm-up round, per backend, alternating, ``--rounds`` times (``--only-latency``: nothing
-   else).
+   event -> batch (Kafka, fetch, fold) and batch -> visible (the Redis apply, pub/sub); after
+   warm-up rounds (``--latency-warmup`` seconds, then more rounds until the broker's JIT is
+   quiet: ``latency_warmups``), per backend, alternating, ``--rounds`` times
+   (``--only-latency``: nothing else).
 4. ``--profile``: one more confluent drain under py-spy: where the processor's CPU goes.
 5. Kafka's own consumer (ConsumerPerformance) reading the same prefilled topic in the same run:
    the drain is reported as a fraction of it.
@@ -436,8 +437,9 @@ def main() -> int:
         "--latency-warmup",
         type=float,
         default=60,
-        help="seconds of the latency load on a throw-away topic before the rounds (0: none); "
-        "reported apart, not in the verdicts",
+        help="seconds of the latency load on a throw-away topic before the rounds (0: none), "
+        "then up to 4 more rounds while the broker's JIT compiles; reported apart, not in the "
+        "verdicts",
     )
     parser.add_argument(
         "--profile",
@@ -617,6 +619,18 @@ def run_all(
     latency_rounds(args, stack, settings, names, results, backends, workdir)
 
 
+MAX_EXTRA_WARMUPS = 4  # more warm-up rounds (of --latency-seconds) while the broker compiles
+JIT_QUIET = 0.05  # compile time per wall second under which the broker's JIT counts as settled
+
+
+def jit_quiet(result: dict[str, Any]) -> bool:
+    """Whether the broker's JIT compiler was quiet during a round: under JIT_QUIET of its wall
+    time in compiling (the measured rounds after a quiet warm-up compiled 0.1-0.45 s in 20 s;
+    the first round after a busy one ~3 s). Without jstat figures: quiet (nothing to wait for)."""
+    jit_s = result.get("resources", {}).get("broker_jit_s")
+    return jit_s is None or jit_s <= JIT_QUIET * result["seconds"]
+
+
 def latency_rounds(
     args: argparse.Namespace,
     stack: LocalStack,
@@ -639,10 +653,14 @@ def latency_rounds(
     # The first latency round after the drains ran at about twice its successors' p99, and
     # the broker then used more CPU and compiled more methods (see each round's "resources"):
     # the JVM compiling the paths of small, frequent requests that the drains' large batches
-    # never took. A running broker has compiled them long before; so one warm-up round first.
+    # never took. A running broker has compiled them long before; so warm-up rounds first,
+    # until the broker's JIT is quiet (after one 60-s warm-up it still compiled ~300 methods,
+    # ~3 s of compile time, in the first measured round: that round's p99 was the worst of the
+    # run in each of three runs, 25-40 ms against 15-27 for the others).
     schedule: list[tuple[str, str, Path | None]] = []
     if args.latency_warmup > 0:
         schedule.append(("warmup", backends[0], None))
+        schedule += [("warmup+", backends[0], None)] * MAX_EXTRA_WARMUPS
     for round_ in range(args.latency_rounds or args.rounds):
         for backend in backends:
             # with a baseline, its confluent rounds alternate with this tree's (ABBA)
@@ -651,9 +669,13 @@ def latency_rounds(
                 schedule.append((str(round_), backend, tree))
     if args.baseline:
         latency_runs["confluent@baseline"] = []
+    warmups: list[dict[str, Any]] = []
     for round_, backend, tree in schedule:
+        if round_ == "warmup+" and jit_quiet(warmups[-1]):
+            continue
         label = backend if tree is None else f"{backend}@baseline"
-        topic = f"latency.{label.replace('@', '.')}.{round_}"
+        name = f"warmup{len(warmups)}" if round_ == "warmup+" else round_
+        topic = f"latency.{label.replace('@', '.')}.{name}"
         latency_settings = settings.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
         create_topics(latency_settings.kafka, required_topics(latency_settings))
         pipeline = Pipeline(
@@ -667,8 +689,14 @@ def latency_rounds(
         result = latency(
             pipeline, latency_settings, names, args.rate, seconds, backend, parts, tree
         )
-        if round_ == "warmup":
-            results["latency_warmup"] = {"backend": backend, **result}
+        if round_.startswith("warmup"):
+            warmups.append(result)
+            results["latency_warmup"] = {"backend": backend, **warmups[0]}
+            results["latency_warmups"] = [
+                {k: w[k] for k in ("p99", "seconds")}
+                | {"jit_quiet": jit_quiet(w), **w["resources"]}
+                for w in warmups
+            ]
         else:
             latency_runs[label].append(result)
     results["latency_ms"] = {

@@ -107,7 +107,7 @@ def test_cluster_settings_refuse_what_a_cluster_cannot_do() -> None:
     from cryptostream.config import Settings
 
     assert Settings(redis_cluster=True).apply_style == "partition"
-    assert Settings().apply_style == "batch"  # auto: one call per fetched batch on one node
+    assert Settings().apply_style == "auto"  # one node: chosen per batch (below)
     assert Settings(processor_apply="batch").apply_style == "batch"  # one node: allowed
     assert Settings(processor_apply="partition").apply_style == "partition"
     for bad, message in (
@@ -117,3 +117,11 @@ def test_cluster_settings_refuse_what_a_cluster_cannot_do() -> None:
     ):
         with pytest.raises(ValidationError, match=message):
             Settings(redis_cluster=True, **bad)  # type: ignore[arg-type]
+
+
+def test_auto_applies_small_batches_in_one_call_and_large_ones_per_partition() -> None:
+    from cryptostream.processor.service import AUTO_ONE_CALL_RECORDS, one_call
+
+    assert one_call("auto", 1) and one_call("auto", AUTO_ONE_CALL_RECORDS)
+    assert not one_call("auto", AUTO_ONE_CALL_RECORDS + 1)
+    assert one_call("batch", 10**6) and not one_call("partition", 1)
